@@ -1,0 +1,34 @@
+# The two commands of the quick start: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install demo test unit lint down bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+demo: install
+	$(BIN)/pacs-bridge devstack up --owner demo
+	$(BIN)/python -m bridge.devstack.demo_data --banner
+
+test: install
+	$(BIN)/ruff check bridge tests bench
+	$(BIN)/pytest -rs tests; rc=$$?; $(BIN)/pacs-bridge devstack down --owner test; exit $$rc
+
+unit: install
+	$(BIN)/pytest -rs tests/unit
+
+lint: install
+	$(BIN)/ruff check bridge tests bench
+
+down: install
+	$(BIN)/pacs-bridge devstack down
+
+clean: down
+	rm -rf .devstack

@@ -1,0 +1,114 @@
+"""`pacs-bridge`: the command line of the bridge (click).
+
+Each area registers its own command group here; the commands stay thin and call the modules
+that do the work, so everything a command does can also be tested without the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from bridge.config import ConfigError, Settings, load_config, summary
+
+CONFIG_ENV = "PACS_BRIDGE_CONFIG"
+
+
+def config_option(f):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--config", "-c", "config_path", envvar=CONFIG_ENV, type=click.Path(dir_okay=False),
+        help=f"bridge YAML configuration (or ${CONFIG_ENV})",
+    )(f)
+
+
+def load_or_exit(path: str | None) -> Settings:
+    """Load the configuration, or print every problem and exit 2."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+
+
+@click.group()
+@click.version_option(package_name="pacs-sso-bridge")
+def main() -> None:
+    """PACS SSO Bridge: directory groups to Keycloak roles and MFA-enforced PACS tokens."""
+
+
+@main.command("check-config")
+@click.argument("path", type=click.Path(dir_okay=False))
+def check_config(path: str) -> None:
+    """Validate PATH; list every error with its key path (exit 2), or print a summary (exit 0)."""
+    settings = load_or_exit(path)
+    click.echo(f"{path}: OK")
+    width = max(len(k) for k, _ in summary(settings))
+    for key, line in summary(settings):
+        click.echo(f"  {key.ljust(width)}  {line}")
+
+
+@main.group()
+def devstack() -> None:
+    """The real local stack on loopback (Keycloak, Samba AD, OpenLDAP, Orthanc, SCIM, PostgreSQL, rsyslog)."""
+
+
+@devstack.command("up")
+@click.option("--only", multiple=True, help="start only these services (repeatable)")
+@click.option("--owner", default="cli", help="who owns the stack (test runs stop only their own)")
+def devstack_up(only: tuple[str, ...], owner: str) -> None:
+    """Install what is missing, start every service, wait for health, seed the demo data."""
+    from bridge.devstack import stack
+    from bridge.devstack.process import DevstackError
+
+    try:
+        stack.up(only or None, owner=owner)
+    except DevstackError as exc:
+        click.echo(f"devstack: {exc}", err=True)
+        sys.exit(1)
+
+
+@devstack.command("down")
+@click.option("--owner", default=None, help="stop only if the stack was started by this owner")
+def devstack_down(owner: str | None) -> None:
+    """Stop exactly the processes the stack started."""
+    from bridge.devstack import stack
+
+    stack.down(owner=owner)
+
+
+@devstack.command("status")
+@click.option("--json", "as_json", is_flag=True)
+def devstack_status(as_json: bool) -> None:
+    """Which services are running."""
+    from bridge.devstack import stack
+
+    st = stack.status()
+    if as_json:
+        click.echo(json.dumps(st))
+        return
+    for name, running in st.items():
+        click.echo(f"  {name:10s} {'running' if running else 'stopped'}")
+
+
+@main.group()
+def demo() -> None:
+    """Helpers for the demo hospital."""
+
+
+@demo.command("otp")
+@click.argument("user")
+def demo_otp(user: str) -> None:
+    """Print USER's current TOTP code (demo accounts only)."""
+    from bridge.devstack import demo_data
+
+    try:
+        click.echo(demo_data.current_otp(user))
+    except KeyError:
+        click.echo(f"demo otp: no demo account named {user!r}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,352 @@
+"""The bridge's configuration: one YAML file, environment overrides, secrets from files.
+
+Why pydantic-settings: it validates the whole tree in one pass and reports *every* error with
+its location, which is what `pacs-bridge check-config` promises an IT engineer.
+
+Precedence (highest first): environment variables ``PACS_BRIDGE_<SECTION>__<KEY>``, then the
+YAML file, then the defaults below.  A secret ``foo`` may instead be given as ``foo_file``: the
+path of a file that holds it, so that no secret has to sit in the YAML.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "PACS_BRIDGE_"
+ENV_NESTED_DELIMITER = "__"
+
+
+class ConfigError(Exception):
+    """Raised with the full list of problems, each as ``(key.path, reason)``."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {len(problems)} error(s)"] + [f"  {k}: {r}" for k, r in problems]
+        super().__init__("\n".join(lines))
+
+
+class _Section(BaseModel):
+    """Base of every section: unknown keys are errors (a typo must not silently fall back to a default),
+    and any ``SecretStr`` field ``x`` may be given as ``x_file`` instead."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name, field in cls.model_fields.items():
+            key = f"{name}_file"
+            if key not in data:
+                continue
+            if field.annotation not in (SecretStr, SecretStr | None):
+                continue
+            path = data.pop(key)
+            if name in data and data[name] not in (None, ""):
+                raise ValueError(f"{name} and {key} are both set; keep only one")
+            try:
+                data[name] = Path(str(path)).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ValueError(f"{key}: cannot read secret file {path!s}: {exc.strerror}") from None
+        return data
+
+
+def _require_scheme(value: str, schemes: tuple[str, ...], what: str) -> str:
+    if not value.startswith(schemes):
+        raise ValueError(f"must start with {' or '.join(schemes)} ({what})")
+    return value.rstrip("/")
+
+
+class BridgeSection(_Section):
+    """The bridge's own HTTP service."""
+
+    public_url: str = "https://127.0.0.1:8443"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(8443, ge=1, le=65535)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    session_secret: SecretStr | None = None
+    session_idle_minutes: int = Field(15, ge=1, le=24 * 60)
+    session_absolute_hours: int = Field(12, ge=1, le=24 * 7)
+    viewer_redirect_uris: list[str] = Field(default_factory=list)
+
+    @field_validator("public_url")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        return _require_scheme(v, ("https://",), "the bridge issues tokens; TLS is mandatory")
+
+
+class KeycloakSection(_Section):
+    """Where Keycloak is, and the bridge's two identities in it (OIDC client, admin API client)."""
+
+    url: str = "https://127.0.0.1:8443"
+    realm: str = "hospital"
+    client_id: str = "pacs-bridge"
+    client_secret: SecretStr | None = None
+    admin_realm: str = "master"
+    admin_username: str = "admin"
+    admin_password: SecretStr | None = None
+    ca_file: Path | None = None
+    pacs_client_id: str = "pacs"
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        return _require_scheme(v, ("https://",), "Keycloak carries passwords and tokens")
+
+    @field_validator("realm", "client_id")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+class DirectorySection(_Section):
+    """The hospital directory the bridge reads (Active Directory or OpenLDAP)."""
+
+    kind: Literal["ad", "openldap"] = "ad"
+    url: str = "ldaps://127.0.0.1:636"
+    start_tls: bool = False
+    allow_plaintext: bool = False
+    bind_dn: str = ""
+    bind_password: SecretStr | None = None
+    base_dn: str = "DC=hospital,DC=test"
+    users_dn: str | None = None
+    groups_dn: str | None = None
+    ca_file: Path | None = None
+    disabled_attribute: str = "pwdAccountLockedTime"
+    page_size: int = Field(500, ge=1, le=1000)
+    timeout_seconds: int = Field(30, ge=1, le=600)
+
+    @field_validator("url")
+    @classmethod
+    def _ldap(cls, v: str) -> str:
+        return _require_scheme(v, ("ldap://", "ldaps://"), "an LDAP URL")
+
+    @model_validator(mode="after")
+    def _tls_unless_explicit(self) -> DirectorySection:
+        if self.url.startswith("ldap://") and not self.start_tls and not self.allow_plaintext:
+            raise ValueError(
+                "url: ldap:// without start_tls sends the bind password in clear; "
+                "use ldaps://, set start_tls: true, or set allow_plaintext: true explicitly"
+            )
+        return self
+
+
+class PacsSection(_Section):
+    """The PACS the tokens are for."""
+
+    audience: str = "pacs"
+    orthanc_url: str | None = None
+
+
+class TokensSection(_Section):
+    """PACS token service (RFC 9068 access tokens)."""
+
+    algorithm: Literal["ES256", "RS256", "EdDSA"] = "ES256"
+    lifetime_seconds: int = Field(300, ge=30)
+    max_lifetime_seconds: int = Field(3600, ge=60)
+    key_encryption_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _lifetime_within_max(self) -> TokensSection:
+        if self.lifetime_seconds > self.max_lifetime_seconds:
+            raise ValueError(
+                f"lifetime_seconds ({self.lifetime_seconds}) exceeds max_lifetime_seconds "
+                f"({self.max_lifetime_seconds})"
+            )
+        return self
+
+
+class MfaSection(_Section):
+    """What counts as a multi-factor login (see docs/tokens.md)."""
+
+    required_acr: str = "mfa"
+    accepted_amr: list[str] = Field(default_factory=lambda: ["otp", "hwk", "mfa"])
+    max_auth_age_seconds: int = Field(12 * 3600, ge=60)
+
+
+class SyncSection(_Section):
+    """The scheduled directory -> Keycloak/PACS reconciliation."""
+
+    policy_file: Path | None = None
+    interval_seconds: int = Field(60, ge=10)
+    full_sync_every: int = Field(60, ge=1, description="every Nth run is a full run")
+    deletion_threshold_count: int = Field(500, ge=0)
+    deletion_threshold_percent: float = Field(10.0, ge=0, le=100)
+    targets: list[Literal["keycloak", "scim", "store"]] = Field(default_factory=lambda: ["keycloak", "store"])
+
+
+class ScimSection(_Section):
+    """A PACS provisioned over SCIM 2.0."""
+
+    url: str | None = None
+    bearer_token: SecretStr | None = None
+    ca_file: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, v: str | None) -> str | None:
+        return None if v is None else _require_scheme(v, ("https://", "http://"), "a SCIM base URL")
+
+
+class StoreSection(_Section):
+    """The bridge's database (SQLite by default, PostgreSQL by URL)."""
+
+    url: str = "sqlite:///var/pacs-bridge.db"
+
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, v: str) -> str:
+        return _require_scheme(v, ("sqlite://", "postgresql://", "postgresql+psycopg2://"), "a database URL")
+
+
+class AuditSection(_Section):
+    """Audit trail shipping and retention."""
+
+    syslog_host: str | None = None
+    syslog_port: int = Field(6514, ge=1, le=65535)
+    syslog_ca_file: Path | None = None
+    spool_dir: Path = Path("var/audit-spool")
+    retention_days: int = Field(6 * 365 + 2, ge=1, description="HIPAA 164.316(b)(2): six years")
+    enterprise_site_id: str = "HOSPITAL"
+    source_id: str = "pacs-sso-bridge"
+
+
+class Settings(BaseSettings):
+    """The whole configuration.  Build it with :func:`load_config`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    bridge: BridgeSection = Field(default_factory=BridgeSection)
+    keycloak: KeycloakSection = Field(default_factory=KeycloakSection)
+    directory: DirectorySection = Field(default_factory=DirectorySection)
+    pacs: PacsSection = Field(default_factory=PacsSection)
+    tokens: TokensSection = Field(default_factory=TokensSection)
+    mfa: MfaSection = Field(default_factory=MfaSection)
+    sync: SyncSection = Field(default_factory=SyncSection)
+    scim: ScimSection = Field(default_factory=ScimSection)
+    store: StoreSection = Field(default_factory=StoreSection)
+    audit: AuditSection = Field(default_factory=AuditSection)
+
+    _yaml_data: dict[str, Any] = {}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init_settings carries the YAML (passed by load_config); env wins over it.
+        return (env_settings, init_settings)
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
+    return ".".join(parts) or "(top level)"
+
+
+def _reason(err: dict[str, Any]) -> str:
+    msg = str(err.get("msg", "invalid"))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    if err.get("type") == "extra_forbidden":
+        msg = "unknown key (check the spelling; see examples/bridge.yaml)"
+    return msg
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for err in exc.errors():
+        loc = _format_loc(tuple(err.get("loc", ())))
+        reason = _reason(err)
+        # model-level validators report "url: ..." inside the message; lift that into the path.
+        head, sep, tail = reason.partition(": ")
+        if sep and head.isidentifier() and not loc.endswith(head):
+            loc, reason = f"{loc}.{head}", tail
+        out.append((loc, reason))
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read the YAML file; any problem is a ConfigError naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [("(file)", f"cannot read: {exc.strerror}")]) from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        raise ConfigError(str(path), [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), [("(top level)", "must be a mapping of sections")])
+    return data
+
+
+def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Load and validate; raise ConfigError listing every problem."""
+    data: dict[str, Any] = read_yaml(Path(path)) if path else {}
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(str(path or "(defaults)"), _problems(exc)) from None
+
+
+def summary(settings: Settings) -> list[tuple[str, str]]:
+    """A one-screen summary for check-config; never prints a secret."""
+
+    def secret(v: SecretStr | None) -> str:
+        return "set" if v is not None and v.get_secret_value() else "not set"
+
+    s = settings
+    return [
+        ("bridge", f"{s.bridge.public_url} (sessions {s.bridge.session_idle_minutes} min idle, "
+                   f"{s.bridge.session_absolute_hours} h max)"),
+        ("keycloak", f"{s.keycloak.url} realm={s.keycloak.realm} client={s.keycloak.client_id} "
+                     f"secret {secret(s.keycloak.client_secret)}"),
+        ("directory", f"{s.directory.kind} {s.directory.url}"
+                      f"{' +StartTLS' if s.directory.start_tls else ''} base={s.directory.base_dn} "
+                      f"bind={s.directory.bind_dn or '(anonymous)'} password {secret(s.directory.bind_password)}"),
+        ("pacs", f"audience={s.pacs.audience} orthanc={s.pacs.orthanc_url or '-'}"),
+        ("tokens", f"{s.tokens.algorithm}, {s.tokens.lifetime_seconds} s (max {s.tokens.max_lifetime_seconds} s)"),
+        ("mfa", f"acr={s.mfa.required_acr} or amr in {s.mfa.accepted_amr}, "
+                f"max age {s.mfa.max_auth_age_seconds} s"),
+        ("sync", f"every {s.sync.interval_seconds} s -> {', '.join(s.sync.targets)}; deletion threshold "
+                 f"{s.sync.deletion_threshold_count} or {s.sync.deletion_threshold_percent}%; "
+                 f"policy {s.sync.policy_file or '(none)'}"),
+        ("scim", s.scim.url or "(off)"),
+        ("store", s.store.url.split("@")[-1] if "@" in s.store.url else s.store.url),
+        ("audit", f"syslog {s.audit.syslog_host or '(off)'}:{s.audit.syslog_port}, "
+                  f"retention {s.audit.retention_days} days"),
+    ]

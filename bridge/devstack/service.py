@@ -1,0 +1,78 @@
+"""What every part of the dev stack implements, and the context they share."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bridge.devstack import process
+from bridge.devstack.state import service_dir, state_dir
+
+
+@dataclass
+class StackContext:
+    """Shared by the services during `up`: the CA, generated secrets, and each service's endpoints.
+
+    `info[name]` is what a service's `wait_ready` returned; it ends up in `.devstack/stack.json`
+    and is what tests, the demo and the CLI read to find the servers.
+    """
+
+    ca_file: Path
+    info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _secrets: dict[str, str] = field(default_factory=dict)
+
+    def secret(self, name: str) -> str:
+        """A generated secret, stable for the life of the state directory (file 0600)."""
+        if not self._secrets:
+            path = state_dir() / "secrets.json"
+            if path.exists():
+                self._secrets.update(json.loads(path.read_text()))
+        if name not in self._secrets:
+            # letters, digits and punctuation AD accepts in a password (complexity rules)
+            self._secrets[name] = "Dv1!" + secrets.token_urlsafe(18)
+            path = state_dir() / "secrets.json"
+            path.write_text(json.dumps(self._secrets, indent=2))
+            path.chmod(0o600)
+        return self._secrets[name]
+
+
+class Service:
+    """One server of the stack.  Subclasses set `name` and `apt_packages` and fill in the hooks.
+
+    Life cycle during `up`: ``prepare`` (write config, provision; idempotent) -> ``start``
+    (launch, do not wait) -> ``wait_ready`` (block until healthy; return endpoints) -> ``seed``.
+    """
+
+    name: str = "service"
+    apt_packages: tuple[str, ...] = ()
+    #: services whose `wait_ready` info this one needs before `prepare` (e.g. Keycloak -> samba)
+    needs: tuple[str, ...] = ()
+
+    @property
+    def dir(self) -> Path:
+        return service_dir(self.name)
+
+    def install(self) -> None:
+        """Anything beyond apt packages (Maven download, pip); idempotent."""
+
+    def prepare(self, ctx: StackContext) -> None:
+        """Write configuration, certificates, provision data directories; idempotent."""
+
+    def start(self, ctx: StackContext) -> None:
+        raise NotImplementedError
+
+    def wait_ready(self, ctx: StackContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def seed(self, ctx: StackContext) -> None:
+        """Load demo data (directory users, studies)."""
+
+    def running(self) -> bool:
+        rec = process.load(self.name)
+        return bool(rec and rec.running())
+
+    def stop(self) -> bool:
+        return process.stop(self.name)

@@ -1,0 +1,99 @@
+"""Bring the whole dev stack up or down: the one code path behind `make demo`, the pytest session
+fixture and `pacs-bridge devstack up|down|status`.
+
+Keycloak is started first and waited for last: it is by far the slowest (30-90 s on two cores),
+and the directories, Orthanc and the rest come up meanwhile.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from bridge.devstack import install, state
+from bridge.devstack.process import DevstackError
+from bridge.devstack.service import Service, StackContext
+from bridge.devstack.tls import ensure_ca
+
+#: every service, in start order (each module defines `SERVICE`)
+ALL = ("keycloak", "samba", "slapd", "orthanc", "scim", "postgres", "rsyslog")
+
+
+def service(name: str) -> Service:
+    if name not in ALL:
+        raise DevstackError(f"unknown dev stack service {name!r}; known: {', '.join(ALL)}")
+    return importlib.import_module(f"bridge.devstack.{name}").SERVICE
+
+
+def _selected(names: Iterable[str] | None) -> list[Service]:
+    wanted = list(names) if names else list(ALL)
+    return [service(n) for n in ALL if n in wanted]
+
+
+def up(names: Iterable[str] | None = None, *, seed: bool = True, owner: str = "cli",
+       log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Install, start, wait for and seed the selected services; return the stack info."""
+    t0 = time.monotonic()
+    services = _selected(names)
+    ctx = StackContext(ca_file=ensure_ca())
+    ctx.info.update(state.read_stack())
+    ctx.info["ca"] = {"file": str(ctx.ca_file)}
+
+    packages = sorted({p for s in services for p in s.apt_packages})
+    if packages:
+        install.apt_install(packages)
+    for s in services:
+        s.install()
+
+    started: list[Service] = []
+    try:
+        for s in services:
+            if s.running():
+                log(f"{s.name}: already running")
+                continue
+            log(f"{s.name}: starting")
+            s.prepare(ctx)
+            s.start(ctx)
+            started.append(s)
+        for s in services:
+            ctx.info[s.name] = s.wait_ready(ctx)
+            state.update_stack(s.name, ctx.info[s.name])
+            log(f"{s.name}: ready ({time.monotonic() - t0:.1f} s)")
+        if seed:
+            for s in services:
+                if s in started:
+                    s.seed(ctx)
+        state.update_stack("ca", ctx.info["ca"])
+        if started or "owner" not in state.read_stack():
+            state.update_stack("owner", {"name": owner, "since": time.time()})
+    except BaseException:
+        for s in reversed(started):
+            s.stop()
+        raise
+    log(f"dev stack up in {time.monotonic() - t0:.1f} s")
+    return state.read_stack()
+
+
+def down(names: Iterable[str] | None = None, *, owner: str | None = None,
+         log: Callable[[str], None] = print) -> None:
+    """Stop exactly the processes the stack recorded (also after a crash of whoever started them).
+
+    With `owner`, stop only if that owner started the stack: `make test` never stops a demo.
+    """
+    if owner is not None and state.read_stack().get("owner", {}).get("name") != owner:
+        return
+    for s in reversed(_selected(names)):
+        if s.stop():
+            log(f"{s.name}: stopped")
+    data = state.read_stack()
+    for s in _selected(names):
+        data.pop(s.name, None)
+    if not any(service(n).running() for n in ALL):
+        data.pop("owner", None)
+    state.write_stack(data)
+
+
+def status() -> dict[str, bool]:
+    return {name: service(name).running() for name in ALL}

@@ -1,0 +1,128 @@
+"""One local certificate authority for the whole dev stack, as a hospital PKI would have.
+
+Every server (Keycloak, Samba AD, slapd, rsyslog, the bridge, PostgreSQL) gets a certificate
+issued by this CA with SANs for 127.0.0.1, ::1 and localhost, and every client verifies against
+`ca.pem`.  Keys are written 0600.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from bridge.devstack.state import service_dir
+
+CA_NAME = "PACS SSO Bridge Dev CA"
+VALIDITY_DAYS = 30
+
+
+@dataclass(frozen=True)
+class CertPair:
+    cert: Path
+    key: Path
+    ca: Path
+
+
+def _write_key(path: Path, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+
+
+def ca_paths() -> tuple[Path, Path]:
+    d = service_dir("ca")
+    return d / "ca.pem", d / "ca-key.pem"
+
+
+def ensure_ca() -> Path:
+    """Create the CA once; return the path of its certificate."""
+    cert_path, key_path = ca_paths()
+    if cert_path.exists() and key_path.exists():
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        if cert.not_valid_after_utc > dt.datetime.now(dt.UTC) + dt.timedelta(days=2):
+            return cert_path
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=VALIDITY_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                key_encipherment=False, data_encipherment=False, key_agreement=False,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_key(key_path, key)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    # issued certificates of an older CA are now worthless
+    for old in service_dir("ca").glob("*-cert.pem"):
+        old.unlink()
+    return cert_path
+
+
+def issue(name: str, *, rsa_key: bool = True, extra_dns: tuple[str, ...] = ()) -> CertPair:
+    """Issue (or reuse) a server certificate `name` for loopback.
+
+    RSA by default: Samba, slapd (GnuTLS) and Java keystores all take it without surprises.
+    """
+    ca_cert_path, ca_key_path = ca_paths()
+    ensure_ca()
+    d = service_dir("ca")
+    cert_path, key_path = d / f"{name}-cert.pem", d / f"{name}-key.pem"
+    if cert_path.exists() and key_path.exists():
+        return CertPair(cert_path, key_path, ca_cert_path)
+    ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048) if rsa_key else ec.generate_private_key(ec.SECP256R1())
+    )
+    now = dt.datetime.now(dt.UTC)
+    sans: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+        *[x509.DNSName(n) for n in extra_dns],
+    ]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost"),
+                                 x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=VALIDITY_DAYS - 1))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)  # type: ignore[arg-type]
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    _write_key(key_path, key)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return CertPair(cert_path, key_path, ca_cert_path)

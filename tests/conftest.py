@@ -1,0 +1,34 @@
+"""Session fixtures: the real dev stack, started by the same code as `make demo`.
+
+Integration tests ask for `stack` (or a narrower fixture built on it).  If a stack is already
+running (a `make demo` in another terminal) it is reused and left running; otherwise this
+session starts it and stops it at the end, whatever happens.  In CI (`CI=true`) a server that
+cannot start fails the run; it is never a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[dict[str, Any]]:
+    from bridge.devstack import stack as devstack
+    from bridge.devstack.process import DevstackError
+
+    before = devstack.status()
+    try:
+        info = devstack.up(owner="test" if not any(before.values()) else "cli")
+    except DevstackError as exc:
+        if IN_CI:
+            pytest.fail(f"dev stack could not start: {exc}", pytrace=False)
+        pytest.skip(f"dev stack could not start (outside CI): {exc}")
+    yield info
+    if not any(before.values()):
+        devstack.down(owner="test")
