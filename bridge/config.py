@@ -54,18 +54,32 @@ class _Section(BaseModel):
         data = dict(data)
         for name, field in cls.model_fields.items():
             key = f"{name}_file"
-            if key not in data:
-                continue
-            if field.annotation not in (SecretStr, SecretStr | None):
+            if key not in data or field.annotation not in (SecretStr, SecretStr | None):
                 continue
             path = data.pop(key)
             if name in data and data[name] not in (None, ""):
-                raise ValueError(f"{name} and {key} are both set; keep only one")
+                data[name] = _Unreadable(f"both {name} and {key} are set; keep only one")
+                continue
             try:
                 data[name] = Path(str(path)).read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:
-                raise ValueError(f"{key}: cannot read secret file {path!s}: {exc.strerror}") from None
+                data[name] = _Unreadable(f"cannot read secret file {path!s} ({key}): {exc.strerror}")
         return data
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _report_unreadable(cls, v: Any) -> Any:
+        if isinstance(v, _Unreadable):
+            raise ValueError(v.reason)
+        return v
+
+
+class _Unreadable:
+    """Stands in for a secret whose file could not be read, so the error lands on that key
+    while every other key of the section is still validated."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
 
 
 def _require_scheme(value: str, schemes: tuple[str, ...], what: str) -> str:
@@ -77,9 +91,9 @@ def _require_scheme(value: str, schemes: tuple[str, ...], what: str) -> str:
 class BridgeSection(_Section):
     """The bridge's own HTTP service."""
 
-    public_url: str = "https://127.0.0.1:8443"
+    public_url: str = "https://127.0.0.1:9443"
     listen_host: str = "127.0.0.1"
-    listen_port: int = Field(8443, ge=1, le=65535)
+    listen_port: int = Field(9443, ge=1, le=65535)
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     session_secret: SecretStr | None = None

@@ -22,9 +22,11 @@ def stack() -> Iterator[dict[str, Any]]:
     from bridge.devstack import stack as devstack
     from bridge.devstack.process import DevstackError
 
+    # PACS_BRIDGE_DEVSTACK_ONLY=samba,slapd narrows the stack while working on one part
+    only = [n for n in os.environ.get("PACS_BRIDGE_DEVSTACK_ONLY", "").split(",") if n] or None
     before = devstack.status()
     try:
-        info = devstack.up(owner="test" if not any(before.values()) else "cli")
+        info = devstack.up(only, owner="test" if not any(before.values()) else "cli")
     except DevstackError as exc:
         if IN_CI:
             pytest.fail(f"dev stack could not start: {exc}", pytrace=False)
