@@ -1,0 +1,106 @@
+"""Orthanc (Debian's 1.10.1) as the dev stack's PACS, with the bridge's Python request filter.
+
+Readiness: the filter fails closed and denies *every* HTTP request, ``GET /system`` included,
+and it must not grow a health-check exception (an unauthenticated hole is exactly what it is
+there to prevent).  So "ready" means: the log says "Orthanc has started", and an HTTP request to
+``/system`` gets an answer, where 403 counts as up (the filter ran) as well as 200 (the plain
+instance without filter).  Anything else (500 = filter crashed) is not ready.
+
+Orthanc 1.10.1 cannot bind to 127.0.0.1 only (no bind-address option exists): both listeners
+bind every interface.  ``RemoteAccessAllowed: false`` makes Orthanc refuse HTTP from
+non-loopback peers, and the DICOM listener accepts only configured modalities from their host
+(see bridge/pacs/orthanc_config.py).
+
+`OrthancService` is parameterised so a second instance without the filter (``orthanc-plain``,
+a benchmark baseline) is one line: ``OrthancService("orthanc-plain", with_filter=False)``.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bridge.devstack import process
+from bridge.devstack.process import DevstackError
+from bridge.devstack.service import Service, StackContext
+from bridge.devstack.state import free_port, port_open
+from bridge.pacs.orthanc_config import DICOMWEB_PLUGIN, FILTER_SCRIPT, PYTHON_PLUGIN, orthanc_config
+
+BINARY = Path("/usr/sbin/Orthanc")
+STARTED_LINE = "Orthanc has started"
+
+
+def _http_status(url: str, timeout: float = 2.0) -> int:
+    """The status of a plain GET (any status, no exception for 4xx/5xx)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - fixed http://127.0.0.1 URL
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+class OrthancService(Service):
+    apt_packages = ("orthanc", "orthanc-python", "orthanc-dicomweb", "python3-jwt", "python3-cryptography")
+
+    def __init__(self, name: str = "orthanc", *, with_filter: bool = True, aet: str = "PACSTEST") -> None:
+        self.name = name
+        self.with_filter = with_filter
+        self.aet = aet
+        self._ports: tuple[int, int] | None = None
+
+    @property
+    def config_file(self) -> Path:
+        return self.dir / "orthanc.json"
+
+    def prepare(self, ctx: StackContext) -> None:
+        needed = [BINARY, DICOMWEB_PLUGIN, *((PYTHON_PLUGIN, FILTER_SCRIPT) if self.with_filter else ())]
+        for path in needed:
+            if not path.exists():
+                raise DevstackError(f"{self.name}: {path} is missing "
+                                    f"(apt packages: {' '.join(self.apt_packages)})")
+        http_port, dicom_port = free_port(), free_port()
+        while dicom_port == http_port:
+            dicom_port = free_port()
+        self._ports = (http_port, dicom_port)
+        (self.dir / "storage").mkdir(exist_ok=True)
+        (self.dir / "index").mkdir(exist_ok=True)
+        config = orthanc_config(
+            name=self.name, aet=self.aet, http_port=http_port, dicom_port=dicom_port,
+            storage_dir=self.dir / "storage", index_dir=self.dir / "index", with_filter=self.with_filter,
+        )
+        self.config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+    def _config(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DevstackError(f"{self.name}: cannot read {self.config_file}: {exc}") from None
+
+    def start(self, ctx: StackContext) -> None:
+        # a fresh log per start so the "started" line is this run's
+        (self.dir / "server.log").unlink(missing_ok=True)
+        process.start(self.name, [str(BINARY), str(self.config_file)], cwd=self.dir)
+
+    def wait_ready(self, ctx: StackContext) -> dict[str, Any]:
+        config = self._config()
+        http_port, dicom_port = int(config["HttpPort"]), int(config["DicomPort"])
+        url = f"http://127.0.0.1:{http_port}"
+        rec = process.load(self.name)
+        log = self.dir / "server.log"
+        accepted = {403} if self.with_filter else {200}
+
+        def ready() -> bool:
+            return (
+                STARTED_LINE in log.read_text(errors="replace")
+                and port_open(dicom_port)
+                and _http_status(f"{url}/system") in accepted
+            )
+
+        process.wait_until(ready, what=f"{self.name} (Orthanc)", timeout=60, rec=rec, interval=0.1)
+        return {"url": url, "dicom_port": dicom_port, "aet": config["DicomAet"], "filter": self.with_filter}
+
+
+SERVICE = OrthancService()
