@@ -57,6 +57,8 @@ class _Section(BaseModel):
             if key not in data or field.annotation not in (SecretStr, SecretStr | None):
                 continue
             path = data.pop(key)
+            if path in (None, ""):
+                continue
             if name in data and data[name] not in (None, ""):
                 data[name] = _Unreadable(f"both {name} and {key} are set; keep only one")
                 continue
