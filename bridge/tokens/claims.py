@@ -1,0 +1,163 @@
+"""The one place that builds the claims of a PACS token (RFC 9068 JWT access token + IHE IUA).
+
+Everything a PACS may rely on is decided here: who (``sub`` = the stable directory id, not a
+Keycloak-internal id), for which PACS (``aud``), how they logged in (``auth_time``, ``acr``,
+``amr``), what they may do (``roles``, ``permissions`` from the permission vocabulary,
+``scopes`` = departments / institutions) and for how long (``exp``, capped by the configured
+maximum).  The header (``typ: at+jwt``, ``kid``) is set by :meth:`bridge.tokens.keys.KeyRing.sign`.
+
+Pure functions over plain values: no Flask, no database, trivially testable.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.policy.permissions import Permission, expand
+
+#: prefix of the OAuth scope that stands for a PACS permission (``pacs:view`` ...)
+SCOPE_PREFIX = "pacs:"
+#: FHIR Coding system of ``purpose_of_use`` (HL7 v3 ActReason)
+PURPOSE_OF_USE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+#: purposes a client may ask for; break-the-glass (BTG) is deliberately not self-service
+PURPOSES_OF_USE: frozenset[str] = frozenset({"TREAT", "ETREAT", "HOPERAT", "PATRQT"})
+DEFAULT_PURPOSE_OF_USE = "TREAT"
+#: FHIR Coding system the bridge uses for its role names in ``subject_role``
+ROLE_SYSTEM = "urn:pacs-sso-bridge:role"
+
+
+def scope_for(permission: Permission) -> str:
+    return SCOPE_PREFIX + permission.value
+
+
+def scopes_supported() -> list[str]:
+    """Every scope a PACS token can carry (for RFC 8414 metadata and the docs)."""
+    return sorted(scope_for(p) for p in Permission)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Who the token is about, and how they authenticated (from the Keycloak token)."""
+
+    id: str
+    username: str | None = None
+    name: str | None = None
+    organization: str | None = None
+    auth_time: int | None = None
+    acr: str | None = None
+    amr: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What the subject may do in the PACS: roles, their permissions and the scopes they hold."""
+
+    roles: tuple[str, ...] = ()
+    permissions: frozenset[Permission] = frozenset()
+    departments: tuple[str, ...] = ()
+    institutions: tuple[str, ...] = ()
+    source: str = "assignments"  # or "keycloak-roles" (fallback), for the audit trail
+
+    def narrowed(self, requested_scope: str | None) -> Grant:
+        """Only the permissions the client asked for (``scope=pacs:view ...``); never more than granted."""
+        if not requested_scope:
+            return self
+        asked = {s[len(SCOPE_PREFIX) :] for s in requested_scope.split() if s.startswith(SCOPE_PREFIX)}
+        keep = frozenset(p for p in self.permissions if p.value in asked)
+        return Grant(self.roles, keep, self.departments, self.institutions, self.source)
+
+
+def grant_from_roles(
+    roles: Iterable[str],
+    role_permissions: Mapping[str, Iterable[str | Permission]],
+    departments: Iterable[str] = (),
+    institutions: Iterable[str] = (),
+    source: str = "assignments",
+) -> Grant:
+    """Roles -> permissions through the policy's map; roles the map does not know grant nothing."""
+    known = sorted({r for r in roles if r in role_permissions})
+    perms: set[Permission] = set()
+    for role in known:
+        perms |= expand(list(role_permissions[role]))  # type: ignore[arg-type]
+    return Grant(
+        tuple(known),
+        frozenset(perms),
+        tuple(sorted(set(departments))),
+        tuple(sorted(set(institutions))),
+        source,
+    )
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    """The token-shaping part of the configuration."""
+
+    issuer: str
+    audience: str
+    lifetime_seconds: int = 300
+    max_lifetime_seconds: int = 3600
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def lifetime(settings: TokenSettings, requested: int | None = None) -> int:
+    """The token lifetime: the default, or what was asked for, never above the configured maximum."""
+    value = settings.lifetime_seconds if requested is None else int(requested)
+    return max(1, min(value, settings.max_lifetime_seconds))
+
+
+def build(
+    settings: TokenSettings,
+    subject: Subject,
+    grant: Grant,
+    client_id: str,
+    *,
+    requested_lifetime: int | None = None,
+    purpose_of_use: str = DEFAULT_PURPOSE_OF_USE,
+    now: int | None = None,
+    jti: str | None = None,
+) -> dict[str, Any]:
+    """The claims of one PACS token."""
+    if not subject.id:
+        raise ValueError("subject.id: a PACS token needs the stable directory id as sub")
+    if purpose_of_use not in PURPOSES_OF_USE:
+        raise ValueError(
+            f"purpose_of_use: {purpose_of_use!r} is not one of {', '.join(sorted(PURPOSES_OF_USE))}"
+        )
+    iat = int(time.time()) if now is None else int(now)
+    permissions = sorted(p.value for p in grant.permissions)
+    claims: dict[str, Any] = {
+        "iss": settings.issuer,
+        "sub": subject.id,
+        "aud": settings.audience,
+        "client_id": client_id,
+        "iat": iat,
+        "nbf": iat,
+        "exp": iat + lifetime(settings, requested_lifetime),
+        "jti": jti or secrets.token_urlsafe(18),
+        "scope": " ".join(SCOPE_PREFIX + p for p in permissions),
+        "roles": list(grant.roles),
+        "permissions": permissions,
+        "scopes": {"departments": list(grant.departments), "institutions": list(grant.institutions)},
+        "extensions": {
+            "ihe_iua": {
+                "subject_name": subject.name or subject.username or subject.id,
+                "subject_role": [{"system": ROLE_SYSTEM, "code": r} for r in grant.roles],
+                "purpose_of_use": [{"system": PURPOSE_OF_USE_SYSTEM, "code": purpose_of_use}],
+                **({"subject_organization": subject.organization} if subject.organization else {}),
+            }
+        },
+    }
+    if subject.username:
+        claims["preferred_username"] = subject.username
+    if subject.auth_time is not None:
+        claims["auth_time"] = int(subject.auth_time)
+    if subject.acr is not None:
+        claims["acr"] = subject.acr
+    if subject.amr:
+        claims["amr"] = list(subject.amr)
+    claims.update(settings.extra)
+    return claims

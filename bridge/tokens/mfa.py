@@ -1,0 +1,105 @@
+"""The one MFA rule: when does a login count as multi-factor, and how to ask for a step-up.
+
+Used by the token service (on the Keycloak token it exchanges) and by the PACS verifier (on the
+PACS token it receives), so both sides apply exactly the same rule.  Stdlib only: the verifier
+runs under Debian's ``/usr/bin/python3`` inside Orthanc.
+
+The rule (docs/tokens.md): the login is multi-factor iff
+
+* ``acr`` equals the configured ``required_acr`` (Keycloak's acr-to-LoA map names the level), **or**
+* ``amr`` contains one of ``accepted_amr`` (RFC 8176 ``otp``, ``hwk``, ``mfa``),
+
+**and** ``auth_time`` is present and no older than ``max_auth_age_seconds``.  ``acr_values`` in a
+request can be tampered with by the client; only the signed token's claims count.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: RFC 9470 error code
+INSUFFICIENT_USER_AUTHENTICATION = "insufficient_user_authentication"
+
+
+@dataclass(frozen=True)
+class MfaRule:
+    """What counts as a multi-factor login; an empty ``required_acr``/``accepted_amr`` disables that path."""
+
+    required_acr: str | None = "mfa"
+    accepted_amr: frozenset[str] = frozenset({"otp", "hwk", "mfa"})
+    max_auth_age_seconds: int = 12 * 3600
+    leeway_seconds: int = 30
+
+    @classmethod
+    def from_section(cls, section: Any) -> MfaRule:
+        """From the config's ``mfa`` section (duck-typed so this module never imports pydantic)."""
+        return cls(
+            required_acr=section.required_acr or None,
+            accepted_amr=frozenset(section.accepted_amr),
+            max_auth_age_seconds=int(section.max_auth_age_seconds),
+        )
+
+    def __post_init__(self) -> None:
+        if not self.required_acr and not self.accepted_amr:
+            raise ValueError("mfa: set required_acr or accepted_amr, else no login could ever count as MFA")
+
+
+@dataclass(frozen=True)
+class MfaVerdict:
+    ok: bool
+    reason: str
+
+
+def _amr(value: Any) -> frozenset[str]:
+    if isinstance(value, str):
+        return frozenset({value})
+    if isinstance(value, Iterable):
+        return frozenset(v for v in value if isinstance(v, str))
+    return frozenset()
+
+
+def check(claims: Mapping[str, Any], rule: MfaRule, now: float | None = None) -> MfaVerdict:
+    """Apply the rule to a token's claims; the reason says what is missing (never who the user is)."""
+    now = time.time() if now is None else now
+    auth_time = claims.get("auth_time")
+    if not isinstance(auth_time, int | float) or isinstance(auth_time, bool):
+        return MfaVerdict(False, "token carries no auth_time")
+    if auth_time > now + rule.leeway_seconds:
+        return MfaVerdict(False, "auth_time lies in the future")
+    age = now - auth_time
+    if age > rule.max_auth_age_seconds + rule.leeway_seconds:
+        return MfaVerdict(False, f"authentication is {int(age)} s old (max {rule.max_auth_age_seconds} s)")
+    acr = claims.get("acr")
+    if rule.required_acr and acr == rule.required_acr:
+        return MfaVerdict(True, f"acr={acr}")
+    matched = _amr(claims.get("amr")) & rule.accepted_amr
+    if matched:
+        return MfaVerdict(True, "amr=" + ",".join(sorted(matched)))
+    wanted = []
+    if rule.required_acr:
+        wanted.append(f"acr {rule.required_acr}")
+    if rule.accepted_amr:
+        wanted.append("amr one of " + ",".join(sorted(rule.accepted_amr)))
+    return MfaVerdict(False, "no second factor: need " + " or ".join(wanted))
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def challenge(
+    rule: MfaRule, description: str = "a multi-factor login is required", realm: str | None = None
+) -> str:
+    """The RFC 9470 ``WWW-Authenticate`` value asking the client to step up (acr_values and max_age)."""
+    parts = []
+    if realm:
+        parts.append(f"realm={_quote(realm)}")
+    parts.append(f"error={_quote(INSUFFICIENT_USER_AUTHENTICATION)}")
+    parts.append(f"error_description={_quote(description)}")
+    if rule.required_acr:
+        parts.append(f"acr_values={_quote(rule.required_acr)}")
+    parts.append(f"max_age={_quote(str(rule.max_auth_age_seconds))}")
+    return "Bearer " + ", ".join(parts)
