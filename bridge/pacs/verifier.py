@@ -1,0 +1,368 @@
+"""Verify PACS tokens and decide requests: a small library for any Python PACS or gateway.
+
+Runs under Debian 12's ``/usr/bin/python3`` with only ``python3-jwt`` (PyJWT 2.6) and
+``python3-cryptography`` (38) besides the standard library, so the Orthanc plugin can import it;
+nothing here may use a PyJWT feature newer than 2.6 (hence no ``PyJWKClient``: its cache and
+refresh rules are not ours).
+
+What a token must pass (RFC 9068 section 4, RFC 8725):
+
+* header ``typ`` is ``at+jwt``; ``alg`` is in the pinned list *and* equals the key's own ``alg``
+  (no ``none``, no HMAC-with-the-public-key); ``kid`` names a key of the bridge's JWKS.  An unknown
+  ``kid`` refreshes the JWKS once, at most every ``jwks_min_refresh_seconds``.  ``jku``/``x5u``
+  headers are ignored: keys come only from the configured JWKS URL.
+* ``iss`` and ``aud`` exact; ``exp``/``nbf``/``iat`` with a small leeway; ``sub``, ``jti``,
+  ``client_id`` present; the MFA rule of :mod:`bridge.tokens.mfa` holds.
+* ``jti`` not revoked: the bridge's revocation list is pulled every ``revocation_refresh_seconds``
+  (fail closed when it is older than ``revocation_max_stale_seconds``), or each token is
+  introspected (RFC 7662) and re-checked at the same interval.
+
+A verified token is cached under a hash of the token until it expires, so a viewer fetching
+hundreds of images costs one dictionary lookup per request, not one signature check.
+
+Decisions go through the one route table, :mod:`bridge.pacs.routes`: unknown routes are denied.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import ssl
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+
+from bridge.pacs import routes
+from bridge.tokens import mfa
+
+#: token types accepted in the header (RFC 9068 section 2.1)
+ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+DEFAULT_ALGORITHMS = ("ES256", "RS256", "EdDSA")
+REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "jti", "client_id")
+#: an Authorization header longer than this is refused before any parsing
+MAX_AUTHORIZATION_LENGTH = 8192
+
+Fetch = Callable[[str, bytes | None, Mapping[str, str]], bytes]
+
+
+class VerificationError(Exception):
+    """The token is not acceptable; ``error`` is the RFC 6750 / RFC 9470 error code."""
+
+    def __init__(self, reason: str, error: str = "invalid_token"):
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    issuer: str
+    audience: str
+    jwks_url: str
+    ca_file: str | None = None
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    leeway_seconds: int = 30
+    jwks_min_refresh_seconds: float = 30.0
+    jwks_max_age_seconds: float = 3600.0
+    revocation_url: str | None = None
+    introspection_url: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    revocation_refresh_seconds: float = 10.0
+    revocation_max_stale_seconds: float = 300.0
+    mfa_rule: mfa.MfaRule | None = field(default_factory=mfa.MfaRule)
+    cache_size: int = 10_000
+    http_timeout_seconds: float = 3.0
+
+    def __post_init__(self) -> None:
+        bad = [a for a in self.algorithms if a.upper() == "NONE" or a.startswith("HS")]
+        if bad or not self.algorithms:
+            raise ValueError(f"algorithms: only asymmetric algorithms may be pinned, got {self.algorithms!r}")
+        for name in ("jwks_url", "revocation_url", "introspection_url"):
+            url = getattr(self, name)
+            if url and not url.startswith("https://"):
+                raise ValueError(f"{name}: must be https:// (keys and revocations must not be forgeable)")
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    claims: dict[str, Any]
+    jti: str
+    exp: float
+    recheck_at: float  # introspection mode: when to ask the bridge again
+
+
+@dataclass(frozen=True)
+class Decision:
+    allow: bool
+    reason: str
+    permission: str | None = None
+    error: str | None = None  # RFC 6750 error code when the token itself was the problem
+    subject: str | None = None
+
+
+def decide(claims: Mapping[str, Any], method: str, path: str) -> Decision:
+    """Allow iff the route maps to a permission the token carries; unknown routes are denied."""
+    route = routes.route_for(method, path)
+    sub = claims.get("sub") if isinstance(claims.get("sub"), str) else None
+    if route is None:
+        return Decision(
+            False, f"no rule for {method.upper()} {path.split('?', 1)[0]}: denied", None, None, sub
+        )
+    perm = route.permission.value
+    held = claims.get("permissions")
+    if isinstance(held, list) and perm in held:
+        return Decision(True, f"{perm}: {route.what}", perm, None, sub)
+    return Decision(False, f"missing permission {perm} ({route.what})", perm, "insufficient_scope", sub)
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer`` header (scheme case-insensitive, exactly one token)."""
+    if not authorization:
+        raise VerificationError("no Authorization header", "invalid_request")
+    if len(authorization) > MAX_AUTHORIZATION_LENGTH:
+        raise VerificationError("Authorization header too long", "invalid_request")
+    if "," in authorization:
+        raise VerificationError("several credentials in one Authorization header", "invalid_request")
+    parts = authorization.strip().split()
+    if len(parts) != 2 or parts[0].lower() != "bearer":
+        raise VerificationError("Authorization is not a single Bearer token", "invalid_request")
+    token = parts[1]
+    if token.count(".") != 2:
+        raise VerificationError("token is not a JWS compact serialization")
+    return token
+
+
+def _default_fetch(ca_file: str | None, timeout: float) -> Fetch:
+    context = ssl.create_default_context(cafile=ca_file)
+
+    def fetch(url: str, body: bytes | None, headers: Mapping[str, str]) -> bytes:
+        req = urllib.request.Request(url, data=body, headers=dict(headers), method="POST" if body else "GET")  # noqa: S310
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310
+            return bytes(resp.read(2_000_000))
+
+    return fetch
+
+
+class Verifier:
+    """Thread-safe; create one per process and share it."""
+
+    def __init__(
+        self,
+        config: VerifierConfig,
+        fetch: Fetch | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.config = config
+        self.fetch = fetch or _default_fetch(config.ca_file, config.http_timeout_seconds)
+        self.clock = clock
+        self._keys: dict[str, tuple[str, Any]] = {}
+        self._jwks_loaded_at = float("-inf")
+        self._jwks_attempt_at = float("-inf")
+        self._revoked: dict[str, float] = {}
+        self._revoked_loaded_at = float("-inf")
+        self._cache: dict[bytes, VerifiedToken] = {}
+        self._lock = threading.Lock()
+        self._revocation_lock = threading.Lock()
+        self.stats = {"hits": 0, "verified": 0, "jwks_fetches": 0, "revocation_fetches": 0}
+
+    # ------------------------------------------------------------------ keys
+
+    def _load_jwks(self) -> None:
+        self._jwks_attempt_at = self.clock()
+        self.stats["jwks_fetches"] += 1
+        data = json.loads(self.fetch(self.config.jwks_url, None, {"Accept": "application/json"}))
+        keys: dict[str, tuple[str, Any]] = {}
+        for entry in data.get("keys", []):
+            kid, alg = entry.get("kid"), entry.get("alg")
+            if not kid or alg not in self.config.algorithms or entry.get("use", "sig") != "sig":
+                continue
+            try:
+                keys[kid] = (alg, jwt.PyJWK(entry, alg).key)
+            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
+                continue
+        self._keys = keys
+        self._jwks_loaded_at = self._jwks_attempt_at
+
+    def _key(self, kid: str) -> tuple[str, Any]:
+        now = self.clock()
+        if now - self._jwks_loaded_at > self.config.jwks_max_age_seconds:
+            with self._lock:
+                if now - self._jwks_loaded_at > self.config.jwks_max_age_seconds:
+                    self._safe_jwks_load()
+        found = self._keys.get(kid)
+        if found is None and now - self._jwks_attempt_at >= self.config.jwks_min_refresh_seconds:
+            with self._lock:  # unknown kid: maybe a rotation; refresh once, rate-limited
+                if kid not in self._keys and self.clock() - self._jwks_attempt_at >= (
+                    self.config.jwks_min_refresh_seconds
+                ):
+                    self._safe_jwks_load()
+            found = self._keys.get(kid)
+        if found is None:
+            raise VerificationError("unknown signing key (kid)")
+        return found
+
+    def _safe_jwks_load(self) -> None:
+        try:
+            self._load_jwks()
+        except Exception:  # keep the old keys; an unknown kid stays unknown
+            self._jwks_attempt_at = self.clock()
+
+    # ------------------------------------------------------------------ revocation
+
+    def _refresh_revocations(self, now: float) -> None:
+        if now - self._revoked_loaded_at < self.config.revocation_refresh_seconds:
+            return
+        if not self._revocation_lock.acquire(blocking=False):
+            return  # someone else is refreshing; use the current list meanwhile
+        try:
+            self.stats["revocation_fetches"] += 1
+            data = json.loads(
+                self.fetch(self.config.revocation_url or "", None, {"Accept": "application/json"})
+            )
+            revoked = {
+                str(e["jti"]): float(e.get("exp", now + 86400)) for e in data.get("revoked", []) if "jti" in e
+            }
+            self._revoked = {j: exp for j, exp in revoked.items() if exp + self.config.leeway_seconds > now}
+            self._revoked_loaded_at = now
+        except Exception:  # noqa: S110 - staleness is checked below; the old list stays in force
+            pass
+        finally:
+            self._revocation_lock.release()
+
+    def _check_revocation(self, jti: str, now: float) -> None:
+        if not self.config.revocation_url:
+            return
+        self._refresh_revocations(now)
+        if now - self._revoked_loaded_at > self.config.revocation_max_stale_seconds:
+            raise VerificationError("revocation list unavailable: failing closed", "temporarily_unavailable")
+        if jti in self._revoked:
+            raise VerificationError("token revoked")
+
+    def _introspect(self, token: str) -> None:
+        cfg = self.config
+        body = urllib.parse.urlencode({"token": token, "token_type_hint": "access_token"}).encode()
+        cred = base64.b64encode(f"{cfg.client_id}:{cfg.client_secret}".encode()).decode()
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "Authorization": f"Basic {cred}"}
+        try:
+            answer = json.loads(self.fetch(cfg.introspection_url or "", body, headers))
+        except Exception:
+            raise VerificationError(
+                "introspection unavailable: failing closed", "temporarily_unavailable"
+            ) from None
+        if answer.get("active") is not True:
+            raise VerificationError("token inactive (introspection)")
+
+    # ------------------------------------------------------------------ verification
+
+    def verify(self, token: str) -> VerifiedToken:
+        """The verified token, from the cache when seen before; raises VerificationError."""
+        digest = hashlib.blake2b(token.encode(), digest_size=20).digest()
+        now = self.clock()
+        hit = self._cache.get(digest)
+        if hit is not None and hit.exp + self.config.leeway_seconds > now:
+            if now >= hit.recheck_at:
+                self._introspect(token)
+                hit = VerifiedToken(
+                    hit.claims, hit.jti, hit.exp, now + self.config.revocation_refresh_seconds
+                )
+                self._cache[digest] = hit
+            self._check_revocation(hit.jti, now)
+            self.stats["hits"] += 1
+            return hit
+        verified = self._verify_signature_and_claims(token, now)
+        self._remember(digest, verified, now)
+        return verified
+
+    def _verify_signature_and_claims(self, token: str, now: float) -> VerifiedToken:
+        cfg = self.config
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise VerificationError("malformed token") from None
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES:
+            raise VerificationError("wrong token type (typ must be at+jwt)")
+        alg, kid = header.get("alg"), header.get("kid")
+        if alg not in cfg.algorithms:
+            raise VerificationError("algorithm not allowed")
+        if not isinstance(kid, str):
+            raise VerificationError("token has no kid")
+        key_alg, key = self._key(kid)
+        if alg != key_alg:
+            raise VerificationError("algorithm does not match the key")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[key_alg],
+                audience=cfg.audience,
+                issuer=cfg.issuer,
+                leeway=cfg.leeway_seconds,
+                options={"require": list(REQUIRED_CLAIMS)},
+            )
+        except jwt.ExpiredSignatureError:
+            raise VerificationError("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise VerificationError("token not yet valid") from None
+        except jwt.InvalidAudienceError:
+            raise VerificationError("token is for another audience") from None
+        except jwt.InvalidIssuerError:
+            raise VerificationError("token from another issuer") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise VerificationError(f"token lacks claim {exc.claim}") from None
+        except jwt.InvalidSignatureError:
+            raise VerificationError("bad signature") from None
+        except jwt.PyJWTError:
+            raise VerificationError("invalid token") from None
+        # PyJWT checked against the system clock; check again against ours (the same in production)
+        if float(claims["exp"]) + cfg.leeway_seconds <= now:
+            raise VerificationError("token expired")
+        if float(claims.get("nbf", 0)) > now + cfg.leeway_seconds:
+            raise VerificationError("token not yet valid")
+        if float(claims["iat"]) > now + cfg.leeway_seconds:
+            raise VerificationError("token issued in the future")
+        if cfg.mfa_rule is not None:
+            verdict = mfa.check(claims, cfg.mfa_rule, now)
+            if not verdict.ok:
+                raise VerificationError(verdict.reason, mfa.INSUFFICIENT_USER_AUTHENTICATION)
+        jti = str(claims["jti"])
+        recheck = float("inf")
+        if cfg.introspection_url:
+            self._introspect(token)
+            recheck = now + cfg.revocation_refresh_seconds
+        self._check_revocation(jti, now)
+        self.stats["verified"] += 1
+        return VerifiedToken(claims, jti, float(claims["exp"]), recheck)
+
+    def _remember(self, digest: bytes, verified: VerifiedToken, now: float) -> None:
+        if len(self._cache) >= self.config.cache_size:
+            with self._lock:
+                horizon = now - self.config.leeway_seconds
+                self._cache = {k: v for k, v in self._cache.items() if v.exp > horizon}
+                while len(self._cache) >= self.config.cache_size:  # all alive: drop the oldest
+                    self._cache.pop(next(iter(self._cache)))
+        self._cache[digest] = verified
+
+    def forget(self, token: str) -> None:
+        """Drop a token from the cache (tests, or after an explicit revocation seen locally)."""
+        self._cache.pop(hashlib.blake2b(token.encode(), digest_size=20).digest(), None)
+
+    # ------------------------------------------------------------------ one call per request
+
+    def authorize(self, authorization: str | None, method: str, path: str) -> Decision:
+        """Parse, verify and decide; never raises (any unexpected error is a denial)."""
+        try:
+            verified = self.verify(bearer_token(authorization))
+            return decide(verified.claims, method, path)
+        except VerificationError as exc:
+            return Decision(False, exc.reason, None, exc.error)
+        except Exception as exc:  # fail closed
+            return Decision(False, f"verifier error: {type(exc).__name__}", None, "invalid_token")

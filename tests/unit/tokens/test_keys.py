@@ -1,0 +1,121 @@
+"""Signing keys: kid = RFC 7638 thumbprint, encryption at rest, rotation keeps old keys until expiry."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import jwt
+import pytest
+from joserfc import jwk as joserfc_jwk
+
+from bridge.tokens.keys import (
+    ALGORITHMS,
+    KeyEncryptor,
+    KeyRing,
+    MemoryKeyRepository,
+    SigningKeyError,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def ring(alg: str = "ES256", clock: Clock | None = None, repo: MemoryKeyRepository | None = None) -> KeyRing:
+    return KeyRing(
+        repo or MemoryKeyRepository(),
+        KeyEncryptor.from_secret(KeyEncryptor.generate_secret()),
+        algorithm=alg,
+        max_token_lifetime=3600,
+        refresh_seconds=0,
+        clock=clock or Clock(),
+    )
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_sign_sets_kid_typ_and_verifies_with_published_key(alg: str) -> None:
+    r = ring(alg)
+    token = r.sign({"sub": "x"})
+    header = jwt.get_unverified_header(token)
+    assert header["typ"] == "at+jwt" and header["alg"] == alg
+    (published,) = r.jwks()["keys"]
+    assert (
+        published["kid"]
+        == header["kid"]
+        == joserfc_jwk.import_key(
+            {k: v for k, v in published.items() if k not in ("kid", "alg", "use")}
+        ).thumbprint()
+    )
+    assert "d" not in published and "p" not in published  # public only
+    key = jwt.PyJWK(published).key
+    assert jwt.decode(token, key, algorithms=[alg])["sub"] == "x"
+
+
+def test_private_key_encrypted_at_rest_and_bound_to_kid() -> None:
+    repo = MemoryKeyRepository()
+    secret = KeyEncryptor.generate_secret()
+    r = KeyRing(repo, KeyEncryptor.from_secret(secret), refresh_seconds=0)
+    r.active()
+    (rec,) = repo.all()
+    assert b"PRIVATE" not in rec.private_key_encrypted
+    # another KEK cannot read it
+    other = KeyRing(repo, KeyEncryptor.from_secret(KeyEncryptor.generate_secret()), refresh_seconds=0)
+    with pytest.raises(SigningKeyError, match="cannot decrypt"):
+        other.active()
+    # the ciphertext cannot be moved to another kid
+    with pytest.raises(SigningKeyError):
+        KeyEncryptor.from_secret(secret).decrypt(rec.private_key_encrypted, "another-kid")
+
+
+@pytest.mark.parametrize("bad", ["", "not base64 !!", "c2hvcnQ="])
+def test_bad_key_encryption_key_is_named(bad: str) -> None:
+    with pytest.raises(SigningKeyError, match=r"tokens\.key_encryption_key"):
+        KeyEncryptor.from_secret(bad)
+
+
+def test_rotation_keeps_old_key_until_last_token_expired_then_drops_it() -> None:
+    clock = Clock()
+    r = ring(clock=clock)
+    old = r.active().kid
+    clock.now += timedelta(minutes=5)
+    new = r.rotate().kid
+    assert new != old and r.active().kid == new
+    assert {k["kid"] for k in r.jwks()["keys"]} == {old, new}
+    clock.now += timedelta(seconds=3599)
+    assert {k["kid"] for k in r.jwks()["keys"]} == {old, new}
+    clock.now += timedelta(seconds=2)
+    assert {k["kid"] for k in r.jwks()["keys"]} == {new}
+    assert r.prune() == [old]
+    assert [rec.kid for rec in r.records()] == [new]
+
+
+def test_cache_is_refreshed_from_repository_after_rotation_elsewhere() -> None:
+    clock = Clock()
+    repo = MemoryKeyRepository()
+    secret = KeyEncryptor.generate_secret()
+    worker = KeyRing(repo, KeyEncryptor.from_secret(secret), refresh_seconds=3600, clock=clock)
+    cli = KeyRing(repo, KeyEncryptor.from_secret(secret), refresh_seconds=0, clock=clock)
+    first = worker.active().kid
+    second = cli.rotate().kid
+    assert worker.active().kid == first  # cached
+    worker.invalidate()
+    assert worker.active().kid == second
+
+
+def test_algorithm_change_creates_key_of_new_algorithm() -> None:
+    repo = MemoryKeyRepository()
+    secret = KeyEncryptor.generate_secret()
+    es = KeyRing(repo, KeyEncryptor.from_secret(secret), algorithm="ES256", refresh_seconds=0)
+    es.active()
+    ed = KeyRing(repo, KeyEncryptor.from_secret(secret), algorithm="EdDSA", refresh_seconds=0)
+    assert ed.active().algorithm == "EdDSA"
+    assert len(ed.jwks()["keys"]) == 2
+
+
+def test_unsupported_algorithm_refused() -> None:
+    with pytest.raises(SigningKeyError, match=r"tokens\.algorithm"):
+        ring("HS256")
