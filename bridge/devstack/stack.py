@@ -1,8 +1,9 @@
 """Bring the whole dev stack up or down: the one code path behind `make demo`, the pytest session
 fixture and `pacs-bridge devstack up|down|status`.
 
-Keycloak is started first and waited for last: it is by far the slowest (30-90 s on two cores),
-and the directories, Orthanc and the rest come up meanwhile.
+Keycloak is listed first so it starts as early as possible: it is by far the slowest (30-90 s on
+two cores).  A service with `needs` (Keycloak needs slapd's dynamic port for its realm import)
+starts as soon as those are ready, and seeds after them.
 """
 
 from __future__ import annotations
@@ -48,21 +49,49 @@ def up(names: Iterable[str] | None = None, *, seed: bool = True, owner: str = "c
         s.install()
 
     started: list[Service] = []
-    try:
-        for s in services:
-            if s.running():
-                log(f"{s.name}: already running")
+    selected = {s.name for s in services}
+    ready: set[str] = set()
+    to_launch: list[Service] = []
+    for s in services:
+        if s.running():
+            log(f"{s.name}: already running")
+        else:
+            to_launch.append(s)
+
+    def launch_unblocked() -> None:
+        # a service whose `needs` are in this run starts only once they are ready (Keycloak's
+        # realm import needs slapd's port); if nothing else is left to wait for, start anyway
+        waiting_on_others = any(x not in to_launch and x.name not in ready for x in services)
+        for s in list(to_launch):
+            blocked = [n for n in s.needs if n in selected and n not in ready]
+            if blocked and waiting_on_others:
                 continue
             log(f"{s.name}: starting")
             s.prepare(ctx)
             s.start(ctx)
             started.append(s)
-        for s in services:
+            to_launch.remove(s)
+
+    try:
+        launch_unblocked()
+        pending = list(services)
+        while pending:
+            # wait first for what a not-yet-started service needs, so it starts early
+            needed = {n for x in to_launch for n in x.needs}
+            waitable = [x for x in pending if x not in to_launch]
+            s = next((x for x in waitable if x.name in needed), waitable[0] if waitable else None)
+            if s is None:  # only blocked ones left (their needs failed to start): start them now
+                launch_unblocked()
+                continue
             ctx.info[s.name] = s.wait_ready(ctx)
             state.update_stack(s.name, ctx.info[s.name])
+            ready.add(s.name)
+            pending.remove(s)
             log(f"{s.name}: ready ({time.monotonic() - t0:.1f} s)")
+            launch_unblocked()
         if seed:
-            for s in services:
+            # services that need others seed after them (Keycloak syncs the seeded directories)
+            for s in sorted(services, key=lambda x: bool(x.needs)):
                 if s in started:
                     s.seed(ctx)
         state.update_stack("ca", ctx.info["ca"])

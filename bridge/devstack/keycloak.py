@@ -1,0 +1,271 @@
+"""Keycloak for the dev stack: `kc.sh start-dev` on loopback HTTPS with the hospital realms imported.
+
+Layout: the distribution is downloaded by Maven and unpacked once into the cache
+(`~/.cache/pacs-bridge/keycloak-<v>`, shared and never written to at run time).  Each stack gets
+its own small Keycloak *home* in `<state>/keycloak/home`: copies of `bin/`, `conf/` and the
+Quarkus build output (start-dev rewrites it on every start, so sharing it between stacks running
+at once would race) and a symlink to the 160 MB of jars.  `data/` (realm import files, temp
+files) is recreated on every `prepare`, and the database is H2 in memory, so every start is clean.
+
+Realms `hospital` (Samba AD) and `hospital-ldap` (OpenLDAP) come from `bridge.devstack.realm`;
+their `${...}` placeholders are filled from the environment of the Keycloak process.  OpenLDAP's
+port is only known once slapd runs, hence ``needs = ("slapd",)``: the stack starts Keycloak after
+slapd is ready.  `seed` imports the directory users (full sync) and gives each a TOTP credential
+from the demo data, except `NO_OTP_USER`, so tests can exercise password-only logins and step-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from bridge.devstack import demo_data, install, process, realm
+from bridge.devstack.process import DevstackError
+from bridge.devstack.service import Service, StackContext
+from bridge.devstack.state import cache_dir, free_port
+from bridge.devstack.tls import issue
+
+KEYCLOAK_VERSION = "26.5.6"
+ARTIFACT = f"org.keycloak:keycloak-quarkus-dist:{KEYCLOAK_VERSION}:zip"
+#: Keycloak 26.5 supports JDK 17 and 21; Debian bookworm ships 17
+JAVA_HOME = Path("/usr/lib/jvm/java-17-openjdk-amd64")
+HEAP = "-Xms256m -Xmx768m"
+READY_TIMEOUT = 240.0
+ADMIN_USERNAME = "admin"
+
+#: secrets (StackContext.secret names)
+ADMIN_SECRET = "keycloak-admin"
+BIND_SECRET = "directory-bind"
+CLIENT_SECRET = "kc-pacs-bridge-client"
+
+#: a referring physician who gets no TOTP credential: password-only logins and OTP enrolment
+NO_OTP_USER = "ref.zoe"
+
+#: fixed facts of the Samba AD part (LDAPS port 636 is fixed by Samba itself)
+SAMBA_DEFAULTS = {"ldaps_url": "ldaps://127.0.0.1:636",
+                  "bind_dn": "CN=svc-pacs-bridge,OU=Service Accounts,DC=hospital,DC=test"}
+SLAPD_DEFAULT_BIND_DN = "cn=svc-pacs-bridge,ou=Service Accounts,dc=hospital,dc=test"
+#: which stack service backs which realm
+REALM_DIRECTORY = {realm.AD_REALM: "samba", realm.LDAP_REALM: "slapd"}
+
+
+def dist_dir() -> Path:
+    return cache_dir() / f"keycloak-{KEYCLOAK_VERSION}"
+
+
+def _unpack(archive: Path, dest: Path) -> None:
+    """Unpack the zip atomically (tmp dir + rename), keeping the executable bits zipfile drops."""
+    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with zipfile.ZipFile(archive) as zf:
+        for member in zf.infolist():
+            path = Path(zf.extract(member, tmp))
+            mode = (member.external_attr >> 16) & 0o777
+            if mode:
+                path.chmod(mode)
+    top = tmp / f"keycloak-{KEYCLOAK_VERSION}"
+    if not (top / "bin" / "kc.sh").exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DevstackError(f"{archive}: no keycloak-{KEYCLOAK_VERSION}/bin/kc.sh inside; delete it, retry")
+    try:
+        top.rename(dest)
+    except OSError:
+        if not (dest / "bin" / "kc.sh").exists():  # not just lost a race with another unpack
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _make_home(dist: Path, home: Path) -> None:
+    """A private Keycloak home: writable copies of the small parts, the jars shared by symlink."""
+    shutil.rmtree(home, ignore_errors=True)
+    (home / "lib").mkdir(parents=True)
+    for part in ("bin", "conf", "lib/app", "lib/quarkus"):
+        shutil.copytree(dist / part, home / part, symlinks=True)
+    shutil.copy2(dist / "lib" / "quarkus-run.jar", home / "lib" / "quarkus-run.jar")
+    for part in ("lib/lib", "themes", "providers"):
+        (home / part).symlink_to(dist / part)
+
+
+class Keycloak(Service):
+    name = "keycloak"
+    apt_packages = ("openjdk-17-jre-headless", "maven")
+    needs = ("slapd",)
+
+    @property
+    def home(self) -> Path:
+        return self.dir / "home"
+
+    @property
+    def ports_file(self) -> Path:
+        return self.dir / "ports.json"
+
+    def install(self) -> None:
+        if (dist_dir() / "bin" / "kc.sh").exists():
+            return
+        archive = install.maven_copy(ARTIFACT, cache_dir() / "maven")
+        _unpack(archive, dist_dir())
+
+    def prepare(self, ctx: StackContext) -> None:
+        _make_home(dist_dir(), self.home)
+        realm.write_import_dir(self.home / "data" / "import")
+        ports = {"https": free_port(), "http": free_port(), "management": free_port()}
+        self.ports_file.write_text(json.dumps(ports))
+        issue("keycloak")
+
+    def _ports(self) -> dict[str, int]:
+        return json.loads(self.ports_file.read_text())
+
+    def base_url(self) -> str:
+        return f"https://127.0.0.1:{self._ports()['https']}"
+
+    def _env(self, ctx: StackContext) -> dict[str, str]:
+        samba = {**SAMBA_DEFAULTS, **ctx.info.get("samba", {})}
+        slapd = ctx.info.get("slapd", {})
+        return {
+            "JAVA_HOME": str(JAVA_HOME),
+            "JAVA_OPTS_KC_HEAP": HEAP,
+            "KC_BOOTSTRAP_ADMIN_USERNAME": ADMIN_USERNAME,
+            "KC_BOOTSTRAP_ADMIN_PASSWORD": ctx.secret(ADMIN_SECRET),
+            "PACS_DIR_URL": samba["ldaps_url"],
+            "PACS_DIR_BIND_DN": samba["bind_dn"],
+            "PACS_DIR_BIND_PASSWORD": ctx.secret(BIND_SECRET),
+            # without slapd the realm still imports; logins on hospital-ldap then fail clearly
+            "PACS_LDAP_URL": slapd.get("ldaps_url", "ldaps://127.0.0.1:1"),
+            "PACS_LDAP_BIND_DN": slapd.get("bind_dn", SLAPD_DEFAULT_BIND_DN),
+            "PACS_BRIDGE_CLIENT_SECRET": ctx.secret(CLIENT_SECRET),
+        }
+
+    def start(self, ctx: StackContext) -> None:
+        ports = self._ports()
+        tls = issue("keycloak")
+        argv = [
+            str(self.home / "bin" / "kc.sh"), "start-dev",
+            "--db=dev-mem",
+            "--import-realm",
+            # dev mode always opens the HTTP listener: keep it on loopback and a free port
+            "--http-host=127.0.0.1", f"--http-port={ports['http']}",
+            f"--https-port={ports['https']}",
+            f"--https-certificate-file={tls.cert}", f"--https-certificate-key-file={tls.key}",
+            f"--hostname=https://127.0.0.1:{ports['https']}",
+            "--health-enabled=true",
+            "--http-management-host=127.0.0.1", f"--http-management-port={ports['management']}",
+            "--http-management-scheme=http",
+            f"--truststore-paths={tls.ca}",
+        ]
+        process.start(self.name, argv, env=self._env(ctx), cwd=self.home)
+
+    def wait_ready(self, ctx: StackContext) -> dict[str, Any]:
+        ports = self._ports()
+        health = f"http://127.0.0.1:{ports['management']}/health/ready"
+        base = self.base_url()
+
+        def ready() -> bool:
+            if requests.get(health, timeout=2).status_code != 200:
+                return False
+            # health is UP before the realm import is visible on some starts: wait for both realms
+            return all(
+                requests.get(f"{base}/realms/{name}/.well-known/openid-configuration", timeout=5,
+                             verify=str(ctx.ca_file)).status_code == 200
+                for name in REALM_DIRECTORY)
+
+        process.wait_until(ready, what=f"Keycloak {KEYCLOAK_VERSION} ({health})", timeout=READY_TIMEOUT,
+                           rec=process.load(self.name), interval=1.0)
+        return {
+            "url": base,
+            "realm": realm.AD_REALM,
+            "realms": {name: {"directory": d, "ldap_component_id": realm.COMPONENT_IDS[name],
+                              "issuer": f"{base}/realms/{name}"}
+                       for name, d in REALM_DIRECTORY.items()},
+            "admin_username": ADMIN_USERNAME,
+            "admin_password_secret": ADMIN_SECRET,
+            "client_secret_secret": CLIENT_SECRET,
+            "health_url": health,
+            "no_otp_user": NO_OTP_USER,
+            "log": str(self.dir / "server.log"),
+            "version": KEYCLOAK_VERSION,
+        }
+
+    def seed(self, ctx: StackContext) -> None:
+        """Import the directory users and give each a TOTP credential (except `NO_OTP_USER`)."""
+        info = ctx.info[self.name]
+        admin = AdminClient(info["url"], ctx.secret(ADMIN_SECRET), ca_file=str(ctx.ca_file))
+        for name, directory in REALM_DIRECTORY.items():
+            if directory not in ctx.info:
+                continue  # that directory is not part of this stack
+            seed_otp(admin, name, realm.COMPONENT_IDS[name])
+
+
+class AdminClient:
+    """Just enough of the admin REST API for seeding; the bridge's own code uses python-keycloak."""
+
+    def __init__(self, base_url: str, password: str, *, ca_file: str, username: str = ADMIN_USERNAME) -> None:
+        self.base = base_url.rstrip("/")
+        self.http = requests.Session()
+        # with trust_env, REQUESTS_CA_BUNDLE silently replaces session.verify: pin the dev CA
+        self.http.trust_env = False
+        self.http.verify = ca_file
+        res = self.http.post(f"{self.base}/realms/master/protocol/openid-connect/token", timeout=30, data={
+            "grant_type": "password", "client_id": "admin-cli", "username": username, "password": password})
+        if res.status_code != 200:
+            raise DevstackError(f"Keycloak admin login as {username!r} failed: HTTP {res.status_code}")
+        self.http.headers["Authorization"] = f"Bearer {res.json()['access_token']}"
+
+    def call(self, method: str, path: str, *, what: str, **kw: Any) -> Any:
+        res = self.http.request(method, f"{self.base}/admin/realms/{path}", timeout=120, **kw)
+        if res.status_code >= 300:
+            raise DevstackError(f"Keycloak admin API: {what}: HTTP {res.status_code}: {res.text[:300]}")
+        return res.json() if res.content else None
+
+
+def totp_credential(secret_base32: str) -> dict[str, Any]:
+    """An OTP credential representation whose key is the base32 secret an authenticator app holds."""
+    return {
+        "type": "otp", "userLabel": "demo authenticator", "temporary": False,
+        "secretData": json.dumps({"value": secret_base32}),
+        "credentialData": json.dumps({"subType": "totp", "digits": 6, "counter": 0, "period": 30,
+                                      "algorithm": "HmacSHA1", "secretEncoding": "BASE32"}),
+    }
+
+
+def seed_otp(admin: AdminClient, realm_name: str, component_id: str) -> dict[str, Any]:
+    """Full-sync the realm's LDAP users into Keycloak, then attach each demo user's TOTP secret."""
+    t0 = time.monotonic()
+    result = admin.call("POST", f"{realm_name}/user-storage/{component_id}/sync?action=triggerFullSync",
+                        what=f"full user sync of realm {realm_name}")
+    if result and result.get("failed"):
+        raise DevstackError(f"Keycloak realm {realm_name}: user sync failed for {result['failed']} users: "
+                            f"{result.get('status')}")
+    users = {u["username"]: u for u in admin.call(
+        "GET", f"{realm_name}/users?briefRepresentation=true&max=1000", what=f"list users of {realm_name}")}
+    missing = []
+    for demo_user in demo_data.users():
+        username = demo_user["username"]
+        if username == NO_OTP_USER or demo_user["disabled"]:
+            continue
+        kc_user = users.get(username)
+        if kc_user is None:
+            missing.append(username)
+            continue
+        existing = admin.call("GET", f"{realm_name}/users/{kc_user['id']}/credentials",
+                              what=f"credentials of {username} in {realm_name}")
+        if any(c.get("type") == "otp" for c in existing):
+            continue
+        admin.call("PUT", f"{realm_name}/users/{kc_user['id']}",
+                   json={"credentials": [totp_credential(demo_user["totp_secret"])]},
+                   what=f"seed TOTP of {username} in {realm_name}")
+    if missing:
+        raise DevstackError(f"Keycloak realm {realm_name}: directory users not found after sync: "
+                            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    return {"sync": result, "seconds": round(time.monotonic() - t0, 1)}
+
+
+SERVICE = Keycloak()
