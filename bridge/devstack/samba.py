@@ -109,7 +109,12 @@ def template_dir() -> Path:
         empty.unlink()
         conf = work / "etc" / "smb.conf"  # the only file holding absolute paths
         conf.write_text(conf.read_text().replace(str(work), str(target)))
-        work.rename(target)
+        try:
+            work.rename(target)
+        except OSError:  # another run provisioned the same template meanwhile: use theirs
+            if not (target / "etc" / "smb.conf").exists():
+                raise
+            shutil.rmtree(work, ignore_errors=True)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
