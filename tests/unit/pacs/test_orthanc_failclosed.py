@@ -1,0 +1,56 @@
+"""The Orthanc filter fails closed, and the generated Orthanc config keeps its secure defaults.
+
+These run without Orthanc: the plugin module guards its `import orthanc`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridge.pacs import orthanc_plugin
+from bridge.pacs.orthanc_config import FILTER_SCRIPT, PYTHON_PLUGIN, orthanc_config
+
+
+def test_plugin_imports_without_orthanc() -> None:
+    assert orthanc_plugin.orthanc is None
+
+
+def test_filter_denies_by_default() -> None:
+    assert orthanc_plugin.incoming_http_request_filter("/system", method=1, ip="127.0.0.1",
+                                                       headers={}, get={}) is False
+
+
+@pytest.mark.parametrize("outcome", [RuntimeError("boom"), "yes", 1, None])
+def test_filter_turns_errors_and_non_bools_into_denial(
+    monkeypatch: pytest.MonkeyPatch, outcome: object
+) -> None:
+    def decide(*_args: object) -> object:
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(orthanc_plugin, "decide", decide)
+    # Orthanc would answer 500 for an exception or a non-bool: the wrapper must give False instead
+    assert orthanc_plugin.incoming_http_request_filter("/system", method=1, headers={}) is False
+    assert orthanc_plugin.incoming_http_request_filter("/system") is False
+
+
+def test_config_secure_defaults(tmp_path: Path) -> None:
+    cfg = orthanc_config(name="t", aet="T", http_port=1, dicom_port=2, storage_dir=tmp_path / "s",
+                         index_dir=tmp_path / "i", modalities={"bridge": ("BRIDGE", "127.0.0.1", 11112)})
+    assert cfg["RemoteAccessAllowed"] is False
+    assert cfg["AuthenticationEnabled"] is False  # explicit: Basic auth would run before the filter
+    assert not any(v for k, v in cfg.items() if k.startswith("DicomAlwaysAllow"))
+    assert cfg["DicomCheckCalledAet"] is True
+    assert cfg["DicomModalities"] == {"bridge": ["BRIDGE", "127.0.0.1", 11112]}
+    assert cfg["PythonScript"] == str(FILTER_SCRIPT) and FILTER_SCRIPT.exists()
+    assert str(PYTHON_PLUGIN) in cfg["Plugins"]
+
+
+def test_plain_config_has_no_filter(tmp_path: Path) -> None:
+    cfg = orthanc_config(name="t", aet="T", http_port=1, dicom_port=2, storage_dir=tmp_path,
+                         index_dir=tmp_path, with_filter=False)
+    assert "PythonScript" not in cfg
+    assert str(PYTHON_PLUGIN) not in cfg["Plugins"]
