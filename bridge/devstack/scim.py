@@ -47,13 +47,19 @@ class ScimService(Service):
             raise DevstackError(f"scim: cannot read the port from {self.dir / 'port'}: {exc}") from None
 
     def start(self, ctx: StackContext) -> None:
-        # the token is on the command line (visible in /proc to local root only on this dev box);
-        # scim2-server has no other way to take it
+        # scim2-server takes its token only as --bearer-token, and a command line is readable by
+        # every local user (/proc/<pid>/cmdline); so the token travels in the environment (readable
+        # by the same user only) and a one-line launcher appends it to argv inside the process
+        launcher = (
+            "import os, runpy, sys; "
+            "sys.argv = [sys.argv[1], *sys.argv[2:], '--bearer-token', os.environ.pop('SCIM_BEARER_TOKEN')]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')"
+        )
         process.start(self.name, [
-            str(binary()), "--hostname", "127.0.0.1", "--port", str(self._port()),
-            "--bearer-token", ctx.secret(TOKEN_SECRET),
+            sys.executable, "-c", launcher, str(binary()),
+            "--hostname", "127.0.0.1", "--port", str(self._port()),
             "--dump-resources", str(self.dir / "resources.json"),
-        ], cwd=self.dir)
+        ], env={"SCIM_BEARER_TOKEN": ctx.secret(TOKEN_SECRET)}, cwd=self.dir)
 
     def wait_ready(self, ctx: StackContext) -> dict[str, Any]:
         url = f"http://127.0.0.1:{self._port()}"
