@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -39,7 +40,9 @@ def _processes_mentioning(marker: str) -> list[str]:
 def test_demo_up_then_down_leaves_nothing(tmp_path: Path) -> None:
     if shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.fail("needs root and unshare(1) to run a second stack in its own network namespace")
-    state = tmp_path / "demo-state"
+    # not under tmp_path: pytest's temp root is 0700 and PostgreSQL runs as its own user
+    state = Path(tempfile.mkdtemp(prefix="pacs-bridge-demo-", dir="/tmp"))
+    state.chmod(0o755)
     script = f"""
 set -e
 ip link set lo up
@@ -60,3 +63,4 @@ export PACS_BRIDGE_DEVSTACK_DIR={state}
     banner = (tmp_path / "banner.txt").read_text()
     assert "rad.alice" in banner and "pacs-bridge demo otp" in banner
     assert _processes_mentioning(str(state)) == []
+    shutil.rmtree(state, ignore_errors=True)
