@@ -110,5 +110,14 @@ def demo_otp(user: str) -> None:
         sys.exit(2)
 
 
+def _register_areas() -> None:
+    """Command groups owned by other modules (imported lazily inside each command)."""
+    from bridge.policy.cli import policy_cli
+
+    main.add_command(policy_cli)
+
+
+_register_areas()
+
 if __name__ == "__main__":  # pragma: no cover
     main()

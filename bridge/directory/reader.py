@@ -110,8 +110,7 @@ class DirectoryReader:
                 receive_timeout=self.cfg.timeout_seconds, auto_range=False,
                 return_empty_attributes=False,
             )
-            if not conn.open():
-                raise DirectoryUnavailable(f"{where}: cannot connect: {conn.result}")
+            conn.open()  # raises LDAPSocketOpenError (incl. TLS verification failures)
             if self.cfg.start_tls and not self.cfg.url.startswith("ldaps://") and not conn.start_tls():
                 raise DirectoryUnavailable(f"{where}: StartTLS refused: {conn.result}")
             if not conn.bind():

@@ -1,0 +1,97 @@
+"""`pacs-bridge policy check FILE` and `pacs-bridge policy explain USER`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from bridge.policy.loader import PolicyError, load_policy
+
+
+@click.group("policy")
+def policy_cli() -> None:
+    """The access policy: directory groups -> roles -> PACS permissions."""
+
+
+@policy_cli.command("check")
+@click.argument("path", type=click.Path(dir_okay=False))
+def check(path: str) -> None:
+    """Validate the policy file PATH; list every error (exit 2) or summarise it (exit 0)."""
+    try:
+        pol = load_policy(path)
+    except PolicyError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    click.echo(f"{path}: OK ({len(pol.roles)} roles, {len(pol.rules)} rules, {len(pol.conflicts)} conflicts)")
+    for role in pol.roles.values():
+        perms = ", ".join(sorted(p.value for p in role.permissions))
+        scope = f"  scope {role.scope()}" if role.scope() else ""
+        click.echo(f"  role {role.name}: {perms}{scope}")
+    for rule in pol.rules:
+        click.echo(f"  rule {rule.id}: {rule.group} -> {', '.join(rule.roles)}")
+
+
+@policy_cli.command("explain")
+@click.argument("username")
+@click.option("--config", "-c", "config_path", envvar="PACS_BRIDGE_CONFIG", type=click.Path(dir_okay=False))
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False), help="overrides sync.policy_file")
+@click.option("--json", "as_json", is_flag=True)
+def explain(username: str, config_path: str | None, policy_path: str | None, as_json: bool) -> None:
+    """Every role USERNAME gets, from which group and rule, and any separation-of-duty conflict.
+
+    Reads the live directory (read-only); changes nothing."""
+    from bridge.cli import load_or_exit
+    from bridge.directory.model import DirectoryUnavailable
+    from bridge.directory.reader import reader_for
+    from bridge.policy.evaluate import evaluate
+
+    settings = load_or_exit(config_path)
+    path = policy_path or settings.sync.policy_file
+    if not path:
+        click.echo("policy explain: no policy file (set sync.policy_file or pass --policy)", err=True)
+        sys.exit(2)
+    try:
+        pol = load_policy(path)
+        snap = reader_for(settings.directory).read()
+    except PolicyError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    except DirectoryUnavailable as exc:
+        click.echo(f"policy explain: directory unavailable: {exc}", err=True)
+        sys.exit(1)
+    user = snap.user_by_username(username)
+    if user is None:
+        click.echo(f"policy explain: no user {username!r} in {settings.directory.url}", err=True)
+        sys.exit(2)
+    ent = evaluate(snap, pol).entitlements[user.id]
+    if as_json:
+        click.echo(json.dumps({
+            "user": {"id": user.id, "username": user.username, "dn": user.dn, "disabled": user.disabled},
+            "roles": sorted(ent.roles),
+            "grants": [{"role": g.role, "rule": g.rule_id, "group_dn": g.group_dn} for g in ent.grants],
+            "conflicts": [{"id": h.conflict.id, "roles": sorted(h.roles), "action": h.conflict.action,
+                           "reason": h.conflict.reason} for h in ent.conflicts],
+            "denied": sorted(ent.denied),
+            "groups": sorted(snap.groups[g].dn for g in snap.groups_of(user.id)),
+        }, indent=2))
+        return
+    click.echo(f"{user.username} ({user.display_name or '-'}) id {user.id}")
+    click.echo(f"  dn: {user.dn}")
+    if user.disabled:
+        click.echo("  DISABLED in the directory: no role (leaver)")
+    click.echo(f"  groups (incl. nested): {len(snap.groups_of(user.id))}")
+    for gid in sorted(snap.groups_of(user.id), key=lambda g: snap.groups[g].dn):
+        click.echo(f"    {snap.groups[gid].dn}")
+    if not ent.grants and not user.disabled:
+        click.echo("  no rule matches: no PACS role")
+    for role in sorted({g.role for g in ent.grants}):
+        mark = "DENIED (SoD)" if role in ent.denied else "granted"
+        perms = ", ".join(sorted(p.value for p in pol.roles[role].effective_permissions))
+        click.echo(f"  role {role} [{mark}] permissions: {perms}")
+        for g in ent.grants_for(role):
+            click.echo(f"    via rule {g.rule_id} on group {g.group_dn}")
+    for h in ent.conflicts:
+        click.echo(f"  SoD conflict {h.conflict.id} ({h.conflict.action}): {', '.join(sorted(h.roles))}"
+                   f"{' - ' + h.conflict.reason if h.conflict.reason else ''}")

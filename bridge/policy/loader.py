@@ -1,0 +1,226 @@
+"""Load and validate a policy YAML file; every problem is reported with file, location and field.
+
+Example of an error message::
+
+    examples/policy.yaml: 2 error(s)
+      rules[3].group: a bare group name ('PACS-Users') is ambiguous; give dn: or id:
+      rules[4].roles[0]: unknown role 'radiologst' (defined: auditor, radiologist, ...)
+
+Why collect all errors instead of stopping at the first: a policy is edited by hand before a
+change window; one pass should show everything to fix.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bridge.policy.model import Conflict, GroupRef, Policy, Role, Rule
+from bridge.policy.permissions import UnknownPermissionError, parse
+
+ROLE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+RULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+UUIDISH = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+TOP_KEYS = {"version", "roles", "rules", "conflicts", "meta"}
+ROLE_KEYS = {"description", "permissions", "scopes"}
+RULE_KEYS = {"id", "group", "roles", "description"}
+CONFLICT_KEYS = {"id", "roles", "action", "reason"}
+
+
+class PolicyError(ValueError):
+    """Every problem found, each as ``(location, reason)``; str() is the readable list."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {len(problems)} error(s)"] + [f"  {loc}: {why}" for loc, why in problems]
+        super().__init__("\n".join(lines))
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate `path`; raise PolicyError naming the file and every bad field."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(str(p), [("(file)", f"cannot read: {exc.strerror}")]) from None
+    return parse_policy(text, source=str(p))
+
+
+def parse_policy(text: str, source: str = "(policy)") -> Policy:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        raise PolicyError(source, [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    return _Validator(source).policy(data)
+
+
+class _Validator:
+    def __init__(self, source: str):
+        self.source = source
+        self.problems: list[tuple[str, str]] = []
+
+    def err(self, loc: str, why: str) -> None:
+        self.problems.append((loc, why))
+
+    def _unknown_keys(self, loc: str, data: dict[str, Any], allowed: set[str]) -> None:
+        for key in data:
+            if key not in allowed:
+                self.err(f"{loc}.{key}" if loc else str(key),
+                         f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+    def _str_list(self, loc: str, value: Any) -> list[str]:
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            self.err(loc, "must be a list of non-empty strings")
+            return []
+        return [v.strip() for v in value]
+
+    def policy(self, data: Any) -> Policy:
+        if not isinstance(data, dict):
+            raise PolicyError(self.source, [("(top level)", "must be a mapping with roles: and rules:")])
+        self._unknown_keys("", data, TOP_KEYS)
+        version = data.get("version", 1)
+        if version != 1:
+            self.err("version", f"unsupported policy version {version!r} (supported: 1)")
+        roles = self.roles(data.get("roles"))
+        rules = self.rules(data.get("rules"), roles)
+        conflicts = self.conflicts(data.get("conflicts"), roles)
+        meta = data.get("meta") or {}
+        if not isinstance(meta, dict):
+            self.err("meta", "must be a mapping")
+            meta = {}
+        if self.problems:
+            raise PolicyError(self.source, self.problems)
+        return Policy(roles, tuple(rules), tuple(conflicts), source=self.source, version=1,
+                      meta={str(k): str(v) for k, v in meta.items()})
+
+    def roles(self, data: Any) -> dict[str, Role]:
+        if not isinstance(data, dict) or not data:
+            self.err("roles", "must be a non-empty mapping of role name -> definition")
+            return {}
+        out: dict[str, Role] = {}
+        for name, spec in data.items():
+            loc = f"roles.{name}"
+            if not isinstance(name, str) or not ROLE_NAME.match(name):
+                self.err(loc, "role name must be lower case letters, digits and '-' (max 63)")
+                continue
+            if not isinstance(spec, dict):
+                self.err(loc, "must be a mapping with description and permissions")
+                continue
+            self._unknown_keys(loc, spec, ROLE_KEYS)
+            perms = set()
+            raw_perms = spec.get("permissions")
+            if not isinstance(raw_perms, list) or not raw_perms:
+                self.err(f"{loc}.permissions", "must be a non-empty list of permissions")
+                raw_perms = []
+            for i, p in enumerate(raw_perms):
+                try:
+                    perms.add(parse(str(p)))
+                except UnknownPermissionError as exc:
+                    self.err(f"{loc}.permissions[{i}]", str(exc))
+            scopes = spec.get("scopes") or {}
+            if not isinstance(scopes, dict):
+                self.err(f"{loc}.scopes", "must be a mapping with departments and/or institutions")
+                scopes = {}
+            self._unknown_keys(f"{loc}.scopes", scopes, {"departments", "institutions"})
+            out[name] = Role(
+                name=name, description=str(spec.get("description") or ""), permissions=frozenset(perms),
+                departments=tuple(self._str_list(f"{loc}.scopes.departments", scopes.get("departments"))),
+                institutions=tuple(self._str_list(f"{loc}.scopes.institutions", scopes.get("institutions"))),
+            )
+        return out
+
+    def group_ref(self, loc: str, data: Any) -> GroupRef | None:
+        if isinstance(data, str):
+            if "=" in data and "," in data:
+                return GroupRef(dn=data.strip())
+            if UUIDISH.match(data.strip()):
+                return GroupRef(id=data.strip().lower())
+            self.err(loc, f"a bare group name ({data!r}) is ambiguous (same-named groups exist in "
+                          "other OUs); give dn: <full DN> or id: <objectGUID/entryUUID>")
+            return None
+        if not isinstance(data, dict):
+            self.err(loc, "must be a mapping with dn: or id:")
+            return None
+        self._unknown_keys(loc, data, {"dn", "id"})
+        dn, gid = data.get("dn"), data.get("id")
+        if bool(dn) == bool(gid):
+            self.err(loc, "give exactly one of dn: or id:")
+            return None
+        if dn is not None:
+            if not isinstance(dn, str) or "=" not in dn or "," not in dn:
+                self.err(f"{loc}.dn", f"{dn!r} is not a full DN (e.g. CN=Radiology,OU=Groups,DC=x,DC=y)")
+                return None
+            return GroupRef(dn=dn.strip())
+        if not isinstance(gid, str) or not UUIDISH.match(gid.strip()):
+            self.err(f"{loc}.id", f"{gid!r} is not a GUID/UUID (objectGUID or entryUUID)")
+            return None
+        return GroupRef(id=gid.strip().lower())
+
+    def rules(self, data: Any, roles: dict[str, Role]) -> list[Rule]:
+        if not isinstance(data, list) or not data:
+            self.err("rules", "must be a non-empty list")
+            return []
+        out: list[Rule] = []
+        ids: dict[str, int] = {}
+        for i, spec in enumerate(data):
+            loc = f"rules[{i}]"
+            if not isinstance(spec, dict):
+                self.err(loc, "must be a mapping with id, group and roles")
+                continue
+            self._unknown_keys(loc, spec, RULE_KEYS)
+            rid = spec.get("id")
+            if not isinstance(rid, str) or not RULE_ID.match(rid):
+                self.err(f"{loc}.id", "required: letters, digits, '.', '_' or '-' (used in audit events)")
+                rid = f"#{i}"
+            elif rid in ids:
+                self.err(f"{loc}.id", f"duplicate rule id {rid!r} (also rules[{ids[rid]}])")
+            ids[rid] = i
+            if "group" not in spec:
+                self.err(f"{loc}.group", "required (dn: or id:)")
+                group = None
+            else:
+                group = self.group_ref(f"{loc}.group", spec.get("group"))
+            role_names = self._str_list(f"{loc}.roles", spec.get("roles"))
+            if not role_names:
+                self.err(f"{loc}.roles", "must list at least one role")
+            for j, r in enumerate(role_names):
+                if roles and r not in roles:
+                    self.err(f"{loc}.roles[{j}]", f"unknown role {r!r} (defined: {', '.join(sorted(roles))})")
+            if group is not None:
+                out.append(Rule(rid, i, group, tuple(role_names), str(spec.get("description") or "")))
+        return out
+
+    def conflicts(self, data: Any, roles: dict[str, Role]) -> list[Conflict]:
+        if data is None:
+            return []
+        if not isinstance(data, list):
+            self.err("conflicts", "must be a list")
+            return []
+        out: list[Conflict] = []
+        for i, spec in enumerate(data):
+            loc = f"conflicts[{i}]"
+            if not isinstance(spec, dict):
+                self.err(loc, "must be a mapping with roles (and optional id, action, reason)")
+                continue
+            self._unknown_keys(loc, spec, CONFLICT_KEYS)
+            names = self._str_list(f"{loc}.roles", spec.get("roles"))
+            if len(set(names)) < 2:
+                self.err(f"{loc}.roles", "must list at least two different roles")
+            for j, r in enumerate(names):
+                if roles and r not in roles:
+                    self.err(f"{loc}.roles[{j}]", f"unknown role {r!r}")
+            action = spec.get("action", "deny")
+            if action not in ("deny", "warn"):
+                self.err(f"{loc}.action", f"must be deny or warn, not {action!r}")
+                action = "deny"
+            cid = str(spec.get("id") or "+".join(sorted(names)))
+            out.append(Conflict(cid, frozenset(names), action, str(spec.get("reason") or "")))
+        return out

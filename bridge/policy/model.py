@@ -1,0 +1,92 @@
+"""The access policy: roles (permissions + optional scopes), rules (directory group -> roles), and
+separation-of-duty conflicts.  Loaded from YAML by :mod:`bridge.policy.loader`.
+
+Why groups are referenced by DN or stable id and never by bare name: hospitals have several groups
+called "PACS-Users" in different OUs; Keycloak's memberOf mapper matches on the CN alone and grants
+all of them (keycloak#52048).  A rule here names exactly one group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from bridge.directory.model import DirectoryGroup, DirectorySnapshot, normalize_dn
+from bridge.policy.permissions import Permission, expand
+
+
+@dataclass(frozen=True)
+class Role:
+    """A PACS role.  `departments` / `institutions` (empty = everywhere) limit *which studies* the
+    permissions apply to; the PACS token service and the store carry them with the assignment."""
+
+    name: str
+    description: str
+    permissions: frozenset[Permission]
+    departments: tuple[str, ...] = ()
+    institutions: tuple[str, ...] = ()
+
+    @property
+    def effective_permissions(self) -> frozenset[Permission]:
+        return expand(self.permissions)
+
+    def scope(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        if self.departments:
+            out["departments"] = list(self.departments)
+        if self.institutions:
+            out["institutions"] = list(self.institutions)
+        return out
+
+
+@dataclass(frozen=True)
+class GroupRef:
+    """Exactly one of `dn` / `id` (AD objectGUID or OpenLDAP entryUUID, as text)."""
+
+    dn: str | None = None
+    id: str | None = None
+
+    def resolve(self, snapshot: DirectorySnapshot) -> DirectoryGroup | None:
+        if self.id:
+            return snapshot.groups.get(self.id.lower())
+        return snapshot.group_by_dn(self.dn or "")
+
+    def matches(self, group: DirectoryGroup) -> bool:
+        if self.id:
+            return group.id == self.id.lower()
+        return normalize_dn(group.dn) == normalize_dn(self.dn or "")
+
+    def __str__(self) -> str:
+        return f"id={self.id}" if self.id else f"dn={self.dn}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Members (direct or nested) of `group` get `roles`.  `id` appears in plans and audit events."""
+
+    id: str
+    index: int
+    group: GroupRef
+    roles: tuple[str, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Roles that must not be held together.  ``deny``: the user gets none of the conflicting roles
+    (fail safe) and the plan reports it; ``warn``: the roles are granted and the conflict reported."""
+
+    id: str
+    roles: frozenset[str]
+    action: Literal["deny", "warn"] = "deny"
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Policy:
+    roles: dict[str, Role]
+    rules: tuple[Rule, ...]
+    conflicts: tuple[Conflict, ...] = ()
+    source: str = ""
+    version: int = 1
+    meta: dict[str, str] = field(default_factory=dict)

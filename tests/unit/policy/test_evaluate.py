@@ -1,0 +1,56 @@
+"""Policy evaluation: grants with their rule and group, nesting, SoD, disabled users."""
+
+from __future__ import annotations
+
+from bridge.policy.evaluate import evaluate
+from bridge.policy.loader import parse_policy
+
+POLICY = """
+roles:
+  reader: {description: r, permissions: [view]}
+  admin: {description: a, permissions: [admin]}
+  auditor: {description: a, permissions: [audit-logs]}
+  referrer: {description: x, permissions: [view]}
+rules:
+  - {id: readers, group: {dn: "CN=Readers,OU=Int,OU=Groups,DC=h,DC=t"}, roles: [reader]}
+  - {id: admins, group: {dn: "cn=admins,ou=int,ou=groups,dc=h,dc=t"}, roles: [admin]}
+  - {id: auditors, group: {dn: "CN=Auditors,OU=Int,OU=Groups,DC=h,DC=t"}, roles: [auditor]}
+  - {id: ext, group: {dn: "CN=PACS-Users,OU=External,OU=Groups,DC=h,DC=t"}, roles: [referrer]}
+  - {id: stale, group: {dn: "CN=Gone,OU=Int,OU=Groups,DC=h,DC=t"}, roles: [reader]}
+conflicts:
+  - {id: sod, roles: [admin, auditor], action: deny}
+  - {id: soft, roles: [reader, auditor], action: warn}
+"""
+
+
+def test_grants_name_rule_and_group(snapshot_factory) -> None:  # type: ignore[no-untyped-def]
+    snap = snapshot_factory({"ann": ("Readers", "Admins")}, extra_groups=("Auditors", "ext/PACS-Users"))
+    ev = evaluate(snap, parse_policy(POLICY))
+    ent = ev.entitlements["u-ann"]
+    assert ent.roles == {"reader", "admin"}
+    assert [(g.role, g.rule_id) for g in ent.grants] == [("admin", "admins"), ("reader", "readers")]
+    assert ent.grants_for("reader")[0].group_dn.startswith("CN=Readers")
+    assert [r.id for r in ev.unresolved_rules] == ["stale"]
+
+
+def test_same_named_group_elsewhere_grants_nothing(snapshot_factory) -> None:  # type: ignore[no-untyped-def]
+    snap = snapshot_factory({"int": ("PACS-Users",), "ext": ("ext/PACS-Users",)})
+    ev = evaluate(snap, parse_policy(POLICY))
+    assert ev.entitlements["u-int"].roles == frozenset()
+    assert ev.entitlements["u-ext"].roles == {"referrer"}
+
+
+def test_sod_deny_removes_both_warn_keeps(snapshot_factory) -> None:  # type: ignore[no-untyped-def]
+    snap = snapshot_factory({"bob": ("Admins", "Auditors", "Readers")})
+    ent = evaluate(snap, parse_policy(POLICY)).entitlements["u-bob"]
+    assert ent.roles == {"reader"}
+    assert ent.denied == {"admin", "auditor"}
+    assert {h.conflict.id for h in ent.conflicts} == {"sod", "soft"}  # both reported
+    snap = snapshot_factory({"carl": ("Auditors", "Readers")})
+    ent = evaluate(snap, parse_policy(POLICY)).entitlements["u-carl"]
+    assert ent.roles == {"reader", "auditor"} and ent.conflicts[0].conflict.id == "soft"
+
+
+def test_disabled_user_gets_nothing(snapshot_factory) -> None:  # type: ignore[no-untyped-def]
+    snap = snapshot_factory({"old": ("Readers",)}, disabled={"old"})
+    assert evaluate(snap, parse_policy(POLICY)).entitlements["u-old"].roles == frozenset()
