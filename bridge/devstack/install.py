@@ -57,7 +57,7 @@ def apt_install(packages: Iterable[str]) -> None:
 
 def maven_copy(artifact: str, dest: Path) -> Path:
     """`mvn dependency:copy` an artifact (group:artifact:version:type) into `dest`; cached."""
-    group, name, version, kind = artifact.split(":")
+    _group, name, version, kind = artifact.split(":")
     target = dest / f"{name}-{version}.{kind}"
     if target.exists() and target.stat().st_size > 0:
         return target

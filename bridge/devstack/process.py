@@ -8,6 +8,7 @@ so children (Keycloak's JVM under kc.sh, PostgreSQL's backends) go too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -130,19 +131,15 @@ def stop(name: str, timeout: float = 15.0) -> bool:
                 break
         stopped = True
     # children that outlived the leader still carry the group id
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(rec.pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
     rec.record.unlink(missing_ok=True)
     return stopped
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def wait_until(

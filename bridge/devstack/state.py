@@ -23,10 +23,7 @@ DEFAULT_DIRNAME = ".devstack"
 def state_dir() -> Path:
     """The state directory: `$PACS_BRIDGE_DEVSTACK_DIR`, else `.devstack/` in the project root."""
     env = os.environ.get("PACS_BRIDGE_DEVSTACK_DIR")
-    if env:
-        path = Path(env)
-    else:
-        path = project_root() / DEFAULT_DIRNAME
+    path = Path(env) if env else project_root() / DEFAULT_DIRNAME
     path.mkdir(parents=True, exist_ok=True)
     return path.resolve()
 

@@ -97,9 +97,11 @@ def issue(name: str, *, rsa_key: bool = True, extra_dns: tuple[str, ...] = ()) -
         return CertPair(cert_path, key_path, ca_cert_path)
     ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
     ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = (
-        rsa.generate_private_key(public_exponent=65537, key_size=2048) if rsa_key else ec.generate_private_key(ec.SECP256R1())
-    )
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    if rsa_key:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     sans: list[x509.GeneralName] = [
         x509.DNSName("localhost"),
