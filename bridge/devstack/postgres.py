@@ -17,6 +17,7 @@ No secret goes into stack.json: it holds the URL without the password (`url`), a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pwd
 import shutil
@@ -80,30 +81,45 @@ class PostgresService(Service):
     apt_packages = ("postgresql-15",)
 
     @property
+    def work(self) -> Path:
+        """Where the server's files live.  As root, the server runs as the `postgres` user, which
+        often cannot traverse the state dir's parents (a 0700 mktemp dir in CI, pytest's temp root),
+        so its files go to a private folder under /var/tmp named after the state dir."""
+        if os.geteuid() != 0:
+            return self.dir
+        digest = hashlib.sha256(str(self.dir).encode()).hexdigest()[:12]
+        path = Path("/var/tmp") / f"pacs-bridge-pg-{digest}"  # noqa: S108 - ownership checked below
+        path.mkdir(mode=0o755, exist_ok=True)
+        if path.is_symlink() or path.stat().st_uid != 0:
+            raise DevstackError(f"postgres: {path} exists but is not a directory owned by root; remove it")
+        (self.dir / "workdir").write_text(str(path))
+        return path
+
+    @property
     def data_dir(self) -> Path:
-        return self.dir / "data"
+        return self.work / "data"
 
     @property
     def socket_dir(self) -> Path:
-        return self.dir / "run"
+        return self.work / "run"
 
     @property
     def tls_dir(self) -> Path:
-        return self.dir / "tls"
+        return self.work / "tls"
 
     def _port(self) -> int:
         try:
-            return int((self.dir / "port").read_text())
+            return int((self.work / "port").read_text())
         except (OSError, ValueError) as exc:
-            raise DevstackError(f"postgres: cannot read the port from {self.dir / 'port'}: {exc}") from None
+            raise DevstackError(f"postgres: cannot read the port from {self.work / 'port'}: {exc}") from None
 
     def prepare(self, ctx: StackContext) -> None:
         if not (PG_BIN / "postgres").exists():
             raise DevstackError(f"postgres: {PG_BIN / 'postgres'} is missing (apt package postgresql-15)")
         if os.geteuid() == 0:
             # the server user must be able to reach its directories through the state dir
-            process.run(_as_server_user(["test", "-x", str(self.dir)]),
-                        what=f"postgres: {self.dir} is not reachable by user {SERVER_USER} "
+            process.run(_as_server_user(["test", "-x", str(self.work)]),
+                        what=f"postgres: {self.work} is not reachable by user {SERVER_USER} "
                              "(check the modes of its parent directories)")
         for d in (self.socket_dir, self.tls_dir):
             d.mkdir(mode=0o700, exist_ok=True)
@@ -114,8 +130,8 @@ class PostgresService(Service):
             shutil.copyfile(src, self.tls_dir / dst)
             (self.tls_dir / dst).chmod(0o600)
             _chown(self.tls_dir / dst)
-        (self.dir / "port").write_text(str(free_port()))
-        hba = self.dir / "pg_hba.conf"
+        (self.work / "port").write_text(str(free_port()))
+        hba = self.work / "pg_hba.conf"
         hba.write_text(
             "# written by bridge/devstack/postgres.py; anything not listed is rejected\n"
             f"local   all     {SERVER_USER}  peer\n"
@@ -135,7 +151,7 @@ class PostgresService(Service):
         settings = {
             "listen_addresses": "127.0.0.1",
             "unix_socket_directories": str(self.socket_dir),
-            "hba_file": str(self.dir / "pg_hba.conf"),
+            "hba_file": str(self.work / "pg_hba.conf"),
             "ssl": "on",
             "ssl_cert_file": str(self.tls_dir / "server.crt"),
             "ssl_key_file": str(self.tls_dir / "server.key"),
@@ -145,7 +161,7 @@ class PostgresService(Service):
         argv = [str(PG_BIN / "postgres"), "-D", str(self.data_dir), "-p", str(self._port())]
         for key, value in settings.items():
             argv += ["-c", f"{key}={value}"]
-        process.start(self.name, _as_server_user(argv), cwd=self.dir)
+        process.start(self.name, _as_server_user(argv), cwd=self.work)
 
     def _psql(self, sql: str) -> str:
         return process.run(
