@@ -174,6 +174,25 @@ class PacsSection(_Section):
     orthanc_url: str | None = None
 
 
+class TokenClientSection(_Section):
+    """A client of the bridge's token endpoints (a viewer, a PACS gateway, the bridge's own tools).
+
+    Without ``client_secret`` the client is public: it may only exchange tokens (a browser viewer
+    cannot keep a secret); introspection and revoking other clients' tokens need a secret."""
+
+    client_id: str
+    client_secret: SecretStr | None = None
+    may_introspect: bool = False
+    may_revoke_any: bool = False
+
+    @field_validator("client_id")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
 class TokensSection(_Section):
     """PACS token service (RFC 9068 access tokens)."""
 
@@ -181,6 +200,13 @@ class TokensSection(_Section):
     lifetime_seconds: int = Field(300, ge=30)
     max_lifetime_seconds: int = Field(3600, ge=60)
     key_encryption_key: SecretStr | None = None
+    #: ``iss`` of PACS tokens; default: bridge.public_url
+    issuer: str | None = None
+    clients: list[TokenClientSection] = Field(default_factory=list)
+    #: the ``aud`` a Keycloak token must carry to be exchanged; default: keycloak.client_id
+    subject_token_audience: str | None = None
+    #: Keycloak clients (``azp``) whose tokens may be exchanged
+    subject_token_clients: list[str] = Field(default_factory=lambda: ["pacs-viewer", "pacs-bridge"])
 
     @model_validator(mode="after")
     def _lifetime_within_max(self) -> TokensSection:
@@ -245,6 +271,9 @@ class AuditSection(_Section):
     retention_days: int = Field(6 * 365 + 2, ge=1, description="HIPAA 164.316(b)(2): six years")
     enterprise_site_id: str = "HOSPITAL"
     source_id: str = "pacs-sso-bridge"
+    #: Ed25519 key signing the audit checkpoints (created on first use; see bridge/audit/keys.py)
+    checkpoint_key_file: Path = Path("var/audit-checkpoint.key")
+    checkpoint_every: int = Field(1000, ge=1, description="sign a checkpoint every N records")
 
 
 class Settings(BaseSettings):

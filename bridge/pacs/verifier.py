@@ -151,6 +151,76 @@ def _default_fetch(ca_file: str | None, timeout: float) -> Fetch:
     return fetch
 
 
+class JwksCache:
+    """The signing keys of one issuer, fetched from its JWKS URL and cached.
+
+    An unknown ``kid`` (a rotation) refreshes the set, but at most once per ``min_refresh_seconds``
+    so that tokens with made-up ``kid`` values cannot turn the verifier into a load generator
+    against the issuer.  Keys with an ``alg`` outside the pinned list, or not for signing, are
+    ignored.  Also used by the token service for Keycloak's keys.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        fetch: Fetch,
+        algorithms: tuple[str, ...],
+        min_refresh_seconds: float = 30.0,
+        max_age_seconds: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.url = url
+        self.fetch = fetch
+        self.algorithms = algorithms
+        self.min_refresh_seconds = min_refresh_seconds
+        self.max_age_seconds = max_age_seconds
+        self.clock = clock
+        self.fetches = 0
+        self._keys: dict[str, tuple[str, Any]] = {}
+        self._loaded_at = float("-inf")
+        self._attempt_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def _load(self) -> None:
+        self._attempt_at = self.clock()
+        self.fetches += 1
+        try:
+            data = json.loads(self.fetch(self.url, None, {"Accept": "application/json"}))
+        except Exception:  # keep the old keys; an unknown kid stays unknown
+            return
+        keys: dict[str, tuple[str, Any]] = {}
+        for entry in data.get("keys", []) if isinstance(data, dict) else []:
+            kid, alg = entry.get("kid"), entry.get("alg")
+            if not kid or alg not in self.algorithms or entry.get("use", "sig") != "sig":
+                continue
+            try:
+                keys[kid] = (alg, jwt.PyJWK(entry, alg).key)
+            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
+                continue
+        self._keys = keys
+        self._loaded_at = self._attempt_at
+
+    def key(self, kid: str) -> tuple[str, Any]:
+        """``(alg, key)`` for ``kid``; raises VerificationError when the issuer has no such key."""
+        now = self.clock()
+        if (
+            now - self._loaded_at > self.max_age_seconds
+            and now - self._attempt_at >= self.min_refresh_seconds
+        ):
+            with self._lock:
+                if self.clock() - self._loaded_at > self.max_age_seconds:
+                    self._load()
+        found = self._keys.get(kid)
+        if found is None and now - self._attempt_at >= self.min_refresh_seconds:
+            with self._lock:  # unknown kid: maybe a rotation; refresh once, rate-limited
+                if kid not in self._keys and self.clock() - self._attempt_at >= self.min_refresh_seconds:
+                    self._load()
+            found = self._keys.get(kid)
+        if found is None:
+            raise VerificationError("unknown signing key (kid)")
+        return found
+
+
 class Verifier:
     """Thread-safe; create one per process and share it."""
 
@@ -163,57 +233,20 @@ class Verifier:
         self.config = config
         self.fetch = fetch or _default_fetch(config.ca_file, config.http_timeout_seconds)
         self.clock = clock
-        self._keys: dict[str, tuple[str, Any]] = {}
-        self._jwks_loaded_at = float("-inf")
-        self._jwks_attempt_at = float("-inf")
+        self.jwks = JwksCache(
+            config.jwks_url,
+            self.fetch,
+            config.algorithms,
+            config.jwks_min_refresh_seconds,
+            config.jwks_max_age_seconds,
+            clock,
+        )
         self._revoked: dict[str, float] = {}
         self._revoked_loaded_at = float("-inf")
         self._cache: dict[bytes, VerifiedToken] = {}
         self._lock = threading.Lock()
         self._revocation_lock = threading.Lock()
-        self.stats = {"hits": 0, "verified": 0, "jwks_fetches": 0, "revocation_fetches": 0}
-
-    # ------------------------------------------------------------------ keys
-
-    def _load_jwks(self) -> None:
-        self._jwks_attempt_at = self.clock()
-        self.stats["jwks_fetches"] += 1
-        data = json.loads(self.fetch(self.config.jwks_url, None, {"Accept": "application/json"}))
-        keys: dict[str, tuple[str, Any]] = {}
-        for entry in data.get("keys", []):
-            kid, alg = entry.get("kid"), entry.get("alg")
-            if not kid or alg not in self.config.algorithms or entry.get("use", "sig") != "sig":
-                continue
-            try:
-                keys[kid] = (alg, jwt.PyJWK(entry, alg).key)
-            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
-                continue
-        self._keys = keys
-        self._jwks_loaded_at = self._jwks_attempt_at
-
-    def _key(self, kid: str) -> tuple[str, Any]:
-        now = self.clock()
-        if now - self._jwks_loaded_at > self.config.jwks_max_age_seconds:
-            with self._lock:
-                if now - self._jwks_loaded_at > self.config.jwks_max_age_seconds:
-                    self._safe_jwks_load()
-        found = self._keys.get(kid)
-        if found is None and now - self._jwks_attempt_at >= self.config.jwks_min_refresh_seconds:
-            with self._lock:  # unknown kid: maybe a rotation; refresh once, rate-limited
-                if kid not in self._keys and self.clock() - self._jwks_attempt_at >= (
-                    self.config.jwks_min_refresh_seconds
-                ):
-                    self._safe_jwks_load()
-            found = self._keys.get(kid)
-        if found is None:
-            raise VerificationError("unknown signing key (kid)")
-        return found
-
-    def _safe_jwks_load(self) -> None:
-        try:
-            self._load_jwks()
-        except Exception:  # keep the old keys; an unknown kid stays unknown
-            self._jwks_attempt_at = self.clock()
+        self.stats = {"hits": 0, "verified": 0, "revocation_fetches": 0}
 
     # ------------------------------------------------------------------ revocation
 
@@ -295,7 +328,7 @@ class Verifier:
             raise VerificationError("algorithm not allowed")
         if not isinstance(kid, str):
             raise VerificationError("token has no kid")
-        key_alg, key = self._key(kid)
+        key_alg, key = self.jwks.key(kid)
         if alg != key_alg:
             raise VerificationError("algorithm does not match the key")
         try:

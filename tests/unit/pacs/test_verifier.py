@@ -96,7 +96,7 @@ def test_rotation_new_kid_triggers_refresh_old_tokens_still_valid(
     old = bridge.token()
     verifier.verify(old)
     bridge.ring.rotate()
-    verifier._jwks_attempt_at -= 60  # the rate limit window has passed
+    verifier.jwks._attempt_at -= 60  # the rate limit window has passed
     new = bridge.token()
     verifier.verify(new)
     verifier.forget(old)

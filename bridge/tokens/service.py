@@ -1,0 +1,323 @@
+"""The PACS token service: turn a Keycloak login into a PACS token, and manage what it issued.
+
+Framework-free: the Flask blueprint (:mod:`bridge.web.tokens`) and Authlib's endpoint classes
+(:mod:`bridge.tokens.oauth`) call into this.  One rule set per token kind: Keycloak access
+tokens are checked here (:class:`KeycloakTokenValidator`), PACS tokens by the very verifier the
+PACS uses (:mod:`bridge.pacs.verifier`), fed with the key ring's own JWKS.
+
+Errors never say whether a user exists: a subject token that is invalid, for an unknown user or
+for a user without any PACS role gets the same ``invalid_grant`` answer; only the missing second
+factor gets its own (RFC 9470) answer, because the client must act on it.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+
+from bridge.audit.codes import AuditEventType
+from bridge.pacs.verifier import Fetch, JwksCache, VerificationError, Verifier, VerifierConfig
+from bridge.tokens import claims as claims_mod
+from bridge.tokens import mfa
+from bridge.tokens.claims import Grant, Subject, TokenSettings
+from bridge.tokens.keys import KeyRing
+from bridge.tokens.store import AssignmentSource, RevocationStore
+
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+#: claims of the Keycloak token that may hold the stable directory id (LDAP_ID user attribute)
+DIRECTORY_ID_CLAIMS = ("directory_id", "ldap_id", "LDAP_ID")
+
+AuditSink = Callable[[AuditEventType, Mapping[str, Any]], None]
+
+
+class TokenServiceError(Exception):
+    """An OAuth error for the client: ``error`` code, HTTP status, optional WWW-Authenticate."""
+
+    def __init__(self, error: str, description: str, status: int = 400, www_authenticate: str | None = None):
+        super().__init__(description)
+        self.error = error
+        self.description = description
+        self.status = status
+        self.www_authenticate = www_authenticate
+
+
+def https_fetch(ca_file: str | None, timeout: float = 5.0) -> Fetch:
+    """GET/POST over HTTPS verified against ``ca_file`` (the system store when None)."""
+    context = ssl.create_default_context(cafile=ca_file)
+
+    def fetch(url: str, body: bytes | None, headers: Mapping[str, str]) -> bytes:
+        req = urllib.request.Request(url, data=body, headers=dict(headers))  # noqa: S310 - https only
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310
+            return bytes(resp.read(2_000_000))
+
+    return fetch
+
+
+# --------------------------------------------------------------------------- Keycloak tokens
+
+
+@dataclass(frozen=True)
+class KeycloakSettings:
+    issuer: str  # https://kc/realms/hospital
+    audience: str  # the bridge's client id: the subject token must be meant for the bridge
+    allowed_clients: frozenset[str]  # azp of viewers whose tokens may be exchanged
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "PS256")
+    leeway_seconds: int = 30
+
+    @property
+    def jwks_url(self) -> str:
+        return self.issuer + "/protocol/openid-connect/certs"
+
+
+class KeycloakTokenValidator:
+    """Checks a Keycloak access token: signature (realm JWKS), ``iss``, ``aud``, ``exp``, ``azp``, ``typ``."""
+
+    def __init__(self, settings: KeycloakSettings, fetch: Fetch, clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.keys = JwksCache(settings.jwks_url, fetch, settings.algorithms, min_refresh_seconds=10, clock=clock)
+
+    def validate(self, token: str) -> dict[str, Any]:
+        s = self.settings
+        try:
+            header = jwt.get_unverified_header(token)
+            kid = header.get("kid")
+            if not isinstance(kid, str) or header.get("alg") not in s.algorithms:
+                raise VerificationError("subject token: algorithm or kid not acceptable")
+            alg, key = self.keys.key(kid)
+            if header.get("alg") != alg:
+                raise VerificationError("subject token: algorithm does not match the key")
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=s.audience,
+                issuer=s.issuer,
+                leeway=s.leeway_seconds,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise VerificationError(f"subject token: {type(exc).__name__}") from None
+        if claims.get("typ") not in (None, "Bearer"):  # Keycloak: ID tokens say "ID", refresh "Refresh"
+            raise VerificationError("subject token: not an access token")
+        if claims.get("azp") not in s.allowed_clients:
+            raise VerificationError("subject token: issued to a client that may not exchange")
+        return claims
+
+
+# --------------------------------------------------------------------------- the service
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    access_token: str
+    claims: dict[str, Any]
+
+    @property
+    def expires_in(self) -> int:
+        return int(self.claims["exp"]) - int(self.claims["iat"])
+
+
+@dataclass(frozen=True)
+class ExchangeRequest:
+    """A checked exchange request: who, what they may do, why."""
+
+    subject: Subject
+    grant: Grant
+    purpose_of_use: str
+
+
+@dataclass
+class TokenService:
+    ring: KeyRing
+    settings: TokenSettings
+    mfa_rule: mfa.MfaRule
+    keycloak: KeycloakTokenValidator | None
+    assignments: AssignmentSource
+    revocations: RevocationStore
+    role_permissions: Mapping[str, Any]
+    audit: AuditSink = field(default=lambda event, details: None)
+    _verifier: Verifier | None = None
+
+    # ---- who and what
+
+    @staticmethod
+    def subject_from_keycloak(kc: Mapping[str, Any]) -> Subject:
+        directory_id = next((str(kc[c]) for c in DIRECTORY_ID_CLAIMS if kc.get(c)), None)
+        amr = kc.get("amr") or ()
+        return Subject(
+            id=directory_id or str(kc["sub"]),
+            username=kc.get("preferred_username"),
+            name=kc.get("name") or None,
+            organization=kc.get("organization") if isinstance(kc.get("organization"), str) else None,
+            auth_time=int(kc["auth_time"]) if isinstance(kc.get("auth_time"), int | float) else None,
+            acr=str(kc["acr"]) if kc.get("acr") is not None else None,
+            amr=tuple(a for a in ([amr] if isinstance(amr, str) else amr) if isinstance(a, str)),
+        )
+
+    def grant_for(self, subject: Subject, keycloak_claims: Mapping[str, Any] | None = None) -> Grant:
+        """Roles from the bridge's assignment store (written by the sync), else Keycloak realm roles."""
+        rows = self.assignments.assignments(subject.id, subject.username)
+        if rows:
+            departments: set[str] = set()
+            institutions: set[str] = set()
+            for row in rows:
+                departments.update(row.scopes.get("departments", ()))
+                institutions.update(row.scopes.get("institutions", ()))
+            return claims_mod.grant_from_roles(
+                [r.role for r in rows], self.role_permissions, departments, institutions, source="assignments"
+            )
+        realm_roles = ((keycloak_claims or {}).get("realm_access") or {}).get("roles") or []
+        return claims_mod.grant_from_roles(realm_roles, self.role_permissions, source="keycloak-roles")
+
+    # ---- issuing
+
+    def issue(
+        self,
+        subject: Subject,
+        grant: Grant,
+        client_id: str,
+        *,
+        requested_lifetime: int | None = None,
+        purpose_of_use: str = claims_mod.DEFAULT_PURPOSE_OF_USE,
+        event: AuditEventType = AuditEventType.TOKEN_ISSUED,
+    ) -> IssuedToken:
+        """Sign a PACS token and audit it (the MFA rule must already hold: callers check it)."""
+        body = claims_mod.build(
+            self.settings,
+            subject,
+            grant,
+            client_id,
+            requested_lifetime=requested_lifetime,
+            purpose_of_use=purpose_of_use,
+        )
+        issued = IssuedToken(self.ring.sign(body), body)
+        self.audit(
+            event,
+            {
+                "client_id": client_id,
+                "subject": subject.id,
+                "username": subject.username,
+                "jti": body["jti"],
+                "roles": list(grant.roles),
+                "source": grant.source,
+            },
+        )
+        return issued
+
+    def prepare_exchange(
+        self,
+        subject_token: str,
+        subject_token_type: str | None,
+        client_id: str,
+        *,
+        scope: str | None = None,
+        audience: str | None = None,
+        purpose_of_use: str | None = None,
+    ) -> ExchangeRequest:
+        """RFC 8693 checks: the Keycloak token is valid, from an MFA login, for someone with a PACS role."""
+        if subject_token_type not in (ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE):
+            raise TokenServiceError("invalid_request", "subject_token_type must be an access token")
+        if audience not in (None, "", self.settings.audience):
+            raise TokenServiceError("invalid_target", "unknown audience")
+        purpose = purpose_of_use or claims_mod.DEFAULT_PURPOSE_OF_USE
+        if purpose not in claims_mod.PURPOSES_OF_USE:
+            raise TokenServiceError("invalid_request", "purpose_of_use not allowed")
+        if self.keycloak is None:
+            raise TokenServiceError("server_error", "token exchange is not configured", 500)
+        try:
+            kc = self.keycloak.validate(subject_token)
+        except VerificationError as exc:
+            self.audit(AuditEventType.ACCESS_DENIED, {"client_id": client_id, "reason": exc.reason})
+            raise TokenServiceError("invalid_grant", "subject token is not acceptable") from None
+        subject = self.subject_from_keycloak(kc)
+        verdict = mfa.check(kc, self.mfa_rule)
+        if not verdict.ok:
+            self.audit(
+                AuditEventType.MFA_FAILURE,
+                {"client_id": client_id, "subject": subject.id, "username": subject.username, "reason": verdict.reason},
+            )
+            raise TokenServiceError(
+                mfa.INSUFFICIENT_USER_AUTHENTICATION,
+                "a multi-factor login is required for PACS access",
+                401,
+                mfa.challenge(self.mfa_rule),
+            )
+        grant = self.grant_for(subject, kc).narrowed(scope)
+        if not grant.permissions:
+            self.audit(
+                AuditEventType.ACCESS_DENIED,
+                {"client_id": client_id, "subject": subject.id, "username": subject.username, "reason": "no PACS role"},
+            )
+            raise TokenServiceError("invalid_grant", "subject token is not acceptable")
+        return ExchangeRequest(subject, grant, purpose)
+
+    def exchange(
+        self,
+        subject_token: str,
+        subject_token_type: str | None,
+        client_id: str,
+        *,
+        scope: str | None = None,
+        audience: str | None = None,
+        purpose_of_use: str | None = None,
+        requested_lifetime: int | None = None,
+    ) -> IssuedToken:
+        """RFC 8693: a Keycloak access token from an MFA login -> a PACS token for ``client_id``."""
+        req = self.prepare_exchange(
+            subject_token, subject_token_type, client_id, scope=scope, audience=audience, purpose_of_use=purpose_of_use
+        )
+        return self.issue(
+            req.subject,
+            req.grant,
+            client_id,
+            requested_lifetime=requested_lifetime,
+            purpose_of_use=req.purpose_of_use,
+            event=AuditEventType.TOKEN_EXCHANGED,
+        )
+
+    # ---- our own tokens
+
+    @property
+    def verifier(self) -> Verifier:
+        """The PACS verifier over the ring's JWKS (no HTTP): the same rules the PACS applies."""
+        if self._verifier is None:
+            cfg = VerifierConfig(
+                issuer=self.settings.issuer,
+                audience=self.settings.audience,
+                jwks_url="https://local.invalid/jwks.json",
+                mfa_rule=self.mfa_rule,
+                jwks_min_refresh_seconds=1.0,
+                jwks_max_age_seconds=30.0,
+            )
+            self._verifier = Verifier(cfg, fetch=lambda url, body, headers: json.dumps(self.ring.jwks()).encode())
+        return self._verifier
+
+    def verify_own(self, token: str) -> dict[str, Any] | None:
+        """Claims of a valid, unrevoked PACS token of ours, else None."""
+        try:
+            claims = self.verifier.verify(token).claims
+        except VerificationError:
+            return None
+        return None if self.revocations.is_revoked(str(claims["jti"])) else claims
+
+    def revoke(self, claims: Mapping[str, Any], by_client: str) -> None:
+        self.revocations.revoke(str(claims["jti"]), int(claims["exp"]))
+        self.audit(
+            AuditEventType.TOKEN_REVOKED, {"client_id": by_client, "subject": claims.get("sub"), "jti": claims["jti"]}
+        )
+
+    def revocation_list(self) -> dict[str, Any]:
+        """What verifiers pull: every revoked jti whose token has not expired yet."""
+        return {
+            "issuer": self.settings.issuer,
+            "generated_at": int(time.time()),
+            "revoked": [{"jti": j, "exp": e} for j, e in self.revocations.active()],
+        }

@@ -1,0 +1,1 @@
+"""The bridge's HTTP side (Flask): the app factory and one blueprint per concern."""

@@ -1,0 +1,30 @@
+"""The Flask app factory: the only way to get the bridge's web application.
+
+Nothing happens at import time; tests build one app per test with their own settings.  Each
+concern registers its blueprint here (tokens now; login, audit, ... as they land).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from bridge.config import Settings
+from bridge.web import limits
+
+
+def create_app(settings: Settings, *, config: dict[str, Any] | None = None, **services: Any) -> Flask:
+    """Build the app.  ``config`` overrides Flask/limit keys; ``services`` injects prepared service
+    objects (e.g. ``token_service=``) instead of building them from ``settings``."""
+    app = Flask("bridge")
+    app.config.update(limits.DEFAULTS)
+    app.config.from_prefixed_env("PACS_BRIDGE_FLASK")
+    app.config.update(config or {})
+    app.config["BRIDGE_SETTINGS"] = settings
+    limits.limiter.init_app(app)
+
+    from bridge.web import tokens
+
+    tokens.init_app(app, settings, service=services.get("token_service"))
+    return app

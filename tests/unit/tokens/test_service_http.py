@@ -1,0 +1,242 @@
+"""The token endpoints through Flask's test client, with a Keycloak double (a local RSA key).
+
+The real Keycloak is exercised in tests/integration/tokens; here every branch of the exchange,
+introspection and revocation logic runs in milliseconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from bridge.audit.codes import AuditEventType
+from bridge.config import load_config
+from bridge.pacs.verifier import Verifier, VerifierConfig
+from bridge.tokens import mfa
+from bridge.tokens.claims import TokenSettings
+from bridge.tokens.keys import KeyEncryptor, KeyRing, MemoryKeyRepository
+from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
+from bridge.tokens.service import KeycloakSettings, KeycloakTokenValidator, TokenService
+from bridge.tokens.store import Assignment, MemoryAssignmentSource, MemoryRevocationStore
+from bridge.web.app import create_app
+
+KC_ISS = "https://kc.test/realms/hospital"
+ISSUER = "https://127.0.0.1:9443"
+EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+AT = "urn:ietf:params:oauth:token-type:access_token"
+KC_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+KC_JWK = {
+    **jwt.get_algorithm_by_name("RS256").to_jwk(KC_KEY.public_key(), as_dict=True),
+    "kid": "kc1",
+    "alg": "RS256",
+    "use": "sig",
+}
+
+
+def kc_token(**over: Any) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": KC_ISS,
+        "aud": ["pacs-bridge", "account"],
+        "azp": "pacs-viewer",
+        "sub": "kc-uuid-1",
+        "typ": "Bearer",
+        "exp": now + 300,
+        "iat": now,
+        "auth_time": now - 10,
+        "acr": "mfa",
+        "amr": ["pwd", "otp"],
+        "preferred_username": "rad.alice",
+        "name": "Alice Rad",
+        "directory_id": "guid-alice",
+        "realm_access": {"roles": ["radiologist"]},
+    }
+    claims.update(over)
+    return jwt.encode(
+        {k: v for k, v in claims.items() if v is not None}, KC_KEY, algorithm="RS256", headers={"kid": "kc1"}
+    )
+
+
+@pytest.fixture
+def env() -> dict[str, Any]:
+    events: list[tuple[AuditEventType, dict]] = []
+    service = TokenService(
+        ring=KeyRing(MemoryKeyRepository(), KeyEncryptor.from_secret(KeyEncryptor.generate_secret())),
+        settings=TokenSettings(issuer=ISSUER, audience="pacs"),
+        mfa_rule=mfa.MfaRule(),
+        keycloak=KeycloakTokenValidator(
+            KeycloakSettings(KC_ISS, "pacs-bridge", frozenset({"pacs-viewer"})),
+            fetch=lambda url, body, headers: json.dumps({"keys": [KC_JWK]}).encode(),
+        ),
+        assignments=MemoryAssignmentSource({"guid-tom": [Assignment("technologist", {"departments": ["CT"]})]}),
+        revocations=MemoryRevocationStore(),
+        role_permissions=DEFAULT_ROLE_PERMISSIONS,
+        audit=lambda kind, details: events.append((kind, dict(details))),
+    )
+    settings = load_config(
+        tokens={
+            "clients": [
+                {"client_id": "pacs-viewer"},
+                {"client_id": "orthanc", "client_secret": "s3cret-orthanc", "may_introspect": True},
+                {"client_id": "ops", "client_secret": "s3cret-ops", "may_revoke_any": True},
+            ]
+        }
+    )
+    app = create_app(settings, token_service=service, config={"PACS_BRIDGE_RATE_TOKEN": "1000/second"})
+    return {"client": app.test_client(), "service": service, "events": events}
+
+
+def basic(cid: str, secret: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{cid}:{secret}".encode()).decode()}
+
+
+def exchange(client: Any, subject_token: str, **extra: str) -> Any:
+    return client.post(
+        "/token",
+        data={
+            "grant_type": EXCHANGE,
+            "client_id": "pacs-viewer",
+            "subject_token": subject_token,
+            "subject_token_type": AT,
+            **extra,
+        },
+    )
+
+
+def pacs_verifier(env: dict[str, Any]) -> Verifier:
+    c = env["client"]
+    return Verifier(
+        VerifierConfig(
+            issuer=ISSUER,
+            audience="pacs",
+            jwks_url=ISSUER + "/jwks.json",
+            revocation_url=ISSUER + "/revocations",
+            revocation_refresh_seconds=0,
+        ),
+        fetch=lambda url, body, headers: c.get(url.removeprefix(ISSUER)).data,
+    )
+
+
+def test_exchange_mfa_token_gives_pacs_token(env: dict[str, Any]) -> None:
+    r = exchange(env["client"], kc_token())
+    assert r.status_code == 200, r.json
+    body = r.json
+    assert body["issued_token_type"] == AT and body["token_type"] == "Bearer" and body["expires_in"] == 300
+    assert r.headers["Cache-Control"] == "no-store"
+    claims = pacs_verifier(env).verify(body["access_token"]).claims
+    assert claims["sub"] == "guid-alice" and claims["client_id"] == "pacs-viewer"
+    assert claims["roles"] == ["radiologist"] and "download" in claims["permissions"]
+    assert claims["acr"] == "mfa" and claims["amr"] == ["pwd", "otp"]
+    assert env["events"][-1][0] == AuditEventType.TOKEN_EXCHANGED
+
+
+def test_assignments_win_over_keycloak_roles_and_carry_scopes(env: dict[str, Any]) -> None:
+    r = exchange(env["client"], kc_token(directory_id="guid-tom", preferred_username="tech.tom"))
+    claims = jwt.decode(r.json["access_token"], options={"verify_signature": False})
+    assert claims["roles"] == ["technologist"] and claims["scopes"]["departments"] == ["CT"]
+    assert "upload" in claims["permissions"]
+
+
+def test_exchange_without_mfa_is_401_step_up(env: dict[str, Any]) -> None:
+    r = exchange(env["client"], kc_token(acr="1", amr=["pwd"]))
+    assert r.status_code == 401
+    assert r.json["error"] == "insufficient_user_authentication"
+    www = r.headers["WWW-Authenticate"]
+    assert 'error="insufficient_user_authentication"' in www and 'acr_values="mfa"' in www
+    assert env["events"][-1][0] == AuditEventType.MFA_FAILURE
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"iss": "https://evil/realms/hospital"},
+        {"aud": "account"},
+        {"azp": "some-other-app"},
+        {"exp": int(time.time()) - 100},
+        {"typ": "ID"},
+        {"realm_access": {"roles": []}},
+    ],
+)
+def test_bad_subject_tokens_and_unknown_users_look_alike(env: dict[str, Any], over: dict) -> None:
+    r = exchange(env["client"], kc_token(**over))
+    assert r.status_code == 400
+    assert r.json == {"error": "invalid_grant", "error_description": "subject token is not acceptable"}
+
+
+def test_garbage_subject_token_and_bad_params(env: dict[str, Any]) -> None:
+    assert exchange(env["client"], "garbage").json["error"] == "invalid_grant"
+    assert exchange(env["client"], kc_token(), subject_token_type="urn:x").json["error"] == "invalid_request"
+    assert exchange(env["client"], kc_token(), audience="other").json["error"] == "invalid_target"
+    r = env["client"].post(
+        "/token",
+        data={"grant_type": EXCHANGE, "client_id": "nobody", "subject_token": kc_token(), "subject_token_type": AT},
+    )
+    assert r.json["error"] == "invalid_client"
+
+
+def test_scope_narrows_token(env: dict[str, Any]) -> None:
+    r = exchange(env["client"], kc_token(), scope="pacs:view pacs:delete")
+    assert r.json["scope"] == "pacs:view"
+
+
+def test_introspection_only_for_authenticated_allowed_clients(env: dict[str, Any]) -> None:
+    c = env["client"]
+    tok = exchange(c, kc_token()).json["access_token"]
+    assert c.post("/introspect", data={"token": tok, "client_id": "pacs-viewer"}).status_code == 401
+    r = c.post("/introspect", data={"token": tok}, headers=basic("orthanc", "wrong"))
+    assert r.status_code == 401
+    r = c.post("/introspect", data={"token": tok}, headers=basic("ops", "s3cret-ops"))
+    assert r.json == {"active": False}  # authenticated but not an introspecting client
+    r = c.post("/introspect", data={"token": tok}, headers=basic("orthanc", "s3cret-orthanc"))
+    assert r.json["active"] is True and r.json["sub"] == "guid-alice" and r.json["permissions"]
+    r = c.post("/introspect", data={"token": "nonsense"}, headers=basic("orthanc", "s3cret-orthanc"))
+    assert r.json == {"active": False}
+
+
+def test_revocation_reaches_introspection_and_verifiers(env: dict[str, Any]) -> None:
+    c = env["client"]
+    tok = exchange(c, kc_token()).json["access_token"]
+    v = pacs_verifier(env)
+    v.verify(tok)
+    # another public client cannot revoke it; the answer does not say so
+    assert c.post("/revoke", data={"token": tok, "client_id": "nobody"}).json["error"] == "invalid_client"
+    r = c.post("/revoke", data={"token": tok, "client_id": "pacs-viewer"})
+    assert r.status_code == 200
+    jti = jwt.decode(tok, options={"verify_signature": False})["jti"]
+    assert jti in {e["jti"] for e in c.get("/revocations").json["revoked"]}
+    r = c.post("/introspect", data={"token": tok}, headers=basic("orthanc", "s3cret-orthanc"))
+    assert r.json == {"active": False}
+    with pytest.raises(Exception, match="revoked"):
+        v.verify(tok)
+    # unknown tokens: 200, no oracle
+    assert c.post("/revoke", data={"token": "x.y.z", "client_id": "pacs-viewer"}).status_code == 200
+
+
+def test_revoke_any_client(env: dict[str, Any]) -> None:
+    c = env["client"]
+    tok = exchange(c, kc_token()).json["access_token"]
+    assert c.post("/revoke", data={"token": tok}, headers=basic("orthanc", "s3cret-orthanc")).status_code == 200
+    assert not env["service"].revocations.active()  # orthanc may not revoke viewer tokens
+    assert c.post("/revoke", data={"token": tok}, headers=basic("ops", "s3cret-ops")).status_code == 200
+    assert env["service"].revocations.active()
+
+
+def test_metadata_and_jwks(env: dict[str, Any]) -> None:
+    c = env["client"]
+    md = c.get("/.well-known/oauth-authorization-server").json
+    assert md["issuer"] == ISSUER and md["token_endpoint"] == ISSUER + "/token"
+    assert EXCHANGE in md["grant_types_supported"] and "pacs:view" in md["scopes_supported"]
+    keys = c.get("/jwks.json").json["keys"]
+    assert keys and all("d" not in k for k in keys)
+
+
+def test_rate_limit(env: dict[str, Any]) -> None:
+    c = env["client"]
+    codes = [c.post("/revoke", data={"token": "x", "client_id": "pacs-viewer"}).status_code for _ in range(12)]
+    assert 429 in codes
