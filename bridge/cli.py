@@ -113,8 +113,10 @@ def demo_otp(user: str) -> None:
 def _register_areas() -> None:
     """Command groups owned by other modules (imported lazily inside each command)."""
     from bridge.policy.cli import policy_cli
+    from bridge.tokens.cli import keys_cli
 
     main.add_command(policy_cli)
+    main.add_command(keys_cli)
 
 
 _register_areas()
