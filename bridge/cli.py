@@ -116,6 +116,10 @@ def _register_areas() -> None:
     from bridge.tokens.cli import keys_cli
 
     main.add_command(policy_cli)
+    from bridge.sync.cli import serve_cli, sync_cli
+
+    main.add_command(sync_cli)
+    main.add_command(serve_cli)
     main.add_command(keys_cli)
 
 

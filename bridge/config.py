@@ -235,6 +235,8 @@ class SyncSection(_Section):
     deletion_threshold_count: int = Field(500, ge=0)
     deletion_threshold_percent: float = Field(10.0, ge=0, le=100)
     targets: list[Literal["keycloak", "scim", "store"]] = Field(default_factory=lambda: ["keycloak", "store"])
+    #: Keycloak target: realm roles, or client roles of keycloak.pacs_client_id
+    keycloak_roles: Literal["realm", "client"] = "realm"
 
 
 class ScimSection(_Section):

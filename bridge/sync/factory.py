@@ -1,0 +1,72 @@
+"""Build a SyncRunner from the configuration (the only place that knows every section)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge.config import Settings
+from bridge.directory.reader import reader_for
+from bridge.policy.loader import PolicyError, load_policy
+from bridge.store.db import engine as make_engine
+from bridge.store.db import migrate
+from bridge.sync.runner import SyncRunner
+from bridge.sync.safety import Thresholds
+from bridge.sync.targets.base import Target, TargetError
+
+
+def build_targets(settings: Settings, engine: Any) -> list[Target]:
+    out: list[Target] = []
+    for name in settings.sync.targets:
+        if name == "store":
+            from bridge.sync.targets.store import StoreTarget
+
+            out.append(StoreTarget(engine))
+        elif name == "keycloak":
+            from bridge.sync.targets.keycloak import KeycloakTarget
+
+            kc = settings.keycloak
+            if kc.admin_password is None:
+                raise TargetError("keycloak.admin_password is not set (needed by the keycloak sync target)")
+            out.append(KeycloakTarget(kc.url, kc.realm, kc.admin_username, kc.admin_password.get_secret_value(),
+                                      admin_realm=kc.admin_realm, ca_file=kc.ca_file,
+                                      mode=settings.sync.keycloak_roles, client_id=kc.pacs_client_id))
+        elif name == "scim":
+            from bridge.sync.targets.scim import ScimTarget
+
+            sc = settings.scim
+            if not sc.url or sc.bearer_token is None:
+                raise TargetError("scim.url and scim.bearer_token are needed by the scim sync target")
+            out.append(ScimTarget(sc.url, sc.bearer_token.get_secret_value(),
+                                  verify=str(sc.ca_file) if sc.ca_file else True))
+    return out
+
+
+def revoke_subject_hook(engine: Any) -> Any:
+    """The token service's revoke-by-subject, if it offers one (looked up, not required)."""
+    try:
+        from bridge.tokens import store as token_store
+    except ImportError:
+        return None
+    fn = getattr(token_store, "revoke_subject", None)
+    if fn is None:
+        return None
+    return lambda subject: fn(engine, subject)
+
+
+def build_runner(settings: Settings, *, policy_path: str | None = None, with_audit: bool = True) -> SyncRunner:
+    path = policy_path or settings.sync.policy_file
+    if not path:
+        raise PolicyError("(config)", [("sync.policy_file", "not set; name the policy YAML file")])
+    policy = load_policy(path)
+    migrate(settings.store.url)
+    eng = make_engine(settings.store.url)
+    audit = None
+    if with_audit:
+        from bridge.audit.store import AuditStore
+
+        audit = AuditStore(eng)
+    return SyncRunner(
+        reader_for(settings.directory), policy, build_targets(settings, eng), eng,
+        thresholds=Thresholds(settings.sync.deletion_threshold_count, settings.sync.deletion_threshold_percent),
+        audit=audit, revoke_subject=revoke_subject_hook(eng), full_sync_every=settings.sync.full_sync_every,
+    )

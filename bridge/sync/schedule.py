@@ -1,0 +1,40 @@
+"""The scheduled sync (APScheduler): one job, never overlapping itself in this process
+(``max_instances=1``) nor across replicas (the lease in the database, see bridge/store/lease.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from bridge.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def serve(settings: Settings, *, metrics_port: int = 9464, once: bool = False) -> None:
+    from apscheduler.schedulers.blocking import BlockingScheduler
+    from prometheus_client import start_http_server
+
+    from bridge.sync.factory import build_runner
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runner = build_runner(settings)
+    if metrics_port:
+        start_http_server(metrics_port, addr="127.0.0.1")
+        log.info("metrics on http://127.0.0.1:%d/metrics", metrics_port)
+
+    def job() -> None:
+        report = runner.run(apply=True)
+        log.info("sync run %s: %s (%s) %.1f s %s", report.run_id, report.status, report.mode,
+                 report.duration, report.plan.counts() if report.plan else "")
+
+    if once:
+        job()
+        return
+    sched = BlockingScheduler()
+    sched.add_job(job, "interval", seconds=settings.sync.interval_seconds, max_instances=1, coalesce=True,
+                  id="directory-sync", next_run_time=dt.datetime.now())
+    try:
+        sched.start()
+    except (KeyboardInterrupt, SystemExit):
+        log.info("stopping the scheduler")
