@@ -1,0 +1,1 @@
+"""The bridge's own database: models (`models`), engine and migrations (`db`), leases (`lease`)."""

@@ -1,0 +1,132 @@
+"""Engine factory, migrations and transactions for the bridge's database.
+
+SQLite (a file, the default) or PostgreSQL (by URL).  On SQLite every connection gets
+WAL (readers never block the writer), foreign keys (off by default in SQLite!), a busy timeout
+(a second process waits instead of failing with "database is locked") and synchronous=NORMAL
+(in WAL mode this survives an application crash; a power cut may lose the last commits, which the
+syslog copy of the audit trail covers; see docs/audit.md).
+
+Writers that must serialise (the audit chain head) use :func:`write_transaction`: on SQLite it
+starts the transaction with ``BEGIN IMMEDIATE`` so the write lock is taken up front and two
+writers never both read the same chain head; on PostgreSQL the caller locks the row with
+``SELECT ... FOR UPDATE``.  Ordinary transactions stay ``BEGIN`` (deferred) so that long reads
+such as ``audit verify`` never hold the write lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+DEFAULT_URL = "sqlite:///var/pacs-bridge.db"
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+BUSY_TIMEOUT_MS = 10_000
+_BEGIN_OPTION = "pacs_bridge_sqlite_begin"
+
+
+class StoreError(Exception):
+    """A database URL or migration problem, worded for the operator."""
+
+
+def _sqlite_setup(eng: Engine) -> None:
+    @event.listens_for(eng, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # let SQLAlchemy's "begin" event below decide how transactions start
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(eng, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(_BEGIN_OPTION, "")
+        conn.exec_driver_sql(f"BEGIN {mode}".strip())
+
+
+def engine(url: str | None = None, **kwargs: Any) -> Engine:
+    """An engine for ``url`` (default: the SQLite file ``var/pacs-bridge.db``).
+
+    The parent directory of a SQLite file is created, so a fresh install just works.
+    """
+    url = url or DEFAULT_URL
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise StoreError(f"store.url: not a database URL ({exc})") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        db = parsed.database
+        if db and db != ":memory:" and not db.startswith("file:"):
+            Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        eng = create_engine(parsed, **kwargs)
+        _sqlite_setup(eng)
+        return eng
+    if backend == "postgresql":
+        kwargs.setdefault("pool_pre_ping", True)
+        return create_engine(parsed, **kwargs)
+    raise StoreError(f"store.url: unsupported database {backend!r} (use sqlite:/// or postgresql://)")
+
+
+@cache
+def _sessionmaker(eng: Engine) -> sessionmaker[Session]:
+    return sessionmaker(eng, expire_on_commit=False)
+
+
+@contextmanager
+def session(eng: Engine) -> Iterator[Session]:
+    """A unit of work: commits on success, rolls back on any exception."""
+    with _sessionmaker(eng).begin() as s:
+        yield s
+
+
+@contextmanager
+def write_transaction(eng: Engine) -> Iterator[Connection]:
+    """A transaction that intends to write a serialised resource (see the module docstring)."""
+    with eng.connect() as conn:
+        if eng.dialect.name == "sqlite":
+            conn.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+        with conn.begin():
+            yield conn
+
+
+def alembic_config(url: str) -> Any:
+    """The Alembic configuration for the migrations shipped inside the package (no alembic.ini needed)."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def migrate(url: str | None = None, revision: str = "head") -> str:
+    """Bring the database at ``url`` to ``revision``; return the revision now current."""
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
+    url = url or DEFAULT_URL
+    eng = engine(url)
+    try:
+        with eng.begin() as conn:
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+        with eng.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision() or "base"
+    finally:
+        eng.dispose()
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password hidden, for messages and logs."""
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,223 @@
+"""SQLAlchemy 2.x models of every table the bridge owns.
+
+Small and explicit on purpose: each table serves one part of the product and the Alembic
+migrations in ``migrations/versions`` create exactly these (a unit test compares them).
+
+Times: ordinary timestamps use :class:`UTCDateTime` (always timezone-aware UTC in Python,
+whatever the backend stores).  The audit trail is the exception: its ``time`` is the ISO-8601
+text that the hash covers, so that SQLite and PostgreSQL give back the very bytes that were hashed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+#: SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets 64-bit keys.
+BigInt = BigInteger().with_variant(Integer, "sqlite")
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Aware UTC datetimes on every backend (SQLite has no time zones and would return naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use datetime.now(UTC)")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class AuditEventRow(Base):
+    """One audit record.  Append-only: rows are never updated; retention archives then deletes
+    the oldest ones.  ``hash`` = SHA-256 over the canonical JSON of the record including
+    ``prev_hash`` (see bridge/audit/store.py), so any edit, deletion, insertion or reordering
+    breaks the chain.  The indexed columns are what queries filter on; ``body`` holds the rest."""
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=False)
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    time: Mapped[str] = mapped_column(String(32), index=True)
+    type: Mapped[str] = mapped_column(String(64), index=True)
+    outcome: Mapped[int] = mapped_column(SmallInteger)
+    actor_user: Mapped[str | None] = mapped_column(String(512), index=True)
+    actor_username: Mapped[str | None] = mapped_column(String(256), index=True)
+    client_id: Mapped[str | None] = mapped_column(String(256))
+    network_address: Mapped[str | None] = mapped_column(String(128))
+    patient_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    study_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    correlation_id: Mapped[str | None] = mapped_column(String(128))
+    body: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class AuditHead(Base):
+    """The single row that serialises appends (locked by every writer) and remembers where the
+    chain starts after retention (``base_seq``/``base_hash``: the last archived record)."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_seq: Mapped[int] = mapped_column(BigInt)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    base_seq: Mapped[int] = mapped_column(BigInt)
+    base_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpoint(Base):
+    """A signed statement "record ``seq`` has hash ``hash``": a rewrite of the chain before it
+    cannot be hidden without the signing key.  ``kind``: periodic | manual | archive."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigInt, index=True)
+    hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    kid: Mapped[str] = mapped_column(String(64))
+    alg: Mapped[str] = mapped_column(String(16))
+    signature: Mapped[str] = mapped_column(String(256))
+
+
+class SyncRun(Base):
+    """History of directory synchronisation runs."""
+
+    __tablename__ = "sync_runs"
+
+    id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: running | ok | failed | threshold_stop | dry_run
+    status: Mapped[str] = mapped_column(String(32), default="running")
+    mode: Mapped[str] = mapped_column(String(16), default="delta")
+    owner: Mapped[str | None] = mapped_column(String(128))
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    errors: Mapped[list[Any]] = mapped_column(JSON, default=list)
+
+
+class SyncLock(Base):
+    """A lease so that only one replica syncs at a time (see bridge/store/lease.py)."""
+
+    __tablename__ = "sync_lock"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(128))
+    acquired_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class RoleAssignment(Base):
+    """The bridge's own record of who holds which PACS role and why.
+
+    ``subject_id`` is the directory's stable id (AD objectGUID / LDAP entryUUID), not the
+    username, so a rename does not look like a leaver plus a joiner.  ``managed`` rows belong to
+    the sync (it may remove them); unmanaged rows were granted by hand and the sync leaves them.
+    ``source_group_dn`` is '' for a manual grant (NULLs would defeat the unique constraint)."""
+
+    __tablename__ = "role_assignments"
+    __table_args__ = (UniqueConstraint("subject_id", "role", "source_group_dn", name="uq_role_assignment"),)
+
+    id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
+    subject_id: Mapped[str] = mapped_column(String(128), index=True)
+    username: Mapped[str] = mapped_column(String(256), index=True)
+    role: Mapped[str] = mapped_column(String(128), index=True)
+    source_group_dn: Mapped[str] = mapped_column(String(1024), default="")
+    rule_id: Mapped[str | None] = mapped_column(String(128))
+    scopes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    managed: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class SigningKey(Base):
+    """Token signing keys; the private key is stored encrypted with the configured KEK."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    alg: Mapped[str] = mapped_column(String(16))
+    private_key_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    public_jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: no longer used to sign, still published until ``not_after``
+    retired_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    not_after: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class RevokedToken(Base):
+    """RFC 7009 revocations, kept until the token would have expired anyway."""
+
+    __tablename__ = "revoked_tokens"
+
+    jti: Mapped[str] = mapped_column(String(128), primary_key=True)
+    exp: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    revoked_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Share(Base):
+    """An external share of a study (de-identified link for a recipient)."""
+
+    __tablename__ = "shares"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str | None] = mapped_column(String(128))
+    created_by: Mapped[str] = mapped_column(String(512))
+    recipient: Mapped[str | None] = mapped_column(String(512))
+    #: SHA-256 of the share secret; the secret itself is never stored
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    deidentified: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    max_uses: Mapped[int | None] = mapped_column(Integer)
+    use_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+Index("ix_audit_events_type_time", AuditEventRow.type, AuditEventRow.time)
