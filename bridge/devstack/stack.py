@@ -58,13 +58,11 @@ def up(names: Iterable[str] | None = None, *, seed: bool = True, owner: str = "c
         else:
             to_launch.append(s)
 
-    def launch_unblocked() -> None:
+    def launch_unblocked(force: bool = False) -> None:
         # a service whose `needs` are in this run starts only once they are ready (Keycloak's
-        # realm import needs slapd's port); if nothing else is left to wait for, start anyway
-        waiting_on_others = any(x not in to_launch and x.name not in ready for x in services)
+        # realm import needs slapd's port)
         for s in list(to_launch):
-            blocked = [n for n in s.needs if n in selected and n not in ready]
-            if blocked and waiting_on_others:
+            if not force and any(n in selected and n not in ready for n in s.needs):
                 continue
             log(f"{s.name}: starting")
             s.prepare(ctx)
@@ -80,8 +78,8 @@ def up(names: Iterable[str] | None = None, *, seed: bool = True, owner: str = "c
             needed = {n for x in to_launch for n in x.needs}
             waitable = [x for x in pending if x not in to_launch]
             s = next((x for x in waitable if x.name in needed), waitable[0] if waitable else None)
-            if s is None:  # only blocked ones left (their needs failed to start): start them now
-                launch_unblocked()
+            if s is None:  # only blocked ones left (cannot happen without a cycle): start them now
+                launch_unblocked(force=True)
                 continue
             ctx.info[s.name] = s.wait_ready(ctx)
             state.update_stack(s.name, ctx.info[s.name])
