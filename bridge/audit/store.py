@@ -738,3 +738,24 @@ def verify_archive(path: Path, key: CheckpointKey | None = None) -> VerifyReport
         )
     rep.message = f"{path}: {rep.records} records OK"
     return rep
+
+
+def open_store(settings: Any, engine: Engine | None = None, *, listeners: Iterable[Callable[[Appended], None]] = (),
+               signing: bool = True) -> AuditStore:
+    """The audit store as configured: the database of ``store.url`` and the checkpoint key of
+    ``audit.checkpoint_key_file`` (created on first use when ``signing``; verification only
+    needs the ``.pub`` file).  Everyone should build the store here so checkpoints get signed."""
+    from bridge.audit.keys import public_path
+    from bridge.store.db import engine as make_engine
+
+    key_file = Path(settings.audit.checkpoint_key_file)
+    if signing:
+        key: CheckpointKey | None = CheckpointKey.load_or_create(key_file)
+    elif key_file.exists():
+        key = CheckpointKey.load_public(key_file)
+    elif public_path(key_file).exists():
+        key = CheckpointKey.load_public(public_path(key_file))
+    else:
+        key = None
+    return AuditStore(engine or make_engine(settings.store.url), key,
+                      checkpoint_every=settings.audit.checkpoint_every, listeners=listeners)

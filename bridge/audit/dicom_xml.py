@@ -1,0 +1,116 @@
+"""Render an audit event as a DICOM PS3.15 A.5 ``AuditMessage`` (the ATNA / RFC 3881 XML).
+
+Built with xml.etree so every attribute and text is escaped by the serializer (a username or a
+patient name with ``<`` or ``"`` cannot break the document).  Codes come from bridge/audit/codes.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import xml.etree.ElementTree as ET
+
+from bridge.audit.codes import BTG, OBJECT_CODES, ROLE_APPLICATION, Code, ObjectKind, all_type_codes, codes_for
+from bridge.audit.events import AuditEvent, format_time
+
+AUDIT_SOURCE_TYPE_APPLICATION_SERVER = "4"
+
+
+def _coded(parent: ET.Element, tag: str, code: Code) -> ET.Element:
+    return ET.SubElement(
+        parent, tag, {"csd-code": code.code, "codeSystemName": code.system, "originalText": code.display}
+    )
+
+
+def _net_type(address: str) -> str:
+    """NetworkAccessPointTypeCode: 2 = IP address, 1 = machine name, 5 = URI."""
+    if "://" in address:
+        return "5"
+    host = address.strip("[]")
+    if host.replace(".", "").isdigit() or ":" in host:
+        return "2"
+    return "1"
+
+
+def to_element(
+    event: AuditEvent, *, source_id: str = "pacs-sso-bridge", enterprise_site_id: str = "HOSPITAL"
+) -> ET.Element:
+    codes = codes_for(event.type)
+    root = ET.Element("AuditMessage")
+    eid = ET.SubElement(
+        root,
+        "EventIdentification",
+        {
+            "EventActionCode": codes.action.value,
+            "EventDateTime": format_time(event.time),
+            "EventOutcomeIndicator": str(int(event.outcome)),  # type: ignore[arg-type]
+        },
+    )
+    _coded(eid, "EventID", codes.event_id)
+    for tc in all_type_codes(event.type):
+        _coded(eid, "EventTypeCode", tc)
+    if event.description:
+        ET.SubElement(eid, "EventOutcomeDescription").text = event.description
+    if event.purpose_of_use == "BTG":
+        _coded(eid, "PurposeOfUse", BTG)
+
+    actor = event.actor
+    if actor is not None and (actor.user_id or actor.username or actor.client_id):
+        attrs = {
+            "UserID": actor.user_id or actor.client_id or actor.username or "",
+            "UserIsRequestor": "true" if actor.is_requestor else "false",
+        }
+        if actor.username:
+            attrs["UserName"] = actor.username
+        if actor.client_id and actor.user_id:
+            attrs["AlternativeUserID"] = actor.client_id
+        if actor.network_address:
+            attrs["NetworkAccessPointID"] = actor.network_address
+            attrs["NetworkAccessPointTypeCode"] = _net_type(actor.network_address)
+        ET.SubElement(root, "ActiveParticipant", attrs)
+    # the bridge itself, as the application that recorded the event
+    app = ET.SubElement(
+        root,
+        "ActiveParticipant",
+        {"UserID": source_id, "UserIsRequestor": "false" if actor and actor.is_requestor else "true"},
+    )
+    _coded(app, "RoleIDCode", ROLE_APPLICATION)
+
+    src = ET.SubElement(
+        root, "AuditSourceIdentification", {"AuditEnterpriseSiteID": enterprise_site_id, "AuditSourceID": source_id}
+    )
+    ET.SubElement(
+        src,
+        "AuditSourceTypeCode",
+        {
+            "csd-code": AUDIT_SOURCE_TYPE_APPLICATION_SERVER,
+            "codeSystemName": "DCM",
+            "originalText": "Application Server",
+        },
+    )
+
+    for obj in event.objects:
+        oc = OBJECT_CODES[obj.kind]
+        po = ET.SubElement(
+            root,
+            "ParticipantObjectIdentification",
+            {
+                "ParticipantObjectID": obj.id,
+                "ParticipantObjectTypeCode": str(oc.type_code),
+                "ParticipantObjectTypeCodeRole": str(oc.role),
+            },
+        )
+        _coded(po, "ParticipantObjectIDTypeCode", oc.id_type)
+        if obj.name:
+            ET.SubElement(po, "ParticipantObjectName").text = obj.name
+        if obj.kind == ObjectKind.QUERY:
+            ET.SubElement(po, "ParticipantObjectQuery").text = base64.b64encode(obj.id.encode()).decode()
+        for k, v in obj.detail.items():
+            ET.SubElement(
+                po, "ParticipantObjectDetail", {"type": str(k), "value": base64.b64encode(str(v).encode()).decode()}
+            )
+    return root
+
+
+def to_xml(event: AuditEvent, **kwargs: str) -> str:
+    """The AuditMessage as a UTF-8 XML string (no XML declaration: syslog MSG carries it as is)."""
+    return ET.tostring(to_element(event, **kwargs), encoding="unicode")
