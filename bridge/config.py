@@ -11,6 +11,7 @@ path of a file that holds it, so that no secret has to sit in the YAML.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -167,11 +168,60 @@ class DirectorySection(_Section):
         return self
 
 
+#: DICOM AE title: 1-16 characters of the default repertoire, no backslash (PS3.5 6.2, AE VR)
+_AET = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+DICOM_OPERATIONS = ("echo", "find", "get", "move", "store")
+
+
+class ModalitySection(_Section):
+    """One DICOM peer allowed on the PACS's DICOM port: only this AE title, from this host."""
+
+    aet: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    #: what the peer may ask the PACS for (C-ECHO, C-FIND, C-GET, C-MOVE, C-STORE)
+    allow: list[Literal["echo", "find", "get", "move", "store"]] = Field(
+        default_factory=lambda: list(DICOM_OPERATIONS)
+    )
+
+    @field_validator("aet")
+    @classmethod
+    def _aet(cls, v: str) -> str:
+        if not _AET.match(v) or not v.strip() or v != v.strip():
+            raise ValueError(
+                f"{v!r} is not a DICOM AE title (1-16 printable ASCII characters, no backslash, "
+                "no leading/trailing spaces)"
+            )
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if not v or any(c.isspace() for c in v) or "/" in v:
+            raise ValueError(f"{v!r} is not a host name or IP address")
+        return v
+
+
 class PacsSection(_Section):
-    """The PACS the tokens are for."""
+    """The PACS the tokens are for, and the DICOM peers its DICOM port admits."""
 
     audience: str = "pacs"
     orthanc_url: str | None = None
+    #: symbolic name -> modality; every other AE title is refused (no DicomAlwaysAllow*)
+    modalities: dict[str, ModalitySection] = Field(default_factory=dict)
+
+    @field_validator("modalities")
+    @classmethod
+    def _unique_aets(cls, v: dict[str, ModalitySection]) -> dict[str, ModalitySection]:
+        seen: dict[str, str] = {}
+        for name, modality in v.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+                raise ValueError(f"{name}: modality names may use letters, digits, _ and - only")
+            key = modality.aet.upper()  # Orthanc compares AE titles case-insensitively by default
+            if key in seen:
+                raise ValueError(f"{name}: AE title {modality.aet!r} is also used by {seen[key]}")
+            seen[key] = name
+        return v
 
 
 class TokenClientSection(_Section):

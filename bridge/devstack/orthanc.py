@@ -18,6 +18,7 @@ a benchmark baseline) is one line: ``OrthancService("orthanc-plain", with_filter
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,9 +28,18 @@ from bridge.devstack import process
 from bridge.devstack.process import DevstackError
 from bridge.devstack.service import Service, StackContext
 from bridge.devstack.state import free_port, port_open
-from bridge.pacs.orthanc_config import DICOMWEB_PLUGIN, FILTER_SCRIPT, PYTHON_PLUGIN, orthanc_config
+from bridge.pacs.orthanc_config import (
+    DICOMWEB_PLUGIN,
+    FILTER_SCRIPT,
+    PYTHON_PLUGIN,
+    dicom_modalities,
+    orthanc_config,
+    plugin_settings,
+)
 
 BINARY = Path("/usr/sbin/Orthanc")
+#: the dev stack's one DICOM peer (tests associate with this AE title from 127.0.0.1)
+DEV_MODALITIES = {"dev-modality": {"aet": "DEVMODALITY", "host": "127.0.0.1", "port": 11112}}
 STARTED_LINE = "Orthanc has started"
 
 
@@ -55,6 +65,19 @@ class OrthancService(Service):
     def config_file(self) -> Path:
         return self.dir / "orthanc.json"
 
+    @property
+    def plugin_config_file(self) -> Path:
+        """The bridge plugin's settings; tests may rewrite it (the plugin reloads it on change)."""
+        return self.dir / "bridge-plugin.json"
+
+    def _write_plugin_config(self, ctx: StackContext, settings: Any) -> None:
+        issuer = settings.tokens.issuer or settings.bridge.public_url
+        data = plugin_settings(
+            issuer=issuer, audience=settings.pacs.audience, ca_file=ctx.ca_file,
+            spool_dir=self.dir / "audit-spool", orthanc_log_file=self.dir / "server.log", pacs_name=self.name,
+        )
+        self.plugin_config_file.write_text(json.dumps(data, indent=2), encoding="utf-8")
+
     def prepare(self, ctx: StackContext) -> None:
         needed = [BINARY, DICOMWEB_PLUGIN, *((PYTHON_PLUGIN, FILTER_SCRIPT) if self.with_filter else ())]
         for path in needed:
@@ -67,9 +90,17 @@ class OrthancService(Service):
         self._ports = (http_port, dicom_port)
         (self.dir / "storage").mkdir(exist_ok=True)
         (self.dir / "index").mkdir(exist_ok=True)
+        from bridge.config import load_config
+
+        settings = load_config(None, **({} if os.environ.get("PACS_BRIDGE_PACS__MODALITIES")
+                                        else {"pacs": {"modalities": DEV_MODALITIES}}))
+        if self.with_filter:
+            self._write_plugin_config(ctx, settings)
         config = orthanc_config(
             name=self.name, aet=self.aet, http_port=http_port, dicom_port=dicom_port,
             storage_dir=self.dir / "storage", index_dir=self.dir / "index", with_filter=self.with_filter,
+            modalities=dicom_modalities(settings.pacs),
+            plugin_config_file=self.plugin_config_file if self.with_filter else None,
         )
         self.config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
@@ -100,7 +131,11 @@ class OrthancService(Service):
             )
 
         process.wait_until(ready, what=f"{self.name} (Orthanc)", timeout=60, rec=rec, interval=0.1)
-        return {"url": url, "dicom_port": dicom_port, "aet": config["DicomAet"], "filter": self.with_filter}
+        return {
+            "url": url, "dicom_port": dicom_port, "aet": config["DicomAet"], "filter": self.with_filter,
+            "modalities": config["DicomModalities"],
+            **({"plugin_config": str(self.plugin_config_file), "log": str(log)} if self.with_filter else {}),
+        }
 
 
 SERVICE = OrthancService()

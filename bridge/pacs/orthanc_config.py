@@ -36,12 +36,15 @@ def orthanc_config(
     storage_dir: Path,
     index_dir: Path,
     with_filter: bool = True,
-    modalities: dict[str, tuple[str, str, int]] | None = None,
+    modalities: dict[str, Any] | None = None,
+    plugin_config_file: Path | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The Orthanc JSON config.
 
-    `modalities` maps a symbolic name to ``(AET, host, port)``: the only DICOM peers allowed.
+    `modalities` maps a symbolic name to ``(AET, host, port)`` or to Orthanc's object form (see
+    :func:`dicom_modalities`): the only DICOM peers allowed.  `plugin_config_file` is where the
+    bridge's plugin reads its settings (``"PacsBridge": {"ConfigFile": ...}``).
     `with_filter=False` gives a plain Orthanc (DICOMweb only, no Python filter) as a benchmark
     baseline.  `extra` is merged last (top-level keys replace).
     """
@@ -67,7 +70,7 @@ def orthanc_config(
         "DicomAlwaysAllowGet": False,
         "DicomAlwaysAllowMove": False,
         "DicomAlwaysAllowStore": False,
-        "DicomModalities": {k: list(v) for k, v in (modalities or {}).items()},
+        "DicomModalities": {k: v if isinstance(v, dict) else list(v) for k, v in (modalities or {}).items()},
         "DicomModalitiesInDatabase": False,
         "OrthancPeers": {},
         "ExecuteLuaEnabled": False,
@@ -78,6 +81,62 @@ def orthanc_config(
         plugins.insert(0, str(PYTHON_PLUGIN))
         config["PythonScript"] = str(FILTER_SCRIPT)
         config["PythonVerbose"] = False
+        if plugin_config_file is not None:
+            config["PacsBridge"] = {"ConfigFile": str(plugin_config_file)}
     if extra:
         config.update(extra)
     return config
+
+
+#: bridge config operation name -> Orthanc's per-modality permission key
+_ALLOW_KEYS = {"echo": "AllowEcho", "find": "AllowFind", "get": "AllowGet", "move": "AllowMove",
+               "store": "AllowStore"}
+
+
+def dicom_modalities(pacs: Any) -> dict[str, dict[str, Any]]:
+    """Orthanc's ``DicomModalities`` from the bridge config's ``pacs.modalities`` (validated there).
+
+    The object form states every permission explicitly, so an operation left out of ``allow`` is
+    refused even if a later Orthanc changes its defaults.  Duck-typed on the section so that this
+    module stays importable without pydantic.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, m in pacs.modalities.items():
+        entry: dict[str, Any] = {"AET": m.aet, "Host": m.host, "Port": m.port}
+        for op, key in _ALLOW_KEYS.items():
+            entry[key] = op in m.allow
+        entry["AllowStorageCommitment"] = False
+        out[name] = entry
+    return out
+
+
+def plugin_settings(
+    *,
+    issuer: str,
+    audience: str,
+    ca_file: Path | None,
+    spool_dir: Path,
+    orthanc_log_file: Path | None,
+    pacs_name: str,
+    audit_url: str | None = None,
+    audit_token_file: Path | None = None,
+) -> dict[str, Any]:
+    """The plugin's JSON config (bridge/pacs/plugin_config.py) for a bridge at ``issuer``."""
+    base = issuer.rstrip("/")
+    out: dict[str, Any] = {
+        "issuer": issuer,
+        "audience": audience,
+        "jwks_url": base + "/jwks.json",
+        "revocation_url": base + "/revocations",
+        "audit_spool_dir": str(spool_dir),
+        "pacs_name": pacs_name,
+    }
+    if ca_file is not None:
+        out["ca_file"] = str(ca_file)
+    if orthanc_log_file is not None:
+        out["orthanc_log_file"] = str(orthanc_log_file)
+    if audit_url:
+        out["audit_url"] = audit_url
+    if audit_token_file is not None:
+        out["audit_token_file"] = str(audit_token_file)
+    return out

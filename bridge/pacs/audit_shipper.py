@@ -1,0 +1,318 @@
+"""Audit events from the PACS: recorded in microseconds on the request path, shipped in the background.
+
+Why this shape:
+
+* The request filter runs under Orthanc's single Python lock, so it must not build XML, hash or
+  open sockets.  :meth:`AuditShipper.record` appends one tuple to a deque; a daemon thread turns
+  the tuples into :class:`bridge.audit.events.AuditEvent` s every ``flush_seconds``.
+* A viewer fetching 300 frames of one study is one access, not 300 rows: requests with the same
+  (user, token, study, action, outcome, reason) within one flush interval become **one** event
+  whose ``details.requests`` counts them.  Every distinct denial and every study touched still
+  gets its event.
+* Nothing is lost: events go to the bridge's audit ingest endpoint (``POST {"events": [...]}``,
+  bearer secret from a file); when the bridge is down or not configured they are appended to a
+  JSONL spool file (fsync'd, 0600), and spool files are replayed, oldest first, once the bridge
+  answers again.  A spool file is renamed before it is replayed, so two Orthanc processes sharing
+  the directory never send the same file twice.
+* Refused DICOM associations: Orthanc 1.10.1 offers no callback for them (the C-STORE filter of
+  orthanc-python 4.0 only sees instances of *accepted* associations), so the shipper tails
+  Orthanc's log file and turns its "Rejected association" warnings into events.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import os
+import re
+import ssl
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from bridge.audit import events as ev
+from bridge.audit.codes import AuditEventType, Outcome
+from bridge.pacs.scopes import StudyInfo, StudyResolver, Target
+
+#: permission of an allowed request naming a study -> the audit event type
+ACCESS_EVENTS: dict[str, AuditEventType] = {
+    "view": AuditEventType.STUDY_ACCESSED,
+    "download": AuditEventType.STUDY_DOWNLOADED,
+    "delete": AuditEventType.STUDY_DELETED,
+    "modify": AuditEventType.STUDY_MODIFIED,
+    "anonymize": AuditEventType.STUDY_MODIFIED,
+    "send": AuditEventType.STUDY_SENT,
+    "upload": AuditEventType.STUDY_UPLOADED,
+}
+#: Orthanc 1.10.1's warnings for a refused association (CommandDispatcher.cpp)
+REFUSED_UNKNOWN = re.compile(r"Rejected association for remote AET (\S+) on IP (\S+)")
+REFUSED_CALLED = re.compile(r"Rejected association, because of a bad called AET in the request \((.*)\)")
+MAX_BATCH = 500
+
+
+class AuditShipper:
+    """Collects request outcomes, coalesces them, ships them to the bridge or a spool directory."""
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        issuer: str,
+        spool_dir: str,
+        audit_url: str | None = None,
+        audit_token_file: str | None = None,
+        ca_file: str | None = None,
+        flush_seconds: float = 1.0,
+        resolver: StudyResolver | None = None,
+        orthanc_log_file: str | None = None,
+        post: Callable[[str, bytes, dict[str, str]], int] | None = None,
+    ):
+        self.source = source
+        self.issuer = issuer
+        self.spool_dir = Path(spool_dir)
+        self.audit_url = audit_url
+        self.audit_token_file = audit_token_file
+        self.flush_seconds = flush_seconds
+        self.resolver = resolver
+        self.orthanc_log_file = orthanc_log_file
+        self._post = post or _https_post(ca_file)
+        self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._log_offset = _file_size(orthanc_log_file)
+        self._retry_at = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._flush_lock = threading.Lock()
+        self.stats = {"sent": 0, "spooled": 0, "replayed": 0, "dropped_invalid": 0}
+
+    # ------------------------------------------------------------------ hot path
+
+    def record(
+        self,
+        kind: str,
+        claims: dict[str, Any] | None,
+        method: str,
+        path: str,
+        ip: str,
+        permission: str | None,
+        reason: str,
+        target: Target | None = None,
+        studies: list[StudyInfo] | None = None,
+    ) -> None:
+        """One request outcome (``kind`` = "allow" | "deny"); a deque append, nothing else."""
+        self._queue.append((time.time(), kind, claims, method, path.split("?", 1)[0], ip, permission,
+                            reason, target, studies))
+
+    # ------------------------------------------------------------------ background
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="pacs-bridge-audit", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_seconds):
+            try:
+                self.flush()
+            except Exception:  # noqa: S112 - the auditor must outlive any bad event
+                continue
+
+    def flush(self) -> int:
+        """Turn what was recorded into events and ship them; returns the number of events."""
+        with self._flush_lock:
+            records = []
+            while self._queue:
+                records.append(self._queue.popleft())
+            events = self._events(records) + self._refused_associations()
+            payload = [e.to_dict() for e in events]
+            if payload:
+                self._ship(payload)
+            self._replay_spool()
+            return len(payload)
+
+    # ------------------------------------------------------------------ building events
+
+    def _events(self, records: Iterable[tuple[Any, ...]]) -> list[ev.AuditEvent]:
+        groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for when, kind, claims, method, path, ip, permission, reason, target, studies in records:
+            claims = claims or {}
+            if kind == "allow" and target is not None and studies is None and self.resolver is not None:
+                studies = self.resolver.studies(target)
+            study_keys = tuple(sorted((s.study_uid, s.patient_id) for s in studies or ()))
+            key = (kind, claims.get("sub"), claims.get("jti"), ip, permission, reason, study_keys,
+                   target is None)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = {"first": when, "last": when, "count": 1, "claims": claims, "kind": kind,
+                               "method": method, "paths": [path], "ip": ip, "permission": permission,
+                               "reason": reason, "studies": studies or [], "target": target}
+            else:
+                group["last"] = when
+                group["count"] += 1
+                if len(group["paths"]) < 5 and path not in group["paths"]:
+                    group["paths"].append(path)
+        out: list[ev.AuditEvent] = []
+        for g in groups.values():
+            try:
+                out.append(self._event(g))
+            except ValueError:  # e.g. an identifier that looks like a token: never recorded
+                self.stats["dropped_invalid"] += 1
+        return out
+
+    def _event(self, g: dict[str, Any]) -> ev.AuditEvent:
+        claims = g["claims"]
+        sub = claims.get("sub") if isinstance(claims.get("sub"), str) else None
+        actor = ev.Actor(
+            user_id=f"{sub}@{claims.get('iss', self.issuer)}" if sub else None,
+            username=claims.get("preferred_username") if isinstance(claims.get("preferred_username"), str)
+            else None,
+            client_id=claims.get("client_id") if isinstance(claims.get("client_id"), str) else None,
+            network_address=g["ip"] or None,
+        )
+        objects: list[ev.ParticipantObject] = []
+        for s in g["studies"]:
+            if s.study_uid:
+                objects.append(ev.study(s.study_uid))
+            if s.patient_id:
+                objects.append(ev.patient(s.patient_id))
+        if isinstance(claims.get("jti"), str):
+            objects.append(ev.token(claims["jti"]))
+        details = {
+            "pacs": self.source,
+            "method": g["method"],
+            "paths": g["paths"],
+            "permission": g["permission"],
+            "requests": g["count"],
+            "first_seen": ev.format_time(_utc(g["first"])),
+        }
+        if g["kind"] == "deny":
+            etype, outcome = AuditEventType.ACCESS_DENIED, Outcome.MINOR_FAILURE
+            details["reason"] = g["reason"]
+        else:
+            etype = ACCESS_EVENTS.get(g["permission"] or "", AuditEventType.STUDY_ACCESSED)
+            if g["target"] is None and g["permission"] == "view":
+                etype = AuditEventType.STUDY_QUERIED
+            outcome = Outcome.SUCCESS
+        return ev.AuditEvent(type=etype, outcome=outcome, actor=actor, objects=tuple(objects),
+                             details=details, description=g["reason"], time=_utc(g["last"]))
+
+    def _refused_associations(self) -> list[ev.AuditEvent]:
+        """New "Rejected association" lines of Orthanc's log, as events."""
+        path = self.orthanc_log_file
+        if not path:
+            return []
+        size = _file_size(path)
+        if size < self._log_offset:  # rotated or truncated: start over
+            self._log_offset = 0
+        if size == self._log_offset:
+            return []
+        with open(path, "rb") as fh:
+            fh.seek(self._log_offset)
+            chunk = fh.read(size - self._log_offset)
+        complete = chunk.rfind(b"\n") + 1
+        self._log_offset += complete
+        out = []
+        for line in chunk[:complete].decode("utf-8", "replace").splitlines():
+            m = REFUSED_UNKNOWN.search(line)
+            if m:
+                aet, ip, why = m.group(1), m.group(2), "calling AE title/host not a configured modality"
+            else:
+                m = REFUSED_CALLED.search(line)
+                if not m:
+                    continue
+                aet, ip, why = m.group(1), None, "called AE title is not this PACS"
+            out.append(ev.AuditEvent(
+                type=AuditEventType.DICOM_ASSOCIATION_REFUSED,
+                actor=ev.Actor(network_address=ip),
+                objects=(ev.ParticipantObject(ev.ObjectKind.NODE, aet or "(empty)"),),
+                details={"pacs": self.source, "reason": why},
+                description=why,
+            ))
+        return out
+
+    # ------------------------------------------------------------------ shipping
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.audit_token_file:
+            secret = Path(self.audit_token_file).read_text(encoding="utf-8").strip()
+            headers["Authorization"] = "Bearer " + secret
+        return headers
+
+    def _send(self, payload: list[dict[str, Any]]) -> bool:
+        if not self.audit_url or time.monotonic() < self._retry_at:
+            return False
+        try:
+            for i in range(0, len(payload), MAX_BATCH):
+                body = json.dumps({"events": payload[i:i + MAX_BATCH]}).encode()
+                status = self._post(self.audit_url, body, self._headers())
+                if not 200 <= status < 300:
+                    raise OSError(f"audit ingest answered {status}")
+        except Exception:
+            self._retry_at = time.monotonic() + 5.0
+            return False
+        return True
+
+    def _ship(self, payload: list[dict[str, Any]]) -> None:
+        if self._send(payload):
+            self.stats["sent"] += len(payload)
+            return
+        self.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        spool = self.spool_dir / f"spool-{os.getpid()}.jsonl"
+        fd = os.open(spool, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, "".join(json.dumps(e) + "\n" for e in payload).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.stats["spooled"] += len(payload)
+
+    def _replay_spool(self) -> None:
+        if not self.audit_url or time.monotonic() < self._retry_at or not self.spool_dir.is_dir():
+            return
+        for spool in sorted(self.spool_dir.glob("spool-*.jsonl"), key=lambda p: p.stat().st_mtime):
+            sending = spool.with_name(f"sending-{os.getpid()}-{time.time_ns()}.jsonl")
+            try:
+                spool.rename(sending)
+            except OSError:
+                continue  # another process took it
+            self._replay_file(sending)
+        for sending in self.spool_dir.glob(f"sending-{os.getpid()}-*.jsonl"):
+            self._replay_file(sending)  # left over from a failed attempt of this process
+
+    def _replay_file(self, path: Path) -> None:
+        lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        if self._send(lines):
+            path.unlink()
+            self.stats["replayed"] += len(lines)
+
+
+def _https_post(ca_file: str | None, timeout: float = 3.0) -> Callable[[str, bytes, dict[str, str]], int]:
+    context = ssl.create_default_context(cafile=ca_file)
+
+    def post(url: str, body: bytes, headers: dict[str, str]) -> int:
+        req = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310 - https only
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310
+            return int(resp.status)
+
+    return post
+
+
+def _file_size(path: str | None) -> int:
+    try:
+        return os.path.getsize(path) if path else 0
+    except OSError:
+        return 0
+
+
+def _utc(t: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(t, dt.UTC)

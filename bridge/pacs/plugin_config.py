@@ -1,0 +1,142 @@
+"""Configuration of the bridge's Orthanc plugin: a small JSON file, overridable by environment.
+
+Stdlib only (it runs under Debian's ``/usr/bin/python3`` inside Orthanc, which has no pydantic).
+Where the plugin finds it, first match wins:
+
+1. ``PACS_BRIDGE_PLUGIN_CONFIG`` (environment of the Orthanc process): path of the JSON file;
+2. ``"PacsBridge": {"ConfigFile": "..."}`` in Orthanc's own configuration;
+3. ``"PacsBridge": {...keys below...}`` inline in Orthanc's configuration.
+
+Every key may be overridden by ``PACS_BRIDGE_PLUGIN_<KEY>`` (upper case), e.g.
+``PACS_BRIDGE_PLUGIN_JWKS_URL``.  The file is re-read when it changes (checked at most every
+``reload_check_seconds``), so an operator can move the bridge or rotate the CA file without
+restarting Orthanc; a file that becomes invalid keeps the plugin denying everything until fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_FILE = "PACS_BRIDGE_PLUGIN_CONFIG"
+ENV_PREFIX = "PACS_BRIDGE_PLUGIN_"
+ORTHANC_SECTION = "PacsBridge"
+
+
+class PluginConfigError(ValueError):
+    """A configuration problem, naming the key and the file."""
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """What the plugin needs to verify tokens, resolve scopes and ship audit events."""
+
+    issuer: str
+    audience: str
+    jwks_url: str
+    ca_file: str | None = None
+    revocation_url: str | None = None
+    algorithms: tuple[str, ...] = ("ES256", "RS256", "EdDSA")
+    leeway_seconds: int = 30
+    jwks_min_refresh_seconds: float = 30.0
+    revocation_refresh_seconds: float = 10.0
+    revocation_max_stale_seconds: float = 300.0
+    #: MFA rule (the same three knobs as the bridge's ``mfa`` section)
+    mfa_required_acr: str | None = "mfa"
+    mfa_accepted_amr: tuple[str, ...] = ("otp", "hwk", "mfa")
+    mfa_max_auth_age_seconds: int = 12 * 3600
+    #: the bridge's audit ingest endpoint (POST, JSON); None: spool only
+    audit_url: str | None = None
+    #: file holding the bearer secret for ``audit_url``
+    audit_token_file: str | None = None
+    #: where events go while the bridge is unreachable (JSONL, replayed later)
+    audit_spool_dir: str = "/var/lib/orthanc/pacs-bridge-audit"
+    audit_flush_seconds: float = 1.0
+    #: name of this PACS in audit events (AuditSourceID / network access point)
+    pacs_name: str = "orthanc"
+    #: Orthanc's log file, tailed for refused DICOM associations (None: not audited, see docs)
+    orthanc_log_file: str | None = None
+    #: how long a resource -> study attribute mapping is trusted
+    scope_cache_seconds: float = 300.0
+    reload_check_seconds: float = 2.0
+    source: str = field(default="(inline)", compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("issuer", "audience", "jwks_url"):
+            if not getattr(self, name):
+                raise PluginConfigError(f"{self.source}: {name} is required")
+        for name in ("jwks_url", "revocation_url", "audit_url"):
+            url = getattr(self, name)
+            if url and not url.startswith("https://"):
+                raise PluginConfigError(f"{self.source}: {name} must be an https:// URL")
+        if self.leeway_seconds < 0 or self.leeway_seconds > 120:
+            raise PluginConfigError(f"{self.source}: leeway_seconds must be within 0..120")
+
+
+def _coerce(name: str, annotation: Any, value: Any, source: str) -> Any:
+    """JSON/env value -> the field's type (only the handful of types used above)."""
+    text = str(annotation)
+    try:
+        if value is None:
+            return None
+        if text.startswith("tuple"):
+            if isinstance(value, str):
+                value = [v for v in value.replace(",", " ").split() if v]
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise TypeError("a list of strings")
+            return tuple(value)
+        if text == "int":
+            return int(value)
+        if text == "float":
+            return float(value)
+        if not isinstance(value, str):
+            raise TypeError("a string")
+        return value
+    except (TypeError, ValueError) as exc:
+        raise PluginConfigError(f"{source}: {name} must be {exc}") from None
+
+
+def build(data: Mapping[str, Any], source: str, environ: Mapping[str, str] | None = None) -> PluginConfig:
+    """A validated config from a mapping plus ``PACS_BRIDGE_PLUGIN_*`` overrides."""
+    env = os.environ if environ is None else environ
+    known = {f.name: f for f in fields(PluginConfig) if f.name != "source"}
+    unknown = sorted(set(data) - set(known) - {"ConfigFile"})
+    if unknown:
+        raise PluginConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    values: dict[str, Any] = {}
+    for name, f in known.items():
+        env_value = env.get(ENV_PREFIX + name.upper())
+        if env_value is not None:
+            values[name] = _coerce(name, f.type, env_value or None, f"${ENV_PREFIX}{name.upper()}")
+        elif name in data:
+            values[name] = _coerce(name, f.type, data[name], source)
+    try:
+        return PluginConfig(**values, source=source)
+    except TypeError as exc:  # a required key missing
+        raise PluginConfigError(f"{source}: {exc}") from None
+
+
+def read_file(path: str | Path, environ: Mapping[str, str] | None = None) -> PluginConfig:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PluginConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except ValueError as exc:
+        raise PluginConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise PluginConfigError(f"{path}: must be a JSON object")
+    return build(data, str(path), environ)
+
+
+def locate(orthanc_section: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The config file path to watch, or None when the config is inline in Orthanc's."""
+    env = os.environ if environ is None else environ
+    if env.get(ENV_FILE):
+        return env[ENV_FILE]
+    if orthanc_section and orthanc_section.get("ConfigFile"):
+        return str(orthanc_section["ConfigFile"])
+    return None
