@@ -26,8 +26,10 @@ Decisions go through the one route table, :mod:`bridge.pacs.routes`: unknown rou
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
+import re
 import ssl
 import threading
 import time
@@ -149,6 +151,62 @@ def _default_fetch(ca_file: str | None, timeout: float) -> Fetch:
             return bytes(resp.read(2_000_000))
 
     return fetch
+
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
+#: PyJWT's own algorithm implementations (signature check, ECDSA raw<->DER); the same call in PyJWT 2.6
+_ALGORITHM_OBJECTS = jwt.algorithms.get_default_algorithms()
+
+
+def _b64decode(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def _parse_jws(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
+    """Split and decode a compact JWS strictly (unpadded base64url only, JSON objects).
+
+    Why not ``jwt.decode``: PyJWT 2.15 validates base64url one character at a time in Python,
+    which costs more than the ECDSA check itself; the signature is still checked by PyJWT's
+    algorithm objects, and the claims by :func:`_check_claims` with PyJWT's semantics.
+    """
+    parts = token.split(".")
+    if len(parts) != 3 or not all(_B64URL.fullmatch(p) for p in parts):
+        raise VerificationError("malformed token")
+    try:
+        header = json.loads(_b64decode(parts[0]))
+        claims = json.loads(_b64decode(parts[1]))
+        signature = _b64decode(parts[2])
+    except (ValueError, binascii.Error):
+        raise VerificationError("malformed token") from None
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise VerificationError("malformed token")
+    return header, claims, f"{parts[0]}.{parts[1]}".encode(), signature
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_claims(claims: Mapping[str, Any], cfg: VerifierConfig, now: float) -> None:
+    """RFC 9068 section 4 / RFC 8725 claim checks (exact iss, aud contains ours, times with leeway)."""
+    for name in REQUIRED_CLAIMS:
+        if claims.get(name) in (None, ""):
+            raise VerificationError(f"token lacks claim {name}")
+    for name in ("exp", "iat", "nbf"):
+        if name in claims and not _number(claims[name]):
+            raise VerificationError(f"claim {name} is not a number")
+    if claims["iss"] != cfg.issuer:
+        raise VerificationError("token from another issuer")
+    aud = claims["aud"]
+    if not (aud == cfg.audience or (isinstance(aud, list) and cfg.audience in aud)):
+        raise VerificationError("token is for another audience")
+    leeway = cfg.leeway_seconds
+    if claims["exp"] + leeway <= now:
+        raise VerificationError("token expired")
+    if claims.get("nbf", 0) > now + leeway:
+        raise VerificationError("token not yet valid")
+    if claims["iat"] > now + leeway:
+        raise VerificationError("token issued in the future")
 
 
 class JwksCache:
@@ -316,52 +374,27 @@ class Verifier:
 
     def _verify_signature_and_claims(self, token: str, now: float) -> VerifiedToken:
         cfg = self.config
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise VerificationError("malformed token") from None
+        header, claims, signing_input, signature = _parse_jws(token)
         typ = header.get("typ")
         if not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES:
             raise VerificationError("wrong token type (typ must be at+jwt)")
         alg, kid = header.get("alg"), header.get("kid")
         if alg not in cfg.algorithms:
             raise VerificationError("algorithm not allowed")
+        if "crit" in header:
+            raise VerificationError("critical header extensions are not supported")
         if not isinstance(kid, str):
             raise VerificationError("token has no kid")
         key_alg, key = self.jwks.key(kid)
         if alg != key_alg:
             raise VerificationError("algorithm does not match the key")
         try:
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=[key_alg],
-                audience=cfg.audience,
-                issuer=cfg.issuer,
-                leeway=cfg.leeway_seconds,
-                options={"require": list(REQUIRED_CLAIMS)},
-            )
-        except jwt.ExpiredSignatureError:
-            raise VerificationError("token expired") from None
-        except jwt.ImmatureSignatureError:
-            raise VerificationError("token not yet valid") from None
-        except jwt.InvalidAudienceError:
-            raise VerificationError("token is for another audience") from None
-        except jwt.InvalidIssuerError:
-            raise VerificationError("token from another issuer") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise VerificationError(f"token lacks claim {exc.claim}") from None
-        except jwt.InvalidSignatureError:
-            raise VerificationError("bad signature") from None
-        except jwt.PyJWTError:
-            raise VerificationError("invalid token") from None
-        # PyJWT checked against the system clock; check again against ours (the same in production)
-        if float(claims["exp"]) + cfg.leeway_seconds <= now:
-            raise VerificationError("token expired")
-        if float(claims.get("nbf", 0)) > now + cfg.leeway_seconds:
-            raise VerificationError("token not yet valid")
-        if float(claims["iat"]) > now + cfg.leeway_seconds:
-            raise VerificationError("token issued in the future")
+            valid = _ALGORITHM_OBJECTS[key_alg].verify(signing_input, key, signature)
+        except Exception:
+            valid = False
+        if not valid:
+            raise VerificationError("bad signature")
+        _check_claims(claims, cfg, now)
         if cfg.mfa_rule is not None:
             verdict = mfa.check(claims, cfg.mfa_rule, now)
             if not verdict.ok:

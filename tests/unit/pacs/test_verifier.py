@@ -27,6 +27,13 @@ def _b64(obj: dict) -> str:
 def test_alg_none_rejected(bridge: FakeBridge, verifier: Verifier) -> None:
     kid = bridge.ring.active().kid
     token = f"{_b64({'alg': 'none', 'typ': 'at+jwt', 'kid': kid})}.{_b64(bridge.claims())}."
+    with pytest.raises(VerificationError, match=r"malformed|algorithm"):
+        verifier.verify(token)
+
+
+def test_alg_none_with_signature_rejected(bridge: FakeBridge, verifier: Verifier) -> None:
+    kid = bridge.ring.active().kid
+    token = f"{_b64({'alg': 'none', 'typ': 'at+jwt', 'kid': kid})}.{_b64(bridge.claims())}.AAAA"
     with pytest.raises(VerificationError, match="algorithm"):
         verifier.verify(token)
 

@@ -1,0 +1,234 @@
+"""Benchmark of the PACS token service; prints one JSON document.
+
+1. In process, per algorithm: signing a PACS token (claims + JWS) and verifying a *new* token
+   (verifier cache miss: header, signature, claims, MFA), each next to the raw ``cryptography``
+   sign / verify rate of the same key over a message of the same size (``ratio`` = ours / raw).
+   Also the verifier's cache-hit cost.
+2. With the dev stack running (``PACS_BRIDGE_DEVSTACK_DIR``, Keycloak up): ``/token`` exchange under
+   load on loopback (gunicorn, 2 workers, plain HTTP on 127.0.0.1) with req/s, p50, p99, and
+   Keycloak's client-credentials grant under the same load as the reference.
+
+    .venv/bin/python bench/tokens.py [--seconds 10] [--concurrency 16] [--no-http]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import multiprocessing as mp
+import os
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+
+from bridge.pacs.verifier import Verifier, VerifierConfig
+from bridge.tokens.claims import Grant, Subject, TokenSettings, build, grant_from_roles
+from bridge.tokens.keys import ALGORITHMS, KeyEncryptor, KeyRing, MemoryKeyRepository
+from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
+
+ISSUER = "https://127.0.0.1:9443"
+
+
+def _rate(fn: Any, seconds: float) -> float:
+    n, t0 = 0, time.perf_counter()
+    while True:
+        for _ in range(50):
+            fn()
+        n += 50
+        dt = time.perf_counter() - t0
+        if dt >= seconds:
+            return n / dt
+
+
+def _raw(alg: str, key: Any, message: bytes) -> tuple[Any, Any]:
+    pub = key.public_key()
+    if alg == "ES256":
+        sig = key.sign(message, ec.ECDSA(hashes.SHA256()))
+        return (lambda: key.sign(message, ec.ECDSA(hashes.SHA256())),
+                lambda: pub.verify(sig, message, ec.ECDSA(hashes.SHA256())))
+    if alg == "RS256":
+        sig = key.sign(message, padding.PKCS1v15(), hashes.SHA256())
+        return (lambda: key.sign(message, padding.PKCS1v15(), hashes.SHA256()),
+                lambda: pub.verify(sig, message, padding.PKCS1v15(), hashes.SHA256()))
+    sig = key.sign(message)
+    return lambda: key.sign(message), lambda: pub.verify(sig, message)
+
+
+def in_process(seconds: float) -> dict[str, Any]:
+    settings = TokenSettings(issuer=ISSUER, audience="pacs")
+    subject = Subject(id="3f2a9c1e-guid", username="rad.alice", name="Alice Rad", auth_time=int(time.time()),
+                      acr="mfa", amr=("pwd", "otp"))
+    grant: Grant = grant_from_roles(["radiologist"], DEFAULT_ROLE_PERMISSIONS, ["Radiology"])
+    out: dict[str, Any] = {}
+    for alg in ALGORITHMS:
+        ring = KeyRing(MemoryKeyRepository(), KeyEncryptor.from_secret(KeyEncryptor.generate_secret()),
+                       algorithm=alg, refresh_seconds=3600)
+        key = ring.active().private_key
+        jwks = json.dumps(ring.jwks()).encode()
+        verifier = Verifier(VerifierConfig(issuer=ISSUER, audience="pacs", jwks_url=ISSUER + "/jwks.json",
+                                           cache_size=10**7),
+                            fetch=lambda url, body, headers, j=jwks: j)
+        sample = ring.sign(build(settings, subject, grant, "viewer"))
+        signing_input = sample.rsplit(".", 1)[0].encode()
+        raw_sign, raw_verify = _raw(alg, key, signing_input)
+        t = seconds / 4
+        sign_rate = _rate(lambda r=ring: r.sign(build(settings, subject, grant, "viewer")), t)
+        tokens = [ring.sign(build(settings, subject, grant, "viewer")) for _ in range(max(200, int(sign_rate * t)))]
+        t0 = time.perf_counter()
+        for tok in tokens:  # every token new to the verifier: signature and claims checked
+            verifier.verify(tok)
+        verify_rate = len(tokens) / (time.perf_counter() - t0)
+        verifier.verify(sample)
+        hit_rate = _rate(lambda v=verifier, s=sample: v.verify(s), t / 2)
+        raw_s, raw_v = _rate(raw_sign, t), _rate(raw_verify, t)
+        out[alg] = {
+            "sign_per_s": round(sign_rate), "raw_sign_per_s": round(raw_s), "sign_ratio": round(sign_rate / raw_s, 3),
+            "verify_new_per_s": round(verify_rate), "raw_verify_per_s": round(raw_v),
+            "verify_ratio": round(verify_rate / raw_v, 3),
+            "cache_hit_us": round(1e6 / hit_rate, 2), "token_bytes": len(sample),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------- HTTP load
+
+
+def _worker(args: tuple[str, int, str, dict[str, str], float, float, bool, str | None]) -> tuple[int, int, list[float]]:
+    host, port, path, form, start_at, seconds, tls, ca = args
+    body = urllib.parse.urlencode(form).encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if "_basic" in form:
+        user, pw = form.pop("_basic").split(":", 1)
+        body = urllib.parse.urlencode(form).encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
+
+    def connect() -> http.client.HTTPConnection:
+        if tls:
+            return http.client.HTTPSConnection(host, port, context=ssl.create_default_context(cafile=ca), timeout=10)
+        return http.client.HTTPConnection(host, port, timeout=10)
+
+    while time.time() < start_at:
+        time.sleep(0.001)
+    conn, ok, bad, lat = connect(), 0, 0, []
+    end = start_at + seconds
+    while time.time() < end:
+        t0 = time.perf_counter()
+        try:
+            conn.request("POST", path, body=body, headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status == 200:
+                ok += 1
+                lat.append(time.perf_counter() - t0)
+            else:
+                bad += 1
+            if resp.getheader("Connection", "").lower() == "close":
+                conn.close()
+                conn = connect()
+        except (OSError, http.client.HTTPException):
+            bad += 1
+            conn.close()
+            conn = connect()
+    return ok, bad, lat
+
+
+def load(url: str, form: dict[str, str], seconds: float, concurrency: int, ca: str | None = None) -> dict[str, Any]:
+    parsed = urllib.parse.urlsplit(url)
+    tls = parsed.scheme == "https"
+    port = parsed.port or (443 if tls else 80)
+    start_at = time.time() + 1.0
+    jobs = [(parsed.hostname, port, parsed.path, dict(form), start_at, seconds, tls, ca) for _ in range(concurrency)]
+    with mp.get_context("fork").Pool(concurrency) as pool:
+        results = pool.map(_worker, jobs)
+    ok = sum(r[0] for r in results)
+    bad = sum(r[1] for r in results)
+    lat = sorted(x for r in results for x in r[2])
+    pick = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2)) if lat else (lambda q: None)
+    return {"requests_per_s": round(ok / seconds, 1), "ok": ok, "errors": bad, "p50_ms": pick(0.5),
+            "p99_ms": pick(0.99), "concurrency": concurrency, "seconds": seconds}
+
+
+def http_part(seconds: float, concurrency: int) -> dict[str, Any]:
+    from bridge.devstack import demo_data
+    from bridge.devstack import keycloak as kc
+    from bridge.devstack.kc_login import BrowserlessLogin, fresh_totp
+    from bridge.devstack.service import StackContext
+    from bridge.devstack.state import free_port, read_stack
+    from bridge.store.db import migrate
+
+    stack = read_stack()
+    if "keycloak" not in stack:
+        return {"skipped": "no running dev stack with keycloak (set PACS_BRIDGE_DEVSTACK_DIR, `devstack up`)"}
+    ca = stack["ca"]["file"]
+    kc_url, realm = stack["keycloak"]["url"], stack["keycloak"].get("realm", "hospital")
+    user = "rad.alice"
+    login = BrowserlessLogin(kc_url, realm, "pacs-viewer", "https://127.0.0.1:9443/viewer/oidc/callback", ca_file=ca)
+    subject = login.login(user, str(demo_data.user(user)["password"]),
+                          otp=fresh_totp(demo_data.user(user)["totp_secret"], f"{realm}/{user}")).access_token
+    tmp = Path(tempfile.mkdtemp(prefix="bench-tokens-"))
+    db = f"sqlite:///{tmp}/bridge.db"
+    migrate(db)
+    cfg = tmp / "bridge.yaml"
+    cfg.write_text(json.dumps({
+        "keycloak": {"url": kc_url, "realm": realm, "ca_file": ca},
+        "store": {"url": db},
+        "tokens": {"key_encryption_key": KeyEncryptor.generate_secret(), "issuer": ISSUER,
+                   "clients": [{"client_id": "pacs-viewer"}]},
+    }))
+    port = free_port()
+    env = {**os.environ, "PACS_BRIDGE_CONFIG": str(cfg), "PACS_BRIDGE_FLASK_PACS_BRIDGE_RATE_TOKEN": "1000000/second"}
+    gunicorn = [str(Path(sys.executable).with_name("gunicorn")), "--no-control-socket", "-w", "2", "-k", "gthread",
+                "--threads", "4", "-b", f"127.0.0.1:{port}", "--log-level", "warning", "bridge.web.wsgi:app"]
+    proc = subprocess.Popen(gunicorn, env=env, cwd=tmp)
+    try:
+        for _ in range(100):
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+                c.request("GET", "/jwks.json")
+                if c.getresponse().status == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        form = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "client_id": "pacs-viewer",
+                "subject_token": subject, "subject_token_type": "urn:ietf:params:oauth:token-type:access_token"}
+        load(f"http://127.0.0.1:{port}/token", form, 1.0, 2)  # warm-up
+        exchange = load(f"http://127.0.0.1:{port}/token", form, seconds, concurrency)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    secret = StackContext(ca_file=Path(ca)).secret(kc.CLIENT_SECRET)
+    kc_form = {"grant_type": "client_credentials", "_basic": f"pacs-bridge:{secret}"}
+    kc_token_url = f"{kc_url}/realms/{realm}/protocol/openid-connect/token"
+    load(kc_token_url, dict(kc_form), 1.0, 2, ca)  # warm-up
+    reference = load(kc_token_url, kc_form, seconds, concurrency, ca)
+    return {
+        "exchange": {**exchange, "server": "gunicorn 2 workers (gthread x4), plain HTTP on 127.0.0.1"},
+        "keycloak_client_credentials": {**reference, "server": "Keycloak 26.5 start-dev, HTTPS keep-alive"},
+        "exchange_vs_keycloak": round(exchange["requests_per_s"] / max(reference["requests_per_s"], 0.1), 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--no-http", action="store_true")
+    args = ap.parse_args()
+    result: dict[str, Any] = {"in_process": in_process(args.seconds / 2), "cpus": os.cpu_count()}
+    if not args.no_http:
+        result["http"] = http_part(args.seconds, args.concurrency)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
