@@ -23,8 +23,17 @@ def url(tmp_path):
 def test_migration_creates_every_table_and_matches_models(url):
     eng = db.engine(url)
     names = set(inspect(eng).get_table_names())
-    assert {"audit_events", "audit_head", "audit_checkpoints", "sync_runs", "sync_lock", "role_assignments",
-            "signing_keys", "revoked_tokens", "shares"} <= names
+    assert {
+        "audit_events",
+        "audit_head",
+        "audit_checkpoints",
+        "sync_runs",
+        "sync_lock",
+        "role_assignments",
+        "signing_keys",
+        "revoked_tokens",
+        "shares",
+    } <= names
     with eng.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
@@ -47,9 +56,16 @@ def test_session_roundtrip_keeps_utc_and_json(url):
     exp = dt.datetime(2030, 1, 1, 12, tzinfo=dt.UTC)
     with db.session(eng) as s:
         s.add(RevokedToken(jti="j1", exp=exp))
-        s.add(RoleAssignment(subject_id="guid-1", username="rad.alice", role="radiologist",
-                             source_group_dn="CN=Radiology,OU=Groups,DC=hospital,DC=test", rule_id="r1",
-                             scopes={"modalities": ["CT"]}))
+        s.add(
+            RoleAssignment(
+                subject_id="guid-1",
+                username="rad.alice",
+                role="radiologist",
+                source_group_dn="CN=Radiology,OU=Groups,DC=hospital,DC=test",
+                rule_id="r1",
+                scopes={"modalities": ["CT"]},
+            )
+        )
     with db.session(eng) as s:
         tok = s.get(RevokedToken, "j1")
         assert tok.exp == exp and tok.exp.tzinfo is not None
@@ -60,7 +76,7 @@ def test_session_roundtrip_keeps_utc_and_json(url):
 def test_naive_datetime_refused(url):
     eng = db.engine(url)
     with pytest.raises(Exception, match="naive"), db.session(eng) as s:
-        s.add(RevokedToken(jti="j2", exp=dt.datetime(2030, 1, 1)))  # noqa: DTZ001
+        s.add(RevokedToken(jti="j2", exp=dt.datetime(2030, 1, 1)))
 
 
 def test_lease_is_exclusive_and_expires(url):
