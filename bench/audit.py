@@ -129,6 +129,7 @@ def _devstack_postgres() -> str | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--pg-records", type=int, default=200_000, help="verify corpus size on PostgreSQL")
     ap.add_argument("--single", type=int, default=3000)
     ap.add_argument("--batched", type=int, default=20000)
     ap.add_argument("--postgres", default=os.environ.get("PACS_BRIDGE_BENCH_PG_URL"))
@@ -146,7 +147,7 @@ def main() -> None:
                 "alembic_version CASCADE"
             )
         eng.dispose()
-        result["postgresql"] = run(pg, args.records, args.single, args.batched)
+        result["postgresql"] = run(pg, args.pg_records, args.single, args.batched)
     print(json.dumps(result, indent=2))
 
 

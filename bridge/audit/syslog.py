@@ -3,7 +3,8 @@ as IHE ATNA ITI-20 asks, with a disk spool so nothing is lost while the collecto
 
 Format: ``<85>1 TIMESTAMP HOST pacs-sso-bridge PROCID IHE+RFC-3881 [SD] BOM<AuditMessage/>``:
 PRI 85 = facility 10 (security/authorization) * 8 + severity 5 (notice); MSGID ``IHE+RFC-3881``;
-the structured data ``[pacsbridge@32473 seq="..." eventID="..."]`` lets a collector de-duplicate;
+the structured data ``[pacsbridge@32473 seq="..." eventID="..." correlationID="..."]`` lets a
+collector de-duplicate and join with the bridge's request logs;
 the MSG is the PS3.15 A.5 XML, UTF-8, marked with a BOM (RFC 5424 6.4).  Framing over TLS is
 octet counting: ``LEN SP MSG`` (RFC 5425 4.3).
 
@@ -70,6 +71,8 @@ def format_message(
     params = f'eventID="{_sd_escape(event.event_id)}"'
     if seq is not None:
         params = f'seq="{seq}" ' + params
+    if event.correlation_id:  # A.5 XML has no place for it; collectors join on it with the bridge's logs
+        params += f' correlationID="{_sd_escape(event.correlation_id)}"'
     sd = f"[{SD_ID} {params}]"
     header = (
         f"<{PRI}>1 {ts} {host} {_header_field(app_name, 48)} {_header_field(procid or str(os.getpid()), 128)} "
