@@ -27,4 +27,8 @@ def create_app(settings: Settings, *, config: dict[str, Any] | None = None, **se
     from bridge.web import tokens
 
     tokens.init_app(app, settings, service=services.get("token_service"))
+
+    from bridge.web import orthanc_auth
+
+    orthanc_auth.init_app(app, settings)  # Orthanc's official authorization plugin contract
     return app

@@ -1,0 +1,141 @@
+"""The official Orthanc authorization plugin's web-service contract, replayed from recorded bodies
+(tests/fixtures/orthanc_auth/) against the bridge's blueprint."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.audit.codes import AuditEventType
+from bridge.config import load_config
+from bridge.policy.permissions import Permission as P
+from bridge.tokens import claims as claims_mod
+from bridge.tokens import mfa
+from bridge.tokens.claims import TokenSettings
+from bridge.tokens.keys import KeyEncryptor, KeyRing, MemoryKeyRepository
+from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
+from bridge.tokens.service import TokenService
+from bridge.tokens.store import MemoryAssignmentSource, MemoryRevocationStore
+from bridge.web.app import create_app
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "orthanc_auth"
+ISSUER = "https://127.0.0.1:9443"
+BASIC = {"Authorization": "Basic " + base64.b64encode(b"orthanc:s3cret-orthanc").decode()}
+
+
+@pytest.fixture
+def env() -> dict[str, Any]:
+    events: list[tuple[AuditEventType, dict[str, Any]]] = []
+    service = TokenService(
+        ring=KeyRing(MemoryKeyRepository(), KeyEncryptor.from_secret(KeyEncryptor.generate_secret())),
+        settings=TokenSettings(issuer=ISSUER, audience="pacs"),
+        mfa_rule=mfa.MfaRule(),
+        keycloak=None,
+        assignments=MemoryAssignmentSource({}),
+        revocations=MemoryRevocationStore(),
+        role_permissions=DEFAULT_ROLE_PERMISSIONS,
+        audit=lambda kind, details: events.append((kind, dict(details))),
+    )
+    settings = load_config(tokens={"clients": [
+        {"client_id": "orthanc", "client_secret": "s3cret-orthanc", "may_introspect": True},
+        {"client_id": "viewer", "client_secret": "s3cret-viewer"},
+    ]})
+    app = create_app(settings, token_service=service)
+    return {"client": app.test_client(), "service": service, "events": events}
+
+
+def mint(service: TokenService, perms: set[P], lifetime: int = 300, **grant: Any) -> tuple[str, dict[str, Any]]:
+    now = int(time.time())
+    claims = claims_mod.build(
+        TokenSettings(issuer=ISSUER, audience="pacs", lifetime_seconds=lifetime),
+        claims_mod.Subject(id="u-1", username="rad.alice", auth_time=now - 5, amr=("pwd", "otp")),
+        claims_mod.Grant(roles=("radiologist",), permissions=frozenset(perms), **grant),
+        "pacs-viewer", now=now,
+    )
+    return service.ring.sign(claims), claims
+
+
+def call(env: dict[str, Any], endpoint: str, fixture: str, token: str = "", auth: dict[str, str] = BASIC) -> Any:
+    body = json.loads((FIXTURES / fixture).read_text().replace("{{token}}", token))
+    return env["client"].post(f"/orthanc-auth{endpoint}", json=body, headers=auth)
+
+
+def test_requires_basic_auth_of_an_introspecting_client(env: dict[str, Any]) -> None:
+    token, _ = mint(env["service"], {P.VIEW})
+    assert call(env, "/user/get-profile", "get-profile.json", token, auth={}).status_code == 401
+    viewer = {"Authorization": "Basic " + base64.b64encode(b"viewer:s3cret-viewer").decode()}
+    assert call(env, "/user/get-profile", "get-profile.json", token, auth=viewer).status_code == 401
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"orthanc:nope").decode()}
+    assert call(env, "/tokens/validate", "validate-system.json", token, auth=wrong).status_code == 401
+
+
+def test_get_profile(env: dict[str, Any]) -> None:
+    token, claims = mint(env["service"], {P.VIEW, P.DOWNLOAD, P.SEND})
+    body = call(env, "/user/get-profile", "get-profile.json", token).json
+    assert body["name"] == "rad.alice" and body["user-id"] == "u-1" and body["groups"] == ["radiologist"]
+    assert body["permissions"] == ["download", "q-r-remote-modalities", "send", "view"]
+    assert body["authorized-labels"] == ["*"]
+    assert 0 < body["validity"] <= 60
+
+
+def test_get_profile_scoped_token_lists_its_labels(env: dict[str, Any]) -> None:
+    token, _ = mint(env["service"], {P.VIEW}, departments=("Radiology",), institutions=("Hospital Test",))
+    body = call(env, "/user/get-profile", "get-profile.json", token).json
+    assert body["authorized-labels"] == ["Hospital Test", "Radiology"]
+
+
+def test_get_profile_anonymous_and_invalid(env: dict[str, Any]) -> None:
+    for fixture, token in (("get-profile-anonymous.json", ""), ("get-profile.json", "not.a.token")):
+        body = call(env, "/user/get-profile", fixture, token).json
+        assert body["permissions"] == [] and body["authorized-labels"] == [] and "name" in body
+        assert isinstance(body["validity"], int)
+
+
+def test_validate(env: dict[str, Any]) -> None:
+    viewer, _ = mint(env["service"], {P.VIEW})
+    admin, _ = mint(env["service"], {P.VIEW, P.DELETE, P.SETTINGS})
+    assert call(env, "/tokens/validate", "validate-study-get.json", viewer).json["granted"] is True
+    denied = call(env, "/tokens/validate", "validate-study-delete.json", viewer).json
+    assert denied == {"granted": False, "validity": 0}
+    assert call(env, "/tokens/validate", "validate-study-delete.json", admin).json["granted"] is True
+    assert call(env, "/tokens/validate", "validate-system.json", viewer).json["granted"] is False
+    ok = call(env, "/tokens/validate", "validate-system.json", admin).json
+    assert ok["granted"] is True and 0 < ok["validity"] <= 60
+    assert any(kind == AuditEventType.ACCESS_DENIED for kind, _ in env["events"])
+
+
+def test_validate_scoped_token_needs_a_matching_label(env: dict[str, Any]) -> None:
+    token, _ = mint(env["service"], {P.VIEW}, departments=("Radiology",))
+    assert call(env, "/tokens/validate", "validate-study-get.json", token).json["granted"] is False
+    assert call(env, "/tokens/validate", "validate-study-labels.json", token).json["granted"] is True
+
+
+def test_validate_revoked_and_no_mfa(env: dict[str, Any]) -> None:
+    token, claims = mint(env["service"], {P.VIEW})
+    env["service"].revocations.revoke(claims["jti"], claims["exp"])
+    assert call(env, "/tokens/validate", "validate-study-get.json", token).json["granted"] is False
+    now = int(time.time())
+    weak = claims_mod.build(
+        TokenSettings(issuer=ISSUER, audience="pacs"),
+        claims_mod.Subject(id="u-2", auth_time=now, amr=("pwd",)),
+        claims_mod.Grant(permissions=frozenset({P.VIEW})), "pacs-viewer", now=now)
+    weak_token = env["service"].ring.sign(weak)
+    assert call(env, "/tokens/validate", "validate-study-get.json", weak_token).json["granted"] is False
+
+
+def test_decode(env: dict[str, Any]) -> None:
+    token, _ = mint(env["service"], {P.VIEW})
+    assert call(env, "/tokens/decode", "decode.json", token).json == {
+        "token-type": "pacs-bridge-access-token", "error-code": None, "redirect-url": None, "resources": []}
+    assert call(env, "/tokens/decode", "decode.json", "garbage").json["error-code"] == "invalid"
+    now = int(time.time()) - 1000
+    old = claims_mod.build(
+        TokenSettings(issuer=ISSUER, audience="pacs", lifetime_seconds=60),
+        claims_mod.Subject(id="u-3", auth_time=now, amr=("otp",)),
+        claims_mod.Grant(permissions=frozenset({P.VIEW})), "pacs-viewer", now=now)
+    assert call(env, "/tokens/decode", "decode.json", env["service"].ring.sign(old)).json["error-code"] == "expired"
