@@ -75,7 +75,7 @@ def test_requires_basic_auth_of_an_introspecting_client(env: dict[str, Any]) -> 
 
 
 def test_get_profile(env: dict[str, Any]) -> None:
-    token, claims = mint(env["service"], {P.VIEW, P.DOWNLOAD, P.SEND})
+    token, _ = mint(env["service"], {P.VIEW, P.DOWNLOAD, P.SEND})
     body = call(env, "/user/get-profile", "get-profile.json", token).json
     assert body["name"] == "rad.alice" and body["user-id"] == "u-1" and body["groups"] == ["radiologist"]
     assert body["permissions"] == ["download", "q-r-remote-modalities", "send", "view"]
