@@ -38,6 +38,7 @@ def orthanc_config(
     with_filter: bool = True,
     modalities: dict[str, Any] | None = None,
     plugin_config_file: Path | None = None,
+    python_script: Path = FILTER_SCRIPT,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The Orthanc JSON config.
@@ -79,7 +80,7 @@ def orthanc_config(
     }
     if with_filter:
         plugins.insert(0, str(PYTHON_PLUGIN))
-        config["PythonScript"] = str(FILTER_SCRIPT)
+        config["PythonScript"] = str(python_script)
         config["PythonVerbose"] = False
         if plugin_config_file is not None:
             config["PacsBridge"] = {"ConfigFile": str(plugin_config_file)}
