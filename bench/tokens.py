@@ -178,6 +178,11 @@ def http_part(seconds: float, concurrency: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-tokens-"))
     db = f"sqlite:///{tmp}/bridge.db"
     migrate(db)
+    from bridge.store.db import engine, session
+    from bridge.store.models import RoleAssignment
+
+    with session(engine(db)) as s:  # what the sync writes for a radiologist
+        s.add(RoleAssignment(subject_id="bench", username=user, role="radiologist", scopes={}))
     cfg = tmp / "bridge.yaml"
     cfg.write_text(json.dumps({
         "keycloak": {"url": kc_url, "realm": realm, "ca_file": ca},
@@ -201,6 +206,12 @@ def http_part(seconds: float, concurrency: int) -> dict[str, Any]:
                 time.sleep(0.1)
         form = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "client_id": "pacs-viewer",
                 "subject_token": subject, "subject_token_type": "urn:ietf:params:oauth:token-type:access_token"}
+        probe = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        probe.request("POST", "/token", body=urllib.parse.urlencode(form),
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+        answer = probe.getresponse()
+        if answer.status != 200:
+            return {"error": f"exchange probe: HTTP {answer.status} {answer.read()[:200]!r}"}
         load(f"http://127.0.0.1:{port}/token", form, 1.0, 2)  # warm-up
         exchange = load(f"http://127.0.0.1:{port}/token", form, seconds, concurrency)
     finally:
