@@ -1,0 +1,54 @@
+"""Plugin pieces without Orthanc: its config file, scope targets/checks, pacs.modalities validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.config import ConfigError, load_config
+from bridge.pacs import plugin_config, scopes
+from bridge.pacs.orthanc_config import dicom_modalities
+
+BASE = {"issuer": "https://b", "audience": "pacs", "jwks_url": "https://b/jwks.json"}
+
+
+def test_plugin_config_validation_and_env() -> None:
+    cfg = plugin_config.build(BASE, "f.json", environ={"PACS_BRIDGE_PLUGIN_LEEWAY_SECONDS": "5"})
+    assert cfg.leeway_seconds == 5 and cfg.algorithms == ("ES256", "RS256", "EdDSA")
+    with pytest.raises(plugin_config.PluginConfigError, match="jwks_url must be an https"):
+        plugin_config.build({**BASE, "jwks_url": "http://b"}, "f.json", environ={})
+    with pytest.raises(plugin_config.PluginConfigError, match="unknown key"):
+        plugin_config.build({**BASE, "jwks": "x"}, "f.json", environ={})
+    with pytest.raises(plugin_config.PluginConfigError, match="issuer"):
+        plugin_config.build({"audience": "pacs", "jwks_url": "https://b"}, "f.json", environ={})
+
+
+def test_targets() -> None:
+    assert scopes.target_of("/studies/abc/archive") == scopes.Target("studies", "abc")
+    assert scopes.target_of("/dicom-web/studies/1.2.3/series") == scopes.Target("study-uid", "1.2.3")
+    assert scopes.target_of("/dicom-web/studies", {"StudyInstanceUID": "1.2"}) == scopes.Target("study-uid", "1.2")
+    assert scopes.target_of("/dicom-web/studies", {"StudyInstanceUID": "1.*"}) is None
+    assert scopes.target_of("/studies") is None and scopes.target_of("/system") is None
+
+
+def test_scope_check_fails_closed() -> None:
+    study = scopes.StudyInfo("o", "1.2", "P1", "Radiology", "Hospital")
+    assert scopes.allowed({}, study)[0]
+    assert scopes.allowed({"scopes": {"departments": ["Radiology"]}}, study)[0]
+    assert not scopes.allowed({"scopes": {"departments": ["Cardiology"]}}, study)[0]
+    assert not scopes.allowed({"scopes": {"departments": ["Radiology"]}}, None)[0]
+    assert not scopes.allowed({"scopes": "everything"}, study)[0]
+    assert not scopes.allowed({"scopes": {"departments": "Radiology"}}, study)[0]
+
+
+def test_modalities_config() -> None:
+    s = load_config(pacs={"modalities": {"ct1": {"aet": "CT1", "host": "10.0.0.5", "port": 104,
+                                                   "allow": ["echo", "store"]}}})
+    entry = dicom_modalities(s.pacs)["ct1"]
+    assert entry["AET"] == "CT1" and entry["AllowStore"] and not entry["AllowFind"] and not entry["AllowMove"]
+    for bad, where in (({"a": {"aet": "X" * 17, "host": "h", "port": 1}}, "aet"),
+                       ({"a": {"aet": "A\\B", "host": "h", "port": 1}}, "aet"),
+                       ({"a": {"aet": "A", "host": "h", "port": 70000}}, "port"),
+                       ({"a": {"aet": "A", "host": "h", "port": 1}, "b": {"aet": "a", "host": "i", "port": 2}},
+                        "also used")):
+        with pytest.raises(ConfigError, match=where):
+            load_config(pacs={"modalities": bad})
