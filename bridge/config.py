@@ -326,6 +326,16 @@ class AuditSection(_Section):
     #: Ed25519 key signing the audit checkpoints (created on first use; see bridge/audit/keys.py)
     checkpoint_key_file: Path = Path("var/audit-checkpoint.key")
     checkpoint_every: int = Field(1000, ge=1, description="sign a checkpoint every N records")
+    #: ``serve`` also signs the head this often, so quiet periods are covered (bridge/audit/jobs.py)
+    checkpoint_interval_seconds: int = Field(300, ge=1)
+    #: how often ``serve`` drains the syslog spool to the collector
+    ship_interval_seconds: float = Field(2.0, gt=0)
+    #: how often ``serve`` archives records older than ``retention_days``
+    retention_check_seconds: int = Field(86400, ge=1)
+    #: where expired records go (one JSONL file per archive run, with its signed checkpoint)
+    archive_dir: Path = Path("var/audit-archive")
+    #: bearer secret of the Orthanc plugin's ``POST /audit/events`` (None: ingest disabled)
+    ingest_token: SecretStr | None = None
 
 
 class Settings(BaseSettings):

@@ -741,11 +741,15 @@ def verify_archive(path: Path, key: CheckpointKey | None = None) -> VerifyReport
 
 
 def open_store(settings: Any, engine: Engine | None = None, *, listeners: Iterable[Callable[[Appended], None]] = (),
-               signing: bool = True) -> AuditStore:
-    """The audit store as configured: the database of ``store.url`` and the checkpoint key of
+               signing: bool = True, ship: bool = True) -> AuditStore:
+    """The audit store as configured: the database of ``store.url``, the checkpoint key of
     ``audit.checkpoint_key_file`` (created on first use when ``signing``; verification only
-    needs the ``.pub`` file).  Everyone should build the store here so checkpoints get signed."""
+    needs the ``.pub`` file) and, when ``audit.syslog_host`` is set and ``ship``, the syslog spool
+    as a listener (every committed record is spooled; ``serve`` drains the spool, see
+    bridge/audit/jobs.py).  Everyone builds the store here, so checkpoints get signed and every
+    record gets shipped."""
     from bridge.audit.keys import public_path
+    from bridge.audit.syslog import syslog_sender
     from bridge.store.db import engine as make_engine
 
     key_file = Path(settings.audit.checkpoint_key_file)
@@ -757,5 +761,9 @@ def open_store(settings: Any, engine: Engine | None = None, *, listeners: Iterab
         key = CheckpointKey.load_public(public_path(key_file))
     else:
         key = None
+    all_listeners = list(listeners)
+    sender = syslog_sender(settings) if ship else None
+    if sender is not None:
+        all_listeners.append(sender.listener)
     return AuditStore(engine or make_engine(settings.store.url), key,
-                      checkpoint_every=settings.audit.checkpoint_every, listeners=listeners)
+                      checkpoint_every=settings.audit.checkpoint_every, listeners=all_listeners)

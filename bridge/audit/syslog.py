@@ -8,26 +8,30 @@ collector de-duplicate and join with the bridge's request logs;
 the MSG is the PS3.15 A.5 XML, UTF-8, marked with a BOM (RFC 5424 6.4).  Framing over TLS is
 octet counting: ``LEN SP MSG`` (RFC 5425 4.3).
 
-Delivery: every message is written to the spool (``<spool>/<seq:020d>.msg``, fsynced, atomic
-rename) before any send; :meth:`SyslogSender.flush` sends the spooled messages in order over
-one TLS connection and deletes each file only after it was handed to TLS, stopping at the first
-error (the rest waits for the next flush).  So a message is never lost and never reordered.  A
-crash between a send and the delete re-sends that one message on the next flush: the collector
-sees the same ``seq``/``eventID`` twice (RFC 5425 has no application acknowledgement, so this
-small window cannot be closed on the sender side alone).
+Delivery: every message is written to the spool (``<spool>/<n:020d>.msg``, fsynced, numbered
+under a lock every writing process shares, published with ``link``) before any send; the web
+workers, the CLI and ``serve`` all write to it, and only ``serve`` drains it
+(bridge/audit/jobs.py).  :meth:`SyslogSender.flush` (one flusher at a time, ``flock``) sends the
+spooled messages in order over one TLS connection and deletes each file only after it was handed
+to TLS, stopping at the first error (the rest waits for the next flush).  So a message is never
+lost and never reordered.  A crash between a send and the delete re-sends that one message on the
+next flush: the collector sees the same ``seq``/``eventID`` twice (RFC 5425 has no application
+acknowledgement, so this small window cannot be closed on the sender side alone).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bridge.audit.dicom_xml import to_xml
 from bridge.audit.events import AuditEvent, format_time
@@ -120,18 +124,53 @@ class SyslogSender:
         return sorted(self.spool.glob("*.msg"))
 
     def enqueue(self, event: AuditEvent, seq: int | None = None) -> Path:
-        """Write the message to the spool (durably) before anything is sent."""
+        """Write the message to the spool (durably) before anything is sent.
+
+        Several writers share one spool (the web workers, the CLI, ``serve``), so the next number
+        comes from ``.counter`` under an exclusive ``flock`` and the file is published with
+        ``link`` (which never overwrites): numbers are unique and follow the order of enqueueing."""
         data = format_message(event, seq=seq, xml=self.render(event))
         with self._lock:
-            self._counter += 1
-            path = self.spool / f"{self._counter:020d}.msg"
-            tmp = path.with_suffix(".tmp")
+            tmp = self.spool / f".{os.getpid()}-{threading.get_ident()}.tmp"
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            tmp.replace(path)
+            try:
+                with self._spool_lock(".counter.lock"):
+                    while True:
+                        self._counter = max(self._counter, self._read_counter()) + 1
+                        path = self.spool / f"{self._counter:020d}.msg"
+                        try:
+                            os.link(tmp, path)
+                            break
+                        except FileExistsError:  # a writer without the counter file: skip past it
+                            self._counter = max(self._counter, self._last_counter())
+                    self._write_counter(self._counter)
+            finally:
+                tmp.unlink(missing_ok=True)
         return path
+
+    @contextlib.contextmanager
+    def _spool_lock(self, name: str) -> Iterator[None]:
+        """An exclusive lock shared by every process using this spool directory."""
+        fd = os.open(self.spool / name, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _read_counter(self) -> int:
+        try:
+            return int((self.spool / ".counter").read_text() or 0)
+        except (OSError, ValueError):
+            return self._last_counter()
+
+    def _write_counter(self, value: int) -> None:
+        tmp = self.spool / f".counter.{os.getpid()}"
+        tmp.write_text(str(value))
+        tmp.replace(self.spool / ".counter")
 
     def listener(self, appended: Appended) -> None:
         """For ``AuditStore(listeners=[sender.listener])``: spool each committed record."""
@@ -154,7 +193,7 @@ class SyslogSender:
     def flush(self) -> int:
         """Send every spooled message in order; return how many were delivered.  Errors (collector
         down, certificate refused) are logged and leave the rest spooled for the next flush."""
-        with self._lock:
+        with self._lock, self._spool_lock(".flush.lock"):  # one sender at a time: each message once
             files = self.pending()
             if not files:
                 return 0
@@ -192,3 +231,11 @@ class SyslogSender:
         if self._thread:
             self._thread.join(timeout=10)
         self.flush()
+
+
+def syslog_sender(settings: Any) -> SyslogSender | None:
+    """The sender of the configured collector (``audit.syslog_*``), or None when none is set."""
+    a = settings.audit
+    if not a.syslog_host:
+        return None
+    return SyslogSender(SyslogTarget(a.syslog_host, a.syslog_port, a.syslog_ca_file), a.spool_dir)

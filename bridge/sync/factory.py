@@ -62,9 +62,9 @@ def build_runner(settings: Settings, *, policy_path: str | None = None, with_aud
     eng = make_engine(settings.store.url)
     audit = None
     if with_audit:
-        from bridge.audit.store import AuditStore
+        from bridge.audit.store import open_store
 
-        audit = AuditStore(eng)
+        audit = open_store(settings, eng)
     return SyncRunner(
         reader_for(settings.directory), policy, build_targets(settings, eng), eng,
         thresholds=Thresholds(settings.sync.deletion_threshold_count, settings.sync.deletion_threshold_percent),

@@ -1,5 +1,7 @@
 """The scheduled sync (APScheduler): one job, never overlapping itself in this process
-(``max_instances=1``) nor across replicas (the lease in the database, see bridge/store/lease.py)."""
+(``max_instances=1``) nor across replicas (the lease in the database, see bridge/store/lease.py).
+The same scheduler runs the audit trail's jobs (syslog shipping, timed checkpoints, retention
+archive; bridge/audit/jobs.py)."""
 
 from __future__ import annotations
 
@@ -15,10 +17,15 @@ def serve(settings: Settings, *, metrics_port: int = 9464, once: bool = False) -
     from apscheduler.schedulers.blocking import BlockingScheduler
     from prometheus_client import start_http_server
 
+    from bridge.audit import jobs as audit_jobs
+    from bridge.audit.store import open_store
+    from bridge.audit.syslog import syslog_sender
     from bridge.sync.factory import build_runner
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runner = build_runner(settings)
+    audit_store = runner.audit or open_store(settings, runner.engine)
+    shipper = syslog_sender(settings)  # drains the spool every writer fills
     if metrics_port:
         start_http_server(metrics_port, addr="127.0.0.1")
         log.info("metrics on http://127.0.0.1:%d/metrics", metrics_port)
@@ -30,11 +37,15 @@ def serve(settings: Settings, *, metrics_port: int = 9464, once: bool = False) -
 
     if once:
         job()
+        audit_jobs.run_once(settings, audit_store, shipper)
         return
     sched = BlockingScheduler()
     sched.add_job(job, "interval", seconds=settings.sync.interval_seconds, max_instances=1, coalesce=True,
                   id="directory-sync", next_run_time=dt.datetime.now())
+    audit_jobs.schedule(sched, settings, audit_store, shipper)
     try:
         sched.start()
     except (KeyboardInterrupt, SystemExit):
         log.info("stopping the scheduler")
+    finally:
+        audit_jobs.ship(shipper)  # what was spooled last goes out before exit

@@ -64,11 +64,9 @@ def keys_rotate(config_path: str | None, algorithm: str | None) -> None:
     )
     try:
         from bridge.audit.events import Actor, AuditEvent
-        from bridge.audit.store import AuditStore
-        from bridge.store.db import engine
+        from bridge.audit.store import open_store
 
-        settings = load_settings(config_path)
-        AuditStore(engine(settings.store.url)).append(
+        open_store(load_settings(config_path)).append(
             AuditEvent(
                 type=AuditEventType.KEY_ROTATED,
                 actor=Actor(client_id="pacs-bridge-cli"),

@@ -16,7 +16,7 @@ from bridge.web import limits
 
 def create_app(settings: Settings, *, config: dict[str, Any] | None = None, **services: Any) -> Flask:
     """Build the app.  ``config`` overrides Flask/limit keys; ``services`` injects prepared service
-    objects (e.g. ``token_service=``) instead of building them from ``settings``."""
+    objects (e.g. ``token_service=``, ``audit_store=``) instead of building them from ``settings``."""
     app = Flask("bridge")
     app.config.update(limits.DEFAULTS)
     app.config.from_prefixed_env("PACS_BRIDGE_FLASK")
@@ -24,8 +24,9 @@ def create_app(settings: Settings, *, config: dict[str, Any] | None = None, **se
     app.config["BRIDGE_SETTINGS"] = settings
     limits.limiter.init_app(app)
 
-    from bridge.web import tokens
+    from bridge.web import audit_api, tokens
 
+    audit_api.init_app(app, settings, store=services.get("audit_store"))  # the app's one audit store
     tokens.init_app(app, settings, service=services.get("token_service"))
 
     from bridge.web import orthanc_auth

@@ -47,9 +47,10 @@ def key_ring(settings: Settings, engine: Any | None = None) -> KeyRing:
     )
 
 
-def build_service(settings: Settings) -> TokenService:
-    """The token service over the bridge's database, Keycloak and policy, as configured."""
-    from bridge.audit.store import AuditStore
+def build_service(settings: Settings, audit_store: Any | None = None) -> TokenService:
+    """The token service over the bridge's database, Keycloak and policy, as configured; its events
+    go to ``audit_store`` (the app's, see bridge/web/audit_api.py) or one opened here."""
+    from bridge.audit.store import open_store
     from bridge.store.db import engine as make_engine
     from bridge.tokens.auditing import BufferedAuditSink
     from bridge.tokens.store import SqlAssignmentSource, SqlRevocationStore
@@ -78,7 +79,7 @@ def build_service(settings: Settings) -> TokenService:
         assignments=SqlAssignmentSource(eng),
         revocations=SqlRevocationStore(eng),
         role_permissions=role_permissions(settings.sync.policy_file),
-        audit=BufferedAuditSink(AuditStore(eng), issuer),
+        audit=BufferedAuditSink(audit_store or open_store(settings, eng), issuer),
     )
 
 
@@ -95,7 +96,10 @@ def clients(settings: Settings) -> dict[str, BridgeClient]:
 
 
 def init_app(app: Flask, settings: Settings, service: TokenService | None = None) -> None:
-    service = service or build_service(settings)
+    if service is None:
+        from bridge.web.audit_api import audit_store
+
+        service = build_service(settings, audit_store(app))
     known = clients(settings)
     server = AuthorizationServer(app, query_client=known.get, save_token=lambda token, request: None)
     server.token_service = service  # read by TokenExchangeGrant

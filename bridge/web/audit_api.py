@@ -1,0 +1,257 @@
+"""The auditor's API over the audit trail, and the ingest endpoint of the Orthanc plugin.
+
+``GET /audit/events``: records filtered by ``user`` (``sub@iss`` or username), ``patient``,
+``study``, ``type`` (repeatable or comma-separated), ``since``/``until`` (ISO 8601, UTC if no
+zone), as ``format=json`` (default) or ``csv``, ``limit`` records per page (default 100, at most
+1000) after the ``after`` seq; the JSON answer carries ``next`` (the URL of the next page), both
+answers a ``Link: <...>; rel="next"`` header.  Only for a PACS token carrying the ``audit-logs``
+permission, checked by the very verifier the PACS uses (bridge/pacs/verifier.py: signature,
+claims, MFA rule, revocation) and the one permission vocabulary (bridge/policy/permissions.py).
+Errors follow RFC 6750: 401 + ``WWW-Authenticate: Bearer`` without or with a bad token, 403
+``insufficient_scope`` without the permission (that refusal is audited as access.denied).
+Every answered query is itself recorded (110101 Audit Log Used) *before* the answer is sent.
+
+``POST /audit/events``: the Orthanc plugin ships its coalesced events here
+(bridge/pacs/audit_shipper.py) as ``{"events": [AuditEvent.to_dict(), ...]}`` with the bearer
+secret ``audit.ingest_token``.  Events are validated by the event model (a token where an
+identifier belongs is refused), de-duplicated by ``event_id`` (the plugin re-sends a batch whose
+answer it did not see) and appended in one transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import io
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Blueprint, Flask, Response, current_app, request
+from sqlalchemy import select
+
+from bridge.audit import events as ev
+from bridge.audit.codes import AuditEventType, ObjectKind, Outcome
+from bridge.audit.store import AuditStore, export_csv, open_store
+from bridge.config import Settings
+from bridge.pacs.verifier import VerificationError, bearer_token
+from bridge.policy.permissions import Permission, UnknownPermissionError, expand
+from bridge.store.models import AuditEventRow
+
+bp = Blueprint("audit_api", __name__)
+STORE = "pacs_bridge_audit_store"
+REALM = "pacs-bridge-audit"
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+MAX_INGEST = 1000
+API_CLIENT = "pacs-bridge-audit-api"
+
+
+def audit_store(app: Flask) -> AuditStore:
+    """The app's one audit store (built from the settings on first use, or injected)."""
+    store = app.extensions.get(STORE)
+    if store is None:
+        store = app.extensions[STORE] = open_store(app.config["BRIDGE_SETTINGS"])
+    return store  # type: ignore[no-any-return]
+
+
+def init_app(app: Flask, settings: Settings, store: AuditStore | None = None) -> None:
+    if store is not None:
+        app.extensions[STORE] = store
+    ingest = settings.audit.ingest_token
+    app.config["PACS_BRIDGE_AUDIT_INGEST_TOKEN"] = ingest.get_secret_value() if ingest else None
+    app.register_blueprint(bp)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, description: str, **challenge: str):
+        super().__init__(description)
+        self.status, self.error, self.description, self.challenge = status, error, description, challenge
+
+
+def _quoted(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError) -> Response:
+    resp = Response(json.dumps({"error": exc.error, "error_description": exc.description}),
+                    status=exc.status, mimetype="application/json")
+    if exc.status in (401, 403):
+        params = [f'realm="{REALM}"']
+        if exc.error != "unauthorized":  # RFC 6750 3.1: no error code when no credentials came
+            params += [f'error="{exc.error}"', f'error_description="{_quoted(exc.description)}"']
+        params += [f'{k}="{_quoted(v)}"' for k, v in exc.challenge.items()]
+        resp.headers["WWW-Authenticate"] = "Bearer " + ", ".join(params)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+# ---------------------------------------------------------------------------- auditor access
+def _token_service() -> Any:
+    return current_app.extensions["pacs_bridge_tokens"]["service"]
+
+
+def _auditor() -> dict[str, Any]:
+    """Claims of a valid, unrevoked PACS token carrying ``audit-logs``; ApiError otherwise."""
+    header = request.headers.get("Authorization")
+    if not header:
+        raise ApiError(401, "unauthorized", "a bearer token with the audit-logs permission is required")
+    service = _token_service()
+    try:
+        claims = service.verifier.verify(bearer_token(header)).claims
+    except VerificationError as exc:
+        status = 400 if exc.error == "invalid_request" else 401
+        raise ApiError(status, exc.error, exc.reason) from None
+    if service.revocations.is_revoked(str(claims["jti"])):
+        raise ApiError(401, "invalid_token", "token revoked")
+    try:
+        held = expand([p for p in claims.get("permissions") or [] if isinstance(p, str)])
+    except UnknownPermissionError:
+        held = frozenset()
+    if Permission.AUDIT_LOGS not in held:
+        _record(AuditEventType.ACCESS_DENIED, claims, {"reason": "token lacks the audit-logs permission"},
+                Outcome.MINOR_FAILURE)
+        raise ApiError(403, "insufficient_scope", "the audit-logs permission is required",
+                       scope=Permission.AUDIT_LOGS.value)
+    return claims
+
+
+def _actor(claims: dict[str, Any]) -> ev.Actor:
+    sub = claims.get("sub")
+    return ev.Actor(
+        user_id=f"{sub}@{claims.get('iss')}" if sub else None,
+        username=claims.get("preferred_username") if isinstance(claims.get("preferred_username"), str) else None,
+        client_id=claims.get("client_id") if isinstance(claims.get("client_id"), str) else API_CLIENT,
+        network_address=request.remote_addr,
+    )
+
+
+def _record(kind: AuditEventType, claims: dict[str, Any], details: dict[str, Any],
+            outcome: Outcome | None = None) -> None:
+    objects = [ev.ParticipantObject(ObjectKind.AUDIT_LOG, "audit_events", "GET /audit/events")]
+    if isinstance(claims.get("jti"), str):
+        objects.append(ev.token(claims["jti"]))
+    audit_store(current_app).append(ev.AuditEvent(
+        kind, outcome, actor=_actor(claims), objects=tuple(objects),
+        correlation_id=request.headers.get("X-Request-ID") or None, details=details))
+
+
+def _time(name: str) -> dt.datetime | None:
+    value = request.args.get(name)
+    if not value:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, "invalid_request", f"{name}: not an ISO 8601 date/time: {value!r}") from None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def _int(name: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
+    value = request.args.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise ApiError(400, "invalid_request", f"{name}: not an integer: {value!r}") from None
+    if n < lo or (hi is not None and n > hi):
+        raise ApiError(400, "invalid_request", f"{name}: must be between {lo} and {hi or 'any'}")
+    return n
+
+
+def _filters() -> dict[str, Any]:
+    types: list[str] = []
+    for raw in request.args.getlist("type"):
+        types += [t.strip() for t in raw.split(",") if t.strip()]
+    for t in types:
+        try:
+            AuditEventType(t)
+        except ValueError:
+            raise ApiError(400, "invalid_request", f"type: unknown event type {t!r}") from None
+    fmt = request.args.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise ApiError(400, "invalid_request", f"format: must be json or csv, not {fmt!r}")
+    return {
+        "user": request.args.get("user") or None,
+        "patient": request.args.get("patient") or None,
+        "study": request.args.get("study") or None,
+        "types": types or None,
+        "since": _time("since"),
+        "until": _time("until"),
+        "limit": _int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
+        "after_seq": _int("after", None, 0),
+        "format": fmt,
+    }
+
+
+@bp.get("/audit/events")
+def query_events() -> Response:
+    claims = _auditor()
+    f = _filters()
+    fmt, limit = f.pop("format"), f.pop("limit")
+    rows = audit_store(current_app).query(**f, limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_url = None
+    if more:
+        args = request.args.to_dict(flat=False)
+        args["after"] = [str(rows[-1]["seq"])]
+        next_url = f"{request.base_url}?{urlencode(args, doseq=True)}"
+    shown = {k: (ev.format_time(v) if isinstance(v, dt.datetime) else v) for k, v in f.items() if v}
+    _record(AuditEventType.AUDIT_LOG_USED, claims,
+            {"query": shown, "format": fmt, "records": len(rows), "first_seq": rows[0]["seq"] if rows else None})
+    if fmt == "csv":
+        out = io.StringIO()
+        export_csv(rows, out)
+        resp = Response(out.getvalue(), mimetype="text/csv")
+        resp.headers["Content-Disposition"] = 'attachment; filename="audit-events.csv"'
+    else:
+        resp = Response(json.dumps({"events": list(AuditStore.export_rows(rows)), "next": next_url},
+                                   ensure_ascii=False), mimetype="application/json")
+    if next_url:
+        resp.headers["Link"] = f'<{next_url}>; rel="next"'
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+# ---------------------------------------------------------------------------- ingest (Orthanc plugin)
+@bp.post("/audit/events")
+def ingest_events() -> Response:
+    expected = current_app.config.get("PACS_BRIDGE_AUDIT_INGEST_TOKEN")
+    if not expected:
+        raise ApiError(404, "not_found", "audit ingest is not enabled (audit.ingest_token)")
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected.encode()):
+        raise ApiError(401, "invalid_token" if header else "unauthorized", "the ingest secret is required")
+    body = request.get_json(silent=True)
+    items = body.get("events") if isinstance(body, dict) else None
+    if not isinstance(items, list) or len(items) > MAX_INGEST:
+        raise ApiError(400, "invalid_request", f"body: expected {{\"events\": [...]}} with at most {MAX_INGEST}")
+    events: list[ev.AuditEvent] = []
+    for i, item in enumerate(items):
+        try:
+            events.append(ev.AuditEvent.from_dict(item))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ApiError(400, "invalid_request", f"events[{i}]: {exc}") from None
+    store = audit_store(current_app)
+    fresh = _new_only(store, events)
+    store.append_many(fresh)
+    resp = Response(json.dumps({"accepted": len(fresh), "duplicates": len(events) - len(fresh)}),
+                    status=202, mimetype="application/json")
+    return resp
+
+
+def _new_only(store: AuditStore, events: list[ev.AuditEvent]) -> list[ev.AuditEvent]:
+    """Drop events already stored (a re-sent batch) and repeats within the batch."""
+    ids = [e.event_id for e in events]
+    with store.engine.connect() as conn:
+        known = set(conn.execute(select(AuditEventRow.event_id).where(AuditEventRow.event_id.in_(ids))).scalars())
+    out = []
+    for e in events:
+        if e.event_id not in known:
+            known.add(e.event_id)
+            out.append(e)
+    return out
