@@ -1,11 +1,17 @@
-"""Keycloak for the dev stack: `kc.sh start-dev` on loopback HTTPS with the hospital realms imported.
+"""Keycloak for the dev stack: HTTPS-only on loopback with the hospital realms imported.
+
+Why `kc.sh build` once + `start --optimized` rather than `start-dev`: start-dev re-runs the
+Quarkus augmentation on every start (11 s idle, 33 s on a busy two-core box), and opens a plain
+HTTP listener that cannot be switched off.  The optimized production start skips both, and its
+strict hostname handling pins the issuer.  Build-time options are `BUILD_OPTIONS`; H2 in memory
+(`dev-mem`) keeps every start clean and needs no database server.
 
 Layout: the distribution is downloaded by Maven and unpacked once into the cache
-(`~/.cache/pacs-bridge/keycloak-<v>`, shared and never written to at run time).  Each stack gets
-its own small Keycloak *home* in `<state>/keycloak/home`: copies of `bin/`, `conf/` and the
-Quarkus build output (start-dev rewrites it on every start, so sharing it between stacks running
-at once would race) and a symlink to the 160 MB of jars.  `data/` (realm import files, temp
-files) is recreated on every `prepare`, and the database is H2 in memory, so every start is clean.
+(`~/.cache/pacs-bridge/keycloak-<v>`, never written to at run time); the augmented build output
+(`lib/quarkus`) is cached next to it, keyed by version and build options.  Each stack gets its own
+small Keycloak *home* in `<state>/keycloak/home`: copies of `bin/`, `conf/` and the build output
+and symlinks to the 160 MB of jars, so stacks running at once share nothing writable.  `data/`
+(realm import files, temp files) is recreated on every `prepare`.
 
 Realms `hospital` (Samba AD) and `hospital-ldap` (OpenLDAP) come from `bridge.devstack.realm`;
 their `${...}` placeholders are filled from the environment of the Keycloak process.  OpenLDAP's
@@ -16,6 +22,7 @@ from the demo data, except `NO_OTP_USER`, so tests can exercise password-only lo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -37,6 +44,8 @@ ARTIFACT = f"org.keycloak:keycloak-quarkus-dist:{KEYCLOAK_VERSION}:zip"
 #: Keycloak 26.5 supports JDK 17 and 21; Debian bookworm ships 17
 JAVA_HOME = Path("/usr/lib/jvm/java-17-openjdk-amd64")
 HEAP = "-Xms256m -Xmx768m"
+#: build-time options, baked into the cached `lib/quarkus` (changing them changes the cache key)
+BUILD_OPTIONS = ("--db=dev-mem", "--health-enabled=true")
 READY_TIMEOUT = 240.0
 ADMIN_USERNAME = "admin"
 
@@ -58,6 +67,37 @@ REALM_DIRECTORY = {realm.AD_REALM: "samba", realm.LDAP_REALM: "slapd"}
 
 def dist_dir() -> Path:
     return cache_dir() / f"keycloak-{KEYCLOAK_VERSION}"
+
+
+def build_dir() -> Path:
+    """The cached output of `kc.sh build BUILD_OPTIONS` (a `lib/quarkus` directory)."""
+    key = hashlib.sha256(" ".join(BUILD_OPTIONS).encode()).hexdigest()[:10]
+    return cache_dir() / f"keycloak-{KEYCLOAK_VERSION}-build-{key}"
+
+
+def _java_env() -> dict[str, str]:
+    if not (JAVA_HOME / "bin" / "java").exists():
+        raise DevstackError(f"Keycloak {KEYCLOAK_VERSION} needs JDK 17 at {JAVA_HOME} "
+                            "(apt-get install openjdk-17-jre-headless)")
+    return {"JAVA_HOME": str(JAVA_HOME), "JAVA_OPTS_KC_HEAP": HEAP}
+
+
+def _build(dist: Path, dest: Path) -> None:
+    """Run the Quarkus augmentation once in a scratch home and keep its `lib/quarkus` (atomically)."""
+    scratch = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        _make_home(dist, scratch / "home", quarkus=dist / "lib" / "quarkus")
+        process.run([str(scratch / "home" / "bin" / "kc.sh"), "build", *BUILD_OPTIONS],
+                    what=f"Keycloak {KEYCLOAK_VERSION} build (Quarkus augmentation)", env=_java_env(),
+                    timeout=900, cwd=scratch / "home")
+        try:
+            (scratch / "home" / "lib" / "quarkus").rename(dest)
+        except OSError:
+            if not (dest / "quarkus-application.dat").exists():  # not just lost a race
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _unpack(archive: Path, dest: Path) -> None:
@@ -84,12 +124,16 @@ def _unpack(archive: Path, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _make_home(dist: Path, home: Path) -> None:
-    """A private Keycloak home: writable copies of the small parts, the jars shared by symlink."""
+def _make_home(dist: Path, home: Path, *, quarkus: Path) -> None:
+    """A private Keycloak home: writable copies of the small parts, the jars shared by symlink.
+
+    `quarkus` is the build output to use (the dist's own, or the cached optimized build).
+    """
     shutil.rmtree(home, ignore_errors=True)
     (home / "lib").mkdir(parents=True)
-    for part in ("bin", "conf", "lib/app", "lib/quarkus"):
+    for part in ("bin", "conf", "lib/app"):
         shutil.copytree(dist / part, home / part, symlinks=True)
+    shutil.copytree(quarkus, home / "lib" / "quarkus")
     shutil.copy2(dist / "lib" / "quarkus-run.jar", home / "lib" / "quarkus-run.jar")
     for part in ("lib/lib", "themes", "providers"):
         (home / part).symlink_to(dist / part)
@@ -109,15 +153,19 @@ class Keycloak(Service):
         return self.dir / "ports.json"
 
     def install(self) -> None:
-        if (dist_dir() / "bin" / "kc.sh").exists():
-            return
-        archive = install.maven_copy(ARTIFACT, cache_dir() / "maven")
-        _unpack(archive, dist_dir())
+        """Download and unpack the distribution and build it once (needs no network after the download)."""
+        if not (dist_dir() / "bin" / "kc.sh").exists():
+            archive = install.maven_copy(ARTIFACT, cache_dir() / "maven")
+            _unpack(archive, dist_dir())
+        if not (build_dir() / "quarkus-application.dat").exists():
+            _build(dist_dir(), build_dir())
 
     def prepare(self, ctx: StackContext) -> None:
-        _make_home(dist_dir(), self.home)
+        if not (build_dir() / "quarkus-application.dat").exists():
+            self.install()
+        _make_home(dist_dir(), self.home, quarkus=build_dir())
         realm.write_import_dir(self.home / "data" / "import")
-        ports = {"https": free_port(), "http": free_port(), "management": free_port()}
+        ports = {"https": free_port(), "management": free_port()}
         self.ports_file.write_text(json.dumps(ports))
         issue("keycloak")
 
@@ -131,8 +179,7 @@ class Keycloak(Service):
         samba = {**SAMBA_DEFAULTS, **ctx.info.get("samba", {})}
         slapd = ctx.info.get("slapd", {})
         return {
-            "JAVA_HOME": str(JAVA_HOME),
-            "JAVA_OPTS_KC_HEAP": HEAP,
+            **_java_env(),
             "KC_BOOTSTRAP_ADMIN_USERNAME": ADMIN_USERNAME,
             "KC_BOOTSTRAP_ADMIN_PASSWORD": ctx.secret(ADMIN_SECRET),
             "PACS_DIR_URL": samba["ldaps_url"],
@@ -148,15 +195,14 @@ class Keycloak(Service):
         ports = self._ports()
         tls = issue("keycloak")
         argv = [
-            str(self.home / "bin" / "kc.sh"), "start-dev",
-            "--db=dev-mem",
+            str(self.home / "bin" / "kc.sh"), "start", "--optimized",
             "--import-realm",
-            # dev mode always opens the HTTP listener: keep it on loopback and a free port
-            "--http-host=127.0.0.1", f"--http-port={ports['http']}",
+            "--cache=local",  # no clustering: no JGroups ports
+            "--http-enabled=false",
+            "--http-host=127.0.0.1",  # binds the HTTPS listener
             f"--https-port={ports['https']}",
             f"--https-certificate-file={tls.cert}", f"--https-certificate-key-file={tls.key}",
             f"--hostname=https://127.0.0.1:{ports['https']}",
-            "--health-enabled=true",
             "--http-management-host=127.0.0.1", f"--http-management-port={ports['management']}",
             "--http-management-scheme=http",
             f"--truststore-paths={tls.ca}",
