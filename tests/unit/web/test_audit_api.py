@@ -1,0 +1,182 @@
+"""GET /audit/events (auditor access) and POST /audit/events (the Orthanc plugin's ingest)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from typing import Any
+
+import pytest
+
+from bridge.audit import events as ev
+from bridge.audit.codes import AuditEventType
+from bridge.audit.keys import CheckpointKey
+from bridge.audit.store import AuditStore
+from bridge.config import load_config
+from bridge.policy.permissions import Permission as P
+from bridge.store import db
+from bridge.tokens import claims as claims_mod
+from bridge.tokens import mfa
+from bridge.tokens.claims import TokenSettings
+from bridge.tokens.keys import KeyEncryptor, KeyRing, MemoryKeyRepository
+from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
+from bridge.tokens.service import TokenService
+from bridge.tokens.store import MemoryAssignmentSource, MemoryRevocationStore
+from bridge.web.app import create_app
+
+ISSUER = "https://127.0.0.1:9443"
+INGEST = "ingest-test-secret-0123456789"
+
+
+def token_service() -> TokenService:
+    return TokenService(
+        ring=KeyRing(MemoryKeyRepository(), KeyEncryptor.from_secret(KeyEncryptor.generate_secret())),
+        settings=TokenSettings(issuer=ISSUER, audience="pacs"),
+        mfa_rule=mfa.MfaRule(),
+        keycloak=None,
+        assignments=MemoryAssignmentSource({}),
+        revocations=MemoryRevocationStore(),
+        role_permissions=DEFAULT_ROLE_PERMISSIONS,
+    )
+
+
+@pytest.fixture
+def env(tmp_path) -> dict[str, Any]:
+    url = f"sqlite:///{tmp_path}/bridge.db"
+    db.migrate(url)
+    store = AuditStore(db.engine(url), CheckpointKey.generate(), checkpoint_every=5)
+    service = token_service()
+    settings = load_config(store={"url": url}, audit={"ingest_token": INGEST})
+    app = create_app(settings, token_service=service, audit_store=store)
+    for i in range(7):
+        store.append(ev.AuditEvent(
+            AuditEventType.STUDY_ACCESSED if i % 2 else AuditEventType.LOGIN_FAILURE,
+            actor=ev.Actor(f"u{i % 3}@{ISSUER}", f"user{i % 3}", "viewer", "10.0.0.1"),
+            objects=(ev.patient(f"P-{i % 2}"), ev.study(f"1.2.3.{i % 2}")),
+            details={"i": i}, description="=HYPERLINK(\"http://x\")",
+        ))
+    return {"client": app.test_client(), "service": service, "store": store}
+
+
+def mint(service: TokenService, perms: set[P], *, amr: tuple[str, ...] = ("pwd", "otp")) -> str:
+    now = int(time.time())
+    body = claims_mod.build(
+        TokenSettings(issuer=ISSUER, audience="pacs"),
+        claims_mod.Subject(id="aud-1", username="audit.anne", auth_time=now - 5, amr=amr),
+        claims_mod.Grant(roles=("auditor",), permissions=frozenset(perms)),
+        "audit-console", now=now,
+    )
+    return service.ring.sign(body)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": "Bearer " + token}
+
+
+def last(store: AuditStore) -> dict[str, Any]:
+    return store.tail(1)[0]
+
+
+def test_no_token_is_401_with_a_bare_bearer_challenge(env):
+    r = env["client"].get("/audit/events")
+    assert r.status_code == 401
+    assert r.headers["WWW-Authenticate"] == 'Bearer realm="pacs-bridge-audit"'
+
+
+def test_bad_token_is_401_invalid_token(env):
+    r = env["client"].get("/audit/events", headers=bearer("not.a.token"))
+    assert r.status_code == 401 and 'error="invalid_token"' in r.headers["WWW-Authenticate"]
+
+
+def test_without_the_permission_is_403_insufficient_scope_and_audited(env):
+    before = env["store"].count()
+    r = env["client"].get("/audit/events", headers=bearer(mint(env["service"], {P.VIEW, P.ADMIN})))
+    assert r.status_code == 403
+    www = r.headers["WWW-Authenticate"]
+    assert 'error="insufficient_scope"' in www and 'scope="audit-logs"' in www
+    assert env["store"].count() == before + 1
+    rec = last(env["store"])
+    assert rec["type"] == "access.denied" and rec["actor_username"] == "audit.anne"
+
+
+def test_revoked_token_is_refused(env):
+    token = mint(env["service"], {P.AUDIT_LOGS})
+    claims = env["service"].verifier.verify(token).claims
+    env["service"].revocations.revoke(claims["jti"], claims["exp"])
+    assert env["client"].get("/audit/events", headers=bearer(token)).status_code == 401
+
+
+def test_token_without_mfa_is_refused_by_the_same_verifier(env):
+    r = env["client"].get("/audit/events", headers=bearer(mint(env["service"], {P.AUDIT_LOGS}, amr=("pwd",))))
+    assert r.status_code == 401
+
+
+def test_filters_paging_and_the_query_is_audited(env):
+    client, store, token = env["client"], env["store"], mint(env["service"], {P.AUDIT_LOGS})
+    r = client.get("/audit/events?patient=P-1&type=study.accessed&limit=2", headers=bearer(token))
+    assert r.status_code == 200 and r.headers["Cache-Control"] == "no-store"
+    body = r.json
+    assert [e["seq"] for e in body["events"]] == [2, 4]
+    assert all(e["patient_id"] == "P-1" and e["type"] == "study.accessed" for e in body["events"])
+    assert body["next"] and 'rel="next"' in r.headers["Link"]
+    used = last(store)
+    assert used["type"] == "audit.log_used" and used["actor_user"] == f"aud-1@{ISSUER}"
+    assert used["client_id"] == "audit-console"
+    nxt = client.get(body["next"].replace("http://localhost", ""), headers=bearer(token)).json
+    assert [e["seq"] for e in nxt["events"]] == [6] and nxt["next"] is None
+    users = client.get("/audit/events?user=user1", headers=bearer(token)).json["events"]
+    assert {e["actor_username"] for e in users} == {"user1"}
+    assert len(client.get("/audit/events?until=2000-01-01", headers=bearer(token)).json["events"]) == 0
+
+
+def test_csv_export_neutralises_formulas(env):
+    r = env["client"].get("/audit/events?format=csv&type=login.failure",
+                          headers=bearer(mint(env["service"], {P.AUDIT_LOGS})))
+    assert r.status_code == 200 and r.mimetype == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(r.get_data(as_text=True))))
+    assert len(rows) == 4 and all(row["type"] == "login.failure" for row in rows)
+    assert all(row["description"].startswith("'=") for row in rows)
+
+
+@pytest.mark.parametrize("query, field", [("since=yesterday", "since"), ("type=nope", "type"),
+                                          ("format=xml", "format"), ("limit=0", "limit"), ("after=x", "after")])
+def test_bad_parameters_are_400_naming_the_field(env, query, field):
+    r = env["client"].get(f"/audit/events?{query}", headers=bearer(mint(env["service"], {P.AUDIT_LOGS})))
+    assert r.status_code == 400 and r.json["error_description"].startswith(field)
+
+
+def _payload(n: int = 2) -> list[dict[str, Any]]:
+    return [ev.AuditEvent(AuditEventType.STUDY_ACCESSED, actor=ev.Actor("s@i", "rad.alice"),
+                          objects=(ev.study("1.2.9"),), details={"pacs": "orthanc"}).to_dict() for _ in range(n)]
+
+
+def test_ingest_appends_once_even_when_a_batch_is_resent(env):
+    client, store = env["client"], env["store"]
+    events = _payload()
+    before = store.count()
+    h = bearer(INGEST)
+    r = client.post("/audit/events", json={"events": events}, headers=h)
+    assert r.status_code == 202 and r.json == {"accepted": 2, "duplicates": 0}
+    r = client.post("/audit/events", json={"events": events + events}, headers=h)
+    assert r.status_code == 202 and r.json == {"accepted": 0, "duplicates": 4}
+    assert store.count() == before + 2 and store.verify().ok
+
+
+def test_ingest_needs_the_secret_and_valid_events(env):
+    client = env["client"]
+    assert client.post("/audit/events", json={"events": _payload()}).status_code == 401
+    assert client.post("/audit/events", json={"events": _payload()}, headers=bearer("wrong")).status_code == 401
+    bad = _payload(1)[0] | {"type": "no.such"}
+    r = client.post("/audit/events", json={"events": [bad]}, headers=bearer(INGEST))
+    assert r.status_code == 400 and r.json["error_description"].startswith("events[0]")
+    leaky = _payload(1)[0]
+    leaky["actor"]["user_id"] = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlc2lnbmF0dXJl"
+    assert client.post("/audit/events", json={"events": [leaky]}, headers=bearer(INGEST)).status_code == 400
+
+
+def test_ingest_is_off_without_a_configured_secret(tmp_path):
+    settings = load_config(store={"url": f"sqlite:///{tmp_path}/x.db"})
+    app = create_app(settings, token_service=token_service(), audit_store=object())
+    assert app.test_client().post("/audit/events", json={"events": []},
+                                  headers=bearer("x")).status_code == 404
