@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
@@ -43,6 +44,12 @@ _HIDDEN = re.compile(r"<input\b[^>]*type=\"hidden\"[^>]*>", re.I | re.S)
 _ATTR = re.compile(r"\b(name|value)=\"([^\"]*)\"", re.I)
 _ERROR = re.compile(r"(?:id=\"input-error[^\"]*\"|class=\"[^\"]*(?:kc-feedback-text|alert-error|pf-m-danger)"
                     r"[^\"]*\")[^>]*>(?P<text>.*?)<", re.I | re.S)
+
+#: redirect URIs registered for the clients in keycloak-realm/hospital-realm.json (never followed here)
+REDIRECT_URIS = {
+    "pacs-viewer": "https://127.0.0.1:9443/viewer/oidc/callback",
+    "pacs-bridge": "https://127.0.0.1:8443/oidc/callback",
+}
 
 # ----------------------------------------------------------------- TOTP without reuse
 
@@ -226,3 +233,19 @@ def _error_text(page: str) -> str:
         return " ".join(html.unescape(m.group("text")).split()) or "(no message)"
     title = re.search(r"<title>(.*?)</title>", page, re.S | re.I)
     return " ".join(title.group(1).split()) if title else page[:120].replace("\n", " ")
+
+
+def client_for(stack: dict[str, Any], realm: str, client_id: str) -> BrowserlessLogin:
+    """A login helper for a client of the running dev stack (`stack.json` contents).
+
+    The confidential `pacs-bridge` client gets its secret from the stack's secrets file.
+    """
+    from bridge.devstack import keycloak
+    from bridge.devstack.service import StackContext
+
+    if client_id not in REDIRECT_URIS:
+        raise LoginError(f"no redirect URI known for client {client_id!r}; known: {', '.join(REDIRECT_URIS)}")
+    ctx = StackContext(ca_file=Path(stack["ca"]["file"]))
+    secret = ctx.secret(keycloak.CLIENT_SECRET) if client_id == "pacs-bridge" else None
+    return BrowserlessLogin(stack["keycloak"]["url"], realm, client_id, REDIRECT_URIS[client_id],
+                            ca_file=str(ctx.ca_file), client_secret=secret)

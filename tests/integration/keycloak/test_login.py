@@ -41,10 +41,12 @@ def needs_directory(stack: dict[str, Any], realm: str) -> None:
 def test_realm_import_is_clean(keycloak: dict[str, Any]) -> None:
     """Both realms imported, placeholders resolved, no warning or error in the server log."""
     log = Path(keycloak["log"]).read_text(errors="replace")
+    # the start-up part only: later login failures of other tests are logged as WARN events
+    startup = log.split(" started in ", 1)[0]
     for realm in (AD_REALM, LDAP_REALM):
-        assert f"Realm '{realm}' imported" in log
-    bad = [line for line in log.splitlines() if re.search(r"\b(WARN|ERROR)\b", line)]
-    assert not bad, "Keycloak logged warnings/errors:\n" + "\n".join(bad[:20])
+        assert f"Realm '{realm}' imported" in startup
+    bad = [line for line in startup.splitlines() if re.search(r"\b(WARN|ERROR)\b", line)]
+    assert not bad, "Keycloak logged warnings/errors while starting:\n" + "\n".join(bad[:20])
 
 
 @pytest.mark.parametrize(("realm", "username"), [(AD_REALM, ALICE), (LDAP_REALM, TOM)])
