@@ -7,6 +7,7 @@ Real servers: Keycloak 26.5 federating Samba AD (realm `hospital`) and OpenLDAP 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,24 @@ def test_pacs_viewer_login_needs_otp_and_yields_mfa(
     assert access["preferred_username"] == username
     assert access["azp"] == "pacs-viewer"
     assert access["exp"] - access["iat"] == 300
+
+
+def test_refreshed_token_keeps_mfa_and_amr(
+    stack: dict[str, Any], kc_client: Callable[[str, str], BrowserlessLogin],
+) -> None:
+    """amr references need a maxAge: with the default 0 they vanish from tokens issued a second later."""
+    needs_directory(stack, AD_REALM)
+    client = kc_client(AD_REALM, "pacs-bridge")
+    user = "card.ines"
+    result = client.login(user, password(user), acr_values="mfa", otp=otp_for(AD_REALM, user))
+    time.sleep(2)
+    res = client._session().post(f"{client.issuer}/protocol/openid-connect/token", timeout=30, data={
+        "grant_type": "refresh_token", "refresh_token": result.tokens["refresh_token"]},
+        auth=(client.client_id, client.client_secret))
+    assert res.status_code == 200, res.text[:200]
+    claims = client.verified_claims(res.json()["access_token"], audience="pacs-bridge")
+    assert claims["acr"] == "mfa"
+    assert {"pwd", "otp"} <= set(claims["amr"])
 
 
 def test_password_only_login_on_the_bridge_is_not_mfa(
