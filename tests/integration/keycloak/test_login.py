@@ -149,3 +149,24 @@ def test_wrong_password_is_rejected(
     client = kc_client(LDAP_REALM, "pacs-viewer")
     with pytest.raises(LoginError, match="login form shown again"):
         client.login("tech.uma", "Wrong-password-1")
+
+
+def test_bridge_can_exchange_a_viewer_token(
+    stack: dict[str, Any], kc_client: Callable[[str, str], BrowserlessLogin],
+) -> None:
+    """Standard token exchange (v2): the viewer's token carries aud pacs-bridge, so the bridge may exchange it."""
+    needs_directory(stack, AD_REALM)
+    viewer = kc_client(AD_REALM, "pacs-viewer")
+    user = "tech.uma"
+    login = viewer.login(user, password(user), otp=otp_for(AD_REALM, user))
+    bridge = kc_client(AD_REALM, "pacs-bridge")
+    res = bridge._session().post(f"{bridge.issuer}/protocol/openid-connect/token", timeout=30, data={
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "subject_token": login.access_token,
+        "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "requested_token_type": "urn:ietf:params:oauth:token-type:access_token",
+    }, auth=(bridge.client_id, bridge.client_secret))
+    assert res.status_code == 200, res.text[:300]
+    claims = bridge.verified_claims(res.json()["access_token"])
+    assert claims["azp"] == "pacs-bridge"
+    assert claims["sub"] == viewer.verified_claims(login.access_token)["sub"]
