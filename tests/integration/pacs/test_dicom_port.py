@@ -54,7 +54,8 @@ def test_unknown_ae_can_neither_find_nor_store(orthanc: dict[str, Any], pacs: An
                                                audit_events: Callable[..., list[dict[str, Any]]]) -> None:
     assoc = _associate(orthanc, "STRANGER")
     try:
-        assert not assoc.is_established and assoc.is_rejected
+        # refused: Orthanc answers A-ASSOCIATE-RJ, or aborts when it is slow to decide under load
+        assert not assoc.is_established and (assoc.is_rejected or assoc.is_aborted)
     finally:
         if assoc.is_established:
             assoc.release()
