@@ -2,9 +2,11 @@
 
 Three jobs, each a plain function so tests call them directly:
 
-* :func:`ship` drains the syslog spool to the collector.  Every process that writes audit
-  records (web workers, CLI, ``serve``) only *spools* (``open_store`` adds the spool listener);
-  draining happens here, in one place, so a message is sent by one process and deleted once.
+* :func:`ship` moves the records committed since the last run from the database into the syslog
+  spool (one file, one fsync per run; the position is kept in ``<spool>/.shipped_seq``) and
+  drains the spool to the collector.  Writers (web workers, CLI, sync) do nothing for shipping:
+  the database *is* the durable queue, so an append costs no extra disk flush, the order is the
+  chain's order, and a record is spooled once.  Only ``serve`` ships.
 * :func:`checkpoint` signs the chain head when records were added since the last checkpoint, so
   a quiet hour is covered too (``audit.checkpoint_every`` only fires on busy chains).
 * :func:`retention` archives records older than ``audit.retention_days`` to
@@ -26,7 +28,7 @@ from sqlalchemy import func, select
 
 from bridge.audit import events as ev
 from bridge.audit.codes import AuditEventType, ObjectKind
-from bridge.audit.store import AuditStore
+from bridge.audit.store import AuditStore, row_to_event
 from bridge.audit.syslog import SyslogSender
 from bridge.store.models import AuditCheckpoint, AuditHead
 
@@ -36,9 +38,30 @@ ACTOR = ev.Actor(client_id="pacs-bridge-serve")
 RETENTION_LEASE = "audit-retention"
 
 
-def ship(sender: SyslogSender | None) -> int:
-    """Send what is spooled; the number of messages delivered (0 when no collector is set)."""
-    return sender.flush() if sender is not None else 0
+SHIP_BATCH = 1000
+
+
+def ship(store: AuditStore, sender: SyslogSender | None) -> int:
+    """Spool the records not shipped yet, then send the spool; the number of messages delivered
+    (0 when no collector is set).  A crash between spooling and saving the position re-spools
+    that batch once (the collector de-duplicates on eventID); nothing is ever skipped."""
+    if sender is None:
+        return 0
+    marker = sender.spool / ".shipped_seq"
+    try:
+        done = int(marker.read_text() or 0)
+    except (OSError, ValueError):
+        done = 0
+    while True:
+        rows = store.query(after_seq=done, limit=SHIP_BATCH)
+        if not rows:
+            break
+        sender.enqueue_many([(row_to_event(r), r["seq"]) for r in rows])
+        done = rows[-1]["seq"]
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(str(done))
+        tmp.replace(marker)
+    return sender.flush()
 
 
 def checkpoint(store: AuditStore) -> dict[str, Any] | None:
@@ -112,7 +135,7 @@ def schedule(scheduler: Any, settings: Any, store: AuditStore, sender: SyslogSen
     jobs = [("audit-checkpoint", _safe("checkpoint", checkpoint, store), a.checkpoint_interval_seconds),
             ("audit-retention", _safe("retention", _retention_with_lease, store, settings), a.retention_check_seconds)]
     if sender is not None:
-        jobs.insert(0, ("audit-ship", _safe("ship", ship, sender), a.ship_interval_seconds))
+        jobs.insert(0, ("audit-ship", _safe("ship", ship, store, sender), a.ship_interval_seconds))
     for job_id, fn, seconds in jobs:
         scheduler.add_job(fn, "interval", seconds=seconds, id=job_id, max_instances=1, coalesce=True,
                           next_run_time=now)
@@ -123,4 +146,4 @@ def run_once(settings: Any, store: AuditStore, sender: SyslogSender | None) -> N
     """One round of every job (``serve --once`` and tests)."""
     checkpoint(store)
     _retention_with_lease(store, settings)
-    ship(sender)
+    ship(store, sender)

@@ -132,7 +132,7 @@ def row_to_event(row: dict[str, Any]) -> AuditEvent:
 
 @dataclass(frozen=True)
 class Appended:
-    """What an append returns (and what listeners such as the syslog spool receive)."""
+    """What an append returns (listeners such as the syslog spool receive each committed batch of them)."""
 
     seq: int
     hash: str
@@ -251,7 +251,7 @@ class AuditStore:
         key: CheckpointKey | None = None,
         *,
         checkpoint_every: int = 1000,
-        listeners: Iterable[Callable[[Appended], None]] = (),
+        listeners: Iterable[Callable[[list[Appended]], None]] = (),
     ):
         self.engine = engine
         self.key = key
@@ -280,9 +280,8 @@ class AuditStore:
             return []
         with write_transaction(self.engine) as conn:
             out = self._append_locked(conn, events)
-        for rec in out:
-            for listener in self.listeners:
-                listener(rec)
+        for listener in self.listeners:  # after the commit, once per batch
+            listener(out)
         return out
 
     def _lock_head(self, conn: Connection) -> Any:
@@ -740,16 +739,14 @@ def verify_archive(path: Path, key: CheckpointKey | None = None) -> VerifyReport
     return rep
 
 
-def open_store(settings: Any, engine: Engine | None = None, *, listeners: Iterable[Callable[[Appended], None]] = (),
-               signing: bool = True, ship: bool = True) -> AuditStore:
-    """The audit store as configured: the database of ``store.url``, the checkpoint key of
+def open_store(settings: Any, engine: Engine | None = None, *,
+               listeners: Iterable[Callable[[list[Appended]], None]] = (), signing: bool = True) -> AuditStore:
+    """The audit store as configured: the database of ``store.url`` and the checkpoint key of
     ``audit.checkpoint_key_file`` (created on first use when ``signing``; verification only
-    needs the ``.pub`` file) and, when ``audit.syslog_host`` is set and ``ship``, the syslog spool
-    as a listener (every committed record is spooled; ``serve`` drains the spool, see
-    bridge/audit/jobs.py).  Everyone builds the store here, so checkpoints get signed and every
-    record gets shipped."""
+    needs the ``.pub`` file).  Everyone builds the store here, so checkpoints get signed.
+    Shipping needs nothing from writers: ``serve`` reads new records from the database
+    (bridge/audit/jobs.py)."""
     from bridge.audit.keys import public_path
-    from bridge.audit.syslog import syslog_sender
     from bridge.store.db import engine as make_engine
 
     key_file = Path(settings.audit.checkpoint_key_file)
@@ -761,9 +758,5 @@ def open_store(settings: Any, engine: Engine | None = None, *, listeners: Iterab
         key = CheckpointKey.load_public(public_path(key_file))
     else:
         key = None
-    all_listeners = list(listeners)
-    sender = syslog_sender(settings) if ship else None
-    if sender is not None:
-        all_listeners.append(sender.listener)
     return AuditStore(engine or make_engine(settings.store.url), key,
-                      checkpoint_every=settings.audit.checkpoint_every, listeners=all_listeners)
+                      checkpoint_every=settings.audit.checkpoint_every, listeners=listeners)

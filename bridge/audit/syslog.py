@@ -9,14 +9,14 @@ the MSG is the PS3.15 A.5 XML, UTF-8, marked with a BOM (RFC 5424 6.4).  Framing
 octet counting: ``LEN SP MSG`` (RFC 5425 4.3).
 
 Delivery: every message is written to the spool (``<spool>/<n:020d>.msg``, fsynced, numbered
-under a lock every writing process shares, published with ``link``) before any send; the web
-workers, the CLI and ``serve`` all write to it, and only ``serve`` drains it
-(bridge/audit/jobs.py).  :meth:`SyslogSender.flush` (one flusher at a time, ``flock``) sends the
-spooled messages in order over one TLS connection and deletes each file only after it was handed
-to TLS, stopping at the first error (the rest waits for the next flush).  So a message is never
-lost and never reordered.  A crash between a send and the delete re-sends that one message on the
-next flush: the collector sees the same ``seq``/``eventID`` twice (RFC 5425 has no application
-acknowledgement, so this small window cannot be closed on the sender side alone).
+under a lock every writing process shares, published with ``link``) before any send; ``serve``
+fills it from the database and drains it (bridge/audit/jobs.py).
+:meth:`SyslogSender.flush` (one flusher at a time, ``flock``) sends the spooled messages (a
+file may hold a batch of frames) in order over one TLS connection and deletes each file only
+after it was handed to TLS, stopping at the first error (the frames not yet sent stay spooled).
+So a message is never lost and never reordered.  A crash between a send and the delete re-sends
+that file's messages on the next flush: the collector sees the same ``seq``/``eventID`` twice
+(RFC 5425 has no application acknowledgement, so this small window cannot be closed on the sender side alone).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,17 @@ def frame(message: bytes) -> bytes:
     return str(len(message)).encode("ascii") + b" " + message
 
 
+def split_frames(data: bytes) -> list[bytes]:
+    """The frames of a spool file (each still framed, ready to send)."""
+    out, pos = [], 0
+    while pos < len(data):
+        space = data.index(b" ", pos)
+        end = space + 1 + int(data[pos:space])
+        out.append(data[pos:end])
+        pos = end
+    return out
+
+
 @dataclass
 class SyslogTarget:
     host: str
@@ -124,12 +135,17 @@ class SyslogSender:
         return sorted(self.spool.glob("*.msg"))
 
     def enqueue(self, event: AuditEvent, seq: int | None = None) -> Path:
-        """Write the message to the spool (durably) before anything is sent.
+        """Write the message to the spool (durably) before anything is sent."""
+        return self.enqueue_many([(event, seq)])
+
+    def enqueue_many(self, items: Sequence[tuple[AuditEvent, int | None]]) -> Path:
+        """Write messages to one spool file (framed, one fsync for all: a committed batch of the
+        store costs one disk flush, not one per record) before anything is sent.
 
         Several writers share one spool (the web workers, the CLI, ``serve``), so the next number
         comes from ``.counter`` under an exclusive ``flock`` and the file is published with
         ``link`` (which never overwrites): numbers are unique and follow the order of enqueueing."""
-        data = format_message(event, seq=seq, xml=self.render(event))
+        data = b"".join(frame(format_message(e, seq=q, xml=self.render(e))) for e, q in items)
         with self._lock:
             tmp = self.spool / f".{os.getpid()}-{threading.get_ident()}.tmp"
             with open(tmp, "wb") as f:
@@ -172,9 +188,10 @@ class SyslogSender:
         tmp.write_text(str(value))
         tmp.replace(self.spool / ".counter")
 
-    def listener(self, appended: Appended) -> None:
-        """For ``AuditStore(listeners=[sender.listener])``: spool each committed record."""
-        self.enqueue(appended.event, appended.seq)
+    def listener(self, batch: Sequence[Appended]) -> None:
+        """For ``AuditStore(listeners=[sender.listener])``: spool each committed batch."""
+        if batch:
+            self.enqueue_many([(a.event, a.seq) for a in batch])
 
     # ---------------------------------------------------------------- sending
     def _context(self) -> ssl.SSLContext:
@@ -201,9 +218,17 @@ class SyslogSender:
             try:
                 with self._connect() as sock:
                     for path in files:
-                        sock.sendall(frame(path.read_bytes()))
+                        frames = split_frames(path.read_bytes())
+                        done = 0
+                        try:
+                            for framed in frames:
+                                sock.sendall(framed)
+                                done += 1
+                                sent += 1
+                        except (OSError, ssl.SSLError):
+                            self._keep(path, frames[done:])  # what was handed to TLS is not sent again
+                            raise
                         path.unlink()
-                        sent += 1
                     # close_notify without waiting for the collector's (rsyslog does not send one back)
                     sock.setblocking(False)
                     with contextlib.suppress(OSError, ssl.SSLError):
@@ -217,6 +242,15 @@ class SyslogSender:
                     len(files) - sent,
                 )
             return sent
+
+    @staticmethod
+    def _keep(path: Path, frames: list[bytes]) -> None:
+        tmp = path.with_suffix(".keep")
+        with open(tmp, "wb") as f:
+            f.write(b"".join(frames))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
 
     def start(self, interval: float = 2.0) -> None:
         def run() -> None:

@@ -25,7 +25,7 @@ def serve(settings: Settings, *, metrics_port: int = 9464, once: bool = False) -
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runner = build_runner(settings)
     audit_store = runner.audit or open_store(settings, runner.engine)
-    shipper = syslog_sender(settings)  # drains the spool every writer fills
+    shipper = syslog_sender(settings)  # ships new records from the database to the collector
     if metrics_port:
         start_http_server(metrics_port, addr="127.0.0.1")
         log.info("metrics on http://127.0.0.1:%d/metrics", metrics_port)
@@ -48,4 +48,4 @@ def serve(settings: Settings, *, metrics_port: int = 9464, once: bool = False) -
     except (KeyboardInterrupt, SystemExit):
         log.info("stopping the scheduler")
     finally:
-        audit_jobs.ship(shipper)  # what was spooled last goes out before exit
+        audit_jobs.ship(audit_store, shipper)  # the last records go out before exit

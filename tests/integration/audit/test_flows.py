@@ -199,7 +199,7 @@ def world(stack: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> It
         app.extensions["pacs_bridge_tokens"]["service"].audit.flush()  # the token events' buffer
         # 6. serve's jobs: timed checkpoint, shipping to the collector
         jobs.checkpoint(store)
-        jobs.ship(syslog_sender(settings))
+        jobs.ship(store, syslog_sender(settings))
         yield w, store, settings
     finally:
         server.shutdown()

@@ -22,20 +22,25 @@ def settings_for(tmp_path: Path, **audit: object):
                                                   "archive_dir": str(tmp_path / "archive"), **audit})
 
 
-def test_open_store_signs_and_spools_when_a_collector_is_configured(tmp_path, make_event):
-    settings = settings_for(tmp_path, syslog_host="127.0.0.1", syslog_port=free_port(), checkpoint_every=2)
-    store = open_store(settings)
+def test_open_store_signs_checkpoints(tmp_path, make_event):
+    store = open_store(settings_for(tmp_path, checkpoint_every=2))
     assert store.key is not None and store.key.private is not None
     store.append_many([make_event(i) for i in range(3)])
-    assert len(list((tmp_path / "spool").glob("*.msg"))) == 3
     rep = store.verify()
     assert rep.ok and rep.checkpoints == 1 and rep.signatures_checked
 
 
-def test_open_store_without_collector_does_not_spool(tmp_path, make_event):
-    store = open_store(settings_for(tmp_path))
-    store.append(make_event(1))
-    assert not (tmp_path / "spool").exists()
+def test_ship_spools_each_new_record_once_and_keeps_them_while_the_collector_is_down(tmp_path, make_event):
+    settings = settings_for(tmp_path, syslog_host="127.0.0.1", syslog_port=free_port())
+    store = open_store(settings)
+    store.append_many([make_event(i) for i in range(3)])
+    sender = SyslogSender(SyslogTarget("127.0.0.1", settings.audit.syslog_port, timeout=1), settings.audit.spool_dir)
+    assert jobs.ship(store, sender) == 0  # collector down
+    store.append(make_event(7))
+    assert jobs.ship(store, sender) == 0
+    data = b"".join(p.read_bytes() for p in sender.pending())
+    assert [data.count(f'seq="{i}"'.encode()) for i in range(1, 5)] == [1, 1, 1, 1]
+    assert jobs.ship(store, None) == 0
 
 
 def test_timed_checkpoint_only_when_new_records(tmp_path, make_event):
@@ -64,8 +69,8 @@ def test_retention_archives_old_records_and_records_that_it_did(tmp_path, make_e
     assert jobs.retention(store, 30, settings.audit.archive_dir) is None  # nothing more to do
 
 
-def test_run_once_ships_everything_spooled_by_other_writers(tmp_path, make_event):
-    """Writers only spool; the serve job drains (here into a port nobody listens on: kept)."""
+def test_run_once_ships_what_other_writers_recorded(tmp_path, make_event):
+    """Writers only append to the database; serve's job spools and sends (collector down: kept)."""
     settings = settings_for(tmp_path, syslog_host="127.0.0.1", syslog_port=free_port())
     open_store(settings).append(make_event(1))
     shipper = SyslogSender(SyslogTarget("127.0.0.1", settings.audit.syslog_port, timeout=1), settings.audit.spool_dir)
