@@ -113,7 +113,7 @@ class Gate:
         while True:
             # failures are fine here: staleness is enforced on the request path
             with contextlib.suppress(Exception):
-                self.verifier._refresh_revocations(time.time())
+                self.verifier.refresh_revocations(time.time())
             if self._stop.wait(period):
                 return
 

@@ -300,6 +300,7 @@ class Verifier:
             clock,
         )
         self._revoked: dict[str, float] = {}
+        self._revoked_subjects: dict[str, float] = {}  # sub -> not_before (iat <= it: revoked)
         self._revoked_loaded_at = float("-inf")
         self._cache: dict[bytes, VerifiedToken] = {}
         self._lock = threading.Lock()
@@ -307,6 +308,11 @@ class Verifier:
         self.stats = {"hits": 0, "verified": 0, "revocation_fetches": 0}
 
     # ------------------------------------------------------------------ revocation
+
+    def refresh_revocations(self, now: float | None = None) -> None:
+        """Pull the revocation list if the last pull is older than ``revocation_refresh_seconds``
+        (the Orthanc plugin calls this from a background thread, off the request path)."""
+        self._refresh_revocations(self.clock() if now is None else now)
 
     def _refresh_revocations(self, now: float) -> None:
         if now - self._revoked_loaded_at < self.config.revocation_refresh_seconds:
@@ -321,21 +327,31 @@ class Verifier:
             revoked = {
                 str(e["jti"]): float(e.get("exp", now + 86400)) for e in data.get("revoked", []) if "jti" in e
             }
+            subjects = {
+                str(e["sub"]): float(e["not_before"])
+                for e in data.get("subjects", [])
+                if "sub" in e and _number(e.get("not_before"))
+                and float(e.get("exp", now + 86400)) + self.config.leeway_seconds > now
+            }
             self._revoked = {j: exp for j, exp in revoked.items() if exp + self.config.leeway_seconds > now}
+            self._revoked_subjects = subjects
             self._revoked_loaded_at = now
         except Exception:  # noqa: S110 - staleness is checked below; the old list stays in force
             pass
         finally:
             self._revocation_lock.release()
 
-    def _check_revocation(self, jti: str, now: float) -> None:
+    def _check_revocation(self, claims: Mapping[str, Any], now: float) -> None:
         if not self.config.revocation_url:
             return
         self._refresh_revocations(now)
         if now - self._revoked_loaded_at > self.config.revocation_max_stale_seconds:
             raise VerificationError("revocation list unavailable: failing closed", "temporarily_unavailable")
-        if jti in self._revoked:
+        if str(claims.get("jti")) in self._revoked:
             raise VerificationError("token revoked")
+        mark = self._revoked_subjects.get(str(claims.get("sub")))
+        if mark is not None and float(claims.get("iat", 0)) <= mark:
+            raise VerificationError("token revoked (all tokens of the subject, e.g. logout)")
 
     def _introspect(self, token: str) -> None:
         cfg = self.config
@@ -365,7 +381,7 @@ class Verifier:
                     hit.claims, hit.jti, hit.exp, now + self.config.revocation_refresh_seconds
                 )
                 self._cache[digest] = hit
-            self._check_revocation(hit.jti, now)
+            self._check_revocation(hit.claims, now)
             self.stats["hits"] += 1
             return hit
         verified = self._verify_signature_and_claims(token, now)
@@ -404,7 +420,7 @@ class Verifier:
         if cfg.introspection_url:
             self._introspect(token)
             recheck = now + cfg.revocation_refresh_seconds
-        self._check_revocation(jti, now)
+        self._check_revocation(claims, now)
         self.stats["verified"] += 1
         return VerifiedToken(claims, jti, float(claims["exp"]), recheck)
 

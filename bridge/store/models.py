@@ -200,6 +200,17 @@ class RevokedToken(Base):
     revoked_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class SubjectRevocation(Base):
+    """Every PACS token of one subject issued at or before ``not_before`` is revoked (logout,
+    disabled account); kept until ``exp``, when the last such token has expired anyway."""
+
+    __tablename__ = "subject_revocations"
+
+    subject_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    not_before: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    exp: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+
+
 class Share(Base):
     """An external share of a study (de-identified link for a recipient)."""
 

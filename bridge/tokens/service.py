@@ -28,7 +28,7 @@ from bridge.tokens import claims as claims_mod
 from bridge.tokens import mfa
 from bridge.tokens.claims import Grant, Subject, TokenSettings
 from bridge.tokens.keys import KeyRing
-from bridge.tokens.store import AssignmentSource, RevocationStore
+from bridge.tokens.store import AssignmentSource, RevocationStore, revoked_by_subject
 
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
@@ -306,7 +306,11 @@ class TokenService:
             claims = self.verifier.verify(token).claims
         except VerificationError:
             return None
-        return None if self.revocations.is_revoked(str(claims["jti"])) else claims
+        return None if self.is_revoked(claims) else claims
+
+    def is_revoked(self, claims: Mapping[str, Any]) -> bool:
+        """Revoked by ``jti`` (RFC 7009) or by the subject's watermark (logout)."""
+        return self.revocations.is_revoked(str(claims["jti"])) or revoked_by_subject(self.revocations, claims)
 
     def revoke(self, claims: Mapping[str, Any], by_client: str) -> None:
         self.revocations.revoke(str(claims["jti"]), int(claims["exp"]))
@@ -314,10 +318,23 @@ class TokenService:
             AuditEventType.TOKEN_REVOKED, {"client_id": by_client, "subject": claims.get("sub"), "jti": claims["jti"]}
         )
 
+    def revoke_subject(self, subject: str, reason: str, by_client: str | None = None) -> None:
+        """Revoke every PACS token of ``subject`` issued so far (logout, account disabled)."""
+        now = int(time.time())
+        self.revocations.revoke_subject(subject, now, now + self.settings.max_lifetime_seconds)
+        self.audit(
+            AuditEventType.TOKEN_REVOKED,
+            {"client_id": by_client, "subject": subject, "jti": None, "reason": reason},
+        )
+
     def revocation_list(self) -> dict[str, Any]:
-        """What verifiers pull: every revoked jti whose token has not expired yet."""
+        """What verifiers pull: every revoked jti whose token has not expired yet, and the subject
+        watermarks (a token whose ``sub`` is listed and whose ``iat`` <= ``not_before`` is revoked)."""
         return {
             "issuer": self.settings.issuer,
             "generated_at": int(time.time()),
             "revoked": [{"jti": j, "exp": e} for j, e in self.revocations.active()],
+            "subjects": [
+                {"sub": sub, "not_before": nb, "exp": ex} for sub, (nb, ex) in self.revocations.subjects().items()
+            ],
         }

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine, delete, or_, select, update
 
 from bridge.store.db import session
-from bridge.store.models import RevokedToken, RoleAssignment, SigningKey
+from bridge.store.models import RevokedToken, RoleAssignment, SigningKey, SubjectRevocation
 from bridge.tokens.keys import KeyRecord
 
 # --------------------------------------------------------------------------- signing keys
@@ -75,17 +75,37 @@ class SqlKeyRepository:
 # --------------------------------------------------------------------------- revocations
 
 
+#: how long a subject watermark is kept when the caller does not say (>= any token lifetime in use)
+DEFAULT_SUBJECT_WATERMARK_SECONDS = 24 * 3600
+
+
 class RevocationStore(Protocol):
+    """Revoked tokens: single ``jti`` values (RFC 7009) and per-subject watermarks (logout:
+    every token of ``sub`` issued at or before ``not_before`` is revoked)."""
+
     def revoke(self, jti: str, exp: int) -> None: ...
 
     def is_revoked(self, jti: str) -> bool: ...
 
     def active(self) -> list[tuple[str, int]]: ...
 
+    def revoke_subject(self, subject: str, not_before: int, exp: int) -> None: ...
+
+    def subjects(self) -> dict[str, tuple[int, int]]: ...
+
+
+def revoked_by_subject(store: RevocationStore, claims: Any) -> bool:
+    """True when the token's ``sub`` has a watermark at or after its ``iat`` (the one rule; the
+    PACS verifier applies the same to the list it pulls)."""
+    mark = store.subjects().get(str(claims.get("sub")))
+    iat = claims.get("iat")
+    return mark is not None and isinstance(iat, int | float) and iat <= mark[0]
+
 
 @dataclass
 class MemoryRevocationStore:
     revoked: dict[str, int] = field(default_factory=dict)
+    by_subject: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def revoke(self, jti: str, exp: int) -> None:
         self.revoked[jti] = int(exp)
@@ -96,6 +116,14 @@ class MemoryRevocationStore:
     def active(self) -> list[tuple[str, int]]:
         now = time.time()
         return [(j, e) for j, e in self.revoked.items() if e > now]
+
+    def revoke_subject(self, subject: str, not_before: int, exp: int) -> None:
+        old = self.by_subject.get(subject, (0, 0))
+        self.by_subject[subject] = (max(old[0], int(not_before)), max(old[1], int(exp)))
+
+    def subjects(self) -> dict[str, tuple[int, int]]:
+        now = time.time()
+        return {s: m for s, m in self.by_subject.items() if m[1] > now}
 
 
 class SqlRevocationStore:
@@ -110,6 +138,8 @@ class SqlRevocationStore:
         self.cache_seconds = cache_seconds
         self._cache: dict[str, int] = {}
         self._loaded_at = float("-inf")
+        self._subjects: dict[str, tuple[int, int]] = {}
+        self._subjects_loaded_at = float("-inf")
         self._lock = threading.Lock()
 
     def revoke(self, jti: str, exp: int) -> None:
@@ -140,6 +170,46 @@ class SqlRevocationStore:
     def active(self) -> list[tuple[str, int]]:
         now = time.time()
         return [(j, e) for j, e in self._current().items() if e > now]
+
+    def revoke_subject(self, subject: str, not_before: int, exp: int) -> None:
+        """Raise ``subject``'s watermark (never lower it: a later logout must not un-revoke)."""
+        nb, ex = datetime.fromtimestamp(int(not_before), UTC), datetime.fromtimestamp(int(exp), UTC)
+        with session(self.engine) as s:
+            row = s.get(SubjectRevocation, subject)
+            if row is None:
+                s.add(SubjectRevocation(subject_id=subject, not_before=nb, exp=ex))
+            else:
+                row.not_before, row.exp = max(row.not_before, nb), max(row.exp, ex)
+            s.execute(delete(SubjectRevocation).where(SubjectRevocation.exp < datetime.now(UTC)))
+        with self._lock:
+            self._subjects_loaded_at = float("-inf")
+
+    def subjects(self) -> dict[str, tuple[int, int]]:
+        """Live watermarks ``{subject: (not_before, exp)}``, cached like the jti set."""
+        if time.monotonic() - self._subjects_loaded_at > self.cache_seconds:
+            with self._lock, session(self.engine) as s:
+                rows = s.execute(
+                    select(SubjectRevocation.subject_id, SubjectRevocation.not_before, SubjectRevocation.exp)
+                    .where(SubjectRevocation.exp >= datetime.now(UTC))
+                ).all()
+                self._subjects = {sub: (int(nb.timestamp()), int(ex.timestamp())) for sub, nb, ex in rows}
+                self._subjects_loaded_at = time.monotonic()
+        return dict(self._subjects)
+
+
+def revoke_subject(engine: Engine, subject: str, *, max_token_lifetime: int | None = None) -> None:
+    """Revoke every unexpired PACS token of ``subject`` (the stable directory id): logout, a
+    disabled or removed account (called by the sync and the back-channel logout).
+
+    A watermark, not a list of jtis: tokens are stateless, so "everything issued up to now" is
+    the only complete answer; it is kept for ``max_token_lifetime`` (the longest a token issued
+    now-or-earlier can live), published in ``/revocations`` and honoured by every verifier.
+    """
+    if not subject:
+        raise ValueError("subject: revoke_subject needs the stable directory id")
+    now = int(time.time())
+    keep = max_token_lifetime or DEFAULT_SUBJECT_WATERMARK_SECONDS
+    SqlRevocationStore(engine, cache_seconds=0).revoke_subject(subject, now, now + int(keep))
 
 
 # --------------------------------------------------------------------------- role assignments

@@ -115,7 +115,7 @@ def _claims(token: str | None) -> tuple[dict[str, Any] | None, str | None]:
         claims = service.verifier.verify(token).claims
     except VerificationError as exc:
         return None, "expired" if "expired" in exc.reason else "invalid"
-    if service.revocations.is_revoked(str(claims["jti"])):
+    if service.is_revoked(claims):
         return None, "invalid"
     return claims, None
 

@@ -240,3 +240,18 @@ def test_rate_limit(env: dict[str, Any]) -> None:
     c = env["client"]
     codes = [c.post("/revoke", data={"token": "x", "client_id": "pacs-viewer"}).status_code for _ in range(12)]
     assert 429 in codes
+
+
+def test_subject_revocation_reaches_introspection_and_verifiers(env: dict[str, Any]) -> None:
+    c = env["client"]
+    tok = exchange(c, kc_token()).json["access_token"]
+    v = pacs_verifier(env)
+    v.verify(tok)
+    sub = jwt.decode(tok, options={"verify_signature": False})["sub"]
+    env["service"].revoke_subject(sub, "logout")
+    assert sub in {e["sub"] for e in c.get("/revocations").json["subjects"]}
+    r = c.post("/introspect", data={"token": tok}, headers=basic("orthanc", "s3cret-orthanc"))
+    assert r.json == {"active": False}
+    v.refresh_revocations()
+    with pytest.raises(Exception, match="revoked"):
+        v.verify(tok)

@@ -50,3 +50,19 @@ def test_assignments_by_directory_id_or_username(tmp_path: Path) -> None:
     assert [a.role for a in src.assignments("guid-1", None)] == ["radiologist"]
     assert src.assignments(None, "rad.alice")[0].scopes == {"departments": ["Radiology"]}
     assert src.assignments("nobody", "nobody") == []
+
+
+def test_revoke_subject_watermark(tmp_path: Path) -> None:
+    from bridge.tokens.store import revoke_subject, revoked_by_subject
+
+    eng = _engine(tmp_path)
+    now = int(time.time())
+    revoke_subject(eng, "guid-1", max_token_lifetime=600)
+    store = SqlRevocationStore(eng, cache_seconds=0)
+    nb, exp = store.subjects()["guid-1"]
+    assert abs(nb - now) <= 1 and exp == nb + 600
+    assert revoked_by_subject(store, {"sub": "guid-1", "iat": now - 5})
+    assert not revoked_by_subject(store, {"sub": "guid-1", "iat": nb + 1})  # a later login is fine
+    assert not revoked_by_subject(store, {"sub": "guid-2", "iat": now - 5})
+    store.revoke_subject("guid-1", nb - 100, exp - 100)  # never lowered
+    assert store.subjects()["guid-1"] == (nb, exp)
