@@ -61,6 +61,7 @@ NO_OTP_USER = "ref.zoe"
 #: fixed facts of the Samba AD part (LDAPS port 636 is fixed by Samba itself)
 SAMBA_DEFAULTS = {"ldaps_url": "ldaps://127.0.0.1:636",
                   "bind_dn": "CN=svc-pacs-bridge,OU=Service Accounts,DC=hospital,DC=test"}
+BRIDGE_DEFAULT_URL = "https://127.0.0.1:9443"  # bridge.public_url's default
 SLAPD_DEFAULT_BIND_DN = "cn=svc-pacs-bridge,ou=Service Accounts,dc=hospital,dc=test"
 #: which stack service backs which realm
 REALM_DIRECTORY = {realm.AD_REALM: "samba", realm.LDAP_REALM: "slapd"}
@@ -193,6 +194,9 @@ class Keycloak(Service):
             "PACS_LDAP_URL": slapd.get("ldaps_url", "ldaps://127.0.0.1:1"),
             "PACS_LDAP_BIND_DN": slapd.get("bind_dn", SLAPD_DEFAULT_BIND_DN),
             "PACS_BRIDGE_CLIENT_SECRET": ctx.secret(CLIENT_SECRET),
+            # the bridge's login callback and back-channel logout URL (tests running their own
+            # bridge on another port re-point the client through the admin API)
+            "PACS_BRIDGE_URL": ctx.info.get("bridge", {}).get("url", BRIDGE_DEFAULT_URL),
         }
 
     def start(self, ctx: StackContext) -> None:

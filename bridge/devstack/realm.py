@@ -30,7 +30,7 @@ COMPONENT_IDS = {AD_REALM: "ldap-hospital-ad", LDAP_REALM: "ldap-hospital-openld
 PLACEHOLDERS = (
     "PACS_DIR_URL", "PACS_DIR_BIND_DN", "PACS_DIR_BIND_PASSWORD",
     "PACS_LDAP_URL", "PACS_LDAP_BIND_DN",
-    "PACS_BRIDGE_CLIENT_SECRET",
+    "PACS_BRIDGE_CLIENT_SECRET", "PACS_BRIDGE_URL",
 )
 
 _STORAGE = "org.keycloak.storage.UserStorageProvider"

@@ -52,6 +52,36 @@ class Subject:
     amr: tuple[str, ...] = ()
 
 
+#: claims of a Keycloak token that may carry the stable directory id (the realm's "directory id"
+#: mapper puts Keycloak's ``LDAP_ID`` user attribute -- objectGUID / entryUUID -- into ``directory_id``)
+DIRECTORY_ID_CLAIMS = ("directory_id", "ldap_id", "LDAP_ID")
+#: ``sub`` fell back to Keycloak's own id: the account is not federated from the directory
+FALLBACK_REASON = "no directory_id claim (user not federated from the directory): sub is Keycloak's user id"
+
+
+def subject_from_keycloak(kc: Mapping[str, Any]) -> tuple[Subject, str | None]:
+    """The PACS subject of a validated Keycloak token (access or ID token), and why ``sub`` is not
+    the directory id when it is not (None when it is).
+
+    ``sub`` must be the directory's stable id: role assignments written by the sync are keyed by
+    it, and a Keycloak-internal id changes when the realm is rebuilt or the user re-imported.
+    Only local Keycloak accounts (break-glass admins) lack it; they fall back to Keycloak's
+    ``sub``, and the reason goes to the audit trail.
+    """
+    directory_id = next((str(kc[c]) for c in DIRECTORY_ID_CLAIMS if kc.get(c)), None)
+    amr = kc.get("amr") or ()
+    subject = Subject(
+        id=directory_id or str(kc["sub"]),
+        username=kc.get("preferred_username"),
+        name=kc.get("name") or None,
+        organization=kc.get("organization") if isinstance(kc.get("organization"), str) else None,
+        auth_time=int(kc["auth_time"]) if isinstance(kc.get("auth_time"), int | float) else None,
+        acr=str(kc["acr"]) if kc.get("acr") is not None else None,
+        amr=tuple(a for a in ([amr] if isinstance(amr, str) else amr) if isinstance(a, str)),
+    )
+    return subject, None if directory_id else FALLBACK_REASON
+
+
 @dataclass(frozen=True)
 class Grant:
     """What the subject may do in the PACS: roles, their permissions and the scopes they hold."""

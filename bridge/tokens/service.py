@@ -32,8 +32,7 @@ from bridge.tokens.store import AssignmentSource, RevocationStore, revoked_by_su
 
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
-#: claims of the Keycloak token that may hold the stable directory id (LDAP_ID user attribute)
-DIRECTORY_ID_CLAIMS = ("directory_id", "ldap_id", "LDAP_ID")
+DIRECTORY_ID_CLAIMS = claims_mod.DIRECTORY_ID_CLAIMS
 
 AuditSink = Callable[[AuditEventType, Mapping[str, Any]], None]
 
@@ -150,21 +149,15 @@ class TokenService:
 
     @staticmethod
     def subject_from_keycloak(kc: Mapping[str, Any]) -> Subject:
-        directory_id = next((str(kc[c]) for c in DIRECTORY_ID_CLAIMS if kc.get(c)), None)
-        amr = kc.get("amr") or ()
-        return Subject(
-            id=directory_id or str(kc["sub"]),
-            username=kc.get("preferred_username"),
-            name=kc.get("name") or None,
-            organization=kc.get("organization") if isinstance(kc.get("organization"), str) else None,
-            auth_time=int(kc["auth_time"]) if isinstance(kc.get("auth_time"), int | float) else None,
-            acr=str(kc["acr"]) if kc.get("acr") is not None else None,
-            amr=tuple(a for a in ([amr] if isinstance(amr, str) else amr) if isinstance(a, str)),
-        )
+        """See :func:`bridge.tokens.claims.subject_from_keycloak` (kept for callers of the service)."""
+        return claims_mod.subject_from_keycloak(kc)[0]
 
     def grant_for(self, subject: Subject, keycloak_claims: Mapping[str, Any] | None = None) -> Grant:
         """Roles from the bridge's assignment store (written by the sync), else Keycloak realm roles."""
-        rows = self.assignments.assignments(subject.id, subject.username)
+        # by username only when the token carries no directory id: a username can be reused by
+        # another person later, the directory id cannot (the sync keys assignments by it)
+        federated = keycloak_claims is None or claims_mod.subject_from_keycloak(keycloak_claims)[1] is None
+        rows = self.assignments.assignments(subject.id, None if federated else subject.username)
         if rows:
             departments: set[str] = set()
             institutions: set[str] = set()

@@ -29,6 +29,11 @@ def create_app(settings: Settings, *, config: dict[str, Any] | None = None, **se
     audit_api.init_app(app, settings, store=services.get("audit_store"))  # the app's one audit store
     tokens.init_app(app, settings, service=services.get("token_service"))
 
+    if settings.bridge.session_secret is not None and settings.keycloak.client_secret is not None:
+        from bridge.web import login  # browser login needs both secrets; API-only deployments skip it
+
+        login.init_app(app, settings, app.extensions[tokens.EXTENSION]["service"])
+
     from bridge.web import orthanc_auth
 
     orthanc_auth.init_app(app, settings)  # Orthanc's official authorization plugin contract

@@ -1,0 +1,138 @@
+"""The bridge's login session: what is kept in the (signed) Flask session cookie, and when it ends.
+
+The cookie is ``Secure``, ``HttpOnly``, ``SameSite=Lax`` (Lax, not Strict: the redirect back from
+Keycloak is a cross-site top-level GET that must carry it).  A session ends when
+
+* it was idle longer than ``bridge.session_idle_minutes``,
+* it is older than ``bridge.session_absolute_hours`` (no sliding past that),
+* its subject was logged out: a back-channel logout raised the subject's revocation watermark
+  (the database, so every worker process sees it) or named its Keycloak ``sid``.
+
+Only what issuing a PACS token needs is kept: the subject, how they authenticated, their realm
+roles and the ID token (the ``id_token_hint`` of RP-initiated logout).  Never a password or OTP.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+KEY = "bridge_login"
+PENDING = "bridge_pending"
+
+
+@dataclass
+class Login:
+    sub: str  # the PACS subject: the directory id (see bridge.tokens.claims.subject_from_keycloak)
+    kc_sub: str  # Keycloak's user id (what logout tokens name)
+    sid: str | None
+    username: str | None
+    name: str | None
+    auth_time: int | None
+    acr: str | None
+    amr: list[str]
+    realm_roles: list[str]
+    id_token: str
+    login_at: float
+    last_seen: float
+    fallback: str | None = None  # why sub is not the directory id, if it is not
+
+    def keycloak_claims(self) -> dict[str, Any]:
+        """The claims the token service reads (subject, MFA, realm roles), rebuilt from the session."""
+        claims: dict[str, Any] = {
+            "sub": self.kc_sub,
+            "preferred_username": self.username,
+            "name": self.name,
+            "acr": self.acr,
+            "amr": list(self.amr),
+            "realm_access": {"roles": list(self.realm_roles)},
+        }
+        if self.fallback is None:
+            claims["directory_id"] = self.sub
+        if self.auth_time is not None:
+            claims["auth_time"] = self.auth_time
+        return claims
+
+
+@dataclass
+class EndedSessions:
+    """Keycloak ``sid`` values ended by back-channel logout (this process), and the Keycloak user
+    id -> directory id map learnt at login, so a logout token (which names Keycloak's ``sub``) can
+    revoke PACS tokens (which name the directory id)."""
+
+    ttl_seconds: float = 24 * 3600
+    sids: dict[str, float] = field(default_factory=dict)
+    directory_ids: dict[str, str] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def end(self, sid: str) -> None:
+        now = time.time()
+        with self.lock:
+            self.sids = {s: t for s, t in self.sids.items() if t > now}
+            self.sids[sid] = now + self.ttl_seconds
+
+    def ended(self, sid: str | None) -> bool:
+        return sid is not None and self.sids.get(sid, 0) > time.time()
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    idle_seconds: float
+    absolute_seconds: float
+
+
+def load(store: MutableMapping[str, Any]) -> Login | None:
+    raw = store.get(KEY)
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return Login(**raw)
+    except TypeError:  # an older cookie layout: start over
+        store.pop(KEY, None)
+        return None
+
+
+def save(store: MutableMapping[str, Any], login: Login) -> None:
+    store[KEY] = asdict(login)
+
+
+def current(
+    store: MutableMapping[str, Any],
+    timeouts: Timeouts,
+    ended: EndedSessions,
+    subject_watermark: Callable[[str], int | None],
+    now: float | None = None,
+) -> tuple[Login | None, str | None]:
+    """The live login of this session (touching its idle clock), or (None, why it ended)."""
+    login = load(store)
+    if login is None:
+        return None, None
+    now = time.time() if now is None else now
+    why = None
+    if now - login.last_seen > timeouts.idle_seconds:
+        why = "idle timeout"
+    elif now - login.login_at > timeouts.absolute_seconds:
+        why = "absolute timeout"
+    elif ended.ended(login.sid):
+        why = "logged out (back-channel)"
+    else:
+        mark = subject_watermark(login.sub)
+        if mark is not None and login.login_at < mark + 1:  # whole seconds: err on the closed side
+            why = "logged out (back-channel)"
+    if why:
+        store.pop(KEY, None)
+        return None, why
+    login.last_seen = now
+    save(store, login)
+    return login, None
+
+
+def watermark_lookup(subjects: Callable[[], Mapping[str, tuple[int, int]]]) -> Callable[[str], int | None]:
+    def lookup(sub: str) -> int | None:
+        mark = subjects().get(sub)
+        return None if mark is None else mark[0]
+
+    return lookup

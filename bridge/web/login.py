@@ -1,0 +1,257 @@
+"""Browser login: ``/login`` -> Keycloak -> ``/oidc/callback`` -> a PACS token for the viewer.
+
+``/login?redirect_uri=<viewer>&state=<viewer state>``: the redirect URI must equal one of
+``bridge.viewer_redirect_uris`` exactly (no prefix or pattern match: an open redirect would hand
+tokens to anyone).  Without a live login the browser goes to Keycloak (Authlib: code + PKCE S256 +
+state + nonce).  Back at ``/oidc/callback`` the ID token is validated (Authlib) and the access
+token by the token service's own Keycloak validator; if the login did not reach the MFA level
+(:mod:`bridge.tokens.mfa`, the one rule) the browser is sent to Keycloak once more with
+``acr_values=mfa`` (step-up) and no token is issued.  Once it holds, the PACS token goes to the
+viewer in the URI *fragment* (never the query: fragments are not sent to servers nor logged).
+
+``/logout``: ends the bridge session, revokes the subject's PACS tokens and sends the browser to
+Keycloak's end-session endpoint with ``id_token_hint`` (RP-initiated logout 1.0).
+``/backchannel-logout``: Keycloak's server-to-server logout (Back-Channel Logout 1.0): validates
+the logout token, ends the bridge session(s) of that ``sid``/``sub`` and revokes the PACS tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+from authlib.integrations.base_client import OAuthError
+from flask import Blueprint, Flask, Response, current_app, redirect, request, session, url_for
+
+from bridge.audit.codes import AuditEventType
+from bridge.config import Settings
+from bridge.oidc import client as oidc_client
+from bridge.oidc import session as sess
+from bridge.oidc.logout_token import LogoutTokenError, LogoutTokenValidator
+from bridge.oidc.users import directory_id_from_admin_api
+from bridge.pacs.verifier import VerificationError
+from bridge.tokens import claims as claims_mod
+from bridge.tokens import mfa
+from bridge.tokens.service import TokenService
+from bridge.web.limits import limit
+
+bp = Blueprint("login", __name__)
+EXTENSION = "pacs_bridge_login"
+log = logging.getLogger(__name__)
+
+
+def init_app(app: Flask, settings: Settings, service: TokenService) -> None:
+    """Register the login blueprint; needs ``bridge.session_secret`` and the client secret."""
+    b = settings.bridge
+    if b.session_secret is None:
+        raise ValueError("bridge.session_secret: the browser login needs a session secret")
+    app.config.update(
+        SECRET_KEY=b.session_secret.get_secret_value(),
+        SESSION_COOKIE_NAME="pacs_bridge_session",
+        SESSION_COOKIE_SECURE=True,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=b.session_idle_minutes * 60,
+        SESSION_REFRESH_EACH_REQUEST=True,
+    )
+    keycloak = oidc_client.register(app, settings)
+    if service.keycloak is None:
+        raise ValueError("keycloak: the token service has no Keycloak validator")
+    app.extensions[EXTENSION] = {
+        "settings": settings,
+        "service": service,
+        "keycloak": keycloak,
+        "timeouts": sess.Timeouts(b.session_idle_minutes * 60, b.session_absolute_hours * 3600),
+        "ended": sess.EndedSessions(),
+        "logout_tokens": LogoutTokenValidator(
+            oidc_client.issuer(settings), settings.keycloak.client_id, service.keycloak.keys
+        ),
+        "redirect_uris": frozenset(b.viewer_redirect_uris),
+    }
+    app.register_blueprint(bp)
+
+
+def _ext() -> dict[str, Any]:
+    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
+
+
+def _no_store(resp: Response) -> Response:
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["Pragma"] = "no-cache"
+    return resp
+
+
+def _error(status: int, message: str) -> Response:
+    resp = Response(message + "\n", status=status, mimetype="text/plain")
+    return _no_store(resp)
+
+
+def _current_login() -> sess.Login | None:
+    ext = _ext()
+    lookup = sess.watermark_lookup(ext["service"].revocations.subjects)
+    login, _why = sess.current(session, ext["timeouts"], ext["ended"], lookup)
+    return login
+
+
+def _to_keycloak(step_up: bool) -> Response:
+    ext = _ext()
+    extra = {"acr_values": ext["service"].mfa_rule.required_acr or "mfa"} if step_up else {}
+    session.permanent = True
+    resp: Response = ext["keycloak"].authorize_redirect(url_for("login.callback", _external=True), **extra)
+    return _no_store(resp)
+
+
+@bp.get("/login")
+@limit("login")
+def login() -> Response:
+    """Start (or finish, with a live MFA session) a browser login for a viewer."""
+    ext = _ext()
+    redirect_uri = request.args.get("redirect_uri", "")
+    if redirect_uri not in ext["redirect_uris"]:
+        return _error(400, "redirect_uri: not a registered viewer redirect URI (exact match required)")
+    viewer_state = request.args.get("state", "")[:512]
+    session[sess.PENDING] = {"redirect_uri": redirect_uri, "state": viewer_state, "stepped_up": False}
+    current = _current_login()
+    if current is not None:
+        if mfa.check(current.keycloak_claims(), ext["service"].mfa_rule).ok:
+            return _deliver(current)
+        session[sess.PENDING]["stepped_up"] = True
+        return _to_keycloak(step_up=True)
+    return _to_keycloak(step_up=False)
+
+
+@bp.get("/oidc/callback")
+@limit("login")
+def callback() -> Response:
+    """Keycloak's redirect back: validate, keep the login, step up or deliver the PACS token."""
+    ext = _ext()
+    service: TokenService = ext["service"]
+    pending = session.get(sess.PENDING)
+    if not isinstance(pending, dict):
+        return _error(400, "no login in progress (start at /login)")
+    try:
+        token = ext["keycloak"].authorize_access_token()
+    except OAuthError as exc:
+        service.audit(AuditEventType.LOGIN_FAILURE, {"reason": f"oidc callback: {exc.error}"})
+        return _error(400, f"login failed: {exc.error}")
+    id_claims = dict(token.get("userinfo") or {})
+    if not id_claims:
+        return _error(400, "login failed: no ID token")
+    assert service.keycloak is not None  # checked in init_app
+    try:
+        access = service.keycloak.validate(token["access_token"])
+    except VerificationError as exc:
+        return _error(400, f"login failed: {exc.reason}")
+    if access.get("sub") != id_claims.get("sub"):
+        return _error(400, "login failed: access and ID token are about different users")
+    subject, fallback = claims_mod.subject_from_keycloak({**access, **id_claims})
+    now = time.time()
+    amr = id_claims.get("amr") or []
+    current = sess.Login(
+        sub=subject.id, kc_sub=str(id_claims["sub"]), sid=id_claims.get("sid"), username=subject.username,
+        name=subject.name, auth_time=subject.auth_time, acr=subject.acr,
+        amr=[amr] if isinstance(amr, str) else list(amr),
+        realm_roles=list((access.get("realm_access") or {}).get("roles") or []),
+        id_token=str(token["id_token"]), login_at=now, last_seen=now, fallback=fallback,
+    )
+    session.clear()  # a fresh session after login (no fixation); pending is put back below
+    session.permanent = True
+    sess.save(session, current)
+    session[sess.PENDING] = pending
+    ext["ended"].directory_ids[current.kc_sub] = current.sub
+    service.audit(AuditEventType.LOGIN_SUCCESS, {"subject": current.sub, "username": current.username,
+                                                 "client_id": "browser-login", "acr": current.acr,
+                                                 **({"subject_source": fallback} if fallback else {})})
+    verdict = mfa.check(current.keycloak_claims(), service.mfa_rule)
+    if not verdict.ok:
+        service.audit(AuditEventType.MFA_FAILURE, {"subject": current.sub, "username": current.username,
+                                                   "reason": verdict.reason, "client_id": "browser-login"})
+        if pending.get("stepped_up"):
+            return _error(401, "a multi-factor login is required for PACS access; none was completed")
+        pending["stepped_up"] = True
+        session[sess.PENDING] = pending
+        return _to_keycloak(step_up=True)
+    return _deliver(current)
+
+
+def _deliver(current: sess.Login) -> Response:
+    """Issue the PACS token and hand it to the viewer in the redirect URI's fragment."""
+    ext = _ext()
+    service: TokenService = ext["service"]
+    pending = session.pop(sess.PENDING, None) or {}
+    kc_claims = current.keycloak_claims()
+    subject, _ = claims_mod.subject_from_keycloak(kc_claims)
+    grant = service.grant_for(subject, kc_claims)
+    if not grant.permissions:
+        service.audit(AuditEventType.ACCESS_DENIED, {"subject": subject.id, "username": subject.username,
+                                                     "reason": "no PACS role", "client_id": "browser-login"})
+        return _error(403, "no PACS access for this account")
+    issued = service.issue(subject, grant, ext["settings"].keycloak.client_id)
+    fragment = {"access_token": issued.access_token, "token_type": "Bearer",
+                "expires_in": str(issued.expires_in), "scope": issued.claims["scope"]}
+    if pending.get("state"):
+        fragment["state"] = pending["state"]
+    resp = redirect(pending["redirect_uri"] + "#" + urlencode(fragment), code=303)
+    resp.headers["Referrer-Policy"] = "no-referrer"
+    return _no_store(resp)
+
+
+@bp.route("/logout", methods=["GET", "POST"])
+@limit("login")
+def logout() -> Response:
+    """RP-initiated logout: end the bridge session, revoke PACS tokens, then end Keycloak's."""
+    ext = _ext()
+    current = sess.load(session)
+    session.clear()
+    if current is None:
+        return _error(200, "logged out")
+    ext["service"].audit(AuditEventType.LOGOUT, {"subject": current.sub, "username": current.username,
+                                                 "client_id": "browser-login"})
+    ext["service"].revoke_subject(current.sub, "logout", by_client="browser-login")
+    post_logout = request.args.get("post_logout_redirect_uri")
+    kwargs: dict[str, Any] = {"client_id": ext["settings"].keycloak.client_id}
+    if post_logout and post_logout in ext["redirect_uris"]:
+        kwargs["post_logout_redirect_uri"] = post_logout
+    metadata = ext["keycloak"].load_server_metadata()
+    url = metadata["end_session_endpoint"] + "?" + urlencode({"id_token_hint": current.id_token, **kwargs})
+    return _no_store(redirect(url, code=303))
+
+
+@bp.post("/backchannel-logout")
+def backchannel_logout() -> Response:
+    """OIDC Back-Channel Logout 1.0: 200 when done, 400 with an error body otherwise (section 2.8)."""
+    ext = _ext()
+    service: TokenService = ext["service"]
+    token = request.form.get("logout_token")
+    if not token:
+        return _backchannel_error("logout_token missing")
+    try:
+        claims = ext["logout_tokens"].validate(token)
+    except LogoutTokenError as exc:
+        service.audit(AuditEventType.ACCESS_DENIED, {"reason": f"back-channel logout refused: {exc}"})
+        return _backchannel_error(str(exc))
+    if isinstance(claims.get("sid"), str):
+        ext["ended"].end(claims["sid"])
+    kc_sub = claims.get("sub")
+    if isinstance(kc_sub, str):
+        directory_id = ext["ended"].directory_ids.get(kc_sub)
+        if directory_id is None:
+            try:
+                directory_id = directory_id_from_admin_api(ext["settings"], kc_sub)
+            except Exception as exc:  # still revoke what we can below
+                log.warning("back-channel logout: directory id lookup failed: %s", type(exc).__name__)
+        # a local (non-federated) account's PACS sub is Keycloak's id: revoke that one too
+        service.audit(AuditEventType.LOGOUT, {"subject": directory_id or kc_sub, "client_id": "keycloak",
+                                              "reason": "back-channel logout"})
+        for subject in {s for s in (directory_id, kc_sub) if s}:
+            service.revoke_subject(subject, "back-channel logout")
+    return _no_store(Response("", status=200))
+
+
+def _backchannel_error(description: str) -> Response:
+    import json
+
+    body = json.dumps({"error": "invalid_request", "error_description": description})
+    return _no_store(Response(body, status=400, mimetype="application/json"))
