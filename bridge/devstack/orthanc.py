@@ -59,6 +59,8 @@ class OrthancService(Service):
                  python_script: Path = FILTER_SCRIPT) -> None:
         self.name = name
         self.with_filter = with_filter
+        #: with the filter, the plugin trusts the stack's bridge (its JWKS, revocations, audit intake)
+        self.needs = ("bridge",) if with_filter else ()
         #: another Python script instead of the bridge plugin (the benchmark's allow-all floor)
         self.python_script = python_script
         self.aet = aet
@@ -74,10 +76,18 @@ class OrthancService(Service):
         return self.dir / "bridge-plugin.json"
 
     def _write_plugin_config(self, ctx: StackContext, settings: Any) -> None:
-        issuer = settings.tokens.issuer or settings.bridge.public_url
+        bridge = ctx.info.get("bridge", {})
+        issuer = bridge.get("url") or settings.tokens.issuer or settings.bridge.public_url
+        audit: dict[str, Any] = {}
+        if bridge.get("url") and bridge.get("audit_ingest_secret"):
+            token_file = self.dir / "audit-ingest.token"
+            token_file.write_text(ctx.secret(bridge["audit_ingest_secret"]))
+            token_file.chmod(0o600)
+            audit = {"audit_url": bridge["url"] + "/audit/events", "audit_token_file": token_file}
         data = plugin_settings(
             issuer=issuer, audience=settings.pacs.audience, ca_file=ctx.ca_file,
             spool_dir=self.dir / "audit-spool", orthanc_log_file=self.dir / "server.log", pacs_name=self.name,
+            **audit,
         )
         self.plugin_config_file.write_text(json.dumps(data, indent=2), encoding="utf-8")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,15 +25,18 @@ class StackContext:
     info: dict[str, dict[str, Any]] = field(default_factory=dict)
     _secrets: dict[str, str] = field(default_factory=dict)
 
-    def secret(self, name: str) -> str:
-        """A generated secret, stable for the life of the state directory (file 0600)."""
+    def secret(self, name: str, make: Callable[[], str] | None = None) -> str:
+        """A generated secret, stable for the life of the state directory (file 0600).
+
+        `make` generates it when a format is imposed (a base64 key); by default a password that
+        meets AD's complexity rules."""
         if not self._secrets:
             path = state_dir() / "secrets.json"
             if path.exists():
                 self._secrets.update(json.loads(path.read_text()))
         if name not in self._secrets:
             # letters, digits and punctuation AD accepts in a password (complexity rules)
-            self._secrets[name] = "Dv1!" + secrets.token_urlsafe(18)
+            self._secrets[name] = make() if make else "Dv1!" + secrets.token_urlsafe(18)
             path = state_dir() / "secrets.json"
             path.write_text(json.dumps(self._secrets, indent=2))
             path.chmod(0o600)
