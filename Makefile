@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/pacs-bridge devstack up --owner demo
 	$(BIN)/python -m bridge.devstack.demo_data --banner
+	$(BIN)/python -m bridge.devstack.walkthrough
 
 test: install
 	$(BIN)/ruff check bridge tests bench

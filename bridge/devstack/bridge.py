@@ -21,7 +21,7 @@ import yaml
 
 from bridge.devstack import process
 from bridge.devstack.service import Service, StackContext
-from bridge.devstack.state import free_port, project_root
+from bridge.devstack.state import free_port, port_open, project_root
 from bridge.devstack.tls import issue
 
 #: secrets (names in .devstack/secrets.json) written to files the config names
@@ -39,6 +39,28 @@ class BridgeService(Service):
     @property
     def config_file(self) -> Path:
         return self.dir / "bridge.yaml"
+
+    def port(self) -> int:
+        """The bridge's port, chosen once per `up`: Keycloak's realm import needs the bridge's URL
+        (callback, back-channel logout) before the bridge itself can start."""
+        path = self.dir / "port"
+        try:
+            port = int(path.read_text())
+            if self.running() or not port_open(port):
+                return port
+        except (OSError, ValueError):
+            pass
+        port = free_port()
+        path.write_text(str(port))
+        return port
+
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port()}"
+
+    def stop(self) -> bool:
+        stopped = super().stop()
+        (self.dir / "port").unlink(missing_ok=True)
+        return stopped
 
     def _secret_file(self, ctx: StackContext, name: str, make: Callable[[], str] | None = None) -> str:
         d = self.dir / "secrets"
@@ -108,8 +130,7 @@ class BridgeService(Service):
         from bridge.config import load_config
         from bridge.store.db import migrate
 
-        port = free_port()
-        data = self.settings_dict(ctx, port)
+        data = self.settings_dict(ctx, self.port())
         self.config_file.write_text(yaml.safe_dump(data, sort_keys=False))
         self.config_file.chmod(0o600)
         settings = load_config(self.config_file)  # a mistake here is ours: fail loudly now

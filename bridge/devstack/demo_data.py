@@ -186,9 +186,14 @@ def banner(stack: dict[str, Any]) -> str:
     if kc.get("url"):
         realm = kc.get("realm", "hospital")
         lines.append(f"  Keycloak account console  {kc['url'].rstrip('/')}/realms/{realm}/account/")
+    bridge = stack.get("bridge") or {}
+    if bridge.get("url"):
+        lines.append(f"  Bridge (PACS tokens)      {bridge['url']}/login  (metadata: "
+                     f"{bridge['url']}/.well-known/oauth-authorization-server)")
+        lines.append(f"  Bridge configuration      {bridge.get('config', '')}")
     orthanc = stack.get("orthanc") or {}
     if orthanc.get("url"):
-        lines.append(f"  Orthanc (PACS)            {orthanc['url']}")
+        lines.append(f"  Orthanc (PACS)            {orthanc['url']}  (every request needs a PACS token)")
     scim = stack.get("scim") or {}
     if scim.get("url"):
         lines.append(f"  SCIM                      {scim['url']}")

@@ -61,7 +61,6 @@ NO_OTP_USER = "ref.zoe"
 #: fixed facts of the Samba AD part (LDAPS port 636 is fixed by Samba itself)
 SAMBA_DEFAULTS = {"ldaps_url": "ldaps://127.0.0.1:636",
                   "bind_dn": "CN=svc-pacs-bridge,OU=Service Accounts,DC=hospital,DC=test"}
-BRIDGE_DEFAULT_URL = "https://127.0.0.1:9443"  # bridge.public_url's default
 SLAPD_DEFAULT_BIND_DN = "cn=svc-pacs-bridge,ou=Service Accounts,dc=hospital,dc=test"
 #: which stack service backs which realm
 REALM_DIRECTORY = {realm.AD_REALM: "samba", realm.LDAP_REALM: "slapd"}
@@ -141,6 +140,13 @@ def _make_home(dist: Path, home: Path, *, quarkus: Path) -> None:
         (home / part).symlink_to(dist / part)
 
 
+def _bridge_url() -> str:
+    """The stack's bridge URL (its port is chosen before Keycloak starts; see devstack/bridge.py)."""
+    from bridge.devstack.bridge import SERVICE as BRIDGE
+
+    return BRIDGE.url()
+
+
 class Keycloak(Service):
     name = "keycloak"
     apt_packages = ("openjdk-17-jre-headless", "maven")
@@ -196,7 +202,7 @@ class Keycloak(Service):
             "PACS_BRIDGE_CLIENT_SECRET": ctx.secret(CLIENT_SECRET),
             # the bridge's login callback and back-channel logout URL (tests running their own
             # bridge on another port re-point the client through the admin API)
-            "PACS_BRIDGE_URL": ctx.info.get("bridge", {}).get("url", BRIDGE_DEFAULT_URL),
+            "PACS_BRIDGE_URL": _bridge_url(),
         }
 
     def start(self, ctx: StackContext) -> None:
