@@ -43,14 +43,15 @@ def needs(stack: dict[str, Any], realm: str) -> None:
 
 
 @pytest.fixture
-def bridge_app(kc_info: dict[str, Any], stack: dict[str, Any], tmp_path: Path, request: Any) -> Iterator[Any]:
+def bridge_app(kc_info: dict[str, Any], stack: dict[str, Any], tmp_path: Path, request: Any,
+               directory_ids: dict[str, dict[str, str]]) -> Iterator[Any]:
     realm = request.param
     needs(stack, realm)
     url = f"sqlite:///{tmp_path}/bridge.db"
     migrate(url)
-    with session(engine(url)) as s:  # what the sync would have written
-        s.add(RoleAssignment(subject_id="unknown-here", username="rad.alice", role="radiologist",
-                             scopes={"departments": ["Radiology"]}))
+    with session(engine(url)) as s:  # what the sync would have written: keyed by the directory id
+        s.add(RoleAssignment(subject_id=directory_ids[realm]["rad.alice"], username="rad.alice",
+                             role="radiologist", scopes={"departments": ["Radiology"]}))
     settings = load_config(
         keycloak={"url": kc_info["url"], "realm": realm, "ca_file": stack["ca"]["file"]},
         store={"url": url},
@@ -58,7 +59,7 @@ def bridge_app(kc_info: dict[str, Any], stack: dict[str, Any], tmp_path: Path, r
                 "clients": [{"client_id": "pacs-viewer"}, {"client_id": "pacs-bridge"}]},
     )
     app = create_app(settings)
-    yield realm, app.test_client()
+    yield realm, app.test_client(), directory_ids
 
 
 def exchange(client: Any, subject_token: str, client_id: str) -> Any:
@@ -70,7 +71,7 @@ def exchange(client: Any, subject_token: str, client_id: str) -> Any:
 def test_mfa_login_exchanged_for_pacs_token(
     bridge_app: Any, kc_login: Callable[[str, str], BrowserlessLogin],
 ) -> None:
-    realm, client = bridge_app
+    realm, client = bridge_app[:2]
     login = kc_login(realm, "pacs-viewer").login("rad.alice", password("rad.alice"), otp=otp_for(realm, "rad.alice"))
     r = exchange(client, login.access_token, "pacs-viewer")
     assert r.status_code == 200, r.json
@@ -84,6 +85,7 @@ def test_mfa_login_exchanged_for_pacs_token(
     assert claims["roles"] == ["radiologist"] and "view" in claims["permissions"]
     assert claims["scopes"]["departments"] == ["Radiology"]
     assert claims["preferred_username"] == "rad.alice" and claims["client_id"] == "pacs-viewer"
+    assert claims["sub"] == bridge_app[2][realm]["rad.alice"]  # the directory id, as the sync keys it
     assert verifier.authorize("Bearer " + body["access_token"], "GET", "/studies").allow
 
 
@@ -91,7 +93,7 @@ def test_mfa_login_exchanged_for_pacs_token(
 def test_password_only_login_gets_step_up_challenge(
     bridge_app: Any, kc_login: Callable[[str, str], BrowserlessLogin],
 ) -> None:
-    realm, client = bridge_app
+    realm, client = bridge_app[:2]
     login = kc_login(realm, "pacs-bridge").login(kc.NO_OTP_USER, password(kc.NO_OTP_USER))
     r = exchange(client, login.access_token, "pacs-bridge")
     assert r.status_code == 401
@@ -103,7 +105,7 @@ def test_password_only_login_gets_step_up_challenge(
 
 @pytest.mark.parametrize("bridge_app", [AD_REALM], indirect=True)
 def test_id_token_is_not_exchangeable(bridge_app: Any, kc_login: Callable[[str, str], BrowserlessLogin]) -> None:
-    realm, client = bridge_app
+    realm, client = bridge_app[:2]
     login = kc_login(realm, "pacs-viewer").login("rad.alice", password("rad.alice"), otp=otp_for(realm, "rad.alice"))
     r = exchange(client, login.id_token, "pacs-viewer")
     assert r.status_code == 400 and r.json["error"] == "invalid_grant"

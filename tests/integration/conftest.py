@@ -1,0 +1,33 @@
+"""Narrow session fixtures shared by several integration areas (add, don't rewrite)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.config import DirectorySection
+from bridge.devstack import keycloak as kc
+from bridge.devstack.service import StackContext
+from bridge.directory.reader import reader_for
+
+
+@pytest.fixture(scope="session")
+def directory_ids(stack: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """``{realm: {username: stable directory id}}`` read from the directory itself, the way the
+    sync keys its assignments (objectGUID on Samba AD, entryUUID on OpenLDAP)."""
+    ctx = StackContext(ca_file=Path(stack["ca"]["file"]))
+    out: dict[str, dict[str, str]] = {}
+    for realm, name in kc.REALM_DIRECTORY.items():
+        if name not in stack:
+            continue
+        info = stack[name]
+        section = DirectorySection(
+            kind="ad" if name == "samba" else "openldap", url=info["ldaps_url"], bind_dn=info["bind_dn"],
+            bind_password=ctx.secret(info["bind_password_secret"]), base_dn=info["base_dn"],
+            users_dn=info["users_dn"], groups_dn=info["groups_dn"], ca_file=ctx.ca_file,
+        )
+        snap = reader_for(section).read()
+        out[realm] = {u.username: uid for uid, u in snap.users.items()}
+    return out

@@ -1,0 +1,197 @@
+"""Browser login through the bridge against the real Keycloak (requests as the browser):
+code + PKCE + state + nonce, MFA step-up, the PACS token in the viewer URI's fragment, replayed
+TOTP, RP-initiated and back-channel logout revoking the PACS tokens, key rotation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import jwt
+import pytest
+from oidc_helpers import LIFETIME, MAX_LIFETIME, BridgeServer, browse, db_engine, otp_for
+from sqlalchemy import select
+
+from bridge.devstack import demo_data
+from bridge.devstack import keycloak as kc
+from bridge.devstack.realm import AD_REALM, LDAP_REALM
+from bridge.pacs.verifier import VerificationError, Verifier, VerifierConfig
+from bridge.store.db import session
+from bridge.store.models import RoleAssignment
+
+pytestmark = pytest.mark.integration
+
+Servers = Callable[[str], BridgeServer]
+
+
+def password(username: str) -> str:
+    return str(demo_data.user(username)["password"])
+
+
+def verifier(server: BridgeServer, **kw: Any) -> Verifier:
+    """The PACS side: JWKS and revocation list pulled over HTTPS from the running bridge."""
+    return Verifier(VerifierConfig(issuer=server.url, audience="pacs", jwks_url=server.url + "/jwks.json",
+                                   revocation_url=server.url + "/revocations", revocation_refresh_seconds=0,
+                                   ca_file=server.ca_file, **kw))
+
+
+def seed(server: BridgeServer, directory_ids: dict[str, dict[str, str]], username: str, role: str,
+         departments: list[str]) -> str:
+    """What the sync writes: an assignment keyed by the stable directory id."""
+    sid = directory_ids[server.realm][username]
+    with session(db_engine(server)) as s:
+        if s.scalar(select(RoleAssignment).where(RoleAssignment.subject_id == sid,
+                                                 RoleAssignment.role == role)) is None:
+            s.add(RoleAssignment(subject_id=sid, username=username, role=role,
+                                 scopes={"departments": departments}))
+    return sid
+
+
+def login(server: BridgeServer, username: str, otp: Any = None, state: str = "viewer-state-1") -> Any:
+    http = server.http()
+    start = f"{server.url}/login?redirect_uri={server.viewer_uri}&state={state}"
+    return http, browse(http, start, server.viewer_uri, username, password(username), otp)
+
+
+def introspect(server: BridgeServer, token: str) -> dict[str, Any]:
+    r = server.http().post(server.url + "/introspect", data={"token": token}, auth=("pacs", "introspect-secret"))
+    assert r.status_code == 200
+    return dict(r.json())
+
+
+@pytest.mark.parametrize("realm", [AD_REALM, LDAP_REALM])
+def test_mfa_login_delivers_pacs_token_to_viewer(
+    realm: str, bridge_servers: Servers, directory_ids: dict[str, dict[str, str]],
+) -> None:
+    server = bridge_servers(realm)
+    sub = seed(server, directory_ids, "rad.alice", "radiologist", ["Radiology"])
+    http, res = login(server, "rad.alice", otp_for(realm, "rad.alice"))
+    assert res.final.startswith(server.viewer_uri + "#"), (res.status, res.body[:200], res.forms)
+    assert "?" not in res.final.split("#")[0]  # the token is never in a query string
+    assert "kc-otp-login-form" in res.forms
+    # the request to Keycloak: code flow with PKCE S256, state and nonce (Authlib)
+    auth = parse_qs(urlsplit(next(h for h in res.hops if "/protocol/openid-connect/auth" in h)).query)
+    assert auth["response_type"] == ["code"] and auth["code_challenge_method"] == ["S256"]
+    assert auth["state"][0] and auth["nonce"][0] and auth["code_challenge"][0]
+    frag = res.fragment
+    assert frag["token_type"] == "Bearer" and frag["state"] == "viewer-state-1"
+    claims = verifier(server).verify(frag["access_token"]).claims
+    assert claims["sub"] == sub  # the directory id (realm mapper LDAP_ID -> directory_id)
+    assert claims["acr"] == "mfa" and "otp" in claims["amr"]
+    assert claims["roles"] == ["radiologist"] and claims["scopes"]["departments"] == ["Radiology"]
+    assert jwt.get_unverified_header(frag["access_token"])["typ"] == "at+jwt"
+    # the session cookie's flags
+    cookie = next(c for c in http.cookies if c.name == "pacs_bridge_session")
+    assert cookie.secure and cookie.has_nonstandard_attr("HttpOnly")
+    assert str(cookie.get_nonstandard_attr("SameSite")).lower() == "lax"
+    # a second /login with the live MFA session delivers at once, without Keycloak
+    r = http.get(f"{server.url}/login?redirect_uri={server.viewer_uri}", allow_redirects=False)
+    assert r.status_code == 303 and r.headers["Location"].startswith(server.viewer_uri + "#access_token=")
+
+
+def test_unregistered_redirect_uri_refused(bridge_servers: Servers) -> None:
+    server = bridge_servers(AD_REALM)
+    for bad in (server.viewer_uri + "x", server.viewer_uri + "/../evil", "https://evil.test/viewer/callback"):
+        r = server.http().get(f"{server.url}/login", params={"redirect_uri": bad}, allow_redirects=False)
+        assert r.status_code == 400 and "Location" not in r.headers
+
+
+def test_password_only_login_gets_no_token_and_is_sent_to_step_up(bridge_servers: Servers) -> None:
+    server = bridge_servers(AD_REALM)
+    _http, res = login(server, kc.NO_OTP_USER)
+    assert not res.final.startswith(server.viewer_uri)
+    assert "access_token" not in res.final and all("access_token" not in h for h in res.hops)
+    step_up = [h for h in res.hops if "/protocol/openid-connect/auth" in h and "acr_values=mfa" in h]
+    assert step_up, res.hops  # the bridge sent the browser back to Keycloak asking for mfa
+
+
+def test_replayed_totp_is_refused(bridge_servers: Servers, directory_ids: dict[str, dict[str, str]]) -> None:
+    server = bridge_servers(AD_REALM)
+    seed(server, directory_ids, "tech.tom", "technologist", ["CT"])
+    code = otp_for(AD_REALM, "tech.tom")()
+    _h, first = login(server, "tech.tom", lambda: code)
+    assert first.final.startswith(server.viewer_uri + "#")
+    _h, again = login(server, "tech.tom", lambda: code)  # a fresh browser, the same code
+    assert not again.final.startswith(server.viewer_uri)
+    assert again.forms[-2:] == ["kc-otp-login-form", "kc-otp-login-form"], again.forms
+
+
+def test_backchannel_logout_revokes_pacs_tokens(
+    bridge_servers: Servers, directory_ids: dict[str, dict[str, str]], kc_admin: kc.AdminClient,
+) -> None:
+    server = bridge_servers(AD_REALM)
+    sub = seed(server, directory_ids, "rad.alice", "radiologist", ["Radiology"])
+    http, res = login(server, "rad.alice", otp_for(AD_REALM, "rad.alice"))
+    token = res.fragment["access_token"]
+    v = verifier(server)
+    v.verify(token)
+    assert introspect(server, token)["active"] is True
+    user = kc_admin.call("GET", f"{AD_REALM}/users?username=rad.alice&exact=true", what="find rad.alice")[0]
+    kc_admin.call("POST", f"{AD_REALM}/users/{user['id']}/logout", what="log rad.alice out")
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        listed = server.http().get(server.url + "/revocations").json()
+        if sub in {e["sub"] for e in listed.get("subjects", [])}:
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail("Keycloak's back-channel logout did not reach the bridge")
+    assert introspect(server, token) == {"active": False}
+    with pytest.raises(VerificationError, match="revoked"):
+        v.verify(token)
+    # the bridge session is over too: /login goes to Keycloak again instead of delivering
+    r = http.get(f"{server.url}/login?redirect_uri={server.viewer_uri}", allow_redirects=False)
+    assert r.status_code in (302, 303) and "/protocol/openid-connect/auth" in r.headers["Location"]
+
+
+def test_backchannel_logout_rejects_forged_tokens(bridge_servers: Servers) -> None:
+    server = bridge_servers(AD_REALM)
+    forged = jwt.encode({"iss": "x", "aud": "pacs-bridge", "iat": int(time.time()), "jti": "j",
+                         "events": {"http://schemas.openid.net/event/backchannel-logout": {}}, "sub": "s"},
+                        "k" * 32, algorithm="HS256", headers={"kid": "nope"})
+    for data in ({}, {"logout_token": forged}, {"logout_token": "not.a.jwt"}):
+        r = server.http().post(server.url + "/backchannel-logout", data=data)
+        assert r.status_code == 400 and r.json()["error"] == "invalid_request"
+
+
+def test_rp_initiated_logout(bridge_servers: Servers, directory_ids: dict[str, dict[str, str]]) -> None:
+    server = bridge_servers(AD_REALM)
+    sub = seed(server, directory_ids, "rad.alice", "radiologist", ["Radiology"])
+    http, res = login(server, "rad.alice", otp_for(AD_REALM, "rad.alice"))
+    token = res.fragment["access_token"]
+    r = http.get(server.url + "/logout", allow_redirects=False)
+    assert r.status_code == 303
+    loc = urlsplit(r.headers["Location"])
+    assert loc.path.endswith("/protocol/openid-connect/logout") and parse_qs(loc.query)["id_token_hint"]
+    assert sub in {e["sub"] for e in server.http().get(server.url + "/revocations").json()["subjects"]}
+    assert introspect(server, token) == {"active": False}
+    r2 = http.get(r.headers["Location"], allow_redirects=False)  # Keycloak ends its session
+    assert r2.status_code in (200, 302, 303)
+
+
+def test_rotation_keeps_old_tokens_until_expiry_and_no_longer(
+    bridge_servers: Servers, directory_ids: dict[str, dict[str, str]],
+) -> None:
+    server = bridge_servers(AD_REALM)
+    seed(server, directory_ids, "rad.alice", "radiologist", ["Radiology"])
+    _h, res = login(server, "rad.alice", otp_for(server.realm, "rad.alice"))
+    old_token = res.fragment["access_token"]
+    old_kid = jwt.get_unverified_header(old_token)["kid"]
+    ring = server.app.extensions["pacs_bridge_tokens"]["service"].ring
+    rotated_at = time.time()
+    new_kid = ring.rotate().kid
+    kids = {k["kid"] for k in server.http().get(server.url + "/jwks.json").json()["keys"]}
+    assert {old_kid, new_kid} <= kids
+    verifier(server).verify(old_token)  # a PACS that never saw the old key still accepts it
+    _http, res2 = login(server, "rad.alice", otp_for(server.realm, "rad.alice"))
+    assert jwt.get_unverified_header(res2.fragment["access_token"])["kid"] == new_kid
+    exp = jwt.decode(old_token, options={"verify_signature": False})["exp"]
+    time.sleep(max(0.0, exp + 1 - time.time()))
+    with pytest.raises(VerificationError, match="xpired"):
+        verifier(server, leeway_seconds=0).verify(old_token)
+    time.sleep(max(0.0, rotated_at + MAX_LIFETIME + 1 - time.time()))
+    kids = {k["kid"] for k in server.http().get(server.url + "/jwks.json").json()["keys"]}
+    assert old_kid not in kids and new_kid in kids
+    assert LIFETIME < MAX_LIFETIME
