@@ -21,17 +21,22 @@ from bridge.tokens.keys import KeyEncryptor
 from bridge.web.app import create_app
 
 
-@pytest.fixture(scope="session")
-def kc_admin(stack: dict[str, Any]) -> kc.AdminClient:
+def _admin(stack: dict[str, Any]) -> kc.AdminClient:
+    """A freshly logged-in admin client (master admin tokens live 60 s: never keep one for long)."""
     if "keycloak" not in stack:
         pytest.skip("keycloak is not part of this dev stack run")
     ctx = StackContext(ca_file=Path(stack["ca"]["file"]))
     return kc.AdminClient(stack["keycloak"]["url"], ctx.secret(kc.ADMIN_SECRET), ca_file=str(ctx.ca_file))
 
 
+@pytest.fixture
+def kc_admin(stack: dict[str, Any]) -> kc.AdminClient:
+    return _admin(stack)
+
+
 @pytest.fixture(scope="session")
 def bridge_servers(
-    stack: dict[str, Any], kc_admin: kc.AdminClient, tmp_path_factory: pytest.TempPathFactory,
+    stack: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[[str], BridgeServer]]:
     """``get(realm)``: the bridge server for that realm (started on first use)."""
     ctx = StackContext(ca_file=Path(stack["ca"]["file"]))
@@ -64,13 +69,13 @@ def bridge_servers(
         pair = tls.issue("bridge-oidc-test")
         server = make_server("127.0.0.1", port, app, threaded=True, ssl_context=(str(pair.cert), str(pair.key)))
         threading.Thread(target=server.serve_forever, name=f"bridge-{realm}", daemon=True).start()
-        old = _repoint_client(kc_admin, realm, url)
+        old = _repoint_client(_admin(stack), realm, url)
         running[realm] = (BridgeServer(realm, url, app, str(pair.ca), db_url), server, old)
         return running[realm][0]
 
     yield get
     for realm, (_b, server, old) in running.items():
         server.shutdown()
-        _repoint_client(kc_admin, realm, old)
+        _repoint_client(_admin(stack), realm, old)
 
 
