@@ -19,6 +19,8 @@ import http.client
 import json
 import multiprocessing as mp
 import os
+import re
+import shutil
 import ssl
 import subprocess
 import sys
@@ -158,7 +160,55 @@ def load(url: str, form: dict[str, str], seconds: float, concurrency: int, ca: s
             "p99_ms": pick(0.99), "concurrency": concurrency, "seconds": seconds}
 
 
-def http_part(seconds: float, concurrency: int) -> dict[str, Any]:
+# --------------------------------------------------------------------------- wrk (C load generator)
+
+
+def _wrk_script(form: dict[str, str], directory: Path) -> Path:
+    """A wrk Lua script POSTing the form (and HTTP Basic when the form holds ``_basic``)."""
+    form = dict(form)
+    basic = form.pop("_basic", None)
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(urllib.parse.urlencode(form))}",
+             'wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"']
+    if basic:
+        lines.append(f'wrk.headers["Authorization"] = "Basic {base64.b64encode(basic.encode()).decode()}"')
+    path = directory / f"post-{abs(hash(tuple(form))) % 10**8}.lua"
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)  # holds a bearer-equivalent subject token / client secret
+    return path
+
+
+def _ms(value: str) -> float:
+    num = float(re.sub(r"[a-z]+$", "", value))
+    unit = re.search(r"[a-z]+$", value)
+    return num * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit.group(0) if unit else "s"]
+
+
+def wrk_load(url: str, form: dict[str, str], seconds: float, connections: int, threads: int = 1) -> dict[str, Any]:
+    """Load with Debian's ``wrk`` (one C thread: it leaves the second core to the server)."""
+    with tempfile.TemporaryDirectory(prefix="bench-wrk-") as d:
+        script = _wrk_script(form, Path(d))
+        out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, int(seconds))}s",
+                              "--latency", "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lat = dict(re.findall(r"^\s+(50|99)(?:\.000)?%\s+(\S+)", out, re.M))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    return {"requests_per_s": round(rps, 1), "p50_ms": round(_ms(lat["50"]), 2), "p99_ms": round(_ms(lat["99"]), 2),
+            "errors": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else None,
+            "connections": connections, "seconds": seconds, "generator": f"wrk -t{threads}"}
+
+
+def _loader(use_wrk: bool) -> Any:
+    if not use_wrk:
+        return lambda url, form, seconds, concurrency, ca=None: load(url, form, seconds, concurrency, ca)
+    from bridge.devstack import install
+
+    if shutil.which("wrk") is None:
+        install.apt_install(["wrk"])
+    return lambda url, form, seconds, concurrency, ca=None: wrk_load(url, form, seconds, concurrency)
+
+
+def http_part(seconds: float, concurrency: int, use_wrk: bool = True) -> dict[str, Any]:
     from bridge.devstack import demo_data
     from bridge.devstack import keycloak as kc
     from bridge.devstack.kc_login import BrowserlessLogin, fresh_totp
@@ -212,16 +262,17 @@ def http_part(seconds: float, concurrency: int) -> dict[str, Any]:
         answer = probe.getresponse()
         if answer.status != 200:
             return {"error": f"exchange probe: HTTP {answer.status} {answer.read()[:200]!r}"}
-        load(f"http://127.0.0.1:{port}/token", form, 1.0, 2)  # warm-up
-        exchange = load(f"http://127.0.0.1:{port}/token", form, seconds, concurrency)
+        run_load = _loader(use_wrk)
+        run_load(f"http://127.0.0.1:{port}/token", form, 1.0, 2)  # warm-up
+        exchange = run_load(f"http://127.0.0.1:{port}/token", form, seconds, concurrency)
     finally:
         proc.terminate()
         proc.wait(10)
     secret = StackContext(ca_file=Path(ca)).secret(kc.CLIENT_SECRET)
     kc_form = {"grant_type": "client_credentials", "_basic": f"pacs-bridge:{secret}"}
     kc_token_url = f"{kc_url}/realms/{realm}/protocol/openid-connect/token"
-    load(kc_token_url, dict(kc_form), 1.0, 2, ca)  # warm-up
-    reference = load(kc_token_url, kc_form, seconds, concurrency, ca)
+    run_load(kc_token_url, dict(kc_form), 1.0, 2, ca)  # warm-up
+    reference = run_load(kc_token_url, kc_form, seconds, concurrency, ca)
     return {
         "exchange": {**exchange, "server": "gunicorn 2 workers (gthread x4), plain HTTP on 127.0.0.1"},
         "keycloak_client_credentials": {**reference, "server": "Keycloak 26.5 start-dev, HTTPS keep-alive"},
@@ -234,10 +285,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--no-http", action="store_true")
+    ap.add_argument("--python-load", action="store_true", help="the Python load generator instead of wrk")
     args = ap.parse_args()
     result: dict[str, Any] = {"in_process": in_process(args.seconds / 2), "cpus": os.cpu_count()}
     if not args.no_http:
-        result["http"] = http_part(args.seconds, args.concurrency)
+        result["http"] = http_part(args.seconds, args.concurrency, use_wrk=not args.python_load)
     print(json.dumps(result, indent=2))
 
 
