@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import socket
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
@@ -23,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from bridge.devstack import install
+from bridge.devstack.state import free_port
 
 #: what a machine needs for the browser tests (installed by `ensure_installed`, as CI does)
 APT_PACKAGES = ("chromium", "chromium-driver")
@@ -42,12 +42,6 @@ def spki_hash(cert_file: str | Path) -> str:
     spki = cert.public_key().public_bytes(serialization.Encoding.DER,
                                           serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.b64encode(hashlib.sha256(spki).digest()).decode()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Browser:
@@ -105,7 +99,7 @@ class Browser:
 @contextmanager
 def chromium(trusted_certs: Iterable[str | Path], profile_dir: Path) -> Iterator[Browser]:
     """A headless Chromium trusting exactly the given server certificates; closed afterwards."""
-    port = _free_port()
+    port = free_port()
     driver = subprocess.Popen([CHROMEDRIVER, f"--port={port}", "--allowed-ips=127.0.0.1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"

@@ -103,7 +103,7 @@ def _auditor() -> dict[str, Any]:
     except VerificationError as exc:
         status = 400 if exc.error == "invalid_request" else 401
         raise ApiError(status, exc.error, exc.reason) from None
-    if service.revocations.is_revoked(str(claims["jti"])):
+    if service.is_revoked(claims):  # by jti or by the subject's logout watermark
         raise ApiError(401, "invalid_token", "token revoked")
     try:
         held = expand([p for p in claims.get("permissions") or [] if isinstance(p, str)])

@@ -3,7 +3,6 @@ Keycloak) and the PACS token arrives in the viewer redirect URI's fragment."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,8 +22,7 @@ pytestmark = pytest.mark.integration
 def test_chromium_login_receives_pacs_token(
     bridge_servers: object, directory_ids: dict[str, dict[str, str]], tmp_path: Path,
 ) -> None:
-    if not shutil.which("chromium") or not shutil.which("chromedriver"):
-        pytest.skip("chromium / chromium-driver not installed (bridge.devstack.browser.ensure_installed)")
+    browser.ensure_installed()  # Debian's chromium + chromium-driver, installed like every stack part
     server: BridgeServer = bridge_servers(AD_REALM)  # type: ignore[operator]
     sub = directory_ids[AD_REALM]["rad.alice"]
     with session(engine(server.db_url)) as s:
