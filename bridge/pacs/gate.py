@@ -109,11 +109,13 @@ class Gate:
         self.audit.stop()
 
     def _refresh_loop(self) -> None:
+        # wake at half the refresh period and renew once the list is that old: the request path's
+        # own "due after revocation_refresh_seconds" check then never fires while this thread runs
         period = max(0.2, self.config.revocation_refresh_seconds / 2)
         while True:
             # failures are fine here: staleness is enforced on the request path
             with contextlib.suppress(Exception):
-                self.verifier.refresh_revocations(time.time())
+                self.verifier.refresh_revocations(time.time(), max_age=period)
             if self._stop.wait(period):
                 return
 

@@ -18,6 +18,7 @@ import this module (it then denies everything).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -50,10 +51,16 @@ def _log(message: str) -> None:
 
 
 class _Holder:
-    """The current :class:`Gate`, rebuilt when the config file changes (checked every few seconds)."""
+    """The current :class:`Gate`, rebuilt when the config file changes (checked every few seconds).
+
+    The check runs on a request (no thread of its own to wake up), so it is kept to one
+    ``os.stat``: Orthanc's own configuration cannot change while Orthanc runs, so its plugin
+    section is read once (``orthanc.GetConfiguration`` serialises the whole configuration).
+    """
 
     def __init__(self) -> None:
         self.gate: Gate | None = None
+        self.section: dict[str, Any] | None = None
         self.path: str | None = None
         self.stamp: tuple[float, int] | None = None
         self.next_check = 0.0
@@ -71,7 +78,9 @@ class _Holder:
         self.next_check = time.monotonic() + period
         if orthanc is None:
             return
-        section = json.loads(orthanc.GetConfiguration()).get(plugin_config.ORTHANC_SECTION) or {}
+        if self.section is None:
+            self.section = json.loads(orthanc.GetConfiguration()).get(plugin_config.ORTHANC_SECTION) or {}
+        section = self.section
         path = plugin_config.locate(section)
         try:
             stamp = None
@@ -102,6 +111,78 @@ class _Holder:
 HOLDER = _Holder()
 
 
+class _Profile:
+    """Debug only (``PACS_BRIDGE_PLUGIN_PROFILE=<file>`` in Orthanc's environment): times every filter
+    call and rewrites ``<file>`` as JSON every ``every`` calls.
+
+    Why timestamps and not just durations: ``time.perf_counter_ns`` is CLOCK_MONOTONIC, the same
+    clock in every process, so a client that records its own send/receive times can split a
+    request's latency into "before the filter" (Orthanc + taking the GIL), "in the filter" and
+    "after" (Orthanc serving it).  Off by default: the hot path then pays one ``is None`` test.
+    """
+
+    def __init__(self, path: str, every: int = 500, keep: int = 10_000) -> None:
+        self.path, self.every, self.keep = path, every, keep
+        self.calls: list[tuple[int, int]] = []
+        self.count = 0
+        self.total_ns = 0
+
+    def add(self, enter: int, leave: int) -> None:
+        self.count += 1
+        self.total_ns += leave - enter
+        if len(self.calls) < self.keep:
+            self.calls.append((enter, leave))
+        if self.count % self.every == 0:
+            self.dump()
+
+    def dump(self) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"count": self.count, "total_ns": self.total_ns, "calls": self.calls,
+                       "threads": [t.name for t in threading.enumerate()]}, fh)
+        os.replace(tmp, self.path)
+
+
+PROFILE = _Profile(os.environ["PACS_BRIDGE_PLUGIN_PROFILE"]) if os.environ.get("PACS_BRIDGE_PLUGIN_PROFILE") else None
+
+
+def _gilstate_ensure() -> Any:
+    """``PyGILState_Ensure`` of the interpreter we run in (None when ctypes cannot reach it)."""
+    try:
+        import ctypes
+
+        fn = ctypes.pythonapi.PyGILState_Ensure
+    except (ImportError, AttributeError, OSError):
+        return None
+    fn.restype = ctypes.c_int
+    fn.argtypes = []
+    return fn
+
+
+_GILSTATE_ENSURE = _gilstate_ensure() if orthanc is not None else None
+_PINNED = threading.local()
+
+
+def _pin_thread_state() -> None:
+    """Keep this Orthanc HTTP thread's Python thread state alive between requests.
+
+    Why: orthanc-python 4.0 wraps every callback in ``PyGILState_Ensure``/``PyGILState_Release``.
+    On one of Orthanc's HTTP threads no thread state exists between callbacks, so each request
+    creates a fresh one and destroys it afterwards: allocate and link the state, ``mmap`` a new
+    frame stack (and fault its pages in), then ``munmap`` it, which makes the kernel flush the
+    TLBs of the CPUs running Orthanc's other ~70 threads.  ``strace`` of Orthanc showed one
+    ``mmap``/``munmap`` pair and a ``gettid`` per request; pinned, they are gone.  One extra
+    ``PyGILState_Ensure`` per thread, never released, raises the state's use count so the
+    callback's ``Release`` keeps it (and still releases the GIL).  A ``threading.local`` lives in
+    the thread state, so "not pinned yet" is exactly "fresh state": a reused thread id cannot fool it.
+    Cost: one thread state per HTTP worker thread (``HttpThreadsCount``, 50 by default).
+    """
+    if _GILSTATE_ENSURE is None or getattr(_PINNED, "done", False):
+        return
+    _PINNED.done = True
+    _GILSTATE_ENSURE()
+
+
 def decide(uri: str, method: int, headers: dict[str, str], get: dict[str, str] | None, ip: str = "") -> bool:
     """Whether to let the request through (False whenever the plugin is not configured)."""
     gate = HOLDER.current()
@@ -112,12 +193,18 @@ def decide(uri: str, method: int, headers: dict[str, str], get: dict[str, str] |
 
 def incoming_http_request_filter(uri: str, **kwargs: Any) -> bool:
     """Orthanc's callback: ``(uri, method=int, ip=str, headers=dict[, get=dict])``; never raises."""
+    enter = time.perf_counter_ns() if PROFILE is not None else 0
     try:
+        _pin_thread_state()
         verdict = decide(uri, int(kwargs.get("method", 0)), kwargs.get("headers") or {}, kwargs.get("get"),
                          str(kwargs.get("ip") or ""))
-        return verdict is True
+        allowed = verdict is True
     except Exception:  # fail closed: any error is a denial, never a 500
-        return False
+        allowed = False
+    if PROFILE is not None:
+        with contextlib.suppress(Exception):  # a debug aid must never change a decision
+            PROFILE.add(enter, time.perf_counter_ns())
+    return allowed
 
 
 if orthanc is not None:

@@ -165,9 +165,29 @@ def _normalized(path: str) -> bool:
     return not any(seg in (".", "..") for seg in path.split("/"))
 
 
+#: (method, path) -> rule: the request filter asks about the same URIs again and again (a viewer's
+#: frames, one study's metadata), and a dictionary hit is several times cheaper than the
+#: normalisation checks and regular expressions.  Bounded (cleared when full) so that a client
+#: sending endless distinct paths costs memory only up to the bound.
+_MEMO: dict[tuple[str, str], Route | None] = {}
+MEMO_SIZE = 4096
+
+
 def route_for(method: str, path: str) -> Route | None:
     """The rule that covers ``method path`` (query string ignored), or None: deny."""
-    path = path.split("?", 1)[0]
+    key = (method, path.split("?", 1)[0])
+    try:
+        return _MEMO[key]
+    except KeyError:
+        pass
+    route = _match(*key)
+    if len(_MEMO) >= MEMO_SIZE:
+        _MEMO.clear()
+    _MEMO[key] = route
+    return route
+
+
+def _match(method: str, path: str) -> Route | None:
     if not _normalized(path):
         return None
     method = method.upper()

@@ -309,13 +309,15 @@ class Verifier:
 
     # ------------------------------------------------------------------ revocation
 
-    def refresh_revocations(self, now: float | None = None) -> None:
-        """Pull the revocation list if the last pull is older than ``revocation_refresh_seconds``
-        (the Orthanc plugin calls this from a background thread, off the request path)."""
-        self._refresh_revocations(self.clock() if now is None else now)
+    def refresh_revocations(self, now: float | None = None, max_age: float | None = None) -> None:
+        """Pull the revocation list if the last pull is older than ``max_age`` (default
+        ``revocation_refresh_seconds``).  The Orthanc plugin calls this from a background thread
+        with a shorter ``max_age``, so the list is renewed before a request would find it due
+        and no request waits for the fetch while that thread lives."""
+        self._refresh_revocations(self.clock() if now is None else now, max_age)
 
-    def _refresh_revocations(self, now: float) -> None:
-        if now - self._revoked_loaded_at < self.config.revocation_refresh_seconds:
+    def _refresh_revocations(self, now: float, max_age: float | None = None) -> None:
+        if now - self._revoked_loaded_at < (self.config.revocation_refresh_seconds if max_age is None else max_age):
             return
         if not self._revocation_lock.acquire(blocking=False):
             return  # someone else is refreshing; use the current list meanwhile

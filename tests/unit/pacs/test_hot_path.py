@@ -1,0 +1,44 @@
+"""The request filter's hot-path shortcuts give the same answers as the long way round."""
+
+from __future__ import annotations
+
+import itertools
+
+from pacs_bridge_double import ISSUER, JWKS_URL, REVOKED_URL, FakeBridge
+
+from bridge.pacs import routes, scopes
+from bridge.pacs.verifier import Verifier, VerifierConfig
+
+
+def test_is_scoped_agrees_with_token_scopes() -> None:
+    values = [None, [], "", 0, ["Radiology"], [""], "Radiology", [1], {"x": 1}, True]
+    shapes: list[object] = [None, "everything", [], {}]
+    shapes += [{"departments": d, "institutions": i} for d, i in itertools.product(values, values)]
+    shapes += [{"departments": d} for d in values]
+    for shape in shapes:
+        claims = {} if shape is None else {"scopes": shape}
+        assert scopes.is_scoped(claims) == any(scopes.token_scopes(claims)), shape
+
+
+def test_route_memo_same_answers_and_bounded() -> None:
+    cases = [("GET", "/studies/abc"), ("GET", "/studies/abc?expand"), ("DELETE", "/studies/abc"),
+             ("GET", "/studies/../tools/reset"), ("POST", "/tools/reset"), ("GET", "/nope"),
+             ("get", "/studies/abc/archive")]
+    for method, path in cases:
+        expected = routes._match(method, path.split("?", 1)[0])
+        assert routes.route_for(method, path) == expected
+        assert routes.route_for(method, path) == expected  # from the memo
+    for i in range(routes.MEMO_SIZE + 10):
+        routes.route_for("GET", f"/instances/{i}/frames/1")
+    assert len(routes._MEMO) <= routes.MEMO_SIZE
+
+
+def test_background_refresh_renews_before_the_request_path_would(bridge: FakeBridge) -> None:
+    cfg = VerifierConfig(issuer=ISSUER, audience="pacs", jwks_url=JWKS_URL, revocation_url=REVOKED_URL,
+                         revocation_refresh_seconds=10)
+    v = Verifier(cfg, fetch=bridge.fetch)
+    v.refresh_revocations(1000.0)
+    v.refresh_revocations(1004.0, max_age=5)  # not yet 5 s old: nothing fetched
+    assert bridge.calls.count(REVOKED_URL) == 1
+    v.refresh_revocations(1005.0, max_age=5)  # half the period: renewed, though not due for requests
+    assert bridge.calls.count(REVOKED_URL) == 2
