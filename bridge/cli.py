@@ -276,6 +276,31 @@ def audit_query(config_path: str | None, user, patient, study, types, since, unt
     _record_audit_use(store, "query", user=user, patient=patient, study=study, types=list(types), format=fmt)
 
 
+@audit.command("pull-keycloak-events")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def audit_pull_keycloak_events(config_path: str | None, as_json: bool) -> None:
+    """Record the logins that happened inside Keycloak since the last pull (what `serve` does
+    every audit.keycloak_events_interval_seconds)."""
+    from bridge.audit.keycloak_events import KeycloakEventsError, pull_from_settings
+
+    settings, store = _audit_store(config_path, signing=True)
+    try:
+        report = pull_from_settings(settings, store)
+    except KeycloakEventsError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    if report is None:
+        click.echo("another process is pulling Keycloak events right now; nothing done", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.by_type.items())) or "nothing new"
+        click.echo(f"keycloak realm {settings.keycloak.realm}: {report.fetched} event(s) read, "
+                   f"{report.recorded} recorded ({kinds}), {report.duplicates} already in the trail")
+
+
 @audit.command("export-fhir")
 @config_option
 @audit_filters

@@ -336,6 +336,11 @@ class AuditSection(_Section):
     archive_dir: Path = Path("var/audit-archive")
     #: bearer secret of the Orthanc plugin's ``POST /audit/events`` (None: ingest disabled)
     ingest_token: SecretStr | None = None
+    #: pull Keycloak's login events (success, wrong password, wrong OTP, logout) into the trail;
+    #: needs ``keycloak.admin_password`` (bridge/audit/keycloak_events.py)
+    keycloak_events: bool = True
+    #: how often ``serve`` pulls them (Keycloak keeps them for the realm's eventsExpiration)
+    keycloak_events_interval_seconds: float = Field(30.0, gt=0)
 
 
 class Settings(BaseSettings):

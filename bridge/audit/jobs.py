@@ -1,6 +1,6 @@
 """The audit trail's background work, run by ``pacs-bridge serve`` (bridge/sync/schedule.py).
 
-Three jobs, each a plain function so tests call them directly:
+Four jobs, each a plain function so tests call them directly:
 
 * :func:`ship` moves the records committed since the last run from the database into the syslog
   spool (one file, one fsync per run; the position is kept in ``<spool>/.shipped_seq``) and
@@ -9,6 +9,9 @@ Three jobs, each a plain function so tests call them directly:
   chain's order, and a record is spooled once.  Only ``serve`` ships.
 * :func:`checkpoint` signs the chain head when records were added since the last checkpoint, so
   a quiet hour is covered too (``audit.checkpoint_every`` only fires on busy chains).
+* :func:`keycloak_events` pulls the logins that happened inside Keycloak (success, wrong
+  password, wrong OTP, logout) through its admin API (bridge/audit/keycloak_events.py), when
+  ``audit.keycloak_events`` is on and ``keycloak.admin_password`` is set.
 * :func:`retention` archives records older than ``audit.retention_days`` to
   ``audit.archive_dir`` (verified first, signed archive checkpoint, then deleted; see
   :meth:`bridge.audit.store.AuditStore.archive`) and records that it did.
@@ -117,6 +120,17 @@ def _retention_with_lease(store: AuditStore, settings: Any) -> None:
         lease.release(store.engine, RETENTION_LEASE, owner)
 
 
+def keycloak_events_enabled(settings: Any) -> bool:
+    return bool(settings.audit.keycloak_events and settings.keycloak.admin_password is not None)
+
+
+def keycloak_events(settings: Any, store: AuditStore) -> Any:
+    """One pull of Keycloak's user events (under a database lease); its report or None."""
+    from bridge.audit.keycloak_events import pull_from_settings
+
+    return pull_from_settings(settings, store)
+
+
 def _safe(name: str, fn: Any, *args: Any) -> Any:
     """Run a job; a failure is logged and retried at the next interval, never kills the scheduler."""
     def run() -> None:
@@ -136,6 +150,12 @@ def schedule(scheduler: Any, settings: Any, store: AuditStore, sender: SyslogSen
             ("audit-retention", _safe("retention", _retention_with_lease, store, settings), a.retention_check_seconds)]
     if sender is not None:
         jobs.insert(0, ("audit-ship", _safe("ship", ship, store, sender), a.ship_interval_seconds))
+    if keycloak_events_enabled(settings):
+        jobs.append(("audit-keycloak-events", _safe("keycloak_events", keycloak_events, settings, store),
+                     a.keycloak_events_interval_seconds))
+    else:
+        log.info("audit: Keycloak login events are not pulled (audit.keycloak_events off or no "
+                 "keycloak.admin_password)")
     for job_id, fn, seconds in jobs:
         scheduler.add_job(fn, "interval", seconds=seconds, id=job_id, max_instances=1, coalesce=True,
                           next_run_time=now)
@@ -144,6 +164,8 @@ def schedule(scheduler: Any, settings: Any, store: AuditStore, sender: SyslogSen
 
 def run_once(settings: Any, store: AuditStore, sender: SyslogSender | None) -> None:
     """One round of every job (``serve --once`` and tests)."""
+    if keycloak_events_enabled(settings):
+        _safe("keycloak_events", keycloak_events, settings, store)()
     checkpoint(store)
     _retention_with_lease(store, settings)
     ship(store, sender)

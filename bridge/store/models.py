@@ -211,6 +211,21 @@ class SubjectRevocation(Base):
     exp: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
 
 
+class PullCursor(Base):
+    """Where a job that pulls events from another system stopped (e.g. ``keycloak-events:hospital``).
+
+    ``time_ms`` is the source's time of the newest event taken; ``ids`` the ids of the events
+    taken *at* that time, because sources filter by time inclusively and several events can
+    share a millisecond: the next pull starts at ``time_ms`` and skips those ids."""
+
+    __tablename__ = "pull_cursors"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    time_ms: Mapped[int] = mapped_column(BigInteger)
+    ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
 class Share(Base):
     """An external share of a study (de-identified link for a recipient)."""
 

@@ -1,0 +1,345 @@
+"""Logins that happen inside Keycloak, pulled into the audit trail.
+
+Why pull: the password and OTP forms are Keycloak's, so a wrong password or a wrong OTP code
+never reaches the bridge; only Keycloak knows.  Keycloak keeps its *user events* in its own
+database for ``eventsExpiration`` (the realm keeps 7 days, keycloak-realm/hospital-realm.json)
+and has no syslog/ATNA output (KEYCLOAK-2370), so this job reads them through the admin API
+(``GET /admin/realms/{realm}/events``, oldest first, ``dateFrom`` in epoch milliseconds) and
+records each as a bridge audit event with the usual DICOM codes:
+
+========================================  =====================================================
+Keycloak event                            audit event
+========================================  =====================================================
+LOGIN                                     login.success
+LOGIN_ERROR, password / unknown user      login.failure (outcome 4)
+LOGIN_ERROR, second factor (OTP) wrong    login.mfa_failure (outcome 4)
+LOGIN_ERROR, user_disabled / locked       login.failure (outcome 8: serious, standards.md §3)
+USER_DISABLED_BY_*_LOCKOUT                login.failure (outcome 8, reason: brute-force lockout)
+LOGOUT                                    logout
+========================================  =====================================================
+
+Keycloak records a wrong OTP code as ``invalid_user_credentials`` like a wrong password; the
+difference is the ``selected_credential_id`` detail, the credential the failing form checked.
+Its *type* (``otp``, ``webauthn``, ...) is looked up through the admin API, so a failure is only
+called an MFA failure when it really was the second factor.
+
+The actor is the user as everywhere in the bridge's trail: ``<directory id>@<bridge issuer>``
+(the federation's ``LDAP_ID``: objectGUID / entryUUID), the Keycloak id only for local Keycloak
+accounts, so ``audit query --user`` finds a person's Keycloak logins beside their token and PACS
+events.  Event details go through the audit redaction guard like every other detail (Keycloak
+does not put passwords there, but an attempted username or a future detail might hold one).
+
+Exactly once: the audit event id is derived from the Keycloak event id (UUID v5), events already
+in the trail are skipped and the database's unique ``event_id`` refuses a duplicate that a
+concurrent run would try; the cursor (time of the newest event taken + the ids taken at that
+millisecond, table ``pull_cursors``) only makes the next pull short.  One replica pulls at a time
+(database lease).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy import Engine, select
+
+from bridge.audit import events as ev
+from bridge.audit.codes import AuditEventType, Outcome
+from bridge.audit.store import AuditStore
+from bridge.store.db import session
+from bridge.store.models import AuditEventRow, PullCursor
+
+log = logging.getLogger(__name__)
+
+#: the Keycloak user event types this job maps (the realm must keep them: ``enabledEventTypes``)
+PULLED_TYPES = ("LOGIN", "LOGIN_ERROR", "LOGOUT",
+                "USER_DISABLED_BY_TEMPORARY_LOCKOUT", "USER_DISABLED_BY_PERMANENT_LOCKOUT")
+#: LOGIN_ERROR errors that mean the account cannot log in at all: a serious failure (outcome 8)
+ACCOUNT_BLOCKED_ERRORS = frozenset({"user_disabled", "user_temporarily_disabled"})
+#: errors that name the second factor outright
+MFA_ERRORS = frozenset({"invalid_totp"})
+#: errors of a credential check; which factor failed is told by ``selected_credential_id``
+CREDENTIAL_ERRORS = frozenset({"invalid_user_credentials", "invalid_totp"})
+#: Keycloak credential types that are a second factor
+SECOND_FACTOR_TYPES = frozenset({"otp", "webauthn", "webauthn-passwordless", "recovery-authn-codes"})
+#: details copied as the actor or dropped: ``code_id`` is Keycloak's session id (a session handle)
+_CONSUMED_DETAILS = frozenset({"username", "code_id"})
+
+PAGE_SIZE = 100
+LEASE = "audit-keycloak-events"
+CLIENT_ID = "pacs-bridge-serve"
+#: UUID v5 namespace of audit event ids derived from Keycloak event ids (fixed forever: changing
+#: it would record every event still in Keycloak a second time)
+EVENT_ID_NAMESPACE = uuid.UUID("5b0b7f0e-6f7c-4b7e-9a55-0c6a3c1d2e41")
+
+
+class KeycloakEventsError(RuntimeError):
+    """The pull cannot run (configuration, Keycloak unreachable); the message says why."""
+
+
+@dataclass(frozen=True)
+class KcUser:
+    """What the mapping needs to know about a Keycloak user."""
+
+    directory_id: str | None
+    username: str | None
+    #: credential id -> type (``password``, ``otp``, ...)
+    credential_types: Mapping[str, str] = field(default_factory=dict)
+
+
+class EventSource(Protocol):
+    """Keycloak's admin API, as far as the pull needs it (a fake in unit tests)."""
+
+    def events(self, date_from_ms: int, first: int, max_results: int) -> list[dict[str, Any]]:
+        """Events of :data:`PULLED_TYPES` at or after ``date_from_ms``, oldest first."""
+
+    def user(self, user_id: str) -> KcUser | None:
+        """The user with this Keycloak id, None if it no longer exists."""
+
+
+def audit_event_id(realm: str, kc_event_id: str) -> str:
+    """The audit record id of a Keycloak event: the same on every pull, hence recorded once."""
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"keycloak:{realm}:{kc_event_id}"))
+
+
+def _event_time(kc_event: Mapping[str, Any]) -> dt.datetime:
+    return dt.datetime.fromtimestamp(int(kc_event["time"]) / 1000, dt.UTC)
+
+
+def classify(kc_event: Mapping[str, Any], kc_user: KcUser | None) -> tuple[AuditEventType, Outcome, str] | None:
+    """(audit type, outcome, reason) of a Keycloak event, or None for a type this job ignores."""
+    kind, error = kc_event.get("type"), kc_event.get("error") or ""
+    if kind == "LOGIN":
+        return AuditEventType.LOGIN_SUCCESS, Outcome.SUCCESS, "login"
+    if kind == "LOGOUT":
+        return AuditEventType.LOGOUT, Outcome.SUCCESS, "logout"
+    if kind in ("USER_DISABLED_BY_TEMPORARY_LOCKOUT", "USER_DISABLED_BY_PERMANENT_LOCKOUT"):
+        return AuditEventType.LOGIN_FAILURE, Outcome.SERIOUS_FAILURE, kind.lower()
+    if kind != "LOGIN_ERROR":
+        return None
+    if error in ACCOUNT_BLOCKED_ERRORS:
+        return AuditEventType.LOGIN_FAILURE, Outcome.SERIOUS_FAILURE, error
+    if error in MFA_ERRORS:
+        return AuditEventType.MFA_FAILURE, Outcome.MINOR_FAILURE, error
+    credential_id = (kc_event.get("details") or {}).get("selected_credential_id")
+    if error in CREDENTIAL_ERRORS and credential_id and kc_user is not None \
+            and kc_user.credential_types.get(str(credential_id)) in SECOND_FACTOR_TYPES:
+        return (AuditEventType.MFA_FAILURE, Outcome.MINOR_FAILURE,
+                f"{error}: {kc_user.credential_types[str(credential_id)]}")
+    return AuditEventType.LOGIN_FAILURE, Outcome.MINOR_FAILURE, error or "login_error"
+
+
+def to_audit_event(kc_event: Mapping[str, Any], *, realm: str, issuer: str,
+                   kc_user: KcUser | None) -> ev.AuditEvent | None:
+    """One Keycloak user event as an audit event (None for types this job does not record).
+
+    ``issuer`` is the bridge's token issuer: the actor is ``<subject>@<issuer>`` exactly as in
+    the bridge's own login and token events."""
+    kind = classify(kc_event, kc_user)
+    if kind is None:
+        return None
+    audit_type, outcome, reason = kind
+    details = dict(kc_event.get("details") or {})
+    kc_user_id = kc_event.get("userId")
+    subject = (kc_user.directory_id if kc_user else None) or kc_user_id
+    username = details.get("username") or (kc_user.username if kc_user else None)
+    actor = ev.Actor(user_id=f"{subject}@{issuer}" if subject else None, username=username,
+                     client_id=kc_event.get("clientId") or None, network_address=kc_event.get("ipAddress") or None)
+    objects = (ev.user(str(subject), username),) if subject else ()
+    extra: dict[str, Any] = {
+        "source": "keycloak", "realm": realm, "keycloak_event_id": kc_event["id"],
+        "keycloak_event_type": kc_event.get("type"), "reason": reason,
+        "keycloak_details": {k: v for k, v in details.items() if k not in _CONSUMED_DETAILS},
+    }
+    if kc_event.get("error"):
+        extra["error"] = kc_event["error"]
+    if kc_user_id:
+        extra["keycloak_user_id"] = kc_user_id
+        if kc_user is None or not kc_user.directory_id:
+            extra["subject_source"] = "keycloak user id (no directory id)"
+    return ev.AuditEvent(type=audit_type, outcome=outcome, actor=actor, objects=objects, details=extra,
+                         description=f"Keycloak {kc_event.get('type')} in realm {realm}",
+                         time=_event_time(kc_event), event_id=audit_event_id(realm, str(kc_event["id"])))
+
+
+# ---------------------------------------------------------------------------- cursor
+
+
+@dataclass
+class Cursor:
+    time_ms: int = 0
+    ids: list[str] = field(default_factory=list)
+
+    def advance(self, kc_events: Iterable[Mapping[str, Any]]) -> None:
+        for e in kc_events:
+            t = int(e["time"])
+            if t > self.time_ms:
+                self.time_ms, self.ids = t, [str(e["id"])]
+            elif t == self.time_ms and str(e["id"]) not in self.ids:
+                self.ids.append(str(e["id"]))
+
+
+def cursor_name(realm: str) -> str:
+    return f"keycloak-events:{realm}"
+
+
+def load_cursor(engine: Engine, name: str) -> Cursor:
+    with session(engine) as s:
+        row = s.get(PullCursor, name)
+        return Cursor(row.time_ms, list(row.ids or [])) if row else Cursor()
+
+
+def save_cursor(engine: Engine, name: str, cursor: Cursor) -> None:
+    with session(engine) as s:
+        row = s.get(PullCursor, name)
+        if row is None:
+            s.add(PullCursor(name=name, time_ms=cursor.time_ms, ids=list(cursor.ids)))
+        else:
+            row.time_ms, row.ids = cursor.time_ms, list(cursor.ids)
+
+
+def _already_recorded(engine: Engine, event_ids: Sequence[str]) -> set[str]:
+    if not event_ids:
+        return set()
+    with engine.connect() as conn:
+        rows = conn.execute(select(AuditEventRow.event_id).where(AuditEventRow.event_id.in_(list(event_ids))))
+        return {r[0] for r in rows}
+
+
+# ---------------------------------------------------------------------------- the pull
+
+
+@dataclass
+class PullReport:
+    fetched: int = 0
+    recorded: int = 0
+    duplicates: int = 0
+    ignored: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+    cursor_time_ms: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def pull(store: AuditStore, source: EventSource, *, realm: str, issuer: str,
+         page_size: int = PAGE_SIZE) -> PullReport:
+    """Record every Keycloak event newer than the cursor; one transaction and cursor save per page."""
+    name = cursor_name(realm)
+    cursor = load_cursor(store.engine, name)
+    report = PullReport(cursor_time_ms=cursor.time_ms)
+    users: dict[str, KcUser | None] = {}
+    date_from, seen_at_start = cursor.time_ms, set(cursor.ids)  # fixed while paging with ``first``
+    first = 0
+    while True:
+        page = source.events(date_from, first, page_size)
+        report.fetched += len(page)
+        fresh = [e for e in page if str(e["id"]) not in seen_at_start]
+        mapped: list[ev.AuditEvent] = []
+        for e in fresh:
+            uid = e.get("userId")
+            if uid and uid not in users:
+                users[uid] = source.user(uid)
+            event = to_audit_event(e, realm=realm, issuer=issuer, kc_user=users.get(uid) if uid else None)
+            if event is None:
+                report.ignored += 1
+            else:
+                mapped.append(event)
+        done = _already_recorded(store.engine, [m.event_id for m in mapped])
+        new = [m for m in mapped if m.event_id not in done]
+        report.duplicates += len(mapped) - len(new)
+        store.append_many(new)
+        for m in new:
+            report.by_type[m.type.value] = report.by_type.get(m.type.value, 0) + 1
+        report.recorded += len(new)
+        cursor.advance(page)
+        save_cursor(store.engine, name, cursor)
+        if len(page) < page_size:
+            break
+        first += len(page)
+    report.cursor_time_ms = cursor.time_ms
+    return report
+
+
+# ---------------------------------------------------------------------------- Keycloak
+
+
+class AdminApiSource:
+    """:class:`EventSource` over python-keycloak.  A fresh admin login per pull: master-realm
+    admin tokens live 60 s and a long pause between pulls would otherwise start with a 401."""
+
+    def __init__(self, admin: Any):
+        self.admin = admin
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> AdminApiSource:
+        from keycloak import KeycloakAdmin
+        from keycloak.exceptions import KeycloakError
+
+        kc = settings.keycloak
+        if kc.admin_password is None:
+            raise KeycloakEventsError("keycloak.admin_password is not set: pulling Keycloak's login events "
+                                      "needs the admin API (view-events in the realm)")
+        try:
+            admin = KeycloakAdmin(server_url=kc.url.rstrip("/") + "/", username=kc.admin_username,
+                                  password=kc.admin_password.get_secret_value(), realm_name=kc.realm,
+                                  user_realm_name=kc.admin_realm, verify=str(kc.ca_file) if kc.ca_file else True,
+                                  timeout=60)
+        except (KeycloakError, OSError) as exc:
+            raise KeycloakEventsError(f"keycloak {kc.url}: cannot log in to the admin API as "
+                                      f"{kc.admin_username!r}: {exc}") from exc
+        return cls(admin)
+
+    def events(self, date_from_ms: int, first: int, max_results: int) -> list[dict[str, Any]]:
+        found = self.admin.get_events({"dateFrom": str(date_from_ms), "direction": "asc", "first": first,
+                                       "max": max_results, "type": list(PULLED_TYPES)})
+        return sorted(found, key=lambda e: int(e["time"]))  # asc already; a guard costs nothing
+
+    def user(self, user_id: str) -> KcUser | None:
+        from keycloak.exceptions import KeycloakGetError
+
+        from bridge.sync.targets.keycloak import LDAP_ID
+
+        try:
+            rep = self.admin.get_user(user_id)
+            creds = self.admin.get_credentials(user_id)
+        except KeycloakGetError as exc:
+            if exc.response_code == 404:
+                return None
+            raise
+        ldap_id = ((rep.get("attributes") or {}).get(LDAP_ID) or [None])[0]
+        return KcUser(directory_id=ldap_id, username=rep.get("username"),
+                      credential_types={c["id"]: c.get("type", "") for c in creds if c.get("id")})
+
+
+def bridge_issuer(settings: Any) -> str:
+    """The ``iss`` the bridge's own events use in ``sub@iss`` (bridge/web/tokens.py)."""
+    return str(settings.tokens.issuer or settings.bridge.public_url)
+
+
+def pull_from_settings(
+    settings: Any, store: AuditStore,
+    source_factory: Callable[[Any], EventSource] = AdminApiSource.from_settings,
+) -> PullReport | None:
+    """One pull as configured, under the database lease; None when another replica is pulling."""
+    import os
+    import socket
+
+    from bridge.store import lease
+
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    if not lease.acquire(store.engine, LEASE, owner, ttl_seconds=600):
+        log.info("keycloak events: another replica holds the lease; skipped")
+        return None
+    try:
+        report = pull(store, source_factory(settings), realm=settings.keycloak.realm, issuer=bridge_issuer(settings))
+    finally:
+        lease.release(store.engine, LEASE, owner)
+    if report.recorded:
+        log.info("keycloak events: %d recorded (%s), %d already in the trail", report.recorded,
+                 ", ".join(f"{k} {v}" for k, v in sorted(report.by_type.items())), report.duplicates)
+    return report
