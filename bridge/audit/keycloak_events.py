@@ -39,6 +39,7 @@ millisecond, table ``pull_cursors``) only makes the next pull short.  One replic
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -147,6 +148,11 @@ def to_audit_event(kc_event: Mapping[str, Any], *, realm: str, issuer: str,
     kc_user_id = kc_event.get("userId")
     subject = (kc_user.directory_id if kc_user else None) or kc_user_id
     username = details.get("username") or (kc_user.username if kc_user else None)
+    if kc_event.get("error") == "user_not_found" and not kc_user:
+        # what was typed is not a known account: often a password typed into the wrong field.
+        # Keep only a short hash, so repeated attempts still correlate.
+        typed = str(details.get("username") or "")
+        username = f"unknown#{hashlib.sha256(typed.encode()).hexdigest()[:12]}" if typed else None
     actor = ev.Actor(user_id=f"{subject}@{issuer}" if subject else None, username=username,
                      client_id=kc_event.get("clientId") or None, network_address=kc_event.get("ipAddress") or None)
     objects = (ev.user(str(subject), username),) if subject else ()
