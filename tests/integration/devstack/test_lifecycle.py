@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from bridge.devstack import install
+
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
@@ -40,6 +42,8 @@ def _processes_mentioning(marker: str) -> list[str]:
 def test_demo_up_then_down_leaves_nothing(tmp_path: Path) -> None:
     if shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.fail("needs root and unshare(1) to run a second stack in its own network namespace")
+    if shutil.which("ip") is None:
+        install.apt_install(["iproute2"])
     # not under tmp_path: pytest's temp root is 0700 and PostgreSQL runs as its own user
     state = Path(tempfile.mkdtemp(prefix="pacs-bridge-demo-", dir="/tmp"))
     state.chmod(0o755)
