@@ -20,10 +20,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import jwt
-
 from bridge.audit.codes import AuditEventType
-from bridge.pacs.verifier import Fetch, JwksCache, VerificationError, Verifier, VerifierConfig
+from bridge.pacs.verifier import (
+    Fetch,
+    JwksCache,
+    VerificationError,
+    VerifiedCache,
+    VerifiedToken,
+    Verifier,
+    VerifierConfig,
+    check_claims,
+    check_signature,
+    parse_jws,
+    token_digest,
+)
 from bridge.tokens import claims as claims_mod
 from bridge.tokens import mfa
 from bridge.tokens.claims import Grant, Subject, TokenSettings
@@ -76,38 +86,56 @@ class KeycloakSettings:
         return self.issuer + "/protocol/openid-connect/certs"
 
 
-class KeycloakTokenValidator:
-    """Checks a Keycloak access token: signature (realm JWKS), ``iss``, ``aud``, ``exp``, ``azp``, ``typ``."""
+_NEVER = float("inf")  # Keycloak tokens are never introspected
+#: what a Keycloak access token must carry (PyJWT's ``require`` list before, same rule)
+KEYCLOAK_REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "sub")
+#: verified Keycloak tokens kept (each at most until its ``exp``); a viewer re-exchanges the
+#: same Keycloak token for every PACS token it needs, so hits are the common case
+KEYCLOAK_CACHE_SIZE = 10_000
 
-    def __init__(self, settings: KeycloakSettings, fetch: Fetch, clock: Callable[[], float] = time.time):
+
+class KeycloakTokenValidator:
+    """Checks a Keycloak access token: signature (realm JWKS), ``iss``, ``aud``, ``exp``, ``azp``, ``typ``.
+
+    Same verification core as the PACS verifier (:mod:`bridge.pacs.verifier`: strict parse,
+    pinned algorithm equal to the key's, PyJWT's algorithm objects for the signature).  A token
+    whose signature was checked is cached by hash until its ``exp``; every call, hit or not,
+    re-checks ``iss``, ``aud``, the times, ``typ`` and ``azp`` on the claims (and the caller
+    applies the MFA rule), so a hit skips only the RSA/ECDSA check and the parse.
+    """
+
+    def __init__(
+        self,
+        settings: KeycloakSettings,
+        fetch: Fetch,
+        clock: Callable[[], float] = time.time,
+        cache_size: int = KEYCLOAK_CACHE_SIZE,
+    ):
         self.settings = settings
+        self.clock = clock
         self.keys = JwksCache(settings.jwks_url, fetch, settings.algorithms, min_refresh_seconds=10, clock=clock)
+        self.cache = VerifiedCache(cache_size, settings.leeway_seconds)
 
     def validate(self, token: str) -> dict[str, Any]:
         s = self.settings
+        now = self.clock()
+        digest = token_digest(token)
+        hit = self.cache.get(digest, now)
         try:
-            header = jwt.get_unverified_header(token)
-            kid = header.get("kid")
-            if not isinstance(kid, str) or header.get("alg") not in s.algorithms:
-                raise VerificationError("subject token: algorithm or kid not acceptable")
-            alg, key = self.keys.key(kid)
-            if header.get("alg") != alg:
-                raise VerificationError("subject token: algorithm does not match the key")
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key,
-                algorithms=[alg],
-                audience=s.audience,
-                issuer=s.issuer,
-                leeway=s.leeway_seconds,
-                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
-            )
-        except jwt.PyJWTError as exc:
-            raise VerificationError(f"subject token: {type(exc).__name__}") from None
+            if hit is not None:
+                claims = hit.claims
+            else:
+                header, claims, signing_input, signature = parse_jws(token)
+                check_signature(header, signing_input, signature, self.keys, s.algorithms)
+            check_claims(claims, s.issuer, s.audience, s.leeway_seconds, now, KEYCLOAK_REQUIRED_CLAIMS)
+        except VerificationError as exc:
+            raise VerificationError(f"subject token: {exc.reason}") from None
         if claims.get("typ") not in (None, "Bearer"):  # Keycloak: ID tokens say "ID", refresh "Refresh"
             raise VerificationError("subject token: not an access token")
         if claims.get("azp") not in s.allowed_clients:
             raise VerificationError("subject token: issued to a client that may not exchange")
+        if hit is None:
+            self.cache.put(digest, VerifiedToken(claims, str(claims.get("jti", "")), float(claims["exp"]), _NEVER), now)
         return claims
 
 
