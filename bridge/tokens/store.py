@@ -255,3 +255,44 @@ class SqlAssignmentSource:
                 select(RoleAssignment.role, RoleAssignment.scopes).where(or_(*conds))
             ).all()
             return [Assignment(role, dict(scopes or {})) for role, scopes in rows]
+
+
+class CachedAssignmentSource:
+    """Role assignments remembered per ``(subject_id, username)`` for ``ttl_seconds``.
+
+    Why: ``/token`` otherwise reads ``role_assignments`` on every exchange, and that read was a
+    quarter of the request's own time.  The sync writes the table from another process, so
+    there is no in-process invalidation; the bound is the TTL instead: a removed role can be
+    granted for at most ``ttl_seconds`` after the sync committed its removal (the setting is
+    capped below the shortest sync interval, see ``tokens.assignment_cache_seconds``).  A
+    disabled account is also revoked by subject watermark, which the cache does not affect.
+    ``ttl_seconds`` = 0 turns the cache off.
+    """
+
+    def __init__(
+        self,
+        source: AssignmentSource,
+        ttl_seconds: float,
+        max_entries: int = 10_000,
+        clock: Any = time.monotonic,
+    ):
+        self.source = source
+        self.ttl_seconds = ttl_seconds
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: dict[tuple[str | None, str | None], tuple[float, list[Assignment]]] = {}
+
+    def assignments(self, subject_id: str | None, username: str | None) -> list[Assignment]:
+        if self.ttl_seconds <= 0:
+            return self.source.assignments(subject_id, username)
+        key, now = (subject_id, username), self.clock()
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] > now:
+            return list(hit[1])
+        rows = self.source.assignments(subject_id, username)
+        if len(self._entries) >= self.max_entries:
+            self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+        self._entries[key] = (now + self.ttl_seconds, rows)
+        return list(rows)

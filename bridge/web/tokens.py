@@ -53,7 +53,7 @@ def build_service(settings: Settings, audit_store: Any | None = None) -> TokenSe
     from bridge.audit.store import open_store
     from bridge.store.db import engine as make_engine
     from bridge.tokens.auditing import BufferedAuditSink
-    from bridge.tokens.store import SqlAssignmentSource, SqlRevocationStore
+    from bridge.tokens.store import CachedAssignmentSource, SqlAssignmentSource, SqlRevocationStore
 
     eng = make_engine(settings.store.url)
     kc = settings.keycloak
@@ -76,7 +76,7 @@ def build_service(settings: Settings, audit_store: Any | None = None) -> TokenSe
         ),
         mfa_rule=mfa.MfaRule.from_section(settings.mfa),
         keycloak=validator,
-        assignments=SqlAssignmentSource(eng),
+        assignments=CachedAssignmentSource(SqlAssignmentSource(eng), settings.tokens.assignment_cache_seconds),
         revocations=SqlRevocationStore(eng),
         role_permissions=role_permissions(settings.sync.policy_file),
         audit=BufferedAuditSink(audit_store or open_store(settings, eng), issuer),
