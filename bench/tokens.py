@@ -5,8 +5,9 @@
    sign / verify rate of the same key over a message of the same size (``ratio`` = ours / raw).
    Also the verifier's cache-hit cost.
 2. With the dev stack running (``PACS_BRIDGE_DEVSTACK_DIR``, Keycloak up): ``/token`` exchange under
-   load on loopback (gunicorn, 2 workers, plain HTTP on 127.0.0.1) with req/s, p50, p99, and
-   Keycloak's client-credentials grant under the same load as the reference.
+   load on loopback (gunicorn, 2 gthread workers x 2 threads, keep-alive, plain HTTP on 127.0.0.1)
+   with req/s, p50, p99, and Keycloak's client-credentials grant (HTTPS) under the same load as
+   the reference.
 
     .venv/bin/python bench/tokens.py [--seconds 10] [--concurrency 16] [--no-http]
 """
@@ -208,7 +209,7 @@ def _loader(use_wrk: bool) -> Any:
     return lambda url, form, seconds, concurrency, ca=None: wrk_load(url, form, seconds, concurrency)
 
 
-def http_part(seconds: float, concurrency: int, use_wrk: bool = True) -> dict[str, Any]:
+def http_part(seconds: float, concurrency: int, use_wrk: bool = True, threads: int = 2) -> dict[str, Any]:
     from bridge.devstack import demo_data
     from bridge.devstack import keycloak as kc
     from bridge.devstack.kc_login import BrowserlessLogin, fresh_totp
@@ -242,8 +243,11 @@ def http_part(seconds: float, concurrency: int, use_wrk: bool = True) -> dict[st
     }))
     port = free_port()
     env = {**os.environ, "PACS_BRIDGE_CONFIG": str(cfg), "PACS_BRIDGE_FLASK_PACS_BRIDGE_RATE_TOKEN": "1000000/second"}
-    gunicorn = [str(Path(sys.executable).with_name("gunicorn")), "--no-control-socket", "-w", "2", "-k", "gthread",
-                "--threads", "4", "-b", f"127.0.0.1:{port}", "--log-level", "warning", "bridge.web.wsgi:app"]
+    # gthread keeps wrk's connections alive (sync workers close each one); threads=0: sync workers
+    worker = ["-k", "gthread", "--threads", str(threads)] if threads else ["-k", "sync"]
+    server = f"gunicorn 2 workers ({f'gthread x{threads}' if threads else 'sync'}), plain HTTP on 127.0.0.1"
+    gunicorn = [str(Path(sys.executable).with_name("gunicorn")), "--no-control-socket", "-w", "2", *worker,
+                "-b", f"127.0.0.1:{port}", "--log-level", "warning", "bridge.web.wsgi:app"]
     proc = subprocess.Popen(gunicorn, env=env, cwd=tmp)
     try:
         for _ in range(100):
@@ -274,7 +278,7 @@ def http_part(seconds: float, concurrency: int, use_wrk: bool = True) -> dict[st
     run_load(kc_token_url, dict(kc_form), 1.0, 2, ca)  # warm-up
     reference = run_load(kc_token_url, kc_form, seconds, concurrency, ca)
     return {
-        "exchange": {**exchange, "server": "gunicorn 2 workers (gthread x4), plain HTTP on 127.0.0.1"},
+        "exchange": {**exchange, "server": server},
         "keycloak_client_credentials": {**reference, "server": "Keycloak 26.5 start-dev, HTTPS keep-alive"},
         "exchange_vs_keycloak": round(exchange["requests_per_s"] / max(reference["requests_per_s"], 0.1), 2),
     }
@@ -286,10 +290,15 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--no-http", action="store_true")
     ap.add_argument("--python-load", action="store_true", help="the Python load generator instead of wrk")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="gunicorn gthread threads per worker (0: sync workers; 2 measured best on 2 cores)")
     args = ap.parse_args()
-    result: dict[str, Any] = {"in_process": in_process(args.seconds / 2), "cpus": os.cpu_count()}
+    result: dict[str, Any] = {"load_average_before": [round(x, 2) for x in os.getloadavg()]}
+    result["in_process"] = in_process(args.seconds / 2)
+    result["cpus"] = os.cpu_count()
     if not args.no_http:
-        result["http"] = http_part(args.seconds, args.concurrency, use_wrk=not args.python_load)
+        result["http"] = http_part(args.seconds, args.concurrency, use_wrk=not args.python_load, threads=args.threads)
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=2))
 
 
