@@ -1,4 +1,4 @@
-"""A tiny in-memory directory for policy and sync unit tests (no server)."""
+"""Shared unit-test fixtures: a tiny in-memory directory for policy and sync tests (no server)."""
 
 from __future__ import annotations
 
