@@ -247,8 +247,8 @@ class TokensSection(_Section):
     """PACS token service (RFC 9068 access tokens)."""
 
     algorithm: Literal["ES256", "RS256", "EdDSA"] = "ES256"
-    lifetime_seconds: int = Field(300, ge=30)
-    max_lifetime_seconds: int = Field(3600, ge=60)
+    lifetime_seconds: int = Field(300, ge=10)
+    max_lifetime_seconds: int = Field(3600, ge=20)
     key_encryption_key: SecretStr | None = None
     #: ``iss`` of PACS tokens; default: bridge.public_url
     issuer: str | None = None

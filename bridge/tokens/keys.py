@@ -182,6 +182,8 @@ class _Snapshot:
     public_keys: dict[str, tuple[str, PublicKey]]
     jwks: dict[str, Any]
     loaded_at: float
+    #: when the next retired key leaves the JWKS (the cache must not outlive that moment)
+    drop_at: datetime | None = None
 
 
 class KeyRing:
@@ -226,15 +228,21 @@ class KeyRing:
         for r in published:
             public_keys[r.kid] = (r.algorithm, jwt.get_algorithm_by_name(r.algorithm).from_jwk(r.public_jwk))
         jwks = {"keys": [dict(r.public_jwk) for r in reversed(published)]}
-        return _Snapshot(active, public_keys, jwks, time.monotonic())
+        drop_at = min((r.not_after for r in published if r.not_after is not None), default=None)
+        return _Snapshot(active, public_keys, jwks, time.monotonic(), drop_at)
+
+    def _stale(self, snap: _Snapshot | None) -> bool:
+        return (snap is None or time.monotonic() - snap.loaded_at > self.refresh_seconds
+                or (snap.drop_at is not None and self.clock() >= snap.drop_at))
 
     def snapshot(self) -> _Snapshot:
         snap = self._snapshot
-        if snap is None or time.monotonic() - snap.loaded_at > self.refresh_seconds:
+        if self._stale(snap):
             with self._lock:
                 snap = self._snapshot
-                if snap is None or time.monotonic() - snap.loaded_at > self.refresh_seconds:
+                if self._stale(snap):
                     snap = self._snapshot = self._load()
+        assert snap is not None
         return snap
 
     def invalidate(self) -> None:

@@ -26,7 +26,7 @@ from bridge.devstack.kc_login import _error_text, _form, fresh_totp
 from bridge.store.db import engine
 
 VIEWER_PATH = "/viewer/callback"
-LIFETIME, MAX_LIFETIME = 30, 60  # short, so rotation can be watched to the end
+LIFETIME, MAX_LIFETIME = 10, 20  # the shortest the configuration allows: rotation is watched to the end
 
 
 @dataclass

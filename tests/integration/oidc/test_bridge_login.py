@@ -122,14 +122,14 @@ def test_backchannel_logout_revokes_pacs_tokens(
     bridge_servers: Servers, directory_ids: dict[str, dict[str, str]], kc_admin: kc.AdminClient,
 ) -> None:
     server = bridge_servers(AD_REALM)
-    sub = seed(server, directory_ids, "rad.alice", "radiologist", ["Radiology"])
-    http, res = login(server, "rad.alice", otp_for(AD_REALM, "rad.alice"))
+    sub = seed(server, directory_ids, "rad.chen", "radiologist", ["Radiology"])
+    http, res = login(server, "rad.chen", otp_for(AD_REALM, "rad.chen"))
     token = res.fragment["access_token"]
     v = verifier(server)
     v.verify(token)
     assert introspect(server, token)["active"] is True
-    user = kc_admin.call("GET", f"{AD_REALM}/users?username=rad.alice&exact=true", what="find rad.alice")[0]
-    kc_admin.call("POST", f"{AD_REALM}/users/{user['id']}/logout", what="log rad.alice out")
+    user = kc_admin.call("GET", f"{AD_REALM}/users?username=rad.chen&exact=true", what="find rad.chen")[0]
+    kc_admin.call("POST", f"{AD_REALM}/users/{user['id']}/logout", what="log rad.chen out")
     deadline = time.time() + 15
     while time.time() < deadline:
         listed = server.http().get(server.url + "/revocations").json()
@@ -158,8 +158,8 @@ def test_backchannel_logout_rejects_forged_tokens(bridge_servers: Servers) -> No
 
 def test_rp_initiated_logout(bridge_servers: Servers, directory_ids: dict[str, dict[str, str]]) -> None:
     server = bridge_servers(AD_REALM)
-    sub = seed(server, directory_ids, "rad.alice", "radiologist", ["Radiology"])
-    http, res = login(server, "rad.alice", otp_for(AD_REALM, "rad.alice"))
+    sub = seed(server, directory_ids, "rad.dana", "radiologist", ["Radiology"])
+    http, res = login(server, "rad.dana", otp_for(AD_REALM, "rad.dana"))
     token = res.fragment["access_token"]
     r = http.get(server.url + "/logout", allow_redirects=False)
     assert r.status_code == 303
@@ -175,8 +175,9 @@ def test_rotation_keeps_old_tokens_until_expiry_and_no_longer(
     bridge_servers: Servers, directory_ids: dict[str, dict[str, str]],
 ) -> None:
     server = bridge_servers(AD_REALM)
-    seed(server, directory_ids, "rad.alice", "radiologist", ["Radiology"])
-    _h, res = login(server, "rad.alice", otp_for(server.realm, "rad.alice"))
+    for user in ("rad.res.eli", "rad.res.fay"):  # one user per login: no wait for a fresh TOTP window
+        seed(server, directory_ids, user, "radiologist", ["Radiology"])
+    _h, res = login(server, "rad.res.eli", otp_for(server.realm, "rad.res.eli"))
     old_token = res.fragment["access_token"]
     old_kid = jwt.get_unverified_header(old_token)["kid"]
     ring = server.app.extensions["pacs_bridge_tokens"]["service"].ring
@@ -185,7 +186,7 @@ def test_rotation_keeps_old_tokens_until_expiry_and_no_longer(
     kids = {k["kid"] for k in server.http().get(server.url + "/jwks.json").json()["keys"]}
     assert {old_kid, new_kid} <= kids
     verifier(server).verify(old_token)  # a PACS that never saw the old key still accepts it
-    _http, res2 = login(server, "rad.alice", otp_for(server.realm, "rad.alice"))
+    _http, res2 = login(server, "rad.res.fay", otp_for(server.realm, "rad.res.fay"))
     assert jwt.get_unverified_header(res2.fragment["access_token"])["kid"] == new_kid
     exp = jwt.decode(old_token, options={"verify_signature": False})["exp"]
     time.sleep(max(0.0, exp + 1 - time.time()))

@@ -24,21 +24,21 @@ def test_chromium_login_receives_pacs_token(
 ) -> None:
     browser.ensure_installed()  # Debian's chromium + chromium-driver, installed like every stack part
     server: BridgeServer = bridge_servers(AD_REALM)  # type: ignore[operator]
-    sub = directory_ids[AD_REALM]["rad.alice"]
+    sub = directory_ids[AD_REALM]["rad.res.gus"]
     with session(engine(server.db_url)) as s:
         if s.scalar(select(RoleAssignment).where(RoleAssignment.subject_id == sub)) is None:
-            s.add(RoleAssignment(subject_id=sub, username="rad.alice", role="radiologist",
+            s.add(RoleAssignment(subject_id=sub, username="rad.res.gus", role="radiologist",
                                  scopes={"departments": ["Radiology"]}))
     certs = [tls.issue("keycloak").cert, tls.issue("bridge-oidc-test").cert]
     with browser.chromium(certs, tmp_path / "profile") as b:
         b.go(f"{server.url}/login?redirect_uri={server.viewer_uri}&state=chromium")
         assert b.wait_for(lambda: b.element("#kc-form-login") is not None), b.url()
-        b.fill("#username", "rad.alice")
-        b.fill("#password", str(demo_data.user("rad.alice")["password"]))
+        b.fill("#username", "rad.res.gus")
+        b.fill("#password", str(demo_data.user("rad.res.gus")["password"]))
         b.click("#kc-login")
         assert b.wait_for(lambda: b.element("#otp") is not None or b.url().startswith(server.viewer_uri)), b.url()
         if not b.url().startswith(server.viewer_uri):
-            b.fill("#otp", otp_for(AD_REALM, "rad.alice")())
+            b.fill("#otp", otp_for(AD_REALM, "rad.res.gus")())
             b.click("#kc-login")
         assert b.wait_for(lambda: b.url().startswith(server.viewer_uri)), b.url()
         final = b.url()

@@ -106,6 +106,6 @@ def test_password_only_login_gets_step_up_challenge(
 @pytest.mark.parametrize("bridge_app", [AD_REALM], indirect=True)
 def test_id_token_is_not_exchangeable(bridge_app: Any, kc_login: Callable[[str, str], BrowserlessLogin]) -> None:
     realm, client = bridge_app[:2]
-    login = kc_login(realm, "pacs-viewer").login("rad.alice", password("rad.alice"), otp=otp_for(realm, "rad.alice"))
+    login = kc_login(realm, "pacs-viewer").login("card.ines", password("card.ines"), otp=otp_for(realm, "card.ines"))
     r = exchange(client, login.id_token, "pacs-viewer")
     assert r.status_code == 400 and r.json["error"] == "invalid_grant"

@@ -119,3 +119,15 @@ def test_algorithm_change_creates_key_of_new_algorithm() -> None:
 def test_unsupported_algorithm_refused() -> None:
     with pytest.raises(SigningKeyError, match=r"tokens\.algorithm"):
         ring("HS256")
+
+
+def test_retired_key_leaves_jwks_on_time_even_with_a_long_cache() -> None:
+    """Workers cache the ring for `refresh_seconds`; a retired key must still vanish at its not_after."""
+    clock = Clock()
+    r = KeyRing(MemoryKeyRepository(), KeyEncryptor.from_secret(KeyEncryptor.generate_secret()),
+                max_token_lifetime=60, refresh_seconds=3600, clock=clock)
+    old = r.active().kid
+    new = r.rotate().kid
+    assert {k["kid"] for k in r.jwks()["keys"]} == {old, new}
+    clock.now += timedelta(seconds=61)
+    assert {k["kid"] for k in r.jwks()["keys"]} == {new}
