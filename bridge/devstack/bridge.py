@@ -135,6 +135,11 @@ class BridgeService(Service):
         self.config_file.chmod(0o600)
         settings = load_config(self.config_file)  # a mistake here is ours: fail loudly now
         migrate(settings.store.url)
+        # the first signing key exists before the workers start, as `pacs-bridge keys rotate` at install
+        from bridge.store.db import engine
+        from bridge.web.tokens import key_ring
+
+        key_ring(settings, engine(settings.store.url)).active()
 
     def start(self, ctx: StackContext) -> None:
         from bridge.config import load_config

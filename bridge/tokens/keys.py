@@ -260,9 +260,15 @@ class KeyRing:
         return snap.active
 
     def jwks(self) -> dict[str, Any]:
-        """The public JWK set: the active key and every retired key still within its ``not_after``."""
+        """The public JWK set: the active key and every retired key still within its ``not_after``.
+
+        Read from the repository on every call, not from this worker's cache: another worker (or
+        `keys rotate`) may have just created the key it signs with, and a verifier that finds an
+        unknown ``kid`` here would refuse that worker's tokens until its next JWKS refresh."""
         self.active()
-        return self.snapshot().jwks
+        now = self.clock()
+        records = sorted(self.repository.all(), key=lambda r: r.created_at)
+        return {"keys": [dict(r.public_jwk) for r in reversed(records) if r.published(now)]}
 
     def public_key(self, kid: str) -> tuple[str, PublicKey] | None:
         return self.snapshot().public_keys.get(kid)

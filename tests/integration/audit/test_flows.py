@@ -118,7 +118,7 @@ def _orthanc_flow(world: World, stack: dict[str, Any], base: str, ca: str, work:
     cfg.update({"audit_flush_seconds": 0.3, "reload_check_seconds": 0.5, "revocation_refresh_seconds": 1})
     config_file.write_text(json.dumps(cfg, indent=2))
     try:
-        url, up, view = orthanc["url"], world.tokens["tech.tom"], world.tokens["rad.alice"]
+        url, up, view = orthanc["url"], world.tokens["tech.uma"], world.tokens["rad.chen"]
         deadline = time.monotonic() + 30
         while True:  # the plugin reloads its config on the next request after the file changed
             r = requests.post(url + "/instances", timeout=15, headers={
@@ -179,7 +179,7 @@ def world(stack: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> It
     kc_url = stack["keycloak"]["url"]
     try:
         # 3. logins through Keycloak, exchanged for PACS tokens
-        for username in ("rad.alice", "tech.tom", "comp.nils"):
+        for username in ("rad.chen", "tech.uma", "comp.nils"):
             login = _login(w, ca, kc_url, "pacs-viewer", username)
             r = _exchange(base, ca, login.access_token, "pacs-viewer")
             assert r.status_code == 200, (username, r.text)
@@ -195,7 +195,7 @@ def world(stack: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> It
         w.auditor_answer = requests.get(base + "/audit/events", params={"type": "token.exchanged"}, verify=ca,
                                         headers={"Authorization": "Bearer " + w.tokens["comp.nils"]}, timeout=15)
         w.non_auditor_status = requests.get(base + "/audit/events", verify=ca, timeout=15, headers={
-            "Authorization": "Bearer " + w.tokens["rad.alice"]}).status_code
+            "Authorization": "Bearer " + w.tokens["rad.chen"]}).status_code
         app.extensions["pacs_bridge_tokens"]["service"].audit.flush()  # the token events' buffer
         # 6. serve's jobs: timed checkpoint, shipping to the collector
         jobs.checkpoint(store)
@@ -215,7 +215,7 @@ def test_sync_against_the_directory_is_audited(world):
     assert "sync.started" in types and "sync.finished" in types
     assigned = [r for r in store.query(types=["role.assigned"]) if r["actor_username"] is None]
     assert assigned, "no role.assigned event"
-    alice = [r for r in store.query(types=["role.assigned"]) if "rad.alice" in r["body"]]
+    alice = [r for r in store.query(types=["role.assigned"]) if "rad.chen" in r["body"]]
     body = json.loads(alice[0]["body"])
     kinds = {o["kind"] for o in body["objects"]}
     assert {"user", "role", "group", "rule"} <= kinds, body  # the group and policy rule behind it
@@ -224,7 +224,7 @@ def test_sync_against_the_directory_is_audited(world):
 def test_login_and_exchange_through_keycloak_are_audited(world):
     _, store, _ = world
     exchanged = store.query(types=["token.exchanged"])
-    assert {r["actor_username"] for r in exchanged} >= {"rad.alice", "tech.tom", "comp.nils"}
+    assert {r["actor_username"] for r in exchanged} >= {"rad.chen", "tech.uma", "comp.nils"}
     assert all(r["actor_user"] and "@" in r["actor_user"] for r in exchanged)
     assert all(r["client_id"] == "pacs-viewer" for r in exchanged)
     refused = store.query(types=["login.mfa_failure"])
@@ -242,9 +242,9 @@ def test_a_request_through_orthanc_is_audited(world):
             break
         time.sleep(0.5)
     assert accessed, [r["type"] for r in store.query(study=STUDY_UID)]
-    assert accessed[0]["actor_username"] == "rad.alice" and accessed[0]["patient_id"] == PATIENT
+    assert accessed[0]["actor_username"] == "rad.chen" and accessed[0]["patient_id"] == PATIENT
     # an upload names no study in its URL (the plugin records it without study objects)
-    uploaded = store.query(types=["study.uploaded"], user="tech.tom")
+    uploaded = store.query(types=["study.uploaded"], user="tech.uma")
     assert uploaded and json.loads(uploaded[0]["body"])["details"]["pacs"] == "orthanc-audit-test"
 
 
@@ -253,10 +253,10 @@ def test_auditor_query_needs_the_permission_and_is_itself_audited(world):
     assert w.non_auditor_status == 403
     answer = w.auditor_answer
     assert answer.status_code == 200, answer.text
-    assert {e["actor_username"] for e in answer.json()["events"]} >= {"rad.alice", "comp.nils"}
+    assert {e["actor_username"] for e in answer.json()["events"]} >= {"rad.chen", "comp.nils"}
     used = store.query(types=["audit.log_used"])
     assert used and used[-1]["actor_username"] == "comp.nils"
-    denied = [r for r in store.query(types=["access.denied"]) if r["actor_username"] == "rad.alice"]
+    denied = [r for r in store.query(types=["access.denied"]) if r["actor_username"] == "rad.chen"]
     assert denied
 
 

@@ -66,8 +66,8 @@ def test_mfa_login_delivers_pacs_token_to_viewer(
     realm: str, bridge_servers: Servers, directory_ids: dict[str, dict[str, str]],
 ) -> None:
     server = bridge_servers(realm)
-    sub = seed(server, directory_ids, "rad.alice", "radiologist", ["Radiology"])
-    http, res = login(server, "rad.alice", otp_for(realm, "rad.alice"))
+    sub = seed(server, directory_ids, "rad.res.hana", "radiologist", ["Radiology"])
+    http, res = login(server, "rad.res.hana", otp_for(realm, "rad.res.hana"))
     assert res.final.startswith(server.viewer_uri + "#"), (res.status, res.body[:200], res.forms)
     assert "?" not in res.final.split("#")[0]  # the token is never in a query string
     assert "kc-otp-login-form" in res.forms
@@ -122,14 +122,14 @@ def test_backchannel_logout_revokes_pacs_tokens(
     bridge_servers: Servers, directory_ids: dict[str, dict[str, str]], kc_admin: kc.AdminClient,
 ) -> None:
     server = bridge_servers(AD_REALM)
-    sub = seed(server, directory_ids, "rad.chen", "radiologist", ["Radiology"])
-    http, res = login(server, "rad.chen", otp_for(AD_REALM, "rad.chen"))
+    sub = seed(server, directory_ids, "rad.dana", "radiologist", ["Radiology"])
+    http, res = login(server, "rad.dana", otp_for(AD_REALM, "rad.dana"))
     token = res.fragment["access_token"]
     v = verifier(server)
     v.verify(token)
     assert introspect(server, token)["active"] is True
-    user = kc_admin.call("GET", f"{AD_REALM}/users?username=rad.chen&exact=true", what="find rad.chen")[0]
-    kc_admin.call("POST", f"{AD_REALM}/users/{user['id']}/logout", what="log rad.chen out")
+    user = kc_admin.call("GET", f"{AD_REALM}/users?username=rad.dana&exact=true", what="find rad.dana")[0]
+    kc_admin.call("POST", f"{AD_REALM}/users/{user['id']}/logout", what="log rad.dana out")
     deadline = time.time() + 15
     while time.time() < deadline:
         listed = server.http().get(server.url + "/revocations").json()
@@ -158,8 +158,8 @@ def test_backchannel_logout_rejects_forged_tokens(bridge_servers: Servers) -> No
 
 def test_rp_initiated_logout(bridge_servers: Servers, directory_ids: dict[str, dict[str, str]]) -> None:
     server = bridge_servers(AD_REALM)
-    sub = seed(server, directory_ids, "rad.dana", "radiologist", ["Radiology"])
-    http, res = login(server, "rad.dana", otp_for(AD_REALM, "rad.dana"))
+    sub = seed(server, directory_ids, "tech.vic", "radiologist", ["Radiology"])
+    http, res = login(server, "tech.vic", otp_for(AD_REALM, "tech.vic"))
     token = res.fragment["access_token"]
     r = http.get(server.url + "/logout", allow_redirects=False)
     assert r.status_code == 303

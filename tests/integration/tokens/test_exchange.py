@@ -50,7 +50,7 @@ def bridge_app(kc_info: dict[str, Any], stack: dict[str, Any], tmp_path: Path, r
     url = f"sqlite:///{tmp_path}/bridge.db"
     migrate(url)
     with session(engine(url)) as s:  # what the sync would have written: keyed by the directory id
-        s.add(RoleAssignment(subject_id=directory_ids[realm]["rad.alice"], username="rad.alice",
+        s.add(RoleAssignment(subject_id=directory_ids[realm]["tech.xia"], username="tech.xia",
                              role="radiologist", scopes={"departments": ["Radiology"]}))
     settings = load_config(
         keycloak={"url": kc_info["url"], "realm": realm, "ca_file": stack["ca"]["file"]},
@@ -72,7 +72,7 @@ def test_mfa_login_exchanged_for_pacs_token(
     bridge_app: Any, kc_login: Callable[[str, str], BrowserlessLogin],
 ) -> None:
     realm, client = bridge_app[:2]
-    login = kc_login(realm, "pacs-viewer").login("rad.alice", password("rad.alice"), otp=otp_for(realm, "rad.alice"))
+    login = kc_login(realm, "pacs-viewer").login("tech.xia", password("tech.xia"), otp=otp_for(realm, "tech.xia"))
     r = exchange(client, login.access_token, "pacs-viewer")
     assert r.status_code == 200, r.json
     body = r.json
@@ -84,8 +84,8 @@ def test_mfa_login_exchanged_for_pacs_token(
     assert claims["acr"] == "mfa" and {"pwd", "otp"} <= set(claims["amr"])
     assert claims["roles"] == ["radiologist"] and "view" in claims["permissions"]
     assert claims["scopes"]["departments"] == ["Radiology"]
-    assert claims["preferred_username"] == "rad.alice" and claims["client_id"] == "pacs-viewer"
-    assert claims["sub"] == bridge_app[2][realm]["rad.alice"]  # the directory id, as the sync keys it
+    assert claims["preferred_username"] == "tech.xia" and claims["client_id"] == "pacs-viewer"
+    assert claims["sub"] == bridge_app[2][realm]["tech.xia"]  # the directory id, as the sync keys it
     assert verifier.authorize("Bearer " + body["access_token"], "GET", "/studies").allow
 
 
