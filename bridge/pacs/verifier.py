@@ -400,8 +400,13 @@ class Verifier:
     def _refresh_revocations(self, now: float, max_age: float | None = None) -> None:
         if now - self._revoked_loaded_at < (self.config.revocation_refresh_seconds if max_age is None else max_age):
             return
-        if not self._revocation_lock.acquire(blocking=False):
-            return  # someone else is refreshing; use the current list meanwhile
+        never_loaded = self._revoked_loaded_at == float("-inf")
+        # someone else refreshing: use the current list meanwhile; with none yet, wait for theirs
+        if not self._revocation_lock.acquire(blocking=never_loaded, timeout=10 if never_loaded else -1):
+            return
+        if never_loaded and self._revoked_loaded_at != float("-inf"):
+            self._revocation_lock.release()
+            return  # loaded while we waited
         try:
             self.stats["revocation_fetches"] += 1
             data = json.loads(

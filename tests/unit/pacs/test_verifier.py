@@ -208,3 +208,28 @@ def test_config_refuses_hmac_and_plain_http() -> None:
         VerifierConfig(issuer=ISSUER, audience="pacs", jwks_url=JWKS_URL, algorithms=("HS256",))
     with pytest.raises(ValueError, match="jwks_url"):
         VerifierConfig(issuer=ISSUER, audience="pacs", jwks_url="http://x/jwks")
+
+
+def test_first_request_waits_for_a_revocation_pull_already_under_way(bridge: FakeBridge) -> None:
+    """A fresh verifier (plugin start or config reload) whose background thread is pulling the list
+    must not fail closed for the request that arrives meanwhile."""
+    import threading
+
+    from pacs_bridge_double import REVOKED_URL
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow_fetch(url: str, body: bytes | None, headers: dict) -> bytes:
+        if url == REVOKED_URL:
+            started.set()
+            release.wait(5)
+        return bridge.fetch(url, body, headers)
+
+    v = Verifier(VerifierConfig(issuer=ISSUER, audience="pacs", jwks_url=JWKS_URL, revocation_url=REVOKED_URL),
+                 fetch=slow_fetch)
+    background = threading.Thread(target=v.refresh_revocations)
+    background.start()
+    assert started.wait(5)
+    threading.Timer(0.2, release.set).start()
+    v.verify(bridge.token())  # waits for the background pull instead of failing closed
+    background.join(5)
