@@ -1,0 +1,180 @@
+"""`pacs-bridge audit`: verify, read and export the tamper-evident audit trail."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from bridge.cli import config_option, load_or_exit
+
+
+@click.group("audit")
+def audit_cli() -> None:
+    """The tamper-evident audit trail: verify, read, export."""
+
+
+def _audit_store(config_path: str | None, *, signing: bool = False):  # type: ignore[no-untyped-def]
+    from bridge.audit.keys import KeyFileError
+    from bridge.audit.store import open_store
+
+    settings = load_or_exit(config_path)
+    try:
+        return settings, open_store(settings, signing=signing)
+    except KeyFileError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+
+
+def _record_audit_use(store, what: str, **details: object) -> None:  # type: ignore[no-untyped-def]
+    """Reading the audit trail is itself audited (DICOM 110101 Audit Log Used)."""
+    import getpass
+
+    from bridge.audit import events as ev
+    from bridge.audit.codes import AuditEventType, ObjectKind
+
+    store.append(ev.AuditEvent(
+        AuditEventType.AUDIT_LOG_USED, actor=ev.Actor(username=getpass.getuser(), client_id="pacs-bridge-cli"),
+        objects=(ev.ParticipantObject(ObjectKind.AUDIT_LOG, "audit_events", what),),
+        details={k: v for k, v in details.items() if v not in (None, (), "")}))
+
+
+def _when(value: str | None, name: str):  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    if not value:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"not an ISO date/time: {value!r}", param_hint=name) from None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def audit_filters(f):  # type: ignore[no-untyped-def]
+    for opt in reversed([
+        click.option("--user", help="sub@iss or username of the actor"),
+        click.option("--patient", help="patient id"),
+        click.option("--study", help="Study Instance UID"),
+        click.option("--type", "types", multiple=True, help="event type, e.g. login.failure (repeatable)"),
+        click.option("--since", help="from this ISO date/time (UTC if no zone)"),
+        click.option("--until", help="before this ISO date/time"),
+        click.option("--limit", type=int, default=None),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _query(store, user, patient, study, types, since, until, limit):  # type: ignore[no-untyped-def]
+    from bridge.audit.codes import AuditEventType
+
+    for t in types:
+        try:
+            AuditEventType(t)
+        except ValueError:
+            raise click.BadParameter(f"unknown event type {t!r}; known: "
+                                     f"{', '.join(e.value for e in AuditEventType)}", param_hint="--type") from None
+    return store.query(user=user, patient=patient, study=study, types=types or None,
+                       since=_when(since, "--since"), until=_when(until, "--until"), limit=limit)
+
+
+@audit_cli.command("verify")
+@config_option
+@click.option("--workers", type=int, default=None, help="processes for long chains (default: CPU count)")
+@click.option("--json", "as_json", is_flag=True)
+def audit_verify(config_path: str | None, workers: int | None, as_json: bool) -> None:
+    """Check the hash chain and signed checkpoints; exit 1 naming the first bad record."""
+    _, store = _audit_store(config_path)
+    rep = store.verify(workers=workers)
+    if as_json:
+        click.echo(json.dumps(rep.to_dict()))
+    elif rep.ok:
+        sig = "signatures checked" if rep.signatures_checked else "NO checkpoint key: signatures not checked"
+        click.echo(f"audit trail OK: {rep.message} ({sig}; {rep.seconds:.2f} s)")
+    else:
+        click.echo(f"audit trail BROKEN: {rep.kind} at record {rep.seq}"
+                   f"{f' (event {rep.event_id})' if rep.event_id else ''}: {rep.message}", err=True)
+    sys.exit(0 if rep.ok else 1)
+
+
+@audit_cli.command("tail")
+@config_option
+@click.option("-n", "count", type=int, default=20, show_default=True)
+@click.option("--follow", "-f", is_flag=True, help="keep printing new records")
+def audit_tail(config_path: str | None, count: int, follow: bool) -> None:
+    """Print the newest records, one line each."""
+    import time
+
+    _, store = _audit_store(config_path)
+
+    def show(r: dict) -> None:  # type: ignore[type-arg]
+        who = r["actor_username"] or r["actor_user"] or r["client_id"] or "-"
+        what = " ".join(f"{k}={r[k]}" for k in ("patient_id", "study_uid") if r[k])
+        click.echo(f"{r['seq']:>8} {r['time']} {r['type']:<28} outcome={r['outcome']:<2} {who} {what}".rstrip())
+
+    rows = store.tail(count)
+    for r in rows:
+        show(r)
+    last = rows[-1]["seq"] if rows else 0
+    while follow:
+        time.sleep(1)
+        for r in store.query(after_seq=last):
+            show(r)
+            last = r["seq"]
+
+
+@audit_cli.command("query")
+@config_option
+@audit_filters
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="json", show_default=True)
+def audit_query(config_path: str | None, user, patient, study, types, since, until, limit, fmt) -> None:  # type: ignore[no-untyped-def]
+    """Records matching the filters, as CSV or JSON on stdout."""
+    from bridge.audit.store import export_csv, export_json
+
+    _, store = _audit_store(config_path, signing=True)
+    rows = _query(store, user, patient, study, types, since, until, limit)
+    (export_csv if fmt == "csv" else export_json)(rows, sys.stdout)
+    _record_audit_use(store, "query", user=user, patient=patient, study=study, types=list(types), format=fmt)
+
+
+@audit_cli.command("pull-keycloak-events")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def audit_pull_keycloak_events(config_path: str | None, as_json: bool) -> None:
+    """Record the logins that happened inside Keycloak since the last pull (what `serve` does
+    every audit.keycloak_events_interval_seconds)."""
+    from bridge.audit.keycloak_events import KeycloakEventsError, pull_from_settings
+
+    settings, store = _audit_store(config_path, signing=True)
+    try:
+        report = pull_from_settings(settings, store)
+    except KeycloakEventsError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    if report is None:
+        click.echo("another process is pulling Keycloak events right now; nothing done", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.by_type.items())) or "nothing new"
+        click.echo(f"keycloak realm {settings.keycloak.realm}: {report.fetched} event(s) read, "
+                   f"{report.recorded} recorded ({kinds}), {report.duplicates} already in the trail")
+
+
+@audit_cli.command("export-fhir")
+@config_option
+@audit_filters
+def audit_export_fhir(config_path: str | None, user, patient, study, types, since, until, limit) -> None:  # type: ignore[no-untyped-def]
+    """Records matching the filters as a FHIR Bundle of IHE BALP AuditEvents (JSON on stdout)."""
+    from bridge.audit.fhir import to_fhir
+    from bridge.audit.store import row_to_event
+
+    settings, store = _audit_store(config_path, signing=True)
+    rows = _query(store, user, patient, study, types, since, until, limit)
+    entries = [{"resource": to_fhir(row_to_event(r), source_id=settings.audit.source_id,
+                                    enterprise_site_id=settings.audit.enterprise_site_id)} for r in rows]
+    click.echo(json.dumps({"resourceType": "Bundle", "type": "collection", "total": len(entries),
+                           "entry": entries}, indent=2))
+    _record_audit_use(store, "export-fhir", user=user, patient=patient, study=study, types=list(types))
