@@ -341,21 +341,30 @@ class JwksCache:
         self._loaded_at = self._attempt_at
 
     def key(self, kid: str) -> tuple[str, Any]:
-        """``(alg, key)`` for ``kid``; raises VerificationError when the issuer has no such key."""
+        """``(alg, key)`` for ``kid``; raises VerificationError when the issuer has no such key.
+
+        A thread that does not know ``kid`` waits for the lock before deciding: another thread may
+        be fetching the set right now (a fresh process's first requests arrive together, or a
+        rotation), and the rate limit's timestamp is set when a fetch *starts*; deciding without
+        the lock failed those requests with "unknown signing key" while the fetch was under way.
+        Threads whose key is known never wait for a periodic refresh.
+        """
         now = self.clock()
         if (
             now - self._loaded_at > self.max_age_seconds
             and now - self._attempt_at >= self.min_refresh_seconds
         ):
             with self._lock:
-                if self.clock() - self._loaded_at > self.max_age_seconds:
+                now = self.clock()
+                if now - self._loaded_at > self.max_age_seconds and now - self._attempt_at >= self.min_refresh_seconds:
                     self._load()
         found = self._keys.get(kid)
-        if found is None and now - self._attempt_at >= self.min_refresh_seconds:
-            with self._lock:  # unknown kid: maybe a rotation; refresh once, rate-limited
-                if kid not in self._keys and self.clock() - self._attempt_at >= self.min_refresh_seconds:
+        if found is None:
+            with self._lock:  # unknown kid: a fetch under way, or a rotation (refresh once, rate-limited)
+                found = self._keys.get(kid)
+                if found is None and self.clock() - self._attempt_at >= self.min_refresh_seconds:
                     self._load()
-            found = self._keys.get(kid)
+                    found = self._keys.get(kid)
         if found is None:
             raise VerificationError("unknown signing key (kid)")
         return found
