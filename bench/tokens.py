@@ -164,6 +164,40 @@ def load(url: str, form: dict[str, str], seconds: float, concurrency: int, ca: s
 # --------------------------------------------------------------------------- wrk (C load generator)
 
 
+# wrk only reports "Non-2xx or 3xx responses: N"; this counts every status per thread, keeps the
+# first bodies of failed answers (OAuth error JSON: no token in it) and prints one JSON line at
+# the end, so the bench says *what* failed, not just how many.
+_WRK_STATUS_LUA = r"""
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+statuses = {}
+samples = {}
+function response(status, headers, body)
+  local k = tostring(status)
+  statuses[k] = (statuses[k] or 0) + 1
+  if (status < 200 or status >= 400) and #samples < 5 then
+    table.insert(samples, k .. " " .. string.sub(body or "", 1, 300))
+  end
+end
+local function quote(s)
+  return '"' .. string.gsub(s, '[%c"\\]', function(c) return string.format("\\u%04x", string.byte(c)) end) .. '"'
+end
+function done(summary, latency, requests)
+  local total, bodies = {}, {}
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("statuses")) do total[k] = (total[k] or 0) + v end
+    for _, b in ipairs(t:get("samples")) do if #bodies < 5 then table.insert(bodies, quote(b)) end end
+  end
+  local parts = {}
+  for k, v in pairs(total) do table.insert(parts, quote(k) .. ":" .. v) end
+  local e = summary.errors
+  io.write("WRK_STATUS_JSON {\"statuses\":{" .. table.concat(parts, ",") .. "},\"failed_bodies\":[" ..
+    table.concat(bodies, ",") .. "],\"socket_errors\":{\"connect\":" .. e.connect .. ",\"read\":" .. e.read ..
+    ",\"write\":" .. e.write .. ",\"timeout\":" .. e.timeout .. ",\"status\":" .. e.status .. "}}\n")
+end
+"""
+
+
 def _wrk_script(form: dict[str, str], directory: Path) -> Path:
     """A wrk Lua script POSTing the form (and HTTP Basic when the form holds ``_basic``)."""
     form = dict(form)
@@ -172,6 +206,7 @@ def _wrk_script(form: dict[str, str], directory: Path) -> Path:
              'wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"']
     if basic:
         lines.append(f'wrk.headers["Authorization"] = "Basic {base64.b64encode(basic.encode()).decode()}"')
+    lines.append(_WRK_STATUS_LUA)
     path = directory / f"post-{abs(hash(tuple(form))) % 10**8}.lua"
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o600)  # holds a bearer-equivalent subject token / client secret
@@ -193,9 +228,13 @@ def wrk_load(url: str, form: dict[str, str], seconds: float, connections: int, t
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lat = dict(re.findall(r"^\s+(50|99)(?:\.000)?%\s+(\S+)", out, re.M))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errors = re.search(r"Socket errors:.*", out)
+    detail = re.search(r"^WRK_STATUS_JSON (.*)$", out, re.M)
+    status = json.loads(detail.group(1)) if detail else {}
+    sockets = status.get("socket_errors", {})
     return {"requests_per_s": round(rps, 1), "p50_ms": round(_ms(lat["50"]), 2), "p99_ms": round(_ms(lat["99"]), 2),
-            "errors": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else None,
+            "errors": (int(non2xx.group(1)) if non2xx else 0) + sum(v for k, v in sockets.items() if k != "status"),
+            "statuses": dict(sorted(status.get("statuses", {}).items())), "socket_errors": sockets,
+            "failed_bodies": status.get("failed_bodies", []),
             "connections": connections, "seconds": seconds, "generator": f"wrk -t{threads}"}
 
 
@@ -207,6 +246,13 @@ def _loader(use_wrk: bool) -> Any:
     if shutil.which("wrk") is None:
         install.apt_install(["wrk"])
     return lambda url, form, seconds, concurrency, ca=None: wrk_load(url, form, seconds, concurrency)
+
+
+def _tail(path: Path, lines: int = 20) -> list[str]:
+    """The last lines of gunicorn's error log: worker timeouts, restarts and tracebacks show up here."""
+    if not path.exists():
+        return []
+    return path.read_text(errors="replace").splitlines()[-lines:]
 
 
 def http_part(seconds: float, concurrency: int, use_wrk: bool = True, threads: int = 2) -> dict[str, Any]:
@@ -229,11 +275,17 @@ def http_part(seconds: float, concurrency: int, use_wrk: bool = True, threads: i
     tmp = Path(tempfile.mkdtemp(prefix="bench-tokens-"))
     db = f"sqlite:///{tmp}/bridge.db"
     migrate(db)
+    # what the sync writes for a radiologist: keyed by the directory id the token carries (the
+    # exchange looks a federated user up by that id only; the token's signature is the server's job)
+    import jwt
+
     from bridge.store.db import engine, session
     from bridge.store.models import RoleAssignment
+    from bridge.tokens.claims import subject_from_keycloak
 
-    with session(engine(db)) as s:  # what the sync writes for a radiologist
-        s.add(RoleAssignment(subject_id="bench", username=user, role="radiologist", scopes={}))
+    directory_id = subject_from_keycloak(jwt.decode(subject, options={"verify_signature": False}))[0].id
+    with session(engine(db)) as s:
+        s.add(RoleAssignment(subject_id=directory_id, username=user, role="radiologist", scopes={}))
     cfg = tmp / "bridge.yaml"
     cfg.write_text(json.dumps({
         "keycloak": {"url": kc_url, "realm": realm, "ca_file": ca},
@@ -242,12 +294,14 @@ def http_part(seconds: float, concurrency: int, use_wrk: bool = True, threads: i
                    "clients": [{"client_id": "pacs-viewer"}]},
     }))
     port = free_port()
+    errlog = tmp / "gunicorn-error.log"
     env = {**os.environ, "PACS_BRIDGE_CONFIG": str(cfg), "PACS_BRIDGE_FLASK_PACS_BRIDGE_RATE_TOKEN": "1000000/second"}
     # gthread keeps wrk's connections alive (sync workers close each one); threads=0: sync workers
     worker = ["-k", "gthread", "--threads", str(threads)] if threads else ["-k", "sync"]
     server = f"gunicorn 2 workers ({f'gthread x{threads}' if threads else 'sync'}), plain HTTP on 127.0.0.1"
     gunicorn = [str(Path(sys.executable).with_name("gunicorn")), "--no-control-socket", "-w", "2", *worker,
-                "-b", f"127.0.0.1:{port}", "--log-level", "warning", "bridge.web.wsgi:app"]
+                "-b", f"127.0.0.1:{port}", "--log-level", "warning", "--error-logfile", str(errlog),
+                "--capture-output", "bridge.web.wsgi:app"]  # workers' stderr (tracebacks) into the same log
     proc = subprocess.Popen(gunicorn, env=env, cwd=tmp)
     try:
         for _ in range(100):
@@ -278,7 +332,7 @@ def http_part(seconds: float, concurrency: int, use_wrk: bool = True, threads: i
     run_load(kc_token_url, dict(kc_form), 1.0, 2, ca)  # warm-up
     reference = run_load(kc_token_url, kc_form, seconds, concurrency, ca)
     return {
-        "exchange": {**exchange, "server": server},
+        "exchange": {**exchange, "server": server, "gunicorn_log_tail": _tail(errlog)},
         "keycloak_client_credentials": {**reference, "server": "Keycloak 26.5 start-dev, HTTPS keep-alive"},
         "exchange_vs_keycloak": round(exchange["requests_per_s"] / max(reference["requests_per_s"], 0.1), 2),
     }
