@@ -51,7 +51,7 @@ from sqlalchemy import Engine, select
 from bridge.audit import events as ev
 from bridge.audit.codes import AuditEventType, Outcome
 from bridge.audit.store import AuditStore
-from bridge.store.db import session
+from bridge.store.db import session, write_session
 from bridge.store.models import AuditEventRow, PullCursor
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def load_cursor(engine: Engine, name: str) -> Cursor:
 
 
 def save_cursor(engine: Engine, name: str, cursor: Cursor) -> None:
-    with session(engine) as s:
+    with write_session(engine) as s:
         row = s.get(PullCursor, name)
         if row is None:
             s.add(PullCursor(name=name, time_ms=cursor.time_ms, ids=list(cursor.ids)))

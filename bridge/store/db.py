@@ -90,6 +90,21 @@ def session(eng: Engine) -> Iterator[Session]:
 
 
 @contextmanager
+def write_session(eng: Engine) -> Iterator[Session]:
+    """A unit of work that reads and then writes (check-then-insert, raise-a-watermark).
+
+    On SQLite it takes the write lock up front (``BEGIN IMMEDIATE``): a deferred transaction whose
+    WAL snapshot went stale because another connection committed after its first read cannot
+    upgrade to a writer, and fails at once with "database is locked" (the busy timeout does not
+    apply).  With the lock taken first, it waits its turn instead."""
+    with eng.connect() as conn:
+        if eng.dialect.name == "sqlite":
+            conn.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+        with Session(bind=conn, expire_on_commit=False) as s, s.begin():
+            yield s
+
+
+@contextmanager
 def write_transaction(eng: Engine) -> Iterator[Connection]:
     """A transaction that intends to write a serialised resource (see the module docstring)."""
     with eng.connect() as conn:

@@ -23,7 +23,7 @@ from bridge.directory.model import DirectorySnapshot, DirectoryUnavailable
 from bridge.directory.reader import DirectoryReader
 from bridge.policy.model import Policy
 from bridge.store import lease
-from bridge.store.db import session
+from bridge.store.db import session, write_session
 from bridge.store.models import SyncRun, utcnow
 from bridge.sync.desired import desired_state
 from bridge.sync.model import ActualState, DesiredState, Leaver, Plan
@@ -212,7 +212,7 @@ class SyncRunner:
         errors = list(report.errors) + [f for r in report.results for f in r.failures]
         if report.gate and not report.gate.ok:
             errors += [{"error": r} for r in report.gate.reasons]
-        with session(self.engine) as s:
+        with write_session(self.engine) as s:  # read-then-write: take SQLite's write lock first
             row = s.get(SyncRun, report.run_id)
             if row is not None:
                 row.status, row.finished_at = report.status, utcnow()

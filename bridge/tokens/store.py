@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine, delete, or_, select, update
 
-from bridge.store.db import session
+from bridge.store.db import session, write_session
 from bridge.store.models import RevokedToken, RoleAssignment, SigningKey, SubjectRevocation
 from bridge.tokens.keys import KeyRecord
 
@@ -144,7 +144,7 @@ class SqlRevocationStore:
 
     def revoke(self, jti: str, exp: int) -> None:
         expires = datetime.fromtimestamp(int(exp), UTC)
-        with session(self.engine) as s:
+        with write_session(self.engine) as s:
             if s.get(RevokedToken, jti) is None:
                 s.add(RevokedToken(jti=jti, exp=expires))
             s.execute(delete(RevokedToken).where(RevokedToken.exp < datetime.now(UTC)))
@@ -174,7 +174,7 @@ class SqlRevocationStore:
     def revoke_subject(self, subject: str, not_before: int, exp: int) -> None:
         """Raise ``subject``'s watermark (never lower it: a later logout must not un-revoke)."""
         nb, ex = datetime.fromtimestamp(int(not_before), UTC), datetime.fromtimestamp(int(exp), UTC)
-        with session(self.engine) as s:
+        with write_session(self.engine) as s:
             row = s.get(SubjectRevocation, subject)
             if row is None:
                 s.add(SubjectRevocation(subject_id=subject, not_before=nb, exp=ex))

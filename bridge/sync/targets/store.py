@@ -11,7 +11,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, delete, select
 
 from bridge.policy.model import Role
-from bridge.store.db import session
+from bridge.store.db import session, write_session
 from bridge.store.models import RoleAssignment, utcnow
 from bridge.sync.model import ActualState, Change, DesiredState, Leaver
 from bridge.sync.targets.base import Target
@@ -51,7 +51,7 @@ class StoreTarget(Target):
     def refresh(self, desired: DesiredState) -> int:
         """Update usernames (renames), granting group/rule and scopes of existing managed rows."""
         n = 0
-        with session(self.engine) as s:
+        with write_session(self.engine) as s:
             for row in s.scalars(select(RoleAssignment).where(RoleAssignment.managed.is_(True))):
                 why = desired.assignments.get((row.subject_id, row.role))
                 user = desired.users.get(row.subject_id)

@@ -18,7 +18,7 @@ from bridge.devstack import demo_data
 from bridge.devstack import keycloak as kc
 from bridge.devstack.realm import AD_REALM, LDAP_REALM
 from bridge.pacs.verifier import VerificationError, Verifier, VerifierConfig
-from bridge.store.db import session
+from bridge.store.db import write_session
 from bridge.store.models import RoleAssignment
 
 pytestmark = pytest.mark.integration
@@ -41,7 +41,7 @@ def seed(server: BridgeServer, directory_ids: dict[str, dict[str, str]], usernam
          departments: list[str]) -> str:
     """What the sync writes: an assignment keyed by the stable directory id."""
     sid = directory_ids[server.realm][username]
-    with session(db_engine(server)) as s:
+    with write_session(db_engine(server)) as s:  # read-then-write beside the bridge's own writers
         if s.scalar(select(RoleAssignment).where(RoleAssignment.subject_id == sid,
                                                  RoleAssignment.role == role)) is None:
             s.add(RoleAssignment(subject_id=sid, username=username, role=role,
