@@ -16,13 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import requests
 import yaml
 
 from bridge.devstack import process
 from bridge.devstack.service import Service, StackContext
 from bridge.devstack.state import free_port, port_open, project_root
 from bridge.devstack.tls import issue
+from bridge.http import pinned_session
 
 #: secrets (names in .devstack/secrets.json) written to files the config names
 SESSION_SECRET = "bridge-session"
@@ -159,11 +159,10 @@ class BridgeService(Service):
 
         settings = load_config(self.config_file)
         url = settings.bridge.public_url
-        session = requests.Session()
-        session.trust_env = False  # REQUESTS_CA_BUNDLE would override `verify`
+        session = pinned_session(ctx.ca_file)
 
         def ready() -> bool:
-            r = session.get(f"{url}/.well-known/oauth-authorization-server", timeout=3, verify=str(ctx.ca_file))
+            r = session.get(f"{url}/.well-known/oauth-authorization-server", timeout=3)
             return r.status_code == 200
 
         process.wait_until(ready, what="bridge (gunicorn)", timeout=60, rec=process.load(self.name))

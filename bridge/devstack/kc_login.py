@@ -33,6 +33,8 @@ import jwt
 import pyotp
 import requests
 
+from bridge.http import pinned_session
+
 
 class LoginError(RuntimeError):
     """The login did not end with tokens; the message says at which step (never a secret)."""
@@ -113,11 +115,7 @@ class BrowserlessLogin:
         return f"{self.base_url.rstrip('/')}/realms/{self.realm}"
 
     def _session(self) -> requests.Session:
-        s = requests.Session()
-        # REQUESTS_CA_BUNDLE would otherwise replace `verify`; the dev CA is the only trust anchor
-        s.trust_env = False
-        s.verify = self.ca_file
-        return s
+        return pinned_session(self.ca_file)
 
     def login(self, username: str, password: str, *, otp: str | Callable[[], str] | None = None,
               acr_values: str | None = None, session: requests.Session | None = None,

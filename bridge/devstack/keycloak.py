@@ -39,6 +39,7 @@ from bridge.devstack.process import DevstackError
 from bridge.devstack.service import Service, StackContext
 from bridge.devstack.state import cache_dir, free_port
 from bridge.devstack.tls import issue
+from bridge.http import pinned_session
 
 KEYCLOAK_VERSION = "26.5.6"
 ARTIFACT = f"org.keycloak:keycloak-quarkus-dist:{KEYCLOAK_VERSION}:zip"
@@ -269,10 +270,7 @@ class AdminClient:
 
     def __init__(self, base_url: str, password: str, *, ca_file: str, username: str = ADMIN_USERNAME) -> None:
         self.base = base_url.rstrip("/")
-        self.http = requests.Session()
-        # with trust_env, REQUESTS_CA_BUNDLE silently replaces session.verify: pin the dev CA
-        self.http.trust_env = False
-        self.http.verify = ca_file
+        self.http = pinned_session(ca_file)
         res = self.http.post(f"{self.base}/realms/master/protocol/openid-connect/token", timeout=30, data={
             "grant_type": "password", "client_id": "admin-cli", "username": username, "password": password})
         if res.status_code != 200:

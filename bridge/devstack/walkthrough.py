@@ -18,16 +18,10 @@ import requests
 
 from bridge.devstack import demo_data, state
 from bridge.devstack.kc_login import client_for, fresh_totp
+from bridge.http import pinned_session
 
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
-
-
-def _session(ca: str) -> requests.Session:
-    s = requests.Session()
-    s.trust_env = False  # REQUESTS_CA_BUNDLE would override `verify`
-    s.verify = ca
-    return s
 
 
 def _exchange(http: requests.Session, bridge_url: str, token: str) -> requests.Response:
@@ -43,7 +37,7 @@ def run(out: Any = sys.stdout) -> bool:
     if missing:
         print(f"walkthrough skipped: {', '.join(missing)} not running", file=out)
         return False
-    http = _session(info["ca"]["file"])
+    http = pinned_session(info["ca"]["file"])
     bridge_url, orthanc_url = info["bridge"]["url"], info["orthanc"]["url"]
     ok = True
 

@@ -6,9 +6,8 @@ Learnt at login in this process; otherwise asked from Keycloak's admin API (the 
 
 from __future__ import annotations
 
-import requests
-
 from bridge.config import Settings
+from bridge.http import pinned_session
 
 LDAP_ID = "LDAP_ID"
 
@@ -18,9 +17,7 @@ def directory_id_from_admin_api(settings: Settings, kc_user_id: str, timeout: fl
     kc = settings.keycloak
     if kc.admin_password is None:
         return None
-    http = requests.Session()
-    http.trust_env = False  # REQUESTS_CA_BUNDLE would replace the CA below
-    http.verify = str(kc.ca_file) if kc.ca_file else True
+    http = pinned_session(kc.ca_file)
     token = http.post(
         f"{kc.url}/realms/{kc.admin_realm}/protocol/openid-connect/token",
         data={"grant_type": "password", "client_id": "admin-cli", "username": kc.admin_username,

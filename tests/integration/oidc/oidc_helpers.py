@@ -23,6 +23,7 @@ from flask import Flask
 from bridge.devstack import demo_data
 from bridge.devstack import keycloak as kc
 from bridge.devstack.kc_login import _error_text, _form, fresh_totp
+from bridge.http import pinned_session
 from bridge.store.db import engine
 
 VIEWER_PATH = "/viewer/callback"
@@ -42,10 +43,7 @@ class BridgeServer:
         return self.url + VIEWER_PATH
 
     def http(self) -> requests.Session:
-        s = requests.Session()
-        s.trust_env = False  # REQUESTS_CA_BUNDLE would replace the dev CA
-        s.verify = self.ca_file
-        return s
+        return pinned_session(self.ca_file)
 
 
 def _free_port() -> int:
