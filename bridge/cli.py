@@ -44,8 +44,9 @@ def check_config(path: str) -> None:
     """Validate PATH; list every error with its key path (exit 2), or print a summary (exit 0)."""
     settings = load_or_exit(path)
     click.echo(f"{path}: OK")
-    width = max(len(k) for k, _ in summary(settings))
-    for key, line in summary(settings):
+    rows = summary(settings)
+    width = max(len(k) for k, _ in rows)
+    for key, line in rows:
         click.echo(f"  {key.ljust(width)}  {line}")
 
 

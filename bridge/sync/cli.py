@@ -56,16 +56,12 @@ def sync_cli(config_path: str | None, policy_path: str | None, do_plan: bool, do
         raise click.UsageError("--plan and --apply exclude each other")
     settings = load_or_exit(config_path)
     console = Console(stderr=as_json)
-    try:
-        runner = build_runner(settings, policy_path=policy_path)
-    except PolicyError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(2)
-    except TargetError as exc:
-        click.echo(f"sync: {exc}", err=True)
-        sys.exit(1)
-    if show_history:
-        rows = history(runner.engine)
+    if show_history:  # only the run table: no policy, no targets, no directory
+        from bridge.store.db import engine as make_engine
+        from bridge.store.db import migrate
+
+        migrate(settings.store.url)  # a store that never ran a sync lists no runs
+        rows = history(make_engine(settings.store.url))
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return
@@ -81,6 +77,14 @@ def sync_cli(config_path: str | None, policy_path: str | None, do_plan: bool, do
                           changes, str(len(r["errors"] or [])))
         console.print(table)
         return
+    try:
+        runner = build_runner(settings, policy_path=policy_path)
+    except PolicyError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    except TargetError as exc:
+        click.echo(f"sync: {exc}", err=True)
+        sys.exit(1)
     tty = console.is_terminal and not as_json
     if tty:
         from rich.progress import Progress

@@ -41,16 +41,12 @@ def build_targets(settings: Settings, engine: Any) -> list[Target]:
     return out
 
 
-def revoke_subject_hook(engine: Any) -> Any:
-    """The token service's revoke-by-subject, if it offers one (looked up, not required)."""
-    try:
-        from bridge.tokens import store as token_store
-    except ImportError:
-        return None
-    fn = getattr(token_store, "revoke_subject", None)
-    if fn is None:
-        return None
-    return lambda subject: fn(engine, subject)
+def revoke_subject_hook(engine: Any, max_token_lifetime: int) -> Any:
+    """Leavers' PACS tokens: the token service's revoke-by-subject watermark, kept as long as
+    the longest token it may cover (``tokens.max_lifetime_seconds``)."""
+    from bridge.tokens.store import revoke_subject
+
+    return lambda subject: revoke_subject(engine, subject, max_token_lifetime=max_token_lifetime)
 
 
 def build_runner(settings: Settings, *, policy_path: str | None = None, with_audit: bool = True) -> SyncRunner:
@@ -68,5 +64,6 @@ def build_runner(settings: Settings, *, policy_path: str | None = None, with_aud
     return SyncRunner(
         reader_for(settings.directory), policy, build_targets(settings, eng), eng,
         thresholds=Thresholds(settings.sync.deletion_threshold_count, settings.sync.deletion_threshold_percent),
-        audit=audit, revoke_subject=revoke_subject_hook(eng), full_sync_every=settings.sync.full_sync_every,
+        audit=audit, revoke_subject=revoke_subject_hook(eng, settings.tokens.max_lifetime_seconds),
+        full_sync_every=settings.sync.full_sync_every,
     )

@@ -13,16 +13,15 @@ from sqlalchemy import Engine, delete, select
 from bridge.policy.model import Role
 from bridge.store.db import session, write_session
 from bridge.store.models import RoleAssignment, utcnow
-from bridge.sync.model import ActualState, Change, DesiredState, Leaver
+from bridge.sync.model import ActualState, Change, DesiredState
 from bridge.sync.targets.base import Target
 
 
 class StoreTarget(Target):
     name = "store"
 
-    def __init__(self, engine: Engine, revoke_subject: object | None = None):
+    def __init__(self, engine: Engine):
         self.engine = engine
-        self._revoke = revoke_subject
 
     def read(self, desired: DesiredState) -> ActualState:
         with session(self.engine) as s:
@@ -65,7 +64,3 @@ class StoreTarget(Target):
                     row.updated_at = utcnow()
                     n += 1
         return n
-
-    def offboard(self, leaver: Leaver) -> None:
-        if callable(self._revoke):
-            self._revoke(leaver.user_id)
