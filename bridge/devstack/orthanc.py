@@ -87,7 +87,7 @@ class OrthancService(Service):
         data = plugin_settings(
             issuer=issuer, audience=settings.pacs.audience, ca_file=ctx.ca_file,
             spool_dir=self.dir / "audit-spool", orthanc_log_file=self.dir / "server.log", pacs_name=self.name,
-            **audit,
+            mfa=settings.mfa, **audit,
         )
         self.plugin_config_file.write_text(json.dumps(data, indent=2), encoding="utf-8")
 

@@ -121,8 +121,11 @@ def plugin_settings(
     pacs_name: str,
     audit_url: str | None = None,
     audit_token_file: Path | None = None,
+    mfa: Any | None = None,
 ) -> dict[str, Any]:
-    """The plugin's JSON config (bridge/pacs/plugin_config.py) for a bridge at ``issuer``."""
+    """The plugin's JSON config (bridge/pacs/plugin_config.py) for a bridge at ``issuer``.
+
+    ``mfa`` is the bridge's ``mfa`` section: the PACS must apply the same rule as ``/token``."""
     base = issuer.rstrip("/")
     out: dict[str, Any] = {
         "issuer": issuer,
@@ -140,4 +143,7 @@ def plugin_settings(
         out["audit_url"] = audit_url
     if audit_token_file is not None:
         out["audit_token_file"] = str(audit_token_file)
+    if mfa is not None:
+        out.update({"mfa_required_acr": mfa.required_acr or None, "mfa_accepted_amr": list(mfa.accepted_amr),
+                    "mfa_max_auth_age_seconds": int(mfa.max_auth_age_seconds)})
     return out

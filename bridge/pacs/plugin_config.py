@@ -22,6 +22,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from bridge.tokens.mfa import MfaRule
+
+_MFA = MfaRule()
+
 ENV_FILE = "PACS_BRIDGE_PLUGIN_CONFIG"
 ENV_PREFIX = "PACS_BRIDGE_PLUGIN_"
 ORTHANC_SECTION = "PacsBridge"
@@ -45,10 +49,10 @@ class PluginConfig:
     jwks_min_refresh_seconds: float = 30.0
     revocation_refresh_seconds: float = 10.0
     revocation_max_stale_seconds: float = 300.0
-    #: MFA rule (the same three knobs as the bridge's ``mfa`` section)
-    mfa_required_acr: str | None = "mfa"
-    mfa_accepted_amr: tuple[str, ...] = ("otp", "hwk", "mfa")
-    mfa_max_auth_age_seconds: int = 12 * 3600
+    #: MFA rule (the same three knobs as the bridge's ``mfa`` section; defaults from MfaRule)
+    mfa_required_acr: str | None = _MFA.required_acr
+    mfa_accepted_amr: tuple[str, ...] = tuple(sorted(_MFA.accepted_amr))
+    mfa_max_auth_age_seconds: int = _MFA.max_auth_age_seconds
     #: the bridge's audit ingest endpoint (POST, JSON); None: spool only
     audit_url: str | None = None
     #: file holding the bearer secret for ``audit_url``
