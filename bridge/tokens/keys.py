@@ -179,11 +179,7 @@ class SigningKey:
 @dataclass(frozen=True)
 class _Snapshot:
     active: SigningKey | None
-    public_keys: dict[str, tuple[str, PublicKey]]
-    jwks: dict[str, Any]
     loaded_at: float
-    #: when the next retired key leaves the JWKS (the cache must not outlive that moment)
-    drop_at: datetime | None = None
 
 
 class KeyRing:
@@ -224,16 +220,10 @@ class KeyRing:
             der = self.encryptor.decrypt(newest.private_key_encrypted, newest.kid)
             key = serialization.load_der_private_key(der, password=None)
             active = SigningKey(newest.kid, newest.algorithm, key)  # type: ignore[arg-type]
-        public_keys: dict[str, tuple[str, PublicKey]] = {}
-        for r in published:
-            public_keys[r.kid] = (r.algorithm, jwt.get_algorithm_by_name(r.algorithm).from_jwk(r.public_jwk))
-        jwks = {"keys": [dict(r.public_jwk) for r in reversed(published)]}
-        drop_at = min((r.not_after for r in published if r.not_after is not None), default=None)
-        return _Snapshot(active, public_keys, jwks, time.monotonic(), drop_at)
+        return _Snapshot(active, time.monotonic())
 
     def _stale(self, snap: _Snapshot | None) -> bool:
-        return (snap is None or time.monotonic() - snap.loaded_at > self.refresh_seconds
-                or (snap.drop_at is not None and self.clock() >= snap.drop_at))
+        return snap is None or time.monotonic() - snap.loaded_at > self.refresh_seconds
 
     def snapshot(self) -> _Snapshot:
         snap = self._snapshot
@@ -269,9 +259,6 @@ class KeyRing:
         now = self.clock()
         records = sorted(self.repository.all(), key=lambda r: r.created_at)
         return {"keys": [dict(r.public_jwk) for r in reversed(records) if r.published(now)]}
-
-    def public_key(self, kid: str) -> tuple[str, PublicKey] | None:
-        return self.snapshot().public_keys.get(kid)
 
     # ---- signing
 

@@ -154,6 +154,8 @@ class SqlRevocationStore:
     def _current(self) -> dict[str, int]:
         if time.monotonic() - self._loaded_at > self.cache_seconds:
             with self._lock:
+                if time.monotonic() - self._loaded_at <= self.cache_seconds:
+                    return self._cache  # another thread reloaded while this one waited
                 with session(self.engine) as s:
                     rows = s.execute(
                         select(RevokedToken.jti, RevokedToken.exp).where(
@@ -187,11 +189,14 @@ class SqlRevocationStore:
     def subjects(self) -> dict[str, tuple[int, int]]:
         """Live watermarks ``{subject: (not_before, exp)}``, cached like the jti set."""
         if time.monotonic() - self._subjects_loaded_at > self.cache_seconds:
-            with self._lock, session(self.engine) as s:
-                rows = s.execute(
-                    select(SubjectRevocation.subject_id, SubjectRevocation.not_before, SubjectRevocation.exp)
-                    .where(SubjectRevocation.exp >= datetime.now(UTC))
-                ).all()
+            with self._lock:
+                if time.monotonic() - self._subjects_loaded_at <= self.cache_seconds:
+                    return dict(self._subjects)  # reloaded by another thread meanwhile
+                with session(self.engine) as s:
+                    rows = s.execute(
+                        select(SubjectRevocation.subject_id, SubjectRevocation.not_before, SubjectRevocation.exp)
+                        .where(SubjectRevocation.exp >= datetime.now(UTC))
+                    ).all()
                 self._subjects = {sub: (int(nb.timestamp()), int(ex.timestamp())) for sub, nb, ex in rows}
                 self._subjects_loaded_at = time.monotonic()
         return dict(self._subjects)
