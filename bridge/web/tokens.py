@@ -55,7 +55,8 @@ def build_service(settings: Settings, audit_store: Any | None = None) -> TokenSe
     from bridge.tokens.auditing import BufferedAuditSink
     from bridge.tokens.store import CachedAssignmentSource, SqlAssignmentSource, SqlRevocationStore
 
-    eng = make_engine(settings.store.url)
+    # one connection pool per worker: the audit store already opened the same database
+    eng = audit_store.engine if audit_store is not None else make_engine(settings.store.url)
     kc = settings.keycloak
     issuer = settings.tokens.issuer or settings.bridge.public_url
     validator = KeycloakTokenValidator(
