@@ -23,7 +23,6 @@ import json
 import random
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bridge.config import DirectorySection
+from bridge.devstack.state import free_port, port_open
 from bridge.directory.reader import OpenLdapReader
 from bridge.policy.loader import parse_policy
 from bridge.store.db import engine as make_engine
@@ -46,12 +46,6 @@ BASE = "dc=bench,dc=test"
 ROOT = f"cn=admin,{BASE}"
 PASSWORD = "bench-only-Passw0rd"  # generated data on loopback, thrown away after the run
 SCHEMA = Path("/etc/ldap/schema")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ldif(users: int, groups: int, seed: int = 7) -> tuple[str, dict[int, list[int]]]:
@@ -88,11 +82,9 @@ def start_slapd(tmp: Path, users: int, groups: int) -> tuple[subprocess.Popen[by
     proc = subprocess.Popen(["slapd", "-d", "0", "-h", f"ldap://127.0.0.1:{port}/", "-f", str(conf)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        if port_open(port, timeout=0.2):
             break
-        except OSError:
-            time.sleep(0.1)
+        time.sleep(0.1)
     return proc, port, members
 
 

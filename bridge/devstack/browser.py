@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 from bridge.devstack import install
 from bridge.devstack.state import free_port
+from bridge.http import pinned_session
 
 #: what a machine needs for the browser tests (installed by `ensure_installed`, as CI does)
 APT_PACKAGES = ("chromium", "chromium-driver")
@@ -49,8 +50,7 @@ class Browser:
 
     def __init__(self, base: str, session_id: str):
         self.base = f"{base}/session/{session_id}"
-        self.http = requests.Session()
-        self.http.trust_env = False
+        self.http = pinned_session()  # chromedriver on loopback http: no proxy, no env CA bundle
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         res = self.http.request(method, self.base + path, json=body, timeout=60)
@@ -103,8 +103,7 @@ def chromium(trusted_certs: Iterable[str | Path], profile_dir: Path) -> Iterator
     driver = subprocess.Popen([CHROMEDRIVER, f"--port={port}", "--allowed-ips=127.0.0.1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    http = requests.Session()
-    http.trust_env = False
+    http = pinned_session()
     session_id = None
     try:
         for _ in range(100):

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from oidc_helpers import LIFETIME, MAX_LIFETIME, VIEWER_PATH, BridgeServer, _free_port, _repoint_client, _viewer_page
+from oidc_helpers import LIFETIME, MAX_LIFETIME, VIEWER_PATH, BridgeServer, _repoint_client, _viewer_page
 from werkzeug.serving import make_server
 
 from bridge.config import load_config
 from bridge.devstack import keycloak as kc
 from bridge.devstack import tls
 from bridge.devstack.service import StackContext
+from bridge.devstack.state import free_port
 from bridge.store.db import migrate
 from bridge.tokens.keys import KeyEncryptor
 from bridge.web.app import create_app
@@ -47,7 +48,7 @@ def bridge_servers(
             pytest.skip(f"{kc.REALM_DIRECTORY[realm]} is not part of this dev stack run")
         if realm in running:
             return running[realm][0]
-        port = _free_port()
+        port = free_port()
         url = f"https://127.0.0.1:{port}"
         db_url = f"sqlite:///{tmp_path_factory.mktemp('bridge-' + realm)}/bridge.db"
         migrate(db_url)

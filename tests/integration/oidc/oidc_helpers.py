@@ -11,7 +11,6 @@ API (back-channel logout URL); restored afterwards.
 from __future__ import annotations
 
 import html
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,11 +44,6 @@ class BridgeServer:
     def http(self) -> requests.Session:
         return pinned_session(self.ca_file)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _viewer_page() -> str:
