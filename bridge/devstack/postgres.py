@@ -16,13 +16,11 @@ No secret goes into stack.json: it holds the URL without the password (`url`), a
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import pwd
 import shutil
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -203,19 +201,9 @@ class PostgresService(Service):
         }
 
     def stop(self) -> bool:
-        """Fast shutdown (SIGINT: abort sessions, checkpoint) first; SIGTERM would wait for clients."""
-        rec = process.load(self.name)
-        was_running = bool(rec and rec.running())
-        if rec is not None and was_running:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(rec.pid, signal.SIGINT)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and rec.running():
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(rec.pid, os.WNOHANG)
-                time.sleep(0.1)
-        # signals whatever is left of the group and forgets the record
-        return process.stop(self.name) or was_running
+        """Fast shutdown (SIGINT: abort sessions, checkpoint); SIGTERM would wait for clients.  The
+        postmaster stops its backends itself (they run in process groups of their own)."""
+        return process.stop(self.name, timeout=10, first_signal=signal.SIGINT)
 
 
 SERVICE = PostgresService()

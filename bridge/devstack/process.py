@@ -111,14 +111,17 @@ def start(
     return rec
 
 
-def stop(name: str, timeout: float = 15.0) -> bool:
-    """Stop the recorded process group of `name`; True if something was stopped."""
+def stop(name: str, timeout: float = 15.0, first_signal: signal.Signals = signal.SIGTERM) -> bool:
+    """Stop the recorded process group of `name`; True if something was stopped.
+
+    `first_signal` is the server's own "shut down cleanly" signal (PostgreSQL's fast shutdown is
+    SIGINT); SIGKILL follows after `timeout`."""
     rec = load(name)
     if rec is None:
         return False
     stopped = False
     if rec.running():
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        for sig, wait in ((first_signal, timeout), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(rec.pgid, sig)
             except ProcessLookupError:
