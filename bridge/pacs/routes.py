@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from bridge.policy.permissions import Permission
 
@@ -33,7 +34,6 @@ LEVEL = "patients|studies|series|instances"
 ARCHIVE_LEVEL = "patients|studies|series"
 READ = frozenset({"GET", "HEAD"})
 ANY = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE"})
-NONE: frozenset[Permission] = frozenset()
 
 #: query parameters, decoded, every value of a repeated key kept in order
 Query = Mapping[str, tuple[str, ...]]
@@ -53,8 +53,8 @@ class Route:
     pattern: str
     permission: Permission
     what: str
-    also: frozenset[Permission] = NONE  # needed as well, every one of them
-    instead: frozenset[Permission] = NONE  # any one of these may stand in for ``permission``
+    also: tuple[Permission, ...] = ()  # needed as well, every one of them
+    instead: tuple[Permission, ...] = ()  # any one of these may stand in for ``permission``
     when: QueryTest | None = None
 
     def regex(self) -> re.Pattern[str]:
@@ -68,29 +68,32 @@ class Route:
                 parts.append("/(?:" + "|".join(_alternative(s) for s in seg.split("|")) + ")")
         return re.compile("".join(parts) + "/?" if parts else "/")
 
-    def granted(self, held: Iterable[str]) -> Permission | None:
-        """The permission ``held`` satisfies this rule with (``permission`` first), or None."""
-        have = set(held)
-        if any(p.value not in have for p in self.also):
-            return None
-        for p in (self.permission, *sorted(self.instead)):
-            if p.value in have:
+    def granted(self, held: Collection[str]) -> Permission | None:
+        """The permission ``held`` satisfies this rule with (``permission`` first), or None.
+        On the request path: no allocation for the common one-permission rule."""
+        for p in self.also:
+            if p.value not in held:
+                return None
+        if self.permission.value in held:
+            return self.permission
+        for p in self.instead:
+            if p.value in held:
                 return p
         return None
 
-    def missing(self, held: Iterable[str]) -> list[str]:
+    def missing(self, held: Collection[str]) -> list[str]:
         """What ``held`` lacks, for the denial reason (``a|b`` when any one of them would do)."""
-        have = set(held)
-        out = [p.value for p in sorted(self.also) if p.value not in have]
-        first = [self.permission, *sorted(self.instead)]
-        if not any(p.value in have for p in first):
+        out = [p.value for p in self.also if p.value not in held]
+        first = (self.permission, *self.instead)
+        if not any(p.value in held for p in first):
             out.insert(0, "|".join(p.value for p in first))
         return out
 
-    def requires(self) -> str:
-        """``modify + download``, ``send | q-r-remote-modalities | admin``: for the docs."""
-        first = " | ".join(p.value for p in (self.permission, *sorted(self.instead)))
-        return " + ".join([first, *(p.value for p in sorted(self.also))])
+    @cached_property
+    def requirement(self) -> str:
+        """``modify + download``, ``send | q-r-remote-modalities | admin``: for reasons and docs."""
+        first = " | ".join(p.value for p in (self.permission, *self.instead))
+        return " + ".join([first, *(p.value for p in self.also)])
 
 
 def _alternative(literal: str) -> str:
@@ -111,7 +114,7 @@ def _r(
     when: QueryTest | None = None,
 ) -> Route:
     ms = frozenset({methods}) if isinstance(methods, str) else methods
-    return Route(ms, pattern, permission, what, frozenset(also), frozenset(instead), when)
+    return Route(ms, pattern, permission, what, tuple(sorted(set(also))), tuple(sorted(set(instead))), when)
 
 
 # ------------------------------------------------------------------ query tests
@@ -138,6 +141,16 @@ EXPANDED = QueryTest(
 )
 
 # ------------------------------------------------------------------ the table
+
+#: what Orthanc 1.10.1 serves below ``/{level}/{id}`` that a viewer needs (JSON, rendered or decoded
+#: images, raw pixel data, the encapsulated PDF); ``file``, ``archive``, ``media`` and
+#: ``attachments`` are not here: they answer with whole files
+VIEW_BELOW = (
+    "statistics|metadata|module|module-patient|shared-tags|instances-tags|instances|series|studies"
+    "|patient|study|protected|ordered-slices|numpy|header|frames|image-int16|image-uint16|image-uint8"
+    "|matlab|pdf|preview|rendered|simplified-tags|tags|content"
+)
+FRAME_VIEWS = "image-int16|image-uint16|image-uint8|matlab|numpy|preview|raw|raw.gz|rendered"
 
 PEER_USERS = (P.QUERY_RETRIEVE, P.ADMIN)  # beside SEND: who may list peer names and echo them
 
@@ -213,7 +226,12 @@ ROUTES: tuple[Route, ...] = (
     # --- view: what a viewer needs to display (resources, tags, metadata, rendered images,
     #     frames / pixel data, encapsulated PDF), and queries
     _r(READ, f"/{LEVEL}", P.VIEW, "list resources"),
-    _r(READ, f"/{LEVEL}/*/**", P.VIEW, "resource, children, tags, previews, frames, metadata"),
+    _r(READ, f"/{LEVEL}/*", P.VIEW, "one resource"),
+    _r(READ, f"/{LEVEL}/*/{VIEW_BELOW}", P.VIEW, "children, parents, tags, metadata, images, pixel data"),
+    _r(READ, f"/{LEVEL}/*/metadata/*", P.VIEW, "one metadata item"),
+    _r(READ, "/instances/*/content/**", P.VIEW, "raw value of one tag (pixel data, an encapsulated PDF)"),
+    _r(READ, "/instances/*/frames/*", P.VIEW, "one frame"),
+    _r(READ, f"/instances/*/frames/*/{FRAME_VIEWS}", P.VIEW, "one frame, decoded or rendered"),
     _r("POST", "/tools/find|lookup|count-resources", P.VIEW, "query the PACS"),
     _r(
         READ,
@@ -424,7 +442,7 @@ def table() -> list[dict[str, str]]:
             "methods": " ".join(sorted(r.methods)),
             "path": r.pattern,
             "permission": r.permission.value,
-            "requires": r.requires(),
+            "requires": r.requirement,
             "when": r.when.doc if r.when else "",
             "what": r.what,
         }

@@ -133,10 +133,10 @@ def decide(
             False, f"no rule for {method.upper()} {path.split('?', 1)[0]}: denied", None, None, sub
         )
     held = claims.get("permissions")
-    names = [p for p in held if isinstance(p, str)] if isinstance(held, list) else []
+    names: list[Any] = held if isinstance(held, list) else []  # a non-string entry never matches
     granted = route.granted(names)
     if granted is not None:
-        return Decision(True, f"{route.requires()}: {route.what}", granted.value, None, sub)
+        return Decision(True, f"{route.requirement}: {route.what}", granted.value, None, sub)
     missing = " + ".join(route.missing(names))
     return Decision(
         False, f"missing permission {missing} ({route.what})", route.permission.value, "insufficient_scope", sub

@@ -10,6 +10,7 @@ DICOMweb 1.7 plugin and the bridge plugin.
 from __future__ import annotations
 
 import http.client
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +27,7 @@ DEAD_MODALITY = {"AET": "EVIL", "Host": "127.0.0.1", "Port": 9, "AllowFind": Tru
 DEAD_PEER = {"Url": "http://127.0.0.1:9/"}
 DEAD_SERVER = {"Url": "http://127.0.0.1:9/dicom-web/"}
 DICM = b"DICM"
+QR = P.QUERY_RETRIEVE.value
 
 
 def _role(pacs: Any, role: str) -> str:
@@ -104,10 +106,10 @@ def test_dicomweb_proxies_are_denied_to_everybody_but_nobody_else(pacs: Any, pee
         assert pacs.request(method, path, everything, json=body).status_code == 403, path
 
 
-def test_send_pushes_but_does_not_query_or_retrieve(pacs: Any, peers: None,
-                                                    studies: dict[str, dict[str, str]]) -> None:
+def test_send_pushes_but_does_not_query_or_retrieve(pacs: Any, peers: None, studies: dict[str, dict[str, str]],
+                                                    audit_events: Callable[..., list[dict[str, Any]]]) -> None:
     tech = _role(pacs, "technologist")
-    qr = pacs.bridge.token([P.QUERY_RETRIEVE, P.VIEW])
+    qr = pacs.bridge.token([P.QUERY_RETRIEVE, P.VIEW], subject="u-qr", username="qr.user")
     find = {"Level": "Study", "Query": {"PatientID": "*"}}
     for path in ("/modalities/dead/query", "/modalities/dead/find-study", "/modalities/dead/move"):
         assert pacs.request("POST", path, tech, json=find).status_code == 403, path
@@ -121,6 +123,10 @@ def test_send_pushes_but_does_not_query_or_retrieve(pacs: Any, peers: None,
     assert pacs.request("POST", "/modalities/dead/store", tech, json=[instance]).status_code not in (200, 403)
     assert pacs.request("POST", "/modalities/dead/echo", tech, json={}).status_code != 403
     assert pacs.request("POST", "/modalities/dead/store", qr, json=[instance]).status_code == 403
+    # a query/retrieve that passed the filter is audited
+    queried = audit_events("study.queried", lambda e: (e["actor"] or {}).get("username") == "qr.user"
+                           and e["details"]["permission"] == QR)
+    assert queried and any("/modalities/dead/query" in e["details"]["paths"] for e in queried)
 
 
 # ------------------------------------------------------------------ 2. whole files

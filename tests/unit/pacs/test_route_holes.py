@@ -381,3 +381,26 @@ def test_every_route_lists_its_requirements() -> None:
     assert all({"methods", "path", "permission", "requires", "when", "what"} <= set(r) for r in rows)
     instance_modify = [r for r in rows if r["path"] == "/instances/*/modify"]
     assert instance_modify and instance_modify[0]["requires"] == "modify + download"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/instances/abc/unknown", "/studies/abc/labels", "/studies/abc/series/def",
+        "/instances/abc/frames/0/rawxgz", "/instances/abc/frames/0/raw.gz/x", "/instances/abc/file.dcm",
+        "/instances/abc/tags/x", "/studies/abc/archive.zip",
+    ],
+)
+def test_below_a_resource_only_the_listed_views(path: str) -> None:
+    """No catch-all: a route a newer Orthanc adds below a resource stays denied until reviewed."""
+    assert not allowed(["view"], "GET", path)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/instances/abc/frames/0/raw.gz", "/instances/abc/frames/0", "/patients/abc/studies", "/studies/abc/patient",
+     "/series/abc/instances-tags", "/instances/abc/content", "/instances/abc/content/0008-1140/0/0008-1155",
+     "/patients/abc/protected", "/studies/abc/module-patient"],
+)
+def test_listed_views_below_a_resource(path: str) -> None:
+    assert allowed(["view"], "GET", path)
