@@ -68,25 +68,29 @@ class Route:
                 parts.append("/(?:" + "|".join(_alternative(s) for s in seg.split("|")) + ")")
         return re.compile("".join(parts) + "/?" if parts else "/")
 
-    def granted(self, held: Collection[str]) -> Permission | None:
-        """The permission ``held`` satisfies this rule with (``permission`` first), or None.
-        On the request path: no allocation for the common one-permission rule."""
-        for p in self.also:
-            if p.value not in held:
+    @cached_property
+    def _names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(``also``, ``permission`` + ``instead``) as plain strings, computed once: enum ``.value``
+        lookups cost more than the whole membership test on the request path."""
+        return tuple(p.value for p in self.also), tuple(p.value for p in (self.permission, *self.instead))
+
+    def granted(self, held: Collection[str]) -> str | None:
+        """The permission name ``held`` satisfies this rule with (``permission`` first), or None."""
+        also, first = self._names
+        for name in also:
+            if name not in held:
                 return None
-        if self.permission.value in held:
-            return self.permission
-        for p in self.instead:
-            if p.value in held:
-                return p
+        for name in first:
+            if name in held:
+                return name
         return None
 
     def missing(self, held: Collection[str]) -> list[str]:
         """What ``held`` lacks, for the denial reason (``a|b`` when any one of them would do)."""
-        out = [p.value for p in self.also if p.value not in held]
-        first = (self.permission, *self.instead)
-        if not any(p.value in held for p in first):
-            out.insert(0, "|".join(p.value for p in first))
+        also, first = self._names
+        out = [name for name in also if name not in held]
+        if not any(name in held for name in first):
+            out.insert(0, "|".join(first))
         return out
 
     @cached_property
@@ -94,6 +98,11 @@ class Route:
         """``modify + download``, ``send | q-r-remote-modalities | admin``: for reasons and docs."""
         first = " | ".join(p.value for p in (self.permission, *self.instead))
         return " + ".join([first, *(p.value for p in self.also)])
+
+    @cached_property
+    def allow_reason(self) -> str:
+        """The reason of an allowed decision (built once: it is on the request path)."""
+        return f"{self.requirement}: {self.what}"
 
 
 def _alternative(literal: str) -> str:

@@ -136,7 +136,7 @@ def decide(
     names: list[Any] = held if isinstance(held, list) else []  # a non-string entry never matches
     granted = route.granted(names)
     if granted is not None:
-        return Decision(True, f"{route.requirement}: {route.what}", granted.value, None, sub)
+        return Decision(True, route.allow_reason, granted, None, sub)
     missing = " + ".join(route.missing(names))
     return Decision(
         False, f"missing permission {missing} ({route.what})", route.permission.value, "insufficient_scope", sub
