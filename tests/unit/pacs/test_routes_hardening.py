@@ -404,3 +404,59 @@ def test_below_a_resource_only_the_listed_views(path: str) -> None:
 )
 def test_listed_views_below_a_resource(path: str) -> None:
     assert allowed(["view"], "GET", path)
+
+
+# ------------------------------------------------------------------ every rule, every spelling
+
+
+def _concrete(pattern: str) -> list[str]:
+    """Concrete paths for a pattern: each alternative of each segment, ``*`` -> an id, ``**`` ->
+    nothing and two more segments, a ``prefix*`` alternative -> ``prefix`` + a word."""
+    paths = [""]
+    for seg in pattern.strip("/").split("/"):
+        if seg == "**":
+            paths = [p for base in paths for p in (base, base + "/a1/b2")]
+            continue
+        options = ["x1"] if seg == "*" else [a[:-1] + "foo" if a.endswith("*") else a for a in seg.split("|")]
+        paths = [base + "/" + o for base in paths for o in options]
+    return paths
+
+
+SATISFY = {routes.WADO_FILE: {"contentType": "application/dicom"}, routes.EXPANDED: {"expand": ""}}
+CASES = [
+    (i, method, path)
+    for i, r in enumerate(routes.ROUTES)
+    for method in sorted(r.methods)
+    for path in _concrete(r.pattern)
+]
+
+
+@pytest.mark.parametrize(("index", "method", "path"), CASES)
+def test_every_rule_and_its_spellings(index: int, method: str, path: str) -> None:
+    rule = routes.ROUTES[index]
+    query = SATISFY.get(rule.when) if rule.when else None
+    found = routes.route_for(method, path, query)
+    assert found is not None, (method, path)
+    assert routes.ROUTES.index(found) <= index, "a later rule answered first"  # earlier rules may shadow
+    # a trailing slash and a lower-case method change nothing
+    assert routes.route_for(method, path + "/", query) is found
+    assert routes.route_for(method.lower(), path, query) is found
+    if method == "GET":
+        assert routes.route_for("HEAD", path, query) is found
+    # another case of the first segment, an encoded separator or dot segment, an empty segment: denied
+    assert routes.route_for(method, path.upper(), query) is None or path.upper() == path
+    head, _, rest = path[1:].partition("/")
+    assert routes.route_for(method, "/" + head.capitalize() + ("/" + rest if rest else ""), query) is None \
+        or head.capitalize() == head
+    for odd in ("/%2e%2e/", "/../", "/./", "//", "%2F", "%2f", "%5c", "\\", "\x00"):
+        assert routes.route_for(method, path + odd + "x", query) is None, odd
+    # unknown methods never match
+    assert routes.route_for("PATCH", path, query) is None
+    assert routes.route_for("OPTIONS", path, query) is None
+
+
+def test_every_rule_can_be_reached() -> None:
+    """No rule is dead code hidden behind an earlier one for all of its paths."""
+    reached = {routes.ROUTES.index(r) for _, m, p in CASES
+               if (r := routes.route_for(m, p, SATISFY.get(routes.ROUTES[_].when) if routes.ROUTES[_].when else None))}
+    assert reached == set(range(len(routes.ROUTES))), sorted(set(range(len(routes.ROUTES))) - reached)
