@@ -151,6 +151,9 @@ def test_wado_rs_retrieve_needs_download(pacs: Any, viewer: str, studies: dict[s
     for path in retrieves:
         assert pacs.get(path, viewer).status_code == 403, path
         assert pacs.get(path + "/", viewer).status_code == 403, path
+        assert pacs.get(path, viewer, headers={"Accept": "multipart/related; type=application/dicom"}
+                        ).status_code == 403, path
+        assert pacs.request("HEAD", path, viewer).status_code != 200, path
         answer = pacs.get(path, downloader)
         assert answer.status_code == 200 and DICM in answer.content, path
     for path in (f"{base}/metadata", f"{base}/series/{series}/metadata",
@@ -158,6 +161,7 @@ def test_wado_rs_retrieve_needs_download(pacs: Any, viewer: str, studies: dict[s
                  f"{base}/series/{series}/instances/{sop}/rendered",
                  f"{base}/series/{series}/instances/{sop}/frames/1",
                  f"{base}/series/{series}/instances/{sop}/frames/1/rendered",
+                 f"{base}/series/{series}/instances/{sop}/bulk/7fe00010",
                  "/dicom-web/studies", f"{base}/series"):
         answer = pacs.get(path, viewer)
         assert answer.status_code == 200, path
