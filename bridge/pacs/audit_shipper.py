@@ -46,6 +46,7 @@ ACCESS_EVENTS: dict[str, AuditEventType] = {
     "modify": AuditEventType.STUDY_MODIFIED,
     "anonymize": AuditEventType.STUDY_MODIFIED,
     "send": AuditEventType.STUDY_SENT,
+    "q-r-remote-modalities": AuditEventType.STUDY_QUERIED,  # C-FIND / C-MOVE / QIDO on a remote peer
     "upload": AuditEventType.STUDY_UPLOADED,
 }
 #: Orthanc 1.10.1's warnings for a refused association (CommandDispatcher.cpp)

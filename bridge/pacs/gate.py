@@ -134,7 +134,7 @@ class Gate:
         except VerificationError as exc:
             self.audit.record("deny", None, verb, uri, ip, None, exc.reason)
             return False
-        verdict = decide(claims, verb, uri)
+        verdict = decide(claims, verb, uri, get)
         if not verdict.allow:
             self.audit.record("deny", claims, verb, uri, ip, verdict.permission, verdict.reason)
             return False

@@ -39,7 +39,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,19 +114,33 @@ class Decision:
     subject: str | None = None
 
 
-def decide(claims: Mapping[str, Any], method: str, path: str) -> Decision:
-    """Allow iff the route maps to a permission the token carries; unknown routes are denied."""
-    route = routes.route_for(method, path)
+def decide(
+    claims: Mapping[str, Any],
+    method: str,
+    path: str,
+    query: Mapping[str, str | Iterable[str]] | None = None,
+) -> Decision:
+    """Allow iff the route's rule is satisfied by the permissions the token carries (a rule may
+    need several, e.g. ``modify`` + ``download``); unknown routes are denied.
+
+    ``query``: the request's query parameters when they are not in ``path`` (Orthanc hands its
+    filter the path and a ``get`` dictionary apart); some rules depend on them (WADO-URI).
+    """
+    route = routes.route_for(method, path, query)
     sub = claims.get("sub") if isinstance(claims.get("sub"), str) else None
     if route is None:
         return Decision(
             False, f"no rule for {method.upper()} {path.split('?', 1)[0]}: denied", None, None, sub
         )
-    perm = route.permission.value
     held = claims.get("permissions")
-    if isinstance(held, list) and perm in held:
-        return Decision(True, f"{perm}: {route.what}", perm, None, sub)
-    return Decision(False, f"missing permission {perm} ({route.what})", perm, "insufficient_scope", sub)
+    names: list[Any] = held if isinstance(held, list) else []  # a non-string entry never matches
+    granted = route.granted(names)
+    if granted is not None:
+        return Decision(True, route.allow_reason, granted, None, sub)
+    missing = " + ".join(route.missing(names))
+    return Decision(
+        False, f"missing permission {missing} ({route.what})", route.permission.value, "insufficient_scope", sub
+    )
 
 
 def bearer_token(authorization: str | None) -> str:

@@ -22,16 +22,18 @@ class Permission(StrEnum):
     DELETE = "delete"           # DELETE of any resource
     MODIFY = "modify"           # /modify on a resource
     ANONYMIZE = "anonymize"     # /anonymize on a resource
-    SEND = "send"               # to modalities / peers, C-MOVE / C-STORE jobs
+    SEND = "send"               # push to the configured modalities / peers / DICOMweb servers
+    QUERY_RETRIEVE = "q-r-remote-modalities"  # C-FIND / C-MOVE / QIDO / WADO from a remote peer into this PACS
     SHARE = "share"             # external sharing under a data-sharing policy
     SETTINGS = "settings"       # tools, log level, changes feed
     AUDIT_LOGS = "audit-logs"   # read the audit trail
-    ADMIN = "admin"             # plugins, system administration, jobs
+    ADMIN = "admin"             # plugins, system administration, jobs, defining network peers
 
 
 ALL: frozenset[Permission] = frozenset(Permission)
 
-#: a permission that carries another with it (downloading implies seeing what is downloaded)
+#: a permission that carries another with it (downloading implies seeing what is downloaded).
+#: Query/retrieve implies nothing: it brings studies in, and seeing them is a grant of its own.
 IMPLIES: dict[Permission, frozenset[Permission]] = {
     Permission.DOWNLOAD: frozenset({Permission.VIEW}),
     Permission.MODIFY: frozenset({Permission.VIEW}),

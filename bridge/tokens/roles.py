@@ -10,7 +10,7 @@ from pathlib import Path
 from bridge.policy.permissions import Permission as P
 
 DEFAULT_ROLE_PERMISSIONS: Mapping[str, frozenset[P]] = {
-    "radiologist": frozenset({P.VIEW, P.DOWNLOAD, P.SEND, P.SHARE, P.ANONYMIZE}),
+    "radiologist": frozenset({P.VIEW, P.DOWNLOAD, P.SEND, P.SHARE, P.ANONYMIZE, P.QUERY_RETRIEVE}),
     "technologist": frozenset({P.VIEW, P.UPLOAD, P.MODIFY, P.SEND}),
     "referring-physician": frozenset({P.VIEW}),
     "pacs-admin": frozenset({P.VIEW, P.DELETE, P.SETTINGS, P.ADMIN}),

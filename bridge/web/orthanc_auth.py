@@ -40,7 +40,7 @@ EXTENSION = "pacs_bridge_orthanc_auth"
 MAX_VALIDITY = 60
 #: the bridge's permissions in the official plugin's vocabulary (orthanc-auth-service's names)
 OFFICIAL_NAMES: dict[Permission, tuple[str, ...]] = {
-    Permission.SEND: ("send", "q-r-remote-modalities"),
+    Permission.SEND: ("send",),
     Permission.ADMIN: ("settings",),
 }
 #: the plugin's ``level`` -> the Orthanc URI prefix of that resource

@@ -70,6 +70,9 @@ def test_role_action_matrix(pacs: Any, studies: dict[str, dict[str, str]], role:
     token = pacs.bridge.token(perms, roles=[] if role == "no-role" else [role])
     got = {a: _do(pacs, a, token, studies, role) for a in ACTIONS}
     want = {a: (200 if P(a) in perms else 403) for a in ACTIONS}
+    # the names of the configured peers (`GET /modalities`, no hosts) are for whoever uses peers:
+    # send, query/retrieve, or the admin who defines them
+    want["send"] = 200 if perms & {P.SEND, P.QUERY_RETRIEVE, P.ADMIN} else 403
     assert got == want
 
 

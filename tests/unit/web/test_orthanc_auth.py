@@ -78,7 +78,10 @@ def test_get_profile(env: dict[str, Any]) -> None:
     token, _ = mint(env["service"], {P.VIEW, P.DOWNLOAD, P.SEND})
     body = call(env, "/user/get-profile", "get-profile.json", token).json
     assert body["name"] == "rad.alice" and body["user-id"] == "u-1" and body["groups"] == ["radiologist"]
-    assert body["permissions"] == ["download", "q-r-remote-modalities", "send", "view"]
+    assert body["permissions"] == ["download", "send", "view"]  # send no longer carries query/retrieve
+    token, _ = mint(env["service"], {P.VIEW, P.QUERY_RETRIEVE})
+    body = call(env, "/user/get-profile", "get-profile.json", token).json
+    assert body["permissions"] == ["q-r-remote-modalities", "view"]
     assert body["authorized-labels"] == ["*"]
     assert 0 < body["validity"] <= 60
 
