@@ -93,12 +93,13 @@ def _is_study_uid_key(key: str) -> bool:
 def study_uids_of_query(query: Mapping[str, str] | None) -> Named:
     """The studies a QIDO query restricts itself to, read the way the DICOMweb plugin reads it.
 
-    ``query`` is Orthanc's decoded GET arguments (the filter's ``get``): keys and values are
-    percent-decoded once, ``+`` stays ``+``, and a repeated key keeps its *last* value, which is also
-    the value the plugin uses (it keeps the last value per tag).  Several keys for the one tag
+    ``query`` is Orthanc's GET arguments as the filter gets them (checked on Orthanc 1.10.1): *not*
+    percent-decoded, ``+`` kept, and a repeated key keeps its *last* value, which is also the value
+    the plugin applies (it keeps the last value per tag).  Several keys for the one tag
     (``StudyInstanceUID`` and ``0020000D``) cannot be ordered from a dict: refused.  A spelling the
-    plugin ignores is refused too (it would answer with every study).  A value is a list of UIDs
-    separated by backslashes or commas (each one checked); empty values and wildcards are refused.
+    plugin ignores is refused too (it would answer with every study), and so is anything that only
+    decodes to a spelling of the tag.  A value is a list of UIDs separated by commas or backslashes
+    (each one checked); empty values, wildcards and encoded characters (``%2C``) are refused.
     """
     keys = [k for k in (query or {}) if _is_study_uid_key(k)]
     if not keys:

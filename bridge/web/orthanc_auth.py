@@ -26,7 +26,6 @@ import binascii
 import hmac
 import re
 import time
-import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -233,12 +232,12 @@ _ORTHANC_ID = re.compile(r"[0-9A-Fa-f-]{1,64}")
 
 
 def _query(text: str) -> dict[str, str]:
-    """A query string decoded as Orthanc hands it to a filter: keys and values percent-decoded once,
-    ``+`` kept, the last value of a repeated key."""
+    """A query string as Orthanc 1.10.1 hands it to a filter: split on ``&`` and the first ``=``,
+    nothing percent-decoded, the last value of a repeated key."""
     out: dict[str, str] = {}
     for pair in text.split("&") if text else ():
         key, _, value = pair.partition("=")
-        out[urllib.parse.unquote(key)] = urllib.parse.unquote(value)
+        out[key] = value
     return out
 
 

@@ -9,6 +9,7 @@ in-scope studies in the answer (Orthanc's filter can only allow or deny, so the 
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import itertools
 import json
@@ -16,6 +17,7 @@ import time
 import zipfile
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from pydicom import dcmread
@@ -96,6 +98,27 @@ def test_qido_spellings_repeats_lists_and_roots(pacs: Any, studies: dict[str, di
     assert not failures, failures
 
 
+def test_qido_raw_encodings(pacs: Any, studies: dict[str, dict[str, str]]) -> None:
+    """Sent byte for byte (requests would normalise %30 to 0): Orthanc passes GET arguments undecoded."""
+    rad = pacs.bridge.token([P.VIEW], departments=["Radiology"])
+    own, other = studies["P-001"]["study_uid"], studies["P-002"]["study_uid"]
+    allowed = _in_scope(studies)
+    parts = urlsplit(pacs.url)
+    for q in (f"%30020000D={other}", f"StudyInstanceUID={own}&%30020000D={other}", f"Study%49nstanceUID={own}",
+              f"StudyInstanceUID={own}%2C{other}", f"StudyInstanceUID={own}\\{other}",
+              f"StudyInstanceUID={own}+", "StudyInstanceUID=%2A", f"StudyInstanceUID={own}&StudyInstanceUID="):
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        conn.request("GET", "/dicom-web/studies?" + q, headers={"Authorization": f"Bearer {rad}"})
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+        if resp.status == 200:
+            got = {d.get("0020000D", {}).get("Value", ["?"])[0] for d in json.loads(body)}
+            assert got <= allowed, (q, got)
+        else:
+            assert resp.status in (400, 403, 404), (q, resp.status)
+
+
 def test_qido_in_scope_still_served(pacs: Any, studies: dict[str, dict[str, str]]) -> None:
     rad = pacs.bridge.token([P.VIEW], departments=["Radiology"])
     own = studies["P-001"]["study_uid"]
@@ -106,8 +129,9 @@ def test_qido_in_scope_still_served(pacs: Any, studies: dict[str, dict[str, str]
         resp = pacs.get(q, rad)
         assert resp.status_code == 200, (q, resp.status_code)
         assert _uids(resp) == {own}, q
-    both = f"{own}\\{studies['P-004']['study_uid']}"
-    assert pacs.get(f"/dicom-web/studies?StudyInstanceUID={both}", rad).status_code == 200
+    both = {own, studies["P-004"]["study_uid"]}
+    resp = pacs.get(f"/dicom-web/studies?StudyInstanceUID={','.join(sorted(both))}", rad)
+    assert resp.status_code == 200 and _uids(resp) == both
 
 
 def test_wado_uri_is_judged_on_the_instance_served(pacs: Any, studies: dict[str, dict[str, str]]) -> None:
