@@ -10,12 +10,18 @@ Order, cheapest first, every step fails closed:
 2. ``Authorization: Bearer`` parsed (scheme case-insensitive, one token, size-capped) and
    verified by :class:`bridge.pacs.verifier.Verifier` (signature, claims, MFA, revocation; a
    cache hit on repeated tokens);
-3. the route table (:mod:`bridge.pacs.routes`) gives the permission; unknown route: deny;
-4. a token with department/institution scopes may only touch studies inside them: the study
-   behind the URI is resolved through Orthanc and cached; requests across studies (lists,
-   queries, bulk tools) are denied to scoped tokens, because Orthanc 1.10.1's filter cannot
-   filter an answer (it can only allow or deny);
-5. every denial and every allowed request on patient data is recorded for the audit trail.
+3. :func:`judge`, the one decision shared with the official plugin's web service
+   (:mod:`bridge.web.orthanc_auth`): the route table (:mod:`bridge.pacs.routes`, via
+   :func:`bridge.pacs.verifier.decide`) gives the permission, unknown route: deny; then a token
+   with department/institution scopes may only touch studies inside them: the studies a request
+   names (path, QIDO ``StudyInstanceUID`` read as the DICOMweb plugin reads it, WADO-URI
+   ``objectUID``) are resolved through Orthanc and cached; requests across studies (lists,
+   queries, bulk tools) and ambiguous queries are denied to scoped tokens, because Orthanc
+   1.10.1's filter cannot filter an answer (it can only allow or deny);
+4. every denial and every allowed request on patient data is recorded for the audit trail;
+5. the request's claims stay on the HTTP thread (:data:`_REQUEST`) so that the received-instance
+   callback can check an upload's *content* against the token's scope (:meth:`Gate.admit_instance`);
+   a configuration without ``revocation_url`` denies everything.
 """
 
 from __future__ import annotations

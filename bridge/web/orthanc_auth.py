@@ -4,7 +4,7 @@ A site running a newer Orthanc (>= 1.11.3) with the official ``orthanc-authoriza
 points ``"Authorization": {"WebServiceRootUrl": "https://<bridge>/orthanc-auth/"}`` at the bridge
 and gets the same decisions as the bridge's own Orthanc plugin: the same verifier (signature,
 claims, MFA, revocation), the same route table and permission vocabulary.  Only the HTTP/JSON
-contract of that plugin is reused (../shared/reference/orthanc.md section 5), no code.
+contract of that plugin is reused, no code.
 
 * ``POST /orthanc-auth/user/get-profile``: the token's profile; ``permissions`` in the official
   vocabulary, ``authorized-labels`` = ``["*"]`` for an unscoped token, else the token's
