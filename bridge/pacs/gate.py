@@ -19,7 +19,7 @@ Order, cheapest first, every step fails closed:
    queries, bulk tools) and ambiguous queries are denied to scoped tokens, because Orthanc
    1.10.1's filter cannot filter an answer (it can only allow or deny);
 4. every denial and every allowed request on patient data is recorded for the audit trail;
-5. the request's claims stay on the HTTP thread (:data:`_REQUEST`) so that the received-instance
+5. the request's claims stay with the HTTP thread (:data:`_REQUESTS`) so that the received-instance
    callback can check an upload's *content* against the token's scope (:meth:`Gate.admit_instance`);
    a configuration without ``revocation_url`` denies everything.
 """
@@ -133,7 +133,7 @@ class Gate:
         self, uri: str, method: int, headers: Mapping[str, str], get: Mapping[str, str] | None, ip: str = ""
     ) -> bool:
         """True to let Orthanc serve the request.  Raises only on bugs (the caller denies then)."""
-        _REQUEST.context = None  # a new request on this HTTP thread: nothing of the last one survives
+        clear_request_context()  # a new request on this HTTP thread: nothing of the last one survives
         verb = METHODS.get(method)
         if verb is None:
             self.audit.record("deny", None, str(method), uri, ip, None, "unsupported HTTP method")
@@ -153,7 +153,7 @@ class Gate:
                               verdict.studies)
             return False
         permission = verdict.permission or ""
-        _REQUEST.context = RequestContext(claims, verb, uri, ip)
+        _REQUESTS[threading.get_ident()] = RequestContext(claims, verb, uri, ip)
         if permission in ACCESS_EVENTS:
             studies = verdict.studies
             if studies is None and len(verdict.targets) > 1:  # a UID list: audit every study, not the first
@@ -169,7 +169,7 @@ class Gate:
         The HTTP filter cannot read a request body, so a scoped upload is checked here, on the
         instance itself.  Checked on Orthanc 1.10.1: ``POST /instances`` (also a ZIP), STOW-RS and
         ``/tools/create-dicom`` call this on the HTTP thread that ran the filter, so the token's claims
-        come from :data:`_REQUEST` (set by :meth:`decide` for that request, reset by the next one).
+        come from :data:`_REQUESTS` (set by :meth:`decide` for that request, reset by the next one).
 
         * ``dicom`` (C-STORE): kept; Orthanc admits only configured modalities from their hosts.
         * ``rest``/``plugin`` with a request context: the token's scope must cover the instance's
@@ -183,7 +183,7 @@ class Gate:
         """
         if origin == "dicom":
             return True
-        context: RequestContext | None = getattr(_REQUEST, "context", None)
+        context = current_request()
         if origin not in ("rest", "plugin"):
             self.audit.record("deny", None, "STORE", f"({origin})", "", "upload",
                               f"instance of origin {origin}: not accepted")
@@ -191,7 +191,8 @@ class Gate:
         if context is not None and not scopes.is_scoped(context.claims):
             return True
         instance = scopes.instance_info(tags())
-        existing = self.resolver.studies(scopes.Target("study-uid", instance.study_uid)) \
+        # strict: a failed lookup must not read as "no such study yet" (it raises: the caller discards)
+        existing = self.resolver.studies(scopes.Target("study-uid", instance.study_uid), strict=True) \
             if instance.study_uid else []
         if context is not None:
             ok, reason = scopes.upload_allowed(context.claims, instance, existing)
@@ -214,13 +215,22 @@ class RequestContext:
     ip: str
 
 
-#: per Orthanc HTTP thread: the request it serves now (set by the filter, reset on every request)
-_REQUEST = threading.local()
+#: OS thread id -> the allowed request that Orthanc HTTP thread serves now (set by the filter, reset on
+#: every request).  Keyed by ``threading.get_ident()`` rather than a ``threading.local``: orthanc-python
+#: may give a thread a fresh Python thread state per callback (see the plugin's thread-state pinning),
+#: and a thread-local would not survive from the filter to the received-instance callback then.  One
+#: entry per HTTP thread at most (a fixed pool); job threads never run the filter, so never have one.
+_REQUESTS: dict[int, RequestContext] = {}
 
 
 def clear_request_context() -> None:
     """Forget this thread's request (the plugin calls it first on every request, even with no gate)."""
-    _REQUEST.context = None
+    _REQUESTS.pop(threading.get_ident(), None)
+
+
+def current_request() -> RequestContext | None:
+    """The allowed request this thread is serving, if it is an HTTP thread inside one."""
+    return _REQUESTS.get(threading.get_ident())
 
 
 def judge(

@@ -272,14 +272,20 @@ class StudyResolver:
             return entry[1]
         return None
 
-    def studies(self, target: Target) -> list[StudyInfo]:
-        """The studies behind ``target`` (a patient may have several); [] when not found."""
+    def studies(self, target: Target, strict: bool = False) -> list[StudyInfo]:
+        """The studies behind ``target`` (a patient may have several); [] when not found.
+
+        A lookup that fails (Orthanc's REST API raising) is [] too, which denies a scoped request;
+        ``strict`` raises instead, for callers to whom [] means "nothing there yet" (an upload).
+        """
         hit = self.cached(target)
         if hit is not None:
             return hit
         try:
             found = self._resolve(target)
         except Exception:
+            if strict:
+                raise
             found = []
         if found:
             with self._lock:

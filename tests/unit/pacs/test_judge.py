@@ -162,7 +162,7 @@ def test_context_is_per_request(gate: Gate, bridge: FakeBridge) -> None:
     gate.decide("/instances", 2, {"authorization": f"Bearer {token}"}, None)  # ... then a scoped one
     assert gate.admit_instance("rest", lambda: _tags("1.2.2", "Cardiology")) is False
     gate.decide("/instances", 2, {"authorization": "Bearer garbage"}, None)  # a denied request clears it
-    assert gate_mod._REQUEST.context is None
+    assert gate_mod.current_request() is None
 
 
 def test_instances_without_a_request(gate: Gate) -> None:
@@ -176,3 +176,16 @@ def test_instances_without_a_request(gate: Gate) -> None:
     for origin in ("lua", "webdav", "unknown"):
         assert gate.admit_instance(origin, lambda: _tags("1.9.9", "Radiology")) is False
     assert RequestContext(None, "STORE", "(job)", "").claims is None
+
+
+def test_failed_study_lookup_never_reads_as_a_new_study(gate: Gate, bridge: FakeBridge) -> None:
+    def broken(uri: str, body: str) -> str:
+        raise RuntimeError("Orthanc busy")
+
+    gate.resolver.rest_post = broken
+    _request(gate, bridge, ["Radiology"])
+    with pytest.raises(RuntimeError):  # the plugin's callback turns this into a discard
+        gate.admit_instance("rest", lambda: _tags("1.2.2", "Radiology"))
+    # ... while the request path stays fail-closed with []: a scoped QIDO is denied
+    assert not judge(SCOPED, "GET", "/dicom-web/studies", {"StudyInstanceUID": "1.2.1"},
+                     gate.resolver.studies).allow

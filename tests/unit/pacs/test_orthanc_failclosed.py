@@ -5,6 +5,7 @@ These run without Orthanc: the plugin module guards its `import orthanc`.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,23 @@ def test_received_instances_fail_closed_but_cstore_passes(monkeypatch: pytest.Mo
     assert orthanc_plugin.admit_instance(b"", 3) is False  # no configured gate: REST uploads discarded
     assert orthanc_plugin.admit_instance(b"", 4) is False
     assert orthanc_plugin.admit_instance(b"", 99) is False
-    gate._REQUEST.context = gate.RequestContext({"sub": "x"}, "POST", "/instances", "")
+    gate._REQUESTS[threading.get_ident()] = gate.RequestContext({"sub": "x"}, "POST", "/instances", "")
     orthanc_plugin.incoming_http_request_filter("/system", method=1, headers={})
-    assert gate._REQUEST.context is None  # every request starts without the last one's token
+    assert gate.current_request() is None  # every request starts without the last one's token
+
+
+def test_received_instance_callback_discards_on_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(ReceivedInstanceAction=SimpleNamespace(KEEP_AS_IS="keep", DISCARD="discard"))
+    monkeypatch.setattr(orthanc_plugin, "orthanc", fake)
+
+    def boom(data: bytes, origin: int) -> bool:
+        raise RuntimeError("lookup failed")
+
+    monkeypatch.setattr(orthanc_plugin, "admit_instance", boom)
+    assert orthanc_plugin.received_instance_callback(b"", 3) == ("discard", None)
+    monkeypatch.setattr(orthanc_plugin, "admit_instance", lambda data, origin: True)
+    assert orthanc_plugin.received_instance_callback(b"", 3) == ("keep", None)
+    monkeypatch.setattr(orthanc_plugin, "admit_instance", lambda data, origin: 1)  # only True keeps
+    assert orthanc_plugin.received_instance_callback(b"", 3) == ("discard", None)
