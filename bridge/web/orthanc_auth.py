@@ -142,12 +142,14 @@ def get_profile() -> Any:
     if claims is None:  # anonymous or bad token: a profile that may do nothing
         return jsonify({"name": "anonymous", "permissions": [], "authorized-labels": [], "validity": 10})
     departments, institutions = scopes.token_scopes(claims)
-    labels = sorted(departments | institutions) if departments or institutions else ["*"]
+    scoped = bool(departments or institutions)
+    labels = sorted(departments | institutions) if scoped else ["*"]
     return jsonify({
         "name": claims.get("preferred_username") or claims["sub"],
         "user-id": claims["sub"],
         "groups": list(claims.get("roles") or []),
-        "permissions": official_permissions(claims.get("permissions")),
+        "permissions": [p for p in official_permissions(claims.get("permissions"))
+                        if not (scoped and p in NO_CONTENT_CHECK)],
         "authorized-labels": labels,
         "validity": _validity(claims),
     })
@@ -194,7 +196,7 @@ def judge_official(claims: Mapping[str, Any], method: str, body: Mapping[str, An
         if not uri.startswith("/"):
             return Verdict(False, "no uri to decide on")
         path, _, query = uri.partition("?")
-        return judge(claims, method, path, _query(query), lambda _target: [])
+        return _no_content_check(claims, judge(claims, method, path, _query(query), lambda _target: []))
     orthanc_id = body.get("orthanc-id")
     if level not in LEVEL_PATHS or not isinstance(orthanc_id, str) or not _ORTHANC_ID.fullmatch(orthanc_id):
         return Verdict(False, "no resource to decide on")
@@ -211,7 +213,7 @@ def judge_official(claims: Mapping[str, Any], method: str, body: Mapping[str, An
         path, _, query = uri.partition("?")
         if path != base and not path.startswith(base + "/"):
             return Verdict(False, "uri does not name the resource being validated")
-        return judge(claims, method, path, _query(query), studies_of)
+        return _no_content_check(claims, judge(claims, method, path, _query(query), studies_of))
     verdict: Verdict | None = None
     for suffix in RESOURCE_PROBES:
         if routes.route_for(method, base + suffix) is None:
@@ -221,6 +223,19 @@ def judge_official(claims: Mapping[str, Any], method: str, body: Mapping[str, An
             return Verdict(False, f"{verdict.reason} (a {method} on this resource may be {base + suffix})",
                            verdict.permission)
     return verdict or Verdict(False, f"no rule for {method} on a {level}")
+
+
+#: permissions whose request body decides which studies are touched: the bridge's own plugin checks each
+#: stored instance against a scoped token (its received-instance callback); behind the official plugin
+#: nothing does, so a scoped token gets none of them there (profile and validate alike)
+NO_CONTENT_CHECK = frozenset({"upload"})
+
+
+def _no_content_check(claims: Mapping[str, Any], verdict: Verdict) -> Verdict:
+    if verdict.allow and verdict.permission in NO_CONTENT_CHECK and scopes.is_scoped(claims):
+        return Verdict(False, f"scoped token: {verdict.permission} is checked on the content only by the "
+                              "bridge's own Orthanc plugin", verdict.permission)
+    return verdict
 
 
 #: sub-routes probed for a resource-level validate without a ``uri``: every permission a request of the

@@ -155,9 +155,24 @@ def test_system_level_scoped_token_gets_the_plugins_answer(env: dict[str, Any]) 
         method = "post" if uri == "/tools/find" else "get"
         assert validate(env, scoped, method=method, level="system", uri=uri) is False, uri
         assert validate(env, unscoped, method=method, level="system", uri=uri) is True, uri
-    # upload and settings need no study: the same answer as the plugin
-    assert validate(env, scoped, method="post", level="system", uri="/instances") is True
+    # settings need no study: the same answer as the plugin
     assert validate(env, scoped, method="get", level="system", uri="/system") is True
+    # an upload's studies are in its body: only the bridge's own plugin checks them (on each instance),
+    # so behind the official plugin a scoped token may not upload at all (fail closed)
+    assert validate(env, scoped, method="post", level="system", uri="/instances") is False
+    assert validate(env, scoped, method="post", level="system", uri="/dicom-web/studies") is False
+    assert validate(env, unscoped_uploader(env), method="post", level="system", uri="/instances") is True
+
+
+def unscoped_uploader(env: dict[str, Any]) -> str:
+    return mint(env["service"], {P.UPLOAD})[0]
+
+
+def test_scoped_profile_has_no_upload(env: dict[str, Any]) -> None:
+    scoped, _ = mint(env["service"], {P.VIEW, P.UPLOAD}, departments=("Radiology",))
+    assert call(env, "/user/get-profile", "get-profile.json", scoped).json["permissions"] == ["view"]
+    plain = call(env, "/user/get-profile", "get-profile.json", unscoped_uploader(env)).json
+    assert plain["permissions"] == ["upload"]
     assert validate(env, scoped, method="get", level="system", uri="") is False
 
 
