@@ -244,7 +244,7 @@ def judge(
     plugin (:meth:`Gate.decide`) and by the official authorization plugin's web service
     (:mod:`bridge.web.orthanc_auth`), so one request gets one answer on both paths.
 
-    ``query``: the decoded GET arguments as Orthanc hands them to a filter (last value per key);
+    ``query``: the GET arguments as Orthanc hands them to a filter (undecoded, last value per key);
     ``studies_of``: the stored studies behind a target ([] when unknown: a scoped token is refused).
     """
     route = decide(claims, method, path)

@@ -12,6 +12,7 @@ Stdlib only (runs inside Orthanc).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -84,6 +85,7 @@ def _squash(key: str) -> str:
     return squashed.lstrip("0")
 
 
+@functools.lru_cache(maxsize=1024)  # viewers send the same few keys again and again; bounded for the rest
 def _is_study_uid_key(key: str) -> bool:
     """Whether a QIDO key is, or looks like, a spelling of StudyInstanceUID (0020,000D)."""
     squashed = _squash(key)
