@@ -16,6 +16,7 @@ import json
 import time
 import zipfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -89,6 +90,9 @@ def test_qido_spellings_repeats_lists_and_roots(pacs: Any, studies: dict[str, di
         f"/dicom-web/studies/{own}/instances?StudyInstanceUID={other}",
         "/dicom-web/series",
         "/dicom-web/instances",
+        f"/dicom-web/studies/?0020000D={other}",
+        f"/dicom-web/series/?StudyInstanceUID={own}&0020000D={other}",
+        f"/dicom-web/studies/{own}/series/?StudyInstanceUID={other}",
     ]
     failures = {}
     for q in queries:
@@ -244,6 +248,24 @@ def test_cstore_from_configured_modality_still_stores(orthanc: dict[str, Any], p
     finally:
         assoc.release()
     assert _stored(pacs, sop)
+
+
+def test_config_without_revocation_denies_everything(pacs: Any, orthanc: dict[str, Any]) -> None:
+    token = pacs.bridge.token([P.SETTINGS, P.VIEW])
+    assert pacs.get("/system", token).status_code == 200
+    bare = {k: v for k, v in pacs.settings.items() if k != "revocation_url"}
+    pacs.config_file.write_text(json.dumps(bare, indent=2))
+    try:
+        deadline = time.monotonic() + 10
+        while pacs.get("/system", token).status_code != 403:
+            assert time.monotonic() < deadline, "a config without revocation_url was accepted"
+            time.sleep(0.3)
+        for _ in range(3):
+            assert pacs.get("/system", token).status_code == 403
+        log = Path(orthanc["log"]).read_text(errors="replace")
+        assert "revocation_url is required" in log
+    finally:
+        pacs.write_settings()  # the full settings again; waits until the plugin accepts tokens
 
 
 # ------------------------------------------------------------------ one decision, two contracts
