@@ -82,7 +82,7 @@ def _upload(port: int, data: bytes, token: str | None) -> dict[str, Any]:
 
 
 def _verifier_rates(bridge: BridgeDouble, n: int) -> dict[str, Any]:
-    cfg = plugin_config.build(bridge.plugin_settings(ensure_ca(), Path("/tmp"), None, revocation_url=None),
+    cfg = plugin_config.build(bridge.plugin_settings(ensure_ca(), Path("/tmp"), None),
                               "bench")
     jwks = json.dumps(bridge.ring.jwks()).encode()
     verifier = Verifier(verifier_config(cfg), fetch=lambda url, body, headers: jwks)

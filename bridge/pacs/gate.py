@@ -10,12 +10,18 @@ Order, cheapest first, every step fails closed:
 2. ``Authorization: Bearer`` parsed (scheme case-insensitive, one token, size-capped) and
    verified by :class:`bridge.pacs.verifier.Verifier` (signature, claims, MFA, revocation; a
    cache hit on repeated tokens);
-3. the route table (:mod:`bridge.pacs.routes`) gives the permission; unknown route: deny;
-4. a token with department/institution scopes may only touch studies inside them: the study
-   behind the URI is resolved through Orthanc and cached; requests across studies (lists,
-   queries, bulk tools) are denied to scoped tokens, because Orthanc 1.10.1's filter cannot
-   filter an answer (it can only allow or deny);
-5. every denial and every allowed request on patient data is recorded for the audit trail.
+3. :func:`judge`, the one decision shared with the official plugin's web service
+   (:mod:`bridge.web.orthanc_auth`): the route table (:mod:`bridge.pacs.routes`, via
+   :func:`bridge.pacs.verifier.decide`) gives the permission, unknown route: deny; then a token
+   with department/institution scopes may only touch studies inside them: the studies a request
+   names (path, QIDO ``StudyInstanceUID`` read as the DICOMweb plugin reads it, WADO-URI
+   ``objectUID``) are resolved through Orthanc and cached; requests across studies (lists,
+   queries, bulk tools) and ambiguous queries are denied to scoped tokens, because Orthanc
+   1.10.1's filter cannot filter an answer (it can only allow or deny);
+4. every denial and every allowed request on patient data is recorded for the audit trail;
+5. the request's claims stay with the HTTP thread (:data:`_REQUESTS`) so that the received-instance
+   callback can check an upload's *content* against the token's scope (:meth:`Gate.admit_instance`);
+   a configuration without ``revocation_url`` denies everything.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from bridge.pacs import scopes
@@ -38,6 +45,7 @@ METHODS: dict[int, str] = {1: "GET", 2: "POST", 3: "PUT", 4: "DELETE"}
 SCOPE_FREE = frozenset({"upload", "settings", "admin", "audit-logs"})
 #: permissions whose study must be resolved *before* the request runs (it may be gone after)
 RESOLVE_FIRST = frozenset({"delete", "modify", "anonymize", "send"})
+NO_REVOCATION_REASON = "plugin configuration has no revocation_url: every request is denied"
 SCOPED_LIST_REASON = (
     "scoped token: a request across studies (list, query, bulk tool) cannot be filtered by "
     "Orthanc 1.10.1's request filter; open studies by id"
@@ -99,7 +107,7 @@ class Gate:
     def start(self) -> None:
         """Audit shipping, and revocation-list refreshes off the request path."""
         self.audit.start()
-        if self.config.revocation_url and self._maintenance is None:
+        if self._maintenance is None:
             self._maintenance = threading.Thread(target=self._refresh_loop, name="pacs-bridge-revocations",
                                                  daemon=True)
             self._maintenance.start()
@@ -125,43 +133,153 @@ class Gate:
         self, uri: str, method: int, headers: Mapping[str, str], get: Mapping[str, str] | None, ip: str = ""
     ) -> bool:
         """True to let Orthanc serve the request.  Raises only on bugs (the caller denies then)."""
+        clear_request_context()  # a new request on this HTTP thread: nothing of the last one survives
         verb = METHODS.get(method)
         if verb is None:
             self.audit.record("deny", None, str(method), uri, ip, None, "unsupported HTTP method")
+            return False
+        if not self.config.revocation_url:
+            self.audit.record("deny", None, verb, uri, ip, None, NO_REVOCATION_REASON)
             return False
         try:
             claims = self.verifier.verify(bearer_token(headers.get("authorization"))).claims
         except VerificationError as exc:
             self.audit.record("deny", None, verb, uri, ip, None, exc.reason)
             return False
-        verdict = decide(claims, verb, uri, get)
+        verdict = judge(claims, verb, uri, get, self.resolver.studies)
+        target = verdict.targets[0] if verdict.targets else None
         if not verdict.allow:
-            self.audit.record("deny", claims, verb, uri, ip, verdict.permission, verdict.reason)
+            self.audit.record("deny", claims, verb, uri, ip, verdict.permission, verdict.reason, target,
+                              verdict.studies)
             return False
         permission = verdict.permission or ""
-        target = scopes.target_of(uri, get)
-        scoped = scopes.is_scoped(claims)
-        studies: list[scopes.StudyInfo] | None = None
-        if target is not None and (scoped or permission in RESOLVE_FIRST):
-            studies = self.resolver.studies(target)
-            if scoped:
-                reason = self._out_of_scope(claims, studies)
-                if reason:
-                    self.audit.record("deny", claims, verb, uri, ip, permission, reason, target, studies)
-                    return False
-        elif target is None and scoped and permission not in SCOPE_FREE:
-            self.audit.record("deny", claims, verb, uri, ip, permission, SCOPED_LIST_REASON)
-            return False
+        _REQUESTS[threading.get_ident()] = RequestContext(claims, verb, uri, ip)
         if permission in ACCESS_EVENTS:
+            studies = verdict.studies
+            if studies is None and len(verdict.targets) > 1:  # a UID list: audit every study, not the first
+                studies = [s for t in verdict.targets for s in self.resolver.studies(t)]
             self.audit.record("allow", claims, verb, uri, ip, permission, verdict.reason, target, studies)
         return True
 
-    @staticmethod
-    def _out_of_scope(claims: Mapping[str, Any], studies: list[scopes.StudyInfo]) -> str | None:
-        if not studies:
-            return "study not found: cannot check the token's scope"
-        for study in studies:
-            ok, why = scopes.allowed(claims, study)
-            if not ok:
-                return why
-        return None
+    # ------------------------------------------------------------------ instances being stored
+
+    def admit_instance(self, origin: str, tags: Callable[[], Mapping[str, Any]]) -> bool:
+        """Whether Orthanc may store an incoming instance (its received-instance callback).
+
+        The HTTP filter cannot read a request body, so a scoped upload is checked here, on the
+        instance itself.  Checked on Orthanc 1.10.1: ``POST /instances`` (also a ZIP), STOW-RS and
+        ``/tools/create-dicom`` call this on the HTTP thread that ran the filter, so the token's claims
+        come from :data:`_REQUESTS` (set by :meth:`decide` for that request, reset by the next one).
+
+        * ``dicom`` (C-STORE): kept; Orthanc admits only configured modalities from their hosts.
+        * ``rest``/``plugin`` with a request context: the token's scope must cover the instance's
+          department/institution *and* the existing study its StudyInstanceUID names.
+        * ``rest``/``plugin`` without one (modify/anonymize jobs, DICOMweb retrieve jobs run on
+          Orthanc's job threads): kept only if it does not join a study of another department.
+        * anything else (Lua, WebDAV, unknown): discarded.
+
+        ``tags`` is called only when needed (parsing costs more than the rest).  Every discard is
+        audited.  Raises only on bugs (the caller discards then).
+        """
+        if origin == "dicom":
+            return True
+        context = current_request()
+        if origin not in ("rest", "plugin"):
+            self.audit.record("deny", None, "STORE", f"({origin})", "", "upload",
+                              f"instance of origin {origin}: not accepted")
+            return False
+        if context is not None and not scopes.is_scoped(context.claims):
+            return True
+        instance = scopes.instance_info(tags())
+        # strict: a failed lookup must not read as "no such study yet" (it raises: the caller discards)
+        existing = self.resolver.studies(scopes.Target("study-uid", instance.study_uid), strict=True) \
+            if instance.study_uid else []
+        if context is not None:
+            ok, reason = scopes.upload_allowed(context.claims, instance, existing)
+        else:
+            ok, reason = scopes.joins_consistently(instance, existing)
+        if not ok:
+            c = context or RequestContext(None, "STORE", "(job)", "")
+            self.audit.record("deny", c.claims, c.method, c.uri, c.ip, "upload", reason,
+                              scopes.Target("study-uid", instance.study_uid), existing or [instance])
+        return ok
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """The allowed request an HTTP thread is serving (what the received-instance callback needs)."""
+
+    claims: Mapping[str, Any] | None
+    method: str
+    uri: str
+    ip: str
+
+
+#: OS thread id -> the allowed request that Orthanc HTTP thread serves now (set by the filter, reset on
+#: every request).  Keyed by ``threading.get_ident()`` rather than a ``threading.local``: orthanc-python
+#: may give a thread a fresh Python thread state per callback (see the plugin's thread-state pinning),
+#: and a thread-local would not survive from the filter to the received-instance callback then.  One
+#: entry per HTTP thread at most (a fixed pool); job threads never run the filter, so never have one.
+_REQUESTS: dict[int, RequestContext] = {}
+
+
+def clear_request_context() -> None:
+    """Forget this thread's request (the plugin calls it first on every request, even with no gate)."""
+    _REQUESTS.pop(threading.get_ident(), None)
+
+
+def current_request() -> RequestContext | None:
+    """The allowed request this thread is serving, if it is an HTTP thread inside one."""
+    return _REQUESTS.get(threading.get_ident())
+
+
+def judge(
+    claims: Mapping[str, Any],
+    method: str,
+    path: str,
+    query: Mapping[str, str] | None,
+    studies_of: Callable[[scopes.Target], list[scopes.StudyInfo]],
+) -> Verdict:
+    """THE decision for a verified token: route permission, then study scope.  Used by the Orthanc
+    plugin (:meth:`Gate.decide`) and by the official authorization plugin's web service
+    (:mod:`bridge.web.orthanc_auth`), so one request gets one answer on both paths.
+
+    ``query``: the GET arguments as Orthanc hands them to a filter (undecoded, last value per key);
+    ``studies_of``: the stored studies behind a target ([] when unknown: a scoped token is refused).
+    """
+    route = decide(claims, method, path, query)
+    if not route.allow:
+        return Verdict(False, route.reason, route.permission)
+    permission = route.permission or ""
+    scoped = scopes.is_scoped(claims)
+    named = scopes.targets_of(path, query)
+    if scoped and named.problem:
+        return Verdict(False, "scoped token: " + named.problem, permission, named.targets)
+    studies: list[scopes.StudyInfo] | None = None
+    if named.targets and (scoped or permission in RESOLVE_FIRST):
+        studies = []
+        for target in named.targets:
+            found = studies_of(target)
+            if scoped and not found:
+                return Verdict(False, "study not found: cannot check the token's scope", permission,
+                               named.targets, studies)
+            studies.extend(found)
+        if scoped:
+            for study in studies:
+                ok, why = scopes.allowed(claims, study)
+                if not ok:
+                    return Verdict(False, why, permission, named.targets, studies)
+    elif not named.targets and scoped and permission not in SCOPE_FREE:
+        return Verdict(False, SCOPED_LIST_REASON, permission)
+    return Verdict(True, route.reason, permission, named.targets, studies)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One request's answer, with what the audit trail needs."""
+
+    allow: bool
+    reason: str
+    permission: str | None = None
+    targets: tuple[scopes.Target, ...] = ()
+    studies: list[scopes.StudyInfo] | None = None

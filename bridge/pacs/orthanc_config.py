@@ -75,6 +75,9 @@ def orthanc_config(
         "DicomModalitiesInDatabase": False,
         "OrthancPeers": {},
         "ExecuteLuaEnabled": False,
+        # WebDAV (on by default) stores uploads from a background thread, where no token can be
+        # checked; the filter already refuses /webdav, and the plugin discards WebDAV-origin instances
+        "WebDavEnabled": False,
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         "Plugins": plugins,
     }

@@ -42,7 +42,7 @@ if _bridge_root() not in sys.path:
     sys.path.insert(0, _bridge_root())
 
 from bridge.pacs import plugin_config  # noqa: E402 - needs the sys.path entry above
-from bridge.pacs.gate import Gate  # noqa: E402
+from bridge.pacs.gate import Gate, clear_request_context  # noqa: E402
 
 
 def _log(message: str) -> None:
@@ -196,6 +196,7 @@ def incoming_http_request_filter(uri: str, **kwargs: Any) -> bool:
     enter = time.perf_counter_ns() if PROFILE is not None else 0
     try:
         _pin_thread_state()
+        clear_request_context()
         verdict = decide(uri, int(kwargs.get("method", 0)), kwargs.get("headers") or {}, kwargs.get("get"),
                          str(kwargs.get("ip") or ""))
         allowed = verdict is True
@@ -207,6 +208,47 @@ def incoming_http_request_filter(uri: str, **kwargs: Any) -> bool:
     return allowed
 
 
+def _origins() -> dict[int, str]:
+    """orthanc.InstanceOrigin values -> the names :meth:`Gate.admit_instance` uses."""
+    if orthanc is None:
+        return {}
+    o = orthanc.InstanceOrigin
+    return {int(o.DICOM_PROTOCOL): "dicom", int(o.REST_API): "rest", int(o.PLUGIN): "plugin",
+            int(o.LUA): "lua", int(o.WEB_DAV): "webdav", int(o.UNKNOWN): "unknown"}
+
+
+_ORIGINS = _origins()
+
+
+def _tags_of(data: bytes) -> dict[str, Any]:
+    """The instance's tags as keyword -> value, parsed by Orthanc itself (no DICOM library needed)."""
+    parsed = json.loads(orthanc.CreateDicomInstance(data).GetInstanceSimplifiedJson())
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def admit_instance(data: bytes, origin: int) -> bool:
+    """Whether to store an incoming instance; C-STORE (DICOM origin) always passes, since Orthanc
+    itself admits only configured modalities; anything else needs a configured gate."""
+    name = _ORIGINS.get(int(origin), "unknown")
+    if name == "dicom":
+        return True
+    gate = HOLDER.current()
+    if gate is None:
+        return False
+    return gate.admit_instance(name, lambda: _tags_of(data))
+
+
+def received_instance_callback(data: bytes, origin: Any) -> tuple[Any, None]:
+    """Orthanc's ``RegisterReceivedInstanceCallback`` (orthanc-python 4.0): keep or discard; never raises."""
+    try:
+        keep = admit_instance(data, origin) is True
+    except Exception:  # fail closed: a bug discards the instance (C-STORE is decided before any parsing)
+        keep = False
+    action = orthanc.ReceivedInstanceAction
+    return (action.KEEP_AS_IS if keep else action.DISCARD), None
+
+
 if orthanc is not None:
     orthanc.RegisterIncomingHttpRequestFilter(incoming_http_request_filter)
+    orthanc.RegisterReceivedInstanceCallback(received_instance_callback)
     HOLDER.current()  # load the configuration now, so a broken one shows in Orthanc's startup log

@@ -43,6 +43,7 @@ class PluginConfig:
     audience: str
     jwks_url: str
     ca_file: str | None = None
+    #: required: the bridge's revocation list (a config without it is unusable: every request denied)
     revocation_url: str | None = None
     algorithms: tuple[str, ...] = ("ES256", "RS256", "EdDSA")
     leeway_seconds: int = 30
@@ -73,6 +74,9 @@ class PluginConfig:
         for name in ("issuer", "audience", "jwks_url"):
             if not getattr(self, name):
                 raise PluginConfigError(f"{self.source}: {name} is required")
+        if not self.revocation_url:
+            # without it a revoked token (a logout, a disabled account) stays valid until it expires
+            raise PluginConfigError(f"{self.source}: revocation_url is required (the bridge's /revocations)")
         for name in ("jwks_url", "revocation_url", "audit_url"):
             url = getattr(self, name)
             if url and not url.startswith("https://"):

@@ -12,9 +12,12 @@ Stdlib only (runs inside Orthanc).
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,26 +46,110 @@ class StudyInfo:
 class Target:
     """The resource a request names: an Orthanc level + id, or a DICOMweb StudyInstanceUID."""
 
-    level: str  # patients | studies | series | instances | study-uid
+    level: str  # patients | studies | series | instances | study-uid | instance-uid
     key: str
 
 
-def target_of(path: str, get: Mapping[str, str] | None = None) -> Target | None:
-    """The single resource in a request path (None: a list, a query, or no patient data)."""
+@dataclass(frozen=True)
+class Named:
+    """What a request names: the resources it touches, or why a scoped token cannot be judged on it.
+
+    ``targets`` empty and ``problem`` None: the request names no single resource (a list, a query
+    across studies, a tool).  ``problem`` set: the query is ambiguous or names studies in a way the
+    PACS may read differently than this module; a scoped token is refused then (fail closed).
+    """
+
+    targets: tuple[Target, ...] = ()
+    problem: str | None = None
+
+
+NOTHING = Named()
+#: a DICOM UID (PS3.5 9.1): digits and dots, at most 64 characters; anything else (wildcards ``*``/``?``,
+#: ranges, spaces, ``+``) is no UID, so a UID-list value containing it is refused for scoped tokens
+_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+#: the spellings of StudyInstanceUID (0020,000D) the DICOMweb plugin 1.7 honours as a QIDO filter, checked on
+#: Orthanc 1.10.1: the keyword exactly, or the 8 hex digits in any case.  ``0020,000D``, ``(0020,000D)``,
+#: ``studyinstanceuid``, ``StudiesInstanceUID`` are *ignored* by the plugin (the query then lists
+#: everything), so they must never count as "names one study".
+_HONOURED_STUDY_KEY = re.compile(r"StudyInstanceUID|0020000[dD]")
+#: WADO-URI's parameters (PS3.18 9.2), case-sensitive in the plugin
+_WADO_KEYS = ("studyUID", "seriesUID", "objectUID")
+
+
+def _squash(key: str) -> str:
+    """A query key reduced to what any lenient parser might see: percent-decoded once more (a
+    double-encoded key), lower-cased, punctuation and ``0x``/leading zeros dropped."""
+    squashed = re.sub(r"[^0-9a-z]", "", urllib.parse.unquote(key).lower())
+    if squashed.startswith("0x"):
+        squashed = squashed[2:]
+    return squashed.lstrip("0")
+
+
+@functools.lru_cache(maxsize=1024)  # viewers send the same few keys again and again; bounded for the rest
+def _is_study_uid_key(key: str) -> bool:
+    """Whether a QIDO key is, or looks like, a spelling of StudyInstanceUID (0020,000D)."""
+    squashed = _squash(key)
+    return squashed == "20000d" or "studyinstanceuid" in squashed or "studiesinstanceuid" in squashed
+
+
+def study_uids_of_query(query: Mapping[str, str] | None) -> Named:
+    """The studies a QIDO query restricts itself to, read the way the DICOMweb plugin reads it.
+
+    ``query`` is Orthanc's GET arguments as the filter gets them (checked on Orthanc 1.10.1): *not*
+    percent-decoded, ``+`` kept, and a repeated key keeps its *last* value, which is also the value
+    the plugin applies (it keeps the last value per tag).  Several keys for the one tag
+    (``StudyInstanceUID`` and ``0020000D``) cannot be ordered from a dict: refused.  A spelling the
+    plugin ignores is refused too (it would answer with every study), and so is anything that only
+    decodes to a spelling of the tag.  A value is a list of UIDs separated by commas or backslashes
+    (each one checked); empty values, wildcards and encoded characters (``%2C``) are refused.
+    """
+    keys = [k for k in (query or {}) if _is_study_uid_key(k)]
+    if not keys:
+        return NOTHING
+    if len(keys) > 1:
+        return Named(problem=f"StudyInstanceUID given {len(keys)} times in the query: ambiguous")
+    key = keys[0]
+    if _HONOURED_STUDY_KEY.fullmatch(key) is None:
+        return Named(problem="a StudyInstanceUID spelling the PACS does not apply as a filter")
+    uids = re.split(r"[\\,]", (query or {})[key])
+    if not all(len(u) <= 64 and _UID.fullmatch(u) for u in uids):
+        return Named(problem="StudyInstanceUID in the query is empty, a wildcard or not a UID")
+    return Named(tuple(Target("study-uid", u) for u in dict.fromkeys(uids)))
+
+
+def targets_of(path: str, query: Mapping[str, str] | None = None) -> Named:
+    """The resources a request touches: the one in its path, the studies a QIDO query names, the
+    instance a WADO-URI request returns."""
     parts = path.split("?", 1)[0].split("/")
     # ['', 'studies', '<id>', ...]
     if len(parts) >= 3 and parts[1] in LEVELS and parts[2]:
-        return Target(parts[1], parts[2])
-    if len(parts) >= 4 and parts[1] == "dicom-web" and parts[2] == "studies" and parts[3]:
-        return Target("study-uid", parts[3])
-    if get:
-        if len(parts) >= 2 and parts[1] == "wado" and get.get("studyUID"):
-            return Target("study-uid", get["studyUID"])
-        if len(parts) == 3 and parts[1] == "dicom-web" and parts[2] == "studies":
-            uid = get.get("StudyInstanceUID") or get.get("0020000D")
-            if uid and "," not in uid and "*" not in uid and "?" not in uid:
-                return Target("study-uid", uid)
-    return None
+        return Named((Target(parts[1], parts[2]),))
+    if len(parts) >= 2 and parts[1] == "dicom-web":
+        if len(parts) >= 4 and parts[2] == "studies" and parts[3]:
+            named = study_uids_of_query(query)
+            if named.problem or any(t.key != parts[3] for t in named.targets):
+                return Named(problem="the query names another study than the path")
+            return Named((Target("study-uid", parts[3]),))
+        if 3 <= len(parts) <= 4 and parts[2] in ("studies", "series", "instances") and not "".join(parts[3:]):
+            return study_uids_of_query(query)  # QIDO at the root of a level
+        return NOTHING
+    if len(parts) >= 2 and parts[1] == "wado":
+        return _wado_target(query or {})
+    return NOTHING
+
+
+def _wado_target(query: Mapping[str, str]) -> Named:
+    """WADO-URI returns the instance ``objectUID`` names (the plugin then checks that it lies in
+    ``studyUID``/``seriesUID``), so the request is judged on that instance's study."""
+    lookalikes = [k for k in query if _squash(k) in {w.lower() for w in _WADO_KEYS} and k not in _WADO_KEYS]
+    if lookalikes:
+        return Named(problem="WADO-URI parameter in an unexpected spelling: " + ", ".join(sorted(lookalikes)))
+    uid = query.get("objectUID", "")
+    if not uid:
+        return NOTHING
+    if len(uid) > 64 or _UID.fullmatch(uid) is None:
+        return Named(problem="WADO-URI objectUID is not a UID")
+    return Named((Target("instance-uid", uid),))
 
 
 def allowed(claims: Mapping[str, Any], study: StudyInfo | None) -> tuple[bool, str]:
@@ -111,6 +198,45 @@ def is_scoped(claims: Mapping[str, Any]) -> bool:
     return bool(scopes.get("departments") or scopes.get("institutions"))
 
 
+def instance_info(tags: Mapping[str, Any]) -> StudyInfo:
+    """The scope-relevant tags of an incoming instance (Orthanc's "simplified" tag JSON: keyword -> value)."""
+    def text(name: str) -> str:
+        value = tags.get(name, "")
+        return value.strip() if isinstance(value, str) else ""
+
+    return StudyInfo(orthanc_id="", study_uid=text("StudyInstanceUID"), patient_id=text("PatientID"),
+                     department=text("InstitutionalDepartmentName"), institution=text("InstitutionName"))
+
+
+def upload_allowed(claims: Mapping[str, Any], instance: StudyInfo, existing: list[StudyInfo]) -> tuple[bool, str]:
+    """May this token store ``instance``?  ``existing``: the stored study its StudyInstanceUID names.
+
+    Why both checks: Orthanc files an instance under the study its StudyInstanceUID names, whatever
+    department the instance itself claims, so an in-scope department tag is not enough; and a new
+    study must itself be in scope, or the uploader could create studies it may not see.
+    """
+    if not is_scoped(claims):
+        return True, "unscoped"
+    ok, why = allowed(claims, instance)
+    if not ok:
+        return False, "upload: instance " + why.removeprefix("study's ")
+    for study in existing:
+        ok, why = allowed(claims, study)
+        if not ok:
+            return False, "upload: the instance would join an existing study outside the token's scope"
+    return True, "in scope"
+
+
+def joins_consistently(instance: StudyInfo, existing: list[StudyInfo]) -> tuple[bool, str]:
+    """For instances stored without a request to attribute them to (modify/anonymize jobs, DICOMweb
+    retrieve jobs): an instance may join an existing study only with that study's department and
+    institution, so no job can move data into another department's study."""
+    for study in existing:
+        if (study.department, study.institution) != (instance.department, instance.institution):
+            return False, "stored by a job: the instance would join an existing study of another department"
+    return True, "consistent with its study"
+
+
 def _json(answer: Any) -> Any:
     if isinstance(answer, bytes | bytearray):
         answer = answer.decode("utf-8")
@@ -148,14 +274,20 @@ class StudyResolver:
             return entry[1]
         return None
 
-    def studies(self, target: Target) -> list[StudyInfo]:
-        """The studies behind ``target`` (a patient may have several); [] when not found."""
+    def studies(self, target: Target, strict: bool = False) -> list[StudyInfo]:
+        """The studies behind ``target`` (a patient may have several); [] when not found.
+
+        A lookup that fails (Orthanc's REST API raising) is [] too, which denies a scoped request;
+        ``strict`` raises instead, for callers to whom [] means "nothing there yet" (an upload).
+        """
         hit = self.cached(target)
         if hit is not None:
             return hit
         try:
             found = self._resolve(target)
         except Exception:
+            if strict:
+                raise
             found = []
         if found:
             with self._lock:
@@ -173,6 +305,10 @@ class StudyResolver:
             answer = _json(self.rest_post("/tools/lookup", target.key))
             ids = [a["ID"] for a in answer if a.get("Type") == "Study"]
             return [self._study(i) for i in ids[:1]]
+        if target.level == "instance-uid":
+            answer = _json(self.rest_post("/tools/lookup", target.key))
+            ids = [a["ID"] for a in answer if a.get("Type") == "Instance"]
+            return self.studies(Target("instances", ids[0])) if ids else []
         if target.level == "studies":
             return [self._study(target.key)]
         if target.level == "series":

@@ -4,13 +4,14 @@ A site running a newer Orthanc (>= 1.11.3) with the official ``orthanc-authoriza
 points ``"Authorization": {"WebServiceRootUrl": "https://<bridge>/orthanc-auth/"}`` at the bridge
 and gets the same decisions as the bridge's own Orthanc plugin: the same verifier (signature,
 claims, MFA, revocation), the same route table and permission vocabulary.  Only the HTTP/JSON
-contract of that plugin is reused (../shared/reference/orthanc.md section 5), no code.
+contract of that plugin is reused, no code.
 
 * ``POST /orthanc-auth/user/get-profile``: the token's profile; ``permissions`` in the official
   vocabulary, ``authorized-labels`` = ``["*"]`` for an unscoped token, else the token's
   departments and institutions (label your studies with them on Orthanc >= 1.12).
 * ``POST /orthanc-auth/tokens/validate``: ``granted`` for one method + resource, decided by
-  :func:`bridge.pacs.verifier.decide` over the route the plugin would call.
+  :func:`bridge.pacs.gate.judge`, the bridge plugin's own decision (route permission + study scope),
+  see :func:`judge_official`.
 * ``POST /orthanc-auth/tokens/decode``: the token's type and error code (``expired``/``invalid``).
 
 ``validity`` (how long the plugin may cache an answer) never outlives the token and is capped at
@@ -23,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -31,8 +33,9 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from bridge.audit.codes import AuditEventType
 from bridge.config import Settings
-from bridge.pacs import scopes
-from bridge.pacs.verifier import VerificationError, bearer_token, decide
+from bridge.pacs import routes, scopes
+from bridge.pacs.gate import Verdict, judge
+from bridge.pacs.verifier import VerificationError, bearer_token
 from bridge.policy.permissions import Permission
 
 bp = Blueprint("orthanc_auth", __name__, url_prefix="/orthanc-auth")
@@ -139,12 +142,14 @@ def get_profile() -> Any:
     if claims is None:  # anonymous or bad token: a profile that may do nothing
         return jsonify({"name": "anonymous", "permissions": [], "authorized-labels": [], "validity": 10})
     departments, institutions = scopes.token_scopes(claims)
-    labels = sorted(departments | institutions) if departments or institutions else ["*"]
+    scoped = bool(departments or institutions)
+    labels = sorted(departments | institutions) if scoped else ["*"]
     return jsonify({
         "name": claims.get("preferred_username") or claims["sub"],
         "user-id": claims["sub"],
         "groups": list(claims.get("roles") or []),
-        "permissions": official_permissions(claims.get("permissions")),
+        "permissions": [p for p in official_permissions(claims.get("permissions"))
+                        if not (scoped and p in NO_CONTENT_CHECK)],
         "authorized-labels": labels,
         "validity": _validity(claims),
     })
@@ -157,33 +162,108 @@ def validate() -> Any:
     body = _body()
     claims, error = _claims(_token_of(body))
     method = str(body.get("method", "")).upper()
-    level = body.get("level")
-    if level == "system":
-        path = str(body.get("uri") or "")
-    elif level in LEVEL_PATHS and isinstance(body.get("orthanc-id"), str) and body["orthanc-id"]:
-        path = LEVEL_PATHS[level] + body["orthanc-id"]
-    else:
-        path = ""
     if claims is None:
-        reason, granted = f"token {error}", False
-    elif not path:
-        reason, granted = "no resource to decide on", False
+        granted, reason, permission = False, f"token {error}", None
     else:
-        verdict = decide(claims, method, path)
-        granted, reason = verdict.allow, verdict.reason
-        if granted and level != "system" and scopes.is_scoped(claims):
-            # the web service cannot read the study's department: only the labels Orthanc sends
-            departments, institutions = scopes.token_scopes(claims)
-            labels = body.get("labels") if isinstance(body.get("labels"), list) else []
-            if not set(labels) & (departments | institutions):
-                granted, reason = False, "scoped token: the resource carries none of its labels"
+        verdict = judge_official(claims, method, body)
+        granted, reason, permission = verdict.allow, verdict.reason, verdict.permission
     if not granted:
         _service().audit(AuditEventType.ACCESS_DENIED, {
             "via": "orthanc-authorization", "server_id": body.get("server-id"), "method": method,
-            "level": level, "orthanc_id": body.get("orthanc-id"), "reason": reason,
+            "level": body.get("level"), "orthanc_id": body.get("orthanc-id"), "uri": body.get("uri"),
+            "permission": permission, "reason": reason,
             "subject": (claims or {}).get("sub"), "jti": (claims or {}).get("jti"),
         })
     return jsonify({"granted": granted, "validity": _validity(claims) if claims and granted else 0})
+
+
+def judge_official(claims: Mapping[str, Any], method: str, body: Mapping[str, Any]) -> Verdict:
+    """One validate body -> :func:`bridge.pacs.gate.judge`, the bridge plugin's own decision.
+
+    * ``level: system``: the plugin sends the request's ``uri`` (no query string): judged as is.
+      A scoped token is refused lists and queries, as by the bridge plugin; a query naming one
+      study is refused too, since the query never reaches this service.
+    * resource levels: the plugin sends only ``orthanc-id``/``dicom-uid``, not which sub-route it
+      guards (``/studies/{id}`` or ``/studies/{id}/archive``).  A ``uri`` in the body, if any, is
+      judged when it names that resource; without one, the answer is "granted" only if *every*
+      route under the resource for that method would be (:data:`RESOURCE_PROBES`), so the service
+      is never looser than the bridge plugin.  The study's department/institution come from the
+      ``labels`` Orthanc sends (>= 1.12); without labels a scoped token is refused.
+    """
+    level = body.get("level")
+    uri = body.get("uri") if isinstance(body.get("uri"), str) else ""
+    if level == "system":
+        if not uri.startswith("/"):
+            return Verdict(False, "no uri to decide on")
+        path, _, query = uri.partition("?")
+        return _no_content_check(claims, judge(claims, method, path, _query(query), lambda _target: []))
+    orthanc_id = body.get("orthanc-id")
+    if level not in LEVEL_PATHS or not isinstance(orthanc_id, str) or not _ORTHANC_ID.fullmatch(orthanc_id):
+        return Verdict(False, "no resource to decide on")
+    base = LEVEL_PATHS[level] + orthanc_id
+    labels = [x for x in body.get("labels") or [] if isinstance(x, str)] if isinstance(body.get("labels"), list) \
+        else []
+
+    def studies_of(target: scopes.Target) -> list[scopes.StudyInfo]:
+        if target != scopes.Target(LEVEL_PATHS[level].strip("/"), orthanc_id):
+            return []
+        return [_labelled_study(claims, labels)] if labels else []
+
+    if uri:
+        path, _, query = uri.partition("?")
+        if path != base and not path.startswith(base + "/"):
+            return Verdict(False, "uri does not name the resource being validated")
+        return _no_content_check(claims, judge(claims, method, path, _query(query), studies_of))
+    verdict: Verdict | None = None
+    for suffix in RESOURCE_PROBES:
+        if routes.route_for(method, base + suffix) is None:
+            continue
+        verdict = judge(claims, method, base + suffix, None, studies_of)
+        if not verdict.allow:
+            return Verdict(False, f"{verdict.reason} (a {method} on this resource may be {base + suffix})",
+                           verdict.permission)
+    return verdict or Verdict(False, f"no rule for {method} on a {level}")
+
+
+#: permissions whose request body decides which studies are touched: the bridge's own plugin checks each
+#: stored instance against a scoped token (its received-instance callback); behind the official plugin
+#: nothing does, so a scoped token gets none of them there (profile and validate alike)
+NO_CONTENT_CHECK = frozenset({"upload"})
+
+
+def _no_content_check(claims: Mapping[str, Any], verdict: Verdict) -> Verdict:
+    if verdict.allow and verdict.permission in NO_CONTENT_CHECK and scopes.is_scoped(claims):
+        return Verdict(False, f"scoped token: {verdict.permission} is checked on the content only by the "
+                              "bridge's own Orthanc plugin", verdict.permission)
+    return verdict
+
+
+#: sub-routes probed for a resource-level validate without a ``uri``: every permission a request of the
+#: method on the resource may need (view and download for GET; modify, anonymize, download, admin for POST ...)
+RESOURCE_PROBES = ("", "/archive", "/media", "/file", "/attachments/dicom/data", "/modify", "/anonymize",
+                   "/export", "/reconstruct", "/protected", "/metadata/1024", "/preview")
+#: an Orthanc resource id (SHA-1 groups joined by dashes): nothing that could add a path segment or a query
+_ORTHANC_ID = re.compile(r"[0-9A-Fa-f-]{1,64}")
+
+
+def _query(text: str) -> dict[str, str]:
+    """A query string as Orthanc 1.10.1 hands it to a filter: split on ``&`` and the first ``=``,
+    nothing percent-decoded, the last value of a repeated key."""
+    out: dict[str, str] = {}
+    for pair in text.split("&") if text else ():
+        key, _, value = pair.partition("=")
+        out[key] = value
+    return out
+
+
+def _labelled_study(claims: Mapping[str, Any], labels: list[str]) -> scopes.StudyInfo:
+    """The resource's department/institution as far as its labels tell (labels are a flat set: a label
+    counts as the department if it is one of the token's departments, likewise for institutions)."""
+    departments, institutions = scopes.token_scopes(claims)
+    department = next((x for x in labels if x in departments), "")
+    institution = next((x for x in labels if x in institutions), "")
+    return scopes.StudyInfo(orthanc_id="", study_uid="", patient_id="", department=department,
+                            institution=institution)
 
 
 @bp.post("/tokens/decode")

@@ -5,6 +5,7 @@ These run without Orthanc: the plugin module guards its `import orthanc`.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,7 @@ def test_config_secure_defaults(tmp_path: Path) -> None:
     assert cfg["AuthenticationEnabled"] is False  # explicit: Basic auth would run before the filter
     assert not any(v for k, v in cfg.items() if k.startswith("DicomAlwaysAllow"))
     assert cfg["DicomCheckCalledAet"] is True
+    assert cfg["WebDavEnabled"] is False and cfg["ExecuteLuaEnabled"] is False
     assert cfg["DicomModalities"] == {"bridge": ["BRIDGE", "127.0.0.1", 11112]}
     assert cfg["PythonScript"] == str(FILTER_SCRIPT) and FILTER_SCRIPT.exists()
     assert str(PYTHON_PLUGIN) in cfg["Plugins"]
@@ -54,3 +56,33 @@ def test_plain_config_has_no_filter(tmp_path: Path) -> None:
                          index_dir=tmp_path, with_filter=False)
     assert "PythonScript" not in cfg
     assert str(PYTHON_PLUGIN) not in cfg["Plugins"]
+
+
+def test_received_instances_fail_closed_but_cstore_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bridge.pacs import gate
+
+    monkeypatch.setattr(orthanc_plugin, "_ORIGINS", {2: "dicom", 3: "rest", 4: "plugin"})
+    assert orthanc_plugin.admit_instance(b"", 2) is True  # C-STORE: Orthanc admits configured modalities
+    assert orthanc_plugin.admit_instance(b"", 3) is False  # no configured gate: REST uploads discarded
+    assert orthanc_plugin.admit_instance(b"", 4) is False
+    assert orthanc_plugin.admit_instance(b"", 99) is False
+    gate._REQUESTS[threading.get_ident()] = gate.RequestContext({"sub": "x"}, "POST", "/instances", "")
+    orthanc_plugin.incoming_http_request_filter("/system", method=1, headers={})
+    assert gate.current_request() is None  # every request starts without the last one's token
+
+
+def test_received_instance_callback_discards_on_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(ReceivedInstanceAction=SimpleNamespace(KEEP_AS_IS="keep", DISCARD="discard"))
+    monkeypatch.setattr(orthanc_plugin, "orthanc", fake)
+
+    def boom(data: bytes, origin: int) -> bool:
+        raise RuntimeError("lookup failed")
+
+    monkeypatch.setattr(orthanc_plugin, "admit_instance", boom)
+    assert orthanc_plugin.received_instance_callback(b"", 3) == ("discard", None)
+    monkeypatch.setattr(orthanc_plugin, "admit_instance", lambda data, origin: True)
+    assert orthanc_plugin.received_instance_callback(b"", 3) == ("keep", None)
+    monkeypatch.setattr(orthanc_plugin, "admit_instance", lambda data, origin: 1)  # only True keeps
+    assert orthanc_plugin.received_instance_callback(b"", 3) == ("discard", None)

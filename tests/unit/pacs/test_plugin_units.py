@@ -8,7 +8,8 @@ from bridge.config import ConfigError, load_config
 from bridge.pacs import plugin_config, scopes
 from bridge.pacs.orthanc_config import dicom_modalities
 
-BASE = {"issuer": "https://b", "audience": "pacs", "jwks_url": "https://b/jwks.json"}
+BASE = {"issuer": "https://b", "audience": "pacs", "jwks_url": "https://b/jwks.json",
+        "revocation_url": "https://b/revocations"}
 
 
 def test_plugin_config_validation_and_env() -> None:
@@ -22,12 +23,22 @@ def test_plugin_config_validation_and_env() -> None:
         plugin_config.build({"audience": "pacs", "jwks_url": "https://b"}, "f.json", environ={})
 
 
+def test_plugin_config_without_revocation_is_unusable() -> None:
+    """A revoked token must not stay valid until it expires: no revocation_url, no configuration."""
+    bare = {k: v for k, v in BASE.items() if k != "revocation_url"}
+    with pytest.raises(plugin_config.PluginConfigError, match="revocation_url is required"):
+        plugin_config.build(bare, "f.json", environ={})
+    with pytest.raises(plugin_config.PluginConfigError, match="revocation_url is required"):
+        plugin_config.build(BASE, "f.json", environ={"PACS_BRIDGE_PLUGIN_REVOCATION_URL": ""})
+
+
 def test_targets() -> None:
-    assert scopes.target_of("/studies/abc/archive") == scopes.Target("studies", "abc")
-    assert scopes.target_of("/dicom-web/studies/1.2.3/series") == scopes.Target("study-uid", "1.2.3")
-    assert scopes.target_of("/dicom-web/studies", {"StudyInstanceUID": "1.2"}) == scopes.Target("study-uid", "1.2")
-    assert scopes.target_of("/dicom-web/studies", {"StudyInstanceUID": "1.*"}) is None
-    assert scopes.target_of("/studies") is None and scopes.target_of("/system") is None
+    assert scopes.targets_of("/studies/abc/archive").targets == (scopes.Target("studies", "abc"),)
+    assert scopes.targets_of("/dicom-web/studies/1.2.3/series").targets == (scopes.Target("study-uid", "1.2.3"),)
+    assert scopes.targets_of("/dicom-web/studies", {"StudyInstanceUID": "1.2"}).targets == (
+        scopes.Target("study-uid", "1.2"),)
+    assert scopes.targets_of("/dicom-web/studies", {"StudyInstanceUID": "1.*"}).problem
+    assert scopes.targets_of("/studies") == scopes.targets_of("/system") == scopes.NOTHING
 
 
 def test_scope_check_fails_closed() -> None:

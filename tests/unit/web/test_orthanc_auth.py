@@ -100,8 +100,8 @@ def test_get_profile_anonymous_and_invalid(env: dict[str, Any]) -> None:
 
 
 def test_validate(env: dict[str, Any]) -> None:
-    viewer, _ = mint(env["service"], {P.VIEW})
-    admin, _ = mint(env["service"], {P.VIEW, P.DELETE, P.SETTINGS})
+    viewer, _ = mint(env["service"], {P.VIEW, P.DOWNLOAD})
+    admin, _ = mint(env["service"], {P.VIEW, P.DELETE, P.MODIFY, P.SETTINGS})  # DELETE may also be metadata
     assert call(env, "/tokens/validate", "validate-study-get.json", viewer).json["granted"] is True
     denied = call(env, "/tokens/validate", "validate-study-delete.json", viewer).json
     assert denied == {"granted": False, "validity": 0}
@@ -113,9 +113,70 @@ def test_validate(env: dict[str, Any]) -> None:
 
 
 def test_validate_scoped_token_needs_a_matching_label(env: dict[str, Any]) -> None:
-    token, _ = mint(env["service"], {P.VIEW}, departments=("Radiology",))
+    token, _ = mint(env["service"], {P.VIEW, P.DOWNLOAD}, departments=("Radiology",))
     assert call(env, "/tokens/validate", "validate-study-get.json", token).json["granted"] is False
     assert call(env, "/tokens/validate", "validate-study-labels.json", token).json["granted"] is True
+    # a label naming one of the token's institutions is not its department
+    both, _ = mint(env["service"], {P.VIEW, P.DOWNLOAD}, departments=("Cardiology",), institutions=("Radiology",))
+    assert call(env, "/tokens/validate", "validate-study-labels.json", both).json["granted"] is False
+
+
+def validate(env: dict[str, Any], token: str, **body: Any) -> bool:
+    body = {"token-key": "authorization", "token-value": f"Bearer {token}", "server-id": "s", **body}
+    return env["client"].post("/orthanc-auth/tokens/validate", json=body, headers=BASIC).json["granted"]
+
+
+STUDY = "6e2c0ec2-5d99c8ca-c1c21cee-79a09605-68391d12"
+
+
+def test_resource_level_is_never_looser_than_the_plugin(env: dict[str, Any]) -> None:
+    """The plugin sends only the resource, not the sub-route: granted only if every route under it for
+    that method would be (so /studies/{id}/archive is never judged as a view)."""
+    viewer, _ = mint(env["service"], {P.VIEW})
+    downloader, _ = mint(env["service"], {P.VIEW, P.DOWNLOAD})
+    study = {"method": "get", "level": "study", "orthanc-id": STUDY, "dicom-uid": "1.2"}
+    assert validate(env, viewer, **study) is False
+    assert validate(env, downloader, **study) is True
+    # with the real URI (when the caller has it) the answer is exact
+    assert validate(env, viewer, **study, uri=f"/studies/{STUDY}") is True
+    assert validate(env, viewer, **study, uri=f"/studies/{STUDY}/archive") is False
+    assert validate(env, downloader, **study, uri=f"/studies/{STUDY}/archive") is True
+    # ... and must name the resource being validated
+    assert validate(env, downloader, **study, uri="/studies/0000-other/archive") is False
+    assert validate(env, downloader, **study, uri=f"/studies/{STUDY}x") is False
+    for bad_id in ("", "../system", f"{STUDY}/archive", f"{STUDY}?x=1", None, 7):
+        assert validate(env, downloader, **{**study, "orthanc-id": bad_id}) is False, bad_id
+    modifier, _ = mint(env["service"], {P.VIEW, P.MODIFY})
+    assert validate(env, modifier, **{"method": "post", "level": "study", "orthanc-id": STUDY}) is False
+
+
+def test_system_level_scoped_token_gets_the_plugins_answer(env: dict[str, Any]) -> None:
+    scoped, _ = mint(env["service"], {P.VIEW, P.UPLOAD, P.SETTINGS}, departments=("Radiology",))
+    unscoped, _ = mint(env["service"], {P.VIEW})
+    for uri in ("/studies", "/patients", "/dicom-web/studies", "/dicom-web/series", "/tools/find",
+                "/dicom-web/studies?StudyInstanceUID=1.2&0020000D=1.3", "/dicom-web/studies?StudyInstanceUID=1.2"):
+        method = "post" if uri == "/tools/find" else "get"
+        assert validate(env, scoped, method=method, level="system", uri=uri) is False, uri
+        assert validate(env, unscoped, method=method, level="system", uri=uri) is True, uri
+    # settings need no study: the same answer as the plugin
+    assert validate(env, scoped, method="get", level="system", uri="/system") is True
+    # an upload's studies are in its body: only the bridge's own plugin checks them (on each instance),
+    # so behind the official plugin a scoped token may not upload at all (fail closed)
+    assert validate(env, scoped, method="post", level="system", uri="/instances") is False
+    assert validate(env, scoped, method="post", level="system", uri="/dicom-web/studies") is False
+    assert validate(env, unscoped_uploader(env), method="post", level="system", uri="/instances") is True
+
+
+def unscoped_uploader(env: dict[str, Any]) -> str:
+    return mint(env["service"], {P.UPLOAD})[0]
+
+
+def test_scoped_profile_has_no_upload(env: dict[str, Any]) -> None:
+    scoped, _ = mint(env["service"], {P.VIEW, P.UPLOAD}, departments=("Radiology",))
+    assert call(env, "/user/get-profile", "get-profile.json", scoped).json["permissions"] == ["view"]
+    plain = call(env, "/user/get-profile", "get-profile.json", unscoped_uploader(env)).json
+    assert plain["permissions"] == ["upload"]
+    assert validate(env, scoped, method="get", level="system", uri="") is False
 
 
 def test_validate_revoked_and_no_mfa(env: dict[str, Any]) -> None:

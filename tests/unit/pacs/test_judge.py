@@ -1,0 +1,191 @@
+"""The one decision (gate.judge) behind the Orthanc plugin, and the upload check of its
+received-instance callback, with Orthanc's REST API replaced by a dictionary of studies."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pacs_bridge_double import ISSUER, JWKS_URL, REVOKED_URL, FakeBridge
+
+from bridge.pacs import gate as gate_mod
+from bridge.pacs import plugin_config
+from bridge.pacs.gate import Gate, RequestContext, judge
+from bridge.pacs.scopes import StudyInfo, Target
+
+RAD = StudyInfo("s-rad", "1.2.1", "P-1", "Radiology", "Hospital")
+CARD = StudyInfo("s-card", "1.2.2", "P-2", "Cardiology", "Hospital")
+BY_UID = {RAD.study_uid: RAD, CARD.study_uid: CARD}
+BY_ID = {RAD.orthanc_id: RAD, CARD.orthanc_id: CARD}
+SCOPED = {"permissions": ["view", "download", "upload"], "scopes": {"departments": ["Radiology"]}}
+UNSCOPED = {"permissions": ["view", "download", "upload"]}
+
+
+def studies_of(target: Target) -> list[StudyInfo]:
+    if target.level == "study-uid":
+        return [BY_UID[target.key]] if target.key in BY_UID else []
+    if target.level == "studies":
+        return [BY_ID[target.key]] if target.key in BY_ID else []
+    return []
+
+
+@pytest.mark.parametrize("path, query, scoped_ok", [
+    ("/studies/s-rad", None, True),
+    ("/studies/s-card", None, False),
+    ("/studies/s-rad/archive", None, True),
+    ("/studies", None, False),
+    ("/dicom-web/studies", {}, False),
+    ("/dicom-web/studies", {"StudyInstanceUID": "1.2.1"}, True),
+    ("/dicom-web/studies", {"StudyInstanceUID": "1.2.1", "0020000D": "1.2.2"}, False),
+    ("/dicom-web/studies", {"0020000D": "1.2.2", "StudyInstanceUID": "1.2.1"}, False),
+    ("/dicom-web/studies", {"StudyInstanceUID": "1.2.1\\1.2.2"}, False),
+    ("/dicom-web/studies", {"StudyInstanceUID": "1.2.1,1.2.1"}, True),
+    ("/dicom-web/studies", {"StudyInstanceUID": "1.2.1\\1.2.9"}, False),  # one unknown: cannot be checked
+    ("/dicom-web/studies", {"studyinstanceuid": "1.2.1"}, False),
+    ("/dicom-web/series", {"0020000d": "1.2.1"}, True),
+    ("/dicom-web/instances", {"0020000D": "1.2.2"}, False),
+    ("/dicom-web/studies/1.2.1/series", {"0020000D": "1.2.2"}, False),
+    ("/wado", {"studyUID": "1.2.1", "objectUID": "1.2.2.1.1"}, False),
+])
+def test_scoped_decisions(path: str, query: dict[str, str] | None, scoped_ok: bool) -> None:
+    verdict = judge(SCOPED, "GET", path, query, studies_of)
+    assert verdict.allow is scoped_ok, verdict.reason
+    assert judge(UNSCOPED, "GET", path, query, studies_of).allow  # the scope is the only difference
+
+
+def test_route_permission_comes_first() -> None:
+    viewer = {"permissions": ["view"]}
+    verdict = judge(viewer, "GET", "/studies/s-rad/archive", None, studies_of)
+    assert not verdict.allow and verdict.permission == "download"
+    assert judge(viewer, "GET", "/studies/s-rad", None, studies_of).permission == "view"
+    assert not judge(viewer, "GET", "/no-such-route", None, studies_of).allow
+
+
+# ------------------------------------------------------------------ the gate
+
+
+@pytest.fixture
+def gate(bridge: FakeBridge, tmp_path: Path) -> Iterator[Gate]:
+    config = plugin_config.build({"issuer": ISSUER, "audience": "pacs", "jwks_url": JWKS_URL,
+                                  "revocation_url": REVOKED_URL, "audit_spool_dir": str(tmp_path),
+                                  "revocation_refresh_seconds": 0}, "test", environ={})
+
+    def rest_get(uri: str) -> str:
+        _kind, oid, *rest = uri.strip("/").split("/")
+        s = BY_ID[oid]
+        if rest == ["instances"]:
+            return json.dumps([{"ID": "i-" + oid}])
+        return json.dumps({"MainDicomTags": {"StudyInstanceUID": s.study_uid, "InstitutionName": s.institution},
+                           "PatientMainDicomTags": {"PatientID": s.patient_id}})
+
+    def rest_get_all(uri: str) -> str:
+        if uri.startswith("/instances/i-"):
+            return json.dumps({"InstitutionalDepartmentName": BY_ID[uri.split("/")[2][2:]].department})
+        return rest_get(uri)
+
+    def rest_post(uri: str, body: str) -> str:
+        s = BY_UID.get(body)
+        return json.dumps([{"ID": s.orthanc_id, "Type": "Study"}] if s else [])
+
+    g = Gate(config, rest_get_all, rest_post, fetch=bridge.fetch)
+    yield g
+    gate_mod.clear_request_context()
+
+
+def _records(g: Gate) -> list[tuple[Any, ...]]:
+    return list(g.audit._queue)
+
+
+def test_gate_uses_the_one_decision(gate: Gate, bridge: FakeBridge) -> None:
+    token = bridge.token(permissions=["view"], scopes={"departments": ["Radiology"], "institutions": []})
+    auth = {"authorization": f"Bearer {token}"}
+    assert gate.decide("/studies/s-rad", 1, auth, {}) is True
+    assert gate.decide("/studies/s-card", 1, auth, {}) is False
+    assert gate.decide("/dicom-web/studies", 1, auth, {"StudyInstanceUID": "1.2.1", "0020000D": "1.2.2"}) is False
+    assert gate.decide("/dicom-web/studies", 1, auth, {"StudyInstanceUID": "1.2.1"}) is True
+    deny = [r for r in _records(gate) if r[1] == "deny"]
+    assert any("ambiguous" in r[7] for r in deny)
+
+
+def test_gate_without_revocation_denies_everything(gate: Gate, bridge: FakeBridge) -> None:
+    object.__setattr__(gate.config, "revocation_url", None)  # e.g. a Gate built around a hand-made config
+    token = bridge.token(permissions=["view"])
+    assert gate.decide("/studies/s-rad", 1, {"authorization": f"Bearer {token}"}, {}) is False
+    assert any(r[7] == gate_mod.NO_REVOCATION_REASON for r in _records(gate))
+
+
+def _tags(study_uid: str, department: str, institution: str = "Hospital") -> dict[str, str]:
+    return {"StudyInstanceUID": study_uid, "InstitutionalDepartmentName": department,
+            "InstitutionName": institution, "PatientID": "P-x"}
+
+
+def _request(gate: Gate, bridge: FakeBridge, departments: list[str] | None) -> None:
+    """Run the filter for an upload on this thread, as Orthanc does before storing."""
+    scopes = {"departments": departments, "institutions": []} if departments else None
+    token = bridge.token(permissions=["upload"], scopes=scopes)
+    assert gate.decide("/instances", 2, {"authorization": f"Bearer {token}"}, None) is True
+
+
+@pytest.mark.parametrize("tags, ok", [
+    (_tags("1.2.1", "Radiology"), True),            # into an in-scope study
+    (_tags("1.9.9", "Radiology"), True),            # a new in-scope study
+    (_tags("1.2.2", "Radiology"), False),           # claims Radiology, joins the Cardiology study
+    (_tags("1.9.9", "Cardiology"), False),          # a new study outside the scope
+    (_tags("1.9.9", ""), False),                    # no department: outside any department scope
+    (_tags("1.2.1", "Cardiology"), False),          # an out-of-scope instance into an in-scope study
+])
+def test_scoped_upload(gate: Gate, bridge: FakeBridge, tags: dict[str, str], ok: bool) -> None:
+    _request(gate, bridge, ["Radiology"])
+    assert gate.admit_instance("rest", lambda: tags) is ok
+    assert gate.admit_instance("plugin", lambda: tags) is ok  # STOW-RS stores through the plugin
+    if not ok:
+        denied = [r for r in _records(gate) if r[1] == "deny" and r[6] == "upload"]
+        assert denied and "outside" in denied[-1][7] and denied[-1][4] == "/instances"
+
+
+def test_unscoped_upload_and_cstore_pass_without_parsing(gate: Gate, bridge: FakeBridge) -> None:
+    def boom() -> dict[str, str]:
+        raise AssertionError("no need to parse")
+
+    _request(gate, bridge, None)
+    assert gate.admit_instance("rest", boom) is True
+    gate_mod.clear_request_context()
+    assert gate.admit_instance("dicom", boom) is True
+
+
+def test_context_is_per_request(gate: Gate, bridge: FakeBridge) -> None:
+    _request(gate, bridge, None)  # an unscoped upload ...
+    token = bridge.token(permissions=["upload"], scopes={"departments": ["Radiology"], "institutions": []})
+    gate.decide("/instances", 2, {"authorization": f"Bearer {token}"}, None)  # ... then a scoped one
+    assert gate.admit_instance("rest", lambda: _tags("1.2.2", "Cardiology")) is False
+    gate.decide("/instances", 2, {"authorization": "Bearer garbage"}, None)  # a denied request clears it
+    assert gate_mod.current_request() is None
+
+
+def test_instances_without_a_request(gate: Gate) -> None:
+    """Job threads (modify/anonymize, DICOMweb retrieve) have no request: no joining another
+    department's study; Lua/WebDAV/unknown origins are refused."""
+    gate_mod.clear_request_context()
+    assert gate.admit_instance("rest", lambda: _tags("1.9.9", "Cardiology")) is True
+    assert gate.admit_instance("rest", lambda: _tags("1.2.1", "Radiology")) is True
+    assert gate.admit_instance("rest", lambda: _tags("1.2.2", "Radiology")) is False
+    assert gate.admit_instance("plugin", lambda: _tags("1.2.1", "Radiology", "Elsewhere")) is False
+    for origin in ("lua", "webdav", "unknown"):
+        assert gate.admit_instance(origin, lambda: _tags("1.9.9", "Radiology")) is False
+    assert RequestContext(None, "STORE", "(job)", "").claims is None
+
+
+def test_failed_study_lookup_never_reads_as_a_new_study(gate: Gate, bridge: FakeBridge) -> None:
+    def broken(uri: str, body: str) -> str:
+        raise RuntimeError("Orthanc busy")
+
+    gate.resolver.rest_post = broken
+    _request(gate, bridge, ["Radiology"])
+    with pytest.raises(RuntimeError):  # the plugin's callback turns this into a discard
+        gate.admit_instance("rest", lambda: _tags("1.2.2", "Radiology"))
+    # ... while the request path stays fail-closed with []: a scoped QIDO is denied
+    assert not judge(SCOPED, "GET", "/dicom-web/studies", {"StudyInstanceUID": "1.2.1"},
+                     gate.resolver.studies).allow
