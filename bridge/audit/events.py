@@ -544,6 +544,29 @@ class AuditEvent:
         return event
 
 
+def clamp_time(event: AuditEvent, now: dt.datetime | None = None, *,
+               max_skew_seconds: int = INGEST_MAX_SKEW_SECONDS,
+               max_age_seconds: int = INGEST_MAX_AGE_SECONDS) -> AuditEvent:
+    """``event`` with its time inside [now - max_age, now + max_skew]: a time a sender claims is
+    not trusted to place a record anywhere in the trail (far in the future, it would sort after
+    everything an auditor looks at; far in the past, into a period already reviewed or archived).
+    A future time becomes ``now``, an old one the window's start; ``details.time_clamped`` keeps
+    the claimed time."""
+    import dataclasses
+
+    now = now or utcnow()
+    if event.time > now + dt.timedelta(seconds=max_skew_seconds):
+        when, reason = now, "future"
+    elif event.time < now - dt.timedelta(seconds=max_age_seconds):
+        when, reason = now - dt.timedelta(seconds=max_age_seconds), "too old"
+    else:
+        return event
+    clamp = {"claimed": format_time(event.time), "reason": reason,
+             "window": [format_time(now - dt.timedelta(seconds=max_age_seconds)),
+                        format_time(now + dt.timedelta(seconds=max_skew_seconds))]}
+    return dataclasses.replace(event, time=when, details={**event.details, "time_clamped": clamp})
+
+
 def _content_id(d: Mapping[str, Any]) -> str:
     """An event id derived from the content: a re-sent event without an id is still recorded once."""
     import json

@@ -258,7 +258,7 @@ def _map_one(e: Any, source: EventSource, users: dict[str, KcUser | None], *, re
     if uid and uid not in users:
         try:
             users[uid] = source.user(uid)
-        except Exception as exc:  # noqa: BLE001 - the event is still recorded, by its Keycloak user id
+        except Exception as exc:  # the event is still recorded, by its Keycloak user id
             log.warning("keycloak events: looking up user %s failed (%s)", ev.escape_unsafe(uid)[:64],
                         type(exc).__name__)
             users[uid] = None
@@ -316,7 +316,7 @@ def pull(store: AuditStore, source: EventSource, *, realm: str, issuer: str,
         for e in fresh:
             try:
                 event = _map_one(e, source, users, realm=realm, issuer=issuer)
-            except Exception as exc:  # noqa: BLE001 - one bad event must not stall the pull
+            except Exception as exc:  # one bad event must not stall the pull
                 log.warning("keycloak events: event %s could not be recorded as such (%s); recorded as "
                             "audit.input_rejected", ev.escape_unsafe(kc_id(e))[:80], type(exc).__name__)
                 event = rejected_event(e, exc, realm=realm)

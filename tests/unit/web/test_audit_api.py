@@ -158,9 +158,9 @@ def test_ingest_appends_once_even_when_a_batch_is_resent(env):
     before = store.count()
     h = bearer(INGEST)
     r = client.post("/audit/events", json={"events": events}, headers=h)
-    assert r.status_code == 202 and r.json == {"accepted": 2, "duplicates": 0}
+    assert r.status_code == 202 and r.json == {"accepted": 2, "duplicates": 0, "rejected": []}
     r = client.post("/audit/events", json={"events": events + events}, headers=h)
-    assert r.status_code == 202 and r.json == {"accepted": 0, "duplicates": 4}
+    assert r.status_code == 202 and r.json == {"accepted": 0, "duplicates": 4, "rejected": []}
     assert store.count() == before + 2 and store.verify().ok
 
 
