@@ -410,7 +410,11 @@ class AuditEvent:
             object.__setattr__(self, "actor", None)
             notes.add("actor", ["type"])
         objects = []
-        for i, o in enumerate(self.objects if isinstance(self.objects, list | tuple) else ()):
+        given = self.objects
+        if isinstance(given, str | bytes | Mapping) or not hasattr(given, "__iter__"):
+            notes.add("objects", ["type"])
+            given = ()
+        for i, o in enumerate(given):
             if isinstance(o, ParticipantObject):
                 objects.append(o)
             else:
@@ -509,12 +513,16 @@ class AuditEvent:
         if not isinstance(raw_objects, list | tuple):
             notes.add("objects", ["type"])
             raw_objects = ()
+        unrecognised = []
         for i, o in enumerate(raw_objects):
             try:
                 objects.append(ParticipantObject.from_dict(o))
             except (KeyError, ValueError, TypeError, AttributeError):
                 notes.add(f"objects[{i}]", ["unknown"])
+                unrecognised.append(o)
         details = d.get("details") or {}
+        if unrecognised and isinstance(details, Mapping):  # kept (made safe), not lost
+            details = {**details, "objects_not_recognised": unrecognised}
         claimed = d.get("time")
         try:
             when = parse_time(claimed)  # type: ignore[arg-type]
