@@ -40,6 +40,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 from bridge.audit.codes import (
     BREAK_GLASS_EVENTS,
@@ -208,6 +209,10 @@ def normalise_text(value: Any, reasons: list[str] | None = None, limit: int = TE
     if len(value) > limit:  # cut first: the regexes then see a bounded text
         value = value[:limit]
     redacted = redact_text(value)
+    if redacted == value and "%" in value:  # a URI: "Basic%204711" is "Basic 4711" to its server
+        decoded = unquote(value, errors="surrogateescape")
+        if looks_like_credential(decoded):
+            redacted = redact_text(decoded)
     if redacted != value:
         reasons.append("credential")
     cleaned = escape_unsafe(redacted, keep_whitespace=True)

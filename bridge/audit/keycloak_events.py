@@ -321,10 +321,13 @@ def pull(store: AuditStore, source: EventSource, *, realm: str, issuer: str,
                             "audit.input_rejected", ev.escape_unsafe(kc_id(e))[:80], type(exc).__name__)
                 event = rejected_event(e, exc, realm=realm)
                 report.errors += 1
-            if event is None:
+            if event is None:  # a type the pull did not ask for: unexpected, so recorded, not ignored
                 report.ignored += 1
-            else:
-                mapped.append(event)
+                report.errors += 1
+                kind = e.get("type") if isinstance(e, Mapping) else None
+                event = rejected_event(e, ValueError(f"unexpected Keycloak event type {str(kind)[:64]!r}"),
+                                       realm=realm)
+            mapped.append(event)
         done = _already_recorded(store.engine, [m.event_id for m in mapped])
         new = [m for m in mapped if m.event_id not in done]
         report.duplicates += len(mapped) - len(new)

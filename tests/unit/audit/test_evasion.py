@@ -126,3 +126,11 @@ def test_redaction_marker_is_not_itself_redacted():
 
 def _any(x: Any) -> Any:
     return x
+
+
+def test_a_percent_encoded_credential_in_a_uri_is_redacted():
+    e = ev.AuditEvent(AuditEventType.ACCESS_DENIED,
+                      details={"paths": ["/studies/Basic%204711x/series", "/x/Bearer%20abc.def.ghi"]})
+    text = json.dumps(e.to_dict())
+    assert "4711x" not in text and "abc.def" not in text
+    assert e.details["paths"][0] == "/studies/Basic [redacted-credential]"  # base64 may hold "/"

@@ -252,3 +252,12 @@ def test_a_failing_user_lookup_does_not_stall_the_pull(store) -> None:
     rep = kce.pull(store, Flaky(RECORDED), realm=REALM, issuer=ISSUER)
     assert rep.recorded == 7  # Nina's events are recorded without the lookup's extra knowledge
     assert store.verify().ok
+
+
+def test_an_unexpected_event_type_is_recorded_not_ignored(store) -> None:
+    """The pull asks only for PULLED_TYPES: anything else coming back is recorded as an error."""
+    odd = {**copy.deepcopy(RECORDED[1]), "time": RECORDED[0]["time"]}  # CODE_TO_TOKEN
+    rep = kce.pull(store, PageSource([odd, RECORDED[0]]), realm=REALM, issuer=ISSUER)
+    rows = store.query(types=["audit.input_rejected"])
+    assert rep.errors == 1 and len(rows) == 1 and odd["id"] in rows[0]["body"]
+    assert "unexpected Keycloak event type" in rows[0]["body"]
