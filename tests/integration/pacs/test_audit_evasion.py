@@ -11,7 +11,10 @@ what is tested is the plugin -> ingest -> store path, not the login)."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -57,8 +60,8 @@ def _serve_https(app: Any, port: int) -> Any:
 
 
 class Bridge:
-    def __init__(self, app: Any, base: str, ca: str):
-        self.app, self.base, self.ca = app, base, ca
+    def __init__(self, app: Any, base: str, ca: str, env: dict[str, str]):
+        self.app, self.base, self.ca, self.env = app, base, ca, env
         self.service = app.extensions["pacs_bridge_tokens"]["service"]
         self.store = app.extensions["pacs_bridge_audit_store"]
 
@@ -101,7 +104,8 @@ def bridge(orthanc: dict[str, Any], stack: dict[str, Any],
     cfg.update({"audit_flush_seconds": 0.3, "reload_check_seconds": 0.5, "revocation_refresh_seconds": 1})
     config_file.write_text(json.dumps(cfg, indent=2))
     try:
-        yield Bridge(app, base, ca)
+        yield Bridge(app, base, ca, {"PACS_BRIDGE_STORE__URL": url,
+                                     "PACS_BRIDGE_AUDIT__CHECKPOINT_KEY_FILE": str(work / "audit.key")})
     finally:
         config_file.write_text(original)
         server.shutdown()
@@ -161,6 +165,27 @@ def test_access_to_a_patient_with_a_credential_looking_id_is_in_the_trail(
     assert {e["event_id"] for e in answer.json()["events"]} >= {row["event_id"]}
 
 
+def _cli(bridge: Bridge, *args: str) -> subprocess.CompletedProcess[str]:
+    """``pacs-bridge ARGS`` as an auditor runs it, in its own process, on the bridge's database."""
+    env = {**os.environ, **bridge.env}
+    return subprocess.run([sys.executable, "-c", "from bridge.cli import main; main()", *args],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_cli_finds_the_accesses_by_the_original_value_and_verifies(
+    bridge: Bridge, uploaded: dict[str, str]
+) -> None:
+    assert uploaded
+    for pid in STUDIES:
+        assert _wait_rows(bridge, patient=pid), f"no access to {pid!r} recorded yet"
+        res = _cli(bridge, "audit", "query", "--patient", pid, "--type", "study.accessed", "--format", "json")
+        assert res.returncode == 0, res.stderr
+        found = json.loads(res.stdout)
+        assert found and all(r["patient_id"] == ev.redaction_marker(pid) for r in found)
+    res = _cli(bridge, "audit", "verify")
+    assert res.returncode == 0 and "audit trail OK" in res.stdout, res.stdout + res.stderr
+
+
 def test_no_credential_looking_value_is_stored_and_the_chain_verifies(bridge: Bridge, uploaded: dict[str, str]) -> None:
     assert uploaded
     from sqlalchemy import text
@@ -169,6 +194,14 @@ def test_no_credential_looking_value_is_stored_and_the_chain_verifies(bridge: Br
         rows = "\n".join(json.dumps([str(v) for v in row]) for row in conn.execute(text("SELECT * FROM audit_events")))
     for value in (BASIC_PID, JWT_PID, JWT_NAME):
         assert value not in rows, f"{value!r} stored as it is"
+    import xml.etree.ElementTree as ET
+
+    from bridge.audit.dicom_xml import to_xml
+    from bridge.audit.store import row_to_event
+
+    for r in bridge.store.query():  # what the collector would receive: well-formed, marker in place
+        root = ET.fromstring(to_xml(row_to_event(r)).encode("utf-8"))
+        assert root.tag == "AuditMessage"
     rejected = bridge.store.query(types=["audit.input_rejected"])
     assert not rejected, [r["body"] for r in rejected]  # the plugin sends only what the intake accepts
     rep = bridge.store.verify()
