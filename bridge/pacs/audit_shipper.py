@@ -91,7 +91,8 @@ class AuditShipper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._flush_lock = threading.Lock()
-        self.stats = {"sent": 0, "spooled": 0, "replayed": 0, "dropped_invalid": 0, "fallback": 0}
+        self.stats = {"sent": 0, "spooled": 0, "replayed": 0, "dropped_invalid": 0, "fallback": 0,
+                      "corrupt_lines": 0}
 
     # ------------------------------------------------------------------ hot path
 
@@ -310,7 +311,37 @@ class AuditShipper:
             self._replay_file(sending)  # left over from a failed attempt of this process
 
     def _replay_file(self, path: Path) -> None:
-        lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        """Send one spool file.  A line that is not JSON (cut by a crash mid-write) would otherwise
+        fail the file on every attempt and hold back every later file: it is moved to a
+        ``corrupt-*.jsonl`` file (0600) for a human, and the rest is sent."""
+        lines, bad = [], []
+        for raw in path.read_bytes().splitlines():
+            if not raw.strip():
+                continue
+            try:
+                lines.append(json.loads(raw))
+            except ValueError:
+                bad.append(raw)
+        if bad:
+            corrupt = path.with_name(f"corrupt-{os.getpid()}-{time.time_ns()}.jsonl")
+            fd = os.open(corrupt, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, b"".join(x + b"\n" for x in bad))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.stats["corrupt_lines"] += len(bad)
+            if not lines:
+                path.unlink()
+                return
+            tmp = path.with_name(path.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, "".join(json.dumps(x) + "\n" for x in lines).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            tmp.replace(path)  # a retry after a failed send must not copy the bad lines again
         if self._send(lines):
             path.unlink()
             self.stats["replayed"] += len(lines)

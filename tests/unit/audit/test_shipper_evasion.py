@@ -54,3 +54,20 @@ def test_only_pacs_access_types_are_emitted():
     assert set(ACCESS_EVENTS.values()) <= ev.PACS_INGEST_TYPES
     assert {AuditEventType.ACCESS_DENIED, AuditEventType.STUDY_QUERIED,
             AuditEventType.DICOM_ASSOCIATION_REFUSED} <= ev.PACS_INGEST_TYPES
+
+
+def test_a_corrupt_spool_line_does_not_stall_the_replay(tmp_path):
+    """A line cut by a crash mid-write must not keep the spool (and every later event) from the bridge."""
+    s, sent = shipper(tmp_path)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    good = ev.AuditEvent(AuditEventType.STUDY_ACCESSED, objects=(ev.patient("P-1"),)).to_dict()
+    later = ev.AuditEvent(AuditEventType.STUDY_ACCESSED, objects=(ev.patient("P-2"),)).to_dict()
+    (spool / "spool-1.jsonl").write_text(json.dumps(good) + "\n" + '{"type": "study.acc' + "\n")
+    (spool / "spool-2.jsonl").write_text(json.dumps(later) + "\n")
+    s.flush()
+    assert [e["event_id"] for e in sent] == [good["event_id"], later["event_id"]]
+    assert not list(spool.glob("spool-*")) and not list(spool.glob("sending-*"))
+    kept = list(spool.glob("corrupt-*.jsonl"))  # the unreadable line is kept for a human, not lost
+    assert len(kept) == 1 and '"type": "study.acc' in kept[0].read_text()
+    assert oct(kept[0].stat().st_mode & 0o777) == "0o600" and s.stats["corrupt_lines"] == 1
