@@ -160,7 +160,8 @@ def audit_pull_keycloak_events(config_path: str | None, as_json: bool) -> None:
     else:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.by_type.items())) or "nothing new"
         click.echo(f"keycloak realm {settings.keycloak.realm}: {report.fetched} event(s) read, "
-                   f"{report.recorded} recorded ({kinds}), {report.duplicates} already in the trail")
+                   f"{report.recorded} recorded ({kinds}), {report.duplicates} already in the trail"
+                   + (f", {report.errors} unusable (recorded as audit.input_rejected)" if report.errors else ""))
 
 
 @audit_cli.command("export-fhir")

@@ -83,6 +83,7 @@ class AuditEventType(StrEnum):
     SHARE_REVOKED = "share.revoked"
     AUDIT_LOG_USED = "audit.log_used"
     DICOM_ASSOCIATION_REFUSED = "dicom.association_refused"
+    AUDIT_INPUT_REJECTED = "audit.input_rejected"
 
 
 # --- DICOM codes used below (PS3.16 CID 400-404) ---
@@ -203,7 +204,17 @@ CODES: dict[AuditEventType, EventCodes] = {
     T.AUDIT_LOG_USED: _e(AUDIT_LOG_USED, (), A.READ, O.SUCCESS, "Audit trail read, queried or exported"),
     T.DICOM_ASSOCIATION_REFUSED: _e(SECURITY_ALERT, (NODE_AUTHENTICATION,), A.EXECUTE, O.MINOR_FAILURE,
                                     "DICOM association rejected (unknown AE or bad user identity)"),
+    T.AUDIT_INPUT_REJECTED: _e(SECURITY_ALERT, (), A.EXECUTE, O.MINOR_FAILURE,
+                               "An event offered to the trail (PACS plugin ingest, Keycloak event) was "
+                               "not usable or not allowed; recorded in its place"),
 }
+
+#: the only event types the PACS plugin may send to ``POST /audit/events`` (what it emits:
+#: bridge/pacs/audit_shipper.py); anything else from that endpoint is a forged or broken event
+PACS_INGEST_TYPES = frozenset({
+    T.STUDY_ACCESSED, T.STUDY_DOWNLOADED, T.STUDY_UPLOADED, T.STUDY_DELETED, T.STUDY_MODIFIED, T.STUDY_SENT,
+    T.STUDY_QUERIED, T.ACCESS_DENIED, T.DICOM_ASSOCIATION_REFUSED,
+})
 
 #: events whose EventIdentification carries PurposeOfUse BTG
 BREAK_GLASS_EVENTS = frozenset({T.BREAK_GLASS_START, T.BREAK_GLASS_STOP})

@@ -1,7 +1,11 @@
 """Render an audit event as a DICOM PS3.15 A.5 ``AuditMessage`` (the ATNA / RFC 3881 XML).
 
 Built with xml.etree so every attribute and text is escaped by the serializer (a username or a
-patient name with ``<`` or ``"`` cannot break the document).  Codes come from bridge/audit/codes.py.
+patient name with ``<`` or ``"`` cannot break the document).  The serializer does not stop
+characters XML 1.0 forbids (NUL and other C0 controls, lone surrogates, U+FFFE/U+FFFF), so every
+attribute and text is passed through :func:`bridge.audit.events.escape_unsafe` before it is
+written, whatever the event model let through (a record edited in the database, an older
+version's record): the message is always well-formed.  Codes come from bridge/audit/codes.py.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import base64
 import xml.etree.ElementTree as ET
 
 from bridge.audit.codes import BTG, OBJECT_CODES, ROLE_APPLICATION, Code, ObjectKind, all_type_codes, codes_for
-from bridge.audit.events import AuditEvent, format_time
+from bridge.audit.events import AuditEvent, escape_unsafe, format_time
 
 AUDIT_SOURCE_TYPE_APPLICATION_SERVER = "4"
 
@@ -103,12 +107,26 @@ def to_element(
         if obj.name:
             ET.SubElement(po, "ParticipantObjectName").text = obj.name
         if obj.kind == ObjectKind.QUERY:
-            ET.SubElement(po, "ParticipantObjectQuery").text = base64.b64encode(obj.id.encode()).decode()
+            ET.SubElement(po, "ParticipantObjectQuery").text = _b64(obj.id)
         for k, v in obj.detail.items():
             ET.SubElement(
-                po, "ParticipantObjectDetail", {"type": str(k), "value": base64.b64encode(str(v).encode()).decode()}
+                po, "ParticipantObjectDetail", {"type": str(k), "value": _b64(str(v))}
             )
+    _make_safe(root)
     return root
+
+
+def _b64(value: str) -> str:
+    return base64.b64encode(value.encode("utf-8", "backslashreplace")).decode("ascii")
+
+
+def _make_safe(root: ET.Element) -> None:
+    """Every attribute value and text XML 1.0 can carry (see the module docstring)."""
+    for el in root.iter():
+        for k, v in el.attrib.items():
+            el.attrib[k] = escape_unsafe(str(v), keep_whitespace=True)
+        if el.text is not None:
+            el.text = escape_unsafe(str(el.text), keep_whitespace=True)
 
 
 def to_xml(event: AuditEvent, **kwargs: str) -> str:

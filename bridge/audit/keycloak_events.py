@@ -29,6 +29,12 @@ accounts, so ``audit query --user`` finds a person's Keycloak logins beside thei
 events.  Event details go through the audit redaction guard like every other detail (Keycloak
 does not put passwords there, but an attempted username or a future detail might hold one).
 
+Never stalled by one event: a Keycloak event the mapping cannot use (a missing or odd field, a
+user lookup that fails) is recorded as ``audit.input_rejected`` with its Keycloak id and the
+error, under the audit id the event itself would have had (so it is recorded once), and the
+cursor moves past it; values that look like credentials (an ``ipAddress`` of ``Basic 4711``) are
+replaced by the event model, never refused (bridge/audit/events.py).
+
 Exactly once: the audit event id is derived from the Keycloak event id (UUID v5), events already
 in the trail are skipped and the database's unique ``event_id`` refuses a duplicate that a
 concurrent run would try; the cursor (time of the newest event taken + the ids taken at that
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -180,13 +187,31 @@ class Cursor:
     time_ms: int = 0
     ids: list[str] = field(default_factory=list)
 
-    def advance(self, kc_events: Iterable[Mapping[str, Any]]) -> None:
+    def advance(self, kc_events: Iterable[Any]) -> None:
         for e in kc_events:
-            t = int(e["time"])
+            t = _time_ms(e)
+            if t is None:  # cannot be placed in time: recorded as an error, not a cursor position
+                continue
+            kid = kc_id(e)
             if t > self.time_ms:
-                self.time_ms, self.ids = t, [str(e["id"])]
-            elif t == self.time_ms and str(e["id"]) not in self.ids:
-                self.ids.append(str(e["id"]))
+                self.time_ms, self.ids = t, [kid]
+            elif t == self.time_ms and kid not in self.ids:
+                self.ids.append(kid)
+
+
+def _time_ms(e: Any) -> int | None:
+    t = e.get("time") if isinstance(e, Mapping) else None
+    return t if isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**53 else None
+
+
+def kc_id(e: Any) -> str:
+    """The Keycloak id of an event; for one without a usable id, a hash of its content (stable,
+    so the error it causes is recorded once)."""
+    raw = e.get("id") if isinstance(e, Mapping) else None
+    if isinstance(raw, str) and 0 < len(raw) <= 64 and raw.isprintable():
+        return raw
+    content = json.dumps(e, sort_keys=True, default=str)
+    return "content-sha256:" + hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def cursor_name(realm: str) -> str:
@@ -219,6 +244,46 @@ def _already_recorded(engine: Engine, event_ids: Sequence[str]) -> set[str]:
 # ---------------------------------------------------------------------------- the pull
 
 
+def _map_one(e: Any, source: EventSource, users: dict[str, KcUser | None], *, realm: str,
+             issuer: str) -> ev.AuditEvent | None:
+    if not isinstance(e, Mapping):
+        raise TypeError(f"not a JSON object but {type(e).__name__}")
+    if _time_ms(e) is None:
+        raise ValueError("time: not epoch milliseconds")
+    if not isinstance(e.get("details") or {}, Mapping):
+        raise ValueError("details: not a JSON object")
+    uid = e.get("userId")
+    if uid is not None and not isinstance(uid, str):
+        raise ValueError("userId: not a string")
+    if uid and uid not in users:
+        try:
+            users[uid] = source.user(uid)
+        except Exception as exc:  # the event is still recorded, by its Keycloak user id
+            log.warning("keycloak events: looking up user %s failed (%s)", ev.escape_unsafe(uid)[:64],
+                        type(exc).__name__)
+            users[uid] = None
+    return to_audit_event({**e, "id": kc_id(e)}, realm=realm, issuer=issuer,
+                          kc_user=users.get(uid) if uid else None)
+
+
+def rejected_event(e: Any, exc: Exception, *, realm: str) -> ev.AuditEvent:
+    """What is recorded for a Keycloak event the mapping could not use: its Keycloak id, type and
+    the error, and the event itself (through the model's redaction), under the audit id the event
+    would have had."""
+    kid = kc_id(e)
+    t = _time_ms(e)
+    return ev.AuditEvent(
+        type=AuditEventType.AUDIT_INPUT_REJECTED, outcome=Outcome.MINOR_FAILURE,
+        details={"source": "keycloak", "realm": realm, "keycloak_event_id": kid,
+                 "keycloak_event_type": e.get("type") if isinstance(e, Mapping) else None,
+                 "error": f"{type(exc).__name__}: {exc}", "keycloak_event": e},
+        description=f"Keycloak event in realm {realm} could not be recorded as such",
+        time=dt.datetime.fromtimestamp(t / 1000, dt.UTC) if t is not None else ev.utcnow(),
+        event_id=audit_event_id(realm, kid),
+    )
+
+
+
 @dataclass
 class PullReport:
     fetched: int = 0
@@ -227,6 +292,8 @@ class PullReport:
     ignored: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
     cursor_time_ms: int = 0
+    #: Keycloak events that could not be mapped; each recorded as audit.input_rejected
+    errors: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -244,17 +311,23 @@ def pull(store: AuditStore, source: EventSource, *, realm: str, issuer: str,
     while True:
         page = source.events(date_from, first, page_size)
         report.fetched += len(page)
-        fresh = [e for e in page if str(e["id"]) not in seen_at_start]
+        fresh = [e for e in page if kc_id(e) not in seen_at_start]
         mapped: list[ev.AuditEvent] = []
         for e in fresh:
-            uid = e.get("userId")
-            if uid and uid not in users:
-                users[uid] = source.user(uid)
-            event = to_audit_event(e, realm=realm, issuer=issuer, kc_user=users.get(uid) if uid else None)
-            if event is None:
+            try:
+                event = _map_one(e, source, users, realm=realm, issuer=issuer)
+            except Exception as exc:  # one bad event must not stall the pull
+                log.warning("keycloak events: event %s could not be recorded as such (%s); recorded as "
+                            "audit.input_rejected", ev.escape_unsafe(kc_id(e))[:80], type(exc).__name__)
+                event = rejected_event(e, exc, realm=realm)
+                report.errors += 1
+            if event is None:  # a type the pull did not ask for: unexpected, so recorded, not ignored
                 report.ignored += 1
-            else:
-                mapped.append(event)
+                report.errors += 1
+                kind = e.get("type") if isinstance(e, Mapping) else None
+                event = rejected_event(e, ValueError(f"unexpected Keycloak event type {str(kind)[:64]!r}"),
+                                       realm=realm)
+            mapped.append(event)
         done = _already_recorded(store.engine, [m.event_id for m in mapped])
         new = [m for m in mapped if m.event_id not in done]
         report.duplicates += len(mapped) - len(new)
@@ -346,6 +419,7 @@ def pull_from_settings(
     finally:
         lease.release(store.engine, LEASE, owner)
     if report.recorded:
-        log.info("keycloak events: %d recorded (%s), %d already in the trail", report.recorded,
-                 ", ".join(f"{k} {v}" for k, v in sorted(report.by_type.items())), report.duplicates)
+        log.info("keycloak events: %d recorded (%s), %d already in the trail, %d unusable", report.recorded,
+                 ", ".join(f"{k} {v}" for k, v in sorted(report.by_type.items())), report.duplicates,
+                 report.errors)
     return report

@@ -580,15 +580,20 @@ class AuditStore:
         newest_first: bool = False,
         after_seq: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Records matching every given filter (``user`` matches ``sub@iss`` or the username)."""
+        """Records matching every given filter (``user`` matches ``sub@iss`` or the username).
+
+        A value is also looked up as it would have been stored (bridge/audit/events.py): an
+        auditor asking for patient ``Basic 4711`` finds the records whose patient id was replaced
+        by that value's redaction marker, and a too-long value finds its cut form."""
         t = AuditEventRow
         stmt = select(self._t)
         if user:
-            stmt = stmt.where((t.actor_user == user) | (t.actor_username == user))
+            stmt = stmt.where(t.actor_user.in_(search_terms(user, "user_id"))
+                              | t.actor_username.in_(search_terms(user, "username")))
         if patient:
-            stmt = stmt.where(t.patient_id == patient)
+            stmt = stmt.where(t.patient_id.in_(search_terms(patient, "patient_id")))
         if study:
-            stmt = stmt.where(t.study_uid == study)
+            stmt = stmt.where(t.study_uid.in_(search_terms(study, "study_uid")))
         if types:
             stmt = stmt.where(t.type.in_([AuditEventType(x).value for x in types]))
         if since:
@@ -686,9 +691,38 @@ def export_json(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
     return n
 
 
+#: first characters that make a spreadsheet read a cell as a formula (OWASP "CSV Injection"):
+#: = + - @, tab and CR (and LF), and their full-width forms, which some spreadsheets fold to ASCII
+FORMULA_LEADS = frozenset("=+-@\t\r\n\uff1d\uff0b\uff0d\uff20")
+
+
+def csv_cell(value: str) -> str:
+    """``value`` safe to open in a spreadsheet: a cell whose first non-blank character could start
+    a formula is prefixed with ``'`` (the cell then shows as text; the value stays readable)."""
+    stripped = value.lstrip(" \t\r\n\u3000")
+    if value[:1] in FORMULA_LEADS or stripped[:1] in FORMULA_LEADS:
+        return "'" + value
+    return value
+
+
+def search_terms(value: str, field: str) -> list[str]:
+    """``value`` and, if different, its stored form (see :meth:`AuditStore.query`)."""
+    from bridge.audit.events import FIELD_LIMITS, normalise_id
+
+    stored = normalise_id(value, FIELD_LIMITS[field])
+    terms = [stored] if stored is not None else []
+    try:  # the value as typed, for records written before normalisation (if a database can take it)
+        value.encode("utf-8")
+        if "\x00" not in value and value != stored:
+            terms.append(value)
+    except UnicodeEncodeError:
+        pass
+    return terms
+
+
 def export_csv(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
     """CSV with one column per field; objects and details as JSON text.  Cells that a spreadsheet
-    would run as a formula (=, +, -, @) are prefixed with a quote (CSV injection)."""
+    would run as a formula are neutralised by :func:`csv_cell` (CSV injection)."""
     w = csv.writer(out)
     w.writerow(EXPORT_COLUMNS)
     n = 0
@@ -697,9 +731,7 @@ def export_csv(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
         for c in EXPORT_COLUMNS:
             v = r[c]
             v = "" if v is None else json.dumps(v, ensure_ascii=False) if isinstance(v, list | dict) else str(v)
-            if v[:1] in ("=", "+", "-", "@") and c not in ("seq", "outcome"):
-                v = "'" + v
-            cells.append(v)
+            cells.append(v if c in ("seq", "outcome") else csv_cell(v))
         w.writerow(cells)
         n += 1
     return n

@@ -95,21 +95,30 @@ class DirectoryReader:
                 version=ssl.PROTOCOL_TLS_CLIENT,
             )
         port = url.port or (636 if use_ssl else 389)
+        # allowed_referral_hosts=[]: no host may receive a referred operation (ldap3's default,
+        # ('*', True), would re-send the bind DN and password to any host a referral names)
         return ldap3.Server(
             url.hostname or "127.0.0.1", port=port, use_ssl=use_ssl, tls=tls,
-            get_info=ldap3.NONE, connect_timeout=self.cfg.timeout_seconds,
+            get_info=ldap3.NONE, connect_timeout=self.cfg.timeout_seconds, allowed_referral_hosts=[],
+        )
+
+    def _connection(self) -> ldap3.Connection:
+        """The connection object, not yet opened.  auto_referrals=False: a referral or search
+        continuation reference (AD returns them for other domains of the forest) is never followed,
+        so a directory entry cannot send the bridge, and its credentials, to another server;
+        _search skips the references."""
+        return ldap3.Connection(
+            self._server(), user=self.cfg.bind_dn or None, password=self._password,
+            auto_bind=ldap3.AUTO_BIND_NONE, read_only=True, raise_exceptions=False,
+            receive_timeout=self.cfg.timeout_seconds, auto_range=False,
+            return_empty_attributes=False, auto_referrals=False,
         )
 
     def connect(self) -> ldap3.Connection:
         """Open, secure and bind; any failure is DirectoryUnavailable (message names the URL)."""
         where = self.cfg.url
         try:
-            conn = ldap3.Connection(
-                self._server(), user=self.cfg.bind_dn or None, password=self._password,
-                auto_bind=ldap3.AUTO_BIND_NONE, read_only=True, raise_exceptions=False,
-                receive_timeout=self.cfg.timeout_seconds, auto_range=False,
-                return_empty_attributes=False,
-            )
+            conn = self._connection()
             conn.open()  # raises LDAPSocketOpenError (incl. TLS verification failures)
             if self.cfg.start_tls and not self.cfg.url.startswith("ldaps://") and not conn.start_tls():
                 raise DirectoryUnavailable(f"{where}: StartTLS refused: {conn.result}")

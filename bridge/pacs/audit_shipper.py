@@ -14,6 +14,11 @@ Why this shape:
   JSONL spool file (fsync'd, 0600), and spool files are replayed, oldest first, once the bridge
   answers again.  A spool file is renamed before it is replayed, so two Orthanc processes sharing
   the directory never send the same file twice.
+* Never dropped for its content: patient ids, study UIDs, usernames and paths are chosen by
+  uploaders, modalities and clients; a value that looks like a credential or is otherwise unfit
+  is normalised by the event model (bridge/audit/events.py, flagged in ``details.normalised``),
+  and a group whose event cannot be built at all still yields a minimal event saying so.  (A
+  PatientID ``Basic 4711`` once made the whole access vanish from the trail.)
 * Refused DICOM associations: Orthanc 1.10.1 offers no callback for them (the C-STORE filter of
   orthanc-python 4.0 only sees instances of *accepted* associations), so the shipper tails
   Orthanc's log file and turns its "Rejected association" warnings into events.
@@ -87,7 +92,8 @@ class AuditShipper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._flush_lock = threading.Lock()
-        self.stats = {"sent": 0, "spooled": 0, "replayed": 0, "dropped_invalid": 0}
+        self.stats = {"sent": 0, "spooled": 0, "replayed": 0, "dropped_invalid": 0, "fallback": 0,
+                      "corrupt_lines": 0}
 
     # ------------------------------------------------------------------ hot path
 
@@ -145,12 +151,15 @@ class AuditShipper:
     def _events(self, records: Iterable[tuple[Any, ...]]) -> list[ev.AuditEvent]:
         groups: dict[tuple[Any, ...], dict[str, Any]] = {}
         for when, kind, claims, method, path, ip, permission, reason, target, studies in records:
-            claims = claims or {}
+            claims = claims if isinstance(claims, dict) else {}
             if kind == "allow" and target is not None and studies is None and self.resolver is not None:
-                studies = self.resolver.studies(target)
-            study_keys = tuple(sorted((s.study_uid, s.patient_id) for s in studies or ()))
-            key = (kind, claims.get("sub"), claims.get("jti"), ip, permission, reason, study_keys,
-                   target is None)
+                try:
+                    studies = self.resolver.studies(target)
+                except Exception:  # the access is still recorded, without its study
+                    studies = None
+            study_keys = tuple(sorted((_key(s.study_uid), _key(s.patient_id)) for s in studies or ()))
+            key = (kind, _key(claims.get("sub")), _key(claims.get("jti")), _key(ip), permission, _key(reason),
+                   study_keys, target is None)
             group = groups.get(key)
             if group is None:
                 groups[key] = {"first": when, "last": when, "count": 1, "claims": claims, "kind": kind,
@@ -165,18 +174,30 @@ class AuditShipper:
         for g in groups.values():
             try:
                 out.append(self._event(g))
-            except ValueError:  # e.g. an identifier that looks like a token: never recorded
-                self.stats["dropped_invalid"] += 1
+            except Exception as exc:  # never dropped: a minimal event says what happened
+                self.stats["fallback"] += 1
+                out.append(self._fallback_event(g, exc))
         return out
+
+    def _fallback_event(self, g: dict[str, Any], exc: Exception) -> ev.AuditEvent:
+        deny = g["kind"] == "deny"
+        return ev.AuditEvent(
+            type=AuditEventType.ACCESS_DENIED if deny else AuditEventType.STUDY_ACCESSED,
+            outcome=Outcome.MINOR_FAILURE if deny else Outcome.SUCCESS,
+            actor=ev.Actor(network_address=g["ip"] or None),
+            details={"pacs": self.source, "requests": g["count"], "paths": g["paths"],
+                     "audit_error": f"event could not be built: {type(exc).__name__}"},
+            time=_utc(g["last"]),
+        )
 
     def _event(self, g: dict[str, Any]) -> ev.AuditEvent:
         claims = g["claims"]
-        sub = claims.get("sub") if isinstance(claims.get("sub"), str) else None
+        sub = claims.get("sub")
+        # values of a verified token, yet the model still normalises them (odd types included)
         actor = ev.Actor(
             user_id=f"{sub}@{claims.get('iss', self.issuer)}" if sub else None,
-            username=claims.get("preferred_username") if isinstance(claims.get("preferred_username"), str)
-            else None,
-            client_id=claims.get("client_id") if isinstance(claims.get("client_id"), str) else None,
+            username=claims.get("preferred_username"),
+            client_id=claims.get("client_id"),
             network_address=g["ip"] or None,
         )
         objects: list[ev.ParticipantObject] = []
@@ -185,7 +206,7 @@ class AuditShipper:
                 objects.append(ev.study(s.study_uid))
             if s.patient_id:
                 objects.append(ev.patient(s.patient_id))
-        if isinstance(claims.get("jti"), str):
+        if claims.get("jti"):
             objects.append(ev.token(claims["jti"]))
         details = {
             "pacs": self.source,
@@ -291,7 +312,37 @@ class AuditShipper:
             self._replay_file(sending)  # left over from a failed attempt of this process
 
     def _replay_file(self, path: Path) -> None:
-        lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        """Send one spool file.  A line that is not JSON (cut by a crash mid-write) would otherwise
+        fail the file on every attempt and hold back every later file: it is moved to a
+        ``corrupt-*.jsonl`` file (0600) for a human, and the rest is sent."""
+        lines, bad = [], []
+        for raw in path.read_bytes().splitlines():
+            if not raw.strip():
+                continue
+            try:
+                lines.append(json.loads(raw))
+            except ValueError:
+                bad.append(raw)
+        if bad:
+            corrupt = path.with_name(f"corrupt-{os.getpid()}-{time.time_ns()}.jsonl")
+            fd = os.open(corrupt, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, b"".join(x + b"\n" for x in bad))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.stats["corrupt_lines"] += len(bad)
+            if not lines:
+                path.unlink()
+                return
+            tmp = path.with_name(path.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, "".join(json.dumps(x) + "\n" for x in lines).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            tmp.replace(path)  # a retry after a failed send must not copy the bad lines again
         if self._send(lines):
             path.unlink()
             self.stats["replayed"] += len(lines)
@@ -306,6 +357,15 @@ def _https_post(ca_file: str | None, timeout: float = 3.0) -> Callable[[str, byt
             return int(resp.status)
 
     return post
+
+
+def _key(value: Any) -> Any:
+    """A grouping key part: the value itself when hashable, else its repr (a claim may be a list)."""
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
 
 
 def _file_size(path: str | None) -> int:

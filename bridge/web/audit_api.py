@@ -13,9 +13,17 @@ Every answered query is itself recorded (110101 Audit Log Used) *before* the ans
 
 ``POST /audit/events``: the Orthanc plugin ships its coalesced events here
 (bridge/pacs/audit_shipper.py) as ``{"events": [AuditEvent.to_dict(), ...]}`` with the bearer
-secret ``audit.ingest_token``.  Events are validated by the event model (a token where an
-identifier belongs is refused), de-duplicated by ``event_id`` (the plugin re-sends a batch whose
-answer it did not see) and appended in one transaction.
+secret ``audit.ingest_token``.  What the plugin records comes largely from others (a PatientID
+is whatever an uploader wrote), so an event is never refused for its values: the event model
+normalises them and says so in ``details.normalised`` (bridge/audit/events.py).  What is refused
+is what the plugin never sends: an event type other than the PACS access types
+(:data:`bridge.audit.codes.PACS_INGEST_TYPES`) or an item that is not an event at all.  Such an
+item is not silently dropped but recorded as ``audit.input_rejected`` (naming the field) and listed
+in the answer's ``rejected``; the rest of the batch is kept, and the answer is still 202, so the
+plugin does not re-send (and re-spool) the batch for ever.  Event times are clamped to a window
+around the bridge's clock (:func:`bridge.audit.events.clamp_time`).  Events are de-duplicated by
+``event_id`` (the plugin re-sends a batch whose answer it did not see) and appended in one
+transaction.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import datetime as dt
 import hmac
 import io
 import json
+import uuid
 from typing import Any
 from urllib.parse import urlencode
 
@@ -31,7 +40,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from sqlalchemy import select
 
 from bridge.audit import events as ev
-from bridge.audit.codes import AuditEventType, ObjectKind, Outcome
+from bridge.audit.codes import PACS_INGEST_TYPES, AuditEventType, ObjectKind, Outcome
 from bridge.audit.store import AuditStore, export_csv, open_store
 from bridge.config import Settings
 from bridge.pacs.verifier import VerificationError, bearer_token
@@ -45,6 +54,8 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_INGEST = 1000
 API_CLIENT = "pacs-bridge-audit-api"
+#: UUID v5 namespace of the records of refused ingest items (fixed: a re-sent item maps to one id)
+REJECTION_NAMESPACE = uuid.UUID("8a1d2f3c-5b6e-4f70-8192-a3b4c5d6e7f8")
 
 
 def audit_store(app: Flask) -> AuditStore:
@@ -230,18 +241,53 @@ def ingest_events() -> Response:
     items = body.get("events") if isinstance(body, dict) else None
     if not isinstance(items, list) or len(items) > MAX_INGEST:
         raise ApiError(400, "invalid_request", f"body: expected {{\"events\": [...]}} with at most {MAX_INGEST}")
+    now = ev.utcnow()
     events: list[ev.AuditEvent] = []
+    rejected: list[dict[str, Any]] = []
     for i, item in enumerate(items):
-        try:
-            events.append(ev.AuditEvent.from_dict(item))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ApiError(400, "invalid_request", f"events[{i}]: {exc}") from None
+        field, error = _unacceptable(i, item)
+        if field is None:
+            try:
+                events.append(ev.clamp_time(ev.AuditEvent.from_dict(item), now))
+                continue
+            except Exception as exc:  # recorded below, never dropped
+                field, error = f"events[{i}]", f"not usable: {type(exc).__name__}: {exc}"
+        rejection = _rejection(i, item, field, error)
+        rejected.append({"index": i, "field": field, "error": rejection.details["error"]})
+        events.append(rejection)
     store = audit_store(current_app)
     fresh = _new_only(store, events)
     store.append_many(fresh)
-    resp = Response(json.dumps({"accepted": len(fresh), "duplicates": len(events) - len(fresh)}),
-                    status=202, mimetype="application/json")
+    accepted = sum(1 for e in fresh if e.type != AuditEventType.AUDIT_INPUT_REJECTED)
+    resp = Response(json.dumps({"accepted": accepted, "duplicates": len(events) - len(fresh),
+                                "rejected": rejected}), status=202, mimetype="application/json")
     return resp
+
+
+def _unacceptable(i: int, item: Any) -> tuple[str | None, str]:
+    """(field, error) when ``item`` is not an event the plugin may send; (None, "") otherwise."""
+    if not isinstance(item, dict):
+        return f"events[{i}]", f"not a JSON object but {type(item).__name__}"
+    kind = item.get("type")
+    if not isinstance(kind, str) or kind not in PACS_INGEST_TYPES:
+        return (f"events[{i}].type", f"{ev.normalise_text(kind, limit=64)!r} is not a PACS access event type "
+                f"({', '.join(sorted(PACS_INGEST_TYPES))})")
+    return None, ""
+
+
+def _rejection(i: int, item: Any, field: str, error: str) -> ev.AuditEvent:
+    """The record of an item that was not accepted: which field, why, and the item itself (made
+    safe by the event model).  Its id derives from the item, so a re-sent batch records it once."""
+    event_id = item.get("event_id") if isinstance(item, dict) else None
+    return ev.AuditEvent(
+        AuditEventType.AUDIT_INPUT_REJECTED, Outcome.MINOR_FAILURE,
+        actor=ev.Actor(client_id="pacs-plugin", network_address=request.remote_addr, is_requestor=True),
+        objects=(ev.ParticipantObject(ObjectKind.AUDIT_LOG, "audit_events", "POST /audit/events"),),
+        details={"source": "pacs-ingest", "field": field, "error": error, "index": i,
+                 "claimed_event_id": event_id, "item": item},
+        description=f"PACS audit ingest: {field} refused",
+        event_id=str(uuid.uuid5(REJECTION_NAMESPACE, json.dumps(item, sort_keys=True, default=str))),
+    )
 
 
 def _new_only(store: AuditStore, events: list[ev.AuditEvent]) -> list[ev.AuditEvent]:

@@ -195,3 +195,69 @@ def test_realm_keeps_the_event_types_the_pull_reads() -> None:
         assert rep["eventsEnabled"] is True, name
         assert set(kce.PULLED_TYPES) <= set(rep["enabledEventTypes"]), name
         assert rep["eventsExpiration"] >= 86400, name
+
+
+class PageSource(FakeSource):
+    """Returns the given events as they are (malformed ones included), paged by ``first``."""
+
+    def events(self, date_from_ms: int, first: int, max_results: int) -> list[dict[str, Any]]:
+        self.calls.append((date_from_ms, first, max_results))
+        hits = [e for e in self.all if not isinstance(e, dict) or not isinstance(e.get("time"), int)
+                or e["time"] >= date_from_ms]
+        return copy.deepcopy(hits[first:first + max_results])
+
+
+def _malformed() -> list[Any]:
+    base = RECORDED[2]
+    t = base["time"]
+    return [
+        {**base, "id": "bad-time", "time": "yesterday"},
+        {**base, "id": "bad-details", "time": t + 1, "details": ["not", "a", "dict"]},
+        {**base, "id": "cred-ip", "time": t + 2, "ipAddress": "Basic 4711", "clientId": "eyJ" + "a" * 20 + ".b.c",
+         "details": {"username": "Bearer " + "x" * 30}},
+        {**base, "time": t + 3, "id": None},
+        {**base, "id": "bad-user", "time": t + 4, "userId": {"nested": True}},
+        "not-an-event",
+        {**base, "id": "good-after", "time": t + 5},
+    ]
+
+
+def test_a_malformed_event_is_recorded_as_an_error_and_the_pull_moves_on(store) -> None:
+    """Audit evasion: one bad Keycloak event must not stall the pull (and hide what follows)."""
+    source = PageSource(_malformed())
+    rep = kce.pull(store, source, realm=REALM, issuer=ISSUER, page_size=3)
+    good = [r for r in store.query() if r["type"] != "audit.input_rejected"]
+    errors = store.query(types=["audit.input_rejected"])
+    ids = {r["event_id"] for r in good}
+    assert kce.audit_event_id(REALM, "good-after") in ids  # the event after the bad ones is there
+    assert kce.audit_event_id(REALM, "cred-ip") in ids  # credential-looking values: kept, hashed
+    cred = next(r for r in good if r["event_id"] == kce.audit_event_id(REALM, "cred-ip"))
+    assert cred["network_address"] == kce.ev.redaction_marker("Basic 4711") and "x" * 30 not in cred["body"]
+    assert rep.errors >= 1 and len(errors) == rep.errors
+    assert any("bad-time" in e["body"] for e in errors)
+    assert all('"source":"keycloak"' in e["body"] for e in errors)
+    before = store.count()
+    again = kce.pull(store, source, realm=REALM, issuer=ISSUER, page_size=3)
+    assert store.count() == before and again.recorded == 0  # errors are audited once, too
+    assert store.verify().ok
+
+
+def test_a_failing_user_lookup_does_not_stall_the_pull(store) -> None:
+    class Flaky(FakeSource):
+        def user(self, user_id: str) -> kce.KcUser | None:
+            if user_id == NINA:
+                raise RuntimeError("admin API 500")
+            return super().user(user_id)
+
+    rep = kce.pull(store, Flaky(RECORDED), realm=REALM, issuer=ISSUER)
+    assert rep.recorded == 7  # Nina's events are recorded without the lookup's extra knowledge
+    assert store.verify().ok
+
+
+def test_an_unexpected_event_type_is_recorded_not_ignored(store) -> None:
+    """The pull asks only for PULLED_TYPES: anything else coming back is recorded as an error."""
+    odd = {**copy.deepcopy(RECORDED[1]), "time": RECORDED[0]["time"]}  # CODE_TO_TOKEN
+    rep = kce.pull(store, PageSource([odd, RECORDED[0]]), realm=REALM, issuer=ISSUER)
+    rows = store.query(types=["audit.input_rejected"])
+    assert rep.errors == 1 and len(rows) == 1 and odd["id"] in rows[0]["body"]
+    assert "unexpected Keycloak event type" in rows[0]["body"]
