@@ -38,8 +38,6 @@ DEFAULTS = {
     "PACS_BRIDGE_RATE_LOGIN": "20/second;600/minute",
     "PACS_BRIDGE_RATE_METRICS": "5/second",
 }
-assert set(DEFAULTS) == {f"PACS_BRIDGE_RATE_{n.upper()}" for n in RATE_LIMIT_NAMES}
-
 EXTENSION = "pacs_bridge_limiter"
 _MARK = "_pacs_bridge_rate_limit"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -92,7 +90,8 @@ def init_app(app: Flask) -> Limiter:
     for endpoint, view in list(app.view_functions.items()):
         name = getattr(view, _MARK, None)
         if name is not None:
-            app.view_functions[endpoint] = limiter.limit(_provider(config_key(name)))(view)
+            # one budget per group and client: /login, /oidc/callback and /logout draw on the same one
+            app.view_functions[endpoint] = limiter.shared_limit(_provider(config_key(name)), scope=name)(view)
     app.extensions[EXTENSION] = limiter
     return limiter
 

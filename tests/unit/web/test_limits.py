@@ -107,6 +107,33 @@ def test_redis_options_from_the_config(tmp_path) -> None:
     assert limits.app_config(WebSection())["RATELIMIT_STORAGE_OPTIONS"] == {}
 
 
+def test_every_group_has_a_default() -> None:
+    from bridge.config import RATE_LIMIT_NAMES
+
+    assert set(limits.DEFAULTS) == {limits.config_key(n) for n in RATE_LIMIT_NAMES}
+
+
+def test_endpoints_of_one_group_share_one_budget() -> None:
+    """/login, /oidc/callback and /logout draw on one "login" budget per client."""
+    app = Flask("t")
+    app.config.update(limits.app_config(WebSection(rate_limits={"login": "3/minute"})))
+
+    @app.get("/a")
+    @limits.limit("login")
+    def a() -> str:
+        return "ok"
+
+    @app.get("/b")
+    @limits.limit("login")
+    def b() -> str:
+        return "ok"
+
+    limits.init_app(app)
+    c = app.test_client()
+    codes = [c.get(p, environ_base={"REMOTE_ADDR": "192.0.2.1"}).status_code for p in ("/a", "/b", "/a", "/b")]
+    assert codes == [200, 200, 200, 429]
+
+
 def test_unknown_group_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="unknown rate limit group"):
         limits.limit("nope")
