@@ -4,6 +4,11 @@ prometheus-client's multiprocess mode (bridge/web/metrics.py) keeps each worker'
 under ``PROMETHEUS_MULTIPROC_DIR``.  Files of a previous run would be summed into this one's
 counters, so the master empties the directory once at start; when a worker exits its live gauges
 are dropped (its counters stay: they were counted).
+
+Forwarded headers: gunicorn by default believes ``X-Forwarded-Proto`` / ``-Ssl`` / ``-Protocol``
+from loopback peers (``forwarded_allow_ips``), so any local client could make the bridge build
+``http://`` URLs.  The bridge trusts forwarded headers in one place only, ProxyFix with
+``web.trusted_proxy_hops`` (bridge/web/client.py), so gunicorn trusts nobody.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from typing import Any
 from prometheus_client import multiprocess
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+#: gunicorn setting: no peer may set the URL scheme or script name through headers
+forwarded_allow_ips = ""
 
 
 def on_starting(server: Any) -> None:

@@ -36,3 +36,13 @@ def test_without_the_variable_nothing_happens(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv(gunicorn_conf.MULTIPROC_ENV, raising=False)
     gunicorn_conf.on_starting(None)
     gunicorn_conf.child_exit(None, SimpleNamespace(pid=1))
+
+
+def test_gunicorn_trusts_no_forwarded_headers_by_itself() -> None:
+    """Only ProxyFix (web.trusted_proxy_hops) decides; gunicorn's default trusts loopback peers'
+    X-Forwarded-Proto."""
+    from gunicorn.config import Config
+
+    cfg = Config()
+    cfg.set("forwarded_allow_ips", gunicorn_conf.forwarded_allow_ips)
+    assert cfg.forwarded_allow_ips == []
