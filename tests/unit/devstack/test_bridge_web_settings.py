@@ -50,7 +50,8 @@ def test_gunicorn_command_and_environment(tmp_path) -> None:
     fmt = argv[argv.index("--access-logformat") + 1]
     assert "%(p)s" in fmt and "%(U)s" in fmt and "%(q)s" not in fmt and "%(r)s" not in fmt  # no query strings
     env = bridge_service.gunicorn_env(tmp_path / "bridge.yaml", tmp_path / "prom")
-    assert env == {"PACS_BRIDGE_CONFIG": str(tmp_path / "bridge.yaml"), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
+    assert env == {"PACS_BRIDGE_CONFIG": str(tmp_path / "bridge.yaml"),
+                   "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
 
 
 def test_redis_config_is_tls_only_with_a_password(ctx: StackContext, monkeypatch) -> None:
