@@ -94,9 +94,14 @@ def start_gunicorn(stack: dict[str, Any], tmp_path_factory: pytest.TempPathFacto
                 return s.get(g.url + "/jwks.json", timeout=3).status_code == 200
 
         process.wait_until(ready, what="test gunicorn", timeout=90)
-        # both workers up: each logs "Booting worker with pid"
-        process.wait_until(lambda: log.read_text().count("Booting worker") >= WORKERS,
-                           what="test gunicorn workers", timeout=60)
+
+        def all_workers_serve() -> bool:
+            # a worker accepts only once it has loaded the app: wait until each has answered
+            g.get_many("/jwks.json", 8)
+            return len(g.pids("/jwks.json")) >= WORKERS
+
+        process.wait_until(all_workers_serve, what="test gunicorn: every worker answering", timeout=90,
+                           interval=0.5)
         return g
 
     yield start

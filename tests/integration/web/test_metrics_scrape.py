@@ -40,11 +40,16 @@ def test_scrape_sums_both_workers(stack: dict[str, Any]) -> None:
         with pinned_session(ca) as s:
             return s.get(url + probe, timeout=30).status_code
 
+    def pids() -> set[str]:
+        return {m.group(1) for line in log.read_text(errors="replace").splitlines()
+                if (m := _PID.match(line)) and m.group(3) == probe}
+
+    sent = 0
     with ThreadPoolExecutor(4) as pool:
-        assert set(pool.map(one, range(24))) == {404}
-    pids = {m.group(1) for line in log.read_text(errors="replace").splitlines()
-            if (m := _PID.match(line)) and m.group(3) == probe}
-    assert len(pids) == WORKERS, f"both workers must have answered the probe: {pids}"
+        while sent < 24 or (len(pids()) < WORKERS and sent < 200):  # until both workers answered
+            assert set(pool.map(one, range(8))) == {404}
+            sent += 8
+    assert len(pids()) == WORKERS, f"both workers must have answered the probe: {pids()}"
 
     # every scrape (whichever worker answers it) sees the sum of both
     seen = set()
@@ -55,15 +60,15 @@ def test_scrape_sums_both_workers(stack: dict[str, Any]) -> None:
         assert resp.status_code == 200
         assert resp.headers["Content-Type"].startswith("text/plain")
         seen.add(_value(resp.text, "unmatched", "404") - before)
-    assert seen == {24.0}
+    assert seen == {float(sent)}
 
 
 def test_outside_the_allow_list_is_refused_and_audited(stack: dict[str, Any], start_gunicorn: Any) -> None:
     info = bridge_info(stack)
     g = start_gunicorn({"PACS_BRIDGE_WEB__METRICS__ALLOW": '["10.99.0.0/16"]'})
     t0 = time.time()
-    codes = g.get_many("/metrics", 4)
-    assert codes == [403] * 4
+    codes = g.get_many("/metrics", 3)  # (below the 5/second limit of /metrics)
+    assert codes == [403] * 3
     with g.session() as s:
         body = s.get(g.url + "/metrics", timeout=10).text
     assert "pacs_bridge" not in body
@@ -72,11 +77,11 @@ def test_outside_the_allow_list_is_refused_and_audited(stack: dict[str, Any], st
     store = open_store(settings, signing=False)
     deadline = time.time() + 10
     rows: list[dict[str, Any]] = []
-    while time.time() < deadline and len(rows) < 5:
+    while time.time() < deadline and len(rows) < 4:
         rows = [r for r in store.tail(200)
                 if r["type"] == "access.denied" and r["client_id"] == "metrics" and r["time"] >= _iso(t0 - 1)]
         time.sleep(0.3)
-    assert len(rows) >= 5, rows
+    assert len(rows) >= 4, rows
     assert {r["network_address"] for r in rows} == {"127.0.0.1"}
 
 
