@@ -346,6 +346,99 @@ class AuditSection(_Section):
     keycloak_events_interval_seconds: float = Field(30.0, gt=0)
 
 
+#: the rate-limited endpoint groups (bridge/web/limits.py; sizing in docs/configuration.md)
+RATE_LIMIT_NAMES = ("token", "introspect", "revoke", "revocations", "login", "metrics")
+
+
+class MetricsSection(_Section):
+    """``GET /metrics`` of the web app (Prometheus text, summed across gunicorn workers).
+
+    Refused (403, audited) unless the client address (after ``web.trusted_proxy_hops``) is in
+    ``allow`` or the request carries ``Authorization: Bearer <bearer_token>``."""
+
+    enabled: bool = True
+    #: client networks allowed to scrape without a token; default: loopback only
+    allow: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    #: a scraper elsewhere presents this (give it as ``bearer_token_file``)
+    bearer_token: SecretStr | None = None
+
+    @field_validator("allow")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        bad = []
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=True)
+            except ValueError as exc:
+                bad.append(f"{item!r} ({exc})")
+        if bad:
+            raise ValueError("not a network in CIDR notation (e.g. 10.20.0.0/16): " + "; ".join(bad))
+        return v
+
+    @field_validator("bearer_token")
+    @classmethod
+    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("at least 16 characters (a guessable token would open /metrics to anyone)")
+        return v
+
+
+class WebSection(_Section):
+    """The web app behind gunicorn: client addresses behind a reverse proxy, shared rate limits,
+    ``/metrics``.  Why each default: docs/configuration.md, section ``web``."""
+
+    #: reverse proxies in front of the bridge that append to X-Forwarded-For (0: the header is
+    #: ignored and the TCP peer is the client; set it to exactly the number of proxies you run)
+    trusted_proxy_hops: int = Field(0, ge=0, le=5)
+    #: where rate-limit counters live: ``memory://`` (one process), ``redis://`` / ``rediss://``
+    #: (shared by every worker and instance); put the password in ``rate_limit_storage_password_file``
+    rate_limit_storage_url: str = "memory://"
+    rate_limit_storage_password: SecretStr | None = None
+    #: CA that signed the Redis server's certificate (``rediss://``)
+    rate_limit_storage_ca_file: Path | None = None
+    #: per-client-address limits by endpoint group, in the ``limits`` notation ("10/second;600/minute")
+    rate_limits: dict[str, str] = Field(default_factory=dict)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+
+    @field_validator("rate_limit_storage_url")
+    @classmethod
+    def _storage(cls, v: str) -> str:
+        if not v.startswith(("memory://", "redis://", "rediss://")):
+            raise ValueError("must start with memory://, redis:// or rediss://")
+        if "@" in v.split("//", 1)[1].split("/", 1)[0]:
+            raise ValueError("no credentials in the URL (it is printed and logged); "
+                             "use rate_limit_storage_password_file")
+        return v
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _limits(cls, v: dict[str, str]) -> dict[str, str]:
+        from limits import parse_many
+
+        problems = []
+        for name, text in v.items():
+            if name not in RATE_LIMIT_NAMES:
+                problems.append(f"{name}: unknown endpoint group (known: {', '.join(RATE_LIMIT_NAMES)})")
+                continue
+            try:
+                parse_many(text)
+            except ValueError:
+                problems.append(f"{name}: {text!r} is not a limit like '10/second;600/minute'")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
+    @model_validator(mode="after")
+    def _tls_options_need_tls(self) -> WebSection:
+        if self.rate_limit_storage_ca_file is not None and not self.rate_limit_storage_url.startswith("rediss://"):
+            raise ValueError("rate_limit_storage_ca_file: only used with a rediss:// URL")
+        if self.rate_limit_storage_password is not None and self.rate_limit_storage_url.startswith("memory://"):
+            raise ValueError("rate_limit_storage_password: memory:// takes no password")
+        return self
+
+
 class Settings(BaseSettings):
     """The whole configuration.  Build it with :func:`load_config`."""
 
@@ -366,6 +459,7 @@ class Settings(BaseSettings):
     scim: ScimSection = Field(default_factory=ScimSection)
     store: StoreSection = Field(default_factory=StoreSection)
     audit: AuditSection = Field(default_factory=AuditSection)
+    web: WebSection = Field(default_factory=WebSection)
 
     _yaml_data: dict[str, Any] = {}
 
@@ -464,4 +558,9 @@ def summary(settings: Settings) -> list[tuple[str, str]]:
         ("store", s.store.url.split("@")[-1] if "@" in s.store.url else s.store.url),
         ("audit", f"syslog {s.audit.syslog_host or '(off)'}:{s.audit.syslog_port}, "
                   f"retention {s.audit.retention_days} days"),
+        ("web", f"client address from {s.web.trusted_proxy_hops} trusted proxy hop(s); rate limits in "
+                f"{s.web.rate_limit_storage_url.split('://')[0]}; /metrics "
+                + (f"from {', '.join(s.web.metrics.allow) or 'nowhere'}"
+                   f"{' or with the token' if s.web.metrics.bearer_token else ''}"
+                   if s.web.metrics.enabled else "off")),
     ]

@@ -34,7 +34,7 @@ WORKERS = 2
 
 class BridgeService(Service):
     name = "bridge"
-    needs = ("keycloak", "samba", "rsyslog")
+    needs = ("keycloak", "samba", "rsyslog", "redis")
 
     @property
     def config_file(self) -> Path:
@@ -121,6 +121,10 @@ class BridgeService(Service):
         }
         if info.get("orthanc", {}).get("url"):
             data["pacs"]["orthanc_url"] = info["orthanc"]["url"]
+        redis = info.get("redis", {})
+        if redis.get("url"):  # shared rate limits across the workers (memory:// without it)
+            data["web"] = {"rate_limit_storage_url": redis["url"], "rate_limit_storage_ca_file": ca,
+                           "rate_limit_storage_password_file": self._secret_file(ctx, redis["password_secret"])}
         if rsyslog.get("port"):
             data["audit"].update({"syslog_host": rsyslog["host"], "syslog_port": rsyslog["port"],
                                   "syslog_ca_file": rsyslog.get("ca_file", ca)})
@@ -141,18 +145,16 @@ class BridgeService(Service):
 
         key_ring(settings, engine(settings.store.url)).active()
 
+    @property
+    def metrics_dir(self) -> Path:
+        return self.dir / "prometheus"
+
     def start(self, ctx: StackContext) -> None:
         from bridge.config import load_config
 
-        settings = load_config(self.config_file)
-        b = settings.bridge
-        gunicorn = Path(sys.executable).with_name("gunicorn")
-        argv = [str(gunicorn), "--no-control-socket", "--workers", str(WORKERS), "--bind",
-                f"{b.listen_host}:{b.listen_port}", "--certfile", str(b.tls_cert_file), "--keyfile",
-                str(b.tls_key_file), "--access-logfile", "-", "--access-logformat",
-                '%(h)s "%(m)s %(U)s" %(s)s %(M)sms', "bridge.web.wsgi:app"]
-        # the access log format leaves out the query string: no code or token ever lands in a log
-        process.start(self.name, argv, env={"PACS_BRIDGE_CONFIG": str(self.config_file)}, cwd=self.dir)
+        b = load_config(self.config_file).bridge
+        argv = gunicorn_argv(f"{b.listen_host}:{b.listen_port}", b.tls_cert_file, b.tls_key_file)
+        process.start(self.name, argv, env=gunicorn_env(self.config_file, self.metrics_dir), cwd=self.dir)
 
     def wait_ready(self, ctx: StackContext) -> dict[str, Any]:
         from bridge.config import load_config
@@ -179,6 +181,23 @@ class BridgeService(Service):
         report = runner.run(apply=True, allow_deletes=True, full=True)
         counts = report.counts() if callable(getattr(report, "counts", None)) else {}
         (self.dir / "first-sync.json").write_text(yaml.safe_dump(counts))
+
+
+def gunicorn_argv(bind: str, cert: Path | None, key: Path | None, *, workers: int = WORKERS) -> list[str]:
+    """How the bridge runs under gunicorn (also what a site's unit file does): TLS, the hooks of
+    bridge/web/gunicorn_conf.py (metrics across workers), an access log with the worker pid and
+    without the query string (no code or token ever lands in a log)."""
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    return [str(gunicorn), "--config", "python:bridge.web.gunicorn_conf", "--no-control-socket",
+            "--workers", str(workers), "--bind", bind, "--certfile", str(cert), "--keyfile", str(key),
+            "--access-logfile", "-", "--access-logformat", '%(h)s %(p)s "%(m)s %(U)s" %(s)s %(M)sms',
+            "bridge.web.wsgi:app"]
+
+
+def gunicorn_env(config_file: Path, metrics_dir: Path) -> dict[str, str]:
+    """The workers' environment: the config, and prometheus-client's multiprocess directory
+    (emptied by the master at start, see bridge/web/gunicorn_conf.py)."""
+    return {"PACS_BRIDGE_CONFIG": str(config_file), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
 
 
 SERVICE = BridgeService()

@@ -19,7 +19,7 @@ from bridge.devstack.service import Service, StackContext
 from bridge.devstack.tls import ensure_ca
 
 #: every service, in start order (each module defines `SERVICE`)
-ALL = ("keycloak", "samba", "slapd", "bridge", "orthanc", "scim", "postgres", "rsyslog")
+ALL = ("keycloak", "samba", "slapd", "redis", "bridge", "orthanc", "scim", "postgres", "rsyslog")
 
 
 def service(name: str) -> Service:

@@ -32,9 +32,11 @@ def to_event(kind: AuditEventType, details: Mapping[str, Any], issuer: str) -> A
     if jti:
         objects.append(token(str(jti)))
     actor = Actor(
-        user_id=f"{sub}@{issuer}" if sub else None, username=username, client_id=details.get("client_id") or None
+        user_id=f"{sub}@{issuer}" if sub else None, username=username, client_id=details.get("client_id") or None,
+        network_address=details.get("network_address") or None,  # added by bridge/web/client.py in a request
     )
-    extra = {k: v for k, v in details.items() if k not in ("subject", "username", "jti", "client_id")}
+    extra = {k: v for k, v in details.items()
+             if k not in ("subject", "username", "jti", "client_id", "network_address")}
     return AuditEvent(type=kind, outcome=_FAILURES.get(kind), actor=actor, objects=tuple(objects), details=extra)
 
 

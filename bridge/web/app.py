@@ -1,7 +1,7 @@
 """The Flask app factory: the only way to get the bridge's web application.
 
 Nothing happens at import time; tests build one app per test with their own settings.  Each
-concern registers its blueprint here (tokens now; login, audit, ... as they land).
+concern registers its blueprint here; the rate limiter is built last, over every marked endpoint.
 """
 
 from __future__ import annotations
@@ -11,30 +11,35 @@ from typing import Any
 from flask import Flask
 
 from bridge.config import Settings
-from bridge.web import limits
+from bridge.web import client, limits, metrics
 
 
 def create_app(settings: Settings, *, config: dict[str, Any] | None = None, **services: Any) -> Flask:
     """Build the app.  ``config`` overrides Flask/limit keys; ``services`` injects prepared service
     objects (e.g. ``token_service=``, ``audit_store=``) instead of building them from ``settings``."""
     app = Flask("bridge")
-    app.config.update(limits.DEFAULTS)
+    app.config.update(limits.app_config(settings.web))
     app.config.from_prefixed_env("PACS_BRIDGE_FLASK")
     app.config.update(config or {})
     app.config["BRIDGE_SETTINGS"] = settings
-    limits.limiter.init_app(app)
+    client.install_proxy_fix(app, settings.web)  # before anything reads request.remote_addr
+    metrics.init_app(app, settings.web.metrics)
 
     from bridge.web import audit_api, tokens
 
     audit_api.init_app(app, settings, store=services.get("audit_store"))  # the app's one audit store
     tokens.init_app(app, settings, service=services.get("token_service"))
+    service = app.extensions[tokens.EXTENSION]["service"]
+    if not isinstance(service.audit, client.AddressedSink):
+        service.audit = client.AddressedSink(service.audit)  # every token/login event gets the client address
 
     if settings.bridge.session_secret is not None and settings.keycloak.client_secret is not None:
         from bridge.web import login  # browser login needs both secrets; API-only deployments skip it
 
-        login.init_app(app, settings, app.extensions[tokens.EXTENSION]["service"])
+        login.init_app(app, settings, service)
 
     from bridge.web import orthanc_auth
 
     orthanc_auth.init_app(app, settings)  # Orthanc's official authorization plugin contract
+    limits.init_app(app)
     return app

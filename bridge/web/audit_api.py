@@ -46,6 +46,7 @@ from bridge.config import Settings
 from bridge.pacs.verifier import VerificationError, bearer_token
 from bridge.policy.permissions import Permission, UnknownPermissionError, expand
 from bridge.store.models import AuditEventRow
+from bridge.web.client import client_address
 
 bp = Blueprint("audit_api", __name__)
 STORE = "pacs_bridge_audit_store"
@@ -134,7 +135,7 @@ def _actor(claims: dict[str, Any]) -> ev.Actor:
         user_id=f"{sub}@{claims.get('iss')}" if sub else None,
         username=claims.get("preferred_username") if isinstance(claims.get("preferred_username"), str) else None,
         client_id=claims.get("client_id") if isinstance(claims.get("client_id"), str) else API_CLIENT,
-        network_address=request.remote_addr,
+        network_address=client_address(),
     )
 
 

@@ -1,29 +1,100 @@
-"""The one Flask-Limiter instance; each blueprint decorates its endpoints with its own limit.
+"""Per-client-address rate limits (Flask-Limiter), one limiter per app, counters in memory or Redis.
 
-Limits are per client address and read from the app config at request time (keys
-``PACS_BRIDGE_RATE_<NAME>``), so tests and benchmarks can set them per app.
+Blueprints mark their endpoints with :func:`limit` (a name, no limiter yet); :func:`init_app`
+builds the app's limiter from ``web.*`` and wraps every marked endpoint.  One limiter per app
+(not one per module) because the storage URL, key prefix and fallback are per deployment, and
+tests build many apps in one process.
+
+The limit of each group comes from (highest first) the app config key ``PACS_BRIDGE_RATE_<NAME>``
+(tests, benchmarks, env ``PACS_BRIDGE_FLASK_PACS_BRIDGE_RATE_<NAME>``), ``web.rate_limits``,
+:data:`DEFAULTS`.  The key is :func:`bridge.web.client.client_address`, so behind a NAT every
+workstation of a ward shares one budget: the defaults are sized for that (docs/configuration.md).
+Accounts are protected by Keycloak's brute-force detection, not here: a per-address lockout would
+lock a whole ward out because of one mistyped password.
+
+With ``redis://`` / ``rediss://`` the counters are shared by every gunicorn worker and bridge
+instance.  If Redis is unreachable, each worker falls back to its own in-memory counters (still a
+limit, per worker) and goes back to Redis when it answers again: an outage of the limiter's store
+must not stop a hospital's logins.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, TypeVar
 
-from flask import current_app
+from flask import Flask, current_app
 from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
 
+from bridge.config import RATE_LIMIT_NAMES, WebSection
+from bridge.web.client import client_address
+
+#: per client address; see docs/configuration.md ("Rate limits") for the sizing of each
 DEFAULTS = {
     "PACS_BRIDGE_RATE_TOKEN": "30/second;600/minute",
     "PACS_BRIDGE_RATE_INTROSPECT": "200/second",
     "PACS_BRIDGE_RATE_REVOKE": "10/second;300/minute",
     "PACS_BRIDGE_RATE_REVOCATIONS": "20/second",
-    "PACS_BRIDGE_RATE_LOGIN": "10/minute",
+    "PACS_BRIDGE_RATE_LOGIN": "20/second;600/minute",
+    "PACS_BRIDGE_RATE_METRICS": "5/second",
 }
+EXTENSION = "pacs_bridge_limiter"
+_MARK = "_pacs_bridge_rate_limit"
+F = TypeVar("F", bound=Callable[..., Any])
 
-limiter = Limiter(key_func=get_remote_address, storage_uri="memory://", default_limits=[])
+
+def config_key(name: str) -> str:
+    return f"PACS_BRIDGE_RATE_{name.upper()}"
 
 
-def limit(name: str) -> Callable[[Callable[..., object]], Callable[..., object]]:
-    """Decorator: the configured limit ``PACS_BRIDGE_RATE_<NAME>``."""
-    key = f"PACS_BRIDGE_RATE_{name.upper()}"
-    return limiter.limit(lambda: str(current_app.config.get(key, DEFAULTS[key])))
+def limit(name: str) -> Callable[[F], F]:
+    """Mark a view with the limit group ``name``; :func:`init_app` applies it."""
+    if name not in RATE_LIMIT_NAMES:
+        raise ValueError(f"unknown rate limit group {name!r}")
+
+    def mark(view: F) -> F:
+        setattr(view, _MARK, name)
+        return view
+
+    return mark
+
+
+def app_config(web: WebSection) -> dict[str, Any]:
+    """Flask config from ``web.*``: the limits and Flask-Limiter's storage settings."""
+    options: dict[str, Any] = {}
+    if web.rate_limit_storage_password is not None:
+        options["password"] = web.rate_limit_storage_password.get_secret_value()
+    if web.rate_limit_storage_url.startswith("rediss://"):
+        options["ssl_cert_reqs"] = "required"
+        if web.rate_limit_storage_ca_file is not None:
+            options["ssl_ca_certs"] = str(web.rate_limit_storage_ca_file)
+    if not web.rate_limit_storage_url.startswith("memory://"):
+        # fail fast rather than hold a login for the client's default (no) timeout
+        options.update(socket_timeout=2, socket_connect_timeout=2)
+    return {
+        **DEFAULTS,
+        **{config_key(name): value for name, value in web.rate_limits.items()},
+        "RATELIMIT_STORAGE_URI": web.rate_limit_storage_url,
+        "RATELIMIT_STORAGE_OPTIONS": options,
+        "RATELIMIT_KEY_PREFIX": "pacs-bridge",
+        "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
+        "RATELIMIT_HEADERS_ENABLED": True,
+    }
+
+
+def init_app(app: Flask) -> Limiter:
+    """Build the app's limiter and wrap every endpoint marked with :func:`limit` (call this after
+    all blueprints are registered)."""
+    limiter = Limiter(key_func=client_address, default_limits=[])
+    limiter.init_app(app)
+    for endpoint, view in list(app.view_functions.items()):
+        name = getattr(view, _MARK, None)
+        if name is not None:
+            # one budget per group and client: /login, /oidc/callback and /logout draw on the same one
+            app.view_functions[endpoint] = limiter.shared_limit(_provider(config_key(name)), scope=name)(view)
+    app.extensions[EXTENSION] = limiter
+    return limiter
+
+
+def _provider(key: str) -> Callable[[], str]:
+    return lambda: str(current_app.config.get(key, DEFAULTS[key]))

@@ -1,0 +1,71 @@
+"""Who is asking: the one definition of "the client address" for rate limits, audit and /metrics.
+
+Behind reverse proxies the TCP peer is the last proxy; the original client is in
+``X-Forwarded-For``, but anybody can send that header.  Werkzeug's ``ProxyFix`` takes exactly
+``web.trusted_proxy_hops`` entries from the right of the header (the ones our own proxies
+appended) and nothing more; with 0 hops it is not installed and the header is ignored.  After
+that, ``request.remote_addr`` is the client, and :func:`client_address` is what every part of
+the bridge records.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Flask, has_request_context, request
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from bridge.config import WebSection
+
+#: key the web layer adds to token-service audit details (read by bridge/tokens/auditing.py)
+NETWORK_ADDRESS = "network_address"
+
+
+def install_proxy_fix(app: Flask, web: WebSection) -> None:
+    """Trust ``X-Forwarded-For`` for exactly ``trusted_proxy_hops`` hops, and no other forwarded
+    header (the bridge's public URL comes from configuration, never from Host/X-Forwarded-Host)."""
+    if web.trusted_proxy_hops:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=web.trusted_proxy_hops, x_proto=0, x_host=0, x_port=0, x_prefix=0
+        )
+
+
+def client_address() -> str:
+    """The client's IP address as trusted hops allow (``request.remote_addr`` after ProxyFix).
+
+    A value that is not an IP address (a forged or mangled header a proxy passed through) becomes
+    ``"invalid"``, so that it can neither spread rate-limit keys nor write junk into the audit trail."""
+    try:
+        ip = ipaddress.ip_address((request.remote_addr or "").strip("[]"))
+    except ValueError:
+        return "invalid"
+    # a dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; one client, one spelling
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
+
+
+def client_address_or_none() -> str | None:
+    """:func:`client_address` inside a request; None elsewhere (background jobs)."""
+    return client_address() if has_request_context() else None
+
+
+AuditSink = Callable[[Any, Mapping[str, Any]], None]
+
+
+class AddressedSink:
+    """Wraps a token-service audit sink ``(kind, details)``: events raised while serving a request
+    carry the client address, whichever endpoint (token, login, Orthanc authorization) raised them."""
+
+    def __init__(self, inner: AuditSink):
+        self.inner = inner
+
+    def __call__(self, kind: Any, details: Mapping[str, Any]) -> None:
+        addr = client_address_or_none()
+        if addr is not None and NETWORK_ADDRESS not in details:
+            details = {**details, NETWORK_ADDRESS: addr}
+        self.inner(kind, details)
+
+    def __getattr__(self, name: str) -> Any:  # flush(), store ... of the wrapped sink
+        return getattr(self.inner, name)

@@ -1,0 +1,38 @@
+"""Under gunicorn, forwarded headers are trusted only through the bridge's own setting
+(``web.trusted_proxy_hops``, X-Forwarded-For only).  gunicorn by itself trusts X-Forwarded-Proto
+from loopback peers (``forwarded_allow_ips``); bridge/web/gunicorn_conf.py turns that off, so a
+local client cannot make the bridge build ``http://`` URLs (the login's callback URL)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from bridge.config import load_config
+from tests.integration.web.conftest import bridge_info
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def g(start_gunicorn: Any) -> Any:
+    return start_gunicorn({})
+
+
+@pytest.mark.parametrize("headers", [
+    {"X-Forwarded-Proto": "http"},
+    {"X-Forwarded-Ssl": "off"},
+    {"X-Forwarded-Protocol": "http"},
+    {},
+])
+def test_scheme_headers_do_not_change_the_callback_url(stack: dict[str, Any], g: Any,
+                                                       headers: dict[str, str]) -> None:
+    settings = load_config(bridge_info(stack)["config"])
+    with g.session() as s:
+        resp = s.get(g.url + "/login", params={"redirect_uri": settings.bridge.viewer_redirect_uris[0]},
+                     headers=headers, allow_redirects=False, timeout=30)
+    assert resp.status_code == 302, resp.text[:200]
+    callback = parse_qs(urlsplit(resp.headers["Location"]).query)["redirect_uri"][0]
+    assert callback.startswith("https://"), callback
