@@ -108,6 +108,10 @@ def bridge(orthanc: dict[str, Any], stack: dict[str, Any],
                                      "PACS_BRIDGE_AUDIT__CHECKPOINT_KEY_FILE": str(work / "audit.key")})
     finally:
         config_file.write_text(original)
+        # the plugin re-reads its configuration on an HTTP request: make one, so that what comes next
+        # (DICOM associations, whose refusals the gate records, make none) is audited to the stack's bridge
+        time.sleep(cfg["reload_check_seconds"] + 0.2)
+        requests.get(orthanc["url"] + "/system", timeout=10)
         server.shutdown()
 
 

@@ -139,7 +139,8 @@ def test_qido_in_scope_still_served(pacs: Any, studies: dict[str, dict[str, str]
 
 
 def test_wado_uri_is_judged_on_the_instance_served(pacs: Any, studies: dict[str, dict[str, str]]) -> None:
-    rad = pacs.bridge.token([P.VIEW], departments=["Radiology"])
+    # application/dicom is a whole file: download (bridge/pacs/routes.py); the scope is what is tested here
+    rad = pacs.bridge.token([P.VIEW, P.DOWNLOAD], departments=["Radiology"])
     own, other = studies["P-001"], studies["P-002"]
     def wado(study: str, series: str, sop: str) -> str:
         return (f"/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
