@@ -2,14 +2,18 @@
 test (tests/integration/ha): a realistic mix of the bridge's hot endpoints, bounded in count and
 time, loopback only.
 
-The mix: 70 % token exchanges (``POST /token``, RFC 8693: the viewer's main call), 20 % JWKS
-(``GET /jwks.json``, what PACS verifiers poll) and 10 % introspection (``POST /introspect`` of a
-PACS token, by the confidential ``pacs-tools`` client).  Every answer is recorded with the
-monotonic time it *started*, so the seconds around a SIGKILL can be told apart.
+The mix: 65 % token exchanges (``POST /token``, RFC 8693: the viewer's main call), 20 % JWKS
+(``GET /jwks.json``, what PACS verifiers poll), 10 % introspection (``POST /introspect`` of a
+PACS token, by the confidential ``pacs-tools`` client) and 5 % audit intake (``POST
+/audit/events``: one ``study.queried`` event as the Orthanc plugin ships them).  A 202 from the
+intake *acknowledges* its event: it must be in the audit trail, whatever happens afterwards.
+Every answer is recorded with the monotonic time it *started*, so the seconds around a SIGKILL
+can be told apart.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -23,7 +27,7 @@ from bridge.http import pinned_session
 
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
-MIX = (("token", 0.7), ("jwks", 0.2), ("introspect", 0.1))
+MIX = (("token", 0.65), ("jwks", 0.2), ("introspect", 0.1), ("ingest", 0.05))
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,8 @@ class Sample:
     kind: str
     status: int  # 0: no HTTP answer (connection refused/reset)
     ms: float
-    jti: str | None = None  # of an issued token (a 200 exchange): its audit event must exist
+    #: the ``jti`` of an issued token (a 200 exchange), the ``event_id`` of an acknowledged intake
+    ref: str | None = None
 
 
 @dataclass
@@ -42,6 +47,8 @@ class Target:
     subject_tokens: list[str]  # Keycloak access tokens of MFA logins
     client_id: str = "pacs-viewer"
     introspect_auth: tuple[str, str] | None = None  # (client id, secret)
+    ingest_token: str | None = None  # audit.ingest_token
+    correlation_id: str = "bench-ha"  # marks the intake events of this run
 
 
 @dataclass
@@ -57,6 +64,15 @@ class Load:
 def _one(http: requests.Session, t: Target, kind: str, pacs_tokens: list[str]) -> tuple[int, str | None]:
     if kind == "jwks":
         return http.get(f"{t.url}/jwks.json", timeout=10).status_code, None
+    if kind == "ingest" and t.ingest_token:
+        from bridge.audit import events as ev
+        from bridge.audit.codes import AuditEventType
+
+        event = ev.AuditEvent(AuditEventType.STUDY_QUERIED, actor=ev.Actor(client_id="bench-ha"),
+                              correlation_id=t.correlation_id, details={"bench": True})
+        r = http.post(f"{t.url}/audit/events", json={"events": [event.to_dict()]}, timeout=10,
+                      headers={"Authorization": f"Bearer {t.ingest_token}"})
+        return r.status_code, event.event_id if r.status_code == 202 else None
     if kind == "introspect" and t.introspect_auth and pacs_tokens:
         r = http.post(f"{t.url}/introspect", data={"token": random.choice(pacs_tokens)},  # noqa: S311
                       auth=t.introspect_auth, timeout=10)
@@ -96,12 +112,12 @@ def drive(t: Target, *, threads: int = 4, seconds: float = 8.0, max_requests: in
             kind = random.choices([k for k, _ in MIX], [w for _, w in MIX])[0]  # noqa: S311
             start = time.monotonic()
             try:
-                status, jti = _one(http, t, kind, pacs_tokens)
+                status, ref = _one(http, t, kind, pacs_tokens)
             except requests.RequestException:
-                status, jti = 0, None
+                status, ref = 0, None
                 http.close()
                 http = pinned_session(t.ca_file)
-            load.add(Sample(start, kind, status, (time.monotonic() - start) * 1000, jti))
+            load.add(Sample(start, kind, status, (time.monotonic() - start) * 1000, ref))
 
     workers = [threading.Thread(target=client, name=f"load-{i}", daemon=True) for i in range(threads)]
     for w in workers:
@@ -137,3 +153,35 @@ def summary(samples: list[Sample], since: float | None = None, until: float | No
     return {"requests": len(sel), "failed": bad, "failure_rate": round(bad / len(sel), 5),
             "rps": round(len(sel) / span, 1), "statuses": statuses,
             "p50_ms": round(lat[len(lat) // 2], 1), "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1)}
+
+
+def missing_acknowledged(engine: Any, samples: list[Sample], since_time: str) -> dict[str, int]:
+    """What the bridge acknowledged but its audit trail lacks: intake events answered 202
+    (``intake``; must be 0: the answer comes after the commit) and token exchanges answered 200
+    whose ``token.exchanged`` event is absent (``exchanges``; the token service queues these
+    events and appends them in batches, see bridge/tokens/auditing.py).  ``since_time``: the
+    ISO time the load started (the trail's ``time`` column is ISO-8601 text)."""
+    from sqlalchemy import select
+
+    from bridge.store.models import AuditEventRow
+
+    intake = {s.ref for s in samples if s.kind == "ingest" and s.status == 202 and s.ref}
+    issued = {s.ref for s in samples if s.kind == "token" and s.status == 200 and s.ref}
+    with engine.connect() as conn:
+        found_ids = set(conn.execute(select(AuditEventRow.event_id).where(
+            AuditEventRow.correlation_id.is_not(None), AuditEventRow.time >= since_time)).scalars())
+        bodies = conn.execute(select(AuditEventRow.body).where(
+            AuditEventRow.type == "token.exchanged", AuditEventRow.time >= since_time)).scalars()
+        seen_jti = {v for body in bodies for v in _strings(json.loads(body))} & issued
+    return {"intake": len(intake - found_ids), "exchanges": len(issued - seen_jti),
+            "intake_acknowledged": len(intake), "exchanges_acknowledged": len(issued)}
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []

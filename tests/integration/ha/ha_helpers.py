@@ -105,3 +105,54 @@ def wait_states(want: dict[str, str], timeout: float = 20.0) -> dict[str, str]:
             return states
         time.sleep(0.1)
     raise AssertionError(f"HAProxy states {states}, wanted {want}")
+
+
+@contextlib.contextmanager
+def private_schema(stack: dict[str, Any]) -> Iterator[str]:
+    """A migrated private schema in the stack's PostgreSQL (the database is shared); its URL."""
+    import uuid
+
+    from sqlalchemy import text
+
+    from bridge.devstack.postgres import database_url
+    from bridge.store import db
+
+    url = database_url(stack)
+    schema = f"ha_{uuid.uuid4().hex[:8]}"
+    admin = db.engine(url)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    scoped = f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+    db.migrate(scoped)
+    try:
+        yield scoped
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def samba_section(stack: dict[str, Any]) -> Any:
+    from bridge.config import DirectorySection
+
+    info = stack["samba"]
+    return DirectorySection(
+        kind="ad", url=info["ldaps_url"], bind_dn=info["bind_dn"],
+        bind_password=context(stack).secret(info["bind_password_secret"]), base_dn=info["base_dn"],
+        users_dn=info["users_dn"], groups_dn=info["groups_dn"], ca_file=Path(stack["ca"]["file"]))
+
+
+def sync_runner(stack: dict[str, Any], url: str, owner: str, *, lock_ttl: float = 900.0) -> Any:
+    """A real sync (Samba AD -> the bridge's own assignment store) on ``url``."""
+    from bridge.audit.store import AuditStore
+    from bridge.directory.reader import reader_for
+    from bridge.policy.loader import load_policy
+    from bridge.store.db import engine
+    from bridge.sync.runner import SyncRunner
+    from bridge.sync.safety import Thresholds
+    from bridge.sync.targets.store import StoreTarget
+
+    eng = engine(url)
+    policy = load_policy(Path(__file__).parents[3] / "examples" / "policy.yaml")
+    return SyncRunner(reader_for(samba_section(stack)), policy, [StoreTarget(eng)], eng, owner=owner,
+                      lock_ttl=lock_ttl, thresholds=Thresholds(500, 10), audit=AuditStore(eng))
