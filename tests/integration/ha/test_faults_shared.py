@@ -144,7 +144,7 @@ def test_directory_down_mid_sync_applies_nothing(stack: dict[str, Any]) -> None:
         first = runner.run(apply=True, full=True)
         assert first.status == "ok", first.errors
         with session(runner.engine) as s:
-            before = sorted((a.user_id, a.role) for a in s.scalars(select(RoleAssignment)))
+            before = sorted((a.subject_id, a.role) for a in s.scalars(select(RoleAssignment)))
         assert before
 
         def directory_goes_down(step: str) -> None:
@@ -156,7 +156,7 @@ def test_directory_down_mid_sync_applies_nothing(stack: dict[str, Any]) -> None:
             assert second.status == "failed", (second.status, second.errors)
             assert "directory unavailable" in str(second.errors)
         with session(runner.engine) as s:
-            after = sorted((a.user_id, a.role) for a in s.scalars(select(RoleAssignment)))
+            after = sorted((a.subject_id, a.role) for a in s.scalars(select(RoleAssignment)))
             revoked = s.scalar(select(func.count()).select_from(SubjectRevocation))
         assert after == before and revoked == 0
         # the directory is back: the next run changes nothing either (it was never half-applied)
