@@ -216,8 +216,9 @@ class BridgeService(Service):
         argv = [str(gunicorn), "--no-control-socket", "--workers", str(WORKERS), "--bind",
                 f"{b.listen_host}:{b.listen_port}", "--certfile", str(b.tls_cert_file), "--keyfile",
                 str(b.tls_key_file), "--access-logfile", "-", "--access-logformat",
-                '%(h)s "%(m)s %(U)s" %(s)s %(M)sms', "bridge.web.wsgi:app"]
-        # the access log format leaves out the query string: no code or token ever lands in a log
+                '%(h)s "%(m)s %(U)s" %(s)s %(M)sms xff=%({x-forwarded-for}i)s', "bridge.web.wsgi:app"]
+        # the access log format leaves out the query string: no code or token ever lands in a log;
+        # xff: the X-Forwarded-For chain HAProxy passes on (the client's address behind the proxy)
         env = {"PACS_BRIDGE_CONFIG": str(self.config_file),
                **{f"PACS_BRIDGE_FLASK_PACS_BRIDGE_RATE_{k}": v for k, v in DEV_RATE_LIMITS.items()}}
         process.start(self.name, argv, env=env, cwd=self.dir)

@@ -4,6 +4,7 @@ after.  bench/ha.py measures the same at length and reports throughput."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -77,3 +78,19 @@ def test_sigkill_of_one_instance_under_load(stack: dict[str, Any], ha: dict[str,
     # restored: the instance is back on its port and HAProxy sends it requests again
     start("bridge2", stack)
     wait_states({"bridge": "UP", "bridge2": "UP"})
+
+
+def test_haproxy_forwards_the_client_address(ha: dict[str, Any]) -> None:
+    import time
+
+    from bridge.devstack import process
+
+    http = pinned_session(ha["ca"])
+    for _ in range(4):  # round robin: both instances see one
+        assert http.get(f"{ha['url']}/jwks.json", headers={"X-Forwarded-For": "192.0.2.7"}, timeout=5).ok
+    time.sleep(0.5)
+    for name in ("bridge", "bridge2"):
+        log = process.load(name).log  # type: ignore[union-attr]
+        text = Path(log).read_text(encoding="utf-8", errors="replace")
+        # HAProxy appends the address it saw; what a client sent stays in front (untrusted)
+        assert "xff=192.0.2.7, 127.0.0.1" in text, name
