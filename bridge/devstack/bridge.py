@@ -36,6 +36,7 @@ KEK_SECRET = "bridge-kek"
 TOOLS_CLIENT_SECRET = "bridge-tools-client"
 AUDIT_INGEST_SECRET = "bridge-audit-ingest"
 WORKERS = 2
+THREADS = 2  # per worker (gthread): 2 beat 4 and 8 on two cores (docs/performance.md, tokens)
 #: every client of the dev stack is 127.0.0.1, so the per-address limits of a site would throttle the
 #: stack as a whole (the failover benchmark drives thousands of exchanges); a site keeps the defaults
 DEV_RATE_LIMITS = {"TOKEN": "2000/second", "INTROSPECT": "2000/second"}
@@ -213,7 +214,11 @@ class BridgeService(Service):
         settings = load_config(self.config_file)
         b = settings.bridge
         gunicorn = Path(sys.executable).with_name("gunicorn")
-        argv = [str(gunicorn), "--no-control-socket", "--workers", str(WORKERS), "--bind",
+        # gthread workers keep connections alive, so HAProxy reuses its TLS connections to the
+        # instance instead of a handshake per request; the idle timeout is longer than HAProxy's
+        # pool-purge-delay (5 s), so HAProxy never reuses a connection the worker is closing
+        argv = [str(gunicorn), "--no-control-socket", "--workers", str(WORKERS), "--threads", str(THREADS),
+                "--keep-alive", "15", "--bind",
                 f"{b.listen_host}:{b.listen_port}", "--certfile", str(b.tls_cert_file), "--keyfile",
                 str(b.tls_key_file), "--access-logfile", "-", "--access-logformat",
                 '%(h)s "%(m)s %(U)s" %(s)s %(M)sms xff=%({x-forwarded-for}i)s', "bridge.web.wsgi:app"]
