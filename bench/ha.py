@@ -105,11 +105,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out["one_instance"] = ha_load.summary(one)
     out["speedup_two_vs_one"] = round(out["two_instances"]["rps"] / max(out["one_instance"]["rps"], 1e-6), 2)
     out["failover"] = {
-        "before_kill": ha_load.summary(failover, until=k),
+        "before_kill": ha_load.summary([x for x in failover if x.start + x.ms / 1000 < k]),
+        "in_flight_at_kill": ha_load.in_flight(failover, k),
+        # sent in the second after the SIGKILL
         "second_of_kill": ha_load.summary(failover, since=k, until=k + 1.0),
+        # the same second, counting also what was in flight at the kill (the strict view)
+        "second_of_kill_with_in_flight": ha_load.summary(failover, since=k, until=k + 1.0, overlapping=True),
         "after": ha_load.summary(failover, since=k + 1.0),
     }
     out["failover_error_rate_second_of_kill"] = out["failover"]["second_of_kill"]["failure_rate"]
+    out["failover_error_rate_second_of_kill_with_in_flight"] = (
+        out["failover"]["second_of_kill_with_in_flight"]["failure_rate"])
     out["failover_errors_after"] = out["failover"]["after"]["failed"]
 
     time.sleep(2.0)  # the survivors' queued token events reach the trail (flushed every 0.25 s)

@@ -139,9 +139,15 @@ def failed(s: Sample) -> bool:
     return s.status == 0 or s.status >= 500
 
 
-def summary(samples: list[Sample], since: float | None = None, until: float | None = None) -> dict[str, Any]:
-    """Counts, failure rate and requests/s of the samples started in [since, until)."""
-    sel = [s for s in samples if (since is None or s.start >= since) and (until is None or s.start < until)]
+def summary(samples: list[Sample], since: float | None = None, until: float | None = None, *,
+            overlapping: bool = False) -> dict[str, Any]:
+    """Counts, failure rate and requests/s of the samples sent in [since, until); with
+    ``overlapping``, of those running at any moment of it (sent before but still in flight too)."""
+    if overlapping:
+        sel = [s for s in samples if (until is None or s.start < until)
+               and (since is None or s.start + s.ms / 1000 >= since)]
+    else:
+        sel = [s for s in samples if (since is None or s.start >= since) and (until is None or s.start < until)]
     if not sel:
         return {"requests": 0, "failed": 0, "failure_rate": 0.0, "rps": 0.0, "statuses": {}}
     span = max((until or sel[-1].start) - (since if since is not None else sel[0].start), 1e-6)
@@ -153,6 +159,14 @@ def summary(samples: list[Sample], since: float | None = None, until: float | No
     return {"requests": len(sel), "failed": bad, "failure_rate": round(bad / len(sel), 5),
             "rps": round(len(sel) / span, 1), "statuses": statuses,
             "p50_ms": round(lat[len(lat) // 2], 1), "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1)}
+
+
+def in_flight(samples: list[Sample], at: float) -> dict[str, Any]:
+    """The requests running at the moment ``at`` (sent before, answered after): those on the
+    killed instance that no proxy may retry (a token exchange) fail."""
+    sel = [s for s in samples if s.start < at <= s.start + s.ms / 1000]
+    return {"requests": len(sel), "failed": sum(1 for s in sel if failed(s)),
+            "failed_kinds": sorted({s.kind for s in sel if failed(s)})}
 
 
 def missing_acknowledged(engine: Any, samples: list[Sample], since_time: str) -> dict[str, int]:

@@ -13,8 +13,10 @@ Failover, tuned so that fewer than 1 % of requests fail in the second an instanc
 - a refused or failed connection (the instance is gone) is retried up to 3 times, each time on
   another instance (``option redispatch 1``): the request was never sent, so any method is safe;
 - a request that *was* sent and got no answer (the instance died while working on it) is retried
-  on another instance only if it is idempotent (GET/HEAD): ``http-request disable-l7-retry`` for
-  everything else; a token exchange whose answer was lost is the client's to retry.
+  on another instance only if it is idempotent: GET/HEAD, ``POST /introspect`` (a read) and
+  ``POST /audit/events`` (the intake drops an ``event_id`` it already has);
+  ``http-request disable-l7-retry`` for everything else.  A token exchange whose answer was lost
+  is the client's to repeat (a retry by the proxy would mint a second token the client never sees).
 
 The log leaves out query strings (``%HPO``): no login code or token ever lands in it.
 """
@@ -75,8 +77,9 @@ backend bridges
     option httpchk
     http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host localhost
     http-check expect status 200
-    # a request already sent is retried elsewhere only when idempotent (GET and HEAD)
-    http-request disable-l7-retry if !METH_GET
+    # a request already sent is retried elsewhere only when idempotent: GET/HEAD, introspection
+    # (a read) and the audit intake (de-duplicated by event_id); never /token nor /revoke
+    http-request disable-l7-retry if !METH_GET !{{ path /introspect /audit/events }}
     default-server check {CHECK} check-ssl check-sni localhost {TLS_TO_SERVER} ca-file {ca_file}
 {servers}
 """
