@@ -157,6 +157,7 @@ def summary(samples: list[Sample], since: float | None = None, until: float | No
     bad = sum(1 for s in sel if failed(s))
     lat = sorted(s.ms for s in sel)
     return {"requests": len(sel), "failed": bad, "failure_rate": round(bad / len(sel), 5),
+            "failed_kinds": sorted({s.kind for s in sel if failed(s)}),
             "rps": round(len(sel) / span, 1), "statuses": statuses,
             "p50_ms": round(lat[len(lat) // 2], 1), "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1)}
 

@@ -18,6 +18,10 @@ Failover, tuned so that fewer than 1 % of requests fail in the second an instanc
   ``http-request disable-l7-retry`` for everything else.  A token exchange whose answer was lost
   is the client's to repeat (a retry by the proxy would mint a second token the client never sees).
 
+HAProxy closes its connection to the instance after each answer (``option http-server-close``;
+the client side stays kept alive): reusing an idle connection to an instance that was just
+killed fails the request sent on it, and for a token exchange that failure cannot be retried.
+
 The log leaves out query strings (``%HPO``): no login code or token ever lands in it.
 """
 
@@ -74,6 +78,9 @@ frontend bridge_tls
 
 backend bridges
     balance roundrobin
+    # one server connection per request (TLS sessions are resumed): an idle kept-alive connection
+    # to an instance that just died would take a request HAProxy may not retry (a token exchange)
+    option http-server-close
     option httpchk
     http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host localhost
     http-check expect status 200

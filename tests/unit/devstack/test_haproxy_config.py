@@ -25,6 +25,7 @@ def test_failover_and_retry_rules(tmp_path: Path) -> None:
     assert "http-request disable-l7-retry if !METH_GET !{ path /introspect /audit/events }" in cfg
     assert "http-check send meth GET uri /readyz" in cfg and "http-check expect status 200" in cfg
     assert "inter 500ms" in cfg and "fall 2" in cfg
+    assert "option http-server-close" in cfg  # no reuse of an idle connection to a dead instance
     assert "server bridge 127.0.0.1:18001" in cfg and "server bridge2 127.0.0.1:18002" in cfg
 
 
