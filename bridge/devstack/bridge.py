@@ -214,11 +214,9 @@ class BridgeService(Service):
         settings = load_config(self.config_file)
         b = settings.bridge
         gunicorn = Path(sys.executable).with_name("gunicorn")
-        # gthread workers keep connections alive, so HAProxy reuses its TLS connections to the
-        # instance instead of a handshake per request; the idle timeout is longer than HAProxy's
-        # pool-purge-delay (5 s), so HAProxy never reuses a connection the worker is closing
+        # gthread: a worker serves another request while one waits on the database or Keycloak
         argv = [str(gunicorn), "--no-control-socket", "--workers", str(WORKERS), "--threads", str(THREADS),
-                "--keep-alive", "15", "--bind",
+                "--bind",
                 f"{b.listen_host}:{b.listen_port}", "--certfile", str(b.tls_cert_file), "--keyfile",
                 str(b.tls_key_file), "--access-logfile", "-", "--access-logformat",
                 '%(h)s "%(m)s %(U)s" %(s)s %(M)sms xff=%({x-forwarded-for}i)s', "bridge.web.wsgi:app"]
