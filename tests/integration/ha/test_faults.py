@@ -96,3 +96,56 @@ def test_both_bridges_down_verifier_uses_cached_keys_then_fails_closed(stack: di
     wait_states({"bridge": "UP", "bridge2": "UP"})
     time.sleep(0.6)  # the next refresh attempt is due
     assert verifier.verify(token).claims["sub"]  # the bridge is back: decisions resume
+
+
+def test_both_bridges_down_orthanc_plugin_decides_then_fails_closed(stack: dict[str, Any],
+                                                                    ha: dict[str, Any]) -> None:
+    """The same through the real Orthanc and its bridge plugin (pointed at HAProxy by the stack)."""
+    need(stack, "orthanc")
+    import json
+
+    import requests
+
+    info = stack["orthanc"]
+    config = Path(info["plugin_config"])
+    original = config.read_text(encoding="utf-8")
+    stale_after = 8.0
+    settings = {**json.loads(original), "revocation_refresh_seconds": 0.5,
+                "revocation_max_stale_seconds": stale_after}
+    assert settings["issuer"] == ha["url"]  # the plugin trusts the bridge through HAProxy
+    subject = mfa_tokens(stack, ("rad.res.hana",))[0]
+    r = pinned_session(ha["ca"]).post(f"{ha['url']}/token", timeout=10, data={
+        "grant_type": ha_load.EXCHANGE, "client_id": "pacs-viewer", "subject_token_type": ha_load.ACCESS_TOKEN,
+        "subject_token": subject})
+    assert r.status_code == 200, r.text
+    token = r.json()["access_token"]
+
+    def status() -> int:
+        return requests.get(f"{info['url']}/tools/now", headers={"Authorization": f"Bearer {token}"},
+                            timeout=10).status_code
+
+    def wait_for(want: int, timeout: float = 20.0) -> int:
+        deadline = time.monotonic() + timeout
+        got = status()
+        while got != want and time.monotonic() < deadline:
+            time.sleep(0.3)
+            got = status()
+        return got
+
+    try:
+        config.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+        time.sleep(2.5)  # > reload_check_seconds: the plugin re-reads its settings
+        assert wait_for(200) == 200
+        with restored(stack, "bridge", "bridge2"):
+            assert status() == 200
+            down_at = time.monotonic()
+            for instance in INSTANCES:
+                instance.kill()
+            assert status() == 200  # cached keys and a fresh-enough revocation list: still decides
+            time.sleep(max(0.0, stale_after + 1.0 - (time.monotonic() - down_at)))
+            refused = status()
+            assert refused in (401, 403, 503), refused  # too stale: fails closed
+    finally:
+        config.write_text(original, encoding="utf-8")
+    wait_states({"bridge": "UP", "bridge2": "UP"})
+    assert wait_for(200) == 200  # the bridge is back: the plugin decides again
