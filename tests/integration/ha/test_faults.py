@@ -113,7 +113,7 @@ def test_both_bridges_down_orthanc_plugin_decides_then_fails_closed(stack: dict[
     settings = {**json.loads(original), "revocation_refresh_seconds": 0.5,
                 "revocation_max_stale_seconds": stale_after}
     assert settings["issuer"] == ha["url"]  # the plugin trusts the bridge through HAProxy
-    subject = mfa_tokens(stack, ("rad.res.hana",))[0]
+    subject = mfa_tokens(stack, ("tech.vic",))[0]  # an unscoped role: /tools/now is cross-study
     r = pinned_session(ha["ca"]).post(f"{ha['url']}/token", timeout=10, data={
         "grant_type": ha_load.EXCHANGE, "client_id": "pacs-viewer", "subject_token_type": ha_load.ACCESS_TOKEN,
         "subject_token": subject})
