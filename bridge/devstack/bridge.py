@@ -1,5 +1,11 @@
 """The bridge itself in the dev stack: gunicorn over TLS on loopback, configured like a site would.
 
+Two instances, ``bridge`` and ``bridge2`` (same configuration but the listen port, one PostgreSQL
+database), behind HAProxy (bridge/devstack/haproxy.py), as a site runs them for availability.
+When HAProxy is part of the stack, the public URL (token issuer, Keycloak callback, the Orthanc
+plugin's JWKS and revocation list) is HAProxy's; otherwise it is the first instance's own.  Without
+the ``postgres`` service (a narrowed stack) the store is a SQLite file in ``.devstack/bridge/``.
+
 `prepare` writes `.devstack/bridge/bridge.yaml` from the other services' endpoints (Keycloak,
 Samba AD, rsyslog, Orthanc ...) with every secret in its own 0600 file (`*_file` keys), migrates
 the store, and `seed` runs one directory sync so the demo hospital's roles exist in Keycloak and
@@ -18,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from bridge.devstack import process
+from bridge.devstack import process, state
 from bridge.devstack.service import Service, StackContext
 from bridge.devstack.state import free_port, port_open, project_root
 from bridge.devstack.tls import issue
@@ -30,11 +36,44 @@ KEK_SECRET = "bridge-kek"
 TOOLS_CLIENT_SECRET = "bridge-tools-client"
 AUDIT_INGEST_SECRET = "bridge-audit-ingest"
 WORKERS = 2
+THREADS = 2  # per worker (gthread): 2 beat 4 and 8 on two cores (docs/performance.md, tokens)
+#: every client of the dev stack is 127.0.0.1, so the per-address limits of a site would throttle the
+#: stack as a whole (the failover benchmark drives thousands of exchanges); a site keeps the defaults
+DEV_RATE_LIMITS = {"TOKEN": "2000/second", "INTROSPECT": "2000/second"}
+
+
+#: the stack.json entry that records which services this stack was brought up with
+SELECTION = "selection"
+#: the service that fronts the instances when it is part of the stack
+FRONT = "haproxy"
+
+
+def fronted() -> bool:
+    """Whether HAProxy fronts the bridge in this stack (recorded by `stack.up` before any start)."""
+    return FRONT in state.read_stack().get(SELECTION, {}).get("services", ())
+
+
+def front_url() -> str:
+    """HAProxy's URL (its port is chosen on first use, like the bridge's)."""
+    from bridge.devstack.haproxy import SERVICE as HAPROXY
+
+    return HAPROXY.url()
 
 
 class BridgeService(Service):
-    name = "bridge"
-    needs = ("keycloak", "samba", "rsyslog", "redis")
+    """One bridge instance.  ``first`` is None for the first instance; the second shares its
+    secrets, signing-key encryption key, audit checkpoint key and database, and starts after it
+    (the first migrates the store and creates the first signing key)."""
+
+    def __init__(self, name: str = "bridge", first: BridgeService | None = None) -> None:
+        self.name = name
+        self.first = first
+        self.needs = ("keycloak", "samba", "rsyslog", "redis", "postgres", *((first.name,) if first else ()))
+
+    @property
+    def shared_dir(self) -> Path:
+        """Files every instance shares (the SQLite store, the checkpoint key, the audit archive)."""
+        return self.first.dir if self.first else self.dir
 
     @property
     def config_file(self) -> Path:
@@ -54,8 +93,15 @@ class BridgeService(Service):
         path.write_text(str(port))
         return port
 
-    def url(self) -> str:
+    def own_url(self) -> str:
+        """This instance itself (health checks, the failover benchmark's direct probes)."""
         return f"https://127.0.0.1:{self.port()}"
+
+    def url(self) -> str:
+        """The public URL: HAProxy's when it fronts the instances, else the first instance's."""
+        if fronted():
+            return front_url()
+        return self.first.own_url() if self.first else self.own_url()
 
     def stop(self) -> bool:
         stopped = super().stop()
@@ -70,10 +116,31 @@ class BridgeService(Service):
         path.chmod(0o600)
         return str(path)
 
+    def store_url(self, ctx: StackContext) -> str:
+        """PostgreSQL when it is part of the stack (the password in a 0600 libpq passfile, never in
+        the configuration or a command line), else a SQLite file."""
+        pg = ctx.info.get("postgres")
+        if not pg or not pg.get("port"):
+            return f"sqlite:///{self.shared_dir / 'bridge.db'}"
+        from sqlalchemy.engine import URL
+
+        from bridge.devstack.postgres import DB_NAME, DB_USER
+
+        d = self.dir / "secrets"
+        d.mkdir(mode=0o700, exist_ok=True)
+        passfile = d / "pgpass"
+        password = ctx.secret(pg["password_secret"]).replace("\\", "\\\\").replace(":", "\\:")
+        passfile.write_text(f"{pg['host']}:{pg['port']}:{DB_NAME}:{DB_USER}:{password}\n")
+        passfile.chmod(0o600)
+        return URL.create(
+            "postgresql+psycopg2", username=DB_USER, host=str(pg["host"]), port=int(pg["port"]), database=DB_NAME,
+            query={"sslmode": "verify-full", "sslrootcert": str(pg["ca_file"]), "passfile": str(passfile)},
+        ).render_as_string(hide_password=False)
+
     def settings_dict(self, ctx: StackContext, port: int) -> dict[str, Any]:
         """The bridge configuration for this stack (a plain mapping, validated by load_config)."""
         info = ctx.info
-        url = f"https://127.0.0.1:{port}"
+        url = self.url()
         pair = issue("bridge")
         kc, samba, rsyslog = info.get("keycloak", {}), info.get("samba", {}), info.get("rsyslog", {})
         ca = str(ctx.ca_file)
@@ -111,20 +178,25 @@ class BridgeService(Service):
                 "policy_file": str(project_root() / "examples" / "policy.yaml"),
                 "targets": ["keycloak", "store"],
             },
-            "store": {"url": f"sqlite:///{self.dir / 'bridge.db'}"},
+            "store": {"url": self.store_url(ctx)},
             "audit": {
                 "spool_dir": str(self.dir / "audit-spool"),
-                "checkpoint_key_file": str(self.dir / "audit-checkpoint.key"),
-                "archive_dir": str(self.dir / "audit-archive"),
+                "checkpoint_key_file": str(self.shared_dir / "audit-checkpoint.key"),
+                "archive_dir": str(self.shared_dir / "audit-archive"),
                 "ingest_token_file": self._secret_file(ctx, AUDIT_INGEST_SECRET),
             },
         }
         if info.get("orthanc", {}).get("url"):
             data["pacs"]["orthanc_url"] = info["orthanc"]["url"]
         redis = info.get("redis", {})
+        web: dict[str, Any] = {}
         if redis.get("url"):  # shared rate limits across the workers (memory:// without it)
-            data["web"] = {"rate_limit_storage_url": redis["url"], "rate_limit_storage_ca_file": ca,
-                           "rate_limit_storage_password_file": self._secret_file(ctx, redis["password_secret"])}
+            web.update({"rate_limit_storage_url": redis["url"], "rate_limit_storage_ca_file": ca,
+                        "rate_limit_storage_password_file": self._secret_file(ctx, redis["password_secret"])})
+        if fronted():  # HAProxy appends the client's address: one trusted hop (rate limits, audit)
+            web["trusted_proxy_hops"] = 1
+        if web:
+            data["web"] = web
         if rsyslog.get("port"):
             data["audit"].update({"syslog_host": rsyslog["host"], "syslog_port": rsyslog["port"],
                                   "syslog_ca_file": rsyslog.get("ca_file", ca)})
@@ -154,26 +226,41 @@ class BridgeService(Service):
 
         b = load_config(self.config_file).bridge
         argv = gunicorn_argv(f"{b.listen_host}:{b.listen_port}", b.tls_cert_file, b.tls_key_file)
-        process.start(self.name, argv, env=gunicorn_env(self.config_file, self.metrics_dir), cwd=self.dir)
+        env = {**gunicorn_env(self.config_file, self.metrics_dir),
+               **{f"PACS_BRIDGE_FLASK_PACS_BRIDGE_RATE_{k}": v for k, v in DEV_RATE_LIMITS.items()}}
+        process.start(self.name, argv, env=env, cwd=self.dir)
+
+    def kill(self) -> None:
+        """SIGKILL the whole instance (master and workers), as a crash would; for fault tests."""
+        import signal
+
+        rec = process.load(self.name)
+        if rec is not None and rec.running():
+            os.killpg(rec.pgid, signal.SIGKILL)
+            process.wait_until(lambda: not rec.running(), what=f"{self.name} killed", timeout=10, interval=0.05)
 
     def wait_ready(self, ctx: StackContext) -> dict[str, Any]:
         from bridge.config import load_config
 
         settings = load_config(self.config_file)
-        url = settings.bridge.public_url
+        own = f"https://127.0.0.1:{settings.bridge.listen_port}"
         session = pinned_session(ctx.ca_file)
 
-        def ready() -> bool:
-            r = session.get(f"{url}/.well-known/oauth-authorization-server", timeout=3)
-            return r.status_code == 200
+        def ready() -> bool:  # this instance itself, not through HAProxy (which may not run yet)
+            return session.get(f"{own}/readyz", timeout=3).status_code == 200 and session.get(
+                f"{own}/.well-known/oauth-authorization-server", timeout=3).status_code == 200
 
-        process.wait_until(ready, what="bridge (gunicorn)", timeout=60, rec=process.load(self.name))
-        return {"url": url, "config": str(self.config_file), "store_url": settings.store.url,
+        process.wait_until(ready, what=f"{self.name} (gunicorn)", timeout=60, rec=process.load(self.name))
+        return {"url": settings.bridge.public_url, "instance_url": own, "config": str(self.config_file),
+                "store_url": settings.store.url,
                 "tools_client_id": "pacs-tools", "tools_client_secret": TOOLS_CLIENT_SECRET,
                 "audit_ingest_secret": AUDIT_INGEST_SECRET}
 
     def seed(self, ctx: StackContext) -> None:
-        """One full sync, so the demo's roles exist before anybody logs in."""
+        """One full sync, so the demo's roles exist before anybody logs in (by the first instance:
+        they share the database)."""
+        if self.first is not None:
+            return
         from bridge.config import load_config
         from bridge.sync.factory import build_runner
 
@@ -183,15 +270,18 @@ class BridgeService(Service):
         (self.dir / "first-sync.json").write_text(yaml.safe_dump(counts))
 
 
-def gunicorn_argv(bind: str, cert: Path | None, key: Path | None, *, workers: int = WORKERS) -> list[str]:
+def gunicorn_argv(bind: str, cert: Path | None, key: Path | None, *, workers: int = WORKERS,
+                  threads: int = THREADS) -> list[str]:
     """How the bridge runs under gunicorn (also what a site's unit file does): TLS, the hooks of
-    bridge/web/gunicorn_conf.py (metrics across workers), an access log with the worker pid and
-    without the query string (no code or token ever lands in a log)."""
+    bridge/web/gunicorn_conf.py (metrics across workers), gthread workers (one serves another
+    request while a thread waits on the database or Keycloak), an access log with the worker pid,
+    the X-Forwarded-For chain a proxy passes on, and without the query string (no code or token
+    ever lands in a log)."""
     gunicorn = Path(sys.executable).with_name("gunicorn")
     return [str(gunicorn), "--config", "python:bridge.web.gunicorn_conf", "--no-control-socket",
-            "--workers", str(workers), "--bind", bind, "--certfile", str(cert), "--keyfile", str(key),
-            "--access-logfile", "-", "--access-logformat", '%(h)s %(p)s "%(m)s %(U)s" %(s)s %(M)sms',
-            "bridge.web.wsgi:app"]
+            "--workers", str(workers), "--threads", str(threads), "--bind", bind, "--certfile", str(cert),
+            "--keyfile", str(key), "--access-logfile", "-", "--access-logformat",
+            '%(h)s %(p)s "%(m)s %(U)s" %(s)s %(M)sms xff=%({x-forwarded-for}i)s', "bridge.web.wsgi:app"]
 
 
 def gunicorn_env(config_file: Path, metrics_dir: Path) -> dict[str, str]:
@@ -201,3 +291,6 @@ def gunicorn_env(config_file: Path, metrics_dir: Path) -> dict[str, str]:
 
 
 SERVICE = BridgeService()
+#: the second instance (service name ``bridge2``; see bridge/devstack/stack.py)
+SECOND = BridgeService("bridge2", first=SERVICE)
+INSTANCES = (SERVICE, SECOND)

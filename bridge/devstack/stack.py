@@ -19,13 +19,16 @@ from bridge.devstack.service import Service, StackContext
 from bridge.devstack.tls import ensure_ca
 
 #: every service, in start order (each module defines `SERVICE`)
-ALL = ("keycloak", "samba", "slapd", "redis", "bridge", "orthanc", "scim", "postgres", "rsyslog")
+ALL = ("keycloak", "samba", "slapd", "redis", "bridge", "bridge2", "haproxy", "orthanc", "scim", "postgres", "rsyslog")
+#: services that are not their module's `SERVICE`: name -> (module, attribute)
+_DEFINED_IN = {"bridge2": ("bridge", "SECOND")}
 
 
 def service(name: str) -> Service:
     if name not in ALL:
         raise DevstackError(f"unknown dev stack service {name!r}; known: {', '.join(ALL)}")
-    return importlib.import_module(f"bridge.devstack.{name}").SERVICE
+    module, attr = _DEFINED_IN.get(name, (name, "SERVICE"))
+    return getattr(importlib.import_module(f"bridge.devstack.{module}"), attr)  # type: ignore[no-any-return]
 
 
 def _selected(names: Iterable[str] | None) -> list[Service]:
@@ -41,6 +44,10 @@ def up(names: Iterable[str] | None = None, *, seed: bool = True, owner: str = "c
     ctx = StackContext(ca_file=ensure_ca())
     ctx.info.update(state.read_stack())
     ctx.info["ca"] = {"file": str(ctx.ca_file)}
+    # which services make up this stack, before anything starts: the bridge's public URL is
+    # HAProxy's only when HAProxy runs (bridge/devstack/bridge.py), and Keycloak needs it first
+    if not any(s.running() for s in services):
+        state.update_stack("selection", {"services": [s.name for s in services]})
 
     packages = sorted({p for s in services for p in s.apt_packages})
     if packages:
@@ -119,6 +126,7 @@ def down(names: Iterable[str] | None = None, *, owner: str | None = None,
         data.pop(s.name, None)
     if not any(service(n).running() for n in ALL):
         data.pop("owner", None)
+        data.pop("selection", None)
     state.write_stack(data)
 
 

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,7 +73,9 @@ class SyncRunner:
                  full_sync_every: int = 60, lock_ttl: float = 900.0):
         self.reader, self.policy, self.targets, self.engine = reader, policy, targets, engine
         self.thresholds, self.audit, self.revoke_subject = thresholds or Thresholds(), audit, revoke_subject
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        # host and pid for the operator; the random part keeps two runners in one process (or two
+        # containers that share a hostname and pid 1) apart, else each "renews" the other's lease
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.full_sync_every, self.lock_ttl = full_sync_every, lock_ttl
         self.previous: DirectorySnapshot | None = None
         self.runs = 0
@@ -126,14 +129,21 @@ class SyncRunner:
         if apply and not lease.acquire(self.engine, LOCK_NAME, self.owner, self.lock_ttl):
             holder = lease.holder(self.engine, LOCK_NAME)
             return RunReport("locked", mode, errors=[{"error": f"another sync holds the lock: {holder}"}])
-        try:
+        if not apply:
             return self._run(apply, allow_deletes, full, mode, t0, progress, step)
+        # a run may outlast the lease (a slow directory, thousands of Keycloak calls): keep renewing
+        # it, so that another replica never starts a second run next to this one
+        keeper = lease.Keeper(self.engine, LOCK_NAME, self.owner, self.lock_ttl)
+        try:
+            with keeper:
+                report = self._run(apply, allow_deletes, full, mode, t0, progress, step, keeper)
+            return report
         finally:
-            if apply:
-                lease.release(self.engine, LOCK_NAME, self.owner)
+            lease.release(self.engine, LOCK_NAME, self.owner)
 
     def _run(self, apply: bool, allow_deletes: bool, full: bool, mode: str, t0: float,
-             progress: Callable[[str], None] | None, step: Callable[[int], None] | None) -> RunReport:
+             progress: Callable[[str], None] | None, step: Callable[[int], None] | None,
+             keeper: lease.Keeper | None = None) -> RunReport:
         with session(self.engine) as s:
             row = SyncRun(status="running", mode=mode, owner=self.owner, counts={}, errors=[])
             s.add(row)
@@ -171,6 +181,11 @@ class SyncRunner:
             return report
         finally:
             report.duration = time.monotonic() - t0
+            if keeper is not None and keeper.lost:
+                report.errors.append({"error": "the sync lease was lost during the run (stalled longer "
+                                               "than sync lock ttl); another replica may have run too"})
+                if report.status == "ok":
+                    report.status = "partial"
             self._finish(report, apply)
 
     def _apply(self, report: RunReport, desired: DesiredState, plan: Plan,

@@ -4,16 +4,29 @@
 request would serialise every worker on the chain head.  Events are queued and appended in
 batches (``AuditStore.append_many``) by a daemon thread every ``flush_seconds``; at exit the
 queue is flushed.
+
+With ``journal_dir`` an answered exchange's event also survives a crash of the process (SIGKILL,
+OOM): each event is appended to a per-process journal file before ``/token`` answers (one
+``write``, no fsync: the page cache outlives the process), and the file is deleted once its
+events are in the store.  A live process holds an ``flock`` on its file; files nobody holds are
+left by dead processes and are replayed at start-up (events already stored are skipped by
+``event_id``).  A power cut can still lose the last ones; the syslog copy does not cover those.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
+import json
 import logging
+import os
 import queue
 import threading
+import time
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from bridge.audit.codes import AuditEventType, Outcome
 from bridge.audit.events import Actor, AuditEvent, ParticipantObject, token, user
@@ -40,29 +53,126 @@ def to_event(kind: AuditEventType, details: Mapping[str, Any], issuer: str) -> A
     return AuditEvent(type=kind, outcome=_FAILURES.get(kind), actor=actor, objects=tuple(objects), details=extra)
 
 
+class Journal:
+    """The crash journal of one process (see the module docstring): segments ``<pid>-<ns>.jsonl``."""
+
+    def __init__(self, directory: Path):
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.dir = directory
+        self._file: IO[str] = self._open()
+        #: segments rotated out whose events may not be in the store yet (kept open: locked)
+        self.pending: list[IO[str]] = []
+        #: orphan segments being replayed (locked by us meanwhile)
+        self._replaying: list[IO[str]] = []
+
+    def _open(self) -> IO[str]:
+        fh = open(self.dir / f"{os.getpid()}-{time.time_ns()}.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "alive": nobody replays it
+        return fh
+
+    def write(self, event: AuditEvent) -> None:
+        self._file.write(json.dumps(event.to_dict(), separators=(",", ":")) + "\n")
+        self._file.flush()
+
+    def rotate(self) -> None:
+        """Start a new segment; the current one waits in ``pending`` until :meth:`committed`."""
+        self.pending.append(self._file)
+        self._file = self._open()
+
+    def committed(self) -> None:
+        """Every event of the pending segments is in the store: delete them."""
+        for fh in self.pending:
+            with contextlib.suppress(OSError):
+                os.unlink(fh.name)
+            fh.close()
+        self.pending = []
+
+    def orphans(self) -> list[tuple[Path, list[AuditEvent]]]:
+        """Segments of dead processes (no lock on them) and their events; each is locked now, so
+        one replayer takes it; :meth:`forget` deletes it after the replay."""
+        out = []
+        for path in sorted(self.dir.glob("*.jsonl")):
+            try:
+                fh = open(path, encoding="utf-8")  # noqa: SIM115 - kept open (locked) until forget
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # gone, or a live process holds it (ours included)
+            events = []
+            for line in fh.read().splitlines():
+                with contextlib.suppress(ValueError, KeyError, TypeError):  # a torn last line
+                    events.append(AuditEvent.from_dict(json.loads(line)))
+            self._replaying.append(fh)
+            out.append((path, events))
+        return out
+
+    def forget(self, *, delete: bool = True) -> None:
+        """Done with the orphans: delete them (replayed) or just unlock them (replay failed)."""
+        for fh in self._replaying:
+            if delete:
+                with contextlib.suppress(OSError):
+                    os.unlink(fh.name)
+            fh.close()
+        self._replaying = []
+
+
 class BufferedAuditSink:
     """Callable sink ``(kind, details)`` for :class:`bridge.tokens.service.TokenService`."""
 
-    def __init__(self, store: Any, issuer: str, flush_seconds: float = 0.25, max_batch: int = 500):
+    def __init__(self, store: Any, issuer: str, flush_seconds: float = 0.25, max_batch: int = 500,
+                 journal_dir: Path | None = None):
         self.store = store
         self.issuer = issuer
         self.flush_seconds = flush_seconds
         self.max_batch = max_batch
         self._queue: queue.Queue[AuditEvent] = queue.Queue()
+        self._lock = threading.Lock()  # journal line and queue entry go together
+        self.journal = Journal(journal_dir) if journal_dir is not None else None
+        #: set once the start-up replay of dead processes' journals is done (or failed)
+        self.replayed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="audit-flush", daemon=True)
         self._thread.start()
         atexit.register(self.flush)
 
     def __call__(self, kind: AuditEventType, details: Mapping[str, Any]) -> None:
-        self._queue.put(to_event(kind, details, self.issuer))
+        event = to_event(kind, details, self.issuer)
+        if self.journal is None:
+            self._queue.put(event)
+            return
+        with self._lock:
+            self.journal.write(event)
+            self._queue.put(event)
+
+    def replay(self) -> int:
+        """Append the events that dead processes journaled but did not store; how many."""
+        if self.journal is None:
+            return 0
+        from sqlalchemy import select
+
+        from bridge.store.models import AuditEventRow
+
+        orphans = self.journal.orphans()
+        events = [e for _, evs in orphans for e in evs]
+        if events:
+            with self.store.engine.connect() as conn:
+                known = set(conn.execute(select(AuditEventRow.event_id).where(
+                    AuditEventRow.event_id.in_([e.event_id for e in events]))).scalars())
+            fresh = [e for e in events if e.event_id not in known]
+            self.store.append_many(fresh)
+            log.warning("audit: replayed %d token events journaled by stopped processes (%d were stored)",
+                        len(fresh), len(events) - len(fresh))
+        self.journal.forget()
+        return len(events)
 
     def flush(self) -> int:
         batch: list[AuditEvent] = []
-        while len(batch) < self.max_batch:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
+        with self._lock:
+            if self.journal is not None and not self._queue.empty():
+                self.journal.rotate()  # everything queued so far is in the rotated segments
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
         if batch:
             try:
                 self.store.append_many(batch)
@@ -71,10 +181,21 @@ class BufferedAuditSink:
                 for ev in batch:
                     self._queue.put(ev)
                 return 0
+        if self.journal is not None and self._queue.empty():
+            with self._lock:
+                if self._queue.empty():
+                    self.journal.committed()
         return len(batch)
 
     def _run(self) -> None:
         stop = threading.Event()
+        try:
+            self.replay()
+        except Exception:  # the store is down: the orphans stay for the next start
+            log.exception("audit: replaying journaled token events failed")
+            if self.journal is not None:
+                self.journal.forget(delete=False)
+        self.replayed.set()
         while not stop.wait(self.flush_seconds):
             while self.flush() >= self.max_batch:
                 pass

@@ -74,11 +74,14 @@ class OAuthError(OAuth2Error):
         super().__init__(description=exc.description, status_code=exc.status)
         self.error = exc.error
         self._www = exc.www_authenticate
+        self._retry_after = exc.retry_after
 
     def get_headers(self) -> list[tuple[str, str]]:
         headers = list(super().get_headers())
         if self._www:
             headers.append(("WWW-Authenticate", self._www))
+        if self._retry_after is not None:
+            headers.append(("Retry-After", str(self._retry_after)))
         return headers
 
 

@@ -50,12 +50,23 @@ AuditSink = Callable[[AuditEventType, Mapping[str, Any]], None]
 class TokenServiceError(Exception):
     """An OAuth error for the client: ``error`` code, HTTP status, optional WWW-Authenticate."""
 
-    def __init__(self, error: str, description: str, status: int = 400, www_authenticate: str | None = None):
+    def __init__(self, error: str, description: str, status: int = 400, www_authenticate: str | None = None,
+                 retry_after: int | None = None):
         super().__init__(description)
         self.error = error
         self.description = description
         self.status = status
         self.www_authenticate = www_authenticate
+        self.retry_after = retry_after
+
+
+class KeycloakUnavailable(Exception):
+    """Keycloak's keys are needed and Keycloak cannot be reached: a 503 for the client, not a verdict
+    on its token (``invalid_grant`` would tell a viewer to log in again, which cannot help)."""
+
+    def __init__(self, retry_after: int):
+        super().__init__("Keycloak is unreachable")
+        self.retry_after = retry_after
 
 
 def https_fetch(ca_file: str | None, timeout: float = 5.0) -> Fetch:
@@ -113,8 +124,27 @@ class KeycloakTokenValidator:
     ):
         self.settings = settings
         self.clock = clock
-        self.keys = JwksCache(settings.jwks_url, fetch, settings.algorithms, min_refresh_seconds=10, clock=clock)
+        #: whether the last JWKS fetch failed (Keycloak down, or answering something that is no JWKS)
+        self.unreachable = False
+        self.keys = JwksCache(settings.jwks_url, self._fetch_jwks(fetch), settings.algorithms,
+                              min_refresh_seconds=10, clock=clock)
         self.cache = VerifiedCache(cache_size, settings.leeway_seconds)
+
+    def _fetch_jwks(self, fetch: Fetch) -> Fetch:
+        """``fetch`` that records whether Keycloak answered with a key set (see :attr:`unreachable`)."""
+
+        def recording(url: str, body: bytes | None, headers: Mapping[str, str]) -> bytes:
+            try:
+                data = fetch(url, body, headers)
+                if not isinstance(json.loads(data).get("keys"), list):
+                    raise ValueError("not a JWKS")
+            except Exception:
+                self.unreachable = True
+                raise
+            self.unreachable = False
+            return data
+
+        return recording
 
     def validate(self, token: str) -> dict[str, Any]:
         s = self.settings
@@ -126,7 +156,14 @@ class KeycloakTokenValidator:
                 claims = hit.claims
             else:
                 header, claims, signing_input, signature = parse_jws(token)
-                check_signature(header, signing_input, signature, self.keys, s.algorithms)
+                try:
+                    check_signature(header, signing_input, signature, self.keys, s.algorithms)
+                except VerificationError:
+                    # a kid we could not look up because Keycloak is down says nothing about the token
+                    if self.unreachable and header.get("kid") not in self.keys._keys:
+                        wait = self.keys.min_refresh_seconds - (self.clock() - self.keys._attempt_at)
+                        raise KeycloakUnavailable(max(1, int(wait + 0.999))) from None
+                    raise
             check_claims(claims, s.issuer, s.audience, s.leeway_seconds, now, KEYCLOAK_REQUIRED_CLAIMS)
         except VerificationError as exc:
             raise VerificationError(f"subject token: {exc.reason}") from None
@@ -255,6 +292,9 @@ class TokenService:
             raise TokenServiceError("server_error", "token exchange is not configured", 500)
         try:
             kc = self.keycloak.validate(subject_token)
+        except KeycloakUnavailable as exc:
+            raise TokenServiceError("temporarily_unavailable", "the identity provider is unreachable; retry later",
+                                    503, retry_after=exc.retry_after) from None
         except VerificationError as exc:
             self.audit(AuditEventType.ACCESS_DENIED, {"client_id": client_id, "reason": exc.reason})
             raise TokenServiceError("invalid_grant", "subject token is not acceptable") from None

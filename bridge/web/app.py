@@ -25,7 +25,9 @@ def create_app(settings: Settings, *, config: dict[str, Any] | None = None, **se
     client.install_proxy_fix(app, settings.web)  # before anything reads request.remote_addr
     metrics.init_app(app, settings.web.metrics)
 
-    from bridge.web import audit_api, tokens
+    from bridge.web import audit_api, health, tokens
+
+    health.init_app(app)  # /readyz for the load balancer; database errors -> 503 + Retry-After
 
     audit_api.init_app(app, settings, store=services.get("audit_store"))  # the app's one audit store
     tokens.init_app(app, settings, service=services.get("token_service"))

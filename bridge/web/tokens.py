@@ -8,6 +8,7 @@ Every answer carrying a token or token data is ``Cache-Control: no-store``.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
@@ -80,7 +81,9 @@ def build_service(settings: Settings, audit_store: Any | None = None) -> TokenSe
         assignments=CachedAssignmentSource(SqlAssignmentSource(eng), settings.tokens.assignment_cache_seconds),
         revocations=SqlRevocationStore(eng),
         role_permissions=role_permissions(settings.sync.policy_file),
-        audit=BufferedAuditSink(audit_store or open_store(settings, eng), issuer),
+        # the journal keeps answered exchanges' events through a crash of the worker (auditing.py)
+        audit=BufferedAuditSink(audit_store or open_store(settings, eng), issuer,
+                                journal_dir=Path(settings.audit.spool_dir) / "token-journal"),
     )
 
 
