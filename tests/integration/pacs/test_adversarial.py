@@ -1,0 +1,134 @@
+"""Adversarial review of the Orthanc side, against the real Orthanc 1.10.1 + DICOMweb plugin + bridge plugin.
+
+Each test is one way around a department scope that worked before its fix:
+
+* the same StudyInstanceUID (or SOPInstanceUID) stored under two patients is two Orthanc studies; the
+  DICOMweb plugin answers with both, so the scope check must judge every copy, not the first found;
+* ``/{studies,series,instances}/{id}/patient`` answers with the *patient*, whose other studies (another
+  department's) it lists: it needs scope over every study of that patient, like ``/patients/{id}``;
+* the study resolver's cache must follow Orthanc: a study deleted and stored again under another
+  department, or a patient gaining a study of another department, must not be judged on the old answer.
+
+A Radiology-scoped token may see Radiology studies only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import pytest
+
+from bridge.devstack.pacs_double import dicom_instance
+from bridge.policy.permissions import Permission as P
+
+pytestmark = pytest.mark.integration
+ROOT = "1.2.826.0.1.3680043.10.1137.66"
+_n = itertools.count(int(time.time()) % 100000 * 100)
+
+
+def _store(pacs: Any, token: str, patient: str, study_uid: str, series: str, sop: str, dept: str,
+           name: str = "Adv^Test") -> dict[str, Any]:
+    data = dicom_instance(patient_id=patient, patient_name=name, study_uid=study_uid, series_uid=series,
+                          sop_uid=sop, department=dept, institution="Hospital Test")
+    resp = pacs.request("POST", "/instances", token, data=data, headers={"Content-Type": "application/dicom"})
+    assert resp.status_code == 200, resp.status_code
+    answer: dict[str, Any] = resp.json()
+    assert answer.get("ID"), answer  # stored, not discarded
+    return answer
+
+
+def _uid() -> str:
+    return f"{ROOT}.{next(_n)}"
+
+
+def _refused_or_without(resp: Any, secret: str) -> bool:
+    return resp.status_code in (403, 404) or (resp.status_code == 200 and secret not in resp.text)
+
+
+@pytest.fixture(scope="module")
+def admin(pacs: Any) -> str:
+    return pacs.bridge.token(list(P), subject="u-adv-admin", username="adv.admin")
+
+
+@pytest.fixture(scope="module")
+def rad(pacs: Any) -> str:
+    return pacs.bridge.token([P.VIEW, P.DOWNLOAD, P.UPLOAD], departments=["Radiology"], subject="u-adv-rad",
+                             username="adv.rad")
+
+
+def test_duplicate_study_uid_is_judged_on_every_copy(pacs: Any, studies: Any, admin: str, rad: str) -> None:
+    dup = _uid()
+    _store(pacs, admin, f"DUP-A-{dup[-6:]}", dup, f"{dup}.1", f"{dup}.1.1", "Radiology", "Dup^Visible")
+    _store(pacs, admin, f"DUP-B-{dup[-6:]}", dup, f"{dup}.2", f"{dup}.2.1", "Cardiology", "Dup^Secret")
+    for path in (f"/dicom-web/studies?StudyInstanceUID={dup}", f"/dicom-web/series?StudyInstanceUID={dup}",
+                 f"/dicom-web/instances?0020000D={dup}", f"/dicom-web/studies/{dup}/series",
+                 f"/dicom-web/studies/{dup}/instances", f"/dicom-web/studies/{dup}/metadata",
+                 f"/dicom-web/studies/{dup}/series/{dup}.2/metadata",
+                 f"/dicom-web/studies/{dup}/series/{dup}.2/instances/{dup}.2.1",
+                 f"/dicom-web/studies/{dup}/series/{dup}.2/instances/{dup}.2.1/frames/1"):
+        resp = pacs.get(path, rad)
+        assert _refused_or_without(resp, "Secret") and not (resp.status_code == 200 and b"DICM" in resp.content), \
+            (path, resp.status_code)
+
+
+def test_duplicate_sop_uid_is_judged_on_every_copy(pacs: Any, studies: Any, admin: str, rad: str) -> None:
+    visible, hidden = _uid(), _uid()
+    sop = f"{visible}.5.5"
+    _store(pacs, admin, f"SOP-A-{visible[-6:]}", visible, f"{visible}.1", sop, "Radiology")
+    _store(pacs, admin, f"SOP-B-{hidden[-6:]}", hidden, f"{hidden}.1", sop, "Cardiology", "Sop^Secret")
+    path = (f"/wado?requestType=WADO&studyUID={hidden}&seriesUID={hidden}.1&objectUID={sop}"
+            "&contentType=application/dicom")
+    resp = pacs.get(path, rad)
+    assert resp.status_code in (403, 404) and b"Secret" not in resp.content, resp.status_code
+
+
+def test_patient_of_an_own_study_needs_scope_over_the_whole_patient(pacs: Any, studies: Any, rad: str) -> None:
+    """A scoped uploader files an in-scope study under another department's PatientID (Orthanc merges it into
+    that patient); the patient resource, reached through the own study, must stay refused."""
+    uid = _uid()
+    mine = _store(pacs, rad, "P-002", uid, f"{uid}.1", f"{uid}.1.1", "Radiology", "Guess^Who")
+    cardiology_study = studies["P-002"]["study"]
+    assert mine["ParentPatient"] == studies["P-002"]["patient"]  # merged into the Cardiology patient
+    assert pacs.get(f"/studies/{mine['ParentStudy']}", rad).status_code == 200  # the own study stays visible
+    for path in (f"/studies/{mine['ParentStudy']}/patient", f"/series/{mine['ParentSeries']}/patient",
+                 f"/instances/{mine['ID']}/patient", f"/studies/{mine['ParentStudy']}/patient/",
+                 f"/patients/{mine['ParentPatient']}", f"/patients/{mine['ParentPatient']}/studies"):
+        resp = pacs.get(path, rad)
+        assert resp.status_code == 403 and cardiology_study not in resp.text, (path, resp.status_code)
+
+
+def _eventually_refused(pacs: Any, path: str, token: str, timeout: float = 3.0) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = pacs.get(path, token).status_code
+        if status == 403 or time.monotonic() > deadline:
+            return int(status)
+        time.sleep(0.2)
+
+
+def test_cached_scope_follows_a_study_stored_again_in_another_department(pacs: Any, studies: Any, admin: str,
+                                                                          rad: str) -> None:
+    uid = _uid()
+    first = _store(pacs, admin, f"CACHE-{uid[-6:]}", uid, f"{uid}.1", f"{uid}.1.1", "Radiology")
+    for path in (f"/studies/{first['ParentStudy']}", f"/instances/{first['ID']}/simplified-tags",
+                 f"/dicom-web/studies/{uid}/metadata"):
+        assert pacs.get(path, rad).status_code == 200, path  # now in the resolver's cache
+    assert pacs.request("DELETE", f"/studies/{first['ParentStudy']}", admin).status_code == 200
+    again = _store(pacs, admin, f"CACHE-{uid[-6:]}", uid, f"{uid}.1", f"{uid}.1.1", "Cardiology", "Cache^Secret")
+    assert again["ParentStudy"] == first["ParentStudy"]  # same Orthanc ids: only the department changed
+    for path in (f"/studies/{again['ParentStudy']}", f"/instances/{again['ID']}/simplified-tags",
+                 f"/dicom-web/studies/{uid}/metadata"):
+        assert _eventually_refused(pacs, path, rad) == 403, path
+
+
+def test_cached_patient_follows_a_new_study_of_another_department(pacs: Any, studies: Any, admin: str,
+                                                                  rad: str) -> None:
+    own, other = _uid(), _uid()
+    patient = f"PAT-{own[-6:]}"
+    first = _store(pacs, admin, patient, own, f"{own}.1", f"{own}.1.1", "Radiology")
+    assert pacs.get(f"/patients/{first['ParentPatient']}/studies", rad).status_code == 200  # cached: one study
+    _store(pacs, admin, patient, other, f"{other}.1", f"{other}.1.1", "Cardiology", "Later^Secret")
+    for path in (f"/patients/{first['ParentPatient']}/studies", f"/patients/{first['ParentPatient']}"):
+        assert _eventually_refused(pacs, path, rad) == 403, path
