@@ -161,6 +161,13 @@ class Gate:
             self.audit.record("allow", claims, verb, uri, ip, permission, verdict.reason, target, studies)
         return True
 
+    # ------------------------------------------------------------------ Orthanc's changes
+
+    def changed(self, change: str) -> None:
+        """Orthanc reported a change (``deleted``, ``new-study``; others are ignored): the study
+        resolver drops what it may no longer know (:meth:`bridge.pacs.scopes.StudyResolver.changed`)."""
+        self.resolver.changed(change)
+
     # ------------------------------------------------------------------ instances being stored
 
     def admit_instance(self, origin: str, tags: Callable[[], Mapping[str, Any]]) -> bool:

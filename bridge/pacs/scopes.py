@@ -46,7 +46,7 @@ class StudyInfo:
 class Target:
     """The resource a request names: an Orthanc level + id, or a DICOMweb StudyInstanceUID."""
 
-    level: str  # patients | studies | series | instances | study-uid | instance-uid
+    level: str  # patients | studies | series | instances | study-uid | instance-uid | patient-of-<level>
     key: str
 
 
@@ -64,6 +64,10 @@ class Named:
 
 
 NOTHING = Named()
+#: target level prefix: the patient of a study/series/instance (``/studies/{id}/patient``)
+PATIENT_OF = "patient-of-"
+#: cache keys whose answer changes when a study is added: a patient gains it, a UID gains a copy
+_GROWING = ("patients/", PATIENT_OF, "study-uid/", "instance-uid/")
 #: a DICOM UID (PS3.5 9.1): digits and dots, at most 64 characters; anything else (wildcards ``*``/``?``,
 #: ranges, spaces, ``+``) is no UID, so a UID-list value containing it is refused for scoped tokens
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
@@ -123,6 +127,9 @@ def targets_of(path: str, query: Mapping[str, str] | None = None) -> Named:
     parts = path.split("?", 1)[0].split("/")
     # ['', 'studies', '<id>', ...]
     if len(parts) >= 3 and parts[1] in LEVELS and parts[2]:
+        if len(parts) >= 4 and parts[3] == "patient" and parts[1] != "patients":
+            # the answer is the patient, listing all its studies: judged like /patients/{id}
+            return Named((Target(PATIENT_OF + parts[1], parts[2]),))
         return Named((Target(parts[1], parts[2]),))
     if len(parts) >= 2 and parts[1] == "dicom-web":
         if len(parts) >= 4 and parts[2] == "studies" and parts[3]:
@@ -265,6 +272,7 @@ class StudyResolver:
         self.clock = clock
         self._studies: dict[str, tuple[float, list[StudyInfo]]] = {}
         self._lock = threading.Lock()
+        self._generation = 0  # bumped by every change: a lookup that raced one is not cached
         self.lookups = 0
 
     def cached(self, target: Target) -> list[StudyInfo] | None:
@@ -283,6 +291,7 @@ class StudyResolver:
         hit = self.cached(target)
         if hit is not None:
             return hit
+        generation = self._generation
         try:
             found = self._resolve(target)
         except Exception:
@@ -291,6 +300,8 @@ class StudyResolver:
             found = []
         if found:
             with self._lock:
+                if generation != self._generation:  # Orthanc changed while we looked: answer, don't keep
+                    return found
                 if len(self._studies) >= self.max_entries:
                     self._studies.clear()
                 self._studies[target.level + "/" + target.key] = (self.clock() + self.ttl, found)
@@ -299,16 +310,39 @@ class StudyResolver:
     def forget(self, target: Target) -> None:
         self._studies.pop(target.level + "/" + target.key, None)
 
+    def changed(self, change: str) -> None:
+        """Follow a change Orthanc reports (its on-change callback), so no decision rests on an old answer.
+
+        * ``deleted`` (any level): everything goes.  A study deleted and stored again under another
+          department gets the very same Orthanc ids, so a cached department would outlive it.
+        * ``new-study``: the answers that grow with a new study go (a patient's studies, the copies of
+          a UID); a study/series/instance id keeps its study while it exists, so those stay.
+        """
+        with self._lock:
+            self._generation += 1
+            if change == "deleted":
+                self._studies.clear()
+            elif change == "new-study":
+                for key in [k for k in self._studies if k.startswith(_GROWING)]:
+                    self._studies.pop(key, None)
+
     def _resolve(self, target: Target) -> list[StudyInfo]:
         self.lookups += 1
+        # a UID may be stored under several patients (Orthanc ids hash PatientID + UIDs), and the
+        # DICOMweb plugin answers with every copy: all of them are judged, never the first found
         if target.level == "study-uid":
             answer = _json(self.rest_post("/tools/lookup", target.key))
-            ids = [a["ID"] for a in answer if a.get("Type") == "Study"]
-            return [self._study(i) for i in ids[:1]]
+            return [self._study(a["ID"]) for a in answer if a.get("Type") == "Study"]
         if target.level == "instance-uid":
             answer = _json(self.rest_post("/tools/lookup", target.key))
-            ids = [a["ID"] for a in answer if a.get("Type") == "Instance"]
-            return self.studies(Target("instances", ids[0])) if ids else []
+            out = []
+            for a in answer:
+                if a.get("Type") == "Instance":
+                    out.extend(self.studies(Target("instances", a["ID"])))
+            return out
+        if target.level.startswith(PATIENT_OF):
+            patient = _json(self.rest_get(f"/{target.level.removeprefix(PATIENT_OF)}/{target.key}/patient"))
+            return self.studies(Target("patients", patient["ID"]))
         if target.level == "studies":
             return [self._study(target.key)]
         if target.level == "series":
