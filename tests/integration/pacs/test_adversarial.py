@@ -132,3 +132,26 @@ def test_cached_patient_follows_a_new_study_of_another_department(pacs: Any, stu
     _store(pacs, admin, patient, other, f"{other}.1", f"{other}.1.1", "Cardiology", "Later^Secret")
     for path in (f"/patients/{first['ParentPatient']}/studies", f"/patients/{first['ParentPatient']}"):
         assert _eventually_refused(pacs, path, rad) == 403, path
+
+
+def test_create_dicom_cannot_copy_another_departments_patient(pacs: Any, studies: Any, admin: str,
+                                                              rad: str) -> None:
+    """``/tools/create-dicom`` with ``Parent`` = a patient makes Orthanc copy that patient's tags (name, birth
+    date ...) from one of its instances into a new study: an in-scope department tag must not let a scoped
+    uploader read another department's patient that way (the patient's Orthanc id is a hash of its PatientID)."""
+    uid = _uid()
+    theirs = _store(pacs, admin, f"CD-{uid[-6:]}", uid, f"{uid}.1", f"{uid}.1.1", "Cardiology", "Secret^Name")
+    in_scope = {"InstitutionalDepartmentName": "Radiology", "InstitutionName": "Hospital Test"}
+    for parent in (theirs["ParentPatient"], theirs["ParentStudy"], theirs["ParentSeries"]):
+        resp = pacs.request("POST", "/tools/create-dicom", rad, json={"Parent": parent, "Tags": in_scope})
+        created = resp.json().get("ID") if resp.status_code == 200 else None
+        if created:
+            tags = pacs.get(f"/instances/{created}/simplified-tags", rad)
+            assert "Secret^Name" not in tags.text, (parent, "leaked")
+        assert not created, (parent, resp.status_code, resp.text[:200])
+    # a patient of the token's own department may still get new instances
+    mine = _uid()
+    own = _store(pacs, admin, f"CD-{mine[-6:]}", mine, f"{mine}.1", f"{mine}.1.1", "Radiology", "Own^Name")
+    resp = pacs.request("POST", "/tools/create-dicom", rad, json={"Parent": own["ParentPatient"], "Tags": in_scope})
+    assert resp.status_code == 200 and resp.json().get("ID"), resp.text[:200]
+    assert "Own^Name" in pacs.get(f"/instances/{resp.json()['ID']}/simplified-tags", rad).text
