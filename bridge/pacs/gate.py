@@ -45,6 +45,9 @@ METHODS: dict[int, str] = {1: "GET", 2: "POST", 3: "PUT", 4: "DELETE"}
 SCOPE_FREE = frozenset({"upload", "settings", "admin", "audit-logs"})
 #: permissions whose study must be resolved *before* the request runs (it may be gone after)
 RESOLVE_FIRST = frozenset({"delete", "modify", "anonymize", "send"})
+#: upload routes whose body may make Orthanc copy *stored* data into the new instance (create-dicom's
+#: ``Parent``): a scoped upload there needs scope over the whole patient the instance lands in
+COPYING_UPLOADS = frozenset({"/tools/create-dicom"})
 NO_REVOCATION_REASON = "plugin configuration has no revocation_url: every request is denied"
 SCOPED_LIST_REASON = (
     "scoped token: a request across studies (list, query, bulk tool) cannot be filtered by "
@@ -202,7 +205,9 @@ class Gate:
         existing = self.resolver.studies(scopes.Target("study-uid", instance.study_uid), strict=True) \
             if instance.study_uid else []
         if context is not None:
-            ok, reason = scopes.upload_allowed(context.claims, instance, existing)
+            patient = self.resolver.studies(scopes.Target("patient-id", instance.patient_id), strict=True) \
+                if instance.patient_id and context.uri.rstrip("/") in COPYING_UPLOADS else None
+            ok, reason = scopes.upload_allowed(context.claims, instance, existing, patient)
         else:
             ok, reason = scopes.joins_consistently(instance, existing)
         if not ok:

@@ -46,7 +46,7 @@ class StudyInfo:
 class Target:
     """The resource a request names: an Orthanc level + id, or a DICOMweb StudyInstanceUID."""
 
-    level: str  # patients | studies | series | instances | study-uid | instance-uid | patient-of-<level>
+    level: str  # patients | studies | series | instances | study-uid | instance-uid | patient-id | patient-of-<level>
     key: str
 
 
@@ -67,7 +67,7 @@ NOTHING = Named()
 #: target level prefix: the patient of a study/series/instance (``/studies/{id}/patient``)
 PATIENT_OF = "patient-of-"
 #: cache keys whose answer changes when a study is added: a patient gains it, a UID gains a copy
-_GROWING = ("patients/", PATIENT_OF, "study-uid/", "instance-uid/")
+_GROWING = ("patients/", PATIENT_OF, "patient-id/", "study-uid/", "instance-uid/")
 #: a DICOM UID (PS3.5 9.1): digits and dots, at most 64 characters; anything else (wildcards ``*``/``?``,
 #: ranges, spaces, ``+``) is no UID, so a UID-list value containing it is refused for scoped tokens
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
@@ -215,12 +215,18 @@ def instance_info(tags: Mapping[str, Any]) -> StudyInfo:
                      department=text("InstitutionalDepartmentName"), institution=text("InstitutionName"))
 
 
-def upload_allowed(claims: Mapping[str, Any], instance: StudyInfo, existing: list[StudyInfo]) -> tuple[bool, str]:
-    """May this token store ``instance``?  ``existing``: the stored study its StudyInstanceUID names.
+def upload_allowed(
+    claims: Mapping[str, Any], instance: StudyInfo, existing: list[StudyInfo], patient: list[StudyInfo] | None = None
+) -> tuple[bool, str]:
+    """May this token store ``instance``?  ``existing``: the stored study its StudyInstanceUID names;
+    ``patient``: for an upload that copies stored data (``/tools/create-dicom`` with a ``Parent``), every
+    study of the existing patient its PatientID names.
 
     Why both checks: Orthanc files an instance under the study its StudyInstanceUID names, whatever
     department the instance itself claims, so an in-scope department tag is not enough; and a new
-    study must itself be in scope, or the uploader could create studies it may not see.
+    study must itself be in scope, or the uploader could create studies it may not see.  Why the
+    patient: create-dicom copies the patient's tags (name, birth date ...) from one of its stored
+    instances into the new one, which the uploader may then read.
     """
     if not is_scoped(claims):
         return True, "unscoped"
@@ -231,6 +237,10 @@ def upload_allowed(claims: Mapping[str, Any], instance: StudyInfo, existing: lis
         ok, why = allowed(claims, study)
         if not ok:
             return False, "upload: the instance would join an existing study outside the token's scope"
+    for study in patient or ():
+        ok, why = allowed(claims, study)
+        if not ok:
+            return False, "upload: the instance copies a patient who has studies outside the token's scope"
     return True, "in scope"
 
 
@@ -339,6 +349,13 @@ class StudyResolver:
             for a in answer:
                 if a.get("Type") == "Instance":
                     out.extend(self.studies(Target("instances", a["ID"])))
+            return out
+        if target.level == "patient-id":
+            answer = _json(self.rest_post("/tools/lookup", target.key))
+            out = []
+            for a in answer:
+                if a.get("Type") == "Patient":
+                    out.extend(self.studies(Target("patients", a["ID"])))
             return out
         if target.level.startswith(PATIENT_OF):
             patient = _json(self.rest_get(f"/{target.level.removeprefix(PATIENT_OF)}/{target.key}/patient"))

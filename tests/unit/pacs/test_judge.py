@@ -189,3 +189,35 @@ def test_failed_study_lookup_never_reads_as_a_new_study(gate: Gate, bridge: Fake
     # ... while the request path stays fail-closed with []: a scoped QIDO is denied
     assert not judge(SCOPED, "GET", "/dicom-web/studies", {"StudyInstanceUID": "1.2.1"},
                      gate.resolver.studies).allow
+
+
+def test_create_dicom_needs_scope_over_the_patient_it_copies(gate: Gate, bridge: FakeBridge) -> None:
+    """create-dicom's ``Parent`` copies a stored patient's tags into the new instance: a scoped token needs
+    every study of that patient in scope there (POST /instances keeps joining a shared patient)."""
+    lookup, get = gate.resolver.rest_post, gate.resolver.rest_get
+    patients = {"P-2": ["s-card"], "P-1": ["s-rad"]}
+
+    def rest_post(uri: str, body: str) -> str:
+        if body in patients:
+            return json.dumps([{"ID": "pat-" + body, "Type": "Patient"}])
+        return str(lookup(uri, body))
+
+    def rest_get(uri: str) -> str:
+        if uri.startswith("/patients/pat-"):
+            return json.dumps({"Studies": patients[uri.removeprefix("/patients/pat-")]})
+        return str(get(uri))
+
+    gate.resolver.rest_post, gate.resolver.rest_get = rest_post, rest_get
+    token = bridge.token(permissions=["upload"], scopes={"departments": ["Radiology"], "institutions": []})
+    new_study = {"StudyInstanceUID": "1.9.9", "InstitutionalDepartmentName": "Radiology",
+                 "InstitutionName": "Hospital"}
+    for uri in ("/tools/create-dicom", "/tools/create-dicom/"):
+        assert gate.decide(uri, 2, {"authorization": f"Bearer {token}"}, None) is True
+        assert gate.admit_instance("rest", lambda: {**new_study, "PatientID": "P-2"}) is False
+        assert gate.admit_instance("rest", lambda: {**new_study, "PatientID": "P-1"}) is True
+        assert gate.admit_instance("rest", lambda: {**new_study, "PatientID": "P-new"}) is True
+    denied = [r for r in _records(gate) if r[1] == "deny" and r[6] == "upload"]
+    assert denied and "copies a patient" in denied[-1][7]
+    # a plain upload may still join a patient shared with another department
+    assert gate.decide("/instances", 2, {"authorization": f"Bearer {token}"}, None) is True
+    assert gate.admit_instance("rest", lambda: {**new_study, "PatientID": "P-2"}) is True
