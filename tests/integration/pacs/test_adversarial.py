@@ -155,3 +155,28 @@ def test_create_dicom_cannot_copy_another_departments_patient(pacs: Any, studies
     resp = pacs.request("POST", "/tools/create-dicom", rad, json={"Parent": own["ParentPatient"], "Tags": in_scope})
     assert resp.status_code == 200 and resp.json().get("ID"), resp.text[:200]
     assert "Own^Name" in pacs.get(f"/instances/{resp.json()['ID']}/simplified-tags", rad).text
+
+
+def _job_done(pacs: Any, job: str, token: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while pacs.get(f"/jobs/{job}", token).json().get("State") != "Success":
+        assert time.monotonic() < deadline, "the archive job never finished"
+        time.sleep(0.2)
+
+
+def test_scoped_admin_gets_no_server_wide_reach(pacs: Any, studies: Any, admin: str) -> None:
+    """A department-scoped token that holds admin (+ download) must not read another department through the
+    server-wide admin routes: a job's output archive, the job list, a Lua script."""
+    card = studies["P-002"]["study"]
+    job = pacs.request("POST", f"/studies/{card}/archive", admin, json={"Asynchronous": True}).json()["ID"]
+    _job_done(pacs, job, admin)
+    assert pacs.get(f"/jobs/{job}/archive", admin).status_code == 200  # the output exists
+    scoped = pacs.bridge.token([P.ADMIN, P.DOWNLOAD, P.VIEW], departments=["Radiology"])
+    assert pacs.get(f"/jobs/{job}/archive", scoped).status_code == 403
+    assert pacs.get(f"/jobs/{job}", scoped).status_code == 403
+    assert pacs.get("/jobs?expand", scoped).status_code == 403
+    lua = f"print(RestApiGet('/studies/{card}'))"
+    assert pacs.request("POST", "/tools/execute-script", scoped, data=lua).status_code == 403
+    # ... while admin routes below an in-scope resource still work for it
+    own = studies["P-001"]["study"]
+    assert pacs.get(f"/studies/{own}/archive", scoped).status_code == 200
