@@ -41,8 +41,11 @@ from bridge.tokens import mfa
 
 #: Orthanc's ``method`` argument (OrthancPluginHttpMethod)
 METHODS: dict[int, str] = {1: "GET", 2: "POST", 3: "PUT", 4: "DELETE"}
-#: permissions that touch no existing patient data, so a scoped token needs no study check
-SCOPE_FREE = frozenset({"upload", "settings", "admin", "audit-logs"})
+#: permissions whose routes touch no existing patient data, so a scoped token needs no study check
+#: (uploads are checked on the content, see :meth:`Gate.admit_instance`).  Not ``admin``: its
+#: server-wide routes reach every study (a job's output archive, the job list, a Lua script), so a
+#: scoped token gets only the admin routes below a resource it may touch
+SCOPE_FREE = frozenset({"upload", "settings", "audit-logs"})
 #: permissions whose study must be resolved *before* the request runs (it may be gone after)
 RESOLVE_FIRST = frozenset({"delete", "modify", "anonymize", "send"})
 #: upload routes whose body may make Orthanc copy *stored* data into the new instance (create-dicom's

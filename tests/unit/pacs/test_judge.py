@@ -221,3 +221,13 @@ def test_create_dicom_needs_scope_over_the_patient_it_copies(gate: Gate, bridge:
     # a plain upload may still join a patient shared with another department
     assert gate.decide("/instances", 2, {"authorization": f"Bearer {token}"}, None) is True
     assert gate.admit_instance("rest", lambda: {**new_study, "PatientID": "P-2"}) is True
+
+
+def test_scoped_admin_only_below_a_resource_in_scope() -> None:
+    admin = {"permissions": ["admin", "download", "view"], "scopes": {"departments": ["Radiology"]}}
+    for method, path in (("GET", "/jobs/j1/archive"), ("GET", "/jobs"), ("GET", "/jobs/j1"),
+                         ("POST", "/tools/execute-script"), ("GET", "/plugins"), ("POST", "/tools/reset")):
+        assert not judge(admin, method, path, None, studies_of).allow, path
+        assert judge({**admin, "scopes": {}}, method, path, None, studies_of).allow, path
+    assert judge(admin, "POST", "/instances/x/export", None, lambda t: [RAD]).allow
+    assert not judge(admin, "POST", "/instances/x/export", None, lambda t: [CARD]).allow
