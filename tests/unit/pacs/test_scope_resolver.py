@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from bridge.pacs import scopes
 from bridge.pacs.gate import judge
 from bridge.pacs.scopes import StudyResolver, Target
@@ -118,3 +120,34 @@ def test_a_lookup_that_raced_a_change_is_not_cached() -> None:
     r.rest_get = racing_get
     assert r.studies(Target("studies", "s"))
     assert r.cached(Target("studies", "s")) is None
+
+
+@pytest.mark.parametrize("value", [
+    [], ["Radiology"], "Radiology", {"departments": "Radiology"}, {"departments": ["Radiology", 5]},
+    {"departments": {"Radiology": True}}, {"departments": 0}, {"departments": ""}, {"departments": {}},
+    {"departments": False}, {"institutions": "Hospital"}, {"department": ["Cardiology"]},
+    {"departments": [], "institutions": [], "modalities": ["CT"]},
+])
+def test_malformed_scopes_match_nothing_on_every_path(value: Any) -> None:
+    """A ``scopes`` claim that is not ``{departments: [str], institutions: [str]}`` (absent or empty lists
+    mean every study) is a scope that matches nothing: never read as "unscoped"."""
+    fake = FakeOrthanc()
+    fake.add("s", "1.2.10", "P10", "Radiology")
+    r = _resolver(fake)
+    claims = {"permissions": ["view", "upload", "admin", "download"], "scopes": value}
+    assert scopes.is_scoped(claims)
+    departments, institutions = scopes.token_scopes(claims)
+    assert departments or institutions
+    for method, path in (("GET", "/studies/s"), ("GET", "/studies/s/archive"), ("GET", "/patients/p-P10"),
+                         ("GET", "/jobs/j/archive"), ("GET", "/studies")):
+        assert not judge(claims, method, path, None, r.studies).allow, path
+    assert not judge(claims, "GET", "/dicom-web/studies", {"StudyInstanceUID": "1.2.10"}, r.studies).allow
+    instance = scopes.StudyInfo("", "1.2.11", "P11", "Radiology", "Hospital")
+    assert not scopes.upload_allowed(claims, instance, [])[0]
+
+
+@pytest.mark.parametrize("value", [None, {}, {"departments": [], "institutions": []}, {"departments": None}])
+def test_absent_or_empty_scopes_are_unscoped(value: Any) -> None:
+    claims = {"permissions": ["view"], "scopes": value}
+    assert not scopes.is_scoped(claims)
+    assert scopes.token_scopes(claims) == (frozenset(), frozenset())
