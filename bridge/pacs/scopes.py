@@ -173,28 +173,42 @@ def allowed(claims: Mapping[str, Any], study: StudyInfo | None) -> tuple[bool, s
     return True, "in scope"
 
 
+#: the scope kinds this module applies; any other key with a value is a restriction it cannot apply
+SCOPE_KEYS = ("departments", "institutions")
+#: the scope of a malformed claim: a name no study carries, so it matches nothing
+MALFORMED = frozenset({"\x00malformed"})
+
+
+def _names(value: Any) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return frozenset(value)
+    return MALFORMED
+
+
 def token_scopes(claims: Mapping[str, Any]) -> tuple[frozenset[str], frozenset[str]]:
-    """(departments, institutions); a malformed ``scopes`` claim is an empty-but-present scope that
-    matches nothing (fail closed), never "unscoped"."""
+    """(departments, institutions); only an absent claim/key or an empty list means "every study".
+
+    Anything else that is not a list of strings (``0``, ``""``, ``{}``, a string, a list with a number), and
+    a key this module does not know (a scope kind a newer bridge added, or a misspelling) with any value
+    but ``[]``/null, is malformed: a scope that matches nothing (fail closed), never "unscoped".
+    """
     scopes = claims.get("scopes")
     if scopes is None:
         return frozenset(), frozenset()
     if not isinstance(scopes, Mapping):
-        return frozenset({"\x00malformed"}), frozenset()
-
-    def names(key: str) -> frozenset[str]:
-        value = scopes.get(key) or []
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            return frozenset({"\x00malformed"})
-        return frozenset(value)
-
-    return names("departments"), names("institutions")
+        return MALFORMED, frozenset()
+    departments = _names(scopes.get("departments"))
+    if any(v is not None and v != [] for k, v in scopes.items() if k not in SCOPE_KEYS):
+        departments = MALFORMED
+    return departments, _names(scopes.get("institutions"))
 
 
 def is_scoped(claims: Mapping[str, Any]) -> bool:
     """Same answer as ``any(token_scopes(claims))`` without building sets: this runs on every request.
 
-    A falsy value is an empty list; any truthy one is either a real scope or malformed (which
+    Any value but null or ``[]`` under any key is either a real scope or malformed (which
     :func:`token_scopes` turns into a scope that matches nothing), so scoped either way.
     """
     scopes = claims.get("scopes")
@@ -202,7 +216,10 @@ def is_scoped(claims: Mapping[str, Any]) -> bool:
         return False
     if not isinstance(scopes, Mapping):
         return True
-    return bool(scopes.get("departments") or scopes.get("institutions"))
+    for value in scopes.values():
+        if value is not None and value != []:
+            return True
+    return False
 
 
 def instance_info(tags: Mapping[str, Any]) -> StudyInfo:
