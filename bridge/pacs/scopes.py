@@ -216,10 +216,7 @@ def is_scoped(claims: Mapping[str, Any]) -> bool:
         return False
     if not isinstance(scopes, Mapping):
         return True
-    for value in scopes.values():
-        if value is not None and value != []:
-            return True
-    return False
+    return any(value is not None and value != [] for value in scopes.values())
 
 
 def instance_info(tags: Mapping[str, Any]) -> StudyInfo:
