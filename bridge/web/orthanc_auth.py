@@ -198,7 +198,8 @@ def judge_official(claims: Mapping[str, Any], method: str, body: Mapping[str, An
         path, _, query = uri.partition("?")
         return _no_content_check(claims, judge(claims, method, path, _query(query), lambda _target: []))
     orthanc_id = body.get("orthanc-id")
-    if level not in LEVEL_PATHS or not isinstance(orthanc_id, str) or not _ORTHANC_ID.fullmatch(orthanc_id):
+    if not isinstance(level, str) or level not in LEVEL_PATHS or not isinstance(orthanc_id, str) \
+            or not _ORTHANC_ID.fullmatch(orthanc_id):
         return Verdict(False, "no resource to decide on")
     base = LEVEL_PATHS[level] + orthanc_id
     labels = [x for x in body.get("labels") or [] if isinstance(x, str)] if isinstance(body.get("labels"), list) \
