@@ -222,3 +222,12 @@ def test_odd_validate_bodies_fail_closed(env: dict[str, Any]) -> None:
         resp = env["client"].post("/orthanc-auth/tokens/validate", headers=BASIC, json={
             "token-key": "authorization", "token-value": f"Bearer {scoped}", **labelled, **odd})
         assert resp.status_code == 200 and resp.json["granted"] is False, odd
+
+
+def test_scoped_profile_has_no_server_wide_admin(env: dict[str, Any]) -> None:
+    """The bridge plugin refuses a scoped token the server-wide admin routes (job archives, Lua); the profile
+    the official plugin applies to system routes must not hand them out either."""
+    scoped, _ = mint(env["service"], {P.VIEW, P.ADMIN}, departments=("Radiology",))
+    assert call(env, "/user/get-profile", "get-profile.json", scoped).json["permissions"] == ["view"]
+    unscoped, _ = mint(env["service"], {P.VIEW, P.ADMIN})
+    assert call(env, "/user/get-profile", "get-profile.json", unscoped).json["permissions"] == ["settings", "view"]
