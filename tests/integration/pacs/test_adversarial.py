@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import pytest
+import requests
 
 from bridge.devstack.pacs_double import dicom_instance
 from bridge.policy.permissions import Permission as P
@@ -180,3 +181,63 @@ def test_scoped_admin_gets_no_server_wide_reach(pacs: Any, studies: Any, admin: 
     # ... while admin routes below an in-scope resource still work for it
     own = studies["P-001"]["study"]
     assert pacs.get(f"/studies/{own}/archive", scoped).status_code == 200
+
+
+def test_upload_context_never_outlives_its_request_on_a_kept_alive_connection(pacs: Any, admin: str,
+                                                                              rad: str) -> None:
+    """One TCP connection is served by one Orthanc HTTP thread: an unscoped upload's context must not let the
+    scoped request after it store out-of-scope content, and a refused request leaves no context behind."""
+    with requests.Session() as session:
+        def post(token: str | None, dept: str) -> Any:
+            uid = _uid()
+            data = dicom_instance(patient_id=f"KA-{uid[-6:]}", patient_name="Keep^Alive", study_uid=uid,
+                                  series_uid=f"{uid}.1", sop_uid=f"{uid}.1.1", department=dept,
+                                  institution="Hospital Test")
+            headers = {"Content-Type": "application/dicom"}
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            return session.post(pacs.url + "/instances", data=data, headers=headers, timeout=15)
+
+        assert post(admin, "Cardiology").json().get("ID")  # unscoped: stored
+        refused = post(rad, "Cardiology")  # same thread, scoped: filtered out
+        assert refused.status_code != 200 or not refused.json().get("ID"), refused.text[:200]
+        assert post(None, "Radiology").status_code == 403
+        assert post(pacs.bridge.token([P.VIEW]), "Radiology").status_code == 403
+        assert post(rad, "Radiology").json().get("ID")
+        refused = post(rad, "Emergency")
+        assert refused.status_code != 200 or not refused.json().get("ID"), refused.text[:200]
+
+
+def test_scoped_merge_cannot_pull_or_destroy_another_departments_study(pacs: Any, admin: str) -> None:
+    """``/studies/{own}/merge`` names the other study in its body (the filter cannot see it): the job's copies
+    of another department's instances are discarded, and with ``KeepSource: false`` the source survives."""
+    own_uid, their_uid = _uid(), _uid()
+    mine = _store(pacs, admin, f"MG-{own_uid[-6:]}", own_uid, f"{own_uid}.1", f"{own_uid}.1.1", "Radiology")
+    theirs = _store(pacs, admin, f"MG-{their_uid[-6:]}", their_uid, f"{their_uid}.1", f"{their_uid}.1.1",
+                    "Cardiology", "Merge^Secret")
+    modifier = pacs.bridge.token([P.VIEW, P.MODIFY], departments=["Radiology"])
+    pacs.request("POST", f"/studies/{mine['ParentStudy']}/merge", modifier,
+                 json={"Resources": [theirs["ParentStudy"]], "KeepSource": False, "Synchronous": True})
+    assert len(pacs.get(f"/studies/{theirs['ParentStudy']}/instances", admin).json()) == 1
+    own_instances = pacs.get(f"/studies/{mine['ParentStudy']}/instances", modifier).json()
+    assert len(own_instances) == 1
+    tags = pacs.get(f"/studies/{mine['ParentStudy']}/instances-tags?simplify", modifier).text
+    assert "Merge^Secret" not in tags
+
+
+def test_odd_request_shapes_are_refused(pacs: Any, studies: Any) -> None:
+    viewer = pacs.bridge.token([P.VIEW])
+    own = studies["P-001"]
+    for path in (f"/instances/{own['instance']}/file", f"/instances/{own['instance']}/file/",
+                 f"/instances/{own['instance']}//file", f"/instances/{own['instance']}/fil%65",
+                 f"/instance%73/{own['instance']}/file", f"/instances/{own['instance']};x/file",
+                 f"/instances/{own['instance']}/file;x", f"/Instances/{own['instance']}/file",
+                 f"/instances/{own['instance']}/attachments", "/a" * 20000):
+        assert pacs.get(path, viewer).status_code in (400, 403, 404, 414), path
+        assert pacs.request("HEAD", path, viewer).status_code in (400, 403, 404, 414), path
+    # a method override is applied before the filter (Orthanc 1.10.1), so it is judged as what it becomes
+    for method, path, headers in (("POST", f"/studies/{own['study']}?_method=DELETE", {}),
+                                  ("POST", f"/studies/{own['study']}", {"X-HTTP-Method-Override": "DELETE"}),
+                                  ("POST", "/modalities/evil", {"X-HTTP-Method-Override": "PUT"})):
+        assert pacs.request(method, path, viewer, headers=headers, json={}).status_code == 403, path
+    assert pacs.get(f"/studies/{own['study']}", viewer).status_code == 200
