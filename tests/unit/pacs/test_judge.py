@@ -231,3 +231,14 @@ def test_scoped_admin_only_below_a_resource_in_scope() -> None:
         assert judge({**admin, "scopes": {}}, method, path, None, studies_of).allow, path
     assert judge(admin, "POST", "/instances/x/export", None, lambda t: [RAD]).allow
     assert not judge(admin, "POST", "/instances/x/export", None, lambda t: [CARD]).allow
+
+
+def test_create_dicom_without_a_patient_id_is_refused_to_a_scoped_token(gate: Gate, bridge: FakeBridge) -> None:
+    """An empty PatientID cannot be looked up, yet Parent may name the patient stored under it."""
+    token = bridge.token(permissions=["upload"], scopes={"departments": ["Radiology"], "institutions": []})
+    assert gate.decide("/tools/create-dicom", 2, {"authorization": f"Bearer {token}"}, None) is True
+    tags = {"StudyInstanceUID": "1.9.9", "InstitutionalDepartmentName": "Radiology", "InstitutionName": "Hospital"}
+    assert gate.admit_instance("rest", lambda: {**tags, "PatientID": ""}) is False
+    assert gate.admit_instance("rest", lambda: tags) is False
+    assert gate.decide("/instances", 2, {"authorization": f"Bearer {token}"}, None) is True
+    assert gate.admit_instance("rest", lambda: {**tags, "PatientID": ""}) is True
