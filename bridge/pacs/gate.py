@@ -207,9 +207,12 @@ class Gate:
         # strict: a failed lookup must not read as "no such study yet" (it raises: the caller discards)
         existing = self.resolver.studies(scopes.Target("study-uid", instance.study_uid), strict=True) \
             if instance.study_uid else []
-        if context is not None:
+        copying = context is not None and context.uri.rstrip("/") in COPYING_UPLOADS
+        if copying and not instance.patient_id:  # the patient stored under "" cannot be looked up
+            ok, reason = False, "upload: a create-dicom instance without PatientID: its patient cannot be checked"
+        elif context is not None:
             patient = self.resolver.studies(scopes.Target("patient-id", instance.patient_id), strict=True) \
-                if instance.patient_id and context.uri.rstrip("/") in COPYING_UPLOADS else None
+                if copying else None
             ok, reason = scopes.upload_allowed(context.claims, instance, existing, patient)
         else:
             ok, reason = scopes.joins_consistently(instance, existing)
