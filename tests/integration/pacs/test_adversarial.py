@@ -241,3 +241,22 @@ def test_odd_request_shapes_are_refused(pacs: Any, studies: Any) -> None:
                                   ("POST", "/modalities/evil", {"X-HTTP-Method-Override": "PUT"})):
         assert pacs.request(method, path, viewer, headers=headers, json={}).status_code == 403, path
     assert pacs.get(f"/studies/{own['study']}", viewer).status_code == 200
+
+
+@pytest.mark.parametrize("value", [[], ["Radiology"], "Radiology", {"departments": "Radiology"},
+                                   {"departments": ["Radiology", 5]}, {"departments": 0}, {"departments": ""},
+                                   {"departments": {}}, {"department": ["Cardiology"]},
+                                   {"departments": [], "institutions": [], "modalities": ["CT"]}])
+def test_malformed_scopes_claim_matches_nothing_on_the_real_plugin(pacs: Any, studies: Any, value: Any) -> None:
+    claims = pacs.bridge.claims([P.VIEW, P.DOWNLOAD, P.UPLOAD, P.ADMIN])
+    claims["scopes"] = value
+    token = pacs.bridge.ring.sign(claims)
+    own = studies["P-001"]
+    for path in (f"/studies/{own['study']}", f"/instances/{own['instance']}/file", f"/patients/{own['patient']}",
+                 f"/dicom-web/studies?StudyInstanceUID={own['study_uid']}", "/studies", "/jobs"):
+        assert pacs.get(path, token).status_code == 403, (value, path)
+    uid = _uid()
+    data = dicom_instance(patient_id=f"MS-{uid[-6:]}", patient_name="Mal^Formed", study_uid=uid,
+                          series_uid=f"{uid}.1", sop_uid=f"{uid}.1.1", department="Radiology")
+    resp = pacs.request("POST", "/instances", token, data=data, headers={"Content-Type": "application/dicom"})
+    assert resp.status_code != 200 or not resp.json().get("ID"), (value, resp.text[:200])
