@@ -151,3 +151,32 @@ def test_absent_or_empty_scopes_are_unscoped(value: Any) -> None:
     claims = {"permissions": ["view"], "scopes": value}
     assert not scopes.is_scoped(claims)
     assert scopes.token_scopes(claims) == (frozenset(), frozenset())
+
+
+def test_an_access_audited_after_the_study_was_deleted_keeps_its_study(tmp_path: Any) -> None:
+    """The shipper resolves an allowed request's study when it flushes (off the request path); a deletion in
+    between empties the scope cache, but the access must still name the study and patient it touched."""
+    import json
+
+    from bridge.pacs.audit_shipper import AuditShipper
+
+    fake = FakeOrthanc()
+    fake.add("s", "1.2.20", "P20", "Radiology")
+    r = _resolver(fake)
+    sent: list[dict[str, Any]] = []
+
+    def post(url: str, body: bytes, headers: dict[str, str]) -> int:
+        sent.extend(json.loads(body)["events"])
+        return 202
+
+    shipper = AuditShipper(source="orthanc", issuer="https://b", spool_dir=str(tmp_path / "spool"),
+                           audit_url="https://b/audit/events", post=post, resolver=r)
+    assert r.studies(Target("studies", "s"))  # resolved (e.g. by an earlier request), now cached
+    shipper.record("allow", {"sub": "u1", "jti": "j1"}, "GET", "/studies/s", "10.0.0.1", "view", "ok",
+                   Target("studies", "s"))
+    del fake.studies["s"]  # viewed, then deleted before the flush
+    r.changed("deleted")
+    assert r.studies(Target("studies", "s")) == []  # decisions never see it again ...
+    assert shipper.flush() == 1
+    ids = {(o["kind"], o["id"]) for o in sent[0]["objects"]}
+    assert ("study", "1.2.20") in ids and ("patient", "P20") in ids  # ... the audit trail still does
