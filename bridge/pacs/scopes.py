@@ -297,6 +297,8 @@ class StudyResolver:
         self._studies: dict[str, tuple[float, list[StudyInfo]]] = {}
         self._lock = threading.Lock()
         self._generation = 0  # bumped by every change: a lookup that raced one is not cached
+        #: entries a change dropped, until their own expiry: for the audit trail only (:meth:`last_known`)
+        self._retired: dict[str, tuple[float, list[StudyInfo]]] = {}
         self.lookups = 0
 
     def cached(self, target: Target) -> list[StudyInfo] | None:
@@ -345,10 +347,26 @@ class StudyResolver:
         with self._lock:
             self._generation += 1
             if change == "deleted":
-                self._studies.clear()
+                dropped, self._studies = self._studies, {}
             elif change == "new-study":
-                for key in [k for k in self._studies if k.startswith(_GROWING)]:
-                    self._studies.pop(key, None)
+                dropped = {k: self._studies.pop(k) for k in [k for k in self._studies if k.startswith(_GROWING)]}
+            else:
+                return
+            retired = self._retired
+            retired.update(dropped)
+            while len(retired) > self.max_entries:  # oldest first
+                retired.pop(next(iter(retired)))
+
+    def last_known(self, target: Target) -> list[StudyInfo]:
+        """The studies behind ``target`` even if a change has since dropped them (until the entry's own
+        expiry), else what :meth:`studies` answers now.  For the audit trail only, never for a decision:
+        a request allowed on a study that was deleted before the shipper resolved it must still name that
+        study and its patient."""
+        found = self.studies(target)
+        if found:
+            return found
+        entry = self._retired.get(target.level + "/" + target.key)
+        return entry[1] if entry is not None and entry[0] > self.clock() else []
 
     def _resolve(self, target: Target) -> list[StudyInfo]:
         self.lookups += 1
