@@ -266,3 +266,16 @@ def test_ingest_patient_id_that_is_a_jwt_stays_searchable(env):
     assert r.status_code == 202 and r.json["accepted"] == 1
     rows = store.query(patient=jwt_like)
     assert len(rows) == 1 and "c2lnbmF0dXJlc2ln" not in rows[0]["body"] and store.verify().ok
+
+
+@pytest.mark.parametrize("perms", [{"audit-logs": True}, "audit-logs", [["audit-logs"]], ("audit-logs",)])
+def test_a_permissions_claim_that_is_not_a_list_grants_nothing(env, perms):
+    """As the PACS verifier reads it (bridge.pacs.verifier.decide): only a list of names counts."""
+    now = int(time.time())
+    body = claims_mod.build(
+        TokenSettings(issuer=ISSUER, audience="pacs"),
+        claims_mod.Subject(id="aud-2", username="audit.odd", auth_time=now - 5, amr=("pwd", "otp")),
+        claims_mod.Grant(roles=("auditor",), permissions=frozenset()), "audit-console", now=now)
+    body["permissions"] = perms
+    r = env["client"].get("/audit/events", headers=bearer(env["service"].ring.sign(body)))
+    assert r.status_code == 403, perms
