@@ -260,3 +260,17 @@ def test_malformed_scopes_claim_matches_nothing_on_the_real_plugin(pacs: Any, st
                           series_uid=f"{uid}.1", sop_uid=f"{uid}.1.1", department="Radiology")
     resp = pacs.request("POST", "/instances", token, data=data, headers={"Content-Type": "application/dicom"})
     assert resp.status_code != 200 or not resp.json().get("ID"), (value, resp.text[:200])
+
+
+def test_accept_headers_never_turn_a_view_route_into_a_file(pacs: Any, studies: Any) -> None:
+    viewer = pacs.bridge.token([P.VIEW])
+    u = studies["P-001"]["study_uid"]
+    instance = f"/dicom-web/studies/{u}/series/{u}.1/instances/{u}.1.1"
+    dicom = 'multipart/related; type="application/dicom"'
+    wado = f"/wado?requestType=WADO&studyUID={u}&seriesUID={u}.1&objectUID={u}.1.1"
+    for path, accept in ((wado, "application/dicom"),
+                         (f"/dicom-web/studies/{u}/metadata", dicom), (instance + "/frames/1", dicom),
+                         (instance + "/rendered", "application/dicom"), (instance + "/bulk/7fe00010", dicom),
+                         (instance + "/metadata", "application/dicom")):
+        resp = pacs.get(path, viewer, headers={"Accept": accept})
+        assert b"DICM" not in resp.content, (path, accept, resp.status_code)
