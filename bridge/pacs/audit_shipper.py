@@ -154,7 +154,7 @@ class AuditShipper:
             claims = claims if isinstance(claims, dict) else {}
             if kind == "allow" and target is not None and studies is None and self.resolver is not None:
                 try:
-                    studies = self.resolver.studies(target)
+                    studies = self.resolver.last_known(target)  # the study may be gone by now
                 except Exception:  # the access is still recorded, without its study
                     studies = None
             study_keys = tuple(sorted((_key(s.study_uid), _key(s.patient_id)) for s in studies or ()))

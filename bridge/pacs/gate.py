@@ -41,10 +41,16 @@ from bridge.tokens import mfa
 
 #: Orthanc's ``method`` argument (OrthancPluginHttpMethod)
 METHODS: dict[int, str] = {1: "GET", 2: "POST", 3: "PUT", 4: "DELETE"}
-#: permissions that touch no existing patient data, so a scoped token needs no study check
-SCOPE_FREE = frozenset({"upload", "settings", "admin", "audit-logs"})
+#: permissions whose routes touch no existing patient data, so a scoped token needs no study check
+#: (uploads are checked on the content, see :meth:`Gate.admit_instance`).  Not ``admin``: its
+#: server-wide routes reach every study (a job's output archive, the job list, a Lua script), so a
+#: scoped token gets only the admin routes below a resource it may touch
+SCOPE_FREE = frozenset({"upload", "settings", "audit-logs"})
 #: permissions whose study must be resolved *before* the request runs (it may be gone after)
 RESOLVE_FIRST = frozenset({"delete", "modify", "anonymize", "send"})
+#: upload routes whose body may make Orthanc copy *stored* data into the new instance (create-dicom's
+#: ``Parent``): a scoped upload there needs scope over the whole patient the instance lands in
+COPYING_UPLOADS = frozenset({"/tools/create-dicom"})
 NO_REVOCATION_REASON = "plugin configuration has no revocation_url: every request is denied"
 SCOPED_LIST_REASON = (
     "scoped token: a request across studies (list, query, bulk tool) cannot be filtered by "
@@ -161,6 +167,13 @@ class Gate:
             self.audit.record("allow", claims, verb, uri, ip, permission, verdict.reason, target, studies)
         return True
 
+    # ------------------------------------------------------------------ Orthanc's changes
+
+    def changed(self, change: str) -> None:
+        """Orthanc reported a change (``deleted``, ``new-study``; others are ignored): the study
+        resolver drops what it may no longer know (:meth:`bridge.pacs.scopes.StudyResolver.changed`)."""
+        self.resolver.changed(change)
+
     # ------------------------------------------------------------------ instances being stored
 
     def admit_instance(self, origin: str, tags: Callable[[], Mapping[str, Any]]) -> bool:
@@ -194,8 +207,13 @@ class Gate:
         # strict: a failed lookup must not read as "no such study yet" (it raises: the caller discards)
         existing = self.resolver.studies(scopes.Target("study-uid", instance.study_uid), strict=True) \
             if instance.study_uid else []
-        if context is not None:
-            ok, reason = scopes.upload_allowed(context.claims, instance, existing)
+        copying = context is not None and context.uri.rstrip("/") in COPYING_UPLOADS
+        if copying and not instance.patient_id:  # the patient stored under "" cannot be looked up
+            ok, reason = False, "upload: a create-dicom instance without PatientID: its patient cannot be checked"
+        elif context is not None:
+            patient = self.resolver.studies(scopes.Target("patient-id", instance.patient_id), strict=True) \
+                if copying else None
+            ok, reason = scopes.upload_allowed(context.claims, instance, existing, patient)
         else:
             ok, reason = scopes.joins_consistently(instance, existing)
         if not ok:

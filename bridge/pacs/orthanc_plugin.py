@@ -248,7 +248,38 @@ def received_instance_callback(data: bytes, origin: Any) -> tuple[Any, None]:
     return (action.KEEP_AS_IS if keep else action.DISCARD), None
 
 
+def _changes() -> dict[int, str]:
+    """orthanc.ChangeType values -> the names :meth:`Gate.changed` uses (the ones the scope cache follows)."""
+    if orthanc is None:
+        return {}
+    c = orthanc.ChangeType
+    return {int(c.DELETED): "deleted", int(c.NEW_STUDY): "new-study"}
+
+
+_CHANGES = _changes()
+
+
+def on_change(change_type: Any, level: Any, resource_id: str) -> None:
+    """Orthanc's ``RegisterOnChangeCallback``: keep the scope cache in step with the stored studies.
+
+    Why: a scope decision read from the cache must not outlive what it was read from (a study deleted
+    and stored again under another department keeps its Orthanc ids; a patient gains another
+    department's study).  Orthanc calls it from its change thread, moments after the change.
+    Never raises (a failure is logged).
+    """
+    try:
+        name = _CHANGES.get(int(change_type))
+        if name is None:
+            return
+        gate = HOLDER.gate
+        if gate is not None:
+            gate.changed(name)
+    except Exception as exc:  # a callback must not raise into Orthanc
+        _log(f"change callback failed ({type(exc).__name__}): the scope cache may be stale")
+
+
 if orthanc is not None:
     orthanc.RegisterIncomingHttpRequestFilter(incoming_http_request_filter)
     orthanc.RegisterReceivedInstanceCallback(received_instance_callback)
+    orthanc.RegisterOnChangeCallback(on_change)
     HOLDER.current()  # load the configuration now, so a broken one shows in Orthanc's startup log

@@ -46,7 +46,7 @@ class StudyInfo:
 class Target:
     """The resource a request names: an Orthanc level + id, or a DICOMweb StudyInstanceUID."""
 
-    level: str  # patients | studies | series | instances | study-uid | instance-uid
+    level: str  # patients | studies | series | instances | study-uid | instance-uid | patient-id | patient-of-<level>
     key: str
 
 
@@ -64,6 +64,10 @@ class Named:
 
 
 NOTHING = Named()
+#: target level prefix: the patient of a study/series/instance (``/studies/{id}/patient``)
+PATIENT_OF = "patient-of-"
+#: cache keys whose answer changes when a study is added: a patient gains it, a UID gains a copy
+_GROWING = ("patients/", PATIENT_OF, "patient-id/", "study-uid/", "instance-uid/")
 #: a DICOM UID (PS3.5 9.1): digits and dots, at most 64 characters; anything else (wildcards ``*``/``?``,
 #: ranges, spaces, ``+``) is no UID, so a UID-list value containing it is refused for scoped tokens
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
@@ -123,6 +127,9 @@ def targets_of(path: str, query: Mapping[str, str] | None = None) -> Named:
     parts = path.split("?", 1)[0].split("/")
     # ['', 'studies', '<id>', ...]
     if len(parts) >= 3 and parts[1] in LEVELS and parts[2]:
+        if len(parts) >= 4 and parts[3] == "patient" and parts[1] != "patients":
+            # the answer is the patient, listing all its studies: judged like /patients/{id}
+            return Named((Target(PATIENT_OF + parts[1], parts[2]),))
         return Named((Target(parts[1], parts[2]),))
     if len(parts) >= 2 and parts[1] == "dicom-web":
         if len(parts) >= 4 and parts[2] == "studies" and parts[3]:
@@ -166,28 +173,42 @@ def allowed(claims: Mapping[str, Any], study: StudyInfo | None) -> tuple[bool, s
     return True, "in scope"
 
 
+#: the scope kinds this module applies; any other key with a value is a restriction it cannot apply
+SCOPE_KEYS = ("departments", "institutions")
+#: the scope of a malformed claim: a name no study carries, so it matches nothing
+MALFORMED = frozenset({"\x00malformed"})
+
+
+def _names(value: Any) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return frozenset(value)
+    return MALFORMED
+
+
 def token_scopes(claims: Mapping[str, Any]) -> tuple[frozenset[str], frozenset[str]]:
-    """(departments, institutions); a malformed ``scopes`` claim is an empty-but-present scope that
-    matches nothing (fail closed), never "unscoped"."""
+    """(departments, institutions); only an absent claim/key or an empty list means "every study".
+
+    Anything else that is not a list of strings (``0``, ``""``, ``{}``, a string, a list with a number), and
+    a key this module does not know (a scope kind a newer bridge added, or a misspelling) with any value
+    but ``[]``/null, is malformed: a scope that matches nothing (fail closed), never "unscoped".
+    """
     scopes = claims.get("scopes")
     if scopes is None:
         return frozenset(), frozenset()
     if not isinstance(scopes, Mapping):
-        return frozenset({"\x00malformed"}), frozenset()
-
-    def names(key: str) -> frozenset[str]:
-        value = scopes.get(key) or []
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            return frozenset({"\x00malformed"})
-        return frozenset(value)
-
-    return names("departments"), names("institutions")
+        return MALFORMED, frozenset()
+    departments = _names(scopes.get("departments"))
+    if any(v is not None and v != [] for k, v in scopes.items() if k not in SCOPE_KEYS):
+        departments = MALFORMED
+    return departments, _names(scopes.get("institutions"))
 
 
 def is_scoped(claims: Mapping[str, Any]) -> bool:
     """Same answer as ``any(token_scopes(claims))`` without building sets: this runs on every request.
 
-    A falsy value is an empty list; any truthy one is either a real scope or malformed (which
+    Any value but null or ``[]`` under any key is either a real scope or malformed (which
     :func:`token_scopes` turns into a scope that matches nothing), so scoped either way.
     """
     scopes = claims.get("scopes")
@@ -195,7 +216,7 @@ def is_scoped(claims: Mapping[str, Any]) -> bool:
         return False
     if not isinstance(scopes, Mapping):
         return True
-    return bool(scopes.get("departments") or scopes.get("institutions"))
+    return any(value is not None and value != [] for value in scopes.values())
 
 
 def instance_info(tags: Mapping[str, Any]) -> StudyInfo:
@@ -208,12 +229,18 @@ def instance_info(tags: Mapping[str, Any]) -> StudyInfo:
                      department=text("InstitutionalDepartmentName"), institution=text("InstitutionName"))
 
 
-def upload_allowed(claims: Mapping[str, Any], instance: StudyInfo, existing: list[StudyInfo]) -> tuple[bool, str]:
-    """May this token store ``instance``?  ``existing``: the stored study its StudyInstanceUID names.
+def upload_allowed(
+    claims: Mapping[str, Any], instance: StudyInfo, existing: list[StudyInfo], patient: list[StudyInfo] | None = None
+) -> tuple[bool, str]:
+    """May this token store ``instance``?  ``existing``: the stored study its StudyInstanceUID names;
+    ``patient``: for an upload that copies stored data (``/tools/create-dicom`` with a ``Parent``), every
+    study of the existing patient its PatientID names.
 
     Why both checks: Orthanc files an instance under the study its StudyInstanceUID names, whatever
     department the instance itself claims, so an in-scope department tag is not enough; and a new
-    study must itself be in scope, or the uploader could create studies it may not see.
+    study must itself be in scope, or the uploader could create studies it may not see.  Why the
+    patient: create-dicom copies the patient's tags (name, birth date ...) from one of its stored
+    instances into the new one, which the uploader may then read.
     """
     if not is_scoped(claims):
         return True, "unscoped"
@@ -224,6 +251,10 @@ def upload_allowed(claims: Mapping[str, Any], instance: StudyInfo, existing: lis
         ok, why = allowed(claims, study)
         if not ok:
             return False, "upload: the instance would join an existing study outside the token's scope"
+    for study in patient or ():
+        ok, why = allowed(claims, study)
+        if not ok:
+            return False, "upload: the instance copies a patient who has studies outside the token's scope"
     return True, "in scope"
 
 
@@ -265,6 +296,9 @@ class StudyResolver:
         self.clock = clock
         self._studies: dict[str, tuple[float, list[StudyInfo]]] = {}
         self._lock = threading.Lock()
+        self._generation = 0  # bumped by every change: a lookup that raced one is not cached
+        #: entries a change dropped, until their own expiry: for the audit trail only (:meth:`last_known`)
+        self._retired: dict[str, tuple[float, list[StudyInfo]]] = {}
         self.lookups = 0
 
     def cached(self, target: Target) -> list[StudyInfo] | None:
@@ -283,6 +317,7 @@ class StudyResolver:
         hit = self.cached(target)
         if hit is not None:
             return hit
+        generation = self._generation
         try:
             found = self._resolve(target)
         except Exception:
@@ -291,6 +326,8 @@ class StudyResolver:
             found = []
         if found:
             with self._lock:
+                if generation != self._generation:  # Orthanc changed while we looked: answer, don't keep
+                    return found
                 if len(self._studies) >= self.max_entries:
                     self._studies.clear()
                 self._studies[target.level + "/" + target.key] = (self.clock() + self.ttl, found)
@@ -299,16 +336,62 @@ class StudyResolver:
     def forget(self, target: Target) -> None:
         self._studies.pop(target.level + "/" + target.key, None)
 
+    def changed(self, change: str) -> None:
+        """Follow a change Orthanc reports (its on-change callback), so no decision rests on an old answer.
+
+        * ``deleted`` (any level): everything goes.  A study deleted and stored again under another
+          department gets the very same Orthanc ids, so a cached department would outlive it.
+        * ``new-study``: the answers that grow with a new study go (a patient's studies, the copies of
+          a UID); a study/series/instance id keeps its study while it exists, so those stay.
+        """
+        with self._lock:
+            self._generation += 1
+            if change == "deleted":
+                dropped, self._studies = self._studies, {}
+            elif change == "new-study":
+                dropped = {k: self._studies.pop(k) for k in [k for k in self._studies if k.startswith(_GROWING)]}
+            else:
+                return
+            retired = self._retired
+            retired.update(dropped)
+            while len(retired) > self.max_entries:  # oldest first
+                retired.pop(next(iter(retired)))
+
+    def last_known(self, target: Target) -> list[StudyInfo]:
+        """The studies behind ``target`` even if a change has since dropped them (until the entry's own
+        expiry), else what :meth:`studies` answers now.  For the audit trail only, never for a decision:
+        a request allowed on a study that was deleted before the shipper resolved it must still name that
+        study and its patient."""
+        found = self.studies(target)
+        if found:
+            return found
+        entry = self._retired.get(target.level + "/" + target.key)
+        return entry[1] if entry is not None and entry[0] > self.clock() else []
+
     def _resolve(self, target: Target) -> list[StudyInfo]:
         self.lookups += 1
+        # a UID may be stored under several patients (Orthanc ids hash PatientID + UIDs), and the
+        # DICOMweb plugin answers with every copy: all of them are judged, never the first found
         if target.level == "study-uid":
             answer = _json(self.rest_post("/tools/lookup", target.key))
-            ids = [a["ID"] for a in answer if a.get("Type") == "Study"]
-            return [self._study(i) for i in ids[:1]]
+            return [self._study(a["ID"]) for a in answer if a.get("Type") == "Study"]
         if target.level == "instance-uid":
             answer = _json(self.rest_post("/tools/lookup", target.key))
-            ids = [a["ID"] for a in answer if a.get("Type") == "Instance"]
-            return self.studies(Target("instances", ids[0])) if ids else []
+            out = []
+            for a in answer:
+                if a.get("Type") == "Instance":
+                    out.extend(self.studies(Target("instances", a["ID"])))
+            return out
+        if target.level == "patient-id":
+            answer = _json(self.rest_post("/tools/lookup", target.key))
+            out = []
+            for a in answer:
+                if a.get("Type") == "Patient":
+                    out.extend(self.studies(Target("patients", a["ID"])))
+            return out
+        if target.level.startswith(PATIENT_OF):
+            patient = _json(self.rest_get(f"/{target.level.removeprefix(PATIENT_OF)}/{target.key}/patient"))
+            return self.studies(Target("patients", patient["ID"]))
         if target.level == "studies":
             return [self._study(target.key)]
         if target.level == "series":

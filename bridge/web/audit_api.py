@@ -118,7 +118,8 @@ def _auditor() -> dict[str, Any]:
     if service.is_revoked(claims):  # by jti or by the subject's logout watermark
         raise ApiError(401, "invalid_token", "token revoked")
     try:
-        held = expand([p for p in claims.get("permissions") or [] if isinstance(p, str)])
+        listed = claims.get("permissions")  # only a list of names counts, as in bridge.pacs.verifier.decide
+        held = expand([p for p in listed if isinstance(p, str)] if isinstance(listed, list) else [])
     except UnknownPermissionError:
         held = frozenset()
     if Permission.AUDIT_LOGS not in held:

@@ -144,11 +144,14 @@ def get_profile() -> Any:
     departments, institutions = scopes.token_scopes(claims)
     scoped = bool(departments or institutions)
     labels = sorted(departments | institutions) if scoped else ["*"]
+    held = claims.get("permissions")
+    if scoped and isinstance(held, list):  # what the bridge plugin refuses a scoped token server-wide
+        held = [p for p in held if p not in SERVER_WIDE]
     return jsonify({
         "name": claims.get("preferred_username") or claims["sub"],
         "user-id": claims["sub"],
         "groups": list(claims.get("roles") or []),
-        "permissions": [p for p in official_permissions(claims.get("permissions"))
+        "permissions": [p for p in official_permissions(held)
                         if not (scoped and p in NO_CONTENT_CHECK)],
         "authorized-labels": labels,
         "validity": _validity(claims),
@@ -198,7 +201,8 @@ def judge_official(claims: Mapping[str, Any], method: str, body: Mapping[str, An
         path, _, query = uri.partition("?")
         return _no_content_check(claims, judge(claims, method, path, _query(query), lambda _target: []))
     orthanc_id = body.get("orthanc-id")
-    if level not in LEVEL_PATHS or not isinstance(orthanc_id, str) or not _ORTHANC_ID.fullmatch(orthanc_id):
+    if not isinstance(level, str) or level not in LEVEL_PATHS or not isinstance(orthanc_id, str) \
+            or not _ORTHANC_ID.fullmatch(orthanc_id):
         return Verdict(False, "no resource to decide on")
     base = LEVEL_PATHS[level] + orthanc_id
     labels = [x for x in body.get("labels") or [] if isinstance(x, str)] if isinstance(body.get("labels"), list) \
@@ -229,6 +233,11 @@ def judge_official(claims: Mapping[str, Any], method: str, body: Mapping[str, An
 #: stored instance against a scoped token (its received-instance callback); behind the official plugin
 #: nothing does, so a scoped token gets none of them there (profile and validate alike)
 NO_CONTENT_CHECK = frozenset({"upload"})
+#: bridge permissions whose routes reach every study (job archives, the job list, Lua): the bridge plugin
+#: grants them to a scoped token only below a resource in its scope (:data:`bridge.pacs.gate.SCOPE_FREE`),
+#: and the official plugin applies a profile's permissions to system routes without any resource, so a
+#: scoped token's profile leaves them out
+SERVER_WIDE = frozenset({Permission.ADMIN.value})
 
 
 def _no_content_check(claims: Mapping[str, Any], verdict: Verdict) -> Verdict:

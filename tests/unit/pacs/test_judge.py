@@ -189,3 +189,56 @@ def test_failed_study_lookup_never_reads_as_a_new_study(gate: Gate, bridge: Fake
     # ... while the request path stays fail-closed with []: a scoped QIDO is denied
     assert not judge(SCOPED, "GET", "/dicom-web/studies", {"StudyInstanceUID": "1.2.1"},
                      gate.resolver.studies).allow
+
+
+def test_create_dicom_needs_scope_over_the_patient_it_copies(gate: Gate, bridge: FakeBridge) -> None:
+    """create-dicom's ``Parent`` copies a stored patient's tags into the new instance: a scoped token needs
+    every study of that patient in scope there (POST /instances keeps joining a shared patient)."""
+    lookup, get = gate.resolver.rest_post, gate.resolver.rest_get
+    patients = {"P-2": ["s-card"], "P-1": ["s-rad"]}
+
+    def rest_post(uri: str, body: str) -> str:
+        if body in patients:
+            return json.dumps([{"ID": "pat-" + body, "Type": "Patient"}])
+        return str(lookup(uri, body))
+
+    def rest_get(uri: str) -> str:
+        if uri.startswith("/patients/pat-"):
+            return json.dumps({"Studies": patients[uri.removeprefix("/patients/pat-")]})
+        return str(get(uri))
+
+    gate.resolver.rest_post, gate.resolver.rest_get = rest_post, rest_get
+    token = bridge.token(permissions=["upload"], scopes={"departments": ["Radiology"], "institutions": []})
+    new_study = {"StudyInstanceUID": "1.9.9", "InstitutionalDepartmentName": "Radiology",
+                 "InstitutionName": "Hospital"}
+    for uri in ("/tools/create-dicom", "/tools/create-dicom/"):
+        assert gate.decide(uri, 2, {"authorization": f"Bearer {token}"}, None) is True
+        assert gate.admit_instance("rest", lambda: {**new_study, "PatientID": "P-2"}) is False
+        assert gate.admit_instance("rest", lambda: {**new_study, "PatientID": "P-1"}) is True
+        assert gate.admit_instance("rest", lambda: {**new_study, "PatientID": "P-new"}) is True
+    denied = [r for r in _records(gate) if r[1] == "deny" and r[6] == "upload"]
+    assert denied and "copies a patient" in denied[-1][7]
+    # a plain upload may still join a patient shared with another department
+    assert gate.decide("/instances", 2, {"authorization": f"Bearer {token}"}, None) is True
+    assert gate.admit_instance("rest", lambda: {**new_study, "PatientID": "P-2"}) is True
+
+
+def test_scoped_admin_only_below_a_resource_in_scope() -> None:
+    admin = {"permissions": ["admin", "download", "view"], "scopes": {"departments": ["Radiology"]}}
+    for method, path in (("GET", "/jobs/j1/archive"), ("GET", "/jobs"), ("GET", "/jobs/j1"),
+                         ("POST", "/tools/execute-script"), ("GET", "/plugins"), ("POST", "/tools/reset")):
+        assert not judge(admin, method, path, None, studies_of).allow, path
+        assert judge({**admin, "scopes": {}}, method, path, None, studies_of).allow, path
+    assert judge(admin, "POST", "/instances/x/export", None, lambda t: [RAD]).allow
+    assert not judge(admin, "POST", "/instances/x/export", None, lambda t: [CARD]).allow
+
+
+def test_create_dicom_without_a_patient_id_is_refused_to_a_scoped_token(gate: Gate, bridge: FakeBridge) -> None:
+    """An empty PatientID cannot be looked up, yet Parent may name the patient stored under it."""
+    token = bridge.token(permissions=["upload"], scopes={"departments": ["Radiology"], "institutions": []})
+    assert gate.decide("/tools/create-dicom", 2, {"authorization": f"Bearer {token}"}, None) is True
+    tags = {"StudyInstanceUID": "1.9.9", "InstitutionalDepartmentName": "Radiology", "InstitutionName": "Hospital"}
+    assert gate.admit_instance("rest", lambda: {**tags, "PatientID": ""}) is False
+    assert gate.admit_instance("rest", lambda: tags) is False
+    assert gate.decide("/instances", 2, {"authorization": f"Bearer {token}"}, None) is True
+    assert gate.admit_instance("rest", lambda: {**tags, "PatientID": ""}) is True

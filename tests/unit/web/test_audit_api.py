@@ -244,3 +244,38 @@ def test_ingest_is_off_without_a_configured_secret(tmp_path):
     app = create_app(settings, token_service=token_service(), audit_store=object())
     assert app.test_client().post("/audit/events", json={"events": []},
                                   headers=bearer("x")).status_code == 404
+
+
+@pytest.mark.parametrize("etype", ["STUDY.ACCESSED", "study.accessed ", " study.accessed", "study.accessed\u200b",
+                                   "\u0455tudy.accessed", "study_accessed", "AuditEventType.STUDY_ACCESSED",
+                                   "study.accessed\x00", "Study.Accessed", "110110"])
+def test_ingest_refuses_a_pacs_type_spelled_differently(env, etype):
+    client, store = env["client"], env["store"]
+    item = _payload(1)[0] | {"type": etype}
+    r = client.post("/audit/events", json={"events": [item]}, headers=bearer(INGEST))
+    assert r.status_code == 202 and r.json["accepted"] == 0 and r.json["rejected"][0]["field"] == "events[0].type"
+    assert last(store)["type"] == "audit.input_rejected"
+
+
+def test_ingest_patient_id_that_is_a_jwt_stays_searchable(env):
+    client, store = env["client"], env["store"]
+    jwt_like = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJwYXRpZW50In0.c2lnbmF0dXJlc2ln"
+    item = _payload(1)[0]
+    item["objects"].append({"kind": "patient", "id": jwt_like, "name": jwt_like})
+    r = client.post("/audit/events", json={"events": [item]}, headers=bearer(INGEST))
+    assert r.status_code == 202 and r.json["accepted"] == 1
+    rows = store.query(patient=jwt_like)
+    assert len(rows) == 1 and "c2lnbmF0dXJlc2ln" not in rows[0]["body"] and store.verify().ok
+
+
+@pytest.mark.parametrize("perms", [{"audit-logs": True}, "audit-logs", [["audit-logs"]]])
+def test_a_permissions_claim_that_is_not_a_list_grants_nothing(env, perms):
+    """As the PACS verifier reads it (bridge.pacs.verifier.decide): only a list of names counts."""
+    now = int(time.time())
+    body = claims_mod.build(
+        TokenSettings(issuer=ISSUER, audience="pacs"),
+        claims_mod.Subject(id="aud-2", username="audit.odd", auth_time=now - 5, amr=("pwd", "otp")),
+        claims_mod.Grant(roles=("auditor",), permissions=frozenset()), "audit-console", now=now)
+    body["permissions"] = perms
+    r = env["client"].get("/audit/events", headers=bearer(env["service"].ring.sign(body)))
+    assert r.status_code == 403, perms

@@ -203,3 +203,31 @@ def test_decode(env: dict[str, Any]) -> None:
         claims_mod.Subject(id="u-3", auth_time=now, amr=("otp",)),
         claims_mod.Grant(permissions=frozenset({P.VIEW})), "pacs-viewer", now=now)
     assert call(env, "/tokens/decode", "decode.json", env["service"].ring.sign(old)).json["error-code"] == "expired"
+
+
+def test_odd_validate_bodies_fail_closed(env: dict[str, Any]) -> None:
+    """Adversarial bodies: a patient reached through its study, a scoped admin's server-wide routes, dot
+    segments behind the resource, and fields of the wrong JSON type (never a 500, never granted)."""
+    scoped, _ = mint(env["service"], {P.VIEW, P.DOWNLOAD, P.ADMIN}, departments=("Radiology",))
+    labelled = {"method": "get", "level": "study", "orthanc-id": STUDY, "labels": ["Radiology"]}
+    assert validate(env, scoped, **labelled, uri=f"/studies/{STUDY}") is True
+    for uri in (f"/studies/{STUDY}/patient", f"/studies/{STUDY}/../../jobs/j/archive",
+                f"/studies/{STUDY}/%2e%2e/x", f"/studies/{STUDY}//patient"):
+        assert validate(env, scoped, **labelled, uri=uri) is False, uri
+    for uri in ("/jobs/j/archive", "/jobs", "/tools/execute-script", f"/studies/{STUDY}/patient"):
+        method = "post" if uri.startswith("/tools") else "get"
+        assert validate(env, scoped, method=method, level="system", uri=uri) is False, uri
+    for odd in ({"level": ["study"]}, {"level": {"study": 1}}, {"method": ["get"]}, {"labels": "Radiology"},
+                {"orthanc-id": [STUDY]}, {"labels": [["Radiology"]]}):
+        resp = env["client"].post("/orthanc-auth/tokens/validate", headers=BASIC, json={
+            "token-key": "authorization", "token-value": f"Bearer {scoped}", **labelled, **odd})
+        assert resp.status_code == 200 and resp.json["granted"] is False, odd
+
+
+def test_scoped_profile_has_no_server_wide_admin(env: dict[str, Any]) -> None:
+    """The bridge plugin refuses a scoped token the server-wide admin routes (job archives, Lua); the profile
+    the official plugin applies to system routes must not hand them out either."""
+    scoped, _ = mint(env["service"], {P.VIEW, P.ADMIN}, departments=("Radiology",))
+    assert call(env, "/user/get-profile", "get-profile.json", scoped).json["permissions"] == ["view"]
+    unscoped, _ = mint(env["service"], {P.VIEW, P.ADMIN})
+    assert call(env, "/user/get-profile", "get-profile.json", unscoped).json["permissions"] == ["settings", "view"]
