@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, delete, or_, select, update
+from sqlalchemy import Engine, delete, func, or_, select, update
 
 from bridge.store.db import session, write_session
 from bridge.store.models import RevokedToken, RoleAssignment, SigningKey, SubjectRevocation
@@ -93,6 +93,8 @@ class RevocationStore(Protocol):
 
     def subjects(self) -> dict[str, tuple[int, int]]: ...
 
+    def watermark(self, subjects: Iterable[str]) -> int | None: ...
+
 
 def revoked_by_subject(store: RevocationStore, claims: Any) -> bool:
     """True when the token's ``sub`` has a watermark at or after its ``iat`` (the one rule; the
@@ -124,6 +126,10 @@ class MemoryRevocationStore:
     def subjects(self) -> dict[str, tuple[int, int]]:
         now = time.time()
         return {s: m for s, m in self.by_subject.items() if m[1] > now}
+
+    def watermark(self, subjects: Iterable[str]) -> int | None:
+        marks = [m[0] for s, m in self.subjects().items() if s in set(subjects)]
+        return max(marks) if marks else None
 
 
 class SqlRevocationStore:
@@ -201,6 +207,20 @@ class SqlRevocationStore:
                 self._subjects_loaded_at = time.monotonic()
         return dict(self._subjects)
 
+    def watermark(self, subjects: Iterable[str]) -> int | None:
+        """The highest live watermark of any of ``subjects``, read from the database now (no cache).
+
+        Why uncached: issuing is the one place where a logout in *another* worker must already
+        count (the exchange of a pre-logout Keycloak token, a browser session after a role
+        removal); one primary-key read per issue is the price."""
+        wanted = [s for s in dict.fromkeys(subjects) if s]
+        if not wanted:
+            return None
+        with session(self.engine) as s:
+            mark = s.scalar(select(func.max(SubjectRevocation.not_before)).where(
+                SubjectRevocation.subject_id.in_(wanted), SubjectRevocation.exp >= datetime.now(UTC)))
+        return None if mark is None else int(mark.timestamp())
+
 
 def revoke_subject(engine: Engine, subject: str, *, max_token_lifetime: int | None = None) -> None:
     """Revoke every unexpired PACS token of ``subject`` (the stable directory id): logout, a
@@ -260,44 +280,3 @@ class SqlAssignmentSource:
                 select(RoleAssignment.role, RoleAssignment.scopes).where(or_(*conds))
             ).all()
             return [Assignment(role, dict(scopes or {})) for role, scopes in rows]
-
-
-class CachedAssignmentSource:
-    """Role assignments remembered per ``(subject_id, username)`` for ``ttl_seconds``.
-
-    Why: ``/token`` otherwise reads ``role_assignments`` on every exchange, and that read was a
-    quarter of the request's own time.  The sync writes the table from another process, so
-    there is no in-process invalidation; the bound is the TTL instead: a removed role can be
-    granted for at most ``ttl_seconds`` after the sync committed its removal (the setting is
-    capped below the shortest sync interval, see ``tokens.assignment_cache_seconds``).  A
-    disabled account is also revoked by subject watermark, which the cache does not affect.
-    ``ttl_seconds`` = 0 turns the cache off.
-    """
-
-    def __init__(
-        self,
-        source: AssignmentSource,
-        ttl_seconds: float,
-        max_entries: int = 10_000,
-        clock: Any = time.monotonic,
-    ):
-        self.source = source
-        self.ttl_seconds = ttl_seconds
-        self.max_entries = max_entries
-        self.clock = clock
-        self._entries: dict[tuple[str | None, str | None], tuple[float, list[Assignment]]] = {}
-
-    def assignments(self, subject_id: str | None, username: str | None) -> list[Assignment]:
-        if self.ttl_seconds <= 0:
-            return self.source.assignments(subject_id, username)
-        key, now = (subject_id, username), self.clock()
-        hit = self._entries.get(key)
-        if hit is not None and hit[0] > now:
-            return list(hit[1])
-        rows = self.source.assignments(subject_id, username)
-        if len(self._entries) >= self.max_entries:
-            self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
-            if len(self._entries) >= self.max_entries:
-                self._entries.clear()
-        self._entries[key] = (now + self.ttl_seconds, rows)
-        return list(rows)

@@ -18,6 +18,7 @@ DEFAULTS = {
     "PACS_BRIDGE_RATE_REVOKE": "10/second;300/minute",
     "PACS_BRIDGE_RATE_REVOCATIONS": "20/second",
     "PACS_BRIDGE_RATE_LOGIN": "10/minute",
+    "PACS_BRIDGE_RATE_BACKCHANNEL_LOGOUT": "20/second;300/minute",
 }
 
 limiter = Limiter(key_func=get_remote_address, storage_uri="memory://", default_limits=[])
