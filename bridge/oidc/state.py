@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.exc import IntegrityError
 
-from bridge.store.db import session, write_session
+from bridge.store.db import write_session
 from bridge.store.models import EndedSession, LogoutTokenSeen
 
 #: how long an ended ``sid`` is remembered: longer than a Keycloak SSO session may live (its default
@@ -53,8 +53,8 @@ class SqlEndedSessions:
         """True when ``sid`` was ended by a logout (read fresh: another worker may have just ended it)."""
         if not sid:
             return False
-        with session(self.engine) as s:
-            exp = s.scalar(select(EndedSession.exp).where(EndedSession.sid == sid))
+        with self.engine.connect() as conn:  # Core, not an ORM session: on every exchange
+            exp = conn.execute(select(EndedSession.exp).where(EndedSession.sid == sid)).scalar()
         return exp is not None and exp > _ts(self.clock())
 
 

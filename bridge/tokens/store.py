@@ -216,9 +216,9 @@ class SqlRevocationStore:
         wanted = [s for s in dict.fromkeys(subjects) if s]
         if not wanted:
             return None
-        with session(self.engine) as s:
-            mark = s.scalar(select(func.max(SubjectRevocation.not_before)).where(
-                SubjectRevocation.subject_id.in_(wanted), SubjectRevocation.exp >= datetime.now(UTC)))
+        with self.engine.connect() as conn:  # Core, not an ORM session: on every issue
+            mark = conn.execute(select(func.max(SubjectRevocation.not_before)).where(
+                SubjectRevocation.subject_id.in_(wanted), SubjectRevocation.exp >= datetime.now(UTC))).scalar()
         return None if mark is None else int(mark.timestamp())
 
 
@@ -275,8 +275,9 @@ class SqlAssignmentSource:
             conds.append(RoleAssignment.username == username)
         if not conds:
             return []
-        with session(self.engine) as s:
-            rows: Iterable[Any] = s.execute(
+        # a Core connection, not an ORM session: this read is on every issue, uncached
+        with self.engine.connect() as conn:
+            rows: Iterable[Any] = conn.execute(
                 select(RoleAssignment.role, RoleAssignment.scopes).where(or_(*conds))
             ).all()
-            return [Assignment(role, dict(scopes or {})) for role, scopes in rows]
+        return [Assignment(role, dict(scopes or {})) for role, scopes in rows]
