@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from bridge.store.db import write_session
@@ -53,9 +53,12 @@ class SqlEndedSessions:
         """True when ``sid`` was ended by a logout (read fresh: another worker may have just ended it)."""
         if not sid:
             return False
-        with self.engine.connect() as conn:  # Core, not an ORM session: on every exchange
-            exp = conn.execute(select(EndedSession.exp).where(EndedSession.sid == sid)).scalar()
+        with self.engine.connect() as conn:  # Core, prebuilt statement: on every exchange
+            exp = conn.execute(_ENDED, {"sid": sid}).scalar()
         return exp is not None and exp > _ts(self.clock())
+
+
+_ENDED = select(EndedSession.exp).where(EndedSession.sid == bindparam("sid"))
 
 
 class SqlReplayCache:

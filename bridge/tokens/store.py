@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, delete, func, or_, select, update
+from sqlalchemy import Engine, bindparam, delete, func, or_, select, update
 
 from bridge.store.db import session, write_session
 from bridge.store.models import RevokedToken, RoleAssignment, SigningKey, SubjectRevocation
@@ -216,10 +216,13 @@ class SqlRevocationStore:
         wanted = [s for s in dict.fromkeys(subjects) if s]
         if not wanted:
             return None
-        with self.engine.connect() as conn:  # Core, not an ORM session: on every issue
-            mark = conn.execute(select(func.max(SubjectRevocation.not_before)).where(
-                SubjectRevocation.subject_id.in_(wanted), SubjectRevocation.exp >= datetime.now(UTC))).scalar()
+        with self.engine.connect() as conn:  # Core, prebuilt statement: on every issue
+            mark = conn.execute(_WATERMARK, {"subs": wanted, "now": datetime.now(UTC)}).scalar()
         return None if mark is None else int(mark.timestamp())
+
+
+_WATERMARK = select(func.max(SubjectRevocation.not_before)).where(
+    SubjectRevocation.subject_id.in_(bindparam("subs", expanding=True)), SubjectRevocation.exp >= bindparam("now"))
 
 
 def revoke_subject(engine: Engine, subject: str, *, max_token_lifetime: int | None = None) -> None:
@@ -268,16 +271,19 @@ class SqlAssignmentSource:
         self.engine = engine
 
     def assignments(self, subject_id: str | None, username: str | None) -> list[Assignment]:
-        conds: list[Any] = []
-        if subject_id:
-            conds.append(RoleAssignment.subject_id == subject_id)
-        if username:
-            conds.append(RoleAssignment.username == username)
-        if not conds:
+        if not subject_id and not username:
             return []
-        # a Core connection, not an ORM session: this read is on every issue, uncached
+        # prebuilt statements over a Core connection: this read is on every issue, uncached, and
+        # building the select (and its cache key) cost more than running it
+        stmt = _BY_SUBJECT if not username else _BY_USERNAME if not subject_id else _BY_EITHER
         with self.engine.connect() as conn:
-            rows: Iterable[Any] = conn.execute(
-                select(RoleAssignment.role, RoleAssignment.scopes).where(or_(*conds))
-            ).all()
+            rows: Iterable[Any] = conn.execute(stmt, {"sub": subject_id, "name": username}).all()
         return [Assignment(role, dict(scopes or {})) for role, scopes in rows]
+
+
+_ROLES = select(RoleAssignment.role, RoleAssignment.scopes)
+_BY_SUBJECT = _ROLES.where(RoleAssignment.subject_id == bindparam("sub"))
+_BY_USERNAME = _ROLES.where(RoleAssignment.username == bindparam("name"))
+_BY_EITHER = _ROLES.where(
+    or_(RoleAssignment.subject_id == bindparam("sub"), RoleAssignment.username == bindparam("name"))
+)
