@@ -91,7 +91,10 @@ def test_role_removed_by_sync_revokes_old_tokens_and_leaves_the_next_token(
     report = runner.run(apply=True, allow_deletes=True, full=True)  # the sync removes the role
     assert report.status == "ok" and report.counts()["store.removed"] == 1, report.counts()
 
-    assert sub in {e["sub"] for e in client.get("/revocations").json["subjects"]}
+    deadline = time.time() + 5  # the revocation list is cached for 2 s per worker
+    while sub not in {e["sub"] for e in client.get("/revocations").json["subjects"]}:
+        assert time.time() < deadline, "the sync raised no watermark for the subject"
+        time.sleep(0.3)
     with pytest.raises(VerificationError, match="revoked"):
         verifier.verify(old)
     r = client.post("/introspect", data={"token": old}, auth=("pacs", "introspect-secret"))
