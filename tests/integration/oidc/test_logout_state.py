@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from flask import Flask, request
-from oidc_helpers import BridgeServer, _repoint_client, db_engine, otp_for
+from oidc_helpers import BridgeServer, _repoint_client, db_engine, otp_for, restore_backchannel_url
 from werkzeug.serving import make_server
 
 from bridge.devstack import demo_data, tls
@@ -46,13 +46,6 @@ def bridge_client_login(stack: dict[str, Any], username: str) -> Any:
                              ca_file=stack["ca"]["file"], client_secret=ctx.secret(kc.CLIENT_SECRET))
     return login.login(username, str(demo_data.user(username)["password"]), otp=otp_for(AD_REALM, username),
                        acr_values="mfa")  # what the bridge's own login asks for (step-up)
-
-
-def restore_backchannel_url(admin: kc.AdminClient, url: str | None) -> None:
-    """Put the pacs-bridge client's back-channel logout URL back exactly as it was."""
-    client = admin.call("GET", f"{AD_REALM}/clients?clientId=pacs-bridge", what="find pacs-bridge")[0]
-    client["attributes"]["backchannel.logout.url"] = url or ""
-    admin.call("PUT", f"{AD_REALM}/clients/{client['id']}", json=client, what="restore pacs-bridge")
 
 
 def kc_logout(kc_admin: kc.AdminClient, username: str) -> None:
@@ -144,7 +137,7 @@ def test_logout_token_replayed_to_the_other_worker_is_refused(
                 time.sleep(0.2)
         finally:
             restore_backchannel_url(kc.AdminClient(stack["keycloak"]["url"], StackContext(ca_file=Path(ca)).secret(
-                kc.ADMIN_SECRET), ca_file=ca), old)
+                kc.ADMIN_SECRET), ca_file=ca), AD_REALM, old)
     assert got and got[0].count(".") == 2, "Keycloak sent no logout token"
     logout_token = got[0]
     http = pinned_session(ca)
