@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bridge.store.db import write_session
 from bridge.store.models import EndedSession, LogoutTokenSeen
+from bridge.tokens.store import connection
 
 #: how long an ended ``sid`` is remembered: longer than a Keycloak SSO session may live (its default
 #: maximum is 10 h) and than the bridge's absolute session timeout allows
@@ -53,7 +54,7 @@ class SqlEndedSessions:
         """True when ``sid`` was ended by a logout (read fresh: another worker may have just ended it)."""
         if not sid:
             return False
-        with self.engine.connect() as conn:  # Core, prebuilt statement: on every exchange
+        with connection(self.engine) as conn:  # Core, prebuilt statement: on every exchange
             exp = conn.execute(_ENDED, {"sid": sid}).scalar()
         return exp is not None and exp > _ts(self.clock())
 

@@ -18,6 +18,7 @@ import ssl
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,6 +178,8 @@ class TokenService:
     audit: AuditSink = field(default=lambda event, details: None)
     #: ended Keycloak sessions (shared by every worker); None: only watermarks are checked
     ended_sessions: SessionEnds | None = None
+    #: wraps the issue-time reads of one exchange (the app: one database connection for all of them)
+    read_scope: Callable[[], AbstractContextManager[None]] = nullcontext
     _verifier: Verifier | None = None
 
     # ---- who and what
@@ -299,6 +302,13 @@ class TokenService:
             self.audit(AuditEventType.ACCESS_DENIED, {"client_id": client_id, "reason": exc.reason})
             raise TokenServiceError("invalid_grant", "subject token is not acceptable") from None
         subject = self.subject_from_keycloak(kc)
+        with self.read_scope():
+            return self._checked_exchange(kc, subject, client_id, scope, purpose)
+
+    def _checked_exchange(
+        self, kc: Mapping[str, Any], subject: Subject, client_id: str, scope: str | None, purpose: str
+    ) -> ExchangeRequest:
+        """The checks of :meth:`prepare_exchange` that read the store (logout state, MFA, the grant)."""
         why = self.logged_out(kc, subject)
         if why is not None:
             self.audit(

@@ -9,16 +9,49 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, bindparam, delete, func, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, or_, select, update
 
 from bridge.store.db import session, write_session
 from bridge.store.models import RevokedToken, RoleAssignment, SigningKey, SubjectRevocation
 from bridge.tokens.keys import KeyRecord
+
+# --------------------------------------------------------------------------- issue-time reads
+
+_pinned = threading.local()
+
+
+@contextmanager
+def one_connection(engine: Engine) -> Iterator[None]:
+    """Let this thread's issue-time reads (assignments, watermarks, ended sessions) share one
+    connection: one pool checkout and one transaction instead of three -- half the cost of the
+    uncached reads on ``/token`` -- and one consistent view of the three tables."""
+    if getattr(_pinned, "conn", None) is not None:
+        yield
+        return
+    with engine.connect() as conn:
+        _pinned.conn, _pinned.engine = conn, engine
+        try:
+            yield
+        finally:
+            _pinned.conn = _pinned.engine = None
+
+
+@contextmanager
+def connection(engine: Engine) -> Iterator[Connection]:
+    """The connection pinned by :func:`one_connection` for ``engine``, else a fresh one."""
+    conn = getattr(_pinned, "conn", None)
+    if conn is not None and _pinned.engine is engine:
+        yield conn
+    else:
+        with engine.connect() as fresh:
+            yield fresh
+
 
 # --------------------------------------------------------------------------- signing keys
 
@@ -216,7 +249,7 @@ class SqlRevocationStore:
         wanted = [s for s in dict.fromkeys(subjects) if s]
         if not wanted:
             return None
-        with self.engine.connect() as conn:  # Core, prebuilt statement: on every issue
+        with connection(self.engine) as conn:  # Core, prebuilt statement: on every issue
             mark = conn.execute(_WATERMARK, {"subs": wanted, "now": datetime.now(UTC)}).scalar()
         return None if mark is None else int(mark.timestamp())
 
@@ -276,7 +309,7 @@ class SqlAssignmentSource:
         # prebuilt statements over a Core connection: this read is on every issue, uncached, and
         # building the select (and its cache key) cost more than running it
         stmt = _BY_SUBJECT if not username else _BY_USERNAME if not subject_id else _BY_EITHER
-        with self.engine.connect() as conn:
+        with connection(self.engine) as conn:
             rows: Iterable[Any] = conn.execute(stmt, {"sub": subject_id, "name": username}).all()
         return [Assignment(role, dict(scopes or {})) for role, scopes in rows]
 

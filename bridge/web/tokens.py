@@ -55,7 +55,7 @@ def build_service(settings: Settings, audit_store: Any | None = None) -> TokenSe
     from bridge.oidc.state import SqlEndedSessions
     from bridge.store.db import engine as make_engine
     from bridge.tokens.auditing import BufferedAuditSink
-    from bridge.tokens.store import SqlAssignmentSource, SqlRevocationStore
+    from bridge.tokens.store import SqlAssignmentSource, SqlRevocationStore, one_connection
 
     # one connection pool per worker: the audit store already opened the same database
     eng = audit_store.engine if audit_store is not None else make_engine(settings.store.url)
@@ -88,6 +88,7 @@ def build_service(settings: Settings, audit_store: Any | None = None) -> TokenSe
         assignments=SqlAssignmentSource(eng),  # read at every issue: a removed role must not linger
         revocations=SqlRevocationStore(eng),
         ended_sessions=SqlEndedSessions(eng, ttl_seconds=max(24 * 3600, settings.bridge.session_absolute_hours * 3600)),
+        read_scope=lambda: one_connection(eng),
         role_permissions=role_permissions(settings.sync.policy_file),
         audit=audit,
     )

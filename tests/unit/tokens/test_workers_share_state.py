@@ -82,3 +82,20 @@ def test_ended_session_in_one_worker_refuses_the_exchange_in_the_other(workers: 
     assert exchange(b["client"], token).status_code == 200
     a["service"].ended_sessions.end("kc-session-7")
     assert exchange(b["client"], token).status_code == 400
+
+
+def test_an_exchange_reads_the_store_over_one_connection(workers: Any) -> None:
+    """Assignments, watermark and ended session: three uncached reads, one pool checkout."""
+    from sqlalchemy import event
+
+    a, _b, _url = workers
+    exchange(a["client"], kc_token(sid="s"))  # warm: keys, JWKS
+    eng = a["service"].assignments.engine
+    checkouts: list[int] = []
+    listener = lambda *args: checkouts.append(1)  # noqa: E731
+    event.listen(eng, "checkout", listener)
+    try:
+        assert exchange(a["client"], kc_token(sid="s")).status_code == 200
+    finally:
+        event.remove(eng, "checkout", listener)
+    assert len(checkouts) == 1
