@@ -255,3 +255,24 @@ def test_backchannel_refusals_are_audited_in_bounded_volume(settings: Any) -> No
     w.app.extensions[login.EXTENSION]["backchannel_refusals"].flush()
     summary = [d for k, d in w.events if k == AuditEventType.ACCESS_DENIED and d.get("suppressed")]
     assert summary and summary[-1]["suppressed"] + len(refusals) == 300
+
+
+def test_other_routes_to_logout_do_nothing(settings: Any) -> None:
+    w = Worker(settings)
+    w.log_in()
+    token = re.search(r'name="csrf_token" value="([^"]+)"', w.get("/logout").get_data(as_text=True)).group(1)  # type: ignore[union-attr]
+    for path in ("/logout/", "/LOGOUT", "/logout%2F"):
+        assert w.post(path, data={"csrf_token": token}).status_code in (404, 405), path
+        assert w.get(path).status_code in (404, 405), path
+    assert w.client.open("/logout", method="PUT", base_url=BASE, data={"csrf_token": token}).status_code == 405
+    assert w.service.revocations.subjects() == {}
+    assert delivered(w.get(f"/login?redirect_uri={VIEWER}")) is not None
+
+
+def test_logout_token_only_counts_in_the_form_body(settings: Any) -> None:
+    w = Worker(settings)
+    token = logout_token()
+    r = w.post(f"/backchannel-logout?logout_token={token}")
+    assert r.status_code == 400 and r.get_json()["error_description"] == "logout_token missing"
+    assert w.service.revocations.subjects() == {}
+    assert w.post("/backchannel-logout", data={"logout_token": token}).status_code == 200  # not spent by the query
