@@ -150,6 +150,12 @@ def login() -> Response:
         return _error(400, "redirect_uri: not a registered viewer redirect URI (exact match required)")
     viewer_state = request.args.get("state", "")[:512]
     session[sess.PENDING] = {"redirect_uri": redirect_uri, "state": viewer_state, "stepped_up": False}
+    with ext["service"].read_scope():  # logout state and assignments over one connection
+        return _login_with(ext)
+
+
+def _login_with(ext: dict[str, Any]) -> Response:
+    """The live session delivers (roles read now), or the browser goes to Keycloak."""
     current = _current_login()
     if current is not None:
         if current.fallback is not None:
