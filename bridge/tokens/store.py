@@ -297,8 +297,8 @@ class MemoryAssignmentSource:
 
 
 class SqlAssignmentSource:
-    """Reads ``role_assignments`` by the stable directory id, or by username when the Keycloak
-    token does not carry that id."""
+    """Reads ``role_assignments`` by the stable directory id; for a local Keycloak account (no
+    directory id) also hand-made (unmanaged) rows by username."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -316,7 +316,8 @@ class SqlAssignmentSource:
 
 _ROLES = select(RoleAssignment.role, RoleAssignment.scopes)
 _BY_SUBJECT = _ROLES.where(RoleAssignment.subject_id == bindparam("sub"))
-_BY_USERNAME = _ROLES.where(RoleAssignment.username == bindparam("name"))
-_BY_EITHER = _ROLES.where(
-    or_(RoleAssignment.subject_id == bindparam("sub"), RoleAssignment.username == bindparam("name"))
-)
+# by username only rows granted by hand: the sync's rows belong to a directory account, and a
+# local Keycloak account that happens to share its username must not inherit them
+_BY_NAME = (RoleAssignment.username == bindparam("name")) & RoleAssignment.managed.is_(False)
+_BY_USERNAME = _ROLES.where(_BY_NAME)
+_BY_EITHER = _ROLES.where(or_(RoleAssignment.subject_id == bindparam("sub"), _BY_NAME))

@@ -99,3 +99,16 @@ def test_an_exchange_reads_the_store_over_one_connection(workers: Any) -> None:
     finally:
         event.remove(eng, "checkout", listener)
     assert len(checkouts) == 1
+
+
+def test_local_account_does_not_inherit_a_directory_users_roles_by_username(workers: Any) -> None:
+    """A local Keycloak account named like a directory user gets only hand-made rows by username."""
+    a, _b, url = workers
+    local = kc_token(directory_id=None, sub="kc-local-9", preferred_username="rad.alice",
+                     realm_access={"roles": []})
+    r = exchange(a["client"], local)  # rad.alice's sync row (managed) is not this account's
+    assert r.status_code == 400 and r.json["error"] == "invalid_grant"
+    with session(engine(url)) as s:
+        s.add(RoleAssignment(subject_id="", username="rad.alice", role="auditor", managed=False))
+    r = exchange(a["client"], local)
+    assert r.status_code == 200 and r.json["scope"] == "pacs:audit-logs"
