@@ -257,9 +257,6 @@ class TokensSection(_Section):
     subject_token_audience: str | None = None
     #: Keycloak clients (``azp``) whose tokens may be exchanged
     subject_token_clients: list[str] = Field(default_factory=lambda: ["pacs-viewer", "pacs-bridge"])
-    #: how long /token reuses a subject's role assignments (0 = read the store every time);
-    #: at most 10 s, the shortest sync interval, so a removed role never outlives one sync run
-    assignment_cache_seconds: float = Field(5.0, ge=0, le=10)
 
     @model_validator(mode="after")
     def _lifetime_within_max(self) -> TokensSection:
@@ -347,7 +344,7 @@ class AuditSection(_Section):
 
 
 #: the rate-limited endpoint groups (bridge/web/limits.py; sizing in docs/configuration.md)
-RATE_LIMIT_NAMES = ("token", "introspect", "revoke", "revocations", "login", "metrics")
+RATE_LIMIT_NAMES = ("token", "introspect", "revoke", "revocations", "login", "backchannel_logout", "metrics")
 
 
 class MetricsSection(_Section):

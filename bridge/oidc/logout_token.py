@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 
@@ -26,9 +26,17 @@ class LogoutTokenError(Exception):
     """The logout token is not acceptable; the message says which rule failed (no token content)."""
 
 
+class Replay(Protocol):
+    """Remembers accepted ``jti`` values: :class:`bridge.oidc.state.SqlReplayCache` in the app
+    (shared by every worker), :class:`ReplayCache` in unit tests."""
+
+    def first_time(self, jti: str, keep_until: float) -> bool: ...
+
+
 @dataclass
 class ReplayCache:
-    """``jti`` values seen, kept until their token is too old to be accepted anyway."""
+    """``jti`` values seen by this process, kept until their token is too old to be accepted anyway
+    (unit tests: one process's memory would let a replay through to another worker)."""
 
     seen: dict[str, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -50,7 +58,7 @@ class LogoutTokenValidator:
     keys: JwksCache
     max_age_seconds: int = 300
     leeway_seconds: int = 30
-    replay: ReplayCache = field(default_factory=ReplayCache)
+    replay: Replay = field(default_factory=ReplayCache)
     clock: Callable[[], float] = time.time
 
     def validate(self, token: str) -> dict[str, Any]:

@@ -5,11 +5,13 @@ Keycloak is a cross-site top-level GET that must carry it).  A session ends when
 
 * it was idle longer than ``bridge.session_idle_minutes``,
 * it is older than ``bridge.session_absolute_hours`` (no sliding past that),
-* its subject was logged out: a back-channel logout raised the subject's revocation watermark
-  (the database, so every worker process sees it) or named its Keycloak ``sid``.
+* its subject was logged out: a logout (or the sync) raised the subject's revocation watermark,
+  or a back-channel logout named its Keycloak ``sid`` (both in the database, so every worker
+  process sees them).
 
-Only what issuing a PACS token needs is kept: the subject, how they authenticated, their realm
-roles and the ID token (the ``id_token_hint`` of RP-initiated logout).  Never a password or OTP.
+Only who the user is, how they authenticated and the ID token (the ``id_token_hint`` of
+RP-initiated logout) are kept.  Never a password or OTP, and never roles: what a PACS token grants
+is read from the assignment store when it is issued, so a role removed after the login is gone.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 KEY = "bridge_login"
 PENDING = "bridge_pending"
@@ -34,21 +36,19 @@ class Login:
     auth_time: int | None
     acr: str | None
     amr: list[str]
-    realm_roles: list[str]
     id_token: str
     login_at: float
     last_seen: float
     fallback: str | None = None  # why sub is not the directory id, if it is not
 
     def keycloak_claims(self) -> dict[str, Any]:
-        """The claims the token service reads (subject, MFA, realm roles), rebuilt from the session."""
+        """The claims the token service reads (subject, MFA), rebuilt from the session; no roles."""
         claims: dict[str, Any] = {
             "sub": self.kc_sub,
             "preferred_username": self.username,
             "name": self.name,
             "acr": self.acr,
             "amr": list(self.amr),
-            "realm_access": {"roles": list(self.realm_roles)},
         }
         if self.fallback is None:
             claims["directory_id"] = self.sub
@@ -57,15 +57,22 @@ class Login:
         return claims
 
 
+class SessionEnds(Protocol):
+    """Where ended Keycloak sessions are kept (:class:`bridge.oidc.state.SqlEndedSessions` in the
+    app: shared by every worker; :class:`EndedSessions` in unit tests)."""
+
+    def end(self, sid: str) -> None: ...
+
+    def ended(self, sid: str | None) -> bool: ...
+
+
 @dataclass
 class EndedSessions:
-    """Keycloak ``sid`` values ended by back-channel logout (this process), and the Keycloak user
-    id -> directory id map learnt at login, so a logout token (which names Keycloak's ``sub``) can
-    revoke PACS tokens (which name the directory id)."""
+    """Ended Keycloak ``sid`` values in this process's memory (unit tests only: a deployment
+    runs several workers and must share them, see :mod:`bridge.oidc.state`)."""
 
     ttl_seconds: float = 24 * 3600
     sids: dict[str, float] = field(default_factory=dict)
-    directory_ids: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def end(self, sid: str) -> None:
@@ -102,7 +109,7 @@ def save(store: MutableMapping[str, Any], login: Login) -> None:
 def current(
     store: MutableMapping[str, Any],
     timeouts: Timeouts,
-    ended: EndedSessions,
+    ended: SessionEnds,
     subject_watermark: Callable[[str], int | None],
     now: float | None = None,
 ) -> tuple[Login | None, str | None]:
@@ -117,11 +124,11 @@ def current(
     elif now - login.login_at > timeouts.absolute_seconds:
         why = "absolute timeout"
     elif ended.ended(login.sid):
-        why = "logged out (back-channel)"
+        why = "logged out (Keycloak session ended)"
     else:
         mark = subject_watermark(login.sub)
         if mark is not None and login.login_at < mark + 1:  # whole seconds: err on the closed side
-            why = "logged out (back-channel)"
+            why = "logged out or access changed (subject revoked)"
     if why:
         store.pop(KEY, None)
         return None, why
@@ -131,6 +138,8 @@ def current(
 
 
 def watermark_lookup(subjects: Callable[[], Mapping[str, tuple[int, int]]]) -> Callable[[str], int | None]:
+    """A ``subject_watermark`` for :func:`current` over a (possibly cached) ``subjects()`` map."""
+
     def lookup(sub: str) -> int | None:
         mark = subjects().get(sub)
         return None if mark is None else mark[0]

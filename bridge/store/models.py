@@ -211,6 +211,30 @@ class SubjectRevocation(Base):
     exp: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
 
 
+class EndedSession(Base):
+    """A Keycloak login session (``sid``) ended by logout: no bridge session or token exchange
+    may ride on it any more.  In the database, not in one worker's memory, because the logout
+    reaches one gunicorn worker (or one replica) and the next request may reach another; kept
+    until ``exp`` (longer than any session could have lived), then deleted."""
+
+    __tablename__ = "ended_sessions"
+
+    sid: Mapped[str] = mapped_column(String(256), primary_key=True)
+    ended_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    exp: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class LogoutTokenSeen(Base):
+    """``jti`` of every accepted back-channel logout token, so a replay is refused by every worker
+    and replica (the primary key makes the check-and-record one atomic insert); kept until ``exp``,
+    after which the token's ``iat`` is too old for it to be accepted anyway."""
+
+    __tablename__ = "logout_token_jtis"
+
+    jti: Mapped[str] = mapped_column(String(256), primary_key=True)
+    exp: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+
+
 class PullCursor(Base):
     """Where a job that pulls events from another system stopped (e.g. ``keycloak-events:hospital``).
 

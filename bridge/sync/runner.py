@@ -27,7 +27,7 @@ from bridge.store import lease
 from bridge.store.db import session, write_session
 from bridge.store.models import SyncRun, utcnow
 from bridge.sync.desired import desired_state
-from bridge.sync.model import ActualState, DesiredState, Leaver, Plan
+from bridge.sync.model import ActualState, Change, DesiredState, Leaver, Plan
 from bridge.sync.plan import make_plan
 from bridge.sync.safety import GateResult, Thresholds, check
 from bridge.sync.targets.base import ApplyResult, Target, TargetError
@@ -191,6 +191,7 @@ class SyncRunner:
     def _apply(self, report: RunReport, desired: DesiredState, plan: Plan,
                step: Callable[[int], None] | None) -> None:
         leavers: dict[str, Leaver] = {}
+        narrowed: dict[str, Change] = {}  # subjects that lost a role, first removal kept for the audit
         for tplan in plan.targets:
             target = next(t for t in self.targets if t.name == tplan.target)
             res = target.apply(tplan, desired, step)
@@ -204,24 +205,32 @@ class SyncRunner:
                                 (*objs, ev.group(c.group_dn), ev.rule(c.rule_id)), target=res.target)
                 else:
                     self._audit(AuditEventType.ROLE_REMOVED, None, objs, target=res.target, reason=c.reason)
+                    narrowed.setdefault(c.user_id, c)
             failed = {f["user"] for f in res.failures}
             for lv in tplan.leavers:
                 if lv.username not in failed:
                     leavers.setdefault(lv.user_id, lv)
         for lv in leavers.values():
-            self._revoke_tokens(report, lv)
+            self._revoke_tokens(report, lv.user_id, lv.username, f"leaver ({lv.reason})")
+        for uid, c in narrowed.items():
+            if uid not in leavers:
+                self._revoke_tokens(report, uid, c.username, f"role removed ({c.role}: {c.reason})")
 
-    def _revoke_tokens(self, report: RunReport, lv: Leaver) -> None:
-        """Leavers' PACS tokens: revoked by subject where the token service supports it.  Their
-        managed store rows are already gone, so no new token carries a role either way."""
+    def _revoke_tokens(self, report: RunReport, user_id: str, username: str, reason: str) -> None:
+        """Raise the subject's revocation watermark: every PACS token issued so far dies at the PACS
+        (``/revocations``) and Keycloak tokens issued so far can no longer be exchanged.
+
+        For a leaver *and* for any role removal: a token issued before the removal still carries
+        the removed role (and its permissions) until it expires; the watermark is the only way to
+        take that back.  Called after the targets applied the removal, so a token issued after
+        the watermark is issued from the narrowed assignments."""
         if self.revoke_subject is None:
             return
         try:
-            self.revoke_subject(lv.user_id)
-            self._audit(AuditEventType.TOKEN_REVOKED, None, (ev.user(lv.user_id, lv.username),),
-                        reason=f"leaver ({lv.reason})")
+            self.revoke_subject(user_id)
+            self._audit(AuditEventType.TOKEN_REVOKED, None, (ev.user(user_id, username),), reason=reason)
         except Exception as exc:
-            report.errors.append({"user": lv.username, "error": f"token revocation failed: {exc}"})
+            report.errors.append({"user": username, "error": f"token revocation failed: {exc}"})
 
     def _finish(self, report: RunReport, apply: bool) -> None:
         errors = list(report.errors) + [f for r in report.results for f in r.failures]

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import logging
 import os
 import threading
 import time
@@ -31,6 +33,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from joserfc import jwk as joserfc_jwk
+
+log = logging.getLogger(__name__)
 
 ALGORITHMS: tuple[str, ...] = ("ES256", "RS256", "EdDSA")
 _FORMAT_V1 = b"\x01"
@@ -206,6 +210,9 @@ class KeyRing:
         self.clock = clock
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
+        self._usable: dict[tuple[str, bytes, str], bool] = {}
+        #: called with (kid, why) when a stored key is withheld from the JWKS (the app audits it)
+        self.on_unusable: Callable[[str, str], None] | None = None
 
     # ---- reading
 
@@ -216,7 +223,14 @@ class KeyRing:
         actives = [r for r in published if r.retired_at is None and r.algorithm == self.algorithm]
         active: SigningKey | None = None
         if actives:
-            newest = actives[-1]
+            # the newest key this bridge can vouch for: a planted row must not become the signer
+            # (nor stop signing); no usable key at all is an operator error (wrong KEK): say so
+            newest = next((r for r in reversed(actives) if self.usable(r)), None)
+            if newest is None:
+                raise SigningKeyError(
+                    f"signing key {actives[-1].kid}: cannot decrypt (wrong tokens.key_encryption_key, "
+                    "or the row was altered)"
+                )
             der = self.encryptor.decrypt(newest.private_key_encrypted, newest.kid)
             key = serialization.load_der_private_key(der, password=None)
             active = SigningKey(newest.kid, newest.algorithm, key)  # type: ignore[arg-type]
@@ -250,7 +264,8 @@ class KeyRing:
         return snap.active
 
     def jwks(self) -> dict[str, Any]:
-        """The public JWK set: the active key and every retired key still within its ``not_after``.
+        """The public JWK set: the active key and every retired key still within its ``not_after``,
+        but only keys this bridge can vouch for (:meth:`usable`).
 
         Read from the repository on every call, not from this worker's cache: another worker (or
         `keys rotate`) may have just created the key it signs with, and a verifier that finds an
@@ -258,7 +273,48 @@ class KeyRing:
         self.active()
         now = self.clock()
         records = sorted(self.repository.all(), key=lambda r: r.created_at)
-        return {"keys": [dict(r.public_jwk) for r in reversed(records) if r.published(now)]}
+        return {"keys": [dict(r.public_jwk) for r in reversed(records) if r.published(now) and self.usable(r)]}
+
+    def usable(self, record: KeyRecord) -> bool:
+        """True when ``record``'s private half decrypts with the current key-encryption key and is
+        the private half of the published public key.
+
+        Why: whoever can write the ``signing_keys`` table could otherwise add a public key of their
+        own (with any ciphertext) and every PACS would trust tokens signed by it.  A row only this
+        bridge's KEK could have encrypted -- AES-GCM with the ``kid`` bound in -- and whose public
+        key matches its private key is one the bridge made.  Checked once per row content, then
+        remembered; a refused row is logged (its ``kid`` and why, nothing secret) and reported to
+        ``on_unusable``."""
+        key = (record.kid, record.private_key_encrypted, json.dumps(record.public_jwk, sort_keys=True))
+        verdict = self._usable.get(key)
+        if verdict is None:
+            verdict, why = self._check(record)
+            if not verdict:
+                log.warning("signing key %s is not published in the JWKS: %s", record.kid, why)
+                if self.on_unusable is not None:
+                    try:
+                        self.on_unusable(record.kid, why)
+                    except Exception:  # reporting must not break the JWKS
+                        log.exception("reporting the unusable signing key %s failed", record.kid)
+            if len(self._usable) > 1000:
+                self._usable.clear()
+            self._usable[key] = verdict
+        return verdict
+
+    def _check(self, record: KeyRecord) -> tuple[bool, str]:
+        try:
+            der = self.encryptor.decrypt(record.private_key_encrypted, record.kid)
+        except SigningKeyError:
+            return False, "its private key does not decrypt with tokens.key_encryption_key"
+        try:
+            private = serialization.load_der_private_key(der, password=None)
+            derived = public_jwk(private.public_key(), record.algorithm)  # type: ignore[arg-type]
+        except Exception:
+            return False, "its private key cannot be read"
+        published = {k: v for k, v in record.public_jwk.items() if k not in ("alg", "use", "key_ops")}
+        if derived["kid"] != record.kid or {k: v for k, v in derived.items() if k not in ("alg", "use")} != published:
+            return False, "its public key is not the public half of its private key"
+        return True, ""
 
     # ---- signing
 

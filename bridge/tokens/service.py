@@ -5,9 +5,10 @@ Framework-free: the Flask blueprint (:mod:`bridge.web.tokens`) and Authlib's end
 tokens are checked here (:class:`KeycloakTokenValidator`), PACS tokens by the very verifier the
 PACS uses (:mod:`bridge.pacs.verifier`), fed with the key ring's own JWKS.
 
-Errors never say whether a user exists: a subject token that is invalid, for an unknown user or
-for a user without any PACS role gets the same ``invalid_grant`` answer; only the missing second
-factor gets its own (RFC 9470) answer, because the client must act on it.
+Errors never say whether a user exists: a subject token that is invalid, logged out, for an
+unknown user or for a user without any PACS role gets the same ``invalid_grant`` answer (the
+audit trail records which); only the missing second factor gets its own (RFC 9470) answer,
+because the client must act on it.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import ssl
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.audit.codes import AuditEventType
+from bridge.oidc.session import SessionEnds
 from bridge.pacs.verifier import (
     Fetch,
     JwksCache,
@@ -43,6 +46,8 @@ from bridge.tokens.store import AssignmentSource, RevocationStore, revoked_by_su
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 DIRECTORY_ID_CLAIMS = claims_mod.DIRECTORY_ID_CLAIMS
+#: ``Grant.source`` of a directory account without any assignment row (no fallback)
+NO_ASSIGNMENT = "no-assignment"
 
 AuditSink = Callable[[AuditEventType, Mapping[str, Any]], None]
 
@@ -208,6 +213,10 @@ class TokenService:
     revocations: RevocationStore
     role_permissions: Mapping[str, Any]
     audit: AuditSink = field(default=lambda event, details: None)
+    #: ended Keycloak sessions (shared by every worker); None: only watermarks are checked
+    ended_sessions: SessionEnds | None = None
+    #: wraps the issue-time reads of one exchange (the app: one database connection for all of them)
+    read_scope: Callable[[], AbstractContextManager[None]] = nullcontext
     _verifier: Verifier | None = None
 
     # ---- who and what
@@ -218,11 +227,19 @@ class TokenService:
         return claims_mod.subject_from_keycloak(kc)[0]
 
     def grant_for(self, subject: Subject, keycloak_claims: Mapping[str, Any] | None = None) -> Grant:
-        """Roles from the bridge's assignment store (written by the sync), else Keycloak realm roles."""
-        # by username only when the token carries no directory id: a username can be reused by
-        # another person later, the directory id cannot (the sync keys assignments by it)
-        federated = keycloak_claims is None or claims_mod.subject_from_keycloak(keycloak_claims)[1] is None
-        rows = self.assignments.assignments(subject.id, None if federated else subject.username)
+        """What ``subject`` may do, read from the assignment store now (the sync writes it).
+
+        Read at every issue, never cached and never taken from a copy made at login: a role the
+        sync removed must not reach the next token.  A directory account (the token carries its
+        directory id) gets exactly its assignment rows -- none means no PACS access, never
+        Keycloak's realm roles, which carry no department scopes.  Only a local Keycloak account
+        (break-glass admin, no directory id) falls back to the realm roles of ``keycloak_claims``,
+        which must then be a token validated just now.
+        """
+        local = keycloak_claims is not None and claims_mod.subject_from_keycloak(keycloak_claims)[1] is not None
+        # by username only for a local account: a username can be reused by another person later,
+        # the directory id cannot (the sync keys assignments by it)
+        rows = self.assignments.assignments(subject.id, subject.username if local else None)
         if rows:
             departments: set[str] = set()
             institutions: set[str] = set()
@@ -232,8 +249,34 @@ class TokenService:
             return claims_mod.grant_from_roles(
                 [r.role for r in rows], self.role_permissions, departments, institutions, source="assignments"
             )
+        if not local:
+            return Grant(source=NO_ASSIGNMENT)
         realm_roles = ((keycloak_claims or {}).get("realm_access") or {}).get("roles") or []
         return claims_mod.grant_from_roles(realm_roles, self.role_permissions, source="keycloak-roles")
+
+    def denial_reason(self, grant: Grant) -> str:
+        """The audit trail's words for an empty grant."""
+        if grant.source == NO_ASSIGNMENT:
+            return "no PACS role assignment for this directory account (Keycloak realm roles are not used)"
+        return "no PACS role"
+
+    def logged_out(self, kc: Mapping[str, Any], subject: Subject) -> str | None:
+        """Why a (valid) Keycloak token may no longer be used, or None.
+
+        A logout ends the Keycloak session but not the access tokens it already issued (they live
+        until ``exp``); the bridge therefore refuses a token whose ``iat`` is at or before the
+        subject's revocation watermark (raised by RP-initiated and back-channel logout, a leaver
+        and any role removal by the sync), or whose ``sid`` names an ended session.  Both are
+        read from the database now, so a logout handled by another worker counts at once.
+        """
+        iat = kc.get("iat")
+        mark = self.revocations.watermark((subject.id, str(kc.get("sub") or "")))
+        if mark is not None and (not isinstance(iat, int | float) or iat <= mark):
+            return "subject token issued before the subject's logout or access change (revocation watermark)"
+        sid = kc.get("sid")
+        if self.ended_sessions is not None and isinstance(sid, str) and self.ended_sessions.ended(sid):
+            return "subject token's Keycloak session was ended by logout"
+        return None
 
     # ---- issuing
 
@@ -299,6 +342,20 @@ class TokenService:
             self.audit(AuditEventType.ACCESS_DENIED, {"client_id": client_id, "reason": exc.reason})
             raise TokenServiceError("invalid_grant", "subject token is not acceptable") from None
         subject = self.subject_from_keycloak(kc)
+        with self.read_scope():
+            return self._checked_exchange(kc, subject, client_id, scope, purpose)
+
+    def _checked_exchange(
+        self, kc: Mapping[str, Any], subject: Subject, client_id: str, scope: str | None, purpose: str
+    ) -> ExchangeRequest:
+        """The checks of :meth:`prepare_exchange` that read the store (logout state, MFA, the grant)."""
+        why = self.logged_out(kc, subject)
+        if why is not None:
+            self.audit(
+                AuditEventType.ACCESS_DENIED,
+                {"client_id": client_id, "subject": subject.id, "username": subject.username, "reason": why},
+            )
+            raise TokenServiceError("invalid_grant", "subject token is not acceptable")
         verdict = mfa.check(kc, self.mfa_rule)
         if not verdict.ok:
             self.audit(
@@ -315,7 +372,8 @@ class TokenService:
         if not grant.permissions:
             self.audit(
                 AuditEventType.ACCESS_DENIED,
-                {"client_id": client_id, "subject": subject.id, "username": subject.username, "reason": "no PACS role"},
+                {"client_id": client_id, "subject": subject.id, "username": subject.username,
+                 "reason": self.denial_reason(grant)},
             )
             raise TokenServiceError("invalid_grant", "subject token is not acceptable")
         return ExchangeRequest(subject, grant, purpose)

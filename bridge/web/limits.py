@@ -37,6 +37,7 @@ DEFAULTS = {
     "PACS_BRIDGE_RATE_REVOCATIONS": "20/second",
     "PACS_BRIDGE_RATE_LOGIN": "20/second;600/minute",
     "PACS_BRIDGE_RATE_METRICS": "5/second",
+    "PACS_BRIDGE_RATE_BACKCHANNEL_LOGOUT": "20/second;300/minute",
 }
 EXTENSION = "pacs_bridge_limiter"
 _MARK = "_pacs_bridge_rate_limit"

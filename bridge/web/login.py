@@ -9,27 +9,38 @@ token by the token service's own Keycloak validator; if the login did not reach 
 ``acr_values=mfa`` (step-up) and no token is issued.  Once it holds, the PACS token goes to the
 viewer in the URI *fragment* (never the query: fragments are not sent to servers nor logged).
 
-``/logout``: ends the bridge session, revokes the subject's PACS tokens and sends the browser to
-Keycloak's end-session endpoint with ``id_token_hint`` (RP-initiated logout 1.0).
+What the PACS token grants is read from the assignment store when it is issued (never from the
+session cookie): a role the sync removed after the login is not in the next token.
+
+``/logout``: a GET only shows a confirmation form; the POST (with the form's CSRF token) ends the
+bridge session, revokes the subject's PACS tokens and sends the browser to Keycloak's
+end-session endpoint with ``id_token_hint`` (RP-initiated logout 1.0).  A link or image on
+another site therefore cannot log anybody out.
 ``/backchannel-logout``: Keycloak's server-to-server logout (Back-Channel Logout 1.0): validates
-the logout token, ends the bridge session(s) of that ``sid``/``sub`` and revokes the PACS tokens.
+the logout token (its ``jti`` recorded in the database, so a replay is refused by every worker),
+ends the bridge session(s) of that ``sid``/``sub`` and revokes the PACS tokens.  It is rate
+limited, and refusals are audited in a bounded way (:mod:`bridge.oidc.rejections`).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
+import secrets
 import time
 from typing import Any
 from urllib.parse import urlencode
 
 from authlib.integrations.base_client import OAuthError
-from flask import Blueprint, Flask, Response, current_app, redirect, request, session, url_for
+from flask import Blueprint, Flask, Response, current_app, redirect, render_template_string, request, session, url_for
 
 from bridge.audit.codes import AuditEventType
 from bridge.config import Settings
 from bridge.oidc import client as oidc_client
 from bridge.oidc import session as sess
 from bridge.oidc.logout_token import LogoutTokenError, LogoutTokenValidator
+from bridge.oidc.rejections import SampledRejections
+from bridge.oidc.state import SqlEndedSessions, SqlReplayCache
 from bridge.oidc.users import directory_id_from_admin_api
 from bridge.pacs.verifier import VerificationError
 from bridge.tokens import claims as claims_mod
@@ -59,18 +70,40 @@ def init_app(app: Flask, settings: Settings, service: TokenService) -> None:
     keycloak = oidc_client.register(app, settings)
     if service.keycloak is None:
         raise ValueError("keycloak: the token service has no Keycloak validator")
+    engine = _engine(app, settings)
+    if service.ended_sessions is None:
+        service.ended_sessions = SqlEndedSessions(engine, ttl_seconds=max(24 * 3600, b.session_absolute_hours * 3600))
+
+    def audit_refusal(details: Any) -> None:
+        service.audit(AuditEventType.ACCESS_DENIED, {"client_id": "keycloak", **details})
+
     app.extensions[EXTENSION] = {
         "settings": settings,
         "service": service,
         "keycloak": keycloak,
         "timeouts": sess.Timeouts(b.session_idle_minutes * 60, b.session_absolute_hours * 3600),
-        "ended": sess.EndedSessions(),
+        "ended": service.ended_sessions,
+        "directory_ids": {},  # Keycloak user id -> directory id learnt at login (a cache: see users.py)
         "logout_tokens": LogoutTokenValidator(
-            oidc_client.issuer(settings), settings.keycloak.client_id, service.keycloak.keys
+            oidc_client.issuer(settings), settings.keycloak.client_id, service.keycloak.keys,
+            replay=SqlReplayCache(engine),
         ),
+        "backchannel_refusals": SampledRejections(audit_refusal, "back-channel logout"),
         "redirect_uris": frozenset(b.viewer_redirect_uris),
     }
     app.register_blueprint(bp)
+
+
+def _engine(app: Flask, settings: Settings) -> Any:
+    """The app's one database engine (the audit store's), else one for ``store.url``."""
+    from bridge.web.audit_api import STORE
+
+    store = app.extensions.get(STORE)
+    if store is not None and getattr(store, "engine", None) is not None:
+        return store.engine
+    from bridge.store.db import engine
+
+    return engine(settings.store.url)
 
 
 def _ext() -> dict[str, Any]:
@@ -90,7 +123,11 @@ def _error(status: int, message: str) -> Response:
 
 def _current_login() -> sess.Login | None:
     ext = _ext()
-    lookup = sess.watermark_lookup(ext["service"].revocations.subjects)
+    revocations = ext["service"].revocations
+
+    def lookup(sub: str) -> int | None:  # fresh: a logout or role removal in another worker counts now
+        return revocations.watermark((sub,))  # type: ignore[no-any-return]
+
     login, _why = sess.current(session, ext["timeouts"], ext["ended"], lookup)
     return login
 
@@ -113,8 +150,18 @@ def login() -> Response:
         return _error(400, "redirect_uri: not a registered viewer redirect URI (exact match required)")
     viewer_state = request.args.get("state", "")[:512]
     session[sess.PENDING] = {"redirect_uri": redirect_uri, "state": viewer_state, "stepped_up": False}
+    with ext["service"].read_scope():  # logout state and assignments over one connection
+        return _login_with(ext)
+
+
+def _login_with(ext: dict[str, Any]) -> Response:
+    """The live session delivers (roles read now), or the browser goes to Keycloak."""
     current = _current_login()
     if current is not None:
+        if current.fallback is not None:
+            # a local Keycloak account's grant may come from its realm roles, which only a token
+            # validated now can tell: back through Keycloak (its SSO session answers at once)
+            return _to_keycloak(step_up=False)
         if mfa.check(current.keycloak_claims(), ext["service"].mfa_rule).ok:
             return _deliver(current)
         session[sess.PENDING]["stepped_up"] = True
@@ -153,14 +200,13 @@ def callback() -> Response:
         sub=subject.id, kc_sub=str(id_claims["sub"]), sid=id_claims.get("sid"), username=subject.username,
         name=subject.name, auth_time=subject.auth_time, acr=subject.acr,
         amr=[amr] if isinstance(amr, str) else list(amr),
-        realm_roles=list((access.get("realm_access") or {}).get("roles") or []),
         id_token=str(token["id_token"]), login_at=now, last_seen=now, fallback=fallback,
     )
     session.clear()  # a fresh session after login (no fixation); pending is put back below
     session.permanent = True
     sess.save(session, current)
     session[sess.PENDING] = pending
-    ext["ended"].directory_ids[current.kc_sub] = current.sub
+    _remember_directory_id(current.kc_sub, current.sub)
     service.audit(AuditEventType.LOGIN_SUCCESS, {"subject": current.sub, "username": current.username,
                                                  "client_id": "browser-login", "acr": current.acr,
                                                  **({"subject_source": fallback} if fallback else {})})
@@ -173,20 +219,32 @@ def callback() -> Response:
         pending["stepped_up"] = True
         session[sess.PENDING] = pending
         return _to_keycloak(step_up=True)
-    return _deliver(current)
+    return _deliver(current, {**access, **id_claims})
 
 
-def _deliver(current: sess.Login) -> Response:
-    """Issue the PACS token and hand it to the viewer in the redirect URI's fragment."""
+def _remember_directory_id(kc_sub: str, directory_id: str) -> None:
+    ids: dict[str, str] = _ext()["directory_ids"]
+    if len(ids) >= 10_000:  # bounded; a miss only costs one admin API lookup at back-channel logout
+        ids.clear()
+    ids[kc_sub] = directory_id
+
+
+def _deliver(current: sess.Login, fresh_claims: dict[str, Any] | None = None) -> Response:
+    """Issue the PACS token and hand it to the viewer in the redirect URI's fragment.
+
+    The grant is read from the assignment store now.  ``fresh_claims`` (the Keycloak tokens just
+    validated at the callback) are passed only so that a local account may fall back to its realm
+    roles; a session cookie never supplies roles."""
     ext = _ext()
     service: TokenService = ext["service"]
     pending = session.pop(sess.PENDING, None) or {}
-    kc_claims = current.keycloak_claims()
+    kc_claims = fresh_claims if fresh_claims is not None else current.keycloak_claims()
     subject, _ = claims_mod.subject_from_keycloak(kc_claims)
     grant = service.grant_for(subject, kc_claims)
     if not grant.permissions:
         service.audit(AuditEventType.ACCESS_DENIED, {"subject": subject.id, "username": subject.username,
-                                                     "reason": "no PACS role", "client_id": "browser-login"})
+                                                     "reason": service.denial_reason(grant),
+                                                     "client_id": "browser-login"})
         return _error(403, "no PACS access for this account")
     issued = service.issue(subject, grant, ext["settings"].keycloak.client_id)
     fragment = {"access_token": issued.access_token, "token_type": "Bearer",
@@ -198,19 +256,62 @@ def _deliver(current: sess.Login) -> Response:
     return _no_store(resp)
 
 
-@bp.route("/logout", methods=["GET", "POST"])
+CSRF = "bridge_logout_csrf"
+_CONFIRM = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Log out</title></head>
+<body><form method="post" action="{{ action }}">
+<input type="hidden" name="csrf_token" value="{{ csrf }}">
+{% if post_logout %}<input type="hidden" name="post_logout_redirect_uri" value="{{ post_logout }}">{% endif %}
+<p>Log out of the PACS and end your single sign-on session?</p>
+<button type="submit">Log out</button>
+</form></body></html>
+"""
+
+
+@bp.get("/logout")
+@limit("login")
+def logout_form() -> Response:
+    """A confirmation form, never a logout: a GET can be triggered by any page (an image, a link)."""
+    ext = _ext()
+    token = session.get(CSRF)
+    if not isinstance(token, str):
+        token = session[CSRF] = secrets.token_urlsafe(24)
+    post_logout = request.args.get("post_logout_redirect_uri")
+    body = render_template_string(
+        _CONFIRM, action=url_for("login.logout"), csrf=token,
+        post_logout=post_logout if post_logout in ext["redirect_uris"] else None,
+    )
+    resp = Response(body, status=200, mimetype="text/html")
+    resp.headers["Content-Security-Policy"] = "default-src 'none'; form-action 'self'; frame-ancestors 'none'"
+    resp.headers["X-Frame-Options"] = "DENY"
+    return _no_store(resp)
+
+
+@bp.post("/logout")
 @limit("login")
 def logout() -> Response:
-    """RP-initiated logout: end the bridge session, revoke PACS tokens, then end Keycloak's."""
+    """RP-initiated logout: end the bridge session, revoke PACS tokens, then end Keycloak's.
+
+    Needs the CSRF token of the confirmation form (a form field, compared in constant time with
+    the one in the session): a cross-site POST carries no cookie (``SameSite=Lax``) and cannot
+    know the token either."""
     ext = _ext()
+    expected = session.get(CSRF)
+    given = request.form.get("csrf_token", "")
+    if not isinstance(expected, str) or not hmac.compare_digest(expected.encode(), given.encode()):
+        return _error(403, "logout: missing or wrong csrf_token (use the form at GET /logout)")
     current = sess.load(session)
     session.clear()
     if current is None:
         return _error(200, "logged out")
     ext["service"].audit(AuditEventType.LOGOUT, {"subject": current.sub, "username": current.username,
                                                  "client_id": "browser-login"})
+    if current.sid:
+        ext["ended"].end(current.sid)
     ext["service"].revoke_subject(current.sub, "logout", by_client="browser-login")
-    post_logout = request.args.get("post_logout_redirect_uri")
+    if current.kc_sub != current.sub:  # the exchange checks Keycloak's id too
+        ext["service"].revoke_subject(current.kc_sub, "logout", by_client="browser-login")
+    post_logout = request.form.get("post_logout_redirect_uri")
     kwargs: dict[str, Any] = {"client_id": ext["settings"].keycloak.client_id}
     if post_logout and post_logout in ext["redirect_uris"]:
         kwargs["post_logout_redirect_uri"] = post_logout
@@ -220,23 +321,25 @@ def logout() -> Response:
 
 
 @bp.post("/backchannel-logout")
+@limit("backchannel_logout")
 def backchannel_logout() -> Response:
     """OIDC Back-Channel Logout 1.0: 200 when done, 400 with an error body otherwise (section 2.8)."""
     ext = _ext()
     service: TokenService = ext["service"]
     token = request.form.get("logout_token")
     if not token:
+        ext["backchannel_refusals"]({"reason": "back-channel logout refused: logout_token missing"})
         return _backchannel_error("logout_token missing")
     try:
         claims = ext["logout_tokens"].validate(token)
     except LogoutTokenError as exc:
-        service.audit(AuditEventType.ACCESS_DENIED, {"reason": f"back-channel logout refused: {exc}"})
+        ext["backchannel_refusals"]({"reason": f"back-channel logout refused: {exc}"})
         return _backchannel_error(str(exc))
     if isinstance(claims.get("sid"), str):
         ext["ended"].end(claims["sid"])
     kc_sub = claims.get("sub")
     if isinstance(kc_sub, str):
-        directory_id = ext["ended"].directory_ids.get(kc_sub)
+        directory_id = ext["directory_ids"].get(kc_sub)
         if directory_id is None:
             try:
                 directory_id = directory_id_from_admin_api(ext["settings"], kc_sub)
@@ -247,6 +350,8 @@ def backchannel_logout() -> Response:
                                               "reason": "back-channel logout"})
         for subject in {s for s in (directory_id, kc_sub) if s}:
             service.revoke_subject(subject, "back-channel logout")
+    else:
+        service.audit(AuditEventType.LOGOUT, {"client_id": "keycloak", "reason": "back-channel logout (sid only)"})
     return _no_store(Response("", status=200))
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from flask import Blueprint, Flask, Response, current_app
 
+from bridge.audit.codes import AuditEventType
 from bridge.config import Settings
 from bridge.tokens import mfa
 from bridge.tokens.claims import TokenSettings
@@ -52,9 +53,10 @@ def build_service(settings: Settings, audit_store: Any | None = None) -> TokenSe
     """The token service over the bridge's database, Keycloak and policy, as configured; its events
     go to ``audit_store`` (the app's, see bridge/web/audit_api.py) or one opened here."""
     from bridge.audit.store import open_store
+    from bridge.oidc.state import SqlEndedSessions
     from bridge.store.db import engine as make_engine
     from bridge.tokens.auditing import BufferedAuditSink
-    from bridge.tokens.store import CachedAssignmentSource, SqlAssignmentSource, SqlRevocationStore
+    from bridge.tokens.store import SqlAssignmentSource, SqlRevocationStore, one_connection
 
     # one connection pool per worker: the audit store already opened the same database
     eng = audit_store.engine if audit_store is not None else make_engine(settings.store.url)
@@ -68,8 +70,16 @@ def build_service(settings: Settings, audit_store: Any | None = None) -> TokenSe
         ),
         https_fetch(str(kc.ca_file) if kc.ca_file else None),
     )
+    # the journal keeps answered exchanges' events through a crash of the worker (auditing.py)
+    audit = BufferedAuditSink(audit_store or open_store(settings, eng), issuer,
+                              journal_dir=Path(settings.audit.spool_dir) / "token-journal")
+    ring = key_ring(settings, eng)
+    ring.on_unusable = lambda kid, why: audit(
+        AuditEventType.ACCESS_DENIED,
+        {"client_id": "key-ring", "kid": kid, "reason": f"signing key withheld from the JWKS: {why}"},
+    )
     return TokenService(
-        ring=key_ring(settings, eng),
+        ring=ring,
         settings=TokenSettings(
             issuer=issuer,
             audience=settings.pacs.audience,
@@ -78,12 +88,12 @@ def build_service(settings: Settings, audit_store: Any | None = None) -> TokenSe
         ),
         mfa_rule=mfa.MfaRule.from_section(settings.mfa),
         keycloak=validator,
-        assignments=CachedAssignmentSource(SqlAssignmentSource(eng), settings.tokens.assignment_cache_seconds),
+        assignments=SqlAssignmentSource(eng),  # read at every issue: a removed role must not linger
         revocations=SqlRevocationStore(eng),
+        ended_sessions=SqlEndedSessions(eng, ttl_seconds=max(24 * 3600, settings.bridge.session_absolute_hours * 3600)),
+        read_scope=lambda: one_connection(eng),
         role_permissions=role_permissions(settings.sync.policy_file),
-        # the journal keeps answered exchanges' events through a crash of the worker (auditing.py)
-        audit=BufferedAuditSink(audit_store or open_store(settings, eng), issuer,
-                                journal_dir=Path(settings.audit.spool_dir) / "token-journal"),
+        audit=audit,
     )
 
 

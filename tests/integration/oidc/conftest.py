@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from oidc_helpers import LIFETIME, MAX_LIFETIME, VIEWER_PATH, BridgeServer, _repoint_client, _viewer_page
+from oidc_helpers import (
+    LIFETIME,
+    MAX_LIFETIME,
+    VIEWER_PATH,
+    BridgeServer,
+    _repoint_client,
+    _viewer_page,
+    restore_backchannel_url,
+)
 from werkzeug.serving import make_server
 
 from bridge.config import load_config
@@ -77,6 +85,6 @@ def bridge_servers(
     yield get
     for realm, (_b, server, old) in running.items():
         server.shutdown()
-        _repoint_client(_admin(stack), realm, old)
+        restore_backchannel_url(_admin(stack), realm, old)
 
 

@@ -60,6 +60,14 @@ def _repoint_client(admin: kc.AdminClient, realm: str, url: str | None) -> str |
     return old  # type: ignore[no-any-return]
 
 
+def restore_backchannel_url(admin: kc.AdminClient, realm: str, url: str | None) -> None:
+    """Put the pacs-bridge client's back-channel logout URL back exactly as :func:`_repoint_client`
+    found it (that function appends the path, so it cannot restore a full URL)."""
+    client = admin.call("GET", f"{realm}/clients?clientId=pacs-bridge", what="find pacs-bridge")[0]
+    client["attributes"]["backchannel.logout.url"] = url or ""
+    admin.call("PUT", f"{realm}/clients/{client['id']}", json=client, what="restore pacs-bridge")
+
+
 def otp_for(realm: str, username: str) -> Callable[[], str]:
     return fresh_totp(demo_data.user(username)["totp_secret"], f"{realm}/{username}")
 

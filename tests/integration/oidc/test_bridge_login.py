@@ -4,6 +4,7 @@ TOTP, RP-initiated and back-channel logout revoking the PACS tokens, key rotatio
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -161,7 +162,12 @@ def test_rp_initiated_logout(bridge_servers: Servers, directory_ids: dict[str, d
     sub = seed(server, directory_ids, "tech.vic", "radiologist", ["Radiology"])
     http, res = login(server, "tech.vic", otp_for(AD_REALM, "tech.vic"))
     token = res.fragment["access_token"]
-    r = http.get(server.url + "/logout", allow_redirects=False)
+    r = http.get(server.url + "/logout", allow_redirects=False)  # a GET only asks
+    assert r.status_code == 200 and 'method="post"' in r.text
+    assert introspect(server, token)["active"] is True
+    assert http.post(server.url + "/logout", data={}, allow_redirects=False).status_code == 403  # no CSRF token
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', r.text).group(1)  # type: ignore[union-attr]
+    r = http.post(server.url + "/logout", data={"csrf_token": csrf}, allow_redirects=False)
     assert r.status_code == 303
     loc = urlsplit(r.headers["Location"])
     assert loc.path.endswith("/protocol/openid-connect/logout") and parse_qs(loc.query)["id_token_hint"]

@@ -16,7 +16,7 @@ from bridge.store.models import Base, RevokedToken, RoleAssignment, utcnow
 @pytest.fixture
 def url(tmp_path):
     u = f"sqlite:///{tmp_path}/sub/bridge.db"
-    assert db.migrate(u) == "0003"
+    assert db.migrate(u) == "0004"
     return u
 
 
@@ -33,6 +33,8 @@ def test_migration_creates_every_table_and_matches_models(url):
         "signing_keys",
         "revoked_tokens",
         "shares",
+        "ended_sessions",
+        "logout_token_jtis",
     } <= names
     with eng.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
@@ -40,7 +42,7 @@ def test_migration_creates_every_table_and_matches_models(url):
 
 
 def test_migrate_is_idempotent(url):
-    assert db.migrate(url) == "0003"
+    assert db.migrate(url) == "0004"
 
 
 def test_sqlite_pragmas(url):
@@ -104,4 +106,4 @@ def test_cli_db_upgrade(tmp_path):
 
     res = CliRunner().invoke(main, ["db", "upgrade", "--url", f"sqlite:///{tmp_path}/c.db"])
     assert res.exit_code == 0, res.output
-    assert "0003" in res.output
+    assert "0004" in res.output

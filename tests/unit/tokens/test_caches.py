@@ -1,5 +1,6 @@
-"""The caches on the exchange path: what a hit skips (only the signature / the store read) and
-what it must still enforce (expiry, iss, aud, azp, typ; the TTL of role assignments)."""
+"""The cache on the exchange path: what a hit skips (only the signature) and what it must still
+enforce (expiry, iss, aud, azp, typ).  Role assignments are not cached at all (see
+test_workers_share_state.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bridge.pacs.verifier import VerificationError
 from bridge.tokens.service import KeycloakSettings, KeycloakTokenValidator
-from bridge.tokens.store import Assignment, CachedAssignmentSource, MemoryAssignmentSource
 
 KC_ISS = "https://kc.test/realms/hospital"
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -89,23 +89,3 @@ def test_refused_tokens_are_not_cached() -> None:
         with pytest.raises(VerificationError):
             v.validate(bad)
     assert len(v.cache) == 0
-
-
-def test_assignment_cache_ttl_bounds_a_removed_role() -> None:
-    clock = Clock()
-    store = MemoryAssignmentSource({"guid-a": [Assignment("radiologist", {})]})
-    cached = CachedAssignmentSource(store, ttl_seconds=5, clock=clock)
-    assert [a.role for a in cached.assignments("guid-a", None)] == ["radiologist"]
-    store.by_subject["guid-a"] = []  # the sync removed the role
-    clock.now += 4.9
-    assert [a.role for a in cached.assignments("guid-a", None)] == ["radiologist"]  # within the bound
-    clock.now += 0.2
-    assert cached.assignments("guid-a", None) == []
-
-
-def test_assignment_cache_off_reads_every_time() -> None:
-    store = MemoryAssignmentSource({"guid-a": [Assignment("radiologist", {})]})
-    cached = CachedAssignmentSource(store, ttl_seconds=0)
-    cached.assignments("guid-a", None)
-    store.by_subject["guid-a"] = []
-    assert cached.assignments("guid-a", None) == []

@@ -16,7 +16,7 @@ from bridge.tokens.claims import TokenSettings
 from bridge.tokens.keys import KeyEncryptor, KeyRing, MemoryKeyRepository
 from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
 from bridge.tokens.service import KeycloakSettings, KeycloakTokenValidator, TokenService
-from bridge.tokens.store import MemoryAssignmentSource, MemoryRevocationStore
+from bridge.tokens.store import Assignment, MemoryAssignmentSource, MemoryRevocationStore
 from bridge.web.app import create_app
 from tests.unit.tokens.test_service_http import ISSUER, KC_ISS, KC_JWK, exchange, kc_token
 
@@ -48,7 +48,9 @@ def env() -> dict[str, Any]:
     service = TokenService(
         ring=KeyRing(MemoryKeyRepository(), KeyEncryptor.from_secret(KeyEncryptor.generate_secret())),
         settings=TokenSettings(issuer=ISSUER, audience="pacs"),
-        mfa_rule=mfa.MfaRule(), keycloak=validator, assignments=MemoryAssignmentSource({}),
+        mfa_rule=mfa.MfaRule(), keycloak=validator,
+        # roles come from the assignment store only (no Keycloak realm-role fallback for directory accounts)
+        assignments=MemoryAssignmentSource({"guid-alice": [Assignment("radiologist", {})]}),
         revocations=MemoryRevocationStore(), role_permissions=DEFAULT_ROLE_PERMISSIONS,
         audit=lambda kind, details: events.append((kind, dict(details))),
     )

@@ -142,3 +142,63 @@ def test_jwks_lists_a_key_another_worker_just_created() -> None:
     assert {k["kid"] for k in a.jwks()["keys"]} == {first}
     second = b.rotate().kid
     assert {k["kid"] for k in a.jwks()["keys"]} == {first, second}
+
+
+# --------------------------------------------------------------------------- only keys we can vouch for
+
+
+def test_jwks_withholds_a_key_the_kek_cannot_decrypt(caplog: pytest.LogCaptureFixture) -> None:
+    """A row written with another KEK (or by someone without it) is never published."""
+    repo, clock = MemoryKeyRepository(), Clock()
+    ours = ring(repo=repo, clock=clock)
+    ours.active()
+    clock.now += timedelta(seconds=1)
+    foreign = ring(repo=repo, clock=clock).create_record()  # a different KEK
+    repo.add(foreign)
+    reported: list[tuple[str, str]] = []
+    ours.on_unusable = lambda kid, why: reported.append((kid, why))
+    kids = {k["kid"] for k in ours.jwks()["keys"]}
+    assert foreign.kid not in kids and ours.active().kid in kids
+    assert reported == [(foreign.kid, "its private key does not decrypt with tokens.key_encryption_key")]
+    assert foreign.kid in caplog.text and "BEGIN" not in caplog.text
+    ours.jwks()
+    assert len(reported) == 1  # reported once per row, not on every JWKS request
+
+
+def test_jwks_withholds_a_key_whose_public_half_was_swapped() -> None:
+    """A row whose public JWK was replaced (same kid, valid ciphertext) must not be published."""
+    import dataclasses
+
+    repo, clock = MemoryKeyRepository(), Clock()
+    r = ring(repo=repo, clock=clock)
+    record = r.active()  # retired by the rotation below, still published until its last token expires
+    clock.now += timedelta(seconds=1)
+    new = r.rotate()
+    attacker = ring(clock=clock).create_record()
+    stored = repo.records[record.kid]
+    repo.records[record.kid] = dataclasses.replace(stored, public_jwk={**attacker.public_jwk, "kid": record.kid})
+    assert {k["kid"] for k in r.jwks()["keys"]} == {new.kid}
+
+
+def test_a_planted_newer_active_key_does_not_become_the_signer() -> None:
+    repo, clock = MemoryKeyRepository(), Clock()
+    r = ring(repo=repo, clock=clock)
+    ours = r.active()
+    clock.now += timedelta(seconds=1)
+    repo.add(ring(clock=clock).create_record())  # newer, active, another KEK
+    r.invalidate()
+    assert r.active().kid == ours.kid
+    assert jwt.get_unverified_header(r.sign({"sub": "x"}))["kid"] == ours.kid
+
+
+def test_jwks_withholds_a_garbage_ciphertext() -> None:
+    import dataclasses
+
+    repo, clock = MemoryKeyRepository(), Clock()
+    r = ring(repo=repo, clock=clock)
+    r.active()
+    clock.now += timedelta(seconds=1)
+    good = r.create_record()
+    repo.add(dataclasses.replace(good, private_key_encrypted=b"\x01" + b"\x00" * 40, retired_at=clock.now,
+                                 not_after=clock.now + timedelta(hours=1)))
+    assert good.kid not in {k["kid"] for k in r.jwks()["keys"]}

@@ -74,7 +74,10 @@ def env() -> dict[str, Any]:
             KeycloakSettings(KC_ISS, "pacs-bridge", frozenset({"pacs-viewer"})),
             fetch=lambda url, body, headers: json.dumps({"keys": [KC_JWK]}).encode(),
         ),
-        assignments=MemoryAssignmentSource({"guid-tom": [Assignment("technologist", {"departments": ["CT"]})]}),
+        assignments=MemoryAssignmentSource({
+            "guid-tom": [Assignment("technologist", {"departments": ["CT"]})],
+            "guid-alice": [Assignment("radiologist", {"departments": ["Radiology"]})],
+        }),
         revocations=MemoryRevocationStore(),
         role_permissions=DEFAULT_ROLE_PERMISSIONS,
         audit=lambda kind, details: events.append((kind, dict(details))),
@@ -160,7 +163,7 @@ def test_exchange_without_mfa_is_401_step_up(env: dict[str, Any]) -> None:
         {"azp": "some-other-app"},
         {"exp": int(time.time()) - 100},
         {"typ": "ID"},
-        {"realm_access": {"roles": []}},
+        {"directory_id": "guid-nobody"},  # a directory account without assignments
     ],
 )
 def test_bad_subject_tokens_and_unknown_users_look_alike(env: dict[str, Any], over: dict) -> None:
@@ -255,3 +258,71 @@ def test_subject_revocation_reaches_introspection_and_verifiers(env: dict[str, A
     v.refresh_revocations()
     with pytest.raises(Exception, match="revoked"):
         v.verify(tok)
+
+
+# --------------------------------------------------------------------------- hole 4: no widening
+
+
+def test_directory_account_without_assignments_gets_nothing_despite_realm_roles(env: dict[str, Any]) -> None:
+    """No fallback to Keycloak realm roles (unscoped) for a directory account whose roles were removed."""
+    r = exchange(env["client"], kc_token(directory_id="guid-cardio", realm_access={"roles": ["radiologist"]}))
+    assert r.status_code == 400 and r.json["error"] == "invalid_grant"
+    kind, details = env["events"][-1]
+    assert kind == AuditEventType.ACCESS_DENIED and details["subject"] == "guid-cardio"
+    assert "no PACS role assignment" in details["reason"] and "realm roles are not used" in details["reason"]
+    # the same holds under the other spellings of the directory id claim
+    for claim in ("ldap_id", "LDAP_ID"):
+        r = exchange(env["client"], kc_token(directory_id=None, **{claim: "guid-cardio"}))
+        assert r.status_code == 400 and r.json["error"] == "invalid_grant", claim
+
+
+def test_local_keycloak_account_still_uses_realm_roles(env: dict[str, Any]) -> None:
+    """A break-glass account without a directory id keeps the realm-role fallback (and says so)."""
+    r = exchange(env["client"], kc_token(directory_id=None, sub="kc-local-1", preferred_username="breakglass"))
+    assert r.status_code == 200, r.json
+    claims = jwt.decode(r.json["access_token"], options={"verify_signature": False})
+    assert claims["sub"] == "kc-local-1" and claims["roles"] == ["radiologist"]
+    assert env["events"][-1][1]["source"] == "keycloak-roles"
+
+
+def test_directory_account_is_not_matched_by_username(env: dict[str, Any]) -> None:
+    """An assignment keyed by another person's username is never used for a directory account."""
+    env["service"].assignments.by_subject["rad.alice"] = [Assignment("pacs-admin", {})]
+    r = exchange(env["client"], kc_token(directory_id="guid-new", preferred_username="rad.alice"))
+    assert r.status_code == 400
+
+
+# --------------------------------------------------------------------------- hole 8: logout reaches the exchange
+
+
+def test_keycloak_token_from_before_a_logout_is_not_exchanged(env: dict[str, Any]) -> None:
+    before = kc_token(iat=int(time.time()) - 5)
+    assert exchange(env["client"], before).status_code == 200
+    env["service"].revoke_subject("guid-alice", "logout")
+    r = exchange(env["client"], before)
+    assert r.status_code == 400 and r.json["error"] == "invalid_grant"
+    kind, details = env["events"][-1]
+    assert kind == AuditEventType.ACCESS_DENIED and "watermark" in details["reason"]
+    # the same second as the watermark counts as before it (whole seconds: err on the closed side)
+    mark = env["service"].revocations.subjects()["guid-alice"][0]
+    assert exchange(env["client"], kc_token(iat=mark)).status_code == 400
+    # a later login is fine
+    assert exchange(env["client"], kc_token(iat=mark + 1)).status_code == 200
+
+
+def test_watermark_on_keycloak_id_also_blocks_the_exchange(env: dict[str, Any]) -> None:
+    """Back-channel logout may only know Keycloak's user id (directory id lookup failed)."""
+    before = kc_token(iat=int(time.time()) - 5)
+    env["service"].revoke_subject("kc-uuid-1", "back-channel logout")
+    assert exchange(env["client"], before).status_code == 400
+
+
+def test_keycloak_token_of_an_ended_session_is_not_exchanged(env: dict[str, Any]) -> None:
+    from bridge.oidc.session import EndedSessions
+
+    env["service"].ended_sessions = EndedSessions()
+    env["service"].ended_sessions.end("sid-1")
+    r = exchange(env["client"], kc_token(sid="sid-1"))
+    assert r.status_code == 400 and "ended by logout" in env["events"][-1][1]["reason"]
+    assert exchange(env["client"], kc_token(sid="SID-1")).status_code == 200  # sids are exact, opaque values
+    assert exchange(env["client"], kc_token(sid="sid-2")).status_code == 200

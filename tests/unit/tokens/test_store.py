@@ -46,9 +46,12 @@ def test_assignments_by_directory_id_or_username(tmp_path: Path) -> None:
     with session(eng) as s:
         s.add(RoleAssignment(subject_id="guid-1", username="rad.alice", role="radiologist",
                              scopes={"departments": ["Radiology"]}))
+        s.add(RoleAssignment(subject_id="", username="breakglass", role="pacs-admin", managed=False,
+                             scopes={"departments": ["IT"]}))
     src = SqlAssignmentSource(eng)
     assert [a.role for a in src.assignments("guid-1", None)] == ["radiologist"]
-    assert src.assignments(None, "rad.alice")[0].scopes == {"departments": ["Radiology"]}
+    assert src.assignments(None, "breakglass")[0].scopes == {"departments": ["IT"]}  # a hand-made row
+    assert src.assignments(None, "rad.alice") == []  # the sync's row belongs to the directory account
     assert src.assignments("nobody", "nobody") == []
 
 

@@ -1,0 +1,154 @@
+"""Logout against the real Keycloak: a Keycloak access token issued before the logout can no longer be
+exchanged, and a logout token replayed to the *other* gunicorn worker of the dev stack's bridge is
+refused (the replay state is in the database, not in one worker's memory)."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+from flask import Flask, request
+from oidc_helpers import BridgeServer, _repoint_client, db_engine, otp_for, restore_backchannel_url
+from werkzeug.serving import make_server
+
+from bridge.devstack import demo_data, tls
+from bridge.devstack import keycloak as kc
+from bridge.devstack.kc_login import BrowserlessLogin
+from bridge.devstack.realm import AD_REALM
+from bridge.devstack.service import StackContext
+from bridge.devstack.state import free_port
+from bridge.http import pinned_session
+from bridge.store.db import write_session
+from bridge.store.models import RoleAssignment
+
+pytestmark = pytest.mark.integration
+
+EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+AT = "urn:ietf:params:oauth:token-type:access_token"
+#: registered for pacs-bridge in keycloak-realm/hospital-realm.json (never followed by the helper)
+BRIDGE_REDIRECT = "https://127.0.0.1:8443/oidc/callback"
+
+
+def bridge_client_login(stack: dict[str, Any], username: str) -> Any:
+    """A password + TOTP login with the ``pacs-bridge`` client: Keycloak then holds a client session
+    for it and sends that client a logout token when the user is logged out."""
+    ctx = StackContext(ca_file=Path(stack["ca"]["file"]))
+    login = BrowserlessLogin(stack["keycloak"]["url"], AD_REALM, "pacs-bridge", BRIDGE_REDIRECT,
+                             ca_file=stack["ca"]["file"], client_secret=ctx.secret(kc.CLIENT_SECRET))
+    return login.login(username, str(demo_data.user(username)["password"]), otp=otp_for(AD_REALM, username),
+                       acr_values="mfa")  # what the bridge's own login asks for (step-up)
+
+
+def kc_logout(kc_admin: kc.AdminClient, username: str) -> None:
+    user = kc_admin.call("GET", f"{AD_REALM}/users?username={username}&exact=true", what=f"find {username}")[0]
+    kc_admin.call("POST", f"{AD_REALM}/users/{user['id']}/logout", what=f"log {username} out")
+
+
+def test_keycloak_token_from_before_logout_is_not_exchanged(
+    stack: dict[str, Any], bridge_servers: Any, directory_ids: dict[str, dict[str, str]], kc_admin: kc.AdminClient,
+) -> None:
+    server: BridgeServer = bridge_servers(AD_REALM)
+    user = "er.nina"
+    sub = directory_ids[AD_REALM][user]
+    with write_session(db_engine(server)) as s:
+        s.add(RoleAssignment(subject_id=sub, username=user, role="radiologist", scopes={"departments": ["ER"]}))
+    subject_token = bridge_client_login(stack, user).access_token
+    http = server.http()
+
+    def exchange() -> Any:
+        return http.post(server.url + "/token", data={"grant_type": EXCHANGE, "client_id": "pacs-viewer",
+                                                      "subject_token": subject_token, "subject_token_type": AT})
+
+    assert exchange().status_code == 200
+    kc_logout(kc_admin, user)  # Keycloak calls the bridge's back-channel logout
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        if sub in {e["sub"] for e in http.get(server.url + "/revocations").json().get("subjects", [])}:
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail("Keycloak's back-channel logout did not reach the bridge")
+    r = exchange()  # the Keycloak access token itself is still unexpired and correctly signed
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+
+
+# --------------------------------------------------------------------------- replay to another worker
+
+
+@contextmanager
+def capture_server() -> Iterator[tuple[str, list[str]]]:
+    """An HTTPS endpoint (dev CA) that records the logout tokens Keycloak POSTs to it."""
+    got: list[str] = []
+    app = Flask("capture")
+
+    @app.post("/backchannel-logout")
+    def take() -> tuple[str, int]:
+        got.append(request.form.get("logout_token", ""))
+        return "", 200
+
+    port = free_port()
+    pair = tls.issue("logout-capture-test")
+    server = make_server("127.0.0.1", port, app, threaded=True, ssl_context=(str(pair.cert), str(pair.key)))
+    threading.Thread(target=server.serve_forever, name="logout-capture", daemon=True).start()
+    try:
+        yield f"https://127.0.0.1:{port}", got
+    finally:
+        server.shutdown()
+
+
+@contextmanager
+def occupy_a_worker(url: str, ca_file: str) -> Iterator[ssl.SSLSocket]:
+    """Hold one gunicorn sync worker: finish the TLS handshake (which needs a worker to accept the
+    connection) and send half a request; that worker waits for the rest, the other one serves."""
+    parts = urlsplit(url)
+    ctx = ssl.create_default_context(cafile=ca_file)
+    raw = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    sock = ctx.wrap_socket(raw, server_hostname=parts.hostname)
+    sock.sendall(b"POST /backchannel-logout HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def test_logout_token_replayed_to_the_other_worker_is_refused(
+    stack: dict[str, Any], kc_admin: kc.AdminClient,
+) -> None:
+    if "bridge" not in stack or "samba" not in stack:
+        pytest.skip("needs the dev stack's bridge (gunicorn, 2 workers) and the AD realm")
+    bridge_url, ca = stack["bridge"]["url"], stack["ca"]["file"]
+    user = "er.omar"
+    with capture_server() as (capture_url, got):
+        old = _repoint_client(kc_admin, AD_REALM, capture_url)
+        try:
+            bridge_client_login(stack, user)
+            kc_logout(kc_admin, user)
+            deadline = time.time() + 15
+            while not got and time.time() < deadline:
+                time.sleep(0.2)
+        finally:
+            restore_backchannel_url(kc.AdminClient(stack["keycloak"]["url"], StackContext(ca_file=Path(ca)).secret(
+                kc.ADMIN_SECRET), ca_file=ca), AD_REALM, old)
+    assert got and got[0].count(".") == 2, "Keycloak sent no logout token"
+    logout_token = got[0]
+    http = pinned_session(ca)
+    with occupy_a_worker(bridge_url, ca) as first:  # worker X waits on this connection
+        r = http.post(bridge_url + "/backchannel-logout", data={"logout_token": logout_token}, timeout=10)
+        assert r.status_code == 200, r.text  # served by worker Y
+        with occupy_a_worker(bridge_url, ca):  # only Y was free to accept this: now both are held
+            with pytest.raises(requests.exceptions.RequestException):
+                pinned_session(ca).get(bridge_url + "/jwks.json", timeout=1.5)
+            first.close()  # X is free again, Y is still held
+            replay = pinned_session(ca).post(bridge_url + "/backchannel-logout",
+                                             data={"logout_token": logout_token}, timeout=10)
+    assert replay.status_code == 400, replay.text  # worker X never saw the token itself
+    assert "replayed" in replay.json()["error_description"]
