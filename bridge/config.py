@@ -347,7 +347,7 @@ class AuditSection(_Section):
 
 
 #: the rate-limited endpoint groups (bridge/web/limits.py; sizing in docs/configuration.md)
-RATE_LIMIT_NAMES = ("token", "introspect", "revoke", "revocations", "login", "metrics")
+RATE_LIMIT_NAMES = ("token", "introspect", "revoke", "revocations", "login", "metrics", "audit")
 
 
 class MetricsSection(_Section):

@@ -47,6 +47,7 @@ from bridge.pacs.verifier import VerificationError, bearer_token
 from bridge.policy.permissions import Permission, UnknownPermissionError, expand
 from bridge.store.models import AuditEventRow
 from bridge.web.client import client_address
+from bridge.web.limits import limit
 
 bp = Blueprint("audit_api", __name__)
 STORE = "pacs_bridge_audit_store"
@@ -54,6 +55,8 @@ REALM = "pacs-bridge-audit"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_INGEST = 1000
+#: the largest ``after`` (a seq is a signed 64-bit integer in the database)
+MAX_SEQ = 2**63 - 1
 API_CLIENT = "pacs-bridge-audit-api"
 #: UUID v5 namespace of the records of refused ingest items (fixed: a re-sent item maps to one id)
 REJECTION_NAMESPACE = uuid.UUID("8a1d2f3c-5b6e-4f70-8192-a3b4c5d6e7f8")
@@ -156,9 +159,10 @@ def _time(name: str) -> dt.datetime | None:
         return None
     try:
         t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(400, "invalid_request", f"{name}: not an ISO 8601 date/time: {value!r}") from None
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+        # compared in UTC: a time at the calendar's edge whose UTC value does not exist is refused here
+        return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        raise ApiError(400, "invalid_request", f"{name}: not an ISO 8601 date/time in range: {value!r}") from None
 
 
 def _int(name: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
@@ -194,12 +198,13 @@ def _filters() -> dict[str, Any]:
         "since": _time("since"),
         "until": _time("until"),
         "limit": _int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
-        "after_seq": _int("after", None, 0),
+        "after_seq": _int("after", None, 0, MAX_SEQ),
         "format": fmt,
     }
 
 
 @bp.get("/audit/events")
+@limit("audit")
 def query_events() -> Response:
     claims = _auditor()
     f = _filters()
@@ -231,6 +236,7 @@ def query_events() -> Response:
 
 # ---------------------------------------------------------------------------- ingest (Orthanc plugin)
 @bp.post("/audit/events")
+@limit("audit")
 def ingest_events() -> Response:
     expected = current_app.config.get("PACS_BRIDGE_AUDIT_INGEST_TOKEN")
     if not expected:
@@ -238,6 +244,9 @@ def ingest_events() -> Response:
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected.encode()):
+        _token_service().audit(AuditEventType.ACCESS_DENIED, {  # the sink adds the client address
+            "client_id": "pacs-plugin", "endpoint": "POST /audit/events",
+            "reason": "wrong ingest secret" if header else "no ingest secret"})
         raise ApiError(401, "invalid_token" if header else "unauthorized", "the ingest secret is required")
     body = request.get_json(silent=True)
     items = body.get("events") if isinstance(body, dict) else None

@@ -1,0 +1,110 @@
+"""Attacks on the bridge's own HTTP side that got through before (each test failed before its fix):
+secrets guessed on endpoints without a rate limit or an audit record, an IPv6 client buying a new
+budget per address of its /64, and auditor-API parameters that answered 500 instead of 400."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from bridge.audit.codes import AuditEventType
+from bridge.config import WebSection
+from bridge.policy.permissions import Permission as P
+from bridge.web import client, limits
+from tests.unit.web.test_audit_api import bearer, mint
+from tests.unit.web.test_client_address import XFF, make
+
+PEER = {"REMOTE_ADDR": "192.0.2.7"}
+WRONG_BASIC = {"Authorization": "Basic " + base64.b64encode(b"orthanc:guess").decode()}
+ORTHANC_AUTH = ("/orthanc-auth/tokens/validate", "/orthanc-auth/user/get-profile", "/orthanc-auth/tokens/decode")
+
+
+def events_of(env: dict[str, Any], kind: AuditEventType) -> list[dict[str, Any]]:
+    env["sink"].flush()
+    return [r for r in env["store"].tail(50) if r["type"] == kind.value]
+
+
+@pytest.mark.parametrize("path", ORTHANC_AUTH)
+def test_orthanc_auth_secret_guessing_is_rate_limited(tmp_path, path: str) -> None:
+    """The introspection client's secret is checked here as on /introspect: same budget."""
+    env = make(tmp_path, rate={"PACS_BRIDGE_RATE_INTROSPECT": "3/minute"})
+    c = env["client"]
+    codes = [c.post(path, json={}, headers=WRONG_BASIC, environ_base=PEER).status_code for _ in range(3)]
+    assert codes == [401, 401, 401]
+    assert c.post(path, json={}, headers=WRONG_BASIC, environ_base=PEER).status_code == 429
+    # the budget is shared with /introspect (one secret, one budget)
+    assert c.post("/introspect", data={"token": "x"}, environ_base=PEER).status_code == 429
+
+
+def test_orthanc_auth_refused_credentials_are_audited(tmp_path) -> None:
+    env = make(tmp_path)
+    r = env["client"].post("/orthanc-auth/tokens/validate", json={}, headers=WRONG_BASIC, environ_base=PEER)
+    assert r.status_code == 401
+    denied = [e for e in events_of(env, AuditEventType.ACCESS_DENIED) if "orthanc-auth" in str(e)]
+    assert denied, "a refused Basic login on /orthanc-auth left no audit record"
+    assert denied[-1]["network_address"] == "192.0.2.7"
+    assert "guess" not in str(denied[-1])  # never the presented secret
+
+
+def test_audit_ingest_secret_guessing_is_rate_limited_and_audited(tmp_path) -> None:
+    env = make(tmp_path, rate={"PACS_BRIDGE_RATE_AUDIT": "2/minute"})
+    env["app"].config["PACS_BRIDGE_AUDIT_INGEST_TOKEN"] = "ingest-secret-0123456789abcdef"  # audit.ingest_token
+    c = env["client"]
+    codes = [c.post("/audit/events", json={"events": []}, headers=bearer(f"guess-{i}"), environ_base=PEER).status_code
+             for i in range(3)]
+    assert codes == [401, 401, 429]
+    denied = [e for e in events_of(env, AuditEventType.ACCESS_DENIED) if "POST /audit/events" in str(e)]
+    assert denied and denied[-1]["network_address"] == "192.0.2.7"
+    assert "guess-" not in str(denied[-1])
+
+
+def test_audit_query_is_rate_limited(tmp_path) -> None:
+    env = make(tmp_path, rate={"PACS_BRIDGE_RATE_AUDIT": "2/minute"})
+    c = env["client"]
+    codes = [c.get("/audit/events", headers=bearer("forged"), environ_base=PEER).status_code for _ in range(3)]
+    assert codes == [401, 401, 429]
+
+
+def _ipv6_app() -> Flask:
+    web = WebSection(trusted_proxy_hops=1, rate_limits={"revocations": "3/minute"})
+    app = Flask("t")
+    app.config.update(limits.app_config(web))
+    client.install_proxy_fix(app, web)
+
+    @app.get("/x")
+    @limits.limit("revocations")
+    def x() -> str:
+        return "ok"
+
+    limits.init_app(app)
+    return app
+
+
+def test_an_ipv6_client_does_not_get_a_budget_per_address_of_its_64() -> None:
+    """A host picks any address of its /64 (privacy addresses): one budget per /64."""
+    c = _ipv6_app().test_client()
+    codes = [c.get("/x", headers={XFF: f"2001:db8:1:2::{i:x}"}, environ_base=PEER).status_code for i in range(1, 6)]
+    assert codes == [200, 200, 200, 429, 429]
+    # another /64 is another client
+    assert c.get("/x", headers={XFF: "2001:db8:1:3::1"}, environ_base=PEER).status_code == 200
+
+
+def test_ipv4_clients_keep_one_budget_per_address() -> None:
+    c = _ipv6_app().test_client()
+    codes = [c.get("/x", headers={XFF: f"10.0.0.{i}"}, environ_base=PEER).status_code for i in range(1, 6)]
+    assert codes == [200] * 5
+
+
+@pytest.mark.parametrize("query, field", [
+    ("since=9999-12-31T23:59:59-01:00", "since"),
+    ("until=0001-01-01T00:00:00%2B01:00", "until"),
+    ("after=" + "9" * 40, "after"),
+])
+def test_out_of_range_query_parameters_are_400_not_500(tmp_path, query: str, field: str) -> None:
+    env = make(tmp_path)
+    r = env["client"].get(f"/audit/events?{query}", headers=bearer(mint(env["service"], {P.AUDIT_LOGS})))
+    assert r.status_code == 400, r.get_data(as_text=True)[:200]
+    assert r.json["error_description"].startswith(field)
