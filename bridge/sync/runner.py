@@ -175,7 +175,7 @@ class SyncRunner:
             if not apply:
                 report.status = "dry_run"
                 return report
-            self._apply(report, desired, plan, step)
+            self._apply(report, desired, plan, step, keeper)
             self.previous = snap
             report.status = "partial" if report.errors or any(r.failures for r in report.results) else "ok"
             return report
@@ -189,9 +189,14 @@ class SyncRunner:
             self._finish(report, apply)
 
     def _apply(self, report: RunReport, desired: DesiredState, plan: Plan,
-               step: Callable[[int], None] | None) -> None:
+               step: Callable[[int], None] | None, keeper: lease.Keeper | None = None) -> None:
+        """Apply the plan target by target.  Fencing: a run that lost its lease (stalled longer
+        than the lease; another replica may hold it now) stops before the next target and before
+        the leavers' token revocations, so it never writes next to the new holder from then on."""
         leavers: dict[str, Leaver] = {}
         for tplan in plan.targets:
+            if self._lease_lost(report, keeper, f"target {tplan.target}"):
+                return
             target = next(t for t in self.targets if t.name == tplan.target)
             res = target.apply(tplan, desired, step)
             report.results.append(res)
@@ -208,8 +213,17 @@ class SyncRunner:
             for lv in tplan.leavers:
                 if lv.username not in failed:
                     leavers.setdefault(lv.user_id, lv)
+        if leavers and self._lease_lost(report, keeper, "leavers' token revocation"):
+            return
         for lv in leavers.values():
             self._revoke_tokens(report, lv)
+
+    @staticmethod
+    def _lease_lost(report: RunReport, keeper: lease.Keeper | None, before: str) -> bool:
+        if keeper is None or not keeper.lost:
+            return False
+        report.errors.append({"error": f"the sync lease was lost; stopped before {before}"})
+        return True
 
     def _revoke_tokens(self, report: RunReport, lv: Leaver) -> None:
         """Leavers' PACS tokens: revoked by subject where the token service supports it.  Their

@@ -71,7 +71,7 @@ def test_haproxy_answers_no_plain_http(front: dict[str, Any]) -> None:
     {"X-Forwarded-For": "10.9.9.9, 10.8.8.8"},
     {"X-Forwarded-For": "unknown"},
     {"X-Forwarded-For": "[2001:db8::1]"},
-    {"X-Forwarded-For": " 10.9.9.9 ,  ,10.8.8.8 "},
+    {"X-Forwarded-For": "10.9.9.9 ,  ,10.8.8.8"},
     {"Forwarded": "for=10.9.9.9;proto=https"},
     {"X-Real-IP": "10.9.9.9"},
 ])
