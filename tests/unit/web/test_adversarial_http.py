@@ -108,3 +108,20 @@ def test_out_of_range_query_parameters_are_400_not_500(tmp_path, query: str, fie
     r = env["client"].get(f"/audit/events?{query}", headers=bearer(mint(env["service"], {P.AUDIT_LOGS})))
     assert r.status_code == 400, r.get_data(as_text=True)[:200]
     assert r.json["error_description"].startswith(field)
+
+
+@pytest.mark.parametrize("value", ["\u00a0=1+1", "\ufeff=HYPERLINK(\"http://x\")", "\u200b=cmd|' /C calc'!A0",
+                                   "\x0b=1", "\x0c+1", "\u2028@SUM(A1)", "\u2003-1+1", "\x00=1"])
+def test_csv_cells_behind_invisible_leading_characters_are_neutralised(value: str) -> None:
+    """A formula hidden behind a no-break space, a BOM, a zero-width or other invisible character
+    (a spreadsheet may drop it and run the rest) is neutralised like a bare one."""
+    from bridge.audit.store import csv_cell
+
+    assert csv_cell(value).startswith("'"), repr(csv_cell(value))
+
+
+def test_csv_cells_with_ordinary_text_are_unchanged() -> None:
+    from bridge.audit.store import csv_cell
+
+    for value in ("rad.alice", "1.2.840.113619", "Müller^Hans", " x=1", "\u00a0x"):
+        assert csv_cell(value) == value
