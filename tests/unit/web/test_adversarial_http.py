@@ -125,3 +125,16 @@ def test_csv_cells_with_ordinary_text_are_unchanged() -> None:
 
     for value in ("rad.alice", "1.2.840.113619", "Müller^Hans", " x=1", "\u00a0x"):
         assert csv_cell(value) == value
+
+
+def test_a_huge_intake_body_is_refused_before_it_is_parsed(tmp_path) -> None:
+    """Even the ingest secret's holder cannot make a worker parse a body of any size (one JSON
+    document held in memory several times over): 413 above the app's body limit."""
+    from bridge.web.app import MAX_BODY_BYTES
+
+    env = make(tmp_path)
+    env["app"].config["PACS_BRIDGE_AUDIT_INGEST_TOKEN"] = "ingest-secret-0123456789abcdef"
+    body = b'{"events": ["' + b"x" * MAX_BODY_BYTES + b'"]}'
+    r = env["client"].post("/audit/events", data=body, content_type="application/json",
+                           headers=bearer("ingest-secret-0123456789abcdef"), environ_base=PEER)
+    assert r.status_code == 413
