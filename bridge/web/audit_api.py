@@ -38,6 +38,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Flask, Response, current_app, request
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from bridge.audit import events as ev
 from bridge.audit.codes import PACS_INGEST_TYPES, AuditEventType, ObjectKind, Outcome
@@ -267,8 +268,7 @@ def ingest_events() -> Response:
         rejected.append({"index": i, "field": field, "error": rejection.details["error"]})
         events.append(rejection)
     store = audit_store(current_app)
-    fresh = _new_only(store, events)
-    store.append_many(fresh)
+    fresh = _store_new(store, events)
     accepted = sum(1 for e in fresh if e.type != AuditEventType.AUDIT_INPUT_REJECTED)
     resp = Response(json.dumps({"accepted": accepted, "duplicates": len(events) - len(fresh),
                                 "rejected": rejected}), status=202, mimetype="application/json")
@@ -299,6 +299,25 @@ def _rejection(i: int, item: Any, field: str, error: str) -> ev.AuditEvent:
         description=f"PACS audit ingest: {field} refused",
         event_id=str(uuid.uuid5(REJECTION_NAMESPACE, json.dumps(item, sort_keys=True, default=str))),
     )
+
+
+def _store_new(store: AuditStore, events: list[ev.AuditEvent], attempts: int = 3) -> list[ev.AuditEvent]:
+    """Append the events not stored yet; the ones appended.  Another instance may store the same
+    batch between our check and our insert (HAProxy retries the intake elsewhere while the first
+    instance still writes; the plugin re-sends): the unique ``event_id`` refuses our insert, the
+    transaction rolls back, and the check runs again (appends are serialised on the chain head,
+    so the other instance's rows are visible by then)."""
+    for attempt in range(attempts):
+        fresh = _new_only(store, events)
+        try:
+            store.append_many(fresh)
+            return fresh
+        except Exception as exc:
+            # the store's hot path uses the DB-API cursor: its driver's IntegrityError, not SQLAlchemy's
+            duplicate = (IntegrityError, store.engine.dialect.dbapi.IntegrityError)
+            if not isinstance(exc, duplicate) or attempt == attempts - 1:
+                raise
+    return []  # pragma: no cover - the loop returns or raises
 
 
 def _new_only(store: AuditStore, events: list[ev.AuditEvent]) -> list[ev.AuditEvent]:

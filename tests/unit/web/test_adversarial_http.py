@@ -138,3 +138,32 @@ def test_a_huge_intake_body_is_refused_before_it_is_parsed(tmp_path) -> None:
     r = env["client"].post("/audit/events", data=body, content_type="application/json",
                            headers=bearer("ingest-secret-0123456789abcdef"), environ_base=PEER)
     assert r.status_code == 413
+
+
+def test_an_intake_batch_stored_meanwhile_by_the_other_instance_is_202_not_500(tmp_path) -> None:
+    """HAProxy retries POST /audit/events on the other instance while the first still writes it:
+    both find the ids new, the second insert hits the unique event_id.  It must count them as
+    duplicates (202), not answer 500."""
+    from bridge.audit import events as ev
+    from tests.unit.web.test_audit_api import _payload
+
+    env = make(tmp_path)
+    env["app"].config["PACS_BRIDGE_AUDIT_INGEST_TOKEN"] = "ingest-secret-0123456789abcdef"
+    store = env["store"]
+    batch = _payload(3)
+    real = store.append_many
+    raced = []
+
+    def other_instance_first(events: Any) -> Any:
+        if not raced:  # the other instance commits the same batch between our check and our insert
+            raced.append(True)
+            real([ev.AuditEvent.from_dict(e) for e in batch])
+        return real(events)
+
+    store.append_many = other_instance_first
+    before = store.count()
+    r = env["client"].post("/audit/events", json={"events": batch},
+                           headers=bearer("ingest-secret-0123456789abcdef"), environ_base=PEER)
+    assert r.status_code == 202, r.get_data(as_text=True)[:300]
+    assert r.json["accepted"] == 0 and r.json["duplicates"] == 3
+    assert store.count() == before + 3 and store.verify().ok
