@@ -292,7 +292,7 @@ def _rejection(i: int, item: Any, field: str, error: str) -> ev.AuditEvent:
     event_id = item.get("event_id") if isinstance(item, dict) else None
     return ev.AuditEvent(
         AuditEventType.AUDIT_INPUT_REJECTED, Outcome.MINOR_FAILURE,
-        actor=ev.Actor(client_id="pacs-plugin", network_address=request.remote_addr, is_requestor=True),
+        actor=ev.Actor(client_id="pacs-plugin", network_address=client_address(), is_requestor=True),
         objects=(ev.ParticipantObject(ObjectKind.AUDIT_LOG, "audit_events", "POST /audit/events"),),
         details={"source": "pacs-ingest", "field": field, "error": error, "index": i,
                  "claimed_event_id": event_id, "item": item},

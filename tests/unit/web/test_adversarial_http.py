@@ -167,3 +167,16 @@ def test_an_intake_batch_stored_meanwhile_by_the_other_instance_is_202_not_500(t
     assert r.status_code == 202, r.get_data(as_text=True)[:300]
     assert r.json["accepted"] == 0 and r.json["duplicates"] == 3
     assert store.count() == before + 3 and store.verify().ok
+
+
+def test_a_refused_intake_item_records_the_one_client_address(tmp_path) -> None:
+    """The record of a refused intake item names the client as every other record does
+    (client_address: after the trusted hops, one spelling per client), not the raw peer string."""
+    env = make(tmp_path, hops=1)
+    env["app"].config["PACS_BRIDGE_AUDIT_INGEST_TOKEN"] = "ingest-secret-0123456789abcdef"
+    r = env["client"].post("/audit/events", json={"events": [{"type": "token.exchanged"}]},
+                           headers={**bearer("ingest-secret-0123456789abcdef"), XFF: "::ffff:10.1.2.3"},
+                           environ_base=PEER)
+    assert r.status_code == 202 and r.json["rejected"]
+    row = [e for e in env["store"].tail(5) if e["type"] == AuditEventType.AUDIT_INPUT_REJECTED.value][-1]
+    assert row["network_address"] == "10.1.2.3"
