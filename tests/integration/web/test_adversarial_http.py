@@ -165,6 +165,7 @@ def test_readyz_tells_nothing_but_readiness(front: dict[str, Any]) -> None:
     assert r.status_code == 200 and r.json() == {"status": "ready"}
     server = r.headers.get("Server", "")
     assert not any(ch.isdigit() for ch in server), server  # no version
+    assert r.headers.get("Strict-Transport-Security", "").startswith("max-age="), r.headers
 
 
 # -------------------------------------------------------------- a 2-worker gunicorn with Redis limits
