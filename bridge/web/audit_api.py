@@ -217,7 +217,9 @@ def query_events() -> Response:
     if more:
         args = request.args.to_dict(flat=False)
         args["after"] = [str(rows[-1]["seq"])]
-        next_url = f"{request.base_url}?{urlencode(args, doseq=True)}"
+        # the configured public URL, never the request's Host: the client follows this link with its token
+        public = current_app.config["BRIDGE_SETTINGS"].bridge.public_url.rstrip("/")
+        next_url = f"{public}/audit/events?{urlencode(args, doseq=True)}"
     shown = {k: (ev.format_time(v) if isinstance(v, dt.datetime) else v) for k, v in f.items() if v}
     _record(AuditEventType.AUDIT_LOG_USED, claims,
             {"query": shown, "format": fmt, "records": len(rows), "first_seq": rows[0]["seq"] if rows else None})

@@ -180,3 +180,19 @@ def test_a_refused_intake_item_records_the_one_client_address(tmp_path) -> None:
     assert r.status_code == 202 and r.json["rejected"]
     row = [e for e in env["store"].tail(5) if e["type"] == AuditEventType.AUDIT_INPUT_REJECTED.value][-1]
     assert row["network_address"] == "10.1.2.3"
+
+
+def test_the_next_page_link_does_not_follow_the_host_header(tmp_path) -> None:
+    """The bridge's URL comes from configuration, never from Host: a forged Host must not turn the
+    auditor's "next" link (which the client follows with its audit-logs token) into another server."""
+    env = make(tmp_path)
+    from bridge.audit import events as ev
+
+    for i in range(3):
+        env["store"].append(ev.AuditEvent(AuditEventType.LOGIN_FAILURE, actor=ev.Actor(f"u{i}@x", f"u{i}")))
+    r = env["client"].get("/audit/events?limit=1", headers={**bearer(mint(env["service"], {P.AUDIT_LOGS})),
+                                                             "Host": "evil.test"}, environ_base=PEER)
+    assert r.status_code == 200 and r.json["next"], r.json
+    public = env["app"].config["BRIDGE_SETTINGS"].bridge.public_url.rstrip("/")
+    assert r.json["next"].startswith(public + "/audit/events?"), r.json["next"]
+    assert "evil.test" not in r.headers["Link"]
