@@ -38,6 +38,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Flask, Response, current_app, request
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from bridge.audit import events as ev
 from bridge.audit.codes import PACS_INGEST_TYPES, AuditEventType, ObjectKind, Outcome
@@ -47,6 +48,7 @@ from bridge.pacs.verifier import VerificationError, bearer_token
 from bridge.policy.permissions import Permission, UnknownPermissionError, expand
 from bridge.store.models import AuditEventRow
 from bridge.web.client import client_address
+from bridge.web.limits import limit
 
 bp = Blueprint("audit_api", __name__)
 STORE = "pacs_bridge_audit_store"
@@ -54,6 +56,8 @@ REALM = "pacs-bridge-audit"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_INGEST = 1000
+#: the largest ``after`` (a seq is a signed 64-bit integer in the database)
+MAX_SEQ = 2**63 - 1
 API_CLIENT = "pacs-bridge-audit-api"
 #: UUID v5 namespace of the records of refused ingest items (fixed: a re-sent item maps to one id)
 REJECTION_NAMESPACE = uuid.UUID("8a1d2f3c-5b6e-4f70-8192-a3b4c5d6e7f8")
@@ -156,9 +160,10 @@ def _time(name: str) -> dt.datetime | None:
         return None
     try:
         t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(400, "invalid_request", f"{name}: not an ISO 8601 date/time: {value!r}") from None
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+        # compared in UTC: a time at the calendar's edge whose UTC value does not exist is refused here
+        return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        raise ApiError(400, "invalid_request", f"{name}: not an ISO 8601 date/time in range: {value!r}") from None
 
 
 def _int(name: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
@@ -194,12 +199,13 @@ def _filters() -> dict[str, Any]:
         "since": _time("since"),
         "until": _time("until"),
         "limit": _int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
-        "after_seq": _int("after", None, 0),
+        "after_seq": _int("after", None, 0, MAX_SEQ),
         "format": fmt,
     }
 
 
 @bp.get("/audit/events")
+@limit("audit")
 def query_events() -> Response:
     claims = _auditor()
     f = _filters()
@@ -211,7 +217,9 @@ def query_events() -> Response:
     if more:
         args = request.args.to_dict(flat=False)
         args["after"] = [str(rows[-1]["seq"])]
-        next_url = f"{request.base_url}?{urlencode(args, doseq=True)}"
+        # the configured public URL, never the request's Host: the client follows this link with its token
+        public = current_app.config["BRIDGE_SETTINGS"].bridge.public_url.rstrip("/")
+        next_url = f"{public}/audit/events?{urlencode(args, doseq=True)}"
     shown = {k: (ev.format_time(v) if isinstance(v, dt.datetime) else v) for k, v in f.items() if v}
     _record(AuditEventType.AUDIT_LOG_USED, claims,
             {"query": shown, "format": fmt, "records": len(rows), "first_seq": rows[0]["seq"] if rows else None})
@@ -231,6 +239,7 @@ def query_events() -> Response:
 
 # ---------------------------------------------------------------------------- ingest (Orthanc plugin)
 @bp.post("/audit/events")
+@limit("audit")
 def ingest_events() -> Response:
     expected = current_app.config.get("PACS_BRIDGE_AUDIT_INGEST_TOKEN")
     if not expected:
@@ -238,6 +247,9 @@ def ingest_events() -> Response:
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected.encode()):
+        _token_service().audit(AuditEventType.ACCESS_DENIED, {  # the sink adds the client address
+            "client_id": "pacs-plugin", "endpoint": "POST /audit/events",
+            "reason": "wrong ingest secret" if header else "no ingest secret"})
         raise ApiError(401, "invalid_token" if header else "unauthorized", "the ingest secret is required")
     body = request.get_json(silent=True)
     items = body.get("events") if isinstance(body, dict) else None
@@ -258,8 +270,7 @@ def ingest_events() -> Response:
         rejected.append({"index": i, "field": field, "error": rejection.details["error"]})
         events.append(rejection)
     store = audit_store(current_app)
-    fresh = _new_only(store, events)
-    store.append_many(fresh)
+    fresh = _store_new(store, events)
     accepted = sum(1 for e in fresh if e.type != AuditEventType.AUDIT_INPUT_REJECTED)
     resp = Response(json.dumps({"accepted": accepted, "duplicates": len(events) - len(fresh),
                                 "rejected": rejected}), status=202, mimetype="application/json")
@@ -283,13 +294,32 @@ def _rejection(i: int, item: Any, field: str, error: str) -> ev.AuditEvent:
     event_id = item.get("event_id") if isinstance(item, dict) else None
     return ev.AuditEvent(
         AuditEventType.AUDIT_INPUT_REJECTED, Outcome.MINOR_FAILURE,
-        actor=ev.Actor(client_id="pacs-plugin", network_address=request.remote_addr, is_requestor=True),
+        actor=ev.Actor(client_id="pacs-plugin", network_address=client_address(), is_requestor=True),
         objects=(ev.ParticipantObject(ObjectKind.AUDIT_LOG, "audit_events", "POST /audit/events"),),
         details={"source": "pacs-ingest", "field": field, "error": error, "index": i,
                  "claimed_event_id": event_id, "item": item},
         description=f"PACS audit ingest: {field} refused",
         event_id=str(uuid.uuid5(REJECTION_NAMESPACE, json.dumps(item, sort_keys=True, default=str))),
     )
+
+
+def _store_new(store: AuditStore, events: list[ev.AuditEvent], attempts: int = 3) -> list[ev.AuditEvent]:
+    """Append the events not stored yet; the ones appended.  Another instance may store the same
+    batch between our check and our insert (HAProxy retries the intake elsewhere while the first
+    instance still writes; the plugin re-sends): the unique ``event_id`` refuses our insert, the
+    transaction rolls back, and the check runs again (appends are serialised on the chain head,
+    so the other instance's rows are visible by then)."""
+    for attempt in range(attempts):
+        fresh = _new_only(store, events)
+        try:
+            store.append_many(fresh)
+            return fresh
+        except Exception as exc:
+            # the store's hot path uses the DB-API cursor: its driver's IntegrityError, not SQLAlchemy's
+            duplicate = (IntegrityError, store.engine.dialect.dbapi.IntegrityError)
+            if not isinstance(exc, duplicate) or attempt == attempts - 1:
+                raise
+    return []  # pragma: no cover - the loop returns or raises
 
 
 def _new_only(store: AuditStore, events: list[ev.AuditEvent]) -> list[ev.AuditEvent]:
