@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from bridge.tokens.mfa import MfaRule
+from bridge.core.mfa import MfaRule
 
 _MFA = MfaRule()
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.policy.permissions import Permission, expand
+from bridge.core.permissions import Permission, expand
 
 #: prefix of the OAuth scope that stands for a PACS permission (``pacs:view`` ...)
 SCOPE_PREFIX = "pacs:"

@@ -54,7 +54,7 @@ def keys_list(config_path: str | None) -> None:
 )
 def keys_rotate(config_path: str | None, algorithm: str | None) -> None:
     """Add a new active key; the old one stays in the JWKS until its last token has expired."""
-    from bridge.audit.codes import AuditEventType
+    from bridge.core.audit_codes import AuditEventType
 
     ring = _ring(config_path)
     record = ring.rotate(algorithm)
@@ -63,8 +63,8 @@ def keys_rotate(config_path: str | None, algorithm: str | None) -> None:
         f"{ring.max_token_lifetime} s more, then dropped"
     )
     try:
-        from bridge.audit.events import Actor, AuditEvent
         from bridge.audit.store import open_store
+        from bridge.core.audit_events import Actor, AuditEvent
 
         open_store(load_settings(config_path)).append(
             AuditEvent(

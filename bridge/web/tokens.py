@@ -14,9 +14,9 @@ from typing import Any
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from flask import Blueprint, Flask, Response, current_app
 
-from bridge.audit.codes import AuditEventType
 from bridge.config import Settings
-from bridge.tokens import mfa
+from bridge.core import mfa
+from bridge.core.audit_codes import AuditEventType
 from bridge.tokens.claims import TokenSettings
 from bridge.tokens.keys import KeyEncryptor, KeyRing
 from bridge.tokens.oauth import (
