@@ -381,7 +381,7 @@ class AdminApiSource:
     def user(self, user_id: str) -> KcUser | None:
         from keycloak.exceptions import KeycloakGetError
 
-        from bridge.sync.targets.keycloak import LDAP_ID
+        from bridge.directory.model import LDAP_ID
 
         try:
             rep = self.admin.get_user(user_id)
