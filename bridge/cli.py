@@ -110,6 +110,9 @@ def _register_areas() -> None:
 
     main.add_command(audit_cli)
     main.add_command(db_cli)
+    from bridge.pacs.cli import plugin_cli
+
+    main.add_command(plugin_cli)
 
 
 _register_areas()

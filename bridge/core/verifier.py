@@ -12,7 +12,8 @@ What a token must pass (RFC 9068 section 4, RFC 8725):
   ``kid`` refreshes the JWKS once, at most every ``jwks_min_refresh_seconds``.  ``jku``/``x5u``
   headers are ignored: keys come only from the configured JWKS URL.
 * ``iss`` and ``aud`` exact; ``exp``/``nbf``/``iat`` with a small leeway; ``sub``, ``jti``,
-  ``client_id`` present; the MFA rule of :mod:`bridge.core.mfa` holds.
+  ``client_id`` present; a token format version this verifier understands
+  (:mod:`bridge.core.token_format`); the MFA rule of :mod:`bridge.core.mfa` holds.
 * ``jti`` not revoked: the bridge's revocation list is pulled every ``revocation_refresh_seconds``
   (fail closed when it is older than ``revocation_max_stale_seconds``), or each token is
   introspected (RFC 7662) and re-checked at the same interval.
@@ -38,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.core import mfa, routes
+from bridge.core import mfa, routes, token_format
 from bridge.core.errors import VerificationError
 from bridge.core.jwks import Fetch, JwksCache, default_fetch
 from bridge.core.jws import check_claims, check_signature, is_number, parse_jws, token_digest
@@ -259,6 +260,7 @@ class Verifier:
             raise VerificationError("wrong token type (typ must be at+jwt)")
         check_signature(header, signing_input, signature, self.jwks, cfg.algorithms)
         check_claims(claims, cfg.issuer, cfg.audience, cfg.leeway_seconds, now)
+        token_format.check(claims)
         if cfg.mfa_rule is not None:
             verdict = mfa.check(claims, cfg.mfa_rule, now)
             if not verdict.ok:

@@ -23,10 +23,6 @@ PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
 PYTHON_PLUGIN = PLUGIN_DIR / "libOrthancPython.so"
 DICOMWEB_PLUGIN = PLUGIN_DIR / "libOrthancDicomWeb.so"
 
-#: the request filter the bridge installs into Orthanc (a file of this package)
-FILTER_SCRIPT = Path(__file__).resolve().with_name("orthanc_plugin.py")
-
-
 def orthanc_config(
     *,
     name: str,
@@ -38,14 +34,16 @@ def orthanc_config(
     with_filter: bool = True,
     modalities: dict[str, Any] | None = None,
     plugin_config_file: Path | None = None,
-    python_script: Path = FILTER_SCRIPT,
+    python_script: Path | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The Orthanc JSON config.
 
     `modalities` maps a symbolic name to ``(AET, host, port)`` or to Orthanc's object form (see
     :func:`dicom_modalities`): the only DICOM peers allowed.  `plugin_config_file` is where the
-    bridge's plugin reads its settings (``"PacsBridge": {"ConfigFile": ...}``).
+    bridge's plugin reads its settings (``"PacsBridge": {"ConfigFile": ...}``).  `python_script` is
+    the plugin bundle's entry (``pacs-bridge plugin bundle OUT``: ``OUT/pacs_bridge_plugin.py``),
+    required with the filter.
     `with_filter=False` gives a plain Orthanc (DICOMweb only, no Python filter) as a benchmark
     baseline.  `extra` is merged last (top-level keys replace).
     """
@@ -82,6 +80,8 @@ def orthanc_config(
         "Plugins": plugins,
     }
     if with_filter:
+        if python_script is None:
+            raise ValueError("python_script: the plugin bundle's entry is required with the filter")
         plugins.insert(0, str(PYTHON_PLUGIN))
         config["PythonScript"] = str(python_script)
         config["PythonVerbose"] = False
