@@ -33,10 +33,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.core import mfa
 from bridge.core.errors import VerificationError
 from bridge.core.jwks import Fetch
-from bridge.core.verifier import Verifier, VerifierConfig, bearer_token, decide
+from bridge.core.verifier import Verifier, bearer_token, decide
 from bridge.pacs import scopes
 from bridge.pacs.audit_shipper import ACCESS_EVENTS, AuditShipper
 from bridge.pacs.plugin_config import PluginConfig
@@ -60,28 +59,6 @@ SCOPED_LIST_REASON = (
 )
 
 
-def verifier_config(config: PluginConfig) -> VerifierConfig:
-    """The verifier settings of a plugin config (one mapping, used by the plugin and the bench)."""
-    rule = mfa.MfaRule(
-        required_acr=config.mfa_required_acr or None,
-        accepted_amr=frozenset(config.mfa_accepted_amr),
-        max_auth_age_seconds=config.mfa_max_auth_age_seconds,
-    )
-    return VerifierConfig(
-        issuer=config.issuer,
-        audience=config.audience,
-        jwks_url=config.jwks_url,
-        ca_file=config.ca_file,
-        algorithms=config.algorithms,
-        leeway_seconds=config.leeway_seconds,
-        jwks_min_refresh_seconds=config.jwks_min_refresh_seconds,
-        revocation_url=config.revocation_url,
-        revocation_refresh_seconds=config.revocation_refresh_seconds,
-        revocation_max_stale_seconds=config.revocation_max_stale_seconds,
-        mfa_rule=rule,
-    )
-
-
 class Gate:
     """The plugin's state for one configuration: verifier, study resolver, audit shipper."""
 
@@ -94,7 +71,7 @@ class Gate:
         shipper: AuditShipper | None = None,
     ):
         self.config = config
-        self.verifier = Verifier(verifier_config(config), fetch=fetch)
+        self.verifier = Verifier(config.verifier_config(), fetch=fetch)
         self.resolver = scopes.StudyResolver(rest_get, rest_post, ttl=config.scope_cache_seconds)
         self.audit = shipper or AuditShipper(
             source=config.pacs_name,

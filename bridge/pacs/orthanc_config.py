@@ -18,6 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bridge.core.mfa import MfaRule
+
 #: where Debian's orthanc-python and orthanc-dicomweb put their plugins
 PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
 PYTHON_PLUGIN = PLUGIN_DIR / "libOrthancPython.so"
@@ -147,6 +149,5 @@ def plugin_settings(
     if audit_token_file is not None:
         out["audit_token_file"] = str(audit_token_file)
     if mfa is not None:
-        out.update({"mfa_required_acr": mfa.required_acr or None, "mfa_accepted_amr": list(mfa.accepted_amr),
-                    "mfa_max_auth_age_seconds": int(mfa.max_auth_age_seconds)})
+        out["mfa"] = MfaRule.from_section(mfa).to_mapping()
     return out
