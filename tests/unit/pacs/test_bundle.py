@@ -89,3 +89,41 @@ def test_bundle_imports_under_system_python_isolated(built: Path, tmp_path: Path
     assert "RegisterIncomingHttpRequestFilter" in probe["calls"]
     assert any("plugin bundle" in c and "token format" in c for c in probe["calls"])
     assert probe["allowed"] is False  # no configuration: fail closed
+
+
+#: verifies tokens with the bundle's core under Debian's PyJWT 2.6 / cryptography 38 (the venv runs
+#: the same tests with its own versions): a good token is allowed, a tampered or unknown-format one refused
+_VERIFY = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1] + "/pacs_bridge_plugin_lib")
+from bridge.core.verifier import Verifier, VerifierConfig
+import jwt
+data = json.loads(sys.stdin.read())
+fetch = lambda url, body, headers: json.dumps(data["jwks"] if url.endswith("jwks.json") else {"revoked": []}).encode()
+v = Verifier(VerifierConfig(issuer=data["issuer"], audience="pacs", jwks_url=data["issuer"] + "/jwks.json",
+                            revocation_url=data["issuer"] + "/revocations"), fetch=fetch)
+out = {name: v.authorize("Bearer " + tok, "GET", "/studies/abc").allow for name, tok in data["tokens"].items()}
+out["jwt"] = jwt.__version__
+print(json.dumps(out))
+"""
+
+
+def test_bundled_core_verifies_under_system_pyjwt(built: Path, tmp_path: Path) -> None:
+    from pacs_bridge_double import ISSUER, FakeBridge
+
+    from bridge.tokens.keys import KeyEncryptor, KeyRing, MemoryKeyRepository
+
+    assert SYSTEM_PYTHON.exists(), "Debian's /usr/bin/python3 with python3-jwt and python3-cryptography"
+    double = FakeBridge(KeyRing(MemoryKeyRepository(), KeyEncryptor.from_secret(KeyEncryptor.generate_secret()),
+                                refresh_seconds=0))
+    good = double.token()
+    head, body, sig = good.split(".")
+    tokens = {"good": good, "tampered": f"{head}.{body}.{sig[:-4]}AAAA",
+              "future_format": double.token(**{token_format.CLAIM: token_format.CURRENT + 1})}
+    run = subprocess.run([str(SYSTEM_PYTHON), "-I", "-c", _VERIFY, str(built)], cwd=tmp_path, timeout=60,
+                         input=json.dumps({"issuer": ISSUER, "jwks": double.ring.jwks(), "tokens": tokens}),
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result.pop("jwt").startswith("2.")
+    assert result == {"good": True, "tampered": False, "future_format": False}
