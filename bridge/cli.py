@@ -11,25 +11,8 @@ import sys
 
 import click
 
-from bridge.config import ConfigError, Settings, load_config, summary
-
-CONFIG_ENV = "PACS_BRIDGE_CONFIG"
-
-
-def config_option(f):  # type: ignore[no-untyped-def]
-    return click.option(
-        "--config", "-c", "config_path", envvar=CONFIG_ENV, type=click.Path(dir_okay=False),
-        help=f"bridge YAML configuration (or ${CONFIG_ENV})",
-    )(f)
-
-
-def load_or_exit(path: str | None) -> Settings:
-    """Load the configuration, or print every problem and exit 2."""
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(2)
+from bridge.cli_common import load_or_exit
+from bridge.config import summary
 
 
 @click.group()
@@ -127,6 +110,9 @@ def _register_areas() -> None:
 
     main.add_command(audit_cli)
     main.add_command(db_cli)
+    from bridge.pacs.cli import plugin_cli
+
+    main.add_command(plugin_cli)
 
 
 _register_areas()

@@ -40,9 +40,9 @@ from typing import IO, Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
-from bridge.audit.codes import AuditEventType, ObjectKind
-from bridge.audit.events import Actor, AuditEvent, ParticipantObject, format_time, parse_time
 from bridge.audit.keys import ALG, CheckpointKey
+from bridge.core.audit_codes import AuditEventType, ObjectKind
+from bridge.core.audit_events import Actor, AuditEvent, ParticipantObject, format_time, parse_time
 from bridge.store.db import write_transaction
 from bridge.store.models import AuditCheckpoint, AuditEventRow, AuditHead
 
@@ -583,7 +583,7 @@ class AuditStore:
     ) -> list[dict[str, Any]]:
         """Records matching every given filter (``user`` matches ``sub@iss`` or the username).
 
-        A value is also looked up as it would have been stored (bridge/audit/events.py): an
+        A value is also looked up as it would have been stored (bridge/core/audit_events.py): an
         auditor asking for patient ``Basic 4711`` finds the records whose patient id was replaced
         by that value's redaction marker, and a too-long value finds its cut form."""
         t = AuditEventRow
@@ -714,7 +714,7 @@ def csv_cell(value: str) -> str:
 
 def search_terms(value: str, field: str) -> list[str]:
     """``value`` and, if different, its stored form (see :meth:`AuditStore.query`)."""
-    from bridge.audit.events import FIELD_LIMITS, normalise_id
+    from bridge.core.audit_events import FIELD_LIMITS, normalise_id
 
     stored = normalise_id(value, FIELD_LIMITS[field])
     terms = [stored] if stored is not None else []

@@ -213,7 +213,7 @@ class BridgeService(Service):
         migrate(settings.store.url)
         # the first signing key exists before the workers start, as `pacs-bridge keys rotate` at install
         from bridge.store.db import engine
-        from bridge.web.tokens import key_ring
+        from bridge.tokens.store import key_ring
 
         key_ring(settings, engine(settings.store.url)).active()
 

@@ -12,6 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+#: the Keycloak user attribute in which LDAP user federation keeps a user's stable directory id
+#: (objectGUID / entryUUID): how the sync, the login and the audit puller find a directory user's
+#: Keycloak account
+LDAP_ID = "LDAP_ID"
+
 
 class DirectoryUnavailable(Exception):
     """The directory cannot be trusted for this run (unreachable, bind refused, empty result,

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from bridge.cli import config_option, load_or_exit
+from bridge.cli_common import config_option, load_or_exit
 
 
 @click.group("db")

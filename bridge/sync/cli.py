@@ -46,7 +46,7 @@ def sync_cli(config_path: str | None, policy_path: str | None, do_plan: bool, do
     5 another replica is syncing."""
     from rich.console import Console
 
-    from bridge.cli import load_or_exit
+    from bridge.cli_common import load_or_exit
     from bridge.sync.factory import build_runner
     from bridge.sync.plan import render_plan
     from bridge.sync.runner import history
@@ -124,7 +124,7 @@ def sync_cli(config_path: str | None, policy_path: str | None, do_plan: bool, do
 @click.option("--once", is_flag=True, help="run one scheduled cycle and exit (for tests)")
 def serve_cli(config_path: str | None, metrics_port: int, once: bool) -> None:
     """Run the sync every sync.interval_seconds (incremental; every Nth run full), one replica at a time."""
-    from bridge.cli import load_or_exit
+    from bridge.cli_common import load_or_exit
     from bridge.sync.schedule import serve
 
     settings = load_or_exit(config_path)

@@ -18,8 +18,8 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from bridge.audit import events as ev
-from bridge.audit.codes import AuditEventType, Outcome
+from bridge.core import audit_events as ev
+from bridge.core.audit_codes import AuditEventType, Outcome
 from bridge.directory.model import DirectorySnapshot, DirectoryUnavailable
 from bridge.directory.reader import DirectoryReader
 from bridge.policy.model import Policy

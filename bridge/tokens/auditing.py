@@ -34,8 +34,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from bridge.audit.codes import AuditEventType, Outcome
-from bridge.audit.events import Actor, AuditEvent, ParticipantObject, token, user
+from bridge.core.audit_codes import AuditEventType, Outcome
+from bridge.core.audit_events import Actor, AuditEvent, ParticipantObject, token, user
 
 log = logging.getLogger(__name__)
 

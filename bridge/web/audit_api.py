@@ -5,8 +5,8 @@
 zone), as ``format=json`` (default) or ``csv``, ``limit`` records per page (default 100, at most
 1000) after the ``after`` seq; the JSON answer carries ``next`` (the URL of the next page), both
 answers a ``Link: <...>; rel="next"`` header.  Only for a PACS token carrying the ``audit-logs``
-permission, checked by the very verifier the PACS uses (bridge/pacs/verifier.py: signature,
-claims, MFA rule, revocation) and the one permission vocabulary (bridge/policy/permissions.py).
+permission, checked by the very verifier the PACS uses (bridge/core/verifier.py: signature,
+claims, MFA rule, revocation) and the one permission vocabulary (bridge/core/permissions.py).
 Errors follow RFC 6750: 401 + ``WWW-Authenticate: Bearer`` without or with a bad token, 403
 ``insufficient_scope`` without the permission (that refusal is audited as access.denied).
 Every answered query is itself recorded (110101 Audit Log Used) *before* the answer is sent.
@@ -15,13 +15,13 @@ Every answered query is itself recorded (110101 Audit Log Used) *before* the ans
 (bridge/pacs/audit_shipper.py) as ``{"events": [AuditEvent.to_dict(), ...]}`` with the bearer
 secret ``audit.ingest_token``.  What the plugin records comes largely from others (a PatientID
 is whatever an uploader wrote), so an event is never refused for its values: the event model
-normalises them and says so in ``details.normalised`` (bridge/audit/events.py).  What is refused
+normalises them and says so in ``details.normalised`` (bridge/core/audit_events.py).  What is refused
 is what the plugin never sends: an event type other than the PACS access types
-(:data:`bridge.audit.codes.PACS_INGEST_TYPES`) or an item that is not an event at all.  Such an
+(:data:`bridge.core.audit_codes.PACS_INGEST_TYPES`) or an item that is not an event at all.  Such an
 item is not silently dropped but recorded as ``audit.input_rejected`` (naming the field) and listed
 in the answer's ``rejected``; the rest of the batch is kept, and the answer is still 202, so the
 plugin does not re-send (and re-spool) the batch for ever.  Event times are clamped to a window
-around the bridge's clock (:func:`bridge.audit.events.clamp_time`).  Events are de-duplicated by
+around the bridge's clock (:func:`bridge.core.audit_events.clamp_time`).  Events are de-duplicated by
 ``event_id`` (the plugin re-sends a batch whose answer it did not see) and appended in one
 transaction.
 """
@@ -40,12 +40,13 @@ from flask import Blueprint, Flask, Response, current_app, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from bridge.audit import events as ev
-from bridge.audit.codes import PACS_INGEST_TYPES, AuditEventType, ObjectKind, Outcome
 from bridge.audit.store import AuditStore, export_csv, open_store
 from bridge.config import Settings
-from bridge.pacs.verifier import VerificationError, bearer_token
-from bridge.policy.permissions import Permission, UnknownPermissionError, expand
+from bridge.core import audit_events as ev
+from bridge.core.audit_codes import PACS_INGEST_TYPES, AuditEventType, ObjectKind, Outcome
+from bridge.core.errors import VerificationError
+from bridge.core.permissions import Permission, UnknownPermissionError, expand
+from bridge.core.verifier import bearer_token
 from bridge.store.models import AuditEventRow
 from bridge.web.client import client_address
 from bridge.web.limits import limit
@@ -122,7 +123,7 @@ def _auditor() -> dict[str, Any]:
     if service.is_revoked(claims):  # by jti or by the subject's logout watermark
         raise ApiError(401, "invalid_token", "token revoked")
     try:
-        listed = claims.get("permissions")  # only a list of names counts, as in bridge.pacs.verifier.decide
+        listed = claims.get("permissions")  # only a list of names counts, as in bridge.core.verifier.decide
         held = expand([p for p in listed if isinstance(p, str)] if isinstance(listed, list) else [])
     except UnknownPermissionError:
         held = frozenset()

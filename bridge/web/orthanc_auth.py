@@ -34,12 +34,14 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from bridge.audit.codes import AuditEventType
 from bridge.config import Settings
-from bridge.pacs import routes, scopes
+from bridge.core import routes
+from bridge.core.audit_codes import AuditEventType
+from bridge.core.errors import VerificationError
+from bridge.core.permissions import Permission
+from bridge.core.verifier import bearer_token
+from bridge.pacs import scopes
 from bridge.pacs.gate import Verdict, judge
-from bridge.pacs.verifier import VerificationError, bearer_token
-from bridge.policy.permissions import Permission
 from bridge.web.limits import limit
 
 bp = Blueprint("orthanc_auth", __name__, url_prefix="/orthanc-auth")

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import requests
 
-from bridge.audit import events as ev
-from bridge.audit.codes import AuditEventType
 from bridge.audit.store import open_store
 from bridge.config import load_config
+from bridge.core import audit_events as ev
+from bridge.core.audit_codes import AuditEventType
 from bridge.devstack.service import StackContext
 from bridge.http import pinned_session
 

@@ -90,6 +90,6 @@ def test_outside_the_allow_list_is_refused_and_audited(stack: dict[str, Any], st
 def _iso(t: float) -> str:
     import datetime as dt
 
-    from bridge.audit.events import format_time
+    from bridge.core.audit_events import format_time
 
     return format_time(dt.datetime.fromtimestamp(t, dt.UTC))

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.audit import events as ev
-from bridge.audit.codes import AuditEventType
 from bridge.audit.store import AuditStore
+from bridge.core import audit_events as ev
+from bridge.core.audit_codes import AuditEventType
 from bridge.store import db
 from bridge.tokens.auditing import BufferedAuditSink, Journal
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.tokens.mfa import MfaRule, challenge, check
+from bridge.core.mfa import MfaRule, challenge, check
 
 NOW = 1_800_000_000.0
 RULE = MfaRule(required_acr="mfa", accepted_amr=frozenset({"otp", "hwk"}), max_auth_age_seconds=600)

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from bridge.audit.codes import AuditEventType
 from bridge.config import WebSection
-from bridge.policy.permissions import Permission as P
+from bridge.core.audit_codes import AuditEventType
+from bridge.core.permissions import Permission as P
 from bridge.web import client, limits
 from tests.unit.web.test_audit_api import bearer, mint
 from tests.unit.web.test_client_address import XFF, make
@@ -144,7 +144,7 @@ def test_an_intake_batch_stored_meanwhile_by_the_other_instance_is_202_not_500(t
     """HAProxy retries POST /audit/events on the other instance while the first still writes it:
     both find the ids new, the second insert hits the unique event_id.  It must count them as
     duplicates (202), not answer 500."""
-    from bridge.audit import events as ev
+    from bridge.core import audit_events as ev
     from tests.unit.web.test_audit_api import _payload
 
     env = make(tmp_path)
@@ -186,7 +186,7 @@ def test_the_next_page_link_does_not_follow_the_host_header(tmp_path) -> None:
     """The bridge's URL comes from configuration, never from Host: a forged Host must not turn the
     auditor's "next" link (which the client follows with its audit-logs token) into another server."""
     env = make(tmp_path)
-    from bridge.audit import events as ev
+    from bridge.core import audit_events as ev
 
     for i in range(3):
         env["store"].append(ev.AuditEvent(AuditEventType.LOGIN_FAILURE, actor=ev.Actor(f"u{i}@x", f"u{i}")))
