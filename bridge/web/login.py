@@ -136,7 +136,10 @@ def _to_keycloak(step_up: bool) -> Response:
     ext = _ext()
     extra = {"acr_values": ext["service"].mfa_rule.required_acr or "mfa"} if step_up else {}
     session.permanent = True
-    resp: Response = ext["keycloak"].authorize_redirect(url_for("login.callback", _external=True), **extra)
+    # the callback URL from the configured public URL, never from the request's Host header: a
+    # forged Host would otherwise send Keycloak's code to wherever it names
+    callback = str(ext["settings"].bridge.public_url).rstrip("/") + url_for("login.callback")
+    resp: Response = ext["keycloak"].authorize_redirect(callback, **extra)
     return _no_store(resp)
 
 

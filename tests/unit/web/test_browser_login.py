@@ -15,6 +15,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import jwt
 import pytest
@@ -276,3 +277,18 @@ def test_logout_token_only_counts_in_the_form_body(settings: Any) -> None:
     assert r.status_code == 400 and r.get_json()["error_description"] == "logout_token missing"
     assert w.service.revocations.subjects() == {}
     assert w.post("/backchannel-logout", data={"logout_token": token}).status_code == 200  # not spent by the query
+
+
+# --------------------------------------------------------------------------- callback URL
+
+
+def test_callback_url_comes_from_the_public_url_not_the_host_header(settings: Any) -> None:
+    """A forged Host must not choose where Keycloak sends the authorization code (failed before
+    the fix: the redirect_uri followed the Host header)."""
+    w = Worker(settings)
+    for host in ("127.0.0.1:6666", "evil.test", "bridge.test:443@evil.test"):
+        r = w.client.get("/login", query_string={"redirect_uri": VIEWER}, base_url=BASE,
+                         headers={"Host": host})
+        assert r.status_code == 302, r.status_code
+        sent = re.search(r"redirect_uri=([^&]+)", r.headers["Location"]).group(1)  # type: ignore[union-attr]
+        assert unquote(sent) == BASE.rstrip("/") + "/oidc/callback", (host, unquote(sent))
