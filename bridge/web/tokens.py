@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
-from flask import Blueprint, Flask, Response, current_app
+from flask import Blueprint, Flask, Response, current_app, request
 
 from bridge.config import Settings
 from bridge.core import mfa
@@ -151,6 +151,7 @@ def token() -> Any:
 def introspect() -> Any:
     resp = _ext()["server"].create_endpoint_response(PacsIntrospectionEndpoint.ENDPOINT_NAME)
     resp.headers["Cache-Control"] = "no-store"
+    _audit_refused_client(resp, "introspect")
     return resp
 
 
@@ -159,7 +160,20 @@ def introspect() -> Any:
 def revoke() -> Any:
     resp = _ext()["server"].create_endpoint_response(PacsRevocationEndpoint.ENDPOINT_NAME)
     resp.headers["Cache-Control"] = "no-store"
+    _audit_refused_client(resp, "revoke")
     return resp
+
+
+def _audit_refused_client(resp: Response, endpoint: str) -> None:
+    """A refused client authentication (Authlib answers 401 ``invalid_client``) is an access
+    decision like any other: audited with the client id that was tried, never the secret, so
+    secret guessing on the introspection client shows in the trail (the rate limit slows it)."""
+    if resp.status_code != 401:
+        return
+    auth = request.authorization
+    tried = (auth.username if auth is not None and auth.type == "basic" else None) or request.form.get("client_id")
+    _ext()["service"].audit(AuditEventType.ACCESS_DENIED, {
+        "client_id": tried, "endpoint": endpoint, "reason": "client authentication failed"})
 
 
 @bp.get("/revocations")

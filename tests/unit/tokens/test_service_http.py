@@ -202,6 +202,17 @@ def test_introspection_only_for_authenticated_allowed_clients(env: dict[str, Any
     assert r.json == {"active": False}
 
 
+def test_refused_client_credentials_are_audited_without_the_secret(env: dict[str, Any]) -> None:
+    """Secret guessing on /introspect and /revoke shows in the trail (failed before: no record)."""
+    c = env["client"]
+    c.post("/introspect", data={"token": "x.y.z"}, headers=basic("orthanc", "guess-1"))
+    c.post("/revoke", data={"token": "x.y.z"}, headers=basic("ops", "guess-2"))
+    refused = [d for k, d in env["events"] if k == AuditEventType.ACCESS_DENIED
+               and d.get("reason") == "client authentication failed"]
+    assert [(d["client_id"], d["endpoint"]) for d in refused] == [("orthanc", "introspect"), ("ops", "revoke")]
+    assert "guess" not in repr(refused)
+
+
 def test_revocation_reaches_introspection_and_verifiers(env: dict[str, Any]) -> None:
     c = env["client"]
     tok = exchange(c, kc_token()).json["access_token"]
