@@ -301,7 +301,11 @@ class AuditShipper:
     def _replay_spool(self) -> None:
         if not self.audit_url or time.monotonic() < self._retry_at or not self.spool_dir.is_dir():
             return
-        for spool in sorted(self.spool_dir.glob("spool-*.jsonl"), key=lambda p: p.stat().st_mtime):
+        if not _own_private(self.spool_dir, directory=True):
+            self.stats["untrusted_spool"] = self.stats.get("untrusted_spool", 0) + 1
+            return  # someone else can write here: replaying would let them forge records
+        spools = [p for p in self.spool_dir.glob("spool-*.jsonl") if _own_private(p)]
+        for spool in sorted(spools, key=lambda p: p.stat().st_mtime):
             sending = spool.with_name(f"sending-{os.getpid()}-{time.time_ns()}.jsonl")
             try:
                 spool.rename(sending)
@@ -309,7 +313,8 @@ class AuditShipper:
                 continue  # another process took it
             self._replay_file(sending)
         for sending in self.spool_dir.glob(f"sending-{os.getpid()}-*.jsonl"):
-            self._replay_file(sending)  # left over from a failed attempt of this process
+            if _own_private(sending):
+                self._replay_file(sending)  # left over from a failed attempt of this process
 
     def _replay_file(self, path: Path) -> None:
         """Send one spool file.  A line that is not JSON (cut by a crash mid-write) would otherwise
@@ -377,3 +382,18 @@ def _file_size(path: str | None) -> int:
 
 def _utc(t: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(t, dt.UTC)
+
+
+def _own_private(path: Path, directory: bool = False) -> bool:
+    """Whether ``path`` is ours alone: not a symlink, owned by this process's user, writable by
+    nobody else.  The spool is replayed into the audit trail, so a file another local user could
+    drop or edit there (or a symlink to one) would become forged records; such files are left
+    alone (never replayed, never deleted) for a human to look at."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    kind_ok = stat.S_ISDIR(st.st_mode) if directory else stat.S_ISREG(st.st_mode)
+    return kind_ok and st.st_uid == os.geteuid() and not st.st_mode & 0o022

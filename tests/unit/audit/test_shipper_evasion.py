@@ -71,3 +71,34 @@ def test_a_corrupt_spool_line_does_not_stall_the_replay(tmp_path):
     kept = list(spool.glob("corrupt-*.jsonl"))  # the unreadable line is kept for a human, not lost
     assert len(kept) == 1 and '"type": "study.acc' in kept[0].read_text()
     assert oct(kept[0].stat().st_mode & 0o777) == "0o600" and s.stats["corrupt_lines"] == 1
+
+
+def test_spool_files_another_user_could_write_are_never_replayed(tmp_path):
+    """The spool is replayed into the audit trail: a file others can write, or a symlink to one,
+    would be forged records (failed before: every spool-*.jsonl was replayed)."""
+    s, sent = shipper(tmp_path)
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    own = ev.AuditEvent(AuditEventType.STUDY_ACCESSED, objects=(ev.patient("P-own"),)).to_dict()
+    forged = ev.AuditEvent(AuditEventType.STUDY_ACCESSED, objects=(ev.patient("P-forged"),)).to_dict()
+    (spool / "spool-1.jsonl").write_text(json.dumps(own) + "\n")
+    loose = spool / "spool-2.jsonl"
+    loose.write_text(json.dumps(forged) + "\n")
+    loose.chmod(0o666)
+    elsewhere = tmp_path / "planted.jsonl"
+    elsewhere.write_text(json.dumps(forged) + "\n")
+    (spool / "spool-3.jsonl").symlink_to(elsewhere)
+    s.flush()
+    assert [e["event_id"] for e in sent] == [own["event_id"]]
+    assert loose.exists() and (spool / "spool-3.jsonl").is_symlink()  # left for a human, not deleted
+
+
+def test_a_spool_directory_others_can_write_is_not_replayed(tmp_path):
+    s, sent = shipper(tmp_path)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    spool.chmod(0o777)
+    (spool / "spool-1.jsonl").write_text(json.dumps(
+        ev.AuditEvent(AuditEventType.STUDY_ACCESSED, objects=(ev.patient("P-x"),)).to_dict()) + "\n")
+    s.flush()
+    assert sent == [] and s.stats["untrusted_spool"] >= 1
