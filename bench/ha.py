@@ -51,17 +51,6 @@ def _logins(info: dict[str, Any]) -> list[str]:
     return out
 
 
-def _wait_states(want: dict[str, str], timeout: float = 30.0) -> dict[str, str]:
-    deadline = time.monotonic() + timeout
-    states: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        states = HAPROXY.server_states()
-        if all(states.get(k, "").startswith(v) for k, v in want.items()):
-            return states
-        time.sleep(0.1)
-    raise SystemExit(f"HAProxy states {states}, wanted {want}")
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from bridge.audit.store import open_store
     from bridge.config import load_config
@@ -82,7 +71,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"bench": "ha", "threads": args.threads, "seconds_per_phase": args.seconds,
                            "mix": dict(ha_load.MIX)}
 
-    _wait_states({"bridge": "UP", "bridge2": "UP"})
+    HAPROXY.wait_states({"bridge": "UP", "bridge2": "UP"}, timeout=30)
     two = ha_load.drive(target, **kw)
     killed: list[float] = []
 
@@ -92,12 +81,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             SECOND.kill()
 
     failover = ha_load.drive(target, during=kill, **kw)
-    _wait_states({"bridge": "UP", "bridge2": "DOWN"})
+    HAPROXY.wait_states({"bridge": "UP", "bridge2": "DOWN"}, timeout=30)
     one = ha_load.drive(target, **kw)
     t0 = time.monotonic()
     SECOND.start(ctx)
     SECOND.wait_ready(ctx)
-    _wait_states({"bridge": "UP", "bridge2": "UP"})
+    HAPROXY.wait_states({"bridge": "UP", "bridge2": "UP"}, timeout=30)
     out["bridge2_back_up_s"] = round(time.monotonic() - t0, 1)
 
     k = killed[0] if killed else float("inf")

@@ -26,7 +26,7 @@ import yaml
 
 from bridge.devstack import process, state
 from bridge.devstack.service import Service, StackContext
-from bridge.devstack.state import free_port, port_open, project_root
+from bridge.devstack.state import project_root
 from bridge.devstack.tls import issue
 from bridge.http import pinned_session
 
@@ -82,16 +82,7 @@ class BridgeService(Service):
     def port(self) -> int:
         """The bridge's port, chosen once per `up`: Keycloak's realm import needs the bridge's URL
         (callback, back-channel logout) before the bridge itself can start."""
-        path = self.dir / "port"
-        try:
-            port = int(path.read_text())
-            if self.running() or not port_open(port):
-                return port
-        except (OSError, ValueError):
-            pass
-        port = free_port()
-        path.write_text(str(port))
-        return port
+        return self.sticky_port()
 
     def own_url(self) -> str:
         """This instance itself (health checks, the failover benchmark's direct probes)."""

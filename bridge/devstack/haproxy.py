@@ -34,7 +34,6 @@ from typing import Any
 from bridge.devstack import process, tls
 from bridge.devstack.process import DevstackError
 from bridge.devstack.service import Service, StackContext
-from bridge.devstack.state import free_port, port_open
 from bridge.http import pinned_session
 
 BINARY = Path("/usr/sbin/haproxy")
@@ -107,6 +106,20 @@ class HaproxyService(Service):
     def admin_socket(self) -> Path:
         return self.dir / "admin.sock"
 
+    def wait_states(self, want: dict[str, str], timeout: float = 20.0) -> dict[str, str]:
+        """Wait until HAProxy reports each instance in the wanted state ("UP", "DOWN"); raises
+        DevstackError naming what it saw (fault tests and the failover benchmark)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        states: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            states = self.server_states()
+            if all(states.get(k, "").startswith(v) for k, v in want.items()):
+                return states
+            time.sleep(0.1)
+        raise DevstackError(f"HAProxy states {states}, wanted {want}")
+
     def server_states(self) -> dict[str, str]:
         """``{instance: "UP" | "DOWN" | ...}`` from HAProxy's runtime API (tests, the benchmark)."""
         import socket
@@ -129,16 +142,7 @@ class HaproxyService(Service):
 
     def port(self) -> int:
         """Chosen once per `up` (Keycloak's realm import needs the public URL before anything runs)."""
-        path = self.dir / "port"
-        try:
-            port = int(path.read_text())
-            if self.running() or not port_open(port):
-                return port
-        except (OSError, ValueError):
-            pass
-        port = free_port()
-        path.write_text(str(port))
-        return port
+        return self.sticky_port()
 
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port()}"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.devstack import process
-from bridge.devstack.state import service_dir, state_dir
+from bridge.devstack.state import free_port, port_open, service_dir, state_dir
 
 
 @dataclass
@@ -58,6 +58,21 @@ class Service:
     @property
     def dir(self) -> Path:
         return service_dir(self.name)
+
+    def sticky_port(self) -> int:
+        """A port chosen once per `up` and kept in ``<dir>/port``: for services whose URL others
+        need before they start (Keycloak's realm import names the bridge's and HAProxy's URLs).
+        Kept while the service runs or while nothing else took the port; else a fresh one."""
+        path = self.dir / "port"
+        try:
+            port = int(path.read_text())
+            if self.running() or not port_open(port):
+                return port
+        except (OSError, ValueError):
+            pass
+        port = free_port()
+        path.write_text(str(port))
+        return port
 
     def install(self) -> None:
         """Anything beyond apt packages (Maven download, pip); idempotent."""

@@ -97,14 +97,7 @@ def wait_states(want: dict[str, str], timeout: float = 20.0) -> dict[str, str]:
     """Wait until HAProxy reports each instance in the wanted state ("UP", "DOWN")."""
     from bridge.devstack.haproxy import SERVICE as HAPROXY
 
-    deadline = time.monotonic() + timeout
-    states: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        states = HAPROXY.server_states()
-        if all(states.get(k, "").startswith(v) for k, v in want.items()):
-            return states
-        time.sleep(0.1)
-    raise AssertionError(f"HAProxy states {states}, wanted {want}")
+    return HAPROXY.wait_states(want, timeout)
 
 
 @contextlib.contextmanager
