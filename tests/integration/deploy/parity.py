@@ -1,0 +1,216 @@
+"""Run a deployment's service definitions (compose services, systemd units) as local processes.
+
+There is no container engine or init system to run them, so the parity tests do what those would:
+the same command line, the same environment, and the same file layout, with every path the
+deployment mounts or owns mapped under one temporary root (``/etc/pacs-bridge/x`` becomes
+``ROOT/etc/pacs-bridge/x``).  Only paths are rewritten; nothing else of a command changes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def interpolate(value: str, env: Mapping[str, str]) -> str:
+    """Compose's variable substitution: ${X}, ${X:-default}, ${X-default}, ${X:?error}, ${X?error}, $$."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1) or m.group(4)
+        op, arg = m.group(2), m.group(3) or ""
+        val = env.get(name)
+        if op in (":-", "-"):
+            return val if (val if op == ":-" else val is not None) else arg
+        if op in (":?", "?"):
+            if val is None or (op == ":?" and not val):
+                raise KeyError(f"${{{name}}} is required: {arg}")
+            return val
+        return val or ""
+
+    return _VAR.sub(sub, value)
+
+
+@dataclass
+class Root:
+    """The temporary root every deployment path is mapped into."""
+
+    path: Path
+    prefixes: set[str] = field(default_factory=set)
+
+    def local(self, target: str) -> Path:
+        return self.path / target.lstrip("/")
+
+    def own(self, target: str) -> Path:
+        """Declare `target` (a mount target or a path the image/package installs) as mapped."""
+        self.prefixes.add(target.rstrip("/") or "/")
+        return self.local(target)
+
+    def map(self, value: str) -> str:
+        """Every mapped path inside `value` (a whole argument, ``--opt=/path``, a URL query) under the root."""
+        if not self.prefixes:
+            return value
+        alternatives = "|".join(re.escape(p) for p in sorted(self.prefixes, key=len, reverse=True))
+        # one pass: a mapped path (under /tmp itself) is never mapped again
+        return re.sub(rf"(?<![\w/.-])({alternatives})(?=$|[/&:\s\"',])", lambda m: str(self.local(m.group(1))), value)
+
+
+def place(src: Path, dst: Path) -> None:
+    """A bind mount's content at its target (a copy: the processes run as this user)."""
+    if not src.exists():
+        raise FileNotFoundError(f"mount source {src} does not exist")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+    else:
+        shutil.copy2(src, dst)
+
+
+def base_env(home: Path) -> dict[str, str]:
+    """What the image or the host provides besides the service's own environment: PATH, the
+    worktree on PYTHONPATH (the image installs the same package), a HOME."""
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
+def local_argv(argv: list[str]) -> list[str]:
+    """`pacs-bridge ...` (the image's console script) runs from this interpreter and checkout."""
+    if argv and Path(argv[0]).name == "pacs-bridge":
+        return [sys.executable, "-m", "bridge.cli", *argv[1:]]
+    return argv
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+
+class Runner:
+    """Starts the processes of one test and stops exactly those (their process groups)."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        logs.mkdir(parents=True, exist_ok=True)
+        self.procs: list[Proc] = []
+
+    def run(self, name: str, argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 30) -> str:
+        """A one-shot command; its output, or an assertion error with it."""
+        res = subprocess.run(local_argv(argv), env=env, cwd=cwd, capture_output=True, text=True,  # noqa: S603
+                             timeout=timeout, check=False)
+        out = res.stdout + res.stderr
+        assert res.returncode == 0, f"{name}: {argv} exited {res.returncode}:\n{out}"
+        return out
+
+    def start(self, name: str, argv: list[str], env: dict[str, str], cwd: Path) -> Proc:
+        log = self.logs / f"{name}.log"
+        fh = log.open("wb")
+        popen = subprocess.Popen(local_argv(argv), env=env, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT,  # noqa: S603
+                                 start_new_session=True)
+        fh.close()
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.alive():
+                os.killpg(proc.popen.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait(timeout=5)
+
+
+def wait_for(check: Callable[[], bool], what: str, procs: Iterable[Proc], timeout: float = 40) -> None:
+    """Poll `check` until true; fail early (with the logs) when a watched process died."""
+    procs = list(procs)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if not p.alive():
+                raise AssertionError(f"{p.name} exited {p.popen.returncode} while waiting for {what}:\n{p.text()}")
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001,S110 - not up yet
+            pass
+        time.sleep(0.2)
+    logs = "\n".join(f"--- {p.name}\n{p.text()[-3000:]}" for p in procs)
+    raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def site_files(site: Path, ca_file: Path) -> dict[str, Path]:
+    """A site's own files (the parts the repository does not ship): TLS pairs for the bridge and
+    Orthanc's peers from the test CA, and one file per secret."""
+    import base64
+    import secrets as pysecrets
+
+    from bridge.devstack.tls import issue
+
+    pair = issue("deploy-parity")
+    tls = site / "tls" / "bridge"
+    tls.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(pair.cert, tls / "cert.pem")
+    shutil.copy2(pair.key, tls / "key.pem")
+    sec = site / "secrets"
+    sec.mkdir(parents=True, exist_ok=True)
+    values = {
+        "session_secret": pysecrets.token_urlsafe(32), "keycloak_client_secret": pysecrets.token_urlsafe(24),
+        "keycloak_sync_password": pysecrets.token_urlsafe(24), "directory_bind_password": pysecrets.token_urlsafe(24),
+        "bridge_db_pgpass": f"postgres:5432:bridge:bridge:{pysecrets.token_urlsafe(24)}",
+        "token_kek": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        "audit_ingest_token": pysecrets.token_urlsafe(32),
+        "postgres_superuser_password": pysecrets.token_urlsafe(24),
+        "keycloak_db_password": pysecrets.token_urlsafe(24), "keycloak_admin_password": pysecrets.token_urlsafe(24),
+    }
+    for name, value in values.items():
+        (sec / name).write_text(value + "\n")
+        (sec / name).chmod(0o600)
+    return {"ca": ca_file, "site": site}
+
+
+def dicom_refused(port: int, called: str, calling: str) -> bool:
+    """Whether Orthanc refuses an association from `calling` (rejected or aborted, never established)."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context("1.2.840.10008.1.1")  # Verification
+    ae.acse_timeout = ae.network_timeout = 5
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    try:
+        return not assoc.is_established and (assoc.is_rejected or assoc.is_aborted)
+    finally:
+        if assoc.is_established:
+            assoc.release()

@@ -1,0 +1,178 @@
+"""docker-compose.yml runs: its bridge-init, orthanc-config, bridge-web, bridge-serve and orthanc
+services, started as local processes with their own command, environment and file layout (every
+mount target mapped under a temporary root; parity.py), give a web app answering /jwks.json over
+TLS, and an Orthanc that loads the plugin bundle and refuses a token-less request and a DICOM
+association from an unknown AE; `check-config` accepts the configuration compose produces.
+
+What cannot be mapped: the database.  Compose's store URL names the host ``postgres`` (its own
+container, TLS verify-full against a certificate for that name); a local process cannot reach it
+under that name without a resolver, so the bridge services get one override,
+``PACS_BRIDGE_STORE__URL`` -> a SQLite file under the root.  The PostgreSQL side (two databases
+and users, TLS) is checked on the compose file itself by tests/unit/deploy/test_compose.py.
+Keycloak, the directory and the ATNA collector are not started (not needed for these assertions;
+the scheduler logs its failed sync and keeps running, as it would while they come up).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from parity import REPO, Root, Runner, base_env, dicom_refused, interpolate, place, port_open, site_files, wait_for
+
+pytestmark = pytest.mark.integration
+
+RUN = ("bridge-init", "orthanc-config", "bridge-web", "bridge-serve", "orthanc")
+
+
+def _interp(node: Any, env: dict[str, str]) -> Any:
+    if isinstance(node, str):
+        return interpolate(node, env)
+    if isinstance(node, list):
+        return [_interp(v, env) for v in node]
+    if isinstance(node, dict):
+        return {k: _interp(v, env) for k, v in node.items()}
+    return node
+
+
+def _dockerfile(path: Path) -> dict[str, Any]:
+    """What the compose file leaves to the images: ENTRYPOINT, WORKDIR, and COPY --from targets
+    (paths the image itself owns, like the plugin bundle)."""
+    text = path.read_text()
+    out: dict[str, Any] = {"entrypoint": [], "workdir": "/", "owned": [], "bundle_cmd": None}
+    for line in text.splitlines():
+        if line.startswith("ENTRYPOINT "):
+            out["entrypoint"] = json.loads(line.split(" ", 1)[1])
+        elif line.startswith("WORKDIR "):
+            out["workdir"] = line.split(" ", 1)[1].strip()
+        elif line.startswith("COPY --from="):
+            out["owned"].append(line.split()[-1])
+            out["copy_from"] = line.split()[-2]
+    m = re.search(r"pacs-bridge plugin bundle (\S+)", text)
+    out["bundle_cmd"] = m.group(1) if m else None
+    return out
+
+
+@pytest.fixture
+def deployment(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from bridge.devstack.tls import ensure_ca
+
+    ca = ensure_ca()
+    site = tmp_path / "site"
+    site_files(site, ca)
+    env = {"HOSPITAL_CA": str(ca), "KC_HOSTNAME": "https://127.0.0.1:8443",
+           "PACS_BRIDGE_URL": "https://127.0.0.1:9443", "PACS_DIR_URL": "ldaps://127.0.0.1:6360",
+           "PACS_DIR_BIND_DN": "CN=svc-pacs-bridge,OU=Service Accounts,DC=hospital,DC=example",
+           "AUDIT_SYSLOG_HOST": "127.0.0.1", "PACS_BRIDGE_POLICY": "./examples/policy.yaml"}
+    compose = _interp(yaml.safe_load((REPO / "docker-compose.yml").read_text()), env)
+    root = Root(tmp_path / "root")
+    root.path.mkdir()
+    runner = Runner(tmp_path / "logs")
+    yield compose, root, runner, site
+    runner.stop()
+
+
+def _source(src: str, site: Path) -> Path:
+    """A bind source: relative to the compose file (the repository), else a site file."""
+    p = Path(src)
+    if p.is_absolute():
+        return p
+    return REPO / p if (REPO / p).exists() else site / p
+
+
+def _layout(compose: dict[str, Any], root: Root, site: Path) -> None:
+    """Every service's mounts, secrets and tmpfs under the root (named volumes: one directory per
+    target, shared by every service mounting it there)."""
+    for name in RUN:
+        svc = compose["services"][name]
+        for vol in svc.get("volumes", []):
+            if isinstance(vol, dict):
+                src, dst, kind = vol["source"], vol["target"], vol["type"]
+            else:
+                src, dst = vol.split(":")[:2]
+                kind = "bind" if src.startswith((".", "/")) else "volume"
+            local = root.own(dst)
+            if kind == "bind":
+                place(_source(src, site), local)
+            else:
+                local.mkdir(parents=True, exist_ok=True)
+        for secret in svc.get("secrets", []):
+            place(_source(compose["secrets"][secret]["file"], site), root.own(f"/run/secrets/{secret}"))
+        for t in svc.get("tmpfs", []):
+            root.own(t).mkdir(parents=True, exist_ok=True)
+
+
+def _process(compose: dict[str, Any], name: str, root: Root) -> tuple[list[str], dict[str, str], Path]:
+    """argv, environment and working directory of one service, paths mapped."""
+    svc = compose["services"][name]
+    image = _dockerfile(REPO / (svc["build"]["dockerfile"] if isinstance(svc["build"], dict) else "Dockerfile"))
+    argv = [root.map(a) for a in [*svc.get("entrypoint", image["entrypoint"]), *svc["command"]]]
+    env = base_env(root.local("/var/lib/pacs-bridge"))
+    env.update({k: root.map(str(v)) for k, v in svc.get("environment", {}).items()})
+    if "PACS_BRIDGE_STORE__URL" in env:
+        assert "@postgres:5432" in env["PACS_BRIDGE_STORE__URL"] and "sslmode=verify-full" in env["PACS_BRIDGE_STORE__URL"]
+        env["PACS_BRIDGE_STORE__URL"] = f"sqlite:///{root.local('/var/lib/pacs-bridge')}/bridge.db"
+    cwd = root.local(image["workdir"])
+    cwd.mkdir(parents=True, exist_ok=True)
+    return argv, env, cwd
+
+
+def test_compose_services_run_as_processes(deployment) -> None:  # type: ignore[no-untyped-def]
+    compose, root, runner, site = deployment
+    assert set(RUN) <= set(compose["services"]), "compose lost a service the deployment needs"
+
+    # the Orthanc image: Debian's packages (the ones on this host) and the bundle its build writes
+    orthanc_image = _dockerfile(REPO / "deploy/orthanc/Dockerfile")
+    bundle_in_image = orthanc_image["owned"][0]
+    assert orthanc_image["bundle_cmd"] and orthanc_image["copy_from"] == orthanc_image["bundle_cmd"]
+    root.own(bundle_in_image)
+    runner.run("orthanc image build", ["pacs-bridge", "plugin", "bundle", str(root.local(bundle_in_image))],
+               base_env(root.path), cwd=root.path)
+    # the orthanc user owns its data directory in the image
+    root.own("/var/lib/orthanc/pacs-bridge").mkdir(parents=True, exist_ok=True)
+    _layout(compose, root, site)
+
+    # the configuration compose produces is accepted
+    argv, env, cwd = _process(compose, "bridge-web", root)
+    out = runner.run("check-config", ["pacs-bridge", "check-config", env["PACS_BRIDGE_CONFIG"]], env, cwd)
+    assert ": OK" in out
+
+    for name in ("bridge-init", "orthanc-config"):
+        runner.run(name, *_process(compose, name, root))
+    generated = json.loads(root.local("/etc/orthanc/pacs-bridge/orthanc.json").read_text())
+    assert generated["PythonScript"] == str(root.local(bundle_in_image)) + "/pacs_bridge_plugin.py"
+    assert generated["DicomAlwaysAllowEcho"] is False and generated["AuthenticationEnabled"] is False
+
+    procs = {name: runner.start(name, *_process(compose, name, root)) for name in ("bridge-web", "bridge-serve",
+                                                                                    "orthanc")}
+    ca = str(root.local("/etc/pacs-bridge/tls/hospital-ca.pem"))
+
+    def jwks() -> bool:
+        r = requests.get("https://127.0.0.1:9443/jwks.json", verify=ca, timeout=3)
+        return r.status_code == 200 and isinstance(r.json().get("keys"), list)
+
+    wait_for(jwks, "bridge-web /jwks.json over TLS", procs.values())
+    with pytest.raises(requests.exceptions.SSLError):  # TLS only, with the site's certificate
+        requests.get("https://127.0.0.1:9443/jwks.json", verify=True, timeout=3)
+
+    log = procs["orthanc"]
+    wait_for(lambda: "Orthanc has started" in log.text() and port_open(4242), "orthanc", procs.values())
+    assert "pacs-bridge: plugin bundle" in log.text(), log.text()[-3000:]
+    req = urllib.request.Request("http://127.0.0.1:8042/system")  # noqa: S310 - fixed loopback URL
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(req, timeout=5)  # noqa: S310
+    assert denied.value.code == 403
+    assert dicom_refused(4242, generated["DicomAet"], "INTRUDER"), "unknown AE associated"
+    # a configured AE title from another host than its own is refused too (DicomCheckModalityHost)
+    assert dicom_refused(4242, generated["DicomAet"], "CT01"), "CT01 associated from 127.0.0.1"
+
+    # the scheduler runs beside them (its sync fails without a directory; it keeps going)
+    wait_for(lambda: port_open(9464), "bridge-serve metrics", procs.values(), timeout=20)
+    assert procs["bridge-serve"].alive()
