@@ -119,7 +119,7 @@ class Runner:
 
     def run(self, name: str, argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 30) -> str:
         """A one-shot command; its output, or an assertion error with it."""
-        res = subprocess.run(local_argv(argv), env=env, cwd=cwd, capture_output=True, text=True,  # noqa: S603
+        res = subprocess.run(local_argv(argv), env=env, cwd=cwd, capture_output=True, text=True,
                              timeout=timeout, check=False)
         out = res.stdout + res.stderr
         assert res.returncode == 0, f"{name}: {argv} exited {res.returncode}:\n{out}"
@@ -128,7 +128,7 @@ class Runner:
     def start(self, name: str, argv: list[str], env: dict[str, str], cwd: Path) -> Proc:
         log = self.logs / f"{name}.log"
         fh = log.open("wb")
-        popen = subprocess.Popen(local_argv(argv), env=env, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT,  # noqa: S603
+        popen = subprocess.Popen(local_argv(argv), env=env, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT,
                                  start_new_session=True)
         fh.close()
         proc = Proc(name, popen, log)
@@ -158,7 +158,7 @@ def wait_for(check: Callable[[], bool], what: str, procs: Iterable[Proc], timeou
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001,S110 - not up yet
+        except Exception:
             pass
         time.sleep(0.2)
     logs = "\n".join(f"--- {p.name}\n{p.text()[-3000:]}" for p in procs)
