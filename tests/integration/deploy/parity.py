@@ -69,6 +69,16 @@ class Root:
         return re.sub(rf"(?<![\w/.-])({alternatives})(?=$|[/&:\s\"',])", lambda m: str(self.local(m.group(1))), value)
 
 
+_HOST_PATH = re.compile(r"(?<![\w/.-])/(?:etc|var|run|opt|srv|home)/[^\s&\"',]*")
+
+
+def assert_mapped(argv: list[str], env: Mapping[str, str]) -> None:
+    """No deployment path was left unmapped (it would read or write this machine's real /etc, /var ...)."""
+    for value in [*argv, *env.values()]:
+        left = _HOST_PATH.findall(value)
+        assert not left, f"unmapped deployment path(s) {left} in {value!r}"
+
+
 def place(src: Path, dst: Path) -> None:
     """A bind mount's content at its target (a copy: the processes run as this user)."""
     if not src.exists():
@@ -119,16 +129,20 @@ class Runner:
 
     def run(self, name: str, argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 30) -> str:
         """A one-shot command; its output, or an assertion error with it."""
-        res = subprocess.run(local_argv(argv), env=env, cwd=cwd, capture_output=True, text=True,
+        argv = local_argv(argv)
+        assert_mapped(argv, env)
+        res = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True,
                              timeout=timeout, check=False)
         out = res.stdout + res.stderr
         assert res.returncode == 0, f"{name}: {argv} exited {res.returncode}:\n{out}"
         return out
 
     def start(self, name: str, argv: list[str], env: dict[str, str], cwd: Path) -> Proc:
+        argv = local_argv(argv)
+        assert_mapped(argv, env)
         log = self.logs / f"{name}.log"
         fh = log.open("wb")
-        popen = subprocess.Popen(local_argv(argv), env=env, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT,
+        popen = subprocess.Popen(argv, env=env, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT,
                                  start_new_session=True)
         fh.close()
         proc = Proc(name, popen, log)
@@ -163,6 +177,15 @@ def wait_for(check: Callable[[], bool], what: str, procs: Iterable[Proc], timeou
         time.sleep(0.2)
     logs = "\n".join(f"--- {p.name}\n{p.text()[-3000:]}" for p in procs)
     raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+
+def ensure_packages(*extra: str) -> None:
+    """The Debian packages the deployment runs (Orthanc's, as in its image; `extra`), installed by
+    the dev stack's installer when missing (CI), so a missing one fails loudly, never skips."""
+    from bridge.devstack.install import apt_install
+    from bridge.devstack.orthanc import OrthancService
+
+    apt_install((*OrthancService.apt_packages, *extra))
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

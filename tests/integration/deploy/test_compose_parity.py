@@ -23,7 +23,19 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from parity import REPO, Root, Runner, base_env, dicom_refused, interpolate, place, port_open, site_files, wait_for
+from parity import (
+    REPO,
+    Root,
+    Runner,
+    base_env,
+    dicom_refused,
+    ensure_packages,
+    interpolate,
+    place,
+    port_open,
+    site_files,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -62,6 +74,7 @@ def _dockerfile(path: Path) -> dict[str, Any]:
 def deployment(tmp_path: Path):  # type: ignore[no-untyped-def]
     from bridge.devstack.tls import ensure_ca
 
+    ensure_packages()
     ca = ensure_ca()
     site = tmp_path / "site"
     site_files(site, ca)
