@@ -39,12 +39,9 @@ class MfaRule:
 
     @classmethod
     def from_section(cls, section: Any) -> MfaRule:
-        """From the config's ``mfa`` section (duck-typed so this module never imports pydantic)."""
-        return cls(
-            required_acr=section.required_acr or None,
-            accepted_amr=frozenset(section.accepted_amr),
-            max_auth_age_seconds=int(section.max_auth_age_seconds),
-        )
+        """From the config's ``mfa`` section (duck-typed so this module never imports pydantic),
+        through the same parser as the plugin's JSON (:meth:`from_mapping`)."""
+        return cls.from_mapping({key: getattr(section, key) for key in MAPPING_KEYS})
 
     @classmethod
     def from_mapping(cls, data: Any, where: str = "mfa") -> MfaRule:

@@ -20,3 +20,21 @@ def test_import_contracts_hold() -> None:
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "0 broken" in run.stdout
+
+
+def test_core_and_plugin_use_only_stdlib_jwt_and_cryptography() -> None:
+    """What Debian's python3 inside Orthanc has: the standard library, python3-jwt, python3-cryptography."""
+    import ast
+
+    from bridge.pacs.bundle import PLUGIN_MODULES
+
+    files = [*sorted((ROOT / "bridge" / "core").glob("*.py")),
+             *(ROOT / "bridge" / "pacs" / f"{m}.py" for m in PLUGIN_MODULES)]
+    allowed = set(sys.stdlib_module_names) | {"jwt", "cryptography", "bridge", "orthanc"}
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                     else [])
+            for name in names:
+                assert name.split(".")[0] in allowed, f"{path.relative_to(ROOT)} imports {name}"
