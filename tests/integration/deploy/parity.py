@@ -66,7 +66,7 @@ class Root:
             return value
         alternatives = "|".join(re.escape(p) for p in sorted(self.prefixes, key=len, reverse=True))
         # one pass: a mapped path (under /tmp itself) is never mapped again
-        return re.sub(rf"(?<![\w/.-])({alternatives})(?=$|[/&:\s\"',])", lambda m: str(self.local(m.group(1))), value)
+        return re.sub(rf"(?<![\w/.-])({alternatives})(?=$|[/&:;)\s\"',])", lambda m: str(self.local(m.group(1))), value)
 
 
 _HOST_PATH = re.compile(r"(?<![\w/.-])/(?:etc|var|run|opt|srv|home)/[^\s&\"',]*")
@@ -202,11 +202,13 @@ def site_files(site: Path, ca_file: Path) -> dict[str, Path]:
 
     from bridge.devstack.tls import issue
 
-    pair = issue("deploy-parity")
-    tls = site / "tls" / "bridge"
-    tls.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(pair.cert, tls / "cert.pem")
-    shutil.copy2(pair.key, tls / "key.pem")
+    # the bridge's own name is loopback here; PostgreSQL's is "postgres", the name clients verify
+    for service, pair in (("bridge", issue("deploy-parity")), ("postgres", issue("deploy-postgres",
+                                                                                  extra_dns=("postgres",)))):
+        tls = site / "tls" / service
+        tls.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(pair.cert, tls / "cert.pem")
+        shutil.copy2(pair.key, tls / "key.pem")
     sec = site / "secrets"
     sec.mkdir(parents=True, exist_ok=True)
     values = {

@@ -4,19 +4,25 @@ mount target mapped under a temporary root; parity.py), give a web app answering
 TLS, and an Orthanc that loads the plugin bundle and refuses a token-less request and a DICOM
 association from an unknown AE; `check-config` accepts the configuration compose produces.
 
-What cannot be mapped: the database.  Compose's store URL names the host ``postgres`` (its own
-container, TLS verify-full against a certificate for that name); a local process cannot reach it
-under that name without a resolver, so the bridge services get one override,
-``PACS_BRIDGE_STORE__URL`` -> a SQLite file under the root.  The PostgreSQL side (two databases
-and users, TLS) is checked on the compose file itself by tests/unit/deploy/test_compose.py.
-Keycloak, the directory and the ATNA collector are not started (not needed for these assertions;
+The postgres service runs too: Debian's PostgreSQL 15 (the image's major version) with compose's
+command line, its pg_hba.conf and its init script (deploy/postgres/init-databases.sh), on port 5432
+like the container.  What cannot be mapped is the host name ``postgres``: there is no resolver for
+it here, so the bridge's store URL (otherwise compose's own: user, database, ``verify-full``
+against a certificate for ``postgres``, the passfile) gains ``hostaddr=127.0.0.1``; libpq still
+verifies the certificate and looks up the passfile under the name ``postgres``.  The image's
+entrypoint is replaced by what it does (initdb with the superuser password file, then the init
+script).  Keycloak, the directory and the ATNA collector are not started (not needed for these assertions;
 the scheduler logs its failed sync and keeps running, as it would while they come up).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +45,7 @@ from parity import (
 
 pytestmark = pytest.mark.integration
 
-RUN = ("bridge-init", "orthanc-config", "bridge-web", "bridge-serve", "orthanc")
+RUN = ("postgres", "bridge-init", "orthanc-config", "bridge-web", "bridge-serve", "orthanc")
 
 
 def _interp(node: Any, env: dict[str, str]) -> Any:
@@ -71,10 +77,13 @@ def _dockerfile(path: Path) -> dict[str, Any]:
 
 
 @pytest.fixture
-def deployment(tmp_path: Path):  # type: ignore[no-untyped-def]
+def deployment():  # type: ignore[no-untyped-def]
     from bridge.devstack.tls import ensure_ca
 
-    ensure_packages()
+    ensure_packages("postgresql-15")
+    # PostgreSQL runs as its own user: a root it can traverse (pytest's tmp_path is root-only)
+    tmp_path = Path(tempfile.mkdtemp(prefix="deploy-parity-"))
+    tmp_path.chmod(0o755)
     ca = ensure_ca()
     site = tmp_path / "site"
     site_files(site, ca)
@@ -86,8 +95,11 @@ def deployment(tmp_path: Path):  # type: ignore[no-untyped-def]
     root = Root(tmp_path / "root")
     root.path.mkdir()
     runner = Runner(tmp_path / "logs")
-    yield compose, root, runner, site
-    runner.stop()
+    try:
+        yield compose, root, runner, site
+    finally:
+        runner.stop()
+        shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def _source(src: str, site: Path) -> Path:
@@ -129,11 +141,60 @@ def _process(compose: dict[str, Any], name: str, root: Root) -> tuple[list[str],
     env.update({k: root.map(str(v)) for k, v in svc.get("environment", {}).items()})
     if "PACS_BRIDGE_STORE__URL" in env:
         url = env["PACS_BRIDGE_STORE__URL"]
-        assert "@postgres:5432/bridge" in url and "sslmode=verify-full" in url, url
-        env["PACS_BRIDGE_STORE__URL"] = f"sqlite:///{root.local('/var/lib/pacs-bridge')}/bridge.db"
+        assert "@postgres:5432/bridge?" in url and "sslmode=verify-full" in url, url
+        env["PACS_BRIDGE_STORE__URL"] = url + "&hostaddr=127.0.0.1"  # the one thing not mapped: DNS
     cwd = root.local(image["workdir"])
     cwd.mkdir(parents=True, exist_ok=True)
     return argv, env, cwd
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _as_postgres(argv: list[str]) -> list[str]:
+    """As the image does: the server (and initdb) as the postgres user, never root."""
+    return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", *argv]
+
+
+def _postgres(compose: dict[str, Any], root: Root, runner: Runner) -> None:
+    """The postgres service: the image's entrypoint steps with compose's command and files."""
+    svc = compose["services"]["postgres"]
+    pg = pwd.getpwnam("postgres")
+    for path in [root.local("/etc/postgresql"), root.local("/var/lib/postgresql"), root.local("/run/secrets")]:
+        for p in [path, *path.rglob("*")]:
+            os.chown(p, pg.pw_uid, pg.pw_gid)
+    root.local("/etc/postgresql/tls/key.pem").chmod(0o600)
+    data = root.local("/var/lib/postgresql/data")
+    data.chmod(0o700)
+    sock = root.own("/var/run/postgresql")
+    sock.mkdir(parents=True, exist_ok=True)
+    os.chown(sock, pg.pw_uid, pg.pw_gid)
+    env = base_env(root.path)
+    env.update({k: root.map(str(v)) for k, v in svc["environment"].items()})
+    runner.run("postgres initdb", _as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres",
+                                                f"--pwfile={env['POSTGRES_PASSWORD_FILE']}",
+                                                "--auth=scram-sha-256", "-E", "UTF8", "--locale=C"]), env, root.path)
+    argv = [root.map(a) for a in svc["command"]]
+    assert argv[0] == "postgres"
+    argv = _as_postgres([str(PG_BIN / "postgres"), *argv[1:], "-D", str(data), "-c",
+                         f"unix_socket_directories={sock}", "-c", "listen_addresses=127.0.0.1"])
+    proc = runner.start("postgres", argv, env, root.path)
+    wait_for(lambda: port_open(5432), "postgres", [proc], timeout=30)
+    init = root.local("/docker-entrypoint-initdb.d/10-databases.sh")
+    script = root.map(init.read_text())  # its /run/secrets paths, mapped like every other
+    init.write_text(script)
+    superuser = Path(env["POSTGRES_PASSWORD_FILE"]).read_text().strip()
+    runner.run("postgres init scripts", ["bash", str(init)],
+               {**env, "POSTGRES_USER": "postgres", "PGHOST": str(sock), "PGPASSWORD": superuser}, root.path)
+
+
+def _pg_connect(user: str, database: str, root: Root, **extra: str) -> Any:
+    import psycopg2
+
+    ca = str(root.local("/etc/pacs-bridge/tls/hospital-ca.pem"))
+    params = {"host": "postgres", "hostaddr": "127.0.0.1", "port": 5432, "user": user, "dbname": database,
+              "sslmode": "verify-full", "sslrootcert": ca, "connect_timeout": 5, **extra}
+    return psycopg2.connect(**params)
 
 
 def test_compose_services_run_as_processes(deployment) -> None:  # type: ignore[no-untyped-def]
@@ -150,6 +211,21 @@ def test_compose_services_run_as_processes(deployment) -> None:  # type: ignore[
     # the orthanc user owns its data directory in the image
     root.own("/var/lib/orthanc/pacs-bridge").mkdir(parents=True, exist_ok=True)
     _layout(compose, root, site)
+    _postgres(compose, root, runner)
+
+    # one database and one user each, TLS only (pg_hba.conf), the passwords from the secret files
+    import psycopg2
+
+    bridge_pass = str(root.local("/run/secrets/bridge_db_pgpass"))
+    kc_password = root.local("/run/secrets/keycloak_db_password").read_text().strip()
+    _pg_connect("bridge", "bridge", root, passfile=bridge_pass).close()
+    _pg_connect("keycloak", "keycloak", root, password=kc_password).close()
+    for user, database, creds in (("bridge", "keycloak", {"passfile": bridge_pass}),
+                                  ("keycloak", "bridge", {"password": kc_password})):
+        with pytest.raises(psycopg2.OperationalError, match=r"no pg_hba\.conf entry"):
+            _pg_connect(user, database, root, **creds)
+    with pytest.raises(psycopg2.OperationalError, match=r"no pg_hba\.conf entry"):
+        _pg_connect("bridge", "bridge", root, passfile=bridge_pass, sslmode="disable")
 
     # the configuration compose produces is accepted
     _argv, env, cwd = _process(compose, "bridge-web", root)
