@@ -226,16 +226,38 @@ def site_files(site: Path, ca_file: Path) -> dict[str, Path]:
     return {"ca": ca_file, "site": site}
 
 
-def dicom_refused(port: int, called: str, calling: str) -> bool:
-    """Whether Orthanc refuses an association from `calling` (rejected or aborted, never established)."""
+def dicom_refused(port: int, called: str, calling: str, source: str = "127.0.0.1") -> bool:
+    """Whether Orthanc refuses an association from `calling` at `source` (rejected or aborted)."""
+    return _associate(port, called, calling, source) is None
+
+
+def dicom_echo(port: int, called: str, calling: str, source: str) -> int | None:
+    """C-ECHO status from `calling` at `source` (None: association refused)."""
+    return _associate(port, called, calling, source)
+
+
+def _associate(port: int, called: str, calling: str, source: str) -> int | None:
     from pynetdicom import AE
 
     ae = AE(ae_title=calling)
     ae.add_requested_context("1.2.840.10008.1.1")  # Verification
     ae.acse_timeout = ae.network_timeout = 5
-    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called, bind_address=(source, 0))
+    if not assoc.is_established:
+        assert assoc.is_rejected or assoc.is_aborted
+        return None
     try:
-        return not assoc.is_established and (assoc.is_rejected or assoc.is_aborted)
+        status = assoc.send_c_echo()
+        return int(status.Status) if status else -1
     finally:
-        if assoc.is_established:
-            assoc.release()
+        assoc.release()
+
+
+def add_loopback_address(address: str) -> None:
+    """Give this (private, test) network namespace's loopback one more address, so a DICOM peer can
+    come from the host its modality entry names.  Refuses outside a private namespace (one with
+    nothing but lo): the host's network is never touched."""
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True, timeout=10)
+    assert [ln.split(":")[1].strip() for ln in links.stdout.splitlines()] == ["lo"], \
+        "run the deploy tests in a private network namespace (/work/tools/nsrun)"
+    subprocess.run(["ip", "addr", "replace", f"{address}/32", "dev", "lo"], check=True, timeout=10)

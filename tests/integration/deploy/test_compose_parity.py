@@ -33,7 +33,9 @@ from parity import (
     REPO,
     Root,
     Runner,
+    add_loopback_address,
     base_env,
+    dicom_echo,
     dicom_refused,
     ensure_packages,
     interpolate,
@@ -259,6 +261,17 @@ def test_compose_services_run_as_processes(deployment) -> None:  # type: ignore[
     assert dicom_refused(4242, generated["DicomAet"], "INTRUDER"), "unknown AE associated"
     # a configured AE title from another host than its own is refused too (DicomCheckModalityHost)
     assert dicom_refused(4242, generated["DicomAet"], "CT01"), "CT01 associated from 127.0.0.1"
+    # ... and from its own host it is admitted (the refusals above are Orthanc's rules, not a dead port)
+    ct = generated["DicomModalities"]["ct-scanner"]
+    add_loopback_address(ct["Host"])
+    assert dicom_echo(4242, generated["DicomAet"], ct["AET"], ct["Host"]) == 0
+    assert dicom_refused(4242, generated["DicomAet"], "INTRUDER", ct["Host"]), "unknown AE from a modality host"
+    assert dicom_refused(4242, "OTHERPACS", ct["AET"], ct["Host"]), "wrong called AET accepted"
+    # other routes and methods without a token
+    for method, path in (("HEAD", "/system"), ("GET", "/dicom-web/studies"), ("GET", "/app/explorer.html"),
+                         ("GET", "/instances"), ("POST", "/tools/find"), ("GET", "//system"), ("GET", "/SYSTEM")):
+        status = requests.request(method, f"http://127.0.0.1:8042{path}", timeout=5).status_code
+        assert status == 403, f"{method} {path}: {status}"
 
     # the scheduler runs beside them (its sync fails without a directory; it keeps going)
     wait_for(lambda: port_open(9464), "bridge-serve metrics", procs.values(), timeout=20)

@@ -20,7 +20,19 @@ from pathlib import Path
 
 import pytest
 import requests
-from parity import REPO, Root, Runner, base_env, dicom_refused, ensure_packages, port_open, site_files, wait_for
+from parity import (
+    REPO,
+    Root,
+    Runner,
+    add_loopback_address,
+    base_env,
+    dicom_echo,
+    dicom_refused,
+    ensure_packages,
+    port_open,
+    site_files,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -189,6 +201,10 @@ def test_units_run_as_processes(tmp_path: Path) -> None:
         assert "pacs-bridge: plugin bundle" in log.read_text(errors="replace")
         assert requests.get("http://127.0.0.1:8042/system", timeout=5).status_code == 403
         assert dicom_refused(4242, generated["DicomAet"], "INTRUDER")
+        ct = generated["DicomModalities"]["ct-scanner"]
+        assert dicom_refused(4242, generated["DicomAet"], ct["AET"]), "CT01 from another host than its own"
+        add_loopback_address(ct["Host"])
+        assert dicom_echo(4242, generated["DicomAet"], ct["AET"], ct["Host"]) == 0  # Orthanc's rule, not a dead port
         wait_for(lambda: port_open(9464), "pacs-bridge-serve metrics", procs, timeout=20)
         assert all(p.alive() for p in procs)
         assert root.local("/var/lib/pacs-bridge/bridge.db").exists(), "the store is under the root"
