@@ -1,7 +1,9 @@
 # The bridge's image for docker-compose deployments (the dev stack does not need Docker).
 FROM python:3.11-slim
-RUN useradd --system --home /var/lib/pacs-bridge pacs-bridge && mkdir -p /var/lib/pacs-bridge \
-    && chown pacs-bridge /var/lib/pacs-bridge
+# /etc/orthanc/pacs-bridge: where the orthanc-config service writes Orthanc's configuration (a
+# named volume takes this owner on first use)
+RUN useradd --system --home /var/lib/pacs-bridge pacs-bridge \
+    && install -d -o pacs-bridge /var/lib/pacs-bridge /etc/orthanc/pacs-bridge
 WORKDIR /opt/pacs-bridge
 COPY pyproject.toml README.md ./
 COPY bridge ./bridge
@@ -9,4 +11,5 @@ RUN pip install --no-cache-dir '.[postgres,server]'
 USER pacs-bridge
 WORKDIR /var/lib/pacs-bridge
 EXPOSE 9443
-CMD ["pacs-bridge", "serve"]
+# the web app under gunicorn (docker-compose.yml runs `pacs-bridge serve` from the same image too)
+CMD ["pacs-bridge", "web"]

@@ -113,6 +113,10 @@ def _register_areas() -> None:
     from bridge.pacs.cli import plugin_cli
 
     main.add_command(plugin_cli)
+    from bridge.deploy.cli import orthanc_config_cli, web_cli
+
+    main.add_command(web_cli)
+    plugin_cli.add_command(orthanc_config_cli)
 
 
 _register_areas()

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import base64
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+# the canonical command line lives with the runtime (re-exported: tests import it from here)
+from bridge.deploy.gunicorn import THREADS, WORKERS, gunicorn_argv, gunicorn_env  # noqa: F401
 from bridge.devstack import process, state
 from bridge.devstack.service import Service, StackContext
 from bridge.devstack.state import project_root
@@ -35,8 +36,6 @@ SESSION_SECRET = "bridge-session"
 KEK_SECRET = "bridge-kek"
 TOOLS_CLIENT_SECRET = "bridge-tools-client"
 AUDIT_INGEST_SECRET = "bridge-audit-ingest"
-WORKERS = 2
-THREADS = 2  # per worker (gthread): 2 beat 4 and 8 on two cores (docs/performance.md, tokens)
 #: every client of the dev stack is 127.0.0.1, so the per-address limits of a site would throttle the
 #: stack as a whole (the failover benchmark drives thousands of exchanges); a site keeps the defaults
 DEV_RATE_LIMITS = {"TOKEN": "2000/second", "INTROSPECT": "2000/second", "AUDIT": "2000/second"}
@@ -259,26 +258,6 @@ class BridgeService(Service):
         report = runner.run(apply=True, allow_deletes=True, full=True)
         counts = report.counts() if callable(getattr(report, "counts", None)) else {}
         (self.dir / "first-sync.json").write_text(yaml.safe_dump(counts))
-
-
-def gunicorn_argv(bind: str, cert: Path | None, key: Path | None, *, workers: int = WORKERS,
-                  threads: int = THREADS) -> list[str]:
-    """How the bridge runs under gunicorn (also what a site's unit file does): TLS, the hooks of
-    bridge/web/gunicorn_conf.py (metrics across workers), gthread workers (one serves another
-    request while a thread waits on the database or Keycloak), an access log with the worker pid,
-    the X-Forwarded-For chain a proxy passes on, and without the query string (no code or token
-    ever lands in a log)."""
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    return [str(gunicorn), "--config", "python:bridge.web.gunicorn_conf", "--no-control-socket",
-            "--workers", str(workers), "--threads", str(threads), "--bind", bind, "--certfile", str(cert),
-            "--keyfile", str(key), "--access-logfile", "-", "--access-logformat",
-            '%(h)s %(p)s "%(m)s %(U)s" %(s)s %(M)sms xff=%({x-forwarded-for}i)s', "bridge.web.wsgi:app"]
-
-
-def gunicorn_env(config_file: Path, metrics_dir: Path) -> dict[str, str]:
-    """The workers' environment: the config, and prometheus-client's multiprocess directory
-    (emptied by the master at start, see bridge/web/gunicorn_conf.py)."""
-    return {"PACS_BRIDGE_CONFIG": str(config_file), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
 
 
 SERVICE = BridgeService()

@@ -1,0 +1,99 @@
+"""`pacs-bridge web` (the web app under gunicorn) and `pacs-bridge plugin orthanc-config` (Orthanc's
+hardened configuration and the plugin's settings, generated from the bridge YAML).
+
+Both exist so docker-compose.yml and the systemd units run one short command each instead of
+repeating a gunicorn command line or a hand-written orthanc.json that drifts from the code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from bridge.cli_common import config_option, load_or_exit
+
+#: files `orthanc-config` writes into OUT_DIR
+ORTHANC_JSON = "orthanc.json"
+PLUGIN_JSON = "bridge-plugin.json"
+
+
+@click.command("web")
+@config_option
+@click.option("--workers", type=int, default=None, help="gunicorn worker processes (default 2)")
+@click.option("--threads", type=int, default=None, help="threads per worker (default 2)")
+@click.option("--metrics-dir", envvar="PROMETHEUS_MULTIPROC_DIR", type=click.Path(file_okay=False),
+              default="var/prometheus", show_default=True,
+              help="prometheus-client's multiprocess directory (or $PROMETHEUS_MULTIPROC_DIR)")
+def web_cli(config_path: str | None, workers: int | None, threads: int | None, metrics_dir: str) -> None:
+    """Run the web app under gunicorn (TLS on bridge.listen_host:listen_port); replaces this process."""
+    from bridge.deploy.gunicorn import THREADS, WORKERS, gunicorn_argv, gunicorn_env
+
+    settings = load_or_exit(config_path)  # a broken config is reported here, not by every worker
+    b = settings.bridge
+    try:
+        argv = gunicorn_argv(f"{b.listen_host}:{b.listen_port}", b.tls_cert_file, b.tls_key_file,
+                             workers=workers or WORKERS, threads=threads or THREADS)
+    except ValueError as exc:
+        click.echo(f"web: {exc}", err=True)
+        sys.exit(2)
+    env = dict(os.environ)
+    env.update(gunicorn_env(Path(config_path).resolve() if config_path else Path(), Path(metrics_dir)))
+    if not config_path:  # configuration from the environment alone
+        env.pop("PACS_BRIDGE_CONFIG", None)
+    sys.stdout.flush()
+    os.execve(argv[0], argv, env)  # noqa: S606 - fixed argv, no shell: gunicorn becomes the service's process
+
+
+@click.command("orthanc-config")
+@config_option
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help=f"directory for {ORTHANC_JSON} (start Orthanc with it) and {PLUGIN_JSON}")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(file_okay=False),
+              help="where Orthanc finds the plugin bundle (`pacs-bridge plugin bundle`), as Orthanc sees it")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False),
+              help="Orthanc's storage, index and the plugin's audit spool")
+@click.option("--name", default="orthanc", show_default=True, help="Orthanc's name (audit: the PACS's name)")
+@click.option("--aet", default="PACS", show_default=True, help="Orthanc's DICOM AE title")
+@click.option("--http-port", type=int, default=8042, show_default=True)
+@click.option("--dicom-port", type=int, default=4242, show_default=True)
+@click.option("--ca-file", type=click.Path(dir_okay=False), default=None,
+              help="CA bundle the plugin verifies the bridge's TLS with")
+@click.option("--audit-token-file", type=click.Path(dir_okay=False), default=None,
+              help="the bridge's audit.ingest_token as a file Orthanc can read (enables POST /audit/events)")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+              help="Orthanc's log file, if it writes one (the plugin audits its own start from it)")
+@click.option("--remote-access/--no-remote-access", default=False, show_default=True,
+              help="answer HTTP from other hosts (needed in a container; every request still needs a token)")
+def orthanc_config_cli(config_path: str | None, out_dir: str, bundle_dir: str, data_dir: str, name: str, aet: str,
+                       http_port: int, dicom_port: int, ca_file: str | None, audit_token_file: str | None,
+                       log_file: str | None, remote_access: bool) -> None:
+    """Write Orthanc's hardened configuration and the plugin's settings from the bridge YAML."""
+    from bridge.pacs import bundle
+    from bridge.pacs.orthanc_config import dicom_modalities, orthanc_config, plugin_settings
+
+    settings = load_or_exit(config_path)
+    out, data = Path(out_dir), Path(data_dir)
+    issuer = settings.tokens.issuer or settings.bridge.public_url
+    audit = {}
+    if audit_token_file:
+        audit = {"audit_url": issuer.rstrip("/") + "/audit/events", "audit_token_file": Path(audit_token_file)}
+    plugin = plugin_settings(
+        issuer=issuer, audience=settings.pacs.audience, ca_file=Path(ca_file) if ca_file else None,
+        spool_dir=data / "audit-spool", orthanc_log_file=Path(log_file) if log_file else None, pacs_name=name,
+        mfa=settings.mfa, **audit,
+    )
+    config = orthanc_config(
+        name=name, aet=aet, http_port=http_port, dicom_port=dicom_port, storage_dir=data / "storage",
+        index_dir=data / "index", modalities=dicom_modalities(settings.pacs),
+        plugin_config_file=out / PLUGIN_JSON, python_script=Path(bundle_dir) / bundle.ENTRY,
+        extra={"RemoteAccessAllowed": True} if remote_access else None,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PLUGIN_JSON).write_text(json.dumps(plugin, indent=2), encoding="utf-8")
+    (out / ORTHANC_JSON).write_text(json.dumps(config, indent=2), encoding="utf-8")
+    click.echo(f"{out / ORTHANC_JSON}: Orthanc {name!r} (AET {aet}, HTTP {http_port}, DICOM {dicom_port}, "
+               f"{len(config['DicomModalities'])} modalities); plugin trusts {issuer}")
