@@ -253,10 +253,29 @@ def _associate(port: int, called: str, calling: str, source: str) -> int | None:
         assoc.release()
 
 
+#: the site's modality hosts become these loopback addresses in the tests: no modality exists here,
+#: and 127.0.0.0/8 reaches lo without touching any network (the test may run in the host namespace)
+LOOPBACK_MODALITY_HOSTS = "127.0.0.{}"
+
+
+def loopback_modalities(site_yaml: Path) -> None:
+    """Point each modality of a placed site configuration at its own loopback address (127.0.0.11,
+    .12, ...), so a DICOM peer can come "from the host its modality entry names" on this machine.
+    The only change the parity tests make to the site's files."""
+    import yaml
+
+    data = yaml.safe_load(site_yaml.read_text())
+    for i, entry in enumerate((data.get("pacs") or {}).get("modalities", {}).values()):
+        entry["host"] = LOOPBACK_MODALITY_HOSTS.format(11 + i)
+    site_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
 def add_loopback_address(address: str) -> None:
-    """Give this (private, test) network namespace's loopback one more address, so a DICOM peer can
-    come from the host its modality entry names.  Refuses outside a private namespace (one with
-    nothing but lo): the host's network is never touched."""
+    """Make ``address`` usable as a DICOM peer's source.  Loopback addresses need nothing (lo
+    answers all of 127.0.0.0/8); any other address is added to lo only inside a private network
+    namespace (one with nothing but lo): the host's network is never touched."""
+    if address.startswith("127."):
+        return
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True, timeout=10)
     assert [ln.split(":")[1].strip() for ln in links.stdout.splitlines()] == ["lo"], \
         "run the deploy tests in a private network namespace (/work/tools/nsrun)"

@@ -39,6 +39,7 @@ from parity import (
     dicom_refused,
     ensure_packages,
     interpolate,
+    loopback_modalities,
     place,
     port_open,
     site_files,
@@ -126,6 +127,8 @@ def _layout(compose: dict[str, Any], root: Root, site: Path) -> None:
             local = root.own(dst)
             if kind == "bind":
                 place(_source(src, site), local)
+                if local.name == "bridge.yaml":
+                    loopback_modalities(local)
             else:
                 local.mkdir(parents=True, exist_ok=True)
         for secret in svc.get("secrets", []):

@@ -29,6 +29,7 @@ from parity import (
     dicom_echo,
     dicom_refused,
     ensure_packages,
+    loopback_modalities,
     port_open,
     site_files,
     wait_for,
@@ -145,6 +146,7 @@ def test_units_run_as_processes(tmp_path: Path) -> None:
     etc = root.own("/etc/pacs-bridge")
     etc.mkdir(parents=True)
     shutil.copy2(REPO / "deploy/bridge.yaml", etc / "bridge.yaml")
+    loopback_modalities(etc / "bridge.yaml")
     shutil.copy2(REPO / "examples/policy.yaml", etc / "policy.yaml")
     shutil.copytree(site / "tls", etc / "tls")
     shutil.copy2(ensure_ca(), etc / "tls" / "hospital-ca.pem")
