@@ -130,7 +130,7 @@ def audit_tail(config_path: str | None, count: int, follow: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="json", show_default=True)
 def audit_query(config_path: str | None, user, patient, study, types, since, until, limit, fmt) -> None:  # type: ignore[no-untyped-def]
     """Records matching the filters, as CSV or JSON on stdout."""
-    from bridge.audit.store import export_csv, export_json
+    from bridge.audit.export import export_csv, export_json
 
     _, store = _audit_store(config_path, signing=True)
     rows = _query(store, user, patient, study, types, since, until, limit)
@@ -169,8 +169,8 @@ def audit_pull_keycloak_events(config_path: str | None, as_json: bool) -> None:
 @audit_filters
 def audit_export_fhir(config_path: str | None, user, patient, study, types, since, until, limit) -> None:  # type: ignore[no-untyped-def]
     """Records matching the filters as a FHIR Bundle of IHE BALP AuditEvents (JSON on stdout)."""
+    from bridge.audit.chain import row_to_event
     from bridge.audit.fhir import to_fhir
-    from bridge.audit.store import row_to_event
 
     settings, store = _audit_store(config_path, signing=True)
     rows = _query(store, user, patient, study, types, since, until, limit)

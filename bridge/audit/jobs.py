@@ -30,8 +30,9 @@ from typing import Any
 from sqlalchemy import func, select
 
 from bridge.audit import events as ev
+from bridge.audit.chain import row_to_event
 from bridge.audit.codes import AuditEventType, ObjectKind
-from bridge.audit.store import AuditStore, row_to_event
+from bridge.audit.store import AuditStore
 from bridge.audit.syslog import SyslogSender
 from bridge.store.models import AuditCheckpoint, AuditHead
 

@@ -41,7 +41,8 @@ from sqlalchemy import select
 
 from bridge.audit import events as ev
 from bridge.audit.codes import PACS_INGEST_TYPES, AuditEventType, ObjectKind, Outcome
-from bridge.audit.store import AuditStore, export_csv, open_store
+from bridge.audit.export import export_csv, export_rows
+from bridge.audit.store import AuditStore, open_store
 from bridge.config import Settings
 from bridge.pacs.verifier import VerificationError, bearer_token
 from bridge.policy.permissions import Permission, UnknownPermissionError, expand
@@ -221,7 +222,7 @@ def query_events() -> Response:
         resp = Response(out.getvalue(), mimetype="text/csv")
         resp.headers["Content-Disposition"] = 'attachment; filename="audit-events.csv"'
     else:
-        resp = Response(json.dumps({"events": list(AuditStore.export_rows(rows)), "next": next_url},
+        resp = Response(json.dumps({"events": list(export_rows(rows)), "next": next_url},
                                    ensure_ascii=False), mimetype="application/json")
     if next_url:
         resp.headers["Link"] = f'<{next_url}>; rel="next"'

@@ -12,9 +12,10 @@ import pytest
 from sqlalchemy import text
 
 from bridge.audit import events as ev
+from bridge.audit.chain import HASHED, event_columns, record_hash
 from bridge.audit.codes import AuditEventType
 from bridge.audit.keys import CheckpointKey
-from bridge.audit.store import HASHED, AuditStore, event_columns, record_hash
+from bridge.audit.store import AuditStore
 from bridge.store import db
 
 pytestmark = pytest.mark.integration
