@@ -2,16 +2,20 @@
 
 Each area registers its own command group here; the commands stay thin and call the modules
 that do the work, so everything a command does can also be tested without the CLI.
+
+Errors: commands raise the project's errors (bridge/errors.py) and :class:`BridgeGroup` turns
+each into its message on stderr and its exit code, in this one place.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+from typing import Any
 
 import click
 
-from bridge.config import ConfigError, Settings, load_config, summary
+from bridge.config import Settings, load_config, summary
+from bridge.errors import BridgeError, InputError
 
 CONFIG_ENV = "PACS_BRIDGE_CONFIG"
 
@@ -23,16 +27,27 @@ def config_option(f):  # type: ignore[no-untyped-def]
     )(f)
 
 
-def load_or_exit(path: str | None) -> Settings:
-    """Load the configuration, or print every problem and exit 2."""
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(2)
+def load_settings(path: str | None) -> Settings:
+    """Load the configuration; a ConfigError lists every problem (exit 2 via :class:`BridgeGroup`)."""
+    return load_config(path)
 
 
-@click.group()
+class BridgeGroup(click.Group):
+    """The command tree's one error handler: a :class:`~bridge.errors.BridgeError` raised by any
+    command below becomes its message on stderr and its exit code.  Other exceptions are bugs and
+    keep their traceback; click's own usage errors keep click's handling (exit 2)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BridgeError as exc:
+            message = exc.cli_message()
+            if message:
+                click.echo(message, err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=BridgeGroup)
 @click.version_option(package_name="pacs-sso-bridge")
 def main() -> None:
     """PACS SSO Bridge: directory groups to Keycloak roles and MFA-enforced PACS tokens."""
@@ -42,7 +57,7 @@ def main() -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 def check_config(path: str) -> None:
     """Validate PATH; list every error with its key path (exit 2), or print a summary (exit 0)."""
-    settings = load_or_exit(path)
+    settings = load_settings(path)
     click.echo(f"{path}: OK")
     rows = summary(settings)
     width = max(len(k) for k, _ in rows)
@@ -61,13 +76,8 @@ def devstack() -> None:
 def devstack_up(only: tuple[str, ...], owner: str) -> None:
     """Install what is missing, start every service, wait for health, seed the demo data."""
     from bridge.devstack import stack
-    from bridge.devstack.process import DevstackError
 
-    try:
-        stack.up(only or None, owner=owner)
-    except DevstackError as exc:
-        click.echo(f"devstack: {exc}", err=True)
-        sys.exit(1)
+    stack.up(only or None, owner=owner)  # DevstackError: "devstack: ...", exit 1
 
 
 @devstack.command("down")
@@ -105,10 +115,10 @@ def demo_otp(user: str) -> None:
     from bridge.devstack import demo_data
 
     try:
-        click.echo(demo_data.current_otp(user))
+        code = demo_data.current_otp(user)
     except KeyError:
-        click.echo(f"demo otp: no demo account named {user!r}", err=True)
-        sys.exit(2)
+        raise InputError(f"demo otp: no demo account named {user!r}", subject=user) from None
+    click.echo(code)
 
 
 def _register_areas() -> None:

@@ -20,8 +20,8 @@ from sqlalchemy import delete, func, select, update
 
 from bridge.audit.chain import GENESIS_HASH, HASH_VERSION, HASHED, canonical, checkpoint_payload, record_hash
 from bridge.audit.events import format_time
-from bridge.audit.keys import CheckpointKey
-from bridge.audit.verify import HEAD_ID, VerifyReport
+from bridge.audit.keys import CheckpointKey, KeyFileError
+from bridge.audit.verify import HEAD_ID, AuditChainBroken, VerifyReport
 from bridge.store.db import write_transaction
 from bridge.store.models import AuditEventRow, AuditHead
 
@@ -32,13 +32,13 @@ if TYPE_CHECKING:
 def archive(store: AuditStore, before: dt.datetime, path: Path) -> int:
     """Move every record older than ``before`` to the JSONL file ``path``; return how many.
 
-    Refuses (RuntimeError) if the chain does not verify: archiving would launder tampering.
+    Refuses (:class:`AuditChainBroken`) if the chain does not verify: archiving would launder tampering.
     """
     if store.key is None or store.key.private is None:
-        raise RuntimeError("archiving needs the checkpoint signing key")
+        raise KeyFileError("archiving needs the checkpoint signing key (audit.checkpoint_key_file)")
     report = store.verify()
     if not report.ok:
-        raise RuntimeError(f"audit chain does not verify, not archiving: {report.message}")
+        raise AuditChainBroken(f"audit chain does not verify, not archiving: {report.message}")
     cutoff = format_time(before)
     with write_transaction(store.engine) as conn:
         head = store._lock_head(conn)

@@ -27,10 +27,12 @@ from bridge.audit import verify as _verify
 from bridge.audit.chain import HASHED, checkpoint_payload, event_columns, record_hash
 from bridge.audit.codes import AuditEventType
 from bridge.audit.events import AuditEvent, format_time
-from bridge.audit.keys import ALG, CheckpointKey
+from bridge.audit.keys import ALG, CheckpointKey, KeyFileError
 from bridge.audit.verify import HEAD_ID, VerifyReport
-from bridge.store.db import write_transaction
+from bridge.store.db import StoreError, write_transaction
 from bridge.store.models import AuditCheckpoint, AuditEventRow, AuditHead
+
+_NO_HEAD = "audit_head row missing: run `pacs-bridge db upgrade` on this database"
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ class AuditStore:
             stmt = stmt.with_for_update()
         head = conn.execute(stmt).first()
         if head is None:
-            raise RuntimeError("audit_head row missing: run `pacs-bridge db upgrade` on this database")
+            raise StoreError(_NO_HEAD)
         return head
 
     def _append_locked(self, conn: Connection, events: Sequence[AuditEvent]) -> list[Appended]:
@@ -103,7 +105,7 @@ class AuditStore:
             cur.execute(self._sql_head)
             got = cur.fetchone()
             if got is None:
-                raise RuntimeError("audit_head row missing: run `pacs-bridge db upgrade` on this database")
+                raise StoreError(_NO_HEAD)
             seq, prev = got
             rows: list[tuple[Any, ...]] = []
             out: list[Appended] = []
@@ -149,7 +151,7 @@ class AuditStore:
     def checkpoint(self, kind: str = "manual") -> dict[str, Any] | None:
         """Sign the current head now (e.g. from a timer, so quiet periods are covered too)."""
         if self.key is None:
-            raise RuntimeError("no checkpoint key configured")
+            raise KeyFileError("no checkpoint key configured (audit.checkpoint_key_file)")
         with write_transaction(self.engine) as conn:
             head = self._lock_head(conn)
             if head.last_seq == 0:

@@ -19,12 +19,20 @@ from sqlalchemy import Connection, func, select
 
 from bridge.audit.chain import HASHED, checkpoint_payload, record_hash
 from bridge.audit.keys import CheckpointKey
+from bridge.errors import BridgeError
 from bridge.store.models import AuditCheckpoint, AuditEventRow, AuditHead
 
 if TYPE_CHECKING:
     from bridge.audit.store import AuditStore
 
 HEAD_ID = 1
+
+
+class AuditChainBroken(BridgeError, RuntimeError):
+    """The chain does not verify: the trail must be investigated (exit 1), not an input fixed.
+    Also a RuntimeError, which is what archiving raised before the error tree."""
+
+    exit_code = 1
 #: below this many records a parallel verify costs more (process start-up) than it saves
 PARALLEL_MIN = 200_000
 

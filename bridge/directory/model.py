@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from bridge.errors import UnavailableError
 
-class DirectoryUnavailable(Exception):
+
+class DirectoryUnavailable(UnavailableError):
     """The directory cannot be trusted for this run (unreachable, bind refused, empty result,
     missing base).  The sync makes no change at all when it sees this: an empty answer must never
     be read as "everyone left"."""
