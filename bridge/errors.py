@@ -60,3 +60,29 @@ class ExitStatus(BridgeError):
 
     def __init__(self, exit_code: int):
         super().__init__("", exit_code=exit_code)
+
+
+# ---------------------------------------------------------------------------- protocol errors
+def _quoted(value: str) -> str:
+    """An RFC 9110 quoted-string: backslash and double quote escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def www_authenticate(
+    scheme: str = "Bearer",
+    *,
+    realm: str | None = None,
+    error: str | None = None,
+    error_description: str | None = None,
+    scope: str | None = None,
+    acr_values: str | None = None,
+    max_age: int | str | None = None,
+) -> str:
+    """The one ``WWW-Authenticate`` builder: RFC 6750 section 3 (realm, error, error_description,
+    scope) and RFC 9470 section 3 (acr_values, max_age), every value a quoted string, in this
+    order, parameters left out when None.  RFC 6750 3.1: leave ``error`` out when the request
+    carried no credentials at all.  Stdlib-only, so token, web and CLI code share it."""
+    params = {"realm": realm, "error": error, "error_description": error_description, "scope": scope,
+              "acr_values": acr_values, "max_age": None if max_age is None else str(max_age)}
+    parts = [f"{k}={_quoted(v)}" for k, v in params.items() if v is not None]
+    return scheme + (" " + ", ".join(parts) if parts else "")

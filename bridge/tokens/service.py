@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.audit.codes import AuditEventType
+from bridge.errors import www_authenticate
 from bridge.oidc.session import SessionEnds
 from bridge.pacs.verifier import (
     Fetch,
@@ -50,6 +51,14 @@ DIRECTORY_ID_CLAIMS = claims_mod.DIRECTORY_ID_CLAIMS
 NO_ASSIGNMENT = "no-assignment"
 
 AuditSink = Callable[[AuditEventType, Mapping[str, Any]], None]
+
+
+def step_up_challenge(rule: mfa.MfaRule) -> str:
+    """RFC 9470 ``WWW-Authenticate`` of an exchange refused for lack of a (recent) second factor:
+    the ``acr_values`` and ``max_age`` the client must ask Keycloak for."""
+    return www_authenticate(error=mfa.INSUFFICIENT_USER_AUTHENTICATION,
+                            error_description="a multi-factor login is required",
+                            acr_values=rule.required_acr or None, max_age=rule.max_auth_age_seconds)
 
 
 class TokenServiceError(Exception):
@@ -366,7 +375,7 @@ class TokenService:
                 mfa.INSUFFICIENT_USER_AUTHENTICATION,
                 "a multi-factor login is required for PACS access",
                 401,
-                mfa.challenge(self.mfa_rule),
+                step_up_challenge(self.mfa_rule),
             )
         grant = self.grant_for(subject, kc).narrowed(scope)
         if not grant.permissions:

@@ -44,10 +44,12 @@ from bridge.audit.codes import PACS_INGEST_TYPES, AuditEventType, ObjectKind, Ou
 from bridge.audit.export import export_csv, export_rows
 from bridge.audit.store import AuditStore, open_store
 from bridge.config import Settings
+from bridge.errors import www_authenticate
 from bridge.pacs.verifier import VerificationError, bearer_token
 from bridge.policy.permissions import Permission, UnknownPermissionError, expand
 from bridge.store.models import AuditEventRow
 from bridge.web.client import client_address
+from bridge.web.errors import oauth_error_response
 
 bp = Blueprint("audit_api", __name__)
 STORE = "pacs_bridge_audit_store"
@@ -82,22 +84,14 @@ class ApiError(Exception):
         self.status, self.error, self.description, self.challenge = status, error, description, challenge
 
 
-def _quoted(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
 @bp.errorhandler(ApiError)
 def _api_error(exc: ApiError) -> Response:
-    resp = Response(json.dumps({"error": exc.error, "error_description": exc.description}),
-                    status=exc.status, mimetype="application/json")
+    www = None
     if exc.status in (401, 403):
-        params = [f'realm="{REALM}"']
-        if exc.error != "unauthorized":  # RFC 6750 3.1: no error code when no credentials came
-            params += [f'error="{exc.error}"', f'error_description="{_quoted(exc.description)}"']
-        params += [f'{k}="{_quoted(v)}"' for k, v in exc.challenge.items()]
-        resp.headers["WWW-Authenticate"] = "Bearer " + ", ".join(params)
-    resp.headers["Cache-Control"] = "no-store"
-    return resp
+        coded = exc.error != "unauthorized"  # RFC 6750 3.1: no error code when no credentials came
+        www = www_authenticate(realm=REALM, error=exc.error if coded else None,
+                               error_description=exc.description if coded else None, **exc.challenge)
+    return oauth_error_response(exc.status, exc.error, exc.description, www_authenticate=www)
 
 
 # ---------------------------------------------------------------------------- auditor access

@@ -33,6 +33,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from bridge.audit.codes import AuditEventType
 from bridge.config import Settings
+from bridge.errors import www_authenticate
 from bridge.pacs import routes, scopes
 from bridge.pacs.gate import Verdict, judge
 from bridge.pacs.verifier import VerificationError, bearer_token
@@ -130,7 +131,7 @@ def _validity(claims: Mapping[str, Any]) -> int:
 def _unauthorized() -> Response:
     resp = jsonify({"error": "unauthorized"})
     resp.status_code = 401
-    resp.headers["WWW-Authenticate"] = 'Basic realm="orthanc-auth"'
+    resp.headers["WWW-Authenticate"] = www_authenticate("Basic", realm="orthanc-auth")
     return resp
 
 
