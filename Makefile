@@ -20,6 +20,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check bridge tests bench
+	$(BIN)/lint-imports
 	$(BIN)/pytest -rs tests; rc=$$?; $(BIN)/pacs-bridge devstack down --owner test; exit $$rc
 
 unit: install
@@ -27,6 +28,7 @@ unit: install
 
 lint: install
 	$(BIN)/ruff check bridge tests bench
+	$(BIN)/lint-imports
 
 down: install
 	$(BIN)/pacs-bridge devstack down

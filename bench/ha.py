@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bridge.audit.events import format_time, utcnow
+from bridge.core.audit_events import format_time, utcnow
 from bridge.devstack import ha_load, state
 from bridge.devstack.bridge import SECOND
 from bridge.devstack.haproxy import SERVICE as HAPROXY

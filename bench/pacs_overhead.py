@@ -34,14 +34,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from bridge.core.permissions import Permission as P
+from bridge.core.verifier import Verifier
 from bridge.devstack.orthanc import OrthancService
 from bridge.devstack.pacs_double import BridgeDouble, dicom_instance
 from bridge.devstack.service import StackContext
 from bridge.devstack.tls import ensure_ca
 from bridge.pacs import plugin_config
-from bridge.pacs.gate import verifier_config
-from bridge.pacs.verifier import Verifier
-from bridge.policy.permissions import Permission as P
 
 #: measurements are taken in this many interleaved rounds per server
 ROUNDS = 10
@@ -85,7 +84,7 @@ def _verifier_rates(bridge: BridgeDouble, n: int) -> dict[str, Any]:
     cfg = plugin_config.build(bridge.plugin_settings(ensure_ca(), Path("/tmp"), None),
                               "bench")
     jwks = json.dumps(bridge.ring.jwks()).encode()
-    verifier = Verifier(verifier_config(cfg), fetch=lambda url, body, headers: jwks)
+    verifier = Verifier(cfg.verifier_config(), fetch=lambda url, body, headers: jwks)
     fresh = [bridge.token([P.VIEW]) for _ in range(n)]
     t0 = time.perf_counter()
     for tok in fresh:

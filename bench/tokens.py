@@ -34,7 +34,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 
-from bridge.pacs.verifier import Verifier, VerifierConfig
+from bridge.core.verifier import Verifier, VerifierConfig
 from bridge.tokens.claims import Grant, Subject, TokenSettings, build, grant_from_roles
 from bridge.tokens.keys import ALGORITHMS, KeyEncryptor, KeyRing, MemoryKeyRepository
 from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS

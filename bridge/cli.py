@@ -14,22 +14,9 @@ from typing import Any
 
 import click
 
-from bridge.config import Settings, load_config, summary
+from bridge.cli_common import load_settings
+from bridge.config import summary
 from bridge.errors import BridgeError, InputError
-
-CONFIG_ENV = "PACS_BRIDGE_CONFIG"
-
-
-def config_option(f):  # type: ignore[no-untyped-def]
-    return click.option(
-        "--config", "-c", "config_path", envvar=CONFIG_ENV, type=click.Path(dir_okay=False),
-        help=f"bridge YAML configuration (or ${CONFIG_ENV})",
-    )(f)
-
-
-def load_settings(path: str | None) -> Settings:
-    """Load the configuration; a ConfigError lists every problem (exit 2 via :class:`BridgeGroup`)."""
-    return load_config(path)
 
 
 class BridgeGroup(click.Group):
@@ -137,6 +124,9 @@ def _register_areas() -> None:
 
     main.add_command(audit_cli)
     main.add_command(db_cli)
+    from bridge.pacs.cli import plugin_cli
+
+    main.add_command(plugin_cli)
 
 
 _register_areas()

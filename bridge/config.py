@@ -346,7 +346,8 @@ class AuditSection(_Section):
 
 
 #: the rate-limited endpoint groups (bridge/web/limits.py; sizing in docs/configuration.md)
-RATE_LIMIT_NAMES = ("token", "introspect", "revoke", "revocations", "login", "backchannel_logout", "metrics")
+RATE_LIMIT_NAMES = ("token", "introspect", "revoke", "revocations", "login", "backchannel_logout", "metrics",
+                    "audit")
 
 
 class MetricsSection(_Section):

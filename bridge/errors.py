@@ -13,7 +13,7 @@ Exit codes (shared by every command; `sync` adds its run statuses 3-5, see bridg
   database URL, an unknown name); retrying as is will not help.
 
 This module is stdlib-only and imports nothing from the bridge, so any module can raise from the
-tree without import cycles.  Code that runs inside Orthanc (bridge/pacs, bridge/tokens/mfa.py) keeps
+tree without import cycles.  Code that runs inside Orthanc (bridge/pacs, bridge/core/mfa.py) keeps
 its own exceptions: the plugin must not depend on the rest of the bridge.
 """
 

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 from sqlalchemy import delete, func, select, update
 
 from bridge.audit.chain import GENESIS_HASH, HASH_VERSION, HASHED, canonical, checkpoint_payload, record_hash
-from bridge.audit.events import format_time
 from bridge.audit.keys import CheckpointKey, KeyFileError
 from bridge.audit.verify import HEAD_ID, AuditChainBroken, VerifyReport
+from bridge.core.audit_events import format_time
 from bridge.store.db import write_transaction
 from bridge.store.models import AuditEventRow, AuditHead
 

@@ -20,8 +20,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from bridge.audit.codes import AuditEventType, ObjectKind
-from bridge.audit.events import Actor, AuditEvent, ParticipantObject, format_time, parse_time
+from bridge.core.audit_codes import AuditEventType, ObjectKind
+from bridge.core.audit_events import Actor, AuditEvent, ParticipantObject, format_time, parse_time
 
 GENESIS_HASH = "0" * 64
 HASH_VERSION = 1

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from bridge.cli import config_option, load_settings
+from bridge.cli_common import config_option, load_settings
 from bridge.errors import ExitStatus, UnavailableError
 
 
@@ -27,8 +27,8 @@ def _record_audit_use(store, what: str, **details: object) -> None:  # type: ign
     """Reading the audit trail is itself audited (DICOM 110101 Audit Log Used)."""
     import getpass
 
-    from bridge.audit import events as ev
-    from bridge.audit.codes import AuditEventType, ObjectKind
+    from bridge.core import audit_events as ev
+    from bridge.core.audit_codes import AuditEventType, ObjectKind
 
     store.append(ev.AuditEvent(
         AuditEventType.AUDIT_LOG_USED, actor=ev.Actor(username=getpass.getuser(), client_id="pacs-bridge-cli"),
@@ -63,7 +63,7 @@ def audit_filters(f):  # type: ignore[no-untyped-def]
 
 
 def _query(store, user, patient, study, types, since, until, limit):  # type: ignore[no-untyped-def]
-    from bridge.audit.codes import AuditEventType
+    from bridge.core.audit_codes import AuditEventType
 
     for t in types:
         try:

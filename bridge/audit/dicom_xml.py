@@ -3,9 +3,9 @@
 Built with xml.etree so every attribute and text is escaped by the serializer (a username or a
 patient name with ``<`` or ``"`` cannot break the document).  The serializer does not stop
 characters XML 1.0 forbids (NUL and other C0 controls, lone surrogates, U+FFFE/U+FFFF), so every
-attribute and text is passed through :func:`bridge.audit.events.escape_unsafe` before it is
+attribute and text is passed through :func:`bridge.core.audit_events.escape_unsafe` before it is
 written, whatever the event model let through (a record edited in the database, an older
-version's record): the message is always well-formed.  Codes come from bridge/audit/codes.py.
+version's record): the message is always well-formed.  Codes come from bridge/core/audit_codes.py.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import base64
 import xml.etree.ElementTree as ET
 
-from bridge.audit.codes import BTG, OBJECT_CODES, ROLE_APPLICATION, Code, ObjectKind, all_type_codes, codes_for
-from bridge.audit.events import AuditEvent, escape_unsafe, format_time
+from bridge.core.audit_codes import BTG, OBJECT_CODES, ROLE_APPLICATION, Code, ObjectKind, all_type_codes, codes_for
+from bridge.core.audit_events import AuditEvent, escape_unsafe, format_time
 
 AUDIT_SOURCE_TYPE_APPLICATION_SERVER = "4"
 

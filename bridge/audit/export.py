@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import unicodedata
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
@@ -43,13 +44,19 @@ def export_json(rows: Iterable[dict[str, Any]], out: IO[str]) -> int:
 #: first characters that make a spreadsheet read a cell as a formula (OWASP "CSV Injection"):
 #: = + - @, tab and CR (and LF), and their full-width forms, which some spreadsheets fold to ASCII
 FORMULA_LEADS = frozenset("=+-@\t\r\n\uff1d\uff0b\uff0d\uff20")
+#: Unicode categories skipped before the formula check: separators, controls, format characters
+_INVISIBLE = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf"})
 
 
 def csv_cell(value: str) -> str:
-    """``value`` safe to open in a spreadsheet: a cell whose first non-blank character could start
-    a formula is prefixed with ``'`` (the cell then shows as text; the value stays readable)."""
-    stripped = value.lstrip(" \t\r\n\u3000")
-    if value[:1] in FORMULA_LEADS or stripped[:1] in FORMULA_LEADS:
+    """``value`` safe to open in a spreadsheet: a cell whose first visible character could start
+    a formula is prefixed with ``'`` (the cell then shows as text; the value stays readable).
+    Invisible leading characters (any space, control or format character: no-break space, BOM,
+    zero-width space ...) are skipped first: a spreadsheet may drop them and run the rest."""
+    i = 0
+    while i < len(value) and unicodedata.category(value[i]) in _INVISIBLE:
+        i += 1
+    if value[:1] in FORMULA_LEADS or value[i:i + 1] in FORMULA_LEADS:
         return "'" + value
     return value
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.audit.codes import DCM, IHE_TX, LOCAL_SCHEME, OBJECT_CODES, Code, ObjectKind, all_type_codes, codes_for
-from bridge.audit.events import AuditEvent, format_time
+from bridge.core.audit_codes import DCM, IHE_TX, LOCAL_SCHEME, OBJECT_CODES, Code, ObjectKind, all_type_codes, codes_for
+from bridge.core.audit_events import AuditEvent, format_time
 
 DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
 BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/"

@@ -29,11 +29,11 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from bridge.audit import events as ev
 from bridge.audit.chain import row_to_event
-from bridge.audit.codes import AuditEventType, ObjectKind
 from bridge.audit.store import AuditStore
 from bridge.audit.syslog import SyslogSender
+from bridge.core import audit_events as ev
+from bridge.core.audit_codes import AuditEventType, ObjectKind
 from bridge.store.models import AuditCheckpoint, AuditHead
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ Never stalled by one event: a Keycloak event the mapping cannot use (a missing o
 user lookup that fails) is recorded as ``audit.input_rejected`` with its Keycloak id and the
 error, under the audit id the event itself would have had (so it is recorded once), and the
 cursor moves past it; values that look like credentials (an ``ipAddress`` of ``Basic 4711``) are
-replaced by the event model, never refused (bridge/audit/events.py).
+replaced by the event model, never refused (bridge/core/audit_events.py).
 
 Exactly once: the audit event id is derived from the Keycloak event id (UUID v5), events already
 in the trail are skipped and the database's unique ``event_id`` refuses a duplicate that a
@@ -55,9 +55,9 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine, select
 
-from bridge.audit import events as ev
-from bridge.audit.codes import AuditEventType, Outcome
 from bridge.audit.store import AuditStore
+from bridge.core import audit_events as ev
+from bridge.core.audit_codes import AuditEventType, Outcome
 from bridge.errors import InputError
 from bridge.store.db import session, write_session
 from bridge.store.models import AuditEventRow, PullCursor
@@ -382,7 +382,7 @@ class AdminApiSource:
     def user(self, user_id: str) -> KcUser | None:
         from keycloak.exceptions import KeycloakGetError
 
-        from bridge.sync.targets.keycloak import LDAP_ID
+        from bridge.directory.model import LDAP_ID
 
         try:
             rep = self.admin.get_user(user_id)

@@ -25,10 +25,10 @@ from sqlalchemy import Connection, Engine, func, insert, select
 from bridge.audit import archive as _archive
 from bridge.audit import verify as _verify
 from bridge.audit.chain import HASHED, checkpoint_payload, event_columns, record_hash
-from bridge.audit.codes import AuditEventType
-from bridge.audit.events import AuditEvent, format_time
 from bridge.audit.keys import ALG, CheckpointKey, KeyFileError
 from bridge.audit.verify import HEAD_ID, VerifyReport
+from bridge.core.audit_codes import AuditEventType
+from bridge.core.audit_events import AuditEvent, format_time
 from bridge.store.db import StoreError, write_transaction
 from bridge.store.models import AuditCheckpoint, AuditEventRow, AuditHead
 
@@ -181,7 +181,7 @@ class AuditStore:
     ) -> list[dict[str, Any]]:
         """Records matching every given filter (``user`` matches ``sub@iss`` or the username).
 
-        A value is also looked up as it would have been stored (bridge/audit/events.py): an
+        A value is also looked up as it would have been stored (bridge/core/audit_events.py): an
         auditor asking for patient ``Basic 4711`` finds the records whose patient id was replaced
         by that value's redaction marker, and a too-long value finds its cut form."""
         t = AuditEventRow
@@ -223,7 +223,7 @@ class AuditStore:
 
 def search_terms(value: str, field: str) -> list[str]:
     """``value`` and, if different, its stored form (see :meth:`AuditStore.query`)."""
-    from bridge.audit.events import FIELD_LIMITS, normalise_id
+    from bridge.core.audit_events import FIELD_LIMITS, normalise_id
 
     stored = normalise_id(value, FIELD_LIMITS[field])
     terms = [stored] if stored is not None else []

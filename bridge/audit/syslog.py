@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from bridge.audit.dicom_xml import to_xml
-from bridge.audit.events import AuditEvent, format_time
 from bridge.audit.store import Appended
+from bridge.core.audit_events import AuditEvent, format_time
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ WORKERS = 2
 THREADS = 2  # per worker (gthread): 2 beat 4 and 8 on two cores (docs/performance.md, tokens)
 #: every client of the dev stack is 127.0.0.1, so the per-address limits of a site would throttle the
 #: stack as a whole (the failover benchmark drives thousands of exchanges); a site keeps the defaults
-DEV_RATE_LIMITS = {"TOKEN": "2000/second", "INTROSPECT": "2000/second"}
+DEV_RATE_LIMITS = {"TOKEN": "2000/second", "INTROSPECT": "2000/second", "AUDIT": "2000/second"}
 
 
 #: the stack.json entry that records which services this stack was brought up with
@@ -213,7 +213,7 @@ class BridgeService(Service):
         migrate(settings.store.url)
         # the first signing key exists before the workers start, as `pacs-bridge keys rotate` at install
         from bridge.store.db import engine
-        from bridge.web.tokens import key_ring
+        from bridge.tokens.store import key_ring
 
         key_ring(settings, engine(settings.store.url)).active()
 

@@ -65,8 +65,8 @@ def _one(http: requests.Session, t: Target, kind: str, pacs_tokens: list[str]) -
     if kind == "jwks":
         return http.get(f"{t.url}/jwks.json", timeout=10).status_code, None
     if kind == "ingest" and t.ingest_token:
-        from bridge.audit import events as ev
-        from bridge.audit.codes import AuditEventType
+        from bridge.core import audit_events as ev
+        from bridge.core.audit_codes import AuditEventType
 
         event = ev.AuditEvent(AuditEventType.STUDY_QUERIED, actor=ev.Actor(client_id="bench-ha"),
                               correlation_id=t.correlation_id, details={"bench": True})

@@ -74,6 +74,8 @@ frontend bridge_tls
     bind 127.0.0.1:{port} ssl crt {cert_pem} alpn http/1.1
     option forwardfor
     http-request set-header X-Forwarded-Proto https
+    # no plain-HTTP listener at all; HSTS keeps a browser from trying one on the way (two years)
+    http-response set-header Strict-Transport-Security "max-age=63072000"
     default_backend bridges
 
 backend bridges

@@ -30,7 +30,6 @@ from bridge.devstack.service import Service, StackContext
 from bridge.devstack.state import free_port, port_open
 from bridge.pacs.orthanc_config import (
     DICOMWEB_PLUGIN,
-    FILTER_SCRIPT,
     PYTHON_PLUGIN,
     dicom_modalities,
     orthanc_config,
@@ -56,12 +55,12 @@ class OrthancService(Service):
     apt_packages = ("orthanc", "orthanc-python", "orthanc-dicomweb", "python3-jwt", "python3-cryptography")
 
     def __init__(self, name: str = "orthanc", *, with_filter: bool = True, aet: str = "PACSTEST",
-                 python_script: Path = FILTER_SCRIPT) -> None:
+                 python_script: Path | None = None) -> None:
         self.name = name
         self.with_filter = with_filter
         #: with the filter, the plugin trusts the stack's bridge (its JWKS, revocations, audit intake)
         self.needs = ("bridge",) if with_filter else ()
-        #: another Python script instead of the bridge plugin (the benchmark's allow-all floor)
+        #: another Python script instead of the bridge plugin's bundle (the benchmark's allow-all floor)
         self.python_script = python_script
         self.aet = aet
         self._ports: tuple[int, int] | None = None
@@ -74,6 +73,11 @@ class OrthancService(Service):
     def plugin_config_file(self) -> Path:
         """The bridge plugin's settings; tests may rewrite it (the plugin reloads it on change)."""
         return self.dir / "bridge-plugin.json"
+
+    @property
+    def plugin_bundle_dir(self) -> Path:
+        """Where ``pacs-bridge plugin bundle`` writes the plugin this Orthanc loads (rebuilt on each start)."""
+        return self.dir / "plugin-bundle"
 
     def _write_plugin_config(self, ctx: StackContext, settings: Any) -> None:
         bridge = ctx.info.get("bridge", {})
@@ -92,7 +96,7 @@ class OrthancService(Service):
         self.plugin_config_file.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
     def prepare(self, ctx: StackContext) -> None:
-        needed = [BINARY, DICOMWEB_PLUGIN, *((PYTHON_PLUGIN, FILTER_SCRIPT) if self.with_filter else ())]
+        needed = [BINARY, DICOMWEB_PLUGIN, *((PYTHON_PLUGIN,) if self.with_filter else ())]
         for path in needed:
             if not path.exists():
                 raise DevstackError(f"{self.name}: {path} is missing "
@@ -107,14 +111,20 @@ class OrthancService(Service):
 
         settings = load_config(None, **({} if os.environ.get("PACS_BRIDGE_PACS__MODALITIES")
                                         else {"pacs": {"modalities": DEV_MODALITIES}}))
+        script = self.python_script
         if self.with_filter:
             self._write_plugin_config(ctx, settings)
+            if script is None:  # the bundle, as a deployment installs it: never the checkout
+                from bridge.pacs import bundle
+
+                bundle.build(self.plugin_bundle_dir)
+                script = self.plugin_bundle_dir / bundle.ENTRY
         config = orthanc_config(
             name=self.name, aet=self.aet, http_port=http_port, dicom_port=dicom_port,
             storage_dir=self.dir / "storage", index_dir=self.dir / "index", with_filter=self.with_filter,
             modalities=dicom_modalities(settings.pacs),
             plugin_config_file=self.plugin_config_file if self.with_filter else None,
-            python_script=self.python_script,
+            python_script=script,
         )
         self.config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
@@ -136,7 +146,7 @@ class OrthancService(Service):
         rec = process.load(self.name)
         log = self.dir / "server.log"
         # the bridge plugin denies a token-less /system; a plain Orthanc (or another script) answers it
-        accepted = {403} if self.with_filter and self.python_script == FILTER_SCRIPT else {200}
+        accepted = {403} if self.with_filter and self.python_script is None else {200}
 
         def ready() -> bool:
             return (

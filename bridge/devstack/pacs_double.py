@@ -21,9 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from bridge.core.permissions import Permission
 from bridge.devstack.state import free_port
 from bridge.devstack.tls import issue
-from bridge.policy.permissions import Permission
 from bridge.tokens import claims as claims_mod
 from bridge.tokens.keys import KeyEncryptor, KeyRing, MemoryKeyRepository
 

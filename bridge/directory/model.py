@@ -14,6 +14,11 @@ from types import MappingProxyType
 
 from bridge.errors import UnavailableError
 
+#: the Keycloak user attribute in which LDAP user federation keeps a user's stable directory id
+#: (objectGUID / entryUUID): how the sync, the login and the audit puller find a directory user's
+#: Keycloak account
+LDAP_ID = "LDAP_ID"
+
 
 class DirectoryUnavailable(UnavailableError):
     """The directory cannot be trusted for this run (unreachable, bind refused, empty result,

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 
 import jwt
 
-from bridge.pacs.verifier import JwksCache, VerificationError
+from bridge.core.errors import VerificationError
+from bridge.core.jwks import JwksCache
 
 EVENT = "http://schemas.openid.net/event/backchannel-logout"
 

@@ -17,9 +17,8 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 
-from bridge.store.db import write_session
+from bridge.store.db import connection, write_session
 from bridge.store.models import EndedSession, LogoutTokenSeen
-from bridge.tokens.store import connection
 
 #: how long an ended ``sid`` is remembered: longer than a Keycloak SSO session may live (its default
 #: maximum is 10 h) and than the bridge's absolute session timeout allows

@@ -7,9 +7,8 @@ Learnt at login in this process; otherwise asked from Keycloak's admin API (the 
 from __future__ import annotations
 
 from bridge.config import Settings
+from bridge.directory.model import LDAP_ID
 from bridge.http import pinned_session
-
-LDAP_ID = "LDAP_ID"
 
 
 def directory_id_from_admin_api(settings: Settings, kc_user_id: str, timeout: float = 10.0) -> str | None:

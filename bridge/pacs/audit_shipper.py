@@ -4,7 +4,7 @@ Why this shape:
 
 * The request filter runs under Orthanc's single Python lock, so it must not build XML, hash or
   open sockets.  :meth:`AuditShipper.record` appends one tuple to a deque; a daemon thread turns
-  the tuples into :class:`bridge.audit.events.AuditEvent` s every ``flush_seconds``.
+  the tuples into :class:`bridge.core.audit_events.AuditEvent` s every ``flush_seconds``.
 * A viewer fetching 300 frames of one study is one access, not 300 rows: requests with the same
   (user, token, study, action, outcome, reason) within one flush interval become **one** event
   whose ``details.requests`` counts them.  Every distinct denial and every study touched still
@@ -16,7 +16,7 @@ Why this shape:
   the directory never send the same file twice.
 * Never dropped for its content: patient ids, study UIDs, usernames and paths are chosen by
   uploaders, modalities and clients; a value that looks like a credential or is otherwise unfit
-  is normalised by the event model (bridge/audit/events.py, flagged in ``details.normalised``),
+  is normalised by the event model (bridge/core/audit_events.py, flagged in ``details.normalised``),
   and a group whose event cannot be built at all still yields a minimal event saying so.  (A
   PatientID ``Basic 4711`` once made the whole access vanish from the trail.)
 * Refused DICOM associations: Orthanc 1.10.1 offers no callback for them (the C-STORE filter of
@@ -39,8 +39,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from bridge.audit import events as ev
-from bridge.audit.codes import AuditEventType, Outcome
+from bridge.core import audit_events as ev
+from bridge.core.audit_codes import AuditEventType, Outcome
 from bridge.pacs.scopes import StudyInfo, StudyResolver, Target
 
 #: permission of an allowed request naming a study -> the audit event type

@@ -8,11 +8,11 @@ Order, cheapest first, every step fails closed:
 
 1. method known (GET/POST/PUT/DELETE), else deny;
 2. ``Authorization: Bearer`` parsed (scheme case-insensitive, one token, size-capped) and
-   verified by :class:`bridge.pacs.verifier.Verifier` (signature, claims, MFA, revocation; a
+   verified by :class:`bridge.core.verifier.Verifier` (signature, claims, MFA, revocation; a
    cache hit on repeated tokens);
 3. :func:`judge`, the one decision shared with the official plugin's web service
-   (:mod:`bridge.web.orthanc_auth`): the route table (:mod:`bridge.pacs.routes`, via
-   :func:`bridge.pacs.verifier.decide`) gives the permission, unknown route: deny; then a token
+   (:mod:`bridge.web.orthanc_auth`): the route table (:mod:`bridge.core.routes`, via
+   :func:`bridge.core.verifier.decide`) gives the permission, unknown route: deny; then a token
    with department/institution scopes may only touch studies inside them: the studies a request
    names (path, QIDO ``StudyInstanceUID`` read as the DICOMweb plugin reads it, WADO-URI
    ``objectUID``) are resolved through Orthanc and cached; requests across studies (lists,
@@ -33,11 +33,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.core.errors import VerificationError
+from bridge.core.jwks import Fetch
+from bridge.core.verifier import Verifier, bearer_token, decide
 from bridge.pacs import scopes
 from bridge.pacs.audit_shipper import ACCESS_EVENTS, AuditShipper
 from bridge.pacs.plugin_config import PluginConfig
-from bridge.pacs.verifier import Fetch, VerificationError, Verifier, VerifierConfig, bearer_token, decide
-from bridge.tokens import mfa
 
 #: Orthanc's ``method`` argument (OrthancPluginHttpMethod)
 METHODS: dict[int, str] = {1: "GET", 2: "POST", 3: "PUT", 4: "DELETE"}
@@ -58,28 +59,6 @@ SCOPED_LIST_REASON = (
 )
 
 
-def verifier_config(config: PluginConfig) -> VerifierConfig:
-    """The verifier settings of a plugin config (one mapping, used by the plugin and the bench)."""
-    rule = mfa.MfaRule(
-        required_acr=config.mfa_required_acr or None,
-        accepted_amr=frozenset(config.mfa_accepted_amr),
-        max_auth_age_seconds=config.mfa_max_auth_age_seconds,
-    )
-    return VerifierConfig(
-        issuer=config.issuer,
-        audience=config.audience,
-        jwks_url=config.jwks_url,
-        ca_file=config.ca_file,
-        algorithms=config.algorithms,
-        leeway_seconds=config.leeway_seconds,
-        jwks_min_refresh_seconds=config.jwks_min_refresh_seconds,
-        revocation_url=config.revocation_url,
-        revocation_refresh_seconds=config.revocation_refresh_seconds,
-        revocation_max_stale_seconds=config.revocation_max_stale_seconds,
-        mfa_rule=rule,
-    )
-
-
 class Gate:
     """The plugin's state for one configuration: verifier, study resolver, audit shipper."""
 
@@ -92,7 +71,7 @@ class Gate:
         shipper: AuditShipper | None = None,
     ):
         self.config = config
-        self.verifier = Verifier(verifier_config(config), fetch=fetch)
+        self.verifier = Verifier(config.verifier_config(), fetch=fetch)
         self.resolver = scopes.StudyResolver(rest_get, rest_post, ttl=config.scope_cache_seconds)
         self.audit = shipper or AuditShipper(
             source=config.pacs_name,

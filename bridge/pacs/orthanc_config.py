@@ -18,14 +18,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bridge.core.mfa import MfaRule
+
 #: where Debian's orthanc-python and orthanc-dicomweb put their plugins
 PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
 PYTHON_PLUGIN = PLUGIN_DIR / "libOrthancPython.so"
 DICOMWEB_PLUGIN = PLUGIN_DIR / "libOrthancDicomWeb.so"
-
-#: the request filter the bridge installs into Orthanc (a file of this package)
-FILTER_SCRIPT = Path(__file__).resolve().with_name("orthanc_plugin.py")
-
 
 def orthanc_config(
     *,
@@ -38,14 +36,16 @@ def orthanc_config(
     with_filter: bool = True,
     modalities: dict[str, Any] | None = None,
     plugin_config_file: Path | None = None,
-    python_script: Path = FILTER_SCRIPT,
+    python_script: Path | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The Orthanc JSON config.
 
     `modalities` maps a symbolic name to ``(AET, host, port)`` or to Orthanc's object form (see
     :func:`dicom_modalities`): the only DICOM peers allowed.  `plugin_config_file` is where the
-    bridge's plugin reads its settings (``"PacsBridge": {"ConfigFile": ...}``).
+    bridge's plugin reads its settings (``"PacsBridge": {"ConfigFile": ...}``).  `python_script` is
+    the plugin bundle's entry (``pacs-bridge plugin bundle OUT``: ``OUT/pacs_bridge_plugin.py``),
+    required with the filter.
     `with_filter=False` gives a plain Orthanc (DICOMweb only, no Python filter) as a benchmark
     baseline.  `extra` is merged last (top-level keys replace).
     """
@@ -82,6 +82,8 @@ def orthanc_config(
         "Plugins": plugins,
     }
     if with_filter:
+        if python_script is None:
+            raise ValueError("python_script: the plugin bundle's entry is required with the filter")
         plugins.insert(0, str(PYTHON_PLUGIN))
         config["PythonScript"] = str(python_script)
         config["PythonVerbose"] = False
@@ -147,6 +149,5 @@ def plugin_settings(
     if audit_token_file is not None:
         out["audit_token_file"] = str(audit_token_file)
     if mfa is not None:
-        out.update({"mfa_required_acr": mfa.required_acr or None, "mfa_accepted_amr": list(mfa.accepted_amr),
-                    "mfa_max_auth_age_seconds": int(mfa.max_auth_age_seconds)})
+        out["mfa"] = MfaRule.from_section(mfa).to_mapping()
     return out

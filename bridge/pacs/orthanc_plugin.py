@@ -2,9 +2,10 @@
 
 It runs under Debian's ``/usr/bin/python3`` inside the Orthanc process, so it may use only the
 standard library and Debian packages: ``python3-jwt`` (PyJWT 2.6) and ``python3-cryptography``.
-The bridge's own modules (verifier, route table, permission vocabulary, audit event model) are
-imported from the bridge checkout this file lives in (``../..``), or from ``PACS_BRIDGE_ROOT``
-when the plugin file was copied elsewhere; they are stdlib-only on purpose.
+Orthanc loads it from the plugin bundle (``pacs-bridge plugin bundle OUT``, see
+:mod:`bridge.pacs.bundle`): this module, the other plugin modules of ``bridge.pacs`` and
+:mod:`bridge.core` (verifier, route table, permission vocabulary, audit event model), which are
+stdlib-only on purpose; never from the bridge's checkout.
 
 Fail closed: every request is denied unless :class:`bridge.pacs.gate.Gate` allows it; no
 configuration, a broken configuration, or any exception is a denial.  An exception escaping the
@@ -20,11 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 try:  # only inside Orthanc
@@ -32,17 +32,10 @@ try:  # only inside Orthanc
 except ImportError:  # unit tests, tooling
     orthanc = None
 
-
-def _bridge_root() -> str:
-    """Where the ``bridge`` package is: ``PACS_BRIDGE_ROOT``, else this file's checkout."""
-    return os.environ.get("PACS_BRIDGE_ROOT") or str(Path(__file__).resolve().parents[2])
-
-
-if _bridge_root() not in sys.path:
-    sys.path.insert(0, _bridge_root())
-
-from bridge.pacs import plugin_config  # noqa: E402 - needs the sys.path entry above
-from bridge.pacs.gate import Gate, clear_request_context  # noqa: E402
+import bridge
+from bridge.core import token_format
+from bridge.pacs import plugin_config
+from bridge.pacs.gate import Gate, clear_request_context
 
 
 def _log(message: str) -> None:
@@ -109,6 +102,23 @@ class _Holder:
 
 
 HOLDER = _Holder()
+
+
+class _OrthancLogHandler(logging.Handler):
+    """The core's warnings (``pacs_bridge.*`` loggers, e.g. a refused token format) into Orthanc's log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):  # logging must never change a decision
+            _log(record.getMessage())
+
+
+def _announce() -> None:
+    """Route the core's log to Orthanc and say which bundle and token format this plugin is."""
+    core_log = logging.getLogger("pacs_bridge")
+    core_log.addHandler(_OrthancLogHandler())
+    core_log.setLevel(logging.WARNING)
+    _log(f"plugin bundle {getattr(bridge, 'BUNDLE_VERSION', 'unbundled ' + bridge.__version__)}, token format "
+         f"{token_format.CURRENT} (reads {', '.join(map(str, sorted(token_format.UNDERSTOOD)))})")
 
 
 class _Profile:
@@ -279,6 +289,7 @@ def on_change(change_type: Any, level: Any, resource_id: str) -> None:
 
 
 if orthanc is not None:
+    _announce()
     orthanc.RegisterIncomingHttpRequestFilter(incoming_http_request_filter)
     orthanc.RegisterReceivedInstanceCallback(received_instance_callback)
     orthanc.RegisterOnChangeCallback(on_change)

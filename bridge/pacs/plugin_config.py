@@ -7,8 +7,11 @@ Where the plugin finds it, first match wins:
 2. ``"PacsBridge": {"ConfigFile": "..."}`` in Orthanc's own configuration;
 3. ``"PacsBridge": {...keys below...}`` inline in Orthanc's configuration.
 
+The MFA rule is a nested object, ``"mfa": {"required_acr", "accepted_amr", "max_auth_age_seconds"}``
+(parsed by :meth:`bridge.core.mfa.MfaRule.from_mapping`, the bridge's ``mfa`` section in JSON).
 Every key may be overridden by ``PACS_BRIDGE_PLUGIN_<KEY>`` (upper case), e.g.
-``PACS_BRIDGE_PLUGIN_JWKS_URL``.  The file is re-read when it changes (checked at most every
+``PACS_BRIDGE_PLUGIN_JWKS_URL``, an MFA key by ``PACS_BRIDGE_PLUGIN_MFA_<KEY>``.
+The file is re-read when it changes (checked at most every
 ``reload_check_seconds``), so an operator can move the bridge or rotate the CA file without
 restarting Orthanc; a file that becomes invalid keeps the plugin denying everything until fixed.
 """
@@ -22,9 +25,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from bridge.tokens.mfa import MfaRule
-
-_MFA = MfaRule()
+from bridge.core import mfa as mfa_rule
+from bridge.core.mfa import MfaRule
+from bridge.core.verifier import VerifierConfig
 
 ENV_FILE = "PACS_BRIDGE_PLUGIN_CONFIG"
 ENV_PREFIX = "PACS_BRIDGE_PLUGIN_"
@@ -50,10 +53,8 @@ class PluginConfig:
     jwks_min_refresh_seconds: float = 30.0
     revocation_refresh_seconds: float = 10.0
     revocation_max_stale_seconds: float = 300.0
-    #: MFA rule (the same three knobs as the bridge's ``mfa`` section; defaults from MfaRule)
-    mfa_required_acr: str | None = _MFA.required_acr
-    mfa_accepted_amr: tuple[str, ...] = tuple(sorted(_MFA.accepted_amr))
-    mfa_max_auth_age_seconds: int = _MFA.max_auth_age_seconds
+    #: the MFA rule: the nested ``mfa`` object (the same three knobs as the bridge's ``mfa`` section)
+    mfa: MfaRule = field(default_factory=MfaRule)
     #: the bridge's audit ingest endpoint (POST, JSON); None: spool only
     audit_url: str | None = None
     #: file holding the bearer secret for ``audit_url``
@@ -83,6 +84,22 @@ class PluginConfig:
                 raise PluginConfigError(f"{self.source}: {name} must be an https:// URL")
         if self.leeway_seconds < 0 or self.leeway_seconds > 120:
             raise PluginConfigError(f"{self.source}: leeway_seconds must be within 0..120")
+
+    def verifier_config(self) -> VerifierConfig:
+        """The verifier's settings: the one mapping from the plugin's keys (the gate and the bench use it)."""
+        return VerifierConfig(
+            issuer=self.issuer,
+            audience=self.audience,
+            jwks_url=self.jwks_url,
+            ca_file=self.ca_file,
+            algorithms=self.algorithms,
+            leeway_seconds=self.leeway_seconds,
+            jwks_min_refresh_seconds=self.jwks_min_refresh_seconds,
+            revocation_url=self.revocation_url,
+            revocation_refresh_seconds=self.revocation_refresh_seconds,
+            revocation_max_stale_seconds=self.revocation_max_stale_seconds,
+            mfa_rule=self.mfa,
+        )
 
 
 def _coerce(name: str, annotation: Any, value: Any, source: str) -> Any:
@@ -115,8 +132,10 @@ def build(data: Mapping[str, Any], source: str, environ: Mapping[str, str] | Non
     unknown = sorted(set(data) - set(known) - {"ConfigFile"})
     if unknown:
         raise PluginConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"mfa": _mfa(data.get("mfa", {}), source, env)}
     for name, f in known.items():
+        if name == "mfa":
+            continue
         env_value = env.get(ENV_PREFIX + name.upper())
         if env_value is not None:
             values[name] = _coerce(name, f.type, env_value or None, f"${ENV_PREFIX}{name.upper()}")
@@ -125,6 +144,26 @@ def build(data: Mapping[str, Any], source: str, environ: Mapping[str, str] | Non
     try:
         return PluginConfig(**values, source=source)
     except TypeError as exc:  # a required key missing
+        raise PluginConfigError(f"{source}: {exc}") from None
+
+
+def _mfa(section: Any, source: str, env: Mapping[str, str]) -> MfaRule:
+    """The nested ``mfa`` object plus ``PACS_BRIDGE_PLUGIN_MFA_<KEY>`` overrides, parsed by the core."""
+    if isinstance(section, Mapping):
+        section = dict(section)
+        for key in mfa_rule.MAPPING_KEYS:
+            raw = env.get(f"{ENV_PREFIX}MFA_{key.upper()}")
+            if raw is None:
+                continue
+            if key == "accepted_amr":
+                section[key] = [v for v in raw.replace(",", " ").split() if v]
+            elif key == "max_auth_age_seconds":
+                section[key] = int(raw) if raw.strip().isdigit() else raw
+            else:
+                section[key] = raw or None
+    try:
+        return MfaRule.from_mapping(section, "mfa")
+    except ValueError as exc:
         raise PluginConfigError(f"{source}: {exc}") from None
 
 

@@ -1,2 +1,2 @@
 """Directory groups -> roles -> PACS permissions.  The permission vocabulary lives in
-:mod:`bridge.policy.permissions` and is imported by the token service and the PACS verifier."""
+:mod:`bridge.core.permissions` and is imported by the token service and the PACS verifier."""

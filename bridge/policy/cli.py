@@ -38,7 +38,7 @@ def explain(username: str, config_path: str | None, policy_path: str | None, as_
     """Every role USERNAME gets, from which group and rule, and any separation-of-duty conflict.
 
     Reads the live directory (read-only); changes nothing."""
-    from bridge.cli import load_settings
+    from bridge.cli_common import load_settings
     from bridge.directory.model import DirectoryUnavailable
     from bridge.directory.reader import reader_for
     from bridge.policy.evaluate import evaluate

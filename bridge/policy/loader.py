@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
+from bridge.core.permissions import UnknownPermissionError, parse
 from bridge.errors import InputError
 from bridge.policy.model import Conflict, GroupRef, Policy, Role, Rule
-from bridge.policy.permissions import UnknownPermissionError, parse
 
 ROLE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 RULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from bridge.core.permissions import Permission, expand
 from bridge.directory.model import DirectoryGroup, DirectorySnapshot, normalize_dn
-from bridge.policy.permissions import Permission, expand
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from bridge.cli import config_option, load_settings
+from bridge.cli_common import config_option, load_settings
 
 
 @click.group("db")

@@ -15,6 +15,7 @@ such as ``audit verify`` never hold the write lock.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -147,3 +148,35 @@ def migrate(url: str | None = None, revision: str = "head") -> str:
 def safe_url(url: str) -> str:
     """The URL with any password hidden, for messages and logs."""
     return make_url(url).render_as_string(hide_password=True)
+
+
+# --------------------------------------------------------------------------- one connection per thread
+
+_pinned = threading.local()
+
+
+@contextmanager
+def one_connection(engine: Engine) -> Iterator[None]:
+    """Let this thread's issue-time reads (assignments, watermarks, ended sessions) share one
+    connection: one pool checkout and one transaction instead of three -- half the cost of the
+    uncached reads on ``/token`` -- and one consistent view of the three tables."""
+    if getattr(_pinned, "conn", None) is not None:
+        yield
+        return
+    with engine.connect() as conn:
+        _pinned.conn, _pinned.engine = conn, engine
+        try:
+            yield
+        finally:
+            _pinned.conn = _pinned.engine = None
+
+
+@contextmanager
+def connection(engine: Engine) -> Iterator[Connection]:
+    """The connection pinned by :func:`one_connection` for ``engine``, else a fresh one."""
+    conn = getattr(_pinned, "conn", None)
+    if conn is not None and _pinned.engine is engine:
+        yield conn
+    else:
+        with engine.connect() as fresh:
+            yield fresh

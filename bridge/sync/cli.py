@@ -45,7 +45,7 @@ def sync_cli(config_path: str | None, policy_path: str | None, do_plan: bool, do
     5 another replica is syncing."""
     from rich.console import Console
 
-    from bridge.cli import load_settings
+    from bridge.cli_common import load_settings
     from bridge.sync.factory import build_runner
     from bridge.sync.plan import render_plan
     from bridge.sync.runner import history
@@ -123,7 +123,7 @@ def _exit_for(status: str) -> None:
 @click.option("--once", is_flag=True, help="run one scheduled cycle and exit (for tests)")
 def serve_cli(config_path: str | None, metrics_port: int, once: bool) -> None:
     """Run the sync every sync.interval_seconds (incremental; every Nth run full), one replica at a time."""
-    from bridge.cli import load_settings
+    from bridge.cli_common import load_settings
     from bridge.sync.schedule import serve
 
     serve(load_settings(config_path), metrics_port=metrics_port, once=once)  # PolicyError: exit 2

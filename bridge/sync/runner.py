@@ -18,8 +18,8 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from bridge.audit import events as ev
-from bridge.audit.codes import AuditEventType, Outcome
+from bridge.core import audit_events as ev
+from bridge.core.audit_codes import AuditEventType, Outcome
 from bridge.directory.model import DirectorySnapshot, DirectoryUnavailable
 from bridge.directory.reader import DirectoryReader
 from bridge.policy.model import Policy
@@ -175,7 +175,7 @@ class SyncRunner:
             if not apply:
                 report.status = "dry_run"
                 return report
-            self._apply(report, desired, plan, step)
+            self._apply(report, desired, plan, step, keeper)
             self.previous = snap
             report.status = "partial" if report.errors or any(r.failures for r in report.results) else "ok"
             return report
@@ -189,10 +189,18 @@ class SyncRunner:
             self._finish(report, apply)
 
     def _apply(self, report: RunReport, desired: DesiredState, plan: Plan,
-               step: Callable[[int], None] | None) -> None:
+               step: Callable[[int], None] | None, keeper: lease.Keeper | None = None) -> None:
+        """Apply the plan target by target.  Fencing: a run that lost its lease (stalled longer
+        than the lease; another replica may hold it now) stops before the next target, so it never
+        writes next to the new holder from then on.  Token revocations for what was already
+        applied still happen: raising a watermark is monotonic and harmless next to another run,
+        while skipping it would leave tokens carrying an already-removed role alive (the next run
+        sees no change and would never raise it)."""
         leavers: dict[str, Leaver] = {}
         narrowed: dict[str, Change] = {}  # subjects that lost a role, first removal kept for the audit
         for tplan in plan.targets:
+            if self._lease_lost(report, keeper, f"target {tplan.target}"):
+                break
             target = next(t for t in self.targets if t.name == tplan.target)
             res = target.apply(tplan, desired, step)
             report.results.append(res)
@@ -215,6 +223,13 @@ class SyncRunner:
         for uid, c in narrowed.items():
             if uid not in leavers:
                 self._revoke_tokens(report, uid, c.username, f"role removed ({c.role}: {c.reason})")
+
+    @staticmethod
+    def _lease_lost(report: RunReport, keeper: lease.Keeper | None, before: str) -> bool:
+        if keeper is None or not keeper.lost:
+            return False
+        report.errors.append({"error": f"the sync lease was lost; stopped before {before}"})
+        return True
 
     def _revoke_tokens(self, report: RunReport, user_id: str, username: str, reason: str) -> None:
         """Raise the subject's revocation watermark: every PACS token issued so far dies at the PACS

@@ -11,6 +11,11 @@ OOM): each event is appended to a per-process journal file before ``/token`` ans
 events are in the store.  A live process holds an ``flock`` on its file; files nobody holds are
 left by dead processes and are replayed at start-up (events already stored are skipped by
 ``event_id``).  A power cut can still lose the last ones; the syslog copy does not cover those.
+
+What is replayed becomes an audit record, so the journal is the bridge's alone: the directory is
+made 0700 (also when it existed with looser modes; one that is a symlink or owned by another
+user is refused), segments are created 0600, and a file that is not a regular 0600 file of this
+user (a symlink, one somebody else wrote or could have written) is never replayed nor deleted.
 """
 
 from __future__ import annotations
@@ -22,14 +27,15 @@ import json
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from bridge.audit.codes import AuditEventType, Outcome
-from bridge.audit.events import Actor, AuditEvent, ParticipantObject, token, user
+from bridge.core.audit_codes import AuditEventType, Outcome
+from bridge.core.audit_events import Actor, AuditEvent, ParticipantObject, token, user
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,13 @@ class Journal:
 
     def __init__(self, directory: Path):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(directory)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise RuntimeError(f"audit journal {directory}: not a directory of this user "
+                               "(a symlink or another owner); refusing to replay from it")
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            log.warning("audit journal %s: mode %o tightened to 0700", directory, stat.S_IMODE(st.st_mode))
+            os.chmod(directory, 0o700)
         self.dir = directory
         self._file: IO[str] = self._open()
         #: segments rotated out whose events may not be in the store yet (kept open: locked)
@@ -66,7 +79,8 @@ class Journal:
         self._replaying: list[IO[str]] = []
 
     def _open(self) -> IO[str]:
-        fh = open(self.dir / f"{os.getpid()}-{time.time_ns()}.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        fh = open(self.dir / f"{os.getpid()}-{time.time_ns()}.jsonl", "a", encoding="utf-8",  # noqa: SIM115
+                  opener=lambda p, flags: os.open(p, flags | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "alive": nobody replays it
         return fh
 
@@ -92,11 +106,23 @@ class Journal:
         one replayer takes it; :meth:`forget` deletes it after the replay."""
         out = []
         for path in sorted(self.dir.glob("*.jsonl")):
+            try:  # a symlink is not one of ours; kept open (locked) until forget
+                fh = open(path, encoding="utf-8",  # noqa: SIM115
+                          opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW))
+            except OSError:
+                log.warning("audit journal: %s is gone or a symlink; not replayed", path)
+                continue
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+                log.error("audit journal: %s was not written by the bridge (owner %d, mode %o); not replayed",
+                          path, st.st_uid, stat.S_IMODE(st.st_mode))
+                fh.close()
+                continue
             try:
-                fh = open(path, encoding="utf-8")  # noqa: SIM115 - kept open (locked) until forget
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                continue  # gone, or a live process holds it (ours included)
+                fh.close()
+                continue  # a live process holds it (ours included)
             events = []
             for line in fh.read().splitlines():
                 with contextlib.suppress(ValueError, KeyError, TypeError):  # a torn last line

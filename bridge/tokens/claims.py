@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.policy.permissions import Permission, expand
+from bridge.core import token_format
+from bridge.core.permissions import Permission, expand
 
 #: prefix of the OAuth scope that stands for a PACS permission (``pacs:view`` ...)
 SCOPE_PREFIX = "pacs:"
@@ -190,4 +191,5 @@ def build(
     if subject.amr:
         claims["amr"] = list(subject.amr)
     claims.update(settings.extra)
+    claims[token_format.CLAIM] = token_format.CURRENT  # after the extras: no setting may change it
     return claims

@@ -11,14 +11,14 @@ def keys_cli() -> None:
 
 
 def _ring(config_path: str | None):  # type: ignore[no-untyped-def]
-    from bridge.cli import load_settings
-    from bridge.web.tokens import key_ring
+    from bridge.cli_common import load_settings
+    from bridge.tokens.store import key_ring
 
     return key_ring(load_settings(config_path))  # SigningKeyError: "keys: ...", exit 2
 
 
 def _config_option(f):  # type: ignore[no-untyped-def]
-    from bridge.cli import config_option
+    from bridge.cli_common import config_option
 
     return config_option(f)
 
@@ -46,7 +46,7 @@ def keys_list(config_path: str | None) -> None:
 )
 def keys_rotate(config_path: str | None, algorithm: str | None) -> None:
     """Add a new active key; the old one stays in the JWKS until its last token has expired."""
-    from bridge.audit.codes import AuditEventType
+    from bridge.core.audit_codes import AuditEventType
 
     ring = _ring(config_path)
     record = ring.rotate(algorithm)
@@ -55,9 +55,9 @@ def keys_rotate(config_path: str | None, algorithm: str | None) -> None:
         f"{ring.max_token_lifetime} s more, then dropped"
     )
     try:
-        from bridge.audit.events import Actor, AuditEvent
         from bridge.audit.store import open_store
-        from bridge.cli import load_settings
+        from bridge.cli_common import load_settings
+        from bridge.core.audit_events import Actor, AuditEvent
 
         open_store(load_settings(config_path)).append(
             AuditEvent(

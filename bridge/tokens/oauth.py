@@ -28,8 +28,8 @@ from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 
-from bridge.audit.codes import AuditEventType
-from bridge.pacs import routes
+from bridge.core import routes
+from bridge.core.audit_codes import AuditEventType
 from bridge.tokens import claims as claims_mod
 from bridge.tokens.service import ACCESS_TOKEN_TYPE, ExchangeRequest, TokenService, TokenServiceError
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from bridge.policy.permissions import Permission as P
+from bridge.core.permissions import Permission as P
 
 DEFAULT_ROLE_PERMISSIONS: Mapping[str, frozenset[P]] = {
     "radiologist": frozenset({P.VIEW, P.DOWNLOAD, P.SEND, P.SHARE, P.ANONYMIZE, P.QUERY_RETRIEVE}),

@@ -3,7 +3,7 @@
 Framework-free: the Flask blueprint (:mod:`bridge.web.tokens`) and Authlib's endpoint classes
 (:mod:`bridge.tokens.oauth`) call into this.  One rule set per token kind: Keycloak access
 tokens are checked here (:class:`KeycloakTokenValidator`), PACS tokens by the very verifier the
-PACS uses (:mod:`bridge.pacs.verifier`), fed with the key ring's own JWKS.
+PACS uses (:mod:`bridge.core.verifier`), fed with the key ring's own JWKS.
 
 Errors never say whether a user exists: a subject token that is invalid, logged out, for an
 unknown user or for a user without any PACS role gets the same ``invalid_grant`` answer (the
@@ -22,24 +22,16 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.audit.codes import AuditEventType
+from bridge.core import mfa
+from bridge.core.audit_codes import AuditEventType
+from bridge.core.errors import VerificationError
+from bridge.core.jwks import Fetch, JwksCache
+from bridge.core.jws import check_claims, check_signature, parse_jws, token_digest
+from bridge.core.verified_cache import VerifiedCache, VerifiedToken
+from bridge.core.verifier import Verifier, VerifierConfig
 from bridge.errors import www_authenticate
 from bridge.oidc.session import SessionEnds
-from bridge.pacs.verifier import (
-    Fetch,
-    JwksCache,
-    VerificationError,
-    VerifiedCache,
-    VerifiedToken,
-    Verifier,
-    VerifierConfig,
-    check_claims,
-    check_signature,
-    parse_jws,
-    token_digest,
-)
 from bridge.tokens import claims as claims_mod
-from bridge.tokens import mfa
 from bridge.tokens.claims import Grant, Subject, TokenSettings
 from bridge.tokens.keys import KeyRing
 from bridge.tokens.store import AssignmentSource, RevocationStore, revoked_by_subject
@@ -122,7 +114,7 @@ KEYCLOAK_CACHE_SIZE = 10_000
 class KeycloakTokenValidator:
     """Checks a Keycloak access token: signature (realm JWKS), ``iss``, ``aud``, ``exp``, ``azp``, ``typ``.
 
-    Same verification core as the PACS verifier (:mod:`bridge.pacs.verifier`: strict parse,
+    Same verification core as the PACS verifier (:mod:`bridge.core.verifier`: strict parse,
     pinned algorithm equal to the key's, PyJWT's algorithm objects for the signature).  A token
     whose signature was checked is cached by hash until its ``exp``; every call, hit or not,
     re-checks ``iss``, ``aud``, the times, ``typ`` and ``azp`` on the claims (and the caller

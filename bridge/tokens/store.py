@@ -9,49 +9,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, or_, select, update
+from sqlalchemy import Engine, bindparam, delete, func, or_, select, update
 
-from bridge.store.db import session, write_session
+from bridge.store.db import connection, session, write_session
 from bridge.store.models import RevokedToken, RoleAssignment, SigningKey, SubjectRevocation
-from bridge.tokens.keys import KeyRecord
+from bridge.tokens.keys import KeyEncryptor, KeyRecord, KeyRing
 
-# --------------------------------------------------------------------------- issue-time reads
-
-_pinned = threading.local()
-
-
-@contextmanager
-def one_connection(engine: Engine) -> Iterator[None]:
-    """Let this thread's issue-time reads (assignments, watermarks, ended sessions) share one
-    connection: one pool checkout and one transaction instead of three -- half the cost of the
-    uncached reads on ``/token`` -- and one consistent view of the three tables."""
-    if getattr(_pinned, "conn", None) is not None:
-        yield
-        return
-    with engine.connect() as conn:
-        _pinned.conn, _pinned.engine = conn, engine
-        try:
-            yield
-        finally:
-            _pinned.conn = _pinned.engine = None
-
-
-@contextmanager
-def connection(engine: Engine) -> Iterator[Connection]:
-    """The connection pinned by :func:`one_connection` for ``engine``, else a fresh one."""
-    conn = getattr(_pinned, "conn", None)
-    if conn is not None and _pinned.engine is engine:
-        yield conn
-    else:
-        with engine.connect() as fresh:
-            yield fresh
-
+if TYPE_CHECKING:
+    from bridge.config import Settings
 
 # --------------------------------------------------------------------------- signing keys
 
@@ -321,3 +291,19 @@ _BY_SUBJECT = _ROLES.where(RoleAssignment.subject_id == bindparam("sub"))
 _BY_NAME = (RoleAssignment.username == bindparam("name")) & RoleAssignment.managed.is_(False)
 _BY_USERNAME = _ROLES.where(_BY_NAME)
 _BY_EITHER = _ROLES.where(or_(RoleAssignment.subject_id == bindparam("sub"), _BY_NAME))
+
+
+# --------------------------------------------------------------------------- from the configuration
+
+
+def key_ring(settings: Settings, engine: Any | None = None) -> KeyRing:
+    """The key ring over the store's ``signing_keys`` table (the web app and ``pacs-bridge keys``)."""
+    from bridge.store.db import engine as make_engine
+
+    kek = settings.tokens.key_encryption_key
+    return KeyRing(
+        SqlKeyRepository(engine or make_engine(settings.store.url)),
+        KeyEncryptor.from_secret(kek.get_secret_value() if kek else None),
+        algorithm=settings.tokens.algorithm,
+        max_token_lifetime=settings.tokens.max_lifetime_seconds,
+    )

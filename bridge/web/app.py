@@ -13,12 +13,18 @@ from flask import Flask
 from bridge.config import Settings
 from bridge.web import client, limits, metrics
 
+#: the largest request body the app reads (Flask's MAX_CONTENT_LENGTH; larger: 413 before parsing).
+#: The biggest legitimate body is an audit-intake batch (at most 1000 events of a few KB); without
+#: a limit a JSON body of any size would be held in memory, several times over, by a worker.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
 
 def create_app(settings: Settings, *, config: dict[str, Any] | None = None, **services: Any) -> Flask:
     """Build the app.  ``config`` overrides Flask/limit keys; ``services`` injects prepared service
     objects (e.g. ``token_service=``, ``audit_store=``) instead of building them from ``settings``."""
     app = Flask("bridge")
     app.config.update(limits.app_config(settings.web))
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config.from_prefixed_env("PACS_BRIDGE_FLASK")
     app.config.update(config or {})
     app.config["BRIDGE_SETTINGS"] = settings

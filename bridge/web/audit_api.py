@@ -5,8 +5,8 @@
 zone), as ``format=json`` (default) or ``csv``, ``limit`` records per page (default 100, at most
 1000) after the ``after`` seq; the JSON answer carries ``next`` (the URL of the next page), both
 answers a ``Link: <...>; rel="next"`` header.  Only for a PACS token carrying the ``audit-logs``
-permission, checked by the very verifier the PACS uses (bridge/pacs/verifier.py: signature,
-claims, MFA rule, revocation) and the one permission vocabulary (bridge/policy/permissions.py).
+permission, checked by the very verifier the PACS uses (bridge/core/verifier.py: signature,
+claims, MFA rule, revocation) and the one permission vocabulary (bridge/core/permissions.py).
 Errors follow RFC 6750: 401 + ``WWW-Authenticate: Bearer`` without or with a bad token, 403
 ``insufficient_scope`` without the permission (that refusal is audited as access.denied).
 Every answered query is itself recorded (110101 Audit Log Used) *before* the answer is sent.
@@ -15,13 +15,13 @@ Every answered query is itself recorded (110101 Audit Log Used) *before* the ans
 (bridge/pacs/audit_shipper.py) as ``{"events": [AuditEvent.to_dict(), ...]}`` with the bearer
 secret ``audit.ingest_token``.  What the plugin records comes largely from others (a PatientID
 is whatever an uploader wrote), so an event is never refused for its values: the event model
-normalises them and says so in ``details.normalised`` (bridge/audit/events.py).  What is refused
+normalises them and says so in ``details.normalised`` (bridge/core/audit_events.py).  What is refused
 is what the plugin never sends: an event type other than the PACS access types
-(:data:`bridge.audit.codes.PACS_INGEST_TYPES`) or an item that is not an event at all.  Such an
+(:data:`bridge.core.audit_codes.PACS_INGEST_TYPES`) or an item that is not an event at all.  Such an
 item is not silently dropped but recorded as ``audit.input_rejected`` (naming the field) and listed
 in the answer's ``rejected``; the rest of the batch is kept, and the answer is still 202, so the
 plugin does not re-send (and re-spool) the batch for ever.  Event times are clamped to a window
-around the bridge's clock (:func:`bridge.audit.events.clamp_time`).  Events are de-duplicated by
+around the bridge's clock (:func:`bridge.core.audit_events.clamp_time`).  Events are de-duplicated by
 ``event_id`` (the plugin re-sends a batch whose answer it did not see) and appended in one
 transaction.
 """
@@ -38,18 +38,21 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Flask, Response, current_app, request
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
-from bridge.audit import events as ev
-from bridge.audit.codes import PACS_INGEST_TYPES, AuditEventType, ObjectKind, Outcome
 from bridge.audit.export import export_csv, export_rows
 from bridge.audit.store import AuditStore, open_store
 from bridge.config import Settings
+from bridge.core import audit_events as ev
+from bridge.core.audit_codes import PACS_INGEST_TYPES, AuditEventType, ObjectKind, Outcome
+from bridge.core.errors import VerificationError
+from bridge.core.permissions import Permission, UnknownPermissionError, expand
+from bridge.core.verifier import bearer_token
 from bridge.errors import www_authenticate
-from bridge.pacs.verifier import VerificationError, bearer_token
-from bridge.policy.permissions import Permission, UnknownPermissionError, expand
 from bridge.store.models import AuditEventRow
 from bridge.web.client import client_address
 from bridge.web.errors import oauth_error_response
+from bridge.web.limits import limit
 
 bp = Blueprint("audit_api", __name__)
 STORE = "pacs_bridge_audit_store"
@@ -57,6 +60,8 @@ REALM = "pacs-bridge-audit"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_INGEST = 1000
+#: the largest ``after`` (a seq is a signed 64-bit integer in the database)
+MAX_SEQ = 2**63 - 1
 API_CLIENT = "pacs-bridge-audit-api"
 #: UUID v5 namespace of the records of refused ingest items (fixed: a re-sent item maps to one id)
 REJECTION_NAMESPACE = uuid.UUID("8a1d2f3c-5b6e-4f70-8192-a3b4c5d6e7f8")
@@ -113,7 +118,7 @@ def _auditor() -> dict[str, Any]:
     if service.is_revoked(claims):  # by jti or by the subject's logout watermark
         raise ApiError(401, "invalid_token", "token revoked")
     try:
-        listed = claims.get("permissions")  # only a list of names counts, as in bridge.pacs.verifier.decide
+        listed = claims.get("permissions")  # only a list of names counts, as in bridge.core.verifier.decide
         held = expand([p for p in listed if isinstance(p, str)] if isinstance(listed, list) else [])
     except UnknownPermissionError:
         held = frozenset()
@@ -151,9 +156,10 @@ def _time(name: str) -> dt.datetime | None:
         return None
     try:
         t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(400, "invalid_request", f"{name}: not an ISO 8601 date/time: {value!r}") from None
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+        # compared in UTC: a time at the calendar's edge whose UTC value does not exist is refused here
+        return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        raise ApiError(400, "invalid_request", f"{name}: not an ISO 8601 date/time in range: {value!r}") from None
 
 
 def _int(name: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
@@ -189,12 +195,13 @@ def _filters() -> dict[str, Any]:
         "since": _time("since"),
         "until": _time("until"),
         "limit": _int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
-        "after_seq": _int("after", None, 0),
+        "after_seq": _int("after", None, 0, MAX_SEQ),
         "format": fmt,
     }
 
 
 @bp.get("/audit/events")
+@limit("audit")
 def query_events() -> Response:
     claims = _auditor()
     f = _filters()
@@ -206,7 +213,9 @@ def query_events() -> Response:
     if more:
         args = request.args.to_dict(flat=False)
         args["after"] = [str(rows[-1]["seq"])]
-        next_url = f"{request.base_url}?{urlencode(args, doseq=True)}"
+        # the configured public URL, never the request's Host: the client follows this link with its token
+        public = current_app.config["BRIDGE_SETTINGS"].bridge.public_url.rstrip("/")
+        next_url = f"{public}/audit/events?{urlencode(args, doseq=True)}"
     shown = {k: (ev.format_time(v) if isinstance(v, dt.datetime) else v) for k, v in f.items() if v}
     _record(AuditEventType.AUDIT_LOG_USED, claims,
             {"query": shown, "format": fmt, "records": len(rows), "first_seq": rows[0]["seq"] if rows else None})
@@ -226,6 +235,7 @@ def query_events() -> Response:
 
 # ---------------------------------------------------------------------------- ingest (Orthanc plugin)
 @bp.post("/audit/events")
+@limit("audit")
 def ingest_events() -> Response:
     expected = current_app.config.get("PACS_BRIDGE_AUDIT_INGEST_TOKEN")
     if not expected:
@@ -233,6 +243,9 @@ def ingest_events() -> Response:
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected.encode()):
+        _token_service().audit(AuditEventType.ACCESS_DENIED, {  # the sink adds the client address
+            "client_id": "pacs-plugin", "endpoint": "POST /audit/events",
+            "reason": "wrong ingest secret" if header else "no ingest secret"})
         raise ApiError(401, "invalid_token" if header else "unauthorized", "the ingest secret is required")
     body = request.get_json(silent=True)
     items = body.get("events") if isinstance(body, dict) else None
@@ -253,8 +266,7 @@ def ingest_events() -> Response:
         rejected.append({"index": i, "field": field, "error": rejection.details["error"]})
         events.append(rejection)
     store = audit_store(current_app)
-    fresh = _new_only(store, events)
-    store.append_many(fresh)
+    fresh = _store_new(store, events)
     accepted = sum(1 for e in fresh if e.type != AuditEventType.AUDIT_INPUT_REJECTED)
     resp = Response(json.dumps({"accepted": accepted, "duplicates": len(events) - len(fresh),
                                 "rejected": rejected}), status=202, mimetype="application/json")
@@ -278,13 +290,32 @@ def _rejection(i: int, item: Any, field: str, error: str) -> ev.AuditEvent:
     event_id = item.get("event_id") if isinstance(item, dict) else None
     return ev.AuditEvent(
         AuditEventType.AUDIT_INPUT_REJECTED, Outcome.MINOR_FAILURE,
-        actor=ev.Actor(client_id="pacs-plugin", network_address=request.remote_addr, is_requestor=True),
+        actor=ev.Actor(client_id="pacs-plugin", network_address=client_address(), is_requestor=True),
         objects=(ev.ParticipantObject(ObjectKind.AUDIT_LOG, "audit_events", "POST /audit/events"),),
         details={"source": "pacs-ingest", "field": field, "error": error, "index": i,
                  "claimed_event_id": event_id, "item": item},
         description=f"PACS audit ingest: {field} refused",
         event_id=str(uuid.uuid5(REJECTION_NAMESPACE, json.dumps(item, sort_keys=True, default=str))),
     )
+
+
+def _store_new(store: AuditStore, events: list[ev.AuditEvent], attempts: int = 3) -> list[ev.AuditEvent]:
+    """Append the events not stored yet; the ones appended.  Another instance may store the same
+    batch between our check and our insert (HAProxy retries the intake elsewhere while the first
+    instance still writes; the plugin re-sends): the unique ``event_id`` refuses our insert, the
+    transaction rolls back, and the check runs again (appends are serialised on the chain head,
+    so the other instance's rows are visible by then)."""
+    for attempt in range(attempts):
+        fresh = _new_only(store, events)
+        try:
+            store.append_many(fresh)
+            return fresh
+        except Exception as exc:
+            # the store's hot path uses the DB-API cursor: its driver's IntegrityError, not SQLAlchemy's
+            duplicate = (IntegrityError, store.engine.dialect.dbapi.IntegrityError)
+            if not isinstance(exc, duplicate) or attempt == attempts - 1:
+                raise
+    return []  # pragma: no cover - the loop returns or raises
 
 
 def _new_only(store: AuditStore, events: list[ev.AuditEvent]) -> list[ev.AuditEvent]:

@@ -7,7 +7,8 @@ tests build many apps in one process.
 
 The limit of each group comes from (highest first) the app config key ``PACS_BRIDGE_RATE_<NAME>``
 (tests, benchmarks, env ``PACS_BRIDGE_FLASK_PACS_BRIDGE_RATE_<NAME>``), ``web.rate_limits``,
-:data:`DEFAULTS`.  The key is :func:`bridge.web.client.client_address`, so behind a NAT every
+:data:`DEFAULTS`.  The key is :func:`bridge.web.client.client_address` (an IPv6 address counts for its /64, see
+:func:`rate_key`), so behind a NAT every
 workstation of a ward shares one budget: the defaults are sized for that (docs/configuration.md).
 Accounts are protected by Keycloak's brute-force detection, not here: a per-address lockout would
 lock a whole ward out because of one mistyped password.
@@ -20,6 +21,7 @@ must not stop a hospital's logins.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -38,7 +40,11 @@ DEFAULTS = {
     "PACS_BRIDGE_RATE_LOGIN": "20/second;600/minute",
     "PACS_BRIDGE_RATE_METRICS": "5/second",
     "PACS_BRIDGE_RATE_BACKCHANNEL_LOGOUT": "20/second;300/minute",
+    "PACS_BRIDGE_RATE_AUDIT": "20/second;600/minute",
 }
+#: an IPv6 host picks any address of its /64 at will (privacy addresses, RFC 8981): the budget is
+#: the /64's, or each of its 2**64 addresses would bring a fresh one
+IPV6_PREFIX = 64
 EXTENSION = "pacs_bridge_limiter"
 _MARK = "_pacs_bridge_rate_limit"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -86,7 +92,7 @@ def app_config(web: WebSection) -> dict[str, Any]:
 def init_app(app: Flask) -> Limiter:
     """Build the app's limiter and wrap every endpoint marked with :func:`limit` (call this after
     all blueprints are registered)."""
-    limiter = Limiter(key_func=client_address, default_limits=[])
+    limiter = Limiter(key_func=rate_key, default_limits=[])
     limiter.init_app(app)
     for endpoint, view in list(app.view_functions.items()):
         name = getattr(view, _MARK, None)
@@ -95,6 +101,15 @@ def init_app(app: Flask) -> Limiter:
             app.view_functions[endpoint] = limiter.shared_limit(_provider(config_key(name)), scope=name)(view)
     app.extensions[EXTENSION] = limiter
     return limiter
+
+
+def rate_key() -> str:
+    """Whose budget a request draws on: the client address, an IPv6 one widened to its /64
+    (audit records keep the full address; only the budget is shared)."""
+    addr = client_address()
+    if ":" not in addr:
+        return addr
+    return str(ipaddress.ip_network(f"{addr.split('%')[0]}/{IPV6_PREFIX}", strict=False))
 
 
 def _provider(key: str) -> Callable[[], str]:

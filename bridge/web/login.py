@@ -5,7 +5,7 @@
 tokens to anyone).  Without a live login the browser goes to Keycloak (Authlib: code + PKCE S256 +
 state + nonce).  Back at ``/oidc/callback`` the ID token is validated (Authlib) and the access
 token by the token service's own Keycloak validator; if the login did not reach the MFA level
-(:mod:`bridge.tokens.mfa`, the one rule) the browser is sent to Keycloak once more with
+(:mod:`bridge.core.mfa`, the one rule) the browser is sent to Keycloak once more with
 ``acr_values=mfa`` (step-up) and no token is issued.  Once it holds, the PACS token goes to the
 viewer in the URI *fragment* (never the query: fragments are not sent to servers nor logged).
 
@@ -34,17 +34,17 @@ from urllib.parse import urlencode
 from authlib.integrations.base_client import OAuthError
 from flask import Blueprint, Flask, Response, current_app, redirect, render_template_string, request, session, url_for
 
-from bridge.audit.codes import AuditEventType
 from bridge.config import Settings
+from bridge.core import mfa
+from bridge.core.audit_codes import AuditEventType
+from bridge.core.errors import VerificationError
 from bridge.oidc import client as oidc_client
 from bridge.oidc import session as sess
 from bridge.oidc.logout_token import LogoutTokenError, LogoutTokenValidator
 from bridge.oidc.rejections import SampledRejections
 from bridge.oidc.state import SqlEndedSessions, SqlReplayCache
 from bridge.oidc.users import directory_id_from_admin_api
-from bridge.pacs.verifier import VerificationError
 from bridge.tokens import claims as claims_mod
-from bridge.tokens import mfa
 from bridge.tokens.service import TokenService
 from bridge.web.errors import oauth_error_response
 from bridge.web.limits import limit

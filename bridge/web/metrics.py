@@ -24,8 +24,8 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
-from bridge.audit.codes import AuditEventType
 from bridge.config import MetricsSection
+from bridge.core.audit_codes import AuditEventType
 from bridge.web.client import client_address
 from bridge.web.gunicorn_conf import MULTIPROC_ENV
 from bridge.web.limits import limit

@@ -16,7 +16,10 @@ contract of that plugin is reused, no code.
 
 ``validity`` (how long the plugin may cache an answer) never outlives the token and is capped at
 60 s, so a revocation reaches the PACS within a minute.  The plugin authenticates with HTTP Basic
-as a configured token client allowed to introspect (``tokens.clients[].may_introspect``).
+as a configured token client allowed to introspect (``tokens.clients[].may_introspect``): the
+same secret ``POST /introspect`` checks, so these endpoints draw on the same ``introspect`` rate
+limit (a secret must not be guessable here at a rate /introspect refuses), and a refused login
+is audited (``access.denied``, the client id tried, never the secret).
 """
 
 from __future__ import annotations
@@ -31,13 +34,16 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from bridge.audit.codes import AuditEventType
 from bridge.config import Settings
+from bridge.core import routes
+from bridge.core.audit_codes import AuditEventType
+from bridge.core.errors import VerificationError
+from bridge.core.permissions import Permission
+from bridge.core.verifier import bearer_token
 from bridge.errors import www_authenticate
-from bridge.pacs import routes, scopes
+from bridge.pacs import scopes
 from bridge.pacs.gate import Verdict, judge
-from bridge.pacs.verifier import VerificationError, bearer_token
-from bridge.policy.permissions import Permission
+from bridge.web.limits import limit
 
 bp = Blueprint("orthanc_auth", __name__, url_prefix="/orthanc-auth")
 EXTENSION = "pacs_bridge_orthanc_auth"
@@ -79,17 +85,25 @@ def _service() -> Any:
 
 
 def _authenticated() -> bool:
-    """HTTP Basic as an introspection-allowed client (constant-time comparison)."""
+    """HTTP Basic as an introspection-allowed client (constant-time comparison); a refusal is
+    audited with the client id that was tried."""
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
-    if scheme.lower() != "basic":
-        return False
-    try:
-        user, _, password = base64.b64decode(value, validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return False
-    expected = current_app.extensions[EXTENSION]["clients"].get(user)
-    return expected is not None and hmac.compare_digest(expected.encode(), password.encode())
+    user: str | None = None
+    if scheme.lower() == "basic":
+        try:
+            user, _, password = base64.b64decode(value, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            user = None
+        else:
+            expected = current_app.extensions[EXTENSION]["clients"].get(user)
+            if expected is not None and hmac.compare_digest(expected.encode(), password.encode()):
+                return True
+    _service().audit(AuditEventType.ACCESS_DENIED, {
+        "client_id": user, "via": "orthanc-authorization", "endpoint": request.path,
+        "reason": "no Basic credentials of an introspection client" if user is None
+        else "wrong client id or secret"})
+    return False
 
 
 def _body() -> dict[str, Any]:
@@ -136,6 +150,7 @@ def _unauthorized() -> Response:
 
 
 @bp.post("/user/get-profile")
+@limit("introspect")
 def get_profile() -> Any:
     if not _authenticated():
         return _unauthorized()
@@ -160,6 +175,7 @@ def get_profile() -> Any:
 
 
 @bp.post("/tokens/validate")
+@limit("introspect")
 def validate() -> Any:
     if not _authenticated():
         return _unauthorized()
@@ -277,6 +293,7 @@ def _labelled_study(claims: Mapping[str, Any], labels: list[str]) -> scopes.Stud
 
 
 @bp.post("/tokens/decode")
+@limit("introspect")
 def decode() -> Any:
     if not _authenticated():
         return _unauthorized()

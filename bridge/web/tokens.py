@@ -14,11 +14,10 @@ from typing import Any
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from flask import Blueprint, Flask, Response, current_app
 
-from bridge.audit.codes import AuditEventType
 from bridge.config import Settings
-from bridge.tokens import mfa
+from bridge.core import mfa
+from bridge.core.audit_codes import AuditEventType
 from bridge.tokens.claims import TokenSettings
-from bridge.tokens.keys import KeyEncryptor, KeyRing
 from bridge.tokens.oauth import (
     BridgeClient,
     PacsIntrospectionEndpoint,
@@ -35,28 +34,15 @@ bp = Blueprint("tokens", __name__)
 EXTENSION = "pacs_bridge_tokens"
 
 
-def key_ring(settings: Settings, engine: Any | None = None) -> KeyRing:
-    """The key ring over the store's ``signing_keys`` table (also used by ``pacs-bridge keys``)."""
-    from bridge.store.db import engine as make_engine
-    from bridge.tokens.store import SqlKeyRepository
-
-    kek = settings.tokens.key_encryption_key
-    return KeyRing(
-        SqlKeyRepository(engine or make_engine(settings.store.url)),
-        KeyEncryptor.from_secret(kek.get_secret_value() if kek else None),
-        algorithm=settings.tokens.algorithm,
-        max_token_lifetime=settings.tokens.max_lifetime_seconds,
-    )
-
-
 def build_service(settings: Settings, audit_store: Any | None = None) -> TokenService:
     """The token service over the bridge's database, Keycloak and policy, as configured; its events
     go to ``audit_store`` (the app's, see bridge/web/audit_api.py) or one opened here."""
     from bridge.audit.store import open_store
     from bridge.oidc.state import SqlEndedSessions
     from bridge.store.db import engine as make_engine
+    from bridge.store.db import one_connection
     from bridge.tokens.auditing import BufferedAuditSink
-    from bridge.tokens.store import SqlAssignmentSource, SqlRevocationStore, one_connection
+    from bridge.tokens.store import SqlAssignmentSource, SqlRevocationStore, key_ring
 
     # one connection pool per worker: the audit store already opened the same database
     eng = audit_store.engine if audit_store is not None else make_engine(settings.store.url)

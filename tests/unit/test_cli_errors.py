@@ -118,10 +118,10 @@ def test_audit_bad_checkpoint_key_file_exits_2(env):
 def test_audit_verify_json_broken_chain_exits_1_with_only_the_report(env):
     from sqlalchemy import text
 
-    from bridge.audit.codes import AuditEventType
-    from bridge.audit.events import Actor, AuditEvent
     from bridge.audit.store import open_store
     from bridge.config import load_config
+    from bridge.core.audit_codes import AuditEventType
+    from bridge.core.audit_events import Actor, AuditEvent
     from bridge.store import db
 
     db.migrate(f"sqlite:///{env}/b.db")

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from keycloak import KeycloakAdmin
 from keycloak.exceptions import KeycloakError
 
+from bridge.directory.model import LDAP_ID
 from bridge.policy.model import Role
 from bridge.sync.model import ActualState, Change, DesiredState, Leaver
 from bridge.sync.targets.base import Target, TargetError
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 
 MANAGED_ATTR = "managed-by"
 MANAGED_VALUE = "pacs-bridge"
-LDAP_ID = "LDAP_ID"
 STORAGE_TYPE = "org.keycloak.storage.UserStorageProvider"
 
 

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from bridge.audit import events as ev
 from bridge.audit.chain import HASHED, event_columns, record_hash
-from bridge.audit.codes import AuditEventType
 from bridge.audit.keys import CheckpointKey
 from bridge.audit.store import AuditStore
+from bridge.core import audit_events as ev
+from bridge.core.audit_codes import AuditEventType
 from bridge.store import db
 
 pytestmark = pytest.mark.integration

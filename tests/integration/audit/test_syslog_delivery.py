@@ -35,9 +35,9 @@ def _wait_for(path: Path, marker: str, n: int, timeout: float = 15) -> list[str]
 def test_down_then_up_delivers_each_event_once_in_order(collector, tmp_path):
     import uuid
 
-    from bridge.audit import events as ev
-    from bridge.audit.codes import AuditEventType
     from bridge.audit.syslog import SyslogSender, SyslogTarget
+    from bridge.core import audit_events as ev
+    from bridge.core.audit_codes import AuditEventType
     from bridge.devstack.state import free_port
 
     marker = f"corr-{uuid.uuid4().hex}"
@@ -75,9 +75,9 @@ def test_down_then_up_delivers_each_event_once_in_order(collector, tmp_path):
 
 
 def test_untrusted_collector_certificate_is_refused(collector, tmp_path):
-    from bridge.audit import events as ev
-    from bridge.audit.codes import AuditEventType
     from bridge.audit.syslog import SyslogSender, SyslogTarget
+    from bridge.core import audit_events as ev
+    from bridge.core.audit_codes import AuditEventType
 
     sender = SyslogSender(
         SyslogTarget(collector["host"], int(collector["port"]), None, "localhost", 5), tmp_path / "spool"

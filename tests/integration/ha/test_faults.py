@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from ha_helpers import mfa_tokens, need, restored, stop, wait_states
 
+from bridge.core.errors import VerificationError
+from bridge.core.verifier import Verifier, VerifierConfig
 from bridge.devstack import ha_load
 from bridge.devstack.bridge import INSTANCES
 from bridge.http import pinned_session
-from bridge.pacs.verifier import VerificationError, Verifier, VerifierConfig
 
 pytestmark = pytest.mark.integration
 
@@ -34,9 +35,9 @@ def _wait_lines(path: Path, marker: str, n: int, timeout: float = 15.0) -> list[
 
 def test_rsyslog_down_messages_wait_in_the_spool(stack: dict[str, Any], tmp_path: Path) -> None:
     need(stack, "rsyslog")
-    from bridge.audit import events as ev
-    from bridge.audit.codes import AuditEventType
     from bridge.audit.syslog import SyslogSender, SyslogTarget
+    from bridge.core import audit_events as ev
+    from bridge.core.audit_codes import AuditEventType
 
     info = stack["rsyslog"]
     received = Path(info["received_file"])

@@ -88,8 +88,8 @@ def test_keycloak_down_exchange_is_503_never_500_and_nothing_is_revoked(stack: d
 
 def test_postgres_restarted_under_load(stack: dict[str, Any], ha: dict[str, Any]) -> None:
     need(stack, "keycloak", "postgres")
-    from bridge.audit.events import format_time, utcnow
     from bridge.audit.store import open_store
+    from bridge.core.audit_events import format_time, utcnow
     from bridge.devstack.service import StackContext
     from bridge.store.db import engine
 

@@ -15,10 +15,11 @@ import pytest
 from oidc_helpers import LIFETIME, MAX_LIFETIME, BridgeServer, browse, db_engine, otp_for
 from sqlalchemy import select
 
+from bridge.core.errors import VerificationError
+from bridge.core.verifier import Verifier, VerifierConfig
 from bridge.devstack import demo_data
 from bridge.devstack import keycloak as kc
 from bridge.devstack.realm import AD_REALM, LDAP_REALM
-from bridge.pacs.verifier import VerificationError, Verifier, VerifierConfig
 from bridge.store.db import write_session
 from bridge.store.models import RoleAssignment
 

@@ -10,9 +10,9 @@ import pytest
 from oidc_helpers import BridgeServer, otp_for
 from sqlalchemy import select
 
+from bridge.core.verifier import Verifier, VerifierConfig
 from bridge.devstack import browser, demo_data, tls
 from bridge.devstack.realm import AD_REALM
-from bridge.pacs.verifier import Verifier, VerifierConfig
 from bridge.store.db import engine, session
 from bridge.store.models import RoleAssignment
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import requests
 
+from bridge.core.permissions import Permission as P
 from bridge.devstack.pacs_double import AUDIT_SECRET, BridgeDouble, dicom_instance
-from bridge.policy.permissions import Permission as P
 
 #: (patient id, name, department, modality, institution)
 STUDIES = (

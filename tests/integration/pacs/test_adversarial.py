@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import requests
 
+from bridge.core.permissions import Permission as P
 from bridge.devstack.pacs_double import dicom_instance
-from bridge.policy.permissions import Permission as P
 
 pytestmark = pytest.mark.integration
 ROOT = "1.2.826.0.1.3680043.10.1137.66"

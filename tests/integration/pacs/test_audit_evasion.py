@@ -25,13 +25,13 @@ from typing import Any
 import pytest
 import requests
 
-from bridge.audit import events as ev
 from bridge.config import load_config
+from bridge.core import audit_events as ev
+from bridge.core.permissions import Permission as P
 from bridge.devstack import tls
 from bridge.devstack.pacs_double import dicom_instance
 from bridge.devstack.state import free_port
 from bridge.pacs.orthanc_config import plugin_settings
-from bridge.policy.permissions import Permission as P
 from bridge.store.db import migrate
 from bridge.tokens import claims as claims_mod
 from bridge.tokens.keys import KeyEncryptor

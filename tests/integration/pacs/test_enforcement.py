@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from bridge.core.permissions import Permission as P
+from bridge.core.permissions import expand
 from bridge.devstack.pacs_double import BridgeDouble, dicom_instance
-from bridge.policy.permissions import Permission as P
-from bridge.policy.permissions import expand
 from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bridge.policy.permissions import Permission as P
-from bridge.policy.permissions import expand
+from bridge.core.permissions import Permission as P
+from bridge.core.permissions import expand
 from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
 
 pytestmark = pytest.mark.integration

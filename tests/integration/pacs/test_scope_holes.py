@@ -26,9 +26,9 @@ from pynetdicom import AE
 from pynetdicom.sop_class import SecondaryCaptureImageStorage
 
 from bridge.config import load_config
+from bridge.core import mfa
+from bridge.core.permissions import Permission as P
 from bridge.devstack.pacs_double import AUDIENCE, dicom_instance
-from bridge.policy.permissions import Permission as P
-from bridge.tokens import mfa
 from bridge.tokens.claims import TokenSettings
 from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
 from bridge.tokens.service import TokenService
@@ -139,7 +139,7 @@ def test_qido_in_scope_still_served(pacs: Any, studies: dict[str, dict[str, str]
 
 
 def test_wado_uri_is_judged_on_the_instance_served(pacs: Any, studies: dict[str, dict[str, str]]) -> None:
-    # application/dicom is a whole file: download (bridge/pacs/routes.py); the scope is what is tested here
+    # application/dicom is a whole file: download (bridge/core/routes.py); the scope is what is tested here
     rad = pacs.bridge.token([P.VIEW, P.DOWNLOAD], departments=["Radiology"])
     own, other = studies["P-001"], studies["P-002"]
     def wado(study: str, series: str, sop: str) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bridge.policy.permissions import Permission as P
+from bridge.core.permissions import Permission as P
 
 pytestmark = pytest.mark.integration
 

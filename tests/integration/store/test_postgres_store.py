@@ -49,10 +49,10 @@ def test_migration_and_lease(pg_url):
 def test_audit_append_verify_and_tamper_detection(pg_url):
     import threading
 
-    from bridge.audit import events as ev
-    from bridge.audit.codes import AuditEventType
     from bridge.audit.keys import CheckpointKey
     from bridge.audit.store import AuditStore
+    from bridge.core import audit_events as ev
+    from bridge.core.audit_codes import AuditEventType
     from bridge.store import db
 
     store = AuditStore(db.engine(pg_url), CheckpointKey.generate(), checkpoint_every=10)

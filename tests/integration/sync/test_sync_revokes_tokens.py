@@ -15,11 +15,12 @@ from sync_helpers import POLICY, need
 
 from bridge.audit.store import AuditStore
 from bridge.config import DirectorySection, load_config
+from bridge.core.errors import VerificationError
+from bridge.core.verifier import Verifier, VerifierConfig
 from bridge.devstack import demo_data
 from bridge.devstack.kc_login import BrowserlessLogin, fresh_totp
 from bridge.devstack.realm import AD_REALM
 from bridge.directory.reader import reader_for
-from bridge.pacs.verifier import VerificationError, Verifier, VerifierConfig
 from bridge.policy.loader import load_policy
 from bridge.store.db import engine as make_engine
 from bridge.store.db import session

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from bridge.config import load_config
+from bridge.core.verifier import Verifier, VerifierConfig
 from bridge.devstack import demo_data
 from bridge.devstack import keycloak as kc
 from bridge.devstack.kc_login import BrowserlessLogin, fresh_totp
 from bridge.devstack.realm import AD_REALM, LDAP_REALM
-from bridge.pacs.verifier import Verifier, VerifierConfig
 from bridge.store.db import engine, migrate, session
 from bridge.store.models import RoleAssignment
 from bridge.tokens.keys import KeyEncryptor

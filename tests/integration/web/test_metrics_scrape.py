@@ -28,9 +28,9 @@ def _value(text: str, endpoint: str, status: str) -> float:
 
 def test_scrape_sums_both_workers(stack: dict[str, Any]) -> None:
     info = bridge_info(stack)
-    # this instance itself, not the public URL: behind HAProxy that spreads over two instances,
-    # and each instance's /metrics sums its own workers only
-    url, ca = info.get("instance_url", info["url"]), stack["ca"]["file"]
+    # one instance: behind HAProxy the public URL reaches either instance, and each instance reports
+    # its own workers only (a site scrapes each instance, docs/configuration.md)
+    url, ca = info.get("instance_url") or info["url"], stack["ca"]["file"]
     log = Path(info["config"]).with_name("server.log")
     probe = f"/metrics-probe-{secrets.token_hex(4)}"  # an unmatched path: nobody else requests it
     with pinned_session(ca) as s:
@@ -90,6 +90,6 @@ def test_outside_the_allow_list_is_refused_and_audited(stack: dict[str, Any], st
 def _iso(t: float) -> str:
     import datetime as dt
 
-    from bridge.audit.events import format_time
+    from bridge.core.audit_events import format_time
 
     return format_time(dt.datetime.fromtimestamp(t, dt.UTC))

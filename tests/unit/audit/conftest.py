@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.audit import events as ev
-from bridge.audit.codes import AuditEventType
 from bridge.audit.keys import CheckpointKey
 from bridge.audit.store import AuditStore
+from bridge.core import audit_events as ev
+from bridge.core.audit_codes import AuditEventType
 from bridge.store import db
 
 

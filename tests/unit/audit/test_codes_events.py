@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.audit import events as ev
-from bridge.audit.codes import CODES, OBJECT_CODES, AuditEventType, ObjectKind, Outcome, codes_for
+from bridge.core import audit_events as ev
+from bridge.core.audit_codes import CODES, OBJECT_CODES, AuditEventType, ObjectKind, Outcome, codes_for
 
 JWT = "eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWJ5dGVzLWhlcmU"
 

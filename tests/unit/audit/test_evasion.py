@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from bridge.audit import events as ev
-from bridge.audit.codes import AuditEventType, ObjectKind
+from bridge.core import audit_events as ev
+from bridge.core.audit_codes import AuditEventType, ObjectKind
 
 JWT = "eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWJ5dGVzLWhlcmU"
 NASTY = ["Basic 4711", "Bearer abc.def", "DPoP xyz", JWT, "x\x00y", "a\x1b[31mred", "lone\ud800surrogate",

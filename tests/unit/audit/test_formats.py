@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from bridge.audit import events as ev
-from bridge.audit.codes import AuditEventType
 from bridge.audit.dicom_xml import to_xml
 from bridge.audit.fhir import to_fhir
 from bridge.audit.syslog import format_message, frame
+from bridge.core import audit_events as ev
+from bridge.core.audit_codes import AuditEventType
 
 
 def _event(**kw):

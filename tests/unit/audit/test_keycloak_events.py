@@ -16,8 +16,8 @@ import pytest
 
 from bridge.audit import jobs
 from bridge.audit import keycloak_events as kce
-from bridge.audit.codes import AuditEventType, Outcome
 from bridge.config import load_config
+from bridge.core.audit_codes import AuditEventType, Outcome
 from bridge.devstack import realm
 from bridge.store import db
 

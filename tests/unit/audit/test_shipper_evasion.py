@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from bridge.audit import events as ev
-from bridge.audit.codes import AuditEventType
+from bridge.core import audit_events as ev
+from bridge.core.audit_codes import AuditEventType
 from bridge.pacs.audit_shipper import ACCESS_EVENTS, AuditShipper
 from bridge.pacs.scopes import StudyInfo, Target
 

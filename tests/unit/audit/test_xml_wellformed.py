@@ -9,9 +9,9 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from bridge.audit import dicom_xml
-from bridge.audit import events as ev
 from bridge.audit.chain import row_to_event
-from bridge.audit.codes import AuditEventType, ObjectKind
+from bridge.core import audit_events as ev
+from bridge.core.audit_codes import AuditEventType, ObjectKind
 
 NASTY = ["\x00", "\x01\x02\x08\x0b\x0c\x0e\x1f", "\x7f\x80\x85\x9f", "\ud800", "\udfff", "a\ud83d", "]]>",
          "<![CDATA[x]]>", "&", "&amp;", "<", ">", "\"'", "\ufffe", "\uffff", "\U0010ffff", "\t\n\r",

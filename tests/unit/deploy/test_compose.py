@@ -46,3 +46,14 @@ def test_bridge_environment_names_real_config_keys() -> None:
         model = Settings.model_fields[section].annotation
         field = key if key in model.model_fields else key.removesuffix("_file")
         assert field in model.model_fields, f"{name}: no key {section}.{field}"
+
+
+def test_orthanc_loads_the_plugin_bundle_not_the_checkout() -> None:
+    from bridge.pacs import bundle
+
+    orthanc = compose()["services"]["orthanc"]
+    mounts = [v for v in orthanc["volumes"] if isinstance(v, str) and v.startswith("./")]
+    assert not [m for m in mounts if m.startswith("./bridge")], "Orthanc must not mount the checkout"
+    bundle_mount = next(m for m in mounts if m.startswith("./plugin-bundle:"))
+    target = bundle_mount.split(":")[1]
+    assert orthanc["environment"]["ORTHANC__PYTHON_SCRIPT"] == f"{target}/{bundle.ENTRY}"

@@ -51,3 +51,10 @@ def test_haproxy_accepts_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     res = subprocess.run(["haproxy", "-c", "-f", str(tmp_path / "h.cfg")], capture_output=True, text=True,
                          check=False)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_browsers_are_told_to_stay_on_https(tmp_path: Path) -> None:
+    """The front listens on TLS only, but a browser typing the bridge's name would try http:// first,
+    where anyone on the path can answer: HSTS makes it go to https:// directly after the first visit."""
+    cfg = _config(tmp_path)
+    assert re.search(r"http-response set-header Strict-Transport-Security \"max-age=\d{8,}", cfg), cfg

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pacs_bridge_double import ISSUER, JWKS_URL, REVOKED_URL, FakeBridge
 
-from bridge.pacs.verifier import Verifier, VerifierConfig
+from bridge.core.verifier import Verifier, VerifierConfig
 from bridge.tokens.keys import KeyEncryptor, KeyRing, MemoryKeyRepository
 
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.core import token_format
 from bridge.tokens.keys import KeyRing
 
 ISSUER = "https://bridge.test"
@@ -49,6 +50,7 @@ class FakeBridge:
             "amr": ["pwd", "otp"],
             "permissions": ["view"],
             "roles": ["radiologist"],
+            token_format.CLAIM: token_format.CURRENT,
         }
         base.update(over)
         return {k: v for k, v in base.items() if v is not None}

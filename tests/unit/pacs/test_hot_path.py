@@ -6,8 +6,9 @@ import itertools
 
 from pacs_bridge_double import ISSUER, JWKS_URL, REVOKED_URL, FakeBridge
 
-from bridge.pacs import routes, scopes
-from bridge.pacs.verifier import Verifier, VerifierConfig
+from bridge.core import routes
+from bridge.core.verifier import Verifier, VerifierConfig
+from bridge.pacs import scopes
 
 
 def test_is_scoped_agrees_with_token_scopes() -> None:

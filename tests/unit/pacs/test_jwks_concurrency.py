@@ -15,7 +15,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from bridge.pacs.verifier import JwksCache, VerificationError
+from bridge.core.errors import VerificationError
+from bridge.core.jwks import JwksCache
 
 KID = "k1"
 

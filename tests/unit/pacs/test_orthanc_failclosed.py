@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bridge.pacs import orthanc_plugin
-from bridge.pacs.orthanc_config import FILTER_SCRIPT, PYTHON_PLUGIN, orthanc_config
+from bridge.pacs.orthanc_config import PYTHON_PLUGIN, orthanc_config
 
 
 def test_plugin_imports_without_orthanc() -> None:
@@ -39,16 +39,23 @@ def test_filter_turns_errors_and_non_bools_into_denial(
 
 
 def test_config_secure_defaults(tmp_path: Path) -> None:
+    script = tmp_path / "bundle" / "pacs_bridge_plugin.py"
     cfg = orthanc_config(name="t", aet="T", http_port=1, dicom_port=2, storage_dir=tmp_path / "s",
-                         index_dir=tmp_path / "i", modalities={"bridge": ("BRIDGE", "127.0.0.1", 11112)})
+                         index_dir=tmp_path / "i", modalities={"bridge": ("BRIDGE", "127.0.0.1", 11112)},
+                         python_script=script)
     assert cfg["RemoteAccessAllowed"] is False
     assert cfg["AuthenticationEnabled"] is False  # explicit: Basic auth would run before the filter
     assert not any(v for k, v in cfg.items() if k.startswith("DicomAlwaysAllow"))
     assert cfg["DicomCheckCalledAet"] is True
     assert cfg["WebDavEnabled"] is False and cfg["ExecuteLuaEnabled"] is False
     assert cfg["DicomModalities"] == {"bridge": ["BRIDGE", "127.0.0.1", 11112]}
-    assert cfg["PythonScript"] == str(FILTER_SCRIPT) and FILTER_SCRIPT.exists()
+    assert cfg["PythonScript"] == str(script)
     assert str(PYTHON_PLUGIN) in cfg["Plugins"]
+
+
+def test_filter_needs_the_bundle_entry(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="python_script"):
+        orthanc_config(name="t", aet="T", http_port=1, dicom_port=2, storage_dir=tmp_path, index_dir=tmp_path)
 
 
 def test_plain_config_has_no_filter(tmp_path: Path) -> None:

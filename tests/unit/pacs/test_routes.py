@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.pacs.routes import permission_for, table
-from bridge.pacs.verifier import decide
+from bridge.core.routes import permission_for, table
+from bridge.core.verifier import decide
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,10 @@ from collections.abc import Iterable
 
 import pytest
 
-from bridge.pacs import routes
-from bridge.pacs.verifier import decide
-from bridge.policy.permissions import Permission as P
-from bridge.policy.permissions import expand
+from bridge.core import routes
+from bridge.core.permissions import Permission as P
+from bridge.core.permissions import expand
+from bridge.core.verifier import decide
 
 QR = "q-r-remote-modalities"
 EVERYTHING_BUT_ADMIN = [p.value for p in P if p is not P.ADMIN]

@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pacs_bridge_double import ISSUER, JWKS_URL, FakeBridge
 
-from bridge.pacs.verifier import VerificationError, Verifier, VerifierConfig, bearer_token
+from bridge.core.errors import VerificationError
+from bridge.core.verifier import Verifier, VerifierConfig, bearer_token
 
 
 def test_valid_token_allowed(bridge: FakeBridge, verifier: Verifier) -> None:

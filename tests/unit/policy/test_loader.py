@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from bridge.core.permissions import Permission
 from bridge.policy.loader import PolicyError, load_policy, parse_policy
-from bridge.policy.permissions import Permission
 
 GOOD = """
 version: 1

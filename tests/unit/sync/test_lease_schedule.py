@@ -143,3 +143,24 @@ def test_manual_apply_is_not_blocked_by_the_schedule_slot(url: str) -> None:
     a, cli = runner(url, "replica-a"), runner(url, "operator")
     assert schedule.sync_job(a, 60) is not None
     assert cli.run(apply=True).status in ("ok", "unchanged")
+
+
+def test_a_run_whose_lease_was_taken_over_applies_nothing(url: str) -> None:
+    """A run stalled past its lease (here: the directory read) and another replica took the lease
+    over: the stalled run must not write next to the new holder (fencing at the apply)."""
+    a = runner(url, owner="replica-a", delay=1.0, lock_ttl=0.3)
+
+    def steal() -> None:
+        time.sleep(0.15)  # A holds the lease and reads; B takes it over as if A's had expired
+        from sqlalchemy import update
+
+        from bridge.store.models import SyncLock
+        with db.engine(url).begin() as conn:
+            conn.execute(update(SyncLock).where(SyncLock.name == LOCK_NAME).values(owner="replica-b"))
+
+    thief = threading.Thread(target=steal)
+    thief.start()
+    report = a.run(apply=True, full=True)
+    thief.join()
+    assert report.results == [], "the run applied changes after losing its lease"
+    assert report.status != "ok" and any("lease" in str(e) for e in report.errors), report.errors

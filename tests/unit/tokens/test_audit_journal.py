@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from bridge.audit.codes import AuditEventType
 from bridge.audit.store import AuditStore
+from bridge.core.audit_codes import AuditEventType
 from bridge.store import db
 from bridge.store.models import AuditEventRow
 from bridge.tokens.auditing import BufferedAuditSink

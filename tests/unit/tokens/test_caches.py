@@ -12,7 +12,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bridge.pacs.verifier import VerificationError
+from bridge.core.errors import VerificationError
 from bridge.tokens.service import KeycloakSettings, KeycloakTokenValidator
 
 KC_ISS = "https://kc.test/realms/hospital"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.policy.permissions import Permission
+from bridge.core.permissions import Permission
 from bridge.tokens.claims import Grant, Subject, TokenSettings, build, grant_from_roles, scopes_supported
 
 SETTINGS = TokenSettings(

@@ -15,10 +15,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bridge.audit.codes import AuditEventType
 from bridge.config import load_config
-from bridge.pacs.verifier import Verifier, VerifierConfig
-from bridge.tokens import mfa
+from bridge.core import mfa
+from bridge.core.audit_codes import AuditEventType
+from bridge.core.verifier import Verifier, VerifierConfig
 from bridge.tokens.claims import TokenSettings
 from bridge.tokens.keys import KeyEncryptor, KeyRing, MemoryKeyRepository
 from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import delete
 from test_service_http import KC_ISS, KC_JWK, exchange, kc_token
 
-from bridge.audit.codes import AuditEventType
 from bridge.config import load_config
+from bridge.core.audit_codes import AuditEventType
 from bridge.store.db import engine, migrate, session
 from bridge.store.models import RoleAssignment
 from bridge.tokens.keys import KeyEncryptor

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from bridge.audit import events as ev
-from bridge.audit.codes import AuditEventType
 from bridge.audit.keys import CheckpointKey
 from bridge.audit.store import AuditStore
 from bridge.config import load_config
-from bridge.policy.permissions import Permission as P
+from bridge.core import audit_events as ev
+from bridge.core import mfa
+from bridge.core.audit_codes import AuditEventType
+from bridge.core.permissions import Permission as P
 from bridge.store import db
 from bridge.tokens import claims as claims_mod
-from bridge.tokens import mfa
 from bridge.tokens.claims import TokenSettings
 from bridge.tokens.keys import KeyEncryptor, KeyRing, MemoryKeyRepository
 from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
@@ -270,7 +270,7 @@ def test_ingest_patient_id_that_is_a_jwt_stays_searchable(env):
 
 @pytest.mark.parametrize("perms", [{"audit-logs": True}, "audit-logs", [["audit-logs"]]])
 def test_a_permissions_claim_that_is_not_a_list_grants_nothing(env, perms):
-    """As the PACS verifier reads it (bridge.pacs.verifier.decide): only a list of names counts."""
+    """As the PACS verifier reads it (bridge.core.verifier.decide): only a list of names counts."""
     now = int(time.time())
     body = claims_mod.build(
         TokenSettings(issuer=ISSUER, audience="pacs"),

@@ -21,8 +21,8 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import delete
 
-from bridge.audit.codes import AuditEventType
 from bridge.config import load_config
+from bridge.core.audit_codes import AuditEventType
 from bridge.oidc import session as sess
 from bridge.store.db import engine, migrate, session
 from bridge.store.models import RoleAssignment

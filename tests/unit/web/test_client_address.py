@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from bridge.audit.codes import AuditEventType
 from bridge.audit.keys import CheckpointKey
 from bridge.audit.store import AuditStore
 from bridge.config import load_config
+from bridge.core.audit_codes import AuditEventType
 from bridge.store import db
 from bridge.tokens.auditing import BufferedAuditSink
 from bridge.web.app import create_app
@@ -146,7 +146,7 @@ def test_audit_api_uses_the_same_address(tmp_path) -> None:
     env["client"].get("/audit/events", headers={XFF: "10.4.4.4", "Authorization": "Bearer x.y.z"},
                       environ_base={"REMOTE_ADDR": "127.0.0.1"})
     # an invalid token is refused before an actor exists; a token without audit-logs is audited
-    from bridge.policy.permissions import Permission as P
+    from bridge.core.permissions import Permission as P
     from tests.unit.web.test_audit_api import bearer, mint
 
     resp = env["client"].get("/audit/events", headers={XFF: "10.4.4.4", **bearer(mint(env["service"], {P.VIEW}))},

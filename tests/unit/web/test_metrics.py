@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bridge.audit.codes import AuditEventType
+from bridge.core.audit_codes import AuditEventType
 from tests.unit.web.test_client_address import XFF, last_event, make
 
 TOKEN = "metrics-token-0123456789abcdef"

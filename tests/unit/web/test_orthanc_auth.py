@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from bridge.audit.codes import AuditEventType
 from bridge.config import load_config
-from bridge.policy.permissions import Permission as P
+from bridge.core import mfa
+from bridge.core.audit_codes import AuditEventType
+from bridge.core.permissions import Permission as P
 from bridge.tokens import claims as claims_mod
-from bridge.tokens import mfa
 from bridge.tokens.claims import TokenSettings
 from bridge.tokens.keys import KeyEncryptor, KeyRing, MemoryKeyRepository
 from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS

@@ -8,8 +8,8 @@ import json
 
 from test_audit_api import bearer, env, mint  # noqa: F401 (fixture)
 
-from bridge.policy.permissions import Permission as P
-from bridge.tokens import mfa
+from bridge.core import mfa
+from bridge.core.permissions import Permission as P
 
 
 def test_audit_api_401_without_credentials(env):  # noqa: F811
@@ -41,11 +41,12 @@ def test_audit_api_403_insufficient_scope(env):  # noqa: F811
 
 def test_step_up_challenge_is_rfc_9470():
     from bridge.errors import www_authenticate
+    from bridge.tokens.service import step_up_challenge
 
     rule = mfa.MfaRule(required_acr="mfa", max_auth_age_seconds=300)
     want = ('Bearer error="insufficient_user_authentication", error_description="a multi-factor login is '
             'required", acr_values="mfa", max_age="300"')
-    assert mfa.challenge(rule) == want
+    assert step_up_challenge(rule) == want
     assert www_authenticate(error="insufficient_user_authentication",
                             error_description="a multi-factor login is required",
                             acr_values="mfa", max_age=300) == want
@@ -66,7 +67,8 @@ def test_the_token_service_step_up_uses_the_one_builder():
     from bridge.tokens.service import step_up_challenge
 
     rule = mfa.MfaRule(required_acr="gold", max_auth_age_seconds=60)
-    assert step_up_challenge(rule) == mfa.challenge(rule)
+    assert step_up_challenge(rule) == ('Bearer error="insufficient_user_authentication", error_description='
+                                       '"a multi-factor login is required", acr_values="gold", max_age="60"')
     assert step_up_challenge(rule) == www_authenticate(
         error=mfa.INSUFFICIENT_USER_AUTHENTICATION, error_description="a multi-factor login is required",
         acr_values="gold", max_age=60)

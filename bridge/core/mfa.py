@@ -24,6 +24,10 @@ from typing import Any
 INSUFFICIENT_USER_AUTHENTICATION = "insufficient_user_authentication"
 
 
+#: the keys of the ``mfa`` object (:meth:`MfaRule.from_mapping`)
+MAPPING_KEYS = ("required_acr", "accepted_amr", "max_auth_age_seconds")
+
+
 @dataclass(frozen=True)
 class MfaRule:
     """What counts as a multi-factor login; an empty ``required_acr``/``accepted_amr`` disables that path."""
@@ -35,12 +39,39 @@ class MfaRule:
 
     @classmethod
     def from_section(cls, section: Any) -> MfaRule:
-        """From the config's ``mfa`` section (duck-typed so this module never imports pydantic)."""
-        return cls(
-            required_acr=section.required_acr or None,
-            accepted_amr=frozenset(section.accepted_amr),
-            max_auth_age_seconds=int(section.max_auth_age_seconds),
-        )
+        """From the config's ``mfa`` section (duck-typed so this module never imports pydantic),
+        through the same parser as the plugin's JSON (:meth:`from_mapping`)."""
+        return cls.from_mapping({key: getattr(section, key) for key in MAPPING_KEYS})
+
+    @classmethod
+    def from_mapping(cls, data: Any, where: str = "mfa") -> MfaRule:
+        """From a JSON object ``{"required_acr", "accepted_amr", "max_auth_age_seconds"}`` (each
+        optional; the plugin's ``mfa`` section): the one parser of that shape.  A ValueError names
+        ``where.<key>``."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{where}: must be an object with {', '.join(MAPPING_KEYS)}")
+        unknown = sorted(set(data) - set(MAPPING_KEYS))
+        if unknown:
+            raise ValueError(f"{where}.{unknown[0]}: unknown key; known: {', '.join(MAPPING_KEYS)}")
+        default = cls()
+        acr = data.get("required_acr", default.required_acr)
+        if acr is not None and not isinstance(acr, str):
+            raise ValueError(f"{where}.required_acr: must be a string or null")
+        amr = data.get("accepted_amr", sorted(default.accepted_amr))
+        if not isinstance(amr, list | tuple) or not all(isinstance(v, str) for v in amr):
+            raise ValueError(f"{where}.accepted_amr: must be a list of strings")
+        age = data.get("max_auth_age_seconds", default.max_auth_age_seconds)
+        if type(age) is not int or age <= 0:
+            raise ValueError(f"{where}.max_auth_age_seconds: must be a positive integer")
+        try:
+            return cls(required_acr=acr or None, accepted_amr=frozenset(amr), max_auth_age_seconds=age)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {str(exc).removeprefix('mfa: ')}") from None
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The JSON object :meth:`from_mapping` reads (what the bridge writes into the plugin's settings)."""
+        return {"required_acr": self.required_acr or None, "accepted_amr": sorted(self.accepted_amr),
+                "max_auth_age_seconds": int(self.max_auth_age_seconds)}
 
     def __post_init__(self) -> None:
         if not self.required_acr and not self.accepted_amr:
@@ -84,22 +115,3 @@ def check(claims: Mapping[str, Any], rule: MfaRule, now: float | None = None) ->
     if rule.accepted_amr:
         wanted.append("amr one of " + ",".join(sorted(rule.accepted_amr)))
     return MfaVerdict(False, "no second factor: need " + " or ".join(wanted))
-
-
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def challenge(
-    rule: MfaRule, description: str = "a multi-factor login is required", realm: str | None = None
-) -> str:
-    """The RFC 9470 ``WWW-Authenticate`` value asking the client to step up (acr_values and max_age)."""
-    parts = []
-    if realm:
-        parts.append(f"realm={_quote(realm)}")
-    parts.append(f"error={_quote(INSUFFICIENT_USER_AUTHENTICATION)}")
-    parts.append(f"error_description={_quote(description)}")
-    if rule.required_acr:
-        parts.append(f"acr_values={_quote(rule.required_acr)}")
-    parts.append(f"max_age={_quote(str(rule.max_auth_age_seconds))}")
-    return "Bearer " + ", ".join(parts)

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from bridge.audit.codes import (
+from bridge.core.audit_codes import (
     BREAK_GLASS_EVENTS,
     PACS_INGEST_TYPES,
     AuditEventType,

@@ -27,7 +27,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
-from bridge.policy.permissions import Permission
+from bridge.core.permissions import Permission
 
 P = Permission
 LEVEL = "patients|studies|series|instances"
