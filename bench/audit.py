@@ -22,8 +22,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bridge.audit.chain import HASHED, event_columns, record_hash
 from bridge.audit.keys import CheckpointKey
-from bridge.audit.store import HASHED, AuditStore, event_columns, record_hash
+from bridge.audit.store import AuditStore
 from bridge.core.audit_codes import AuditEventType
 from bridge.core.audit_events import Actor, AuditEvent, format_time, patient, study, utcnow
 from bridge.store import db

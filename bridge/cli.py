@@ -2,20 +2,39 @@
 
 Each area registers its own command group here; the commands stay thin and call the modules
 that do the work, so everything a command does can also be tested without the CLI.
+
+Errors: commands raise the project's errors (bridge/errors.py) and :class:`BridgeGroup` turns
+each into its message on stderr and its exit code, in this one place.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+from typing import Any
 
 import click
 
-from bridge.cli_common import load_or_exit
+from bridge.cli_common import load_settings
 from bridge.config import summary
+from bridge.errors import BridgeError, InputError
 
 
-@click.group()
+class BridgeGroup(click.Group):
+    """The command tree's one error handler: a :class:`~bridge.errors.BridgeError` raised by any
+    command below becomes its message on stderr and its exit code.  Other exceptions are bugs and
+    keep their traceback; click's own usage errors keep click's handling (exit 2)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BridgeError as exc:
+            message = exc.cli_message()
+            if message:
+                click.echo(message, err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=BridgeGroup)
 @click.version_option(package_name="pacs-sso-bridge")
 def main() -> None:
     """PACS SSO Bridge: directory groups to Keycloak roles and MFA-enforced PACS tokens."""
@@ -25,7 +44,7 @@ def main() -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 def check_config(path: str) -> None:
     """Validate PATH; list every error with its key path (exit 2), or print a summary (exit 0)."""
-    settings = load_or_exit(path)
+    settings = load_settings(path)
     click.echo(f"{path}: OK")
     rows = summary(settings)
     width = max(len(k) for k, _ in rows)
@@ -44,13 +63,8 @@ def devstack() -> None:
 def devstack_up(only: tuple[str, ...], owner: str) -> None:
     """Install what is missing, start every service, wait for health, seed the demo data."""
     from bridge.devstack import stack
-    from bridge.devstack.process import DevstackError
 
-    try:
-        stack.up(only or None, owner=owner)
-    except DevstackError as exc:
-        click.echo(f"devstack: {exc}", err=True)
-        sys.exit(1)
+    stack.up(only or None, owner=owner)  # DevstackError: "devstack: ...", exit 1
 
 
 @devstack.command("down")
@@ -88,10 +102,10 @@ def demo_otp(user: str) -> None:
     from bridge.devstack import demo_data
 
     try:
-        click.echo(demo_data.current_otp(user))
+        code = demo_data.current_otp(user)
     except KeyError:
-        click.echo(f"demo otp: no demo account named {user!r}", err=True)
-        sys.exit(2)
+        raise InputError(f"demo otp: no demo account named {user!r}", subject=user) from None
+    click.echo(code)
 
 
 def _register_areas() -> None:

@@ -8,11 +8,9 @@ A module of its own so that the areas' command modules (``bridge.<area>.cli``) i
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from bridge.config import ConfigError, Settings, load_config
+from bridge.config import Settings, load_config
 
 CONFIG_ENV = "PACS_BRIDGE_CONFIG"
 
@@ -24,10 +22,7 @@ def config_option(f):  # type: ignore[no-untyped-def]
     )(f)
 
 
-def load_or_exit(path: str | None) -> Settings:
-    """Load the configuration, or print every problem and exit 2."""
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(2)
+def load_settings(path: str | None) -> Settings:
+    """Load the configuration; a ConfigError lists every problem (exit 2 via the root group's one
+    error handler, :class:`bridge.cli.BridgeGroup`)."""
+    return load_config(path)

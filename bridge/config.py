@@ -27,18 +27,20 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bridge.errors import InputError
+
 ENV_PREFIX = "PACS_BRIDGE_"
 ENV_NESTED_DELIMITER = "__"
 
 
-class ConfigError(Exception):
+class ConfigError(InputError):
     """Raised with the full list of problems, each as ``(key.path, reason)``."""
 
     def __init__(self, source: str, problems: list[tuple[str, str]]):
         self.source = source
         self.problems = problems
         lines = [f"{source}: {len(problems)} error(s)"] + [f"  {k}: {r}" for k, r in problems]
-        super().__init__("\n".join(lines))
+        super().__init__("\n".join(lines), subject=source)
 
 
 class _Section(BaseModel):

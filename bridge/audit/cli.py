@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from bridge.cli_common import config_option, load_or_exit
+from bridge.cli_common import config_option, load_settings
+from bridge.errors import ExitStatus, UnavailableError
 
 
 @click.group("audit")
@@ -16,15 +17,10 @@ def audit_cli() -> None:
 
 
 def _audit_store(config_path: str | None, *, signing: bool = False):  # type: ignore[no-untyped-def]
-    from bridge.audit.keys import KeyFileError
     from bridge.audit.store import open_store
 
-    settings = load_or_exit(config_path)
-    try:
-        return settings, open_store(settings, signing=signing)
-    except KeyFileError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(2)
+    settings = load_settings(config_path)
+    return settings, open_store(settings, signing=signing)  # KeyFileError: exit 2
 
 
 def _record_audit_use(store, what: str, **details: object) -> None:  # type: ignore[no-untyped-def]
@@ -85,17 +81,20 @@ def _query(store, user, patient, study, types, since, until, limit):  # type: ig
 @click.option("--json", "as_json", is_flag=True)
 def audit_verify(config_path: str | None, workers: int | None, as_json: bool) -> None:
     """Check the hash chain and signed checkpoints; exit 1 naming the first bad record."""
+    from bridge.audit.verify import AuditChainBroken
+
     _, store = _audit_store(config_path)
     rep = store.verify(workers=workers)
     if as_json:
         click.echo(json.dumps(rep.to_dict()))
+        if not rep.ok:
+            raise ExitStatus(1)
     elif rep.ok:
         sig = "signatures checked" if rep.signatures_checked else "NO checkpoint key: signatures not checked"
         click.echo(f"audit trail OK: {rep.message} ({sig}; {rep.seconds:.2f} s)")
     else:
-        click.echo(f"audit trail BROKEN: {rep.kind} at record {rep.seq}"
-                   f"{f' (event {rep.event_id})' if rep.event_id else ''}: {rep.message}", err=True)
-    sys.exit(0 if rep.ok else 1)
+        raise AuditChainBroken(f"audit trail BROKEN: {rep.kind} at record {rep.seq}"
+                               f"{f' (event {rep.event_id})' if rep.event_id else ''}: {rep.message}")
 
 
 @audit_cli.command("tail")
@@ -130,7 +129,7 @@ def audit_tail(config_path: str | None, count: int, follow: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="json", show_default=True)
 def audit_query(config_path: str | None, user, patient, study, types, since, until, limit, fmt) -> None:  # type: ignore[no-untyped-def]
     """Records matching the filters, as CSV or JSON on stdout."""
-    from bridge.audit.store import export_csv, export_json
+    from bridge.audit.export import export_csv, export_json
 
     _, store = _audit_store(config_path, signing=True)
     rows = _query(store, user, patient, study, types, since, until, limit)
@@ -144,17 +143,12 @@ def audit_query(config_path: str | None, user, patient, study, types, since, unt
 def audit_pull_keycloak_events(config_path: str | None, as_json: bool) -> None:
     """Record the logins that happened inside Keycloak since the last pull (what `serve` does
     every audit.keycloak_events_interval_seconds)."""
-    from bridge.audit.keycloak_events import KeycloakEventsError, pull_from_settings
+    from bridge.audit.keycloak_events import pull_from_settings
 
     settings, store = _audit_store(config_path, signing=True)
-    try:
-        report = pull_from_settings(settings, store)
-    except KeycloakEventsError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(2)
+    report = pull_from_settings(settings, store)  # KeycloakEventsError: exit 2
     if report is None:
-        click.echo("another process is pulling Keycloak events right now; nothing done", err=True)
-        sys.exit(1)
+        raise UnavailableError("another process is pulling Keycloak events right now; nothing done")
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     else:
@@ -169,8 +163,8 @@ def audit_pull_keycloak_events(config_path: str | None, as_json: bool) -> None:
 @audit_filters
 def audit_export_fhir(config_path: str | None, user, patient, study, types, since, until, limit) -> None:  # type: ignore[no-untyped-def]
     """Records matching the filters as a FHIR Bundle of IHE BALP AuditEvents (JSON on stdout)."""
+    from bridge.audit.chain import row_to_event
     from bridge.audit.fhir import to_fhir
-    from bridge.audit.store import row_to_event
 
     settings, store = _audit_store(config_path, signing=True)
     rows = _query(store, user, patient, study, types, since, until, limit)

@@ -29,7 +29,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from bridge.audit.store import AuditStore, row_to_event
+from bridge.audit.chain import row_to_event
+from bridge.audit.store import AuditStore
 from bridge.audit.syslog import SyslogSender
 from bridge.core import audit_events as ev
 from bridge.core.audit_codes import AuditEventType, ObjectKind

@@ -58,6 +58,7 @@ from sqlalchemy import Engine, select
 from bridge.audit.store import AuditStore
 from bridge.core import audit_events as ev
 from bridge.core.audit_codes import AuditEventType, Outcome
+from bridge.errors import InputError
 from bridge.store.db import session, write_session
 from bridge.store.models import AuditEventRow, PullCursor
 
@@ -85,7 +86,7 @@ CLIENT_ID = "pacs-bridge-serve"
 EVENT_ID_NAMESPACE = uuid.UUID("5b0b7f0e-6f7c-4b7e-9a55-0c6a3c1d2e41")
 
 
-class KeycloakEventsError(RuntimeError):
+class KeycloakEventsError(InputError, RuntimeError):
     """The pull cannot run (configuration, Keycloak unreachable); the message says why."""
 
 

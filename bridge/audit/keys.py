@@ -21,10 +21,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from bridge.errors import InputError
+
 ALG = "Ed25519"
 
 
-class KeyFileError(Exception):
+class KeyFileError(InputError):
     """The checkpoint key file is missing, unreadable or not an Ed25519 key."""
 
 

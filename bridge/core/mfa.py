@@ -115,22 +115,3 @@ def check(claims: Mapping[str, Any], rule: MfaRule, now: float | None = None) ->
     if rule.accepted_amr:
         wanted.append("amr one of " + ",".join(sorted(rule.accepted_amr)))
     return MfaVerdict(False, "no second factor: need " + " or ".join(wanted))
-
-
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def challenge(
-    rule: MfaRule, description: str = "a multi-factor login is required", realm: str | None = None
-) -> str:
-    """The RFC 9470 ``WWW-Authenticate`` value asking the client to step up (acr_values and max_age)."""
-    parts = []
-    if realm:
-        parts.append(f"realm={_quote(realm)}")
-    parts.append(f"error={_quote(INSUFFICIENT_USER_AUTHENTICATION)}")
-    parts.append(f"error_description={_quote(description)}")
-    if rule.required_acr:
-        parts.append(f"acr_values={_quote(rule.required_acr)}")
-    parts.append(f"max_age={_quote(str(rule.max_auth_age_seconds))}")
-    return "Bearer " + ", ".join(parts)

@@ -19,10 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.devstack.state import service_dir
+from bridge.errors import BridgeError
 
 
-class DevstackError(RuntimeError):
+class DevstackError(BridgeError, RuntimeError):
     """A service could not be installed, started or reached; the message says where to look."""
+
+    exit_code = 1
+    area = "devstack"
 
 
 def _start_time(pid: int) -> str | None:

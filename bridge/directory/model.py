@@ -12,13 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from bridge.errors import UnavailableError
+
 #: the Keycloak user attribute in which LDAP user federation keeps a user's stable directory id
 #: (objectGUID / entryUUID): how the sync, the login and the audit puller find a directory user's
 #: Keycloak account
 LDAP_ID = "LDAP_ID"
 
 
-class DirectoryUnavailable(Exception):
+class DirectoryUnavailable(UnavailableError):
     """The directory cannot be trusted for this run (unreachable, bind refused, empty result,
     missing base).  The sync makes no change at all when it sees this: an empty answer must never
     be read as "everyone left"."""

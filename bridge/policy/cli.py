@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
-from bridge.policy.loader import PolicyError, load_policy
+from bridge.errors import InputError, UnavailableError
+from bridge.policy.loader import load_policy
 
 
 @click.group("policy")
@@ -19,11 +19,7 @@ def policy_cli() -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 def check(path: str) -> None:
     """Validate the policy file PATH; list every error (exit 2) or summarise it (exit 0)."""
-    try:
-        pol = load_policy(path)
-    except PolicyError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(2)
+    pol = load_policy(path)  # PolicyError lists every problem: exit 2
     click.echo(f"{path}: OK ({len(pol.roles)} roles, {len(pol.rules)} rules, {len(pol.conflicts)} conflicts)")
     for role in pol.roles.values():
         perms = ", ".join(sorted(p.value for p in role.permissions))
@@ -42,29 +38,24 @@ def explain(username: str, config_path: str | None, policy_path: str | None, as_
     """Every role USERNAME gets, from which group and rule, and any separation-of-duty conflict.
 
     Reads the live directory (read-only); changes nothing."""
-    from bridge.cli_common import load_or_exit
+    from bridge.cli_common import load_settings
     from bridge.directory.model import DirectoryUnavailable
     from bridge.directory.reader import reader_for
     from bridge.policy.evaluate import evaluate
 
-    settings = load_or_exit(config_path)
+    settings = load_settings(config_path)
     path = policy_path or settings.sync.policy_file
     if not path:
-        click.echo("policy explain: no policy file (set sync.policy_file or pass --policy)", err=True)
-        sys.exit(2)
+        raise InputError("policy explain: no policy file (set sync.policy_file or pass --policy)")
+    pol = load_policy(path)
     try:
-        pol = load_policy(path)
         snap = reader_for(settings.directory).read()
-    except PolicyError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(2)
     except DirectoryUnavailable as exc:
-        click.echo(f"policy explain: directory unavailable: {exc}", err=True)
-        sys.exit(1)
+        raise UnavailableError(f"policy explain: directory unavailable: {exc}",
+                               subject=settings.directory.url) from exc
     user = snap.user_by_username(username)
     if user is None:
-        click.echo(f"policy explain: no user {username!r} in {settings.directory.url}", err=True)
-        sys.exit(2)
+        raise InputError(f"policy explain: no user {username!r} in {settings.directory.url}", subject=username)
     ent = evaluate(snap, pol).entitlements[user.id]
     if as_json:
         click.echo(json.dumps({

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from bridge.core.permissions import UnknownPermissionError, parse
+from bridge.errors import InputError
 from bridge.policy.model import Conflict, GroupRef, Policy, Role, Rule
 
 ROLE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -30,14 +31,14 @@ RULE_KEYS = {"id", "group", "roles", "description"}
 CONFLICT_KEYS = {"id", "roles", "action", "reason"}
 
 
-class PolicyError(ValueError):
+class PolicyError(InputError, ValueError):
     """Every problem found, each as ``(location, reason)``; str() is the readable list."""
 
     def __init__(self, source: str, problems: list[tuple[str, str]]):
         self.source = source
         self.problems = problems
         lines = [f"{source}: {len(problems)} error(s)"] + [f"  {loc}: {why}" for loc, why in problems]
-        super().__init__("\n".join(lines))
+        super().__init__("\n".join(lines), subject=source)
 
 
 def load_policy(path: str | Path) -> Policy:

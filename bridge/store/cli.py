@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from bridge.cli_common import config_option, load_or_exit
+from bridge.cli_common import config_option, load_settings
 
 
 @click.group("db")
@@ -19,12 +17,8 @@ def db_cli() -> None:
 @click.option("--url", default=None, help="database URL (default: store.url from the configuration)")
 def db_upgrade(config_path: str | None, url: str | None) -> None:
     """Create or migrate the database schema to the newest revision."""
-    from bridge.store.db import StoreError, migrate, safe_url
+    from bridge.store.db import migrate, safe_url
 
-    url = url or load_or_exit(config_path).store.url
-    try:
-        rev = migrate(url)
-    except StoreError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(2)
+    url = url or load_settings(config_path).store.url
+    rev = migrate(url)  # StoreError: exit 2
     click.echo(f"{safe_url(url)}: at revision {rev}")

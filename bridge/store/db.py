@@ -26,13 +26,15 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from bridge.errors import InputError
+
 DEFAULT_URL = "sqlite:///var/pacs-bridge.db"
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 BUSY_TIMEOUT_MS = 10_000
 _BEGIN_OPTION = "pacs_bridge_sqlite_begin"
 
 
-class StoreError(Exception):
+class StoreError(InputError):
     """A database URL or migration problem, worded for the operator."""
 
 

@@ -74,7 +74,7 @@ class Base(DeclarativeBase):
 class AuditEventRow(Base):
     """One audit record.  Append-only: rows are never updated; retention archives then deletes
     the oldest ones.  ``hash`` = SHA-256 over the canonical JSON of the record including
-    ``prev_hash`` (see bridge/audit/store.py), so any edit, deletion, insertion or reordering
+    ``prev_hash`` (see bridge/audit/chain.py), so any edit, deletion, insertion or reordering
     breaks the chain.  The indexed columns are what queries filter on; ``body`` holds the rest."""
 
     __tablename__ = "audit_events"

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import click
 
-from bridge.policy.loader import PolicyError
+from bridge.errors import ExitStatus
 
 
 def _json_report(report: Any) -> dict[str, Any]:
@@ -46,15 +45,14 @@ def sync_cli(config_path: str | None, policy_path: str | None, do_plan: bool, do
     5 another replica is syncing."""
     from rich.console import Console
 
-    from bridge.cli_common import load_or_exit
+    from bridge.cli_common import load_settings
     from bridge.sync.factory import build_runner
     from bridge.sync.plan import render_plan
     from bridge.sync.runner import history
-    from bridge.sync.targets.base import TargetError
 
     if do_plan and do_apply:
         raise click.UsageError("--plan and --apply exclude each other")
-    settings = load_or_exit(config_path)
+    settings = load_settings(config_path)
     console = Console(stderr=as_json)
     if show_history:  # only the run table: no policy, no targets, no directory
         from bridge.store.db import engine as make_engine
@@ -77,14 +75,7 @@ def sync_cli(config_path: str | None, policy_path: str | None, do_plan: bool, do
                           changes, str(len(r["errors"] or [])))
         console.print(table)
         return
-    try:
-        runner = build_runner(settings, policy_path=policy_path)
-    except PolicyError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(2)
-    except TargetError as exc:
-        click.echo(f"sync: {exc}", err=True)
-        sys.exit(1)
+    runner = build_runner(settings, policy_path=policy_path)  # PolicyError exit 2, TargetError "sync: ..." exit 1
     tty = console.is_terminal and not as_json
     if tty:
         from rich.progress import Progress
@@ -98,7 +89,8 @@ def sync_cli(config_path: str | None, policy_path: str | None, do_plan: bool, do
         report = runner.run(apply=do_apply, allow_deletes=allow_deletes, full=True)
     if as_json:
         click.echo(json.dumps(_json_report(report), indent=2))
-        sys.exit(EXIT.get(report.status, 1))
+        _exit_for(report.status)
+        return
     if report.plan is not None:
         render_plan(report.plan, console)
     for e in report.errors:
@@ -114,7 +106,14 @@ def sync_cli(config_path: str | None, policy_path: str | None, do_plan: bool, do
         for f in r.failures:
             console.print(f"  [red]failed[/] {f['user']}: {f['change']}: {f['error']}")
     console.print(f"status: {report.status} ({report.duration:.1f} s)")
-    sys.exit(EXIT.get(report.status, 1))
+    _exit_for(report.status)
+
+
+def _exit_for(status: str) -> None:
+    """The report is printed; a run that did not end well still has to say so in the exit code."""
+    code = EXIT.get(status, 1)
+    if code:
+        raise ExitStatus(code)
 
 
 @click.command("serve")
@@ -124,12 +123,7 @@ def sync_cli(config_path: str | None, policy_path: str | None, do_plan: bool, do
 @click.option("--once", is_flag=True, help="run one scheduled cycle and exit (for tests)")
 def serve_cli(config_path: str | None, metrics_port: int, once: bool) -> None:
     """Run the sync every sync.interval_seconds (incremental; every Nth run full), one replica at a time."""
-    from bridge.cli_common import load_or_exit
+    from bridge.cli_common import load_settings
     from bridge.sync.schedule import serve
 
-    settings = load_or_exit(config_path)
-    try:
-        serve(settings, metrics_port=metrics_port, once=once)
-    except PolicyError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(2)
+    serve(load_settings(config_path), metrics_port=metrics_port, once=once)  # PolicyError: exit 2

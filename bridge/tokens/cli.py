@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 
@@ -13,16 +11,10 @@ def keys_cli() -> None:
 
 
 def _ring(config_path: str | None):  # type: ignore[no-untyped-def]
-    from bridge.cli_common import load_or_exit
-    from bridge.tokens.keys import SigningKeyError
+    from bridge.cli_common import load_settings
     from bridge.tokens.store import key_ring
 
-    settings = load_or_exit(config_path)
-    try:
-        return key_ring(settings)
-    except SigningKeyError as exc:
-        click.echo(f"keys: {exc}", err=True)
-        sys.exit(2)
+    return key_ring(load_settings(config_path))  # SigningKeyError: "keys: ...", exit 2
 
 
 def _config_option(f):  # type: ignore[no-untyped-def]
@@ -64,6 +56,7 @@ def keys_rotate(config_path: str | None, algorithm: str | None) -> None:
     )
     try:
         from bridge.audit.store import open_store
+        from bridge.cli_common import load_settings
         from bridge.core.audit_events import Actor, AuditEvent
 
         open_store(load_settings(config_path)).append(
@@ -76,8 +69,3 @@ def keys_rotate(config_path: str | None, algorithm: str | None) -> None:
     except Exception as exc:  # the rotation stands; say the audit record is missing
         click.echo(f"keys: rotation done but not audited: {type(exc).__name__}: {exc}", err=True)
 
-
-def load_settings(config_path: str | None):  # type: ignore[no-untyped-def]
-    from bridge.cli_common import load_or_exit
-
-    return load_or_exit(config_path)

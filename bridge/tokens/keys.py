@@ -34,6 +34,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from joserfc import jwk as joserfc_jwk
 
+from bridge.errors import InputError
+
 log = logging.getLogger(__name__)
 
 ALGORITHMS: tuple[str, ...] = ("ES256", "RS256", "EdDSA")
@@ -43,8 +45,10 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519Pri
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 
 
-class SigningKeyError(Exception):
+class SigningKeyError(InputError):
     """A key problem an operator must fix (bad key-encryption key, undecryptable row, bad algorithm)."""
+
+    area = "keys"
 
 
 def utcnow() -> datetime:

@@ -29,6 +29,7 @@ from bridge.core.jwks import Fetch, JwksCache
 from bridge.core.jws import check_claims, check_signature, parse_jws, token_digest
 from bridge.core.verified_cache import VerifiedCache, VerifiedToken
 from bridge.core.verifier import Verifier, VerifierConfig
+from bridge.errors import www_authenticate
 from bridge.oidc.session import SessionEnds
 from bridge.tokens import claims as claims_mod
 from bridge.tokens.claims import Grant, Subject, TokenSettings
@@ -42,6 +43,14 @@ DIRECTORY_ID_CLAIMS = claims_mod.DIRECTORY_ID_CLAIMS
 NO_ASSIGNMENT = "no-assignment"
 
 AuditSink = Callable[[AuditEventType, Mapping[str, Any]], None]
+
+
+def step_up_challenge(rule: mfa.MfaRule) -> str:
+    """RFC 9470 ``WWW-Authenticate`` of an exchange refused for lack of a (recent) second factor:
+    the ``acr_values`` and ``max_age`` the client must ask Keycloak for."""
+    return www_authenticate(error=mfa.INSUFFICIENT_USER_AUTHENTICATION,
+                            error_description="a multi-factor login is required",
+                            acr_values=rule.required_acr or None, max_age=rule.max_auth_age_seconds)
 
 
 class TokenServiceError(Exception):
@@ -358,7 +367,7 @@ class TokenService:
                 mfa.INSUFFICIENT_USER_AUTHENTICATION,
                 "a multi-factor login is required for PACS access",
                 401,
-                mfa.challenge(self.mfa_rule),
+                step_up_challenge(self.mfa_rule),
             )
         grant = self.grant_for(subject, kc).narrowed(scope)
         if not grant.permissions:

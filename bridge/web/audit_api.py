@@ -40,15 +40,18 @@ from flask import Blueprint, Flask, Response, current_app, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from bridge.audit.store import AuditStore, export_csv, open_store
+from bridge.audit.export import export_csv, export_rows
+from bridge.audit.store import AuditStore, open_store
 from bridge.config import Settings
 from bridge.core import audit_events as ev
 from bridge.core.audit_codes import PACS_INGEST_TYPES, AuditEventType, ObjectKind, Outcome
 from bridge.core.errors import VerificationError
 from bridge.core.permissions import Permission, UnknownPermissionError, expand
 from bridge.core.verifier import bearer_token
+from bridge.errors import www_authenticate
 from bridge.store.models import AuditEventRow
 from bridge.web.client import client_address
+from bridge.web.errors import oauth_error_response
 from bridge.web.limits import limit
 
 bp = Blueprint("audit_api", __name__)
@@ -86,22 +89,14 @@ class ApiError(Exception):
         self.status, self.error, self.description, self.challenge = status, error, description, challenge
 
 
-def _quoted(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
 @bp.errorhandler(ApiError)
 def _api_error(exc: ApiError) -> Response:
-    resp = Response(json.dumps({"error": exc.error, "error_description": exc.description}),
-                    status=exc.status, mimetype="application/json")
+    www = None
     if exc.status in (401, 403):
-        params = [f'realm="{REALM}"']
-        if exc.error != "unauthorized":  # RFC 6750 3.1: no error code when no credentials came
-            params += [f'error="{exc.error}"', f'error_description="{_quoted(exc.description)}"']
-        params += [f'{k}="{_quoted(v)}"' for k, v in exc.challenge.items()]
-        resp.headers["WWW-Authenticate"] = "Bearer " + ", ".join(params)
-    resp.headers["Cache-Control"] = "no-store"
-    return resp
+        coded = exc.error != "unauthorized"  # RFC 6750 3.1: no error code when no credentials came
+        www = www_authenticate(realm=REALM, error=exc.error if coded else None,
+                               error_description=exc.description if coded else None, **exc.challenge)
+    return oauth_error_response(exc.status, exc.error, exc.description, www_authenticate=www)
 
 
 # ---------------------------------------------------------------------------- auditor access
@@ -230,7 +225,7 @@ def query_events() -> Response:
         resp = Response(out.getvalue(), mimetype="text/csv")
         resp.headers["Content-Disposition"] = 'attachment; filename="audit-events.csv"'
     else:
-        resp = Response(json.dumps({"events": list(AuditStore.export_rows(rows)), "next": next_url},
+        resp = Response(json.dumps({"events": list(export_rows(rows)), "next": next_url},
                                    ensure_ascii=False), mimetype="application/json")
     if next_url:
         resp.headers["Link"] = f'<{next_url}>; rel="next"'

@@ -20,6 +20,8 @@ from flask import Blueprint, Flask, Response, current_app
 from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from bridge.web.errors import oauth_error_response
+
 bp = Blueprint("health", __name__)
 log = logging.getLogger(__name__)
 #: seconds a client should wait before retrying while the database is away
@@ -51,10 +53,8 @@ def readyz() -> Response:
 
 def _database_unavailable(exc: Exception) -> Response:
     log.error("database unavailable during a request: %s", type(exc).__name__, exc_info=True)
-    resp = _json({"error": "temporarily_unavailable",
-                  "error_description": "the bridge's database is unavailable; retry later"}, 503)
-    resp.headers["Retry-After"] = str(RETRY_AFTER)
-    return resp
+    return oauth_error_response(503, "temporarily_unavailable", "the bridge's database is unavailable; retry later",
+                                retry_after=RETRY_AFTER)
 
 
 def init_app(app: Flask) -> None:

@@ -46,6 +46,7 @@ from bridge.oidc.state import SqlEndedSessions, SqlReplayCache
 from bridge.oidc.users import directory_id_from_admin_api
 from bridge.tokens import claims as claims_mod
 from bridge.tokens.service import TokenService
+from bridge.web.errors import oauth_error_response
 from bridge.web.limits import limit
 
 bp = Blueprint("login", __name__)
@@ -359,7 +360,4 @@ def backchannel_logout() -> Response:
 
 
 def _backchannel_error(description: str) -> Response:
-    import json
-
-    body = json.dumps({"error": "invalid_request", "error_description": description})
-    return _no_store(Response(body, status=400, mimetype="application/json"))
+    return oauth_error_response(400, "invalid_request", description)

@@ -40,6 +40,7 @@ from bridge.core.audit_codes import AuditEventType
 from bridge.core.errors import VerificationError
 from bridge.core.permissions import Permission
 from bridge.core.verifier import bearer_token
+from bridge.errors import www_authenticate
 from bridge.pacs import scopes
 from bridge.pacs.gate import Verdict, judge
 from bridge.web.limits import limit
@@ -144,7 +145,7 @@ def _validity(claims: Mapping[str, Any]) -> int:
 def _unauthorized() -> Response:
     resp = jsonify({"error": "unauthorized"})
     resp.status_code = 401
-    resp.headers["WWW-Authenticate"] = 'Basic realm="orthanc-auth"'
+    resp.headers["WWW-Authenticate"] = www_authenticate("Basic", realm="orthanc-auth")
     return resp
 
 

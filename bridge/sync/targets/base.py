@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bridge.errors import UnavailableError
 from bridge.policy.model import Role
 from bridge.sync.model import ActualState, Change, DesiredState, Leaver, TargetPlan
 
 
-class TargetError(Exception):
+class TargetError(UnavailableError):
     """The target as a whole cannot be read or written (the run stops for this target)."""
+
+    area = "sync"
 
 
 @dataclass

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from bridge.audit.chain import HASHED, event_columns, record_hash
 from bridge.audit.keys import CheckpointKey
-from bridge.audit.store import HASHED, AuditStore, event_columns, record_hash
+from bridge.audit.store import AuditStore
 from bridge.core import audit_events as ev
 from bridge.core.audit_codes import AuditEventType
 from bridge.store import db

@@ -200,8 +200,8 @@ def test_no_credential_looking_value_is_stored_and_the_chain_verifies(bridge: Br
         assert value not in rows, f"{value!r} stored as it is"
     import xml.etree.ElementTree as ET
 
+    from bridge.audit.chain import row_to_event
     from bridge.audit.dicom_xml import to_xml
-    from bridge.audit.store import row_to_event
 
     for r in bridge.store.query():  # what the collector would receive: well-formed, marker in place
         root = ET.fromstring(to_xml(row_to_event(r)).encode("utf-8"))

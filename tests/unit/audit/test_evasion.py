@@ -103,7 +103,7 @@ def _rows(out: str) -> list[list[str]]:
 def test_csv_export_guards_every_formula_lead(store, lead: str):
     import io
 
-    from bridge.audit.store import export_csv
+    from bridge.audit.export import export_csv
 
     store.append(ev.AuditEvent(AuditEventType.LOGIN_FAILURE, actor=ev.Actor("s@i", "bob"),
                                description=f"{lead}HYPERLINK(\"http://evil\")"))

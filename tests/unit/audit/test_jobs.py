@@ -7,7 +7,8 @@ import datetime as dt
 from pathlib import Path
 
 from bridge.audit import jobs
-from bridge.audit.store import open_store, verify_archive
+from bridge.audit.archive import verify_archive
+from bridge.audit.store import open_store
 from bridge.audit.syslog import SyslogSender, SyslogTarget
 from bridge.config import load_config
 from bridge.devstack.state import free_port

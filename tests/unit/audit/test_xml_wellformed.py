@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from bridge.audit import dicom_xml
-from bridge.audit.store import row_to_event
+from bridge.audit.chain import row_to_event
 from bridge.core import audit_events as ev
 from bridge.core.audit_codes import AuditEventType, ObjectKind
 

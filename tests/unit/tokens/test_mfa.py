@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.core.mfa import MfaRule, challenge, check
+from bridge.core.mfa import MfaRule, check
+from bridge.tokens.service import step_up_challenge
 
 NOW = 1_800_000_000.0
 RULE = MfaRule(required_acr="mfa", accepted_amr=frozenset({"otp", "hwk"}), max_auth_age_seconds=600)
@@ -41,7 +42,7 @@ def test_rule_that_can_never_pass_is_refused() -> None:
 
 
 def test_challenge_is_rfc9470() -> None:
-    value = challenge(RULE)
+    value = step_up_challenge(RULE)
     assert value.startswith("Bearer ")
     assert 'error="insufficient_user_authentication"' in value
     assert 'acr_values="mfa"' in value and 'max_age="600"' in value

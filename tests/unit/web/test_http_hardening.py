@@ -115,13 +115,13 @@ def test_out_of_range_query_parameters_are_400_not_500(tmp_path, query: str, fie
 def test_csv_cells_behind_invisible_leading_characters_are_neutralised(value: str) -> None:
     """A formula hidden behind a no-break space, a BOM, a zero-width or other invisible character
     (a spreadsheet may drop it and run the rest) is neutralised like a bare one."""
-    from bridge.audit.store import csv_cell
+    from bridge.audit.export import csv_cell
 
     assert csv_cell(value).startswith("'"), repr(csv_cell(value))
 
 
 def test_csv_cells_with_ordinary_text_are_unchanged() -> None:
-    from bridge.audit.store import csv_cell
+    from bridge.audit.export import csv_cell
 
     for value in ("rad.alice", "1.2.840.113619", "Müller^Hans", " x=1", "\u00a0x"):
         assert csv_cell(value) == value
