@@ -14,12 +14,19 @@ from pathlib import Path
 
 import click
 
-from bridge.cli_common import config_option, load_or_exit
+from bridge.cli_common import config_option, load_settings
+from bridge.errors import InputError
 
 #: files `orthanc-config` writes into OUT_DIR
 ORTHANC_JSON = "orthanc.json"
 PLUGIN_JSON = "bridge-plugin.json"
 
+
+
+class WebConfigError(InputError):
+    """The web server cannot start as configured (no TLS certificate or key): exit 2."""
+
+    area = "web"
 
 @click.command("web")
 @config_option
@@ -32,14 +39,13 @@ def web_cli(config_path: str | None, workers: int | None, threads: int | None, m
     """Run the web app under gunicorn (TLS on bridge.listen_host:listen_port); replaces this process."""
     from bridge.deploy.gunicorn import THREADS, WORKERS, gunicorn_argv, gunicorn_env
 
-    settings = load_or_exit(config_path)  # a broken config is reported here, not by every worker
+    settings = load_settings(config_path)  # a broken config is reported here, not by every worker
     b = settings.bridge
     try:
         argv = gunicorn_argv(f"{b.listen_host}:{b.listen_port}", b.tls_cert_file, b.tls_key_file,
                              workers=workers or WORKERS, threads=threads or THREADS)
     except ValueError as exc:
-        click.echo(f"web: {exc}", err=True)
-        sys.exit(2)
+        raise WebConfigError(str(exc)) from None
     env = dict(os.environ)
     env.update(gunicorn_env(Path(config_path).resolve() if config_path else Path(), Path(metrics_dir)))
     if not config_path:  # configuration from the environment alone
@@ -75,7 +81,7 @@ def orthanc_config_cli(config_path: str | None, out_dir: str, bundle_dir: str, d
     from bridge.pacs import bundle
     from bridge.pacs.orthanc_config import dicom_modalities, orthanc_config, plugin_settings
 
-    settings = load_or_exit(config_path)
+    settings = load_settings(config_path)
     out, data = Path(out_dir), Path(data_dir)
     issuer = settings.tokens.issuer or settings.bridge.public_url
     audit = {}
