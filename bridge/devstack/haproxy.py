@@ -13,10 +13,14 @@ Failover, tuned so that fewer than 1 % of requests fail in the second an instanc
 - a refused or failed connection (the instance is gone) is retried up to 3 times, each time on
   another instance (``option redispatch 1``): the request was never sent, so any method is safe;
 - a request that *was* sent and got no answer (the instance died while working on it) is retried
-  on another instance only if it is idempotent: GET/HEAD, ``POST /introspect`` (a read) and
-  ``POST /audit/events`` (the intake drops an ``event_id`` it already has);
-  ``http-request disable-l7-retry`` for everything else.  A token exchange whose answer was lost
-  is the client's to repeat (a retry by the proxy would mint a second token the client never sees).
+  on another instance only if repeating it is harmless: GET/HEAD, ``POST /introspect`` (a read),
+  ``POST /audit/events`` (the intake drops an ``event_id`` it already has), ``POST /revoke``
+  (revoking twice is revoking once) and ``POST /token``: an exchange whose answer was lost minted
+  at most a token that no one holds (the dead instance never delivered it; it expires within
+  ``tokens.lifetime_seconds`` and its issue is in the audit trail), so repeating it costs an
+  orphan token, while not repeating it fails a staff member's login during a failover;
+  ``http-request disable-l7-retry`` for everything else (back-channel logout: its replay
+  protection would refuse the repeat).
 
 HAProxy closes its connection to the instance after each answer (``option http-server-close``;
 the client side stays kept alive): reusing an idle connection to an instance that was just
@@ -85,9 +89,10 @@ backend bridges
     option httpchk
     http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host localhost
     http-check expect status 200
-    # a request already sent is retried elsewhere only when idempotent: GET/HEAD, introspection
-    # (a read) and the audit intake (de-duplicated by event_id); never /token nor /revoke
-    http-request disable-l7-retry if !METH_GET !{{ path /introspect /audit/events }}
+    # a request already sent is retried elsewhere only when repeating it is harmless: GET/HEAD,
+    # introspection (a read), the audit intake (de-duplicated by event_id), revocation (idempotent)
+    # and the token exchange (a lost answer's token is held by no one; see the module docstring)
+    http-request disable-l7-retry if !METH_GET !{{ path /introspect /audit/events /revoke /token }}
     default-server check {CHECK} check-ssl check-sni localhost {TLS_TO_SERVER} ca-file {ca_file}
 {servers}
 """

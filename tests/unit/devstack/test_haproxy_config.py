@@ -22,7 +22,7 @@ def test_failover_and_retry_rules(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     assert "option redispatch 1" in cfg and "retries 3" in cfg
     # sent requests are retried elsewhere only when idempotent
-    assert "http-request disable-l7-retry if !METH_GET !{ path /introspect /audit/events }" in cfg
+    assert "http-request disable-l7-retry if !METH_GET !{ path /introspect /audit/events /revoke /token }" in cfg
     assert "http-check send meth GET uri /readyz" in cfg and "http-check expect status 200" in cfg
     assert "inter 500ms" in cfg and "fall 2" in cfg
     assert "option http-server-close" in cfg  # no reuse of an idle connection to a dead instance
