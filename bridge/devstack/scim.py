@@ -37,7 +37,7 @@ class ScimService(Service):
 
     def prepare(self, ctx: StackContext) -> None:
         if not binary().exists():
-            raise DevstackError(f"scim: {binary()} is missing; install the project: pip install -e '.[test]'")
+            raise DevstackError(f"scim: {binary()} is missing; install the project: pip install -e '.[test,dev]'")
         (self.dir / "port").write_text(str(free_port()))
 
     def _port(self) -> int:
