@@ -379,30 +379,6 @@ class TokenService:
             raise TokenServiceError("invalid_grant", "subject token is not acceptable")
         return ExchangeRequest(subject, grant, purpose)
 
-    def exchange(
-        self,
-        subject_token: str,
-        subject_token_type: str | None,
-        client_id: str,
-        *,
-        scope: str | None = None,
-        audience: str | None = None,
-        purpose_of_use: str | None = None,
-        requested_lifetime: int | None = None,
-    ) -> IssuedToken:
-        """RFC 8693: a Keycloak access token from an MFA login -> a PACS token for ``client_id``."""
-        req = self.prepare_exchange(
-            subject_token, subject_token_type, client_id, scope=scope, audience=audience, purpose_of_use=purpose_of_use
-        )
-        return self.issue(
-            req.subject,
-            req.grant,
-            client_id,
-            requested_lifetime=requested_lifetime,
-            purpose_of_use=req.purpose_of_use,
-            event=AuditEventType.TOKEN_EXCHANGED,
-        )
-
     # ---- our own tokens
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -105,34 +105,6 @@ def revoked_by_subject(store: RevocationStore, claims: Any) -> bool:
     mark = store.subjects().get(str(claims.get("sub")))
     iat = claims.get("iat")
     return mark is not None and isinstance(iat, int | float) and iat <= mark[0]
-
-
-@dataclass
-class MemoryRevocationStore:
-    revoked: dict[str, int] = field(default_factory=dict)
-    by_subject: dict[str, tuple[int, int]] = field(default_factory=dict)
-
-    def revoke(self, jti: str, exp: int) -> None:
-        self.revoked[jti] = int(exp)
-
-    def is_revoked(self, jti: str) -> bool:
-        return jti in self.revoked
-
-    def active(self) -> list[tuple[str, int]]:
-        now = time.time()
-        return [(j, e) for j, e in self.revoked.items() if e > now]
-
-    def revoke_subject(self, subject: str, not_before: int, exp: int) -> None:
-        old = self.by_subject.get(subject, (0, 0))
-        self.by_subject[subject] = (max(old[0], int(not_before)), max(old[1], int(exp)))
-
-    def subjects(self) -> dict[str, tuple[int, int]]:
-        now = time.time()
-        return {s: m for s, m in self.by_subject.items() if m[1] > now}
-
-    def watermark(self, subjects: Iterable[str]) -> int | None:
-        marks = [m[0] for s, m in self.subjects().items() if s in set(subjects)]
-        return max(marks) if marks else None
 
 
 class SqlRevocationStore:
@@ -256,14 +228,6 @@ class AssignmentSource(Protocol):
     """Who holds which PACS role (written by the sync)."""
 
     def assignments(self, subject_id: str | None, username: str | None) -> list[Assignment]: ...
-
-
-@dataclass
-class MemoryAssignmentSource:
-    by_subject: dict[str, list[Assignment]] = field(default_factory=dict)
-
-    def assignments(self, subject_id: str | None, username: str | None) -> list[Assignment]:
-        return list(self.by_subject.get(subject_id or "", []) or self.by_subject.get(username or "", []))
 
 
 class SqlAssignmentSource:

@@ -32,8 +32,8 @@ from bridge.devstack.pacs_double import AUDIENCE, dicom_instance
 from bridge.tokens.claims import TokenSettings
 from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
 from bridge.tokens.service import TokenService
-from bridge.tokens.store import MemoryAssignmentSource, MemoryRevocationStore
 from bridge.web.app import create_app
+from tests.doubles import MemoryAssignmentSource, MemoryRevocationStore
 
 pytestmark = pytest.mark.integration
 _n = itertools.count(1)

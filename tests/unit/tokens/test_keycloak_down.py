@@ -16,8 +16,9 @@ from bridge.tokens.claims import TokenSettings
 from bridge.tokens.keys import KeyEncryptor, KeyRing, MemoryKeyRepository
 from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
 from bridge.tokens.service import KeycloakSettings, KeycloakTokenValidator, TokenService
-from bridge.tokens.store import Assignment, MemoryAssignmentSource, MemoryRevocationStore
+from bridge.tokens.store import Assignment
 from bridge.web.app import create_app
+from tests.doubles import MemoryAssignmentSource, MemoryRevocationStore
 from tests.unit.tokens.test_service_http import ISSUER, KC_ISS, KC_JWK, exchange, kc_token
 
 

@@ -23,8 +23,9 @@ from bridge.tokens.claims import TokenSettings
 from bridge.tokens.keys import KeyEncryptor, KeyRing, MemoryKeyRepository
 from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
 from bridge.tokens.service import KeycloakSettings, KeycloakTokenValidator, TokenService
-from bridge.tokens.store import Assignment, MemoryAssignmentSource, MemoryRevocationStore
+from bridge.tokens.store import Assignment
 from bridge.web.app import create_app
+from tests.doubles import MemoryAssignmentSource, MemoryRevocationStore
 
 KC_ISS = "https://kc.test/realms/hospital"
 ISSUER = "https://127.0.0.1:9443"

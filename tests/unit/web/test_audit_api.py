@@ -23,8 +23,8 @@ from bridge.tokens.claims import TokenSettings
 from bridge.tokens.keys import KeyEncryptor, KeyRing, MemoryKeyRepository
 from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
 from bridge.tokens.service import TokenService
-from bridge.tokens.store import MemoryAssignmentSource, MemoryRevocationStore
 from bridge.web.app import create_app
+from tests.doubles import MemoryAssignmentSource, MemoryRevocationStore
 
 ISSUER = "https://127.0.0.1:9443"
 INGEST = "ingest-test-secret-0123456789"

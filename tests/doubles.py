@@ -1,0 +1,49 @@
+"""In-memory stand-ins for the token service's stores, for tests that exercise pure logic.
+
+Why here and not in bridge/: production always uses the SQL stores (bridge/tokens/store.py); these
+doubles implement the same Protocols (RevocationStore, AssignmentSource) without a database.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from bridge.tokens.store import Assignment
+
+
+@dataclass
+class MemoryRevocationStore:
+    revoked: dict[str, int] = field(default_factory=dict)
+    by_subject: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def revoke(self, jti: str, exp: int) -> None:
+        self.revoked[jti] = int(exp)
+
+    def is_revoked(self, jti: str) -> bool:
+        return jti in self.revoked
+
+    def active(self) -> list[tuple[str, int]]:
+        now = time.time()
+        return [(j, e) for j, e in self.revoked.items() if e > now]
+
+    def revoke_subject(self, subject: str, not_before: int, exp: int) -> None:
+        old = self.by_subject.get(subject, (0, 0))
+        self.by_subject[subject] = (max(old[0], int(not_before)), max(old[1], int(exp)))
+
+    def subjects(self) -> dict[str, tuple[int, int]]:
+        now = time.time()
+        return {s: m for s, m in self.by_subject.items() if m[1] > now}
+
+    def watermark(self, subjects: Iterable[str]) -> int | None:
+        marks = [m[0] for s, m in self.subjects().items() if s in set(subjects)]
+        return max(marks) if marks else None
+
+
+@dataclass
+class MemoryAssignmentSource:
+    by_subject: dict[str, list[Assignment]] = field(default_factory=dict)
+
+    def assignments(self, subject_id: str | None, username: str | None) -> list[Assignment]:
+        return list(self.by_subject.get(subject_id or "", []) or self.by_subject.get(username or "", []))
