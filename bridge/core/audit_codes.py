@@ -1,7 +1,7 @@
 """THE table of audit event codes: every event the bridge records, with its DICOM PS3.15 A.5 /
 IHE ATNA codes.  Everything else (XML, FHIR, docs, queries) reads it from here.
 
-Sources: DICOM PS3.15 A.5, PS3.16 CID 400-404 (see ../shared/reference/standards.md section 3).
+Sources: DICOM PS3.15 A.5 (Audit Trail Message Format Profile), PS3.16 CID 400-404.
 110136/110137 etc. are EventTypeCodes under EventID 110113 (Security Alert), never EventIDs.
 Each event also carries a local EventTypeCode in the private scheme ``99PACSBRIDGE`` whose code
 is the event type's value (DICOM reserves coding scheme designators starting "99" for local

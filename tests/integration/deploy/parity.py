@@ -278,5 +278,5 @@ def add_loopback_address(address: str) -> None:
         return
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True, timeout=10)
     assert [ln.split(":")[1].strip() for ln in links.stdout.splitlines()] == ["lo"], \
-        "run the deploy tests in a private network namespace (/work/tools/nsrun)"
+        "run the deploy tests in a private network namespace (e.g. `unshare -rn`)"
     subprocess.run(["ip", "addr", "replace", f"{address}/32", "dev", "lo"], check=True, timeout=10)
