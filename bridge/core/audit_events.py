@@ -109,10 +109,6 @@ def is_secret_key(key: str) -> bool:
     return any(w in _SECRET_WORDS for w in words) or any(s in joined for s in _SECRET_JOINED)
 
 
-def looks_like_jwt(value: str) -> bool:
-    return bool(_JWT.search(value))
-
-
 def looks_like_credential(value: str) -> bool:
     """A JWT, or a ``Bearer``/``Basic``/``DPoP`` credential, anywhere in ``value``."""
     return bool(_JWT.search(value) or _AUTH_SCHEME.search(value))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -137,11 +137,3 @@ def current(
     return login, None
 
 
-def watermark_lookup(subjects: Callable[[], Mapping[str, tuple[int, int]]]) -> Callable[[str], int | None]:
-    """A ``subject_watermark`` for :func:`current` over a (possibly cached) ``subjects()`` map."""
-
-    def lookup(sub: str) -> int | None:
-        mark = subjects().get(sub)
-        return None if mark is None else mark[0]
-
-    return lookup

@@ -31,9 +31,6 @@ class DesiredState:
     assignments: dict[Key, Why]              # (user id, role) -> why
     warnings: tuple[str, ...] = ()
 
-    def roles_of(self, user_id: str) -> set[str]:
-        return {r for (u, r) in self.assignments if u == user_id}
-
 
 @dataclass(frozen=True)
 class ActualState:
