@@ -1,11 +1,12 @@
 """In-memory stand-ins for the token service's stores, for tests that exercise pure logic.
 
 Why here and not in bridge/: production always uses the SQL stores (bridge/tokens/store.py); these
-doubles implement the same Protocols (RevocationStore, AssignmentSource) without a database.
+doubles implement the same Protocols (RevocationStore, AssignmentSource, SessionEnds) without a database.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -47,3 +48,22 @@ class MemoryAssignmentSource:
 
     def assignments(self, subject_id: str | None, username: str | None) -> list[Assignment]:
         return list(self.by_subject.get(subject_id or "", []) or self.by_subject.get(username or "", []))
+
+
+@dataclass
+class EndedSessions:
+    """Ended Keycloak ``sid`` values in this process's memory (a deployment
+    runs several workers and must share them, see :mod:`bridge.oidc.state`)."""
+
+    ttl_seconds: float = 24 * 3600
+    sids: dict[str, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def end(self, sid: str) -> None:
+        now = time.time()
+        with self.lock:
+            self.sids = {s: t for s, t in self.sids.items() if t > now}
+            self.sids[sid] = now + self.ttl_seconds
+
+    def ended(self, sid: str | None) -> bool:
+        return sid is not None and self.sids.get(sid, 0) > time.time()

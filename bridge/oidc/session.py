@@ -16,10 +16,9 @@ is read from the assignment store when it is issued, so a role removed after the
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, MutableMapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 KEY = "bridge_login"
@@ -59,30 +58,11 @@ class Login:
 
 class SessionEnds(Protocol):
     """Where ended Keycloak sessions are kept (:class:`bridge.oidc.state.SqlEndedSessions` in the
-    app: shared by every worker; :class:`EndedSessions` in unit tests)."""
+    app: shared by every worker; an in-memory double in tests/doubles.py)."""
 
     def end(self, sid: str) -> None: ...
 
     def ended(self, sid: str | None) -> bool: ...
-
-
-@dataclass
-class EndedSessions:
-    """Ended Keycloak ``sid`` values in this process's memory (unit tests only: a deployment
-    runs several workers and must share them, see :mod:`bridge.oidc.state`)."""
-
-    ttl_seconds: float = 24 * 3600
-    sids: dict[str, float] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def end(self, sid: str) -> None:
-        now = time.time()
-        with self.lock:
-            self.sids = {s: t for s, t in self.sids.items() if t > now}
-            self.sids[sid] = now + self.ttl_seconds
-
-    def ended(self, sid: str | None) -> bool:
-        return sid is not None and self.sids.get(sid, 0) > time.time()
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
 from bridge.tokens.service import KeycloakSettings, KeycloakTokenValidator, TokenService
 from bridge.tokens.store import Assignment
 from bridge.web.app import create_app
-from tests.doubles import MemoryAssignmentSource, MemoryRevocationStore
+from tests.doubles import EndedSessions, MemoryAssignmentSource, MemoryRevocationStore
 
 KC_ISS = "https://kc.test/realms/hospital"
 ISSUER = "https://127.0.0.1:9443"
@@ -330,8 +330,6 @@ def test_watermark_on_keycloak_id_also_blocks_the_exchange(env: dict[str, Any]) 
 
 
 def test_keycloak_token_of_an_ended_session_is_not_exchanged(env: dict[str, Any]) -> None:
-    from bridge.oidc.session import EndedSessions
-
     env["service"].ended_sessions = EndedSessions()
     env["service"].ended_sessions.end("sid-1")
     r = exchange(env["client"], kc_token(sid="sid-1"))
