@@ -357,18 +357,16 @@ class AdminApiSource:
 
     @classmethod
     def from_settings(cls, settings: Any) -> AdminApiSource:
-        from keycloak import KeycloakAdmin
         from keycloak.exceptions import KeycloakError
+
+        from bridge.kcadmin import admin_from_settings
 
         kc = settings.keycloak
         if kc.admin_password is None:
             raise KeycloakEventsError("keycloak.admin_password is not set: pulling Keycloak's login events "
                                       "needs the admin API (view-events in the realm)")
         try:
-            admin = KeycloakAdmin(server_url=kc.url.rstrip("/") + "/", username=kc.admin_username,
-                                  password=kc.admin_password.get_secret_value(), realm_name=kc.realm,
-                                  user_realm_name=kc.admin_realm, verify=str(kc.ca_file) if kc.ca_file else True,
-                                  timeout=60)
+            admin = admin_from_settings(kc, timeout=60)
         except (KeycloakError, OSError) as exc:
             raise KeycloakEventsError(f"keycloak {kc.url}: cannot log in to the admin API as "
                                       f"{kc.admin_username!r}: {exc}") from exc

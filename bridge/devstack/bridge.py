@@ -202,10 +202,9 @@ class BridgeService(Service):
         settings = load_config(self.config_file)  # a mistake here is ours: fail loudly now
         migrate(settings.store.url)
         # the first signing key exists before the workers start, as `pacs-bridge keys rotate` at install
-        from bridge.store.db import engine
-        from bridge.tokens.store import key_ring
+        from bridge.services import Services
 
-        key_ring(settings, engine(settings.store.url)).active()
+        Services(settings).key_ring.active()
 
     @property
     def metrics_dir(self) -> Path:

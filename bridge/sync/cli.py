@@ -55,11 +55,11 @@ def sync_cli(config_path: str | None, policy_path: str | None, do_plan: bool, do
     settings = load_settings(config_path)
     console = Console(stderr=as_json)
     if show_history:  # only the run table: no policy, no targets, no directory
-        from bridge.store.db import engine as make_engine
+        from bridge.services import Services
         from bridge.store.db import migrate
 
         migrate(settings.store.url)  # a store that never ran a sync lists no runs
-        rows = history(make_engine(settings.store.url))
+        rows = history(Services(settings).engine)
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return

@@ -7,7 +7,6 @@ from typing import Any
 from bridge.config import Settings
 from bridge.directory.reader import reader_for
 from bridge.policy.loader import PolicyError, load_policy
-from bridge.store.db import engine as make_engine
 from bridge.store.db import migrate
 from bridge.sync.runner import SyncRunner
 from bridge.sync.safety import Thresholds
@@ -55,12 +54,11 @@ def build_runner(settings: Settings, *, policy_path: str | None = None, with_aud
         raise PolicyError("(config)", [("sync.policy_file", "not set; name the policy YAML file")])
     policy = load_policy(path)
     migrate(settings.store.url)
-    eng = make_engine(settings.store.url)
-    audit = None
-    if with_audit:
-        from bridge.audit.store import open_store
+    from bridge.services import Services
 
-        audit = open_store(settings, eng)
+    services = Services(settings)  # the composition root: one engine under the runner and its audit store
+    eng = services.engine
+    audit = services.audit_store if with_audit else None
     return SyncRunner(
         reader_for(settings.directory), policy, build_targets(settings, eng), eng,
         thresholds=Thresholds(settings.sync.deletion_threshold_count, settings.sync.deletion_threshold_percent),

@@ -42,13 +42,13 @@ def serve(settings: Settings, *, metrics_port: int = 9464, once: bool = False) -
     from prometheus_client import start_http_server
 
     from bridge.audit import jobs as audit_jobs
-    from bridge.audit.store import open_store
     from bridge.audit.syslog import syslog_sender
+    from bridge.services import Services
     from bridge.sync.factory import build_runner
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runner = build_runner(settings)
-    audit_store = runner.audit or open_store(settings, runner.engine)
+    audit_store = runner.audit or Services(settings, engine=runner.engine).audit_store
     shipper = syslog_sender(settings)  # ships new records from the database to the collector
     if metrics_port:
         start_http_server(metrics_port, addr="127.0.0.1")

@@ -31,7 +31,12 @@ def create_app(settings: Settings, *, config: dict[str, Any] | None = None, **se
     client.install_proxy_fix(app, settings.web)  # before anything reads request.remote_addr
     metrics.init_app(app, settings.web.metrics)
 
+    from bridge.services import APP_EXTENSION, Services
     from bridge.web import audit_api, health, tokens
+
+    # the composition root: the app's engine, audit store and token service (injected ones win)
+    app.extensions[APP_EXTENSION] = Services(settings, audit_store=services.get("audit_store"),
+                                             token_service=services.get("token_service"))
 
     health.init_app(app)  # /readyz for the load balancer; database errors -> 503 + Retry-After
 

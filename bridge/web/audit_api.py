@@ -41,7 +41,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from bridge.audit.export import export_csv, export_rows
-from bridge.audit.store import AuditStore, open_store
+from bridge.audit.store import AuditStore
 from bridge.config import Settings
 from bridge.core import audit_events as ev
 from bridge.core.audit_codes import PACS_INGEST_TYPES, AuditEventType, ObjectKind, Outcome
@@ -68,10 +68,12 @@ REJECTION_NAMESPACE = uuid.UUID("8a1d2f3c-5b6e-4f70-8192-a3b4c5d6e7f8")
 
 
 def audit_store(app: Flask) -> AuditStore:
-    """The app's one audit store (built from the settings on first use, or injected)."""
+    """The app's one audit store (built by the app's composition root on first use, or injected)."""
     store = app.extensions.get(STORE)
     if store is None:
-        store = app.extensions[STORE] = open_store(app.config["BRIDGE_SETTINGS"])
+        from bridge.services import of_app
+
+        store = app.extensions[STORE] = of_app(app).audit_store
     return store  # type: ignore[no-any-return]
 
 

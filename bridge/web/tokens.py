@@ -8,16 +8,13 @@ Every answer carrying a token or token data is ``Cache-Control: no-store``.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from flask import Blueprint, Flask, Response, current_app, request
 
 from bridge.config import Settings
-from bridge.core import mfa
 from bridge.core.audit_codes import AuditEventType
-from bridge.tokens.claims import TokenSettings
 from bridge.tokens.oauth import (
     BridgeClient,
     PacsIntrospectionEndpoint,
@@ -26,8 +23,7 @@ from bridge.tokens.oauth import (
     TokenExchangeGrant,
     metadata,
 )
-from bridge.tokens.roles import role_permissions
-from bridge.tokens.service import KeycloakSettings, KeycloakTokenValidator, TokenService, https_fetch
+from bridge.tokens.service import TokenService
 from bridge.web.limits import limit
 
 bp = Blueprint("tokens", __name__)
@@ -35,52 +31,11 @@ EXTENSION = "pacs_bridge_tokens"
 
 
 def build_service(settings: Settings, audit_store: Any | None = None) -> TokenService:
-    """The token service over the bridge's database, Keycloak and policy, as configured; its events
-    go to ``audit_store`` (the app's, see bridge/web/audit_api.py) or one opened here."""
-    from bridge.audit.store import open_store
-    from bridge.oidc.state import SqlEndedSessions
-    from bridge.store.db import engine as make_engine
-    from bridge.store.db import one_connection
-    from bridge.tokens.auditing import BufferedAuditSink
-    from bridge.tokens.store import SqlAssignmentSource, SqlRevocationStore, key_ring
+    """The token service as configured (built by the composition root, bridge/services.py); its
+    events go to ``audit_store`` (the app's, see bridge/web/audit_api.py) or one opened there."""
+    from bridge.services import Services
 
-    # one connection pool per worker: the audit store already opened the same database
-    eng = audit_store.engine if audit_store is not None else make_engine(settings.store.url)
-    kc = settings.keycloak
-    issuer = settings.tokens.issuer or settings.bridge.public_url
-    validator = KeycloakTokenValidator(
-        KeycloakSettings(
-            issuer=f"{kc.url}/realms/{kc.realm}",
-            audience=settings.tokens.subject_token_audience or kc.client_id,
-            allowed_clients=frozenset(settings.tokens.subject_token_clients),
-        ),
-        https_fetch(str(kc.ca_file) if kc.ca_file else None),
-    )
-    # the journal keeps answered exchanges' events through a crash of the worker (auditing.py)
-    audit = BufferedAuditSink(audit_store or open_store(settings, eng), issuer,
-                              journal_dir=Path(settings.audit.spool_dir) / "token-journal")
-    ring = key_ring(settings, eng)
-    ring.on_unusable = lambda kid, why: audit(
-        AuditEventType.ACCESS_DENIED,
-        {"client_id": "key-ring", "kid": kid, "reason": f"signing key withheld from the JWKS: {why}"},
-    )
-    return TokenService(
-        ring=ring,
-        settings=TokenSettings(
-            issuer=issuer,
-            audience=settings.pacs.audience,
-            lifetime_seconds=settings.tokens.lifetime_seconds,
-            max_lifetime_seconds=settings.tokens.max_lifetime_seconds,
-        ),
-        mfa_rule=mfa.MfaRule.from_section(settings.mfa),
-        keycloak=validator,
-        assignments=SqlAssignmentSource(eng),  # read at every issue: a removed role must not linger
-        revocations=SqlRevocationStore(eng),
-        ended_sessions=SqlEndedSessions(eng, ttl_seconds=max(24 * 3600, settings.bridge.session_absolute_hours * 3600)),
-        read_scope=lambda: one_connection(eng),
-        role_permissions=role_permissions(settings.sync.policy_file),
-        audit=audit,
-    )
+    return Services(settings, audit_store=audit_store).token_service
 
 
 def clients(settings: Settings) -> dict[str, BridgeClient]:
@@ -97,9 +52,12 @@ def clients(settings: Settings) -> dict[str, BridgeClient]:
 
 def init_app(app: Flask, settings: Settings, service: TokenService | None = None) -> None:
     if service is None:
+        from bridge.services import of_app
         from bridge.web.audit_api import audit_store
 
-        service = build_service(settings, audit_store(app))
+        services = of_app(app)
+        services.adopt_audit_store(audit_store(app))  # an injected audit store: the tokens' events go there too
+        service = services.token_service
     known = clients(settings)
     server = AuthorizationServer(app, query_client=known.get, save_token=lambda token, request: None)
     server.token_service = service  # read by TokenExchangeGrant

@@ -18,10 +18,10 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from keycloak import KeycloakAdmin
 from keycloak.exceptions import KeycloakError
 
 from bridge.directory.model import LDAP_ID
+from bridge.kcadmin import admin_client
 from bridge.policy.model import Role
 from bridge.sync.model import ActualState, Change, DesiredState, Leaver
 from bridge.sync.targets.base import Target, TargetError
@@ -47,10 +47,8 @@ class KeycloakTarget(Target):
         self.realm, self.mode, self.client_id = realm, mode, client_id
         self.trigger_ldap_sync = trigger_ldap_sync
         try:
-            self.admin = KeycloakAdmin(server_url=url.rstrip("/") + "/", username=admin_username,
-                                       password=admin_password, realm_name=realm,
-                                       user_realm_name=admin_realm, verify=str(ca_file) if ca_file else True,
-                                       timeout=timeout)
+            self.admin = admin_client(url, realm, admin_username, admin_password, admin_realm=admin_realm,
+                                      ca_file=ca_file, timeout=timeout)
         except (KeycloakError, OSError) as exc:
             raise TargetError(f"keycloak {url}: cannot log in to the admin API: {exc}") from exc
         self._client_uuid: str | None = None
