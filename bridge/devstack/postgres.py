@@ -16,11 +16,14 @@ No secret goes into stack.json: it holds the URL without the password (`url`), a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pwd
 import shutil
 import signal
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +75,29 @@ def database_url(stack_info: dict[str, Any], ctx: StackContext | None = None) ->
                             "is the dev stack's postgres up?") from None
     ctx = ctx or StackContext(ca_file=Path(ca_file))
     return _url(port, ca_file, ctx.secret(secret_name)).render_as_string(hide_password=False)
+
+
+@contextlib.contextmanager
+def private_schema(stack_info: dict[str, Any], prefix: str = "t") -> Iterator[str]:
+    """A migrated private schema in the stack's database (tests share that database); yields its
+    URL (``search_path`` set to the schema) and drops the schema afterwards."""
+    from sqlalchemy import text
+
+    from bridge.store import db
+
+    url = database_url(stack_info)
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = db.engine(url)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    scoped = f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+    db.migrate(scoped)
+    try:
+        yield scoped
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
 
 
 class PostgresService(Service):

@@ -4,7 +4,6 @@ its verify walks a server-side cursor."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,23 +25,14 @@ def chain(stack: dict[str, Any]) -> Iterator[AuditStore]:
     """Ten records (checkpoints at 4 and 8) in a private schema of the shared database."""
     if "postgres" not in stack:
         pytest.skip("postgres is not part of this dev stack run")
-    from bridge.devstack.postgres import database_url
+    from bridge.devstack.postgres import private_schema
 
-    url = database_url(stack)
-    schema = f"aud_{uuid.uuid4().hex[:8]}"
-    admin = db.engine(url)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    scoped = f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
-    db.migrate(scoped)
-    store = AuditStore(db.engine(scoped), CheckpointKey.generate(), checkpoint_every=4)
-    for i in range(10):
-        store.append(event(i))
-    yield store
-    store.engine.dispose()
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with private_schema(stack, "aud") as scoped:
+        store = AuditStore(db.engine(scoped), CheckpointKey.generate(), checkpoint_every=4)
+        for i in range(10):
+            store.append(event(i))
+        yield store
+        store.engine.dispose()
 
 
 def event(i: int) -> ev.AuditEvent:

@@ -100,29 +100,11 @@ def wait_states(want: dict[str, str], timeout: float = 20.0) -> dict[str, str]:
     return HAPROXY.wait_states(want, timeout)
 
 
-@contextlib.contextmanager
-def private_schema(stack: dict[str, Any]) -> Iterator[str]:
+def private_schema(stack: dict[str, Any]) -> contextlib.AbstractContextManager[str]:
     """A migrated private schema in the stack's PostgreSQL (the database is shared); its URL."""
-    import uuid
+    from bridge.devstack.postgres import private_schema as schema
 
-    from sqlalchemy import text
-
-    from bridge.devstack.postgres import database_url
-    from bridge.store import db
-
-    url = database_url(stack)
-    schema = f"ha_{uuid.uuid4().hex[:8]}"
-    admin = db.engine(url)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    scoped = f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
-    db.migrate(scoped)
-    try:
-        yield scoped
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    return schema(stack, "ha")
 
 
 def samba_section(stack: dict[str, Any]) -> Any:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from sqlalchemy import text
 
@@ -14,23 +12,10 @@ pytestmark = pytest.mark.integration
 def pg_url(stack):
     if "postgres" not in stack:
         pytest.skip("postgres is not part of this dev stack run (PACS_BRIDGE_DEVSTACK_ONLY)")
-    from bridge.devstack.postgres import database_url
-    from bridge.store import db
+    from bridge.devstack.postgres import private_schema
 
-    url = database_url(stack)
-    eng = db.engine(url)
-    schema = f"t_{uuid.uuid4().hex[:8]}"  # a private schema: other tests share this database
-    with eng.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    eng.dispose()
-    sep = "&" if "?" in url else "?"
-    scoped = f"{url}{sep}options=-csearch_path%3D{schema}"
-    db.migrate(scoped)
-    yield scoped
-    eng = db.engine(url)
-    with eng.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    eng.dispose()
+    with private_schema(stack) as scoped:  # a private schema: other tests share this database
+        yield scoped
 
 
 def test_migration_and_lease(pg_url):
