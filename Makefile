@@ -7,19 +7,19 @@ BIN    := $(VENV)/bin
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml devstack/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,dev]'
+	$(BIN)/pip install -q -e '.[test,dev]' -e ./devstack
 	touch $@
 
 demo: install
 	$(BIN)/pacs-bridge devstack up --owner demo
-	$(BIN)/python -m bridge.devstack.demo_data --banner
-	$(BIN)/python -m bridge.devstack.walkthrough
+	$(BIN)/python -m pacs_devstack.demo_data --banner
+	$(BIN)/python -m pacs_devstack.walkthrough
 
 test: install
-	$(BIN)/ruff check bridge tests bench
+	$(BIN)/ruff check bridge devstack tests bench
 	$(BIN)/lint-imports
 	$(BIN)/pytest -rs tests; rc=$$?; $(BIN)/pacs-bridge devstack down --owner test; exit $$rc
 
@@ -27,7 +27,7 @@ unit: install
 	$(BIN)/pytest -rs tests/unit
 
 lint: install
-	$(BIN)/ruff check bridge tests bench
+	$(BIN)/ruff check bridge devstack tests bench
 	$(BIN)/lint-imports
 
 down: install

@@ -115,11 +115,11 @@ def run(url: str, records: int, single: int, batched: int) -> dict[str, Any]:
 
 def _devstack_postgres() -> str | None:
     try:
-        from bridge.devstack import state
+        from pacs_devstack import state
 
         info = state.read_stack().get("postgres") or {}
         if info:
-            from bridge.devstack import postgres  # type: ignore[attr-defined]
+            from pacs_devstack import postgres  # type: ignore[attr-defined]
 
             return str(postgres.database_url(info))
     except Exception:

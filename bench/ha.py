@@ -3,7 +3,7 @@ one, and what a SIGKILL of one instance under load costs.
 
 Uses the running dev stack (or brings up the part it needs and stops it again): HAProxy,
 ``bridge`` and ``bridge2``, PostgreSQL, Keycloak and Samba AD (the MFA logins whose Keycloak
-tokens are exchanged).  Load: bridge/devstack/ha_load.py (token exchange 65 %, JWKS 20 %,
+tokens are exchanged).  Load: devstack/pacs_devstack/ha_load.py (token exchange 65 %, JWKS 20 %,
 introspection 10 %, audit intake 5 %), loopback only, bounded by ``--seconds`` and
 ``--max-requests`` per phase.  Phases:
 
@@ -28,18 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from bridge.core.audit_events import format_time, utcnow
-from bridge.devstack import ha_load, state
-from bridge.devstack.bridge import SECOND
-from bridge.devstack.haproxy import SERVICE as HAPROXY
-from bridge.devstack.service import StackContext
+from pacs_devstack import ha_load, state
+from pacs_devstack.bridge import SECOND
+from pacs_devstack.haproxy import SERVICE as HAPROXY
+from pacs_devstack.service import StackContext
 
 NEEDED = ("keycloak", "samba", "rsyslog", "postgres", "bridge", "bridge2", "haproxy")
 USERS = ("card.kara", "er.nina", "tech.yara")
 
 
 def _logins(info: dict[str, Any]) -> list[str]:
-    from bridge.devstack import demo_data
-    from bridge.devstack.kc_login import BrowserlessLogin, fresh_totp
+    from pacs_devstack import demo_data
+    from pacs_devstack.kc_login import BrowserlessLogin, fresh_totp
 
     login = BrowserlessLogin(info["keycloak"]["url"], "hospital", "pacs-viewer",
                              "https://127.0.0.1:9443/viewer/oidc/callback", ca_file=info["ca"]["file"])
@@ -131,7 +131,7 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=40_000, help="cap per phase (default 40000)")
     parser.add_argument("--kill-at", type=float, default=3.0, help="second of the SIGKILL in the failover phase")
     args = parser.parse_args()
-    from bridge.devstack import stack as devstack
+    from pacs_devstack import stack as devstack
 
     before = devstack.status()
     started = not all(before.get(n) for n in NEEDED)

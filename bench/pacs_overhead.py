@@ -36,11 +36,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from bridge.core.permissions import Permission as P
 from bridge.core.verifier import Verifier
-from bridge.devstack.orthanc import OrthancService
-from bridge.devstack.pacs_double import BridgeDouble, dicom_instance
-from bridge.devstack.service import StackContext
-from bridge.devstack.tls import ensure_ca
 from bridge.pacs import plugin_config
+from pacs_devstack.orthanc import OrthancService
+from pacs_devstack.pacs_double import BridgeDouble, dicom_instance
+from pacs_devstack.service import StackContext
+from pacs_devstack.tls import ensure_ca
 
 #: measurements are taken in this many interleaved rounds per server
 ROUNDS = 10

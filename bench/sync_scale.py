@@ -33,7 +33,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bridge.config import DirectorySection
-from bridge.devstack.state import free_port, port_open
 from bridge.directory.reader import OpenLdapReader
 from bridge.policy.loader import parse_policy
 from bridge.store.db import engine as make_engine
@@ -41,6 +40,7 @@ from bridge.store.db import migrate
 from bridge.sync.runner import SyncRunner
 from bridge.sync.safety import Thresholds
 from bridge.sync.targets.store import StoreTarget
+from pacs_devstack.state import free_port, port_open
 
 BASE = "dc=bench,dc=test"
 ROOT = f"cn=admin,{BASE}"
@@ -133,8 +133,8 @@ def keycloak_reference(port: int, timeout_s: int) -> dict[str, Any]:
     import requests
     from keycloak import KeycloakAdmin
 
-    from bridge.devstack.service import StackContext
-    from bridge.devstack.state import read_stack, state_dir
+    from pacs_devstack.service import StackContext
+    from pacs_devstack.state import read_stack, state_dir
 
     kc = read_stack().get("keycloak")
     if not kc:

@@ -241,7 +241,7 @@ def wrk_load(url: str, form: dict[str, str], seconds: float, connections: int, t
 def _loader(use_wrk: bool) -> Any:
     if not use_wrk:
         return lambda url, form, seconds, concurrency, ca=None: load(url, form, seconds, concurrency, ca)
-    from bridge.devstack import install
+    from pacs_devstack import install
 
     if shutil.which("wrk") is None:
         install.apt_install(["wrk"])
@@ -256,12 +256,12 @@ def _tail(path: Path, lines: int = 20) -> list[str]:
 
 
 def http_part(seconds: float, concurrency: int, use_wrk: bool = True, threads: int = 2) -> dict[str, Any]:
-    from bridge.devstack import demo_data
-    from bridge.devstack import keycloak as kc
-    from bridge.devstack.kc_login import BrowserlessLogin, fresh_totp
-    from bridge.devstack.service import StackContext
-    from bridge.devstack.state import free_port, read_stack
     from bridge.store.db import migrate
+    from pacs_devstack import demo_data
+    from pacs_devstack import keycloak as kc
+    from pacs_devstack.kc_login import BrowserlessLogin, fresh_totp
+    from pacs_devstack.service import StackContext
+    from pacs_devstack.state import free_port, read_stack
 
     stack = read_stack()
     if "keycloak" not in stack:

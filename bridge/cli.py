@@ -9,14 +9,14 @@ each into its message on stderr and its exit code, in this one place.
 
 from __future__ import annotations
 
-import json
+from importlib.metadata import entry_points
 from typing import Any
 
 import click
 
 from bridge.cli_common import load_settings
 from bridge.config import summary
-from bridge.errors import BridgeError, InputError
+from bridge.errors import BridgeError
 
 
 class BridgeGroup(click.Group):
@@ -52,62 +52,6 @@ def check_config(path: str) -> None:
         click.echo(f"  {key.ljust(width)}  {line}")
 
 
-@main.group()
-def devstack() -> None:
-    """The real local stack on loopback (Keycloak, Samba AD, OpenLDAP, Orthanc, SCIM, PostgreSQL, rsyslog)."""
-
-
-@devstack.command("up")
-@click.option("--only", multiple=True, help="start only these services (repeatable)")
-@click.option("--owner", default="cli", help="who owns the stack (test runs stop only their own)")
-def devstack_up(only: tuple[str, ...], owner: str) -> None:
-    """Install what is missing, start every service, wait for health, seed the demo data."""
-    from bridge.devstack import stack
-
-    stack.up(only or None, owner=owner)  # DevstackError: "devstack: ...", exit 1
-
-
-@devstack.command("down")
-@click.option("--owner", default=None, help="stop only if the stack was started by this owner")
-def devstack_down(owner: str | None) -> None:
-    """Stop exactly the processes the stack started."""
-    from bridge.devstack import stack
-
-    stack.down(owner=owner)
-
-
-@devstack.command("status")
-@click.option("--json", "as_json", is_flag=True)
-def devstack_status(as_json: bool) -> None:
-    """Which services are running."""
-    from bridge.devstack import stack
-
-    st = stack.status()
-    if as_json:
-        click.echo(json.dumps(st))
-        return
-    for name, running in st.items():
-        click.echo(f"  {name:10s} {'running' if running else 'stopped'}")
-
-
-@main.group()
-def demo() -> None:
-    """Helpers for the demo hospital."""
-
-
-@demo.command("otp")
-@click.argument("user")
-def demo_otp(user: str) -> None:
-    """Print USER's current TOTP code (demo accounts only)."""
-    from bridge.devstack import demo_data
-
-    try:
-        code = demo_data.current_otp(user)
-    except KeyError:
-        raise InputError(f"demo otp: no demo account named {user!r}", subject=user) from None
-    click.echo(code)
-
-
 def _register_areas() -> None:
     """Command groups owned by other modules (imported lazily inside each command)."""
     from bridge.policy.cli import policy_cli
@@ -131,6 +75,17 @@ def _register_areas() -> None:
 
     main.add_command(web_cli)
     plugin_cli.add_command(orthanc_config_cli)
+    _register_plugins()
+
+
+def _register_plugins() -> None:
+    """Command groups of other installed distributions (entry point group ``pacs_bridge.commands``).
+
+    This is how the dev stack (``devstack/``, its own distribution, installed by ``make install``
+    but never in the runtime wheel) adds ``pacs-bridge devstack`` and ``pacs-bridge demo`` without
+    the runtime importing it."""
+    for ep in entry_points(group="pacs_bridge.commands"):
+        main.add_command(ep.load(), ep.name)
 
 
 _register_areas()

@@ -19,8 +19,8 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[dict[str, Any]]:
-    from bridge.devstack import stack as devstack
-    from bridge.devstack.process import DevstackError
+    from pacs_devstack import stack as devstack
+    from pacs_devstack.process import DevstackError
 
     # PACS_BRIDGE_DEVSTACK_ONLY=samba,slapd narrows the stack while working on one part
     only = [n for n in os.environ.get("PACS_BRIDGE_DEVSTACK_ONLY", "").split(",") if n] or None

@@ -1,6 +1,6 @@
 """The bridge's web app under gunicorn: one command line for every way it is run.
 
-The dev stack (bridge/devstack/bridge.py), docker-compose.yml and the systemd unit all end up here
+The dev stack (devstack/pacs_devstack/bridge.py), docker-compose.yml and the systemd unit all end up here
 (the latter two through ``pacs-bridge web``), so a flag added for one is there for all of them.
 """
 

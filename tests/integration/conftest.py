@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from bridge.config import DirectorySection
-from bridge.devstack import keycloak as kc
-from bridge.devstack.service import StackContext
 from bridge.directory.reader import reader_for
+from pacs_devstack import keycloak as kc
+from pacs_devstack.service import StackContext
 
 
 @pytest.fixture(scope="session")

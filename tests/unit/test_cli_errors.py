@@ -75,7 +75,7 @@ def test_policy_explain_without_policy_file_exits_2(env, monkeypatch):
 
 
 def test_policy_explain_directory_down_exits_1(env, monkeypatch):
-    from bridge.devstack.state import free_port
+    from pacs_devstack.state import free_port
 
     monkeypatch.setenv("PACS_BRIDGE_DIRECTORY__URL", f"ldaps://127.0.0.1:{free_port()}")
     monkeypatch.setenv("PACS_BRIDGE_DIRECTORY__CA_FILE", "")
@@ -150,8 +150,8 @@ def test_serve_bad_policy_exits_2(env, monkeypatch):
 
 
 def test_devstack_failure_exits_1(monkeypatch):
-    from bridge.devstack import stack
-    from bridge.devstack.process import DevstackError
+    from pacs_devstack import stack
+    from pacs_devstack.process import DevstackError
 
     def fail(*_a, **_k):  # type: ignore[no-untyped-def]
         raise DevstackError("keycloak did not become healthy")
@@ -221,13 +221,13 @@ def test_project_errors_are_in_the_tree():
     from bridge.audit.keycloak_events import KeycloakEventsError
     from bridge.audit.keys import KeyFileError
     from bridge.config import ConfigError
-    from bridge.devstack.process import DevstackError
     from bridge.directory.model import DirectoryUnavailable
     from bridge.errors import BridgeError
     from bridge.policy.loader import PolicyError
     from bridge.store.db import StoreError
     from bridge.sync.targets.base import TargetError
     from bridge.tokens.keys import SigningKeyError
+    from pacs_devstack.process import DevstackError
 
     codes = {ConfigError: 2, PolicyError: 2, StoreError: 2, KeyFileError: 2, KeycloakEventsError: 2,
              SigningKeyError: 2, DirectoryUnavailable: 1, TargetError: 1, DevstackError: 1}

@@ -2,7 +2,8 @@
 
 Why: a declared-but-unused dependency is attack surface and upgrade work for nothing, and an
 imported-but-undeclared one works only by accident (another package pulled it in) until a site's
-install breaks. Runtime = bridge/ without bridge/devstack (dev tooling: the `dev` extra).
+install breaks. Runtime = bridge/; the dev stack (devstack/, its own distribution) declares its own needs, and
+the `dev` extra installs it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BRIDGE = ROOT / "bridge"
-DEVSTACK = BRIDGE / "devstack"
+DEVSTACK = ROOT / "devstack"
 
 #: import name -> distribution name (normalised), where they differ
 DISTRIBUTION = {
@@ -45,16 +46,17 @@ def _imported(files: list[Path]) -> set[str]:
                 names.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names.add(node.module.split(".")[0])
-    third_party = {n for n in names if n not in sys.stdlib_module_names and n not in {"bridge", "__future__"}}
+    ours = {"bridge", "pacs_devstack", "__future__"}
+    third_party = {n for n in names if n not in sys.stdlib_module_names and n not in ours}
     return {_normalise(DISTRIBUTION.get(n, n)) for n in third_party - HOST_PROVIDED}
 
 
-def _project() -> dict:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+def _project(root: Path = ROOT) -> dict:
+    return tomllib.loads((root / "pyproject.toml").read_text())["project"]
 
 
 def _runtime_files() -> list[Path]:
-    return [p for p in BRIDGE.rglob("*.py") if DEVSTACK not in p.parents]
+    return list(BRIDGE.rglob("*.py"))
 
 
 def test_runtime_dependencies_are_exactly_what_bridge_imports():
@@ -64,12 +66,19 @@ def test_runtime_dependencies_are_exactly_what_bridge_imports():
     assert imported - declared == set(), "imported by bridge/ but not in [project] dependencies"
 
 
-def test_devstack_needs_are_the_dev_extra():
-    declared = {_normalise(r) for r in _project()["dependencies"]}
-    dev = {_normalise(r) for r in _project()["optional-dependencies"]["dev"]}
-    needed = _imported(list(DEVSTACK.rglob("*.py"))) - declared
-    assert needed <= dev, f"bridge/devstack imports {sorted(needed - dev)} missing from the `dev` extra"
-    assert declared & dev == set(), "a runtime dependency repeated in the `dev` extra"
+def test_devstack_declares_what_it_imports_and_the_dev_extra_installs_it():
+    runtime = {_normalise(r) for r in _project()["dependencies"]}
+    devstack = {_normalise(r) for r in _project(DEVSTACK)["dependencies"]}
+    needed = _imported(list((DEVSTACK / "pacs_devstack").rglob("*.py"))) - runtime
+    assert needed <= devstack, f"devstack/ imports {sorted(needed - devstack)} missing from its pyproject"
+    assert "pacs-sso-bridge" in devstack
+    assert {_normalise(r) for r in _project()["optional-dependencies"]["dev"]} == {"pacs-bridge-devstack"}
+
+
+def test_the_runtime_wheel_holds_no_dev_stack():
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert found["include"] == ["bridge*"]
+    assert not (BRIDGE / "devstack").exists()
 
 
 def test_requirements_and_import_names_meet_on_one_spelling(tmp_path):

@@ -28,18 +28,18 @@ from sqlalchemy import text
 from bridge.audit import jobs
 from bridge.audit.syslog import syslog_sender
 from bridge.config import load_config
-from bridge.devstack import demo_data, tls
-from bridge.devstack import keycloak as kc
-from bridge.devstack.kc_login import BrowserlessLogin, fresh_totp
-from bridge.devstack.pacs_double import dicom_instance
-from bridge.devstack.realm import AD_REALM
-from bridge.devstack.service import StackContext
-from bridge.devstack.state import free_port
 from bridge.pacs.orthanc_config import plugin_settings
 from bridge.store.db import migrate
 from bridge.sync.factory import build_runner
 from bridge.tokens.keys import KeyEncryptor
 from bridge.web.app import create_app
+from pacs_devstack import demo_data, tls
+from pacs_devstack import keycloak as kc
+from pacs_devstack.kc_login import BrowserlessLogin, fresh_totp
+from pacs_devstack.pacs_double import dicom_instance
+from pacs_devstack.realm import AD_REALM
+from pacs_devstack.service import StackContext
+from pacs_devstack.state import free_port
 
 pytestmark = pytest.mark.integration
 

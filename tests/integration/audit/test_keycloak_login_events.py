@@ -26,12 +26,12 @@ from bridge.audit import jobs
 from bridge.audit.store import open_store
 from bridge.cli import main
 from bridge.config import load_config
-from bridge.devstack import demo_data
-from bridge.devstack import keycloak as kc
-from bridge.devstack.kc_login import LoginError, client_for, fresh_totp
-from bridge.devstack.realm import AD_REALM
-from bridge.devstack.service import StackContext
 from bridge.store.db import migrate
+from pacs_devstack import demo_data
+from pacs_devstack import keycloak as kc
+from pacs_devstack.kc_login import LoginError, client_for, fresh_totp
+from pacs_devstack.realm import AD_REALM
+from pacs_devstack.service import StackContext
 
 pytestmark = pytest.mark.integration
 

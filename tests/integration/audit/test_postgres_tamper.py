@@ -25,7 +25,7 @@ def chain(stack: dict[str, Any]) -> Iterator[AuditStore]:
     """Ten records (checkpoints at 4 and 8) in a private schema of the shared database."""
     if "postgres" not in stack:
         pytest.skip("postgres is not part of this dev stack run")
-    from bridge.devstack.postgres import private_schema
+    from pacs_devstack.postgres import private_schema
 
     with private_schema(stack, "aud") as scoped:
         store = AuditStore(db.engine(scoped), CheckpointKey.generate(), checkpoint_every=4)

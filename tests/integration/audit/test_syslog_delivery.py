@@ -38,7 +38,7 @@ def test_down_then_up_delivers_each_event_once_in_order(collector, tmp_path):
     from bridge.audit.syslog import SyslogSender, SyslogTarget
     from bridge.core import audit_events as ev
     from bridge.core.audit_codes import AuditEventType
-    from bridge.devstack.state import free_port
+    from pacs_devstack.state import free_port
 
     marker = f"corr-{uuid.uuid4().hex}"
     events = [

@@ -182,8 +182,8 @@ def wait_for(check: Callable[[], bool], what: str, procs: Iterable[Proc], timeou
 def ensure_packages(*extra: str) -> None:
     """The Debian packages the deployment runs (Orthanc's, as in its image; `extra`), installed by
     the dev stack's installer when missing (CI), so a missing one fails loudly, never skips."""
-    from bridge.devstack.install import apt_install
-    from bridge.devstack.orthanc import OrthancService
+    from pacs_devstack.install import apt_install
+    from pacs_devstack.orthanc import OrthancService
 
     apt_install((*OrthancService.apt_packages, *extra))
 
@@ -200,7 +200,7 @@ def site_files(site: Path, ca_file: Path) -> dict[str, Path]:
     import base64
     import secrets as pysecrets
 
-    from bridge.devstack.tls import issue
+    from pacs_devstack.tls import issue
 
     # the bridge's own name is loopback here; PostgreSQL's is "postgres", the name clients verify
     for service, pair in (("bridge", issue("deploy-parity")), ("postgres", issue("deploy-postgres",

@@ -81,7 +81,7 @@ def _dockerfile(path: Path) -> dict[str, Any]:
 
 @pytest.fixture
 def deployment():  # type: ignore[no-untyped-def]
-    from bridge.devstack.tls import ensure_ca
+    from pacs_devstack.tls import ensure_ca
 
     ensure_packages("postgresql-15")
     # PostgreSQL runs as its own user: a root it can traverse (pytest's tmp_path is root-only)

@@ -134,7 +134,7 @@ def _dirs(ds: list[tuple[str, str, str]], root: Root) -> None:
 
 
 def test_units_run_as_processes(tmp_path: Path) -> None:
-    from bridge.devstack.tls import ensure_ca
+    from pacs_devstack.tls import ensure_ca
 
     ensure_packages()
     root = Root(tmp_path / "root")

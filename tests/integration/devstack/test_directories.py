@@ -7,10 +7,10 @@ from typing import Any
 import ldap3
 import pytest
 
-from bridge.devstack import demo_data, ldapseed, samba, slapd
-from bridge.devstack.process import DevstackError
-from bridge.devstack.service import StackContext
-from bridge.devstack.state import state_dir
+from pacs_devstack import demo_data, ldapseed, samba, slapd
+from pacs_devstack.process import DevstackError
+from pacs_devstack.service import StackContext
+from pacs_devstack.state import state_dir
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +69,7 @@ def test_wrong_password_is_refused(dirs, ctx, name: str) -> None:
 
 
 def test_tls_verification_rejects_a_foreign_ca(dirs, ctx, tmp_path) -> None:
-    from bridge.devstack.tls import issue
+    from pacs_devstack.tls import issue
 
     other = tmp_path / "other-ca.pem"
     other.write_bytes(issue("samba").cert.read_bytes())  # a leaf is not the CA: must not verify

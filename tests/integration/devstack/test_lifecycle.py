@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.devstack import install
+from pacs_devstack import install
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ set -e
 ip link set lo up
 export PACS_BRIDGE_DEVSTACK_DIR={state}
 {BIN}/pacs-bridge devstack up --owner demo
-{BIN}/python -m bridge.devstack.demo_data --banner > {tmp_path}/banner.txt
+{BIN}/python -m pacs_devstack.demo_data --banner > {tmp_path}/banner.txt
 {BIN}/pacs-bridge devstack status --json > {tmp_path}/status-up.json
 {BIN}/pacs-bridge devstack down
 {BIN}/pacs-bridge devstack status --json > {tmp_path}/status-down.json

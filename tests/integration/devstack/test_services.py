@@ -25,8 +25,8 @@ import requests
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from bridge.devstack.postgres import database_url
-from bridge.devstack.service import StackContext
+from pacs_devstack.postgres import database_url
+from pacs_devstack.service import StackContext
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bridge.devstack import walkthrough
+from pacs_devstack import walkthrough
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from bridge.devstack import process, state
-from bridge.devstack import stack as devstack
-from bridge.devstack.service import StackContext
+from pacs_devstack import process, state
+from pacs_devstack import stack as devstack
+from pacs_devstack.service import StackContext
 
 #: what a restarted server must do again after `wait_ready` (Keycloak's database is in memory)
 _RESEED = {"keycloak"}
@@ -75,8 +75,8 @@ def restored(stack: dict[str, Any], *names: str) -> Iterator[None]:
 
 def mfa_tokens(stack: dict[str, Any], usernames: tuple[str, ...]) -> list[str]:
     """Keycloak access tokens of real MFA logins (password + TOTP) through the pacs-viewer client."""
-    from bridge.devstack import demo_data
-    from bridge.devstack.kc_login import BrowserlessLogin, fresh_totp
+    from pacs_devstack import demo_data
+    from pacs_devstack.kc_login import BrowserlessLogin, fresh_totp
 
     login = BrowserlessLogin(stack["keycloak"]["url"], "hospital", "pacs-viewer",
                              "https://127.0.0.1:9443/viewer/oidc/callback", ca_file=stack["ca"]["file"])
@@ -95,14 +95,14 @@ def tools_auth(stack: dict[str, Any]) -> tuple[str, str]:
 
 def wait_states(want: dict[str, str], timeout: float = 20.0) -> dict[str, str]:
     """Wait until HAProxy reports each instance in the wanted state ("UP", "DOWN")."""
-    from bridge.devstack.haproxy import SERVICE as HAPROXY
+    from pacs_devstack.haproxy import SERVICE as HAPROXY
 
     return HAPROXY.wait_states(want, timeout)
 
 
 def private_schema(stack: dict[str, Any]) -> contextlib.AbstractContextManager[str]:
     """A migrated private schema in the stack's PostgreSQL (the database is shared); its URL."""
-    from bridge.devstack.postgres import private_schema as schema
+    from pacs_devstack.postgres import private_schema as schema
 
     return schema(stack, "ha")
 

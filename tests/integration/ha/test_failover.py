@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from ha_helpers import mfa_tokens, restored, start, tools_auth, wait_states
 
-from bridge.devstack import ha_load
-from bridge.devstack.bridge import SECOND
 from bridge.http import pinned_session
+from pacs_devstack import ha_load
+from pacs_devstack.bridge import SECOND
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +88,7 @@ def test_sigkill_of_one_instance_under_load(stack: dict[str, Any], ha: dict[str,
 def test_haproxy_forwards_the_client_address(ha: dict[str, Any]) -> None:
     import time
 
-    from bridge.devstack import process
+    from pacs_devstack import process
 
     http = pinned_session(ha["ca"])
     for _ in range(4):  # round robin: both instances see one

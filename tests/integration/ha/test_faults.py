@@ -15,9 +15,9 @@ from ha_helpers import mfa_tokens, need, restored, stop, wait_states
 
 from bridge.core.errors import VerificationError
 from bridge.core.verifier import Verifier, VerifierConfig
-from bridge.devstack import ha_load
-from bridge.devstack.bridge import INSTANCES
 from bridge.http import pinned_session
+from pacs_devstack import ha_load
+from pacs_devstack.bridge import INSTANCES
 
 pytestmark = pytest.mark.integration
 

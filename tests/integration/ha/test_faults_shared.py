@@ -20,8 +20,8 @@ import pytest
 from ha_helpers import mfa_tokens, need, private_schema, restored, start, stop, sync_runner, tools_auth, wait_states
 from sqlalchemy import func, select
 
-from bridge.devstack import ha_load
 from bridge.http import pinned_session
+from pacs_devstack import ha_load
 
 pytestmark = pytest.mark.integration
 
@@ -90,8 +90,8 @@ def test_postgres_restarted_under_load(stack: dict[str, Any], ha: dict[str, Any]
     need(stack, "keycloak", "postgres")
     from bridge.audit.store import open_store
     from bridge.core.audit_events import format_time, utcnow
-    from bridge.devstack.service import StackContext
     from bridge.store.db import engine
+    from pacs_devstack.service import StackContext
 
     subjects = mfa_tokens(stack, ("card.jon", "er.raj"))
     ctx = StackContext(ca_file=Path(ha["ca"]))

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bridge.devstack.kc_login import BrowserlessLogin, client_for
+from pacs_devstack.kc_login import BrowserlessLogin, client_for
 
 
 @pytest.fixture(scope="session")

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from bridge.devstack import demo_data
-from bridge.devstack import keycloak as kc
-from bridge.devstack.kc_login import BrowserlessLogin, LoginError, fresh_totp
-from bridge.devstack.realm import AD_REALM, LDAP_REALM
+from pacs_devstack import demo_data
+from pacs_devstack import keycloak as kc
+from pacs_devstack.kc_login import BrowserlessLogin, LoginError, fresh_totp
+from pacs_devstack.realm import AD_REALM, LDAP_REALM
 
 pytestmark = pytest.mark.integration
 

@@ -21,13 +21,13 @@ from oidc_helpers import (
 from werkzeug.serving import make_server
 
 from bridge.config import load_config
-from bridge.devstack import keycloak as kc
-from bridge.devstack import tls
-from bridge.devstack.service import StackContext
-from bridge.devstack.state import free_port
 from bridge.store.db import migrate
 from bridge.tokens.keys import KeyEncryptor
 from bridge.web.app import create_app
+from pacs_devstack import keycloak as kc
+from pacs_devstack import tls
+from pacs_devstack.service import StackContext
+from pacs_devstack.state import free_port
 
 
 def _admin(stack: dict[str, Any]) -> kc.AdminClient:

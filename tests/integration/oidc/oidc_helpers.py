@@ -19,11 +19,11 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import requests
 from flask import Flask
 
-from bridge.devstack import demo_data
-from bridge.devstack import keycloak as kc
-from bridge.devstack.kc_login import _error_text, _form, fresh_totp
 from bridge.http import pinned_session
 from bridge.store.db import engine
+from pacs_devstack import demo_data
+from pacs_devstack import keycloak as kc
+from pacs_devstack.kc_login import _error_text, _form, fresh_totp
 
 VIEWER_PATH = "/viewer/callback"
 LIFETIME, MAX_LIFETIME = 10, 20  # the shortest the configuration allows: rotation is watched to the end

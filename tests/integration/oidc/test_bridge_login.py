@@ -17,11 +17,11 @@ from sqlalchemy import select
 
 from bridge.core.errors import VerificationError
 from bridge.core.verifier import Verifier, VerifierConfig
-from bridge.devstack import demo_data
-from bridge.devstack import keycloak as kc
-from bridge.devstack.realm import AD_REALM, LDAP_REALM
 from bridge.store.db import write_session
 from bridge.store.models import RoleAssignment
+from pacs_devstack import demo_data
+from pacs_devstack import keycloak as kc
+from pacs_devstack.realm import AD_REALM, LDAP_REALM
 
 pytestmark = pytest.mark.integration
 

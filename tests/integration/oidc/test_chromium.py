@@ -11,10 +11,10 @@ from oidc_helpers import BridgeServer, otp_for
 from sqlalchemy import select
 
 from bridge.core.verifier import Verifier, VerifierConfig
-from bridge.devstack import browser, demo_data, tls
-from bridge.devstack.realm import AD_REALM
 from bridge.store.db import engine, session
 from bridge.store.models import RoleAssignment
+from pacs_devstack import browser, demo_data, tls
+from pacs_devstack.realm import AD_REALM
 
 pytestmark = pytest.mark.integration
 

@@ -16,15 +16,15 @@ from flask import Flask, request
 from oidc_helpers import BridgeServer, _repoint_client, db_engine, otp_for, restore_backchannel_url
 from werkzeug.serving import make_server
 
-from bridge.devstack import demo_data, tls
-from bridge.devstack import keycloak as kc
-from bridge.devstack.kc_login import BrowserlessLogin
-from bridge.devstack.realm import AD_REALM
-from bridge.devstack.service import StackContext
-from bridge.devstack.state import free_port
 from bridge.http import pinned_session
 from bridge.store.db import write_session
 from bridge.store.models import RoleAssignment
+from pacs_devstack import demo_data, tls
+from pacs_devstack import keycloak as kc
+from pacs_devstack.kc_login import BrowserlessLogin
+from pacs_devstack.realm import AD_REALM
+from pacs_devstack.service import StackContext
+from pacs_devstack.state import free_port
 
 pytestmark = pytest.mark.integration
 

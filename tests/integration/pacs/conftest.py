@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from bridge.core.permissions import Permission as P
-from bridge.devstack.pacs_double import AUDIT_SECRET, BridgeDouble, dicom_instance
+from pacs_devstack.pacs_double import AUDIT_SECRET, BridgeDouble, dicom_instance
 
 #: (patient id, name, department, modality, institution)
 STUDIES = (

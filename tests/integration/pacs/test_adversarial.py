@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from bridge.core.permissions import Permission as P
-from bridge.devstack.pacs_double import dicom_instance
+from pacs_devstack.pacs_double import dicom_instance
 
 pytestmark = pytest.mark.integration
 ROOT = "1.2.826.0.1.3680043.10.1137.66"

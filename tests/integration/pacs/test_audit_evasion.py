@@ -28,14 +28,14 @@ import requests
 from bridge.config import load_config
 from bridge.core import audit_events as ev
 from bridge.core.permissions import Permission as P
-from bridge.devstack import tls
-from bridge.devstack.pacs_double import dicom_instance
-from bridge.devstack.state import free_port
 from bridge.pacs.orthanc_config import plugin_settings
 from bridge.store.db import migrate
 from bridge.tokens import claims as claims_mod
 from bridge.tokens.keys import KeyEncryptor
 from bridge.web.app import create_app
+from pacs_devstack import tls
+from pacs_devstack.pacs_double import dicom_instance
+from pacs_devstack.state import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import SecondaryCaptureImageStorage, StudyRootQueryRetrieveInformationModelFind
 
-from bridge.devstack.pacs_double import dicom_instance
+from pacs_devstack.pacs_double import dicom_instance
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ import pytest
 
 from bridge.core.permissions import Permission as P
 from bridge.core.permissions import expand
-from bridge.devstack.pacs_double import BridgeDouble, dicom_instance
 from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
+from pacs_devstack.pacs_double import BridgeDouble, dicom_instance
 
 pytestmark = pytest.mark.integration
 

@@ -28,11 +28,11 @@ from pynetdicom.sop_class import SecondaryCaptureImageStorage
 from bridge.config import load_config
 from bridge.core import mfa
 from bridge.core.permissions import Permission as P
-from bridge.devstack.pacs_double import AUDIENCE, dicom_instance
 from bridge.tokens.claims import TokenSettings
 from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
 from bridge.tokens.service import TokenService
 from bridge.web.app import create_app
+from pacs_devstack.pacs_double import AUDIENCE, dicom_instance
 from tests.doubles import MemoryAssignmentSource, MemoryRevocationStore
 
 pytestmark = pytest.mark.integration

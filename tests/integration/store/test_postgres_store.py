@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 def pg_url(stack):
     if "postgres" not in stack:
         pytest.skip("postgres is not part of this dev stack run (PACS_BRIDGE_DEVSTACK_ONLY)")
-    from bridge.devstack.postgres import private_schema
+    from pacs_devstack.postgres import private_schema
 
     with private_schema(stack) as scoped:  # a private schema: other tests share this database
         yield scoped

@@ -14,10 +14,10 @@ import pytest
 from sync_helpers import AdUsers, directory_section, need
 
 from bridge.config import DirectorySection
-from bridge.devstack import ldapseed
-from bridge.devstack.service import StackContext
-from bridge.devstack.state import state_dir
 from bridge.store.db import migrate
+from pacs_devstack import ldapseed
+from pacs_devstack.service import StackContext
+from pacs_devstack.state import state_dir
 
 
 @pytest.fixture(scope="session")

@@ -15,12 +15,12 @@ import ldap3
 import pytest
 
 from bridge.config import DirectorySection, Settings, load_config
-from bridge.devstack.service import StackContext
 from bridge.directory.reader import reader_for
 from bridge.policy.loader import load_policy
 from bridge.store.db import engine as make_engine
 from bridge.sync.runner import SyncRunner
 from bridge.sync.safety import Thresholds
+from pacs_devstack.service import StackContext
 
 POLICY = Path(__file__).parents[3] / "examples" / "policy.yaml"
 RADIOLOGY = "CN=Radiology,OU=Radiology,OU=Groups,DC=hospital,DC=test"

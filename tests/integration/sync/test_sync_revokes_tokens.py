@@ -17,9 +17,6 @@ from bridge.audit.store import AuditStore
 from bridge.config import DirectorySection, load_config
 from bridge.core.errors import VerificationError
 from bridge.core.verifier import Verifier, VerifierConfig
-from bridge.devstack import demo_data
-from bridge.devstack.kc_login import BrowserlessLogin, fresh_totp
-from bridge.devstack.realm import AD_REALM
 from bridge.directory.reader import reader_for
 from bridge.policy.loader import load_policy
 from bridge.store.db import engine as make_engine
@@ -31,6 +28,9 @@ from bridge.sync.safety import Thresholds
 from bridge.sync.targets.store import StoreTarget
 from bridge.tokens.keys import KeyEncryptor
 from bridge.web.app import create_app
+from pacs_devstack import demo_data
+from pacs_devstack.kc_login import BrowserlessLogin, fresh_totp
+from pacs_devstack.realm import AD_REALM
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from bridge.devstack import keycloak as kc
-from bridge.devstack.kc_login import BrowserlessLogin
-from bridge.devstack.service import StackContext
+from pacs_devstack import keycloak as kc
+from pacs_devstack.kc_login import BrowserlessLogin
+from pacs_devstack.service import StackContext
 
 #: redirect URIs registered in keycloak-realm/hospital-realm.json (never followed by the helper)
 REDIRECTS = {

@@ -12,14 +12,14 @@ import pytest
 
 from bridge.config import load_config
 from bridge.core.verifier import Verifier, VerifierConfig
-from bridge.devstack import demo_data
-from bridge.devstack import keycloak as kc
-from bridge.devstack.kc_login import BrowserlessLogin, fresh_totp
-from bridge.devstack.realm import AD_REALM, LDAP_REALM
 from bridge.store.db import engine, migrate, session
 from bridge.store.models import RoleAssignment
 from bridge.tokens.keys import KeyEncryptor
 from bridge.web.app import create_app
+from pacs_devstack import demo_data
+from pacs_devstack import keycloak as kc
+from pacs_devstack.kc_login import BrowserlessLogin, fresh_totp
+from pacs_devstack.realm import AD_REALM, LDAP_REALM
 
 pytestmark = pytest.mark.integration
 

@@ -12,12 +12,12 @@ import jwt
 import pytest
 
 from bridge.config import load_config
-from bridge.devstack import demo_data
-from bridge.devstack.kc_login import BrowserlessLogin, fresh_totp
-from bridge.devstack.realm import AD_REALM
 from bridge.store.db import migrate
 from bridge.tokens.keys import KeyEncryptor
 from bridge.web.app import create_app
+from pacs_devstack import demo_data
+from pacs_devstack.kc_login import BrowserlessLogin, fresh_totp
+from pacs_devstack.realm import AD_REALM
 
 pytestmark = pytest.mark.integration
 

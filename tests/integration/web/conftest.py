@@ -1,7 +1,7 @@
 """A second bridge under gunicorn with 2 workers, on the dev stack's config, Redis and database.
 
 The dev stack's own bridge serves the other tests; tight limits for a test must not lock them out,
-so limit tests run this one: same code path (bridge/devstack/bridge.py's gunicorn command and
+so limit tests run this one: same code path (devstack/pacs_devstack/bridge.py's gunicorn command and
 environment), own port, own rate-limit key prefix, limits and ``web.*`` overrides through the
 environment, exactly as a site would set them.
 """
@@ -21,10 +21,10 @@ import pytest
 import requests
 
 from bridge.config import load_config
-from bridge.devstack import process
-from bridge.devstack.bridge import WORKERS, gunicorn_argv, gunicorn_env
-from bridge.devstack.state import free_port
 from bridge.http import pinned_session
+from pacs_devstack import process
+from pacs_devstack.bridge import WORKERS, gunicorn_argv, gunicorn_env
+from pacs_devstack.state import free_port
 
 _PID = re.compile(r'^\S+ <(\d+)> "(\S+) (\S+)" (\d{3}) ')
 

@@ -24,8 +24,8 @@ from bridge.audit.store import open_store
 from bridge.config import load_config
 from bridge.core import audit_events as ev
 from bridge.core.audit_codes import AuditEventType
-from bridge.devstack.service import StackContext
 from bridge.http import pinned_session
+from pacs_devstack.service import StackContext
 
 pytestmark = pytest.mark.integration
 

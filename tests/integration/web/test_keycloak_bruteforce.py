@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from bridge.devstack import keycloak as kc
-from bridge.devstack.kc_login import LoginError, client_for
-from bridge.devstack.realm import AD_REALM
-from bridge.devstack.service import StackContext
-from bridge.devstack.state import project_root
+from pacs_devstack import keycloak as kc
+from pacs_devstack.kc_login import LoginError, client_for
+from pacs_devstack.realm import AD_REALM
+from pacs_devstack.service import StackContext
+from pacs_devstack.state import project_root
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ import pytest
 
 from bridge.audit.store import open_store
 from bridge.config import load_config
-from bridge.devstack.bridge import WORKERS
 from bridge.http import pinned_session
+from pacs_devstack.bridge import WORKERS
 from tests.integration.web.conftest import _PID, bridge_info
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import redis
 
-from bridge.devstack import redis as redis_service
-from bridge.devstack.service import StackContext
+from pacs_devstack import redis as redis_service
+from pacs_devstack.service import StackContext
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from bridge.audit.store import open_store
 from bridge.audit.syslog import SyslogSender, SyslogTarget
 from bridge.cli import main
 from bridge.config import load_config
-from bridge.devstack.state import free_port
 from bridge.store import db
+from pacs_devstack.state import free_port
 
 
 def test_audit_verify_cli(tmp_path, monkeypatch, make_event):

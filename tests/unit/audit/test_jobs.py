@@ -11,8 +11,8 @@ from bridge.audit.archive import verify_archive
 from bridge.audit.store import open_store
 from bridge.audit.syslog import SyslogSender, SyslogTarget
 from bridge.config import load_config
-from bridge.devstack.state import free_port
 from bridge.store import db
+from pacs_devstack.state import free_port
 
 
 def settings_for(tmp_path: Path, **audit: object):

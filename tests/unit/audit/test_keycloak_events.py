@@ -18,8 +18,8 @@ from bridge.audit import jobs
 from bridge.audit import keycloak_events as kce
 from bridge.config import load_config
 from bridge.core.audit_codes import AuditEventType, Outcome
-from bridge.devstack import realm
 from bridge.store import db
+from pacs_devstack import realm
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "keycloak_events.json").read_text())
 ISSUER = "https://bridge.hospital.test"

@@ -96,7 +96,7 @@ def test_orthanc_is_debian_with_the_bundle_and_the_generated_config() -> None:
     assert orthanc["build"]["dockerfile"] == "deploy/orthanc/Dockerfile"
     dockerfile = (ROOT / "deploy/orthanc/Dockerfile").read_text()
     assert "FROM debian:bookworm-slim" in dockerfile
-    from bridge.devstack.orthanc import OrthancService
+    from pacs_devstack.orthanc import OrthancService
 
     assert " ".join(OrthancService.apt_packages) in dockerfile, "the image installs what the tests run"
     assert not [v for v in orthanc["volumes"] if isinstance(v, str) and v.startswith("./")], \

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from bridge.config import load_config
-from bridge.devstack import bridge as bridge_service
-from bridge.devstack import redis as redis_service
-from bridge.devstack.service import StackContext
-from bridge.devstack.tls import ensure_ca
+from pacs_devstack import bridge as bridge_service
+from pacs_devstack import redis as redis_service
+from pacs_devstack.service import StackContext
+from pacs_devstack.tls import ensure_ca
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import copy
 import pyotp
 import pytest
 
-from bridge.devstack import demo_data
+from pacs_devstack import demo_data
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.devstack.haproxy import haproxy_config
+from pacs_devstack.haproxy import haproxy_config
 
 
 def _config(tmp_path: Path) -> str:
@@ -41,7 +41,7 @@ def test_tls_both_ways_and_forwarded_headers(tmp_path: Path) -> None:
 def test_haproxy_accepts_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if shutil.which("haproxy") is None:
         pytest.skip("haproxy is not installed (the dev stack installs it)")
-    from bridge.devstack.tls import issue
+    from pacs_devstack.tls import issue
 
     monkeypatch.setenv("PACS_BRIDGE_DEVSTACK_DIR", str(tmp_path / "state"))
     pair = issue("haproxy-unit")

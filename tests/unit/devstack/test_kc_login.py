@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.devstack import kc_login
-from bridge.devstack.kc_login import BrowserlessLogin, LoginError
+from pacs_devstack import kc_login
+from pacs_devstack.kc_login import BrowserlessLogin, LoginError
 
 LOGIN_PAGE = """<html><head><title>Sign in to St. Aldhelm</title></head><body>
 <form id="kc-form-login" class="pf-v5-c-form" onsubmit="login.disabled = true; return true;"

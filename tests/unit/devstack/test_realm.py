@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bridge.devstack import realm
+from pacs_devstack import realm
 
 STORAGE = "org.keycloak.storage.UserStorageProvider"
 MAPPERS = "org.keycloak.storage.ldap.mappers.LDAPStorageMapper"

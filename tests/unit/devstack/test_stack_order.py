@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from bridge.devstack import stack
-from bridge.devstack.service import Service, StackContext
+from pacs_devstack import stack
+from pacs_devstack.service import Service, StackContext
 
 
 class Fake(Service):

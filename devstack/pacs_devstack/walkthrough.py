@@ -16,9 +16,9 @@ from typing import Any
 import jwt
 import requests
 
-from bridge.devstack import demo_data, state
-from bridge.devstack.kc_login import client_for, fresh_totp
 from bridge.http import pinned_session
+from pacs_devstack import demo_data, state
+from pacs_devstack.kc_login import client_for, fresh_totp
 
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"

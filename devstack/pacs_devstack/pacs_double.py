@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from bridge.core.permissions import Permission
-from bridge.devstack.state import free_port
-from bridge.devstack.tls import issue
 from bridge.tokens import claims as claims_mod
 from bridge.tokens.keys import KeyEncryptor, KeyRing, MemoryKeyRepository
+from pacs_devstack.state import free_port
+from pacs_devstack.tls import issue
 
 AUDIENCE = "pacs"
 AUDIT_SECRET = "audit-ingest-test-secret"

@@ -20,10 +20,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bridge.devstack import process, tls
-from bridge.devstack.process import DevstackError
-from bridge.devstack.service import Service, StackContext
-from bridge.devstack.state import free_port
+from pacs_devstack import process, tls
+from pacs_devstack.process import DevstackError
+from pacs_devstack.service import Service, StackContext
+from pacs_devstack.state import free_port
 
 BINARY = Path("/usr/bin/redis-server")
 PASSWORD_SECRET = "redis-password"
@@ -53,7 +53,7 @@ class RedisService(Service):
         data = self.dir / "data"
         data.mkdir(mode=0o700, exist_ok=True)
         self.config_file.write_text(f"""\
-# written by bridge/devstack/redis.py
+# written by devstack/pacs_devstack/redis.py
 bind 127.0.0.1
 protected-mode yes
 port 0

@@ -18,10 +18,10 @@ from typing import Any
 
 import requests
 
-from bridge.devstack import process
-from bridge.devstack.process import DevstackError
-from bridge.devstack.service import Service, StackContext
-from bridge.devstack.state import free_port
+from pacs_devstack import process
+from pacs_devstack.process import DevstackError
+from pacs_devstack.service import Service, StackContext
+from pacs_devstack.state import free_port
 
 TOKEN_SECRET = "scim-token"
 

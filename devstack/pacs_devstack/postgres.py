@@ -29,10 +29,10 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 
-from bridge.devstack import process, tls
-from bridge.devstack.process import DevstackError
-from bridge.devstack.service import Service, StackContext
-from bridge.devstack.state import free_port
+from pacs_devstack import process, tls
+from pacs_devstack.process import DevstackError
+from pacs_devstack.service import Service, StackContext
+from pacs_devstack.state import free_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 SERVER_USER = "postgres"  # Debian's postgresql-common creates it
@@ -157,7 +157,7 @@ class PostgresService(Service):
         (self.work / "port").write_text(str(free_port()))
         hba = self.work / "pg_hba.conf"
         hba.write_text(
-            "# written by bridge/devstack/postgres.py; anything not listed is rejected\n"
+            "# written by devstack/pacs_devstack/postgres.py; anything not listed is rejected\n"
             f"local   all     {SERVER_USER}  peer\n"
             f"hostssl {DB_NAME}  {DB_USER}    127.0.0.1/32  scram-sha-256\n"
             f"hostssl {DB_NAME}  {DB_USER}    ::1/128       scram-sha-256\n"

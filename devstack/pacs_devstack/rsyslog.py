@@ -22,10 +22,10 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from bridge.devstack import process, tls
-from bridge.devstack.process import DevstackError
-from bridge.devstack.service import Service, StackContext
-from bridge.devstack.state import free_port
+from pacs_devstack import process, tls
+from pacs_devstack.process import DevstackError
+from pacs_devstack.service import Service, StackContext
+from pacs_devstack.state import free_port
 
 BINARY = Path("/usr/sbin/rsyslogd")
 GTLS_DRIVER = Path("/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so")
@@ -62,7 +62,7 @@ class RsyslogService(Service):
         work.mkdir(mode=0o700, exist_ok=True)
         pair = tls.issue("rsyslog")
         self.config_file.write_text(f"""\
-# written by bridge/devstack/rsyslog.py
+# written by devstack/pacs_devstack/rsyslog.py
 global(
   workDirectory="{work}"
   maxMessageSize="{MAX_MESSAGE}"

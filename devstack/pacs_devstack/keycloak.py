@@ -13,7 +13,7 @@ small Keycloak *home* in `<state>/keycloak/home`: copies of `bin/`, `conf/` and 
 and symlinks to the 160 MB of jars, so stacks running at once share nothing writable.  `data/`
 (realm import files, temp files) is recreated on every `prepare`.
 
-Realms `hospital` (Samba AD) and `hospital-ldap` (OpenLDAP) come from `bridge.devstack.realm`;
+Realms `hospital` (Samba AD) and `hospital-ldap` (OpenLDAP) come from `pacs_devstack.realm`;
 their `${...}` placeholders are filled from the environment of the Keycloak process.  OpenLDAP's
 port is only known once slapd runs, hence ``needs = ("slapd",)``: the stack starts Keycloak after
 slapd is ready.  `seed` imports the directory users (full sync) and gives each a TOTP credential
@@ -34,12 +34,12 @@ from typing import Any
 
 import requests
 
-from bridge.devstack import demo_data, install, process, realm
-from bridge.devstack.process import DevstackError
-from bridge.devstack.service import Service, StackContext
-from bridge.devstack.state import cache_dir, free_port
-from bridge.devstack.tls import issue
 from bridge.http import pinned_session
+from pacs_devstack import demo_data, install, process, realm
+from pacs_devstack.process import DevstackError
+from pacs_devstack.service import Service, StackContext
+from pacs_devstack.state import cache_dir, free_port
+from pacs_devstack.tls import issue
 
 KEYCLOAK_VERSION = "26.5.6"
 ARTIFACT = f"org.keycloak:keycloak-quarkus-dist:{KEYCLOAK_VERSION}:zip"
@@ -143,7 +143,7 @@ def _make_home(dist: Path, home: Path, *, quarkus: Path) -> None:
 
 def _bridge_url() -> str:
     """The stack's bridge URL (its port is chosen before Keycloak starts; see devstack/bridge.py)."""
-    from bridge.devstack.bridge import SERVICE as BRIDGE
+    from pacs_devstack.bridge import SERVICE as BRIDGE
 
     return BRIDGE.url()
 

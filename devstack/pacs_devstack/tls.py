@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from bridge.devstack.state import service_dir
+from pacs_devstack.state import service_dir
 
 CA_NAME = "PACS SSO Bridge Dev CA"
 VALIDITY_DAYS = 30

@@ -35,10 +35,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bridge.devstack import process, tls
-from bridge.devstack.process import DevstackError
-from bridge.devstack.service import Service, StackContext
 from bridge.http import pinned_session
+from pacs_devstack import process, tls
+from pacs_devstack.process import DevstackError
+from pacs_devstack.service import Service, StackContext
 
 BINARY = Path("/usr/sbin/haproxy")
 #: the dev stack's health-check timing (see the module docstring)
@@ -53,7 +53,7 @@ def haproxy_config(*, port: int, cert_pem: Path, ca_file: Path, backends: dict[s
     ``admin_socket`` is the runtime API (``show stat``: which instance is up), 0600."""
     admin = f"\n    stats socket {admin_socket} mode 600 level admin" if admin_socket else ""
     servers = "\n".join(f"    server {name} 127.0.0.1:{p}" for name, p in backends.items())
-    return f"""# written by bridge/devstack/haproxy.py
+    return f"""# written by devstack/pacs_devstack/haproxy.py
 global
     maxconn 4096{admin}
     log stderr format short local0 info
@@ -160,7 +160,7 @@ class HaproxyService(Service):
     def prepare(self, ctx: StackContext) -> None:
         if not BINARY.exists() and shutil.which("haproxy") is None:
             raise DevstackError(f"haproxy: {BINARY} is missing (apt package haproxy)")
-        from bridge.devstack.bridge import INSTANCES
+        from pacs_devstack.bridge import INSTANCES
 
         pair = tls.issue("haproxy")
         pem = self.dir / "tls.pem"  # HAProxy wants certificate and key in one file
@@ -183,7 +183,7 @@ class HaproxyService(Service):
             return session.get(f"{url}/readyz", timeout=3).status_code == 200
 
         process.wait_until(ready, what="haproxy", timeout=30, rec=process.load(self.name), interval=0.2)
-        from bridge.devstack.bridge import INSTANCES
+        from pacs_devstack.bridge import INSTANCES
 
         return {"url": url, "backends": {b.name: b.own_url() for b in INSTANCES}, "config": str(self.config_file),
                 "admin_socket": str(self.admin_socket)}

@@ -21,9 +21,9 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from bridge.devstack import install
-from bridge.devstack.state import free_port
 from bridge.http import pinned_session
+from pacs_devstack import install
+from pacs_devstack.state import free_port
 
 #: what a machine needs for the browser tests (installed by `ensure_installed`, as CI does)
 APT_PACKAGES = ("chromium", "chromium-driver")

@@ -238,8 +238,8 @@ def client_for(stack: dict[str, Any], realm: str, client_id: str) -> Browserless
 
     The confidential `pacs-bridge` client gets its secret from the stack's secrets file.
     """
-    from bridge.devstack import keycloak
-    from bridge.devstack.service import StackContext
+    from pacs_devstack import keycloak
+    from pacs_devstack.service import StackContext
 
     if client_id not in REDIRECT_URIS:
         raise LoginError(f"no redirect URI known for client {client_id!r}; known: {', '.join(REDIRECT_URIS)}")

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bridge.devstack.state import project_root
+from pacs_devstack.state import project_root
 
 AD_REALM = "hospital"
 LDAP_REALM = "hospital-ldap"

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.devstack import process
-from bridge.devstack.state import free_port, port_open, service_dir, state_dir
+from pacs_devstack import process
+from pacs_devstack.state import free_port, port_open, service_dir, state_dir
 
 
 @dataclass

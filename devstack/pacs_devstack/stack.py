@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from bridge.devstack import install, state
-from bridge.devstack.process import DevstackError
-from bridge.devstack.service import Service, StackContext
-from bridge.devstack.tls import ensure_ca
+from pacs_devstack import install, state
+from pacs_devstack.process import DevstackError
+from pacs_devstack.service import Service, StackContext
+from pacs_devstack.tls import ensure_ca
 
 #: every service, in start order (each module defines `SERVICE`)
 ALL = ("keycloak", "samba", "slapd", "redis", "bridge", "bridge2", "haproxy", "orthanc", "scim", "postgres", "rsyslog")
@@ -28,7 +28,7 @@ def service(name: str) -> Service:
     if name not in ALL:
         raise DevstackError(f"unknown dev stack service {name!r}; known: {', '.join(ALL)}")
     module, attr = _DEFINED_IN.get(name, (name, "SERVICE"))
-    return getattr(importlib.import_module(f"bridge.devstack.{module}"), attr)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(f"pacs_devstack.{module}"), attr)  # type: ignore[no-any-return]
 
 
 def _selected(names: Iterable[str] | None) -> list[Service]:
@@ -45,7 +45,7 @@ def up(names: Iterable[str] | None = None, *, seed: bool = True, owner: str = "c
     ctx.info.update(state.read_stack())
     ctx.info["ca"] = {"file": str(ctx.ca_file)}
     # which services make up this stack, before anything starts: the bridge's public URL is
-    # HAProxy's only when HAProxy runs (bridge/devstack/bridge.py), and Keycloak needs it first
+    # HAProxy's only when HAProxy runs (devstack/pacs_devstack/bridge.py), and Keycloak needs it first
     if not any(s.running() for s in services):
         state.update_stack("selection", {"services": [s.name for s in services]})
 

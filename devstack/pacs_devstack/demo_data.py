@@ -4,7 +4,7 @@ Why one file: the bridge must behave the same against AD and OpenLDAP, so both d
 seeded from the same people and groups, and the tests, the demo banner and `pacs-bridge demo otp`
 read the same source.
 
-Schema of ``bridge/devstack/data/directory.json`` (``schema_version`` 1)::
+Schema of ``devstack/pacs_devstack/data/directory.json`` (``schema_version`` 1)::
 
     institution, realm, domain, mail_domain   strings describing the demo hospital
     special_cases      where the edge cases live, so tests need not hard-code names:
@@ -215,12 +215,12 @@ def banner(stack: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bridge.devstack.demo_data")
+    parser = argparse.ArgumentParser(prog="python -m pacs_devstack.demo_data")
     parser.add_argument("--banner", action="store_true", help="print the demo banner for the running stack")
     parser.add_argument("--check", action="store_true", help="validate directory.json")
     args = parser.parse_args(argv)
     if args.banner:
-        from bridge.devstack.state import read_stack
+        from pacs_devstack.state import read_stack
 
         print(banner(read_stack()))
     else:

@@ -36,10 +36,10 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any
 
-from bridge.devstack import demo_data, ldapseed, process, tls
-from bridge.devstack.process import DevstackError
-from bridge.devstack.service import Service, StackContext
-from bridge.devstack.state import free_port
+from pacs_devstack import demo_data, ldapseed, process, tls
+from pacs_devstack.process import DevstackError
+from pacs_devstack.service import Service, StackContext
+from pacs_devstack.state import free_port
 
 BASE_DN = "dc=hospital,dc=test"
 ROOT_DN = f"cn=admin,{BASE_DN}"
@@ -80,7 +80,7 @@ def ssha(password: str) -> str:
 def _config(d: Path, cert: tls.CertPair, root_password: str) -> str:
     names = ("core", "cosine", "nis", "inetorgperson")
     schemas = "\n".join(f"include {SCHEMA_DIR / n}.schema" for n in names)
-    return f"""# written by bridge.devstack.slapd; rebuilt on every `pacs-bridge devstack up`
+    return f"""# written by pacs_devstack.slapd; rebuilt on every `pacs-bridge devstack up`
 {schemas}
 modulepath {MODULE_DIR}
 moduleload back_mdb

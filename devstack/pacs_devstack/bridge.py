@@ -1,7 +1,7 @@
 """The bridge itself in the dev stack: gunicorn over TLS on loopback, configured like a site would.
 
 Two instances, ``bridge`` and ``bridge2`` (same configuration but the listen port, one PostgreSQL
-database), behind HAProxy (bridge/devstack/haproxy.py), as a site runs them for availability.
+database), behind HAProxy (devstack/pacs_devstack/haproxy.py), as a site runs them for availability.
 When HAProxy is part of the stack, the public URL (token issuer, Keycloak callback, the Orthanc
 plugin's JWKS and revocation list) is HAProxy's; otherwise it is the first instance's own.  Without
 the ``postgres`` service (a narrowed stack) the store is a SQLite file in ``.devstack/bridge/``.
@@ -25,11 +25,11 @@ import yaml
 
 # the canonical command line lives with the runtime (re-exported: tests import it from here)
 from bridge.deploy.gunicorn import THREADS, WORKERS, gunicorn_argv, gunicorn_env  # noqa: F401
-from bridge.devstack import process, state
-from bridge.devstack.service import Service, StackContext
-from bridge.devstack.state import project_root
-from bridge.devstack.tls import issue
 from bridge.http import pinned_session
+from pacs_devstack import process, state
+from pacs_devstack.service import Service, StackContext
+from pacs_devstack.state import project_root
+from pacs_devstack.tls import issue
 
 #: secrets (names in .devstack/secrets.json) written to files the config names
 SESSION_SECRET = "bridge-session"
@@ -54,7 +54,7 @@ def fronted() -> bool:
 
 def front_url() -> str:
     """HAProxy's URL (its port is chosen on first use, like the bridge's)."""
-    from bridge.devstack.haproxy import SERVICE as HAPROXY
+    from pacs_devstack.haproxy import SERVICE as HAPROXY
 
     return HAPROXY.url()
 
@@ -114,7 +114,7 @@ class BridgeService(Service):
             return f"sqlite:///{self.shared_dir / 'bridge.db'}"
         from sqlalchemy.engine import URL
 
-        from bridge.devstack.postgres import DB_NAME, DB_USER
+        from pacs_devstack.postgres import DB_NAME, DB_USER
 
         d = self.dir / "secrets"
         d.mkdir(mode=0o700, exist_ok=True)
@@ -260,6 +260,6 @@ class BridgeService(Service):
 
 
 SERVICE = BridgeService()
-#: the second instance (service name ``bridge2``; see bridge/devstack/stack.py)
+#: the second instance (service name ``bridge2``; see devstack/pacs_devstack/stack.py)
 SECOND = BridgeService("bridge2", first=SERVICE)
 INSTANCES = (SERVICE, SECOND)

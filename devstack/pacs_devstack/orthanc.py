@@ -24,10 +24,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bridge.devstack import process
-from bridge.devstack.process import DevstackError
-from bridge.devstack.service import Service, StackContext
-from bridge.devstack.state import free_port, port_open
 from bridge.pacs.orthanc_config import (
     DICOMWEB_PLUGIN,
     PYTHON_PLUGIN,
@@ -35,6 +31,10 @@ from bridge.pacs.orthanc_config import (
     orthanc_config,
     plugin_settings,
 )
+from pacs_devstack import process
+from pacs_devstack.process import DevstackError
+from pacs_devstack.service import Service, StackContext
+from pacs_devstack.state import free_port, port_open
 
 BINARY = Path("/usr/sbin/Orthanc")
 #: the dev stack's one DICOM peer (tests associate with this AE title from 127.0.0.1)

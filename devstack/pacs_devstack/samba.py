@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bridge.devstack import demo_data, ldapseed, process, tls
-from bridge.devstack.service import Service, StackContext
-from bridge.devstack.state import cache_dir
+from pacs_devstack import demo_data, ldapseed, process, tls
+from pacs_devstack.service import Service, StackContext
+from pacs_devstack.state import cache_dir
 
 REALM = "HOSPITAL.TEST"
 DOMAIN = "HOSPITAL"

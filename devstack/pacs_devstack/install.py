@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from bridge.devstack.process import DevstackError, run
+from pacs_devstack.process import DevstackError, run
 
 _apt_updated = False
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge.devstack.state import service_dir
 from bridge.errors import BridgeError
+from pacs_devstack.state import service_dir
 
 
 class DevstackError(BridgeError, RuntimeError):

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import ldap3
 from ldap3.core.exceptions import LDAPException
 
-from bridge.devstack.process import DevstackError
+from pacs_devstack.process import DevstackError
 
 
 def connect(url: str, ca_file: Path | str, bind_dn: str, password: str, *,
