@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.core.grants import StudyInfo
+
 #: Orthanc resource levels as they appear in URIs
 LEVELS = ("patients", "studies", "series", "instances")
 DEPARTMENT_TAG = "0008,1040"
@@ -29,17 +31,6 @@ INSTITUTION_TAG = "0008,0080"
 
 RestGet = Callable[[str], Any]
 RestPost = Callable[[str, str], Any]
-
-
-@dataclass(frozen=True)
-class StudyInfo:
-    """What the scope check and the audit trail need to know about one study."""
-
-    orthanc_id: str
-    study_uid: str
-    patient_id: str
-    department: str
-    institution: str
 
 
 @dataclass(frozen=True)
