@@ -68,11 +68,9 @@ def _register_areas() -> None:
 
     main.add_command(audit_cli)
     main.add_command(db_cli)
-    from bridge.pacs.cli import plugin_cli
+    from bridge.deploy.cli import orthanc_config_cli, plugin_cli, web_cli
 
     main.add_command(plugin_cli)
-    from bridge.deploy.cli import orthanc_config_cli, web_cli
-
     main.add_command(web_cli)
     plugin_cli.add_command(orthanc_config_cli)
     _register_plugins()

@@ -1,5 +1,6 @@
-"""`pacs-bridge web` (the web app under gunicorn) and `pacs-bridge plugin orthanc-config` (Orthanc's
-hardened configuration and the plugin's settings, generated from the bridge YAML).
+"""`pacs-bridge web` (the web app under gunicorn), `pacs-bridge plugin bundle` (the Orthanc plugin as
+one artifact) and `pacs-bridge plugin orthanc-config` (Orthanc's hardened configuration and the
+plugin's settings, generated from the bridge YAML).
 
 Both exist so docker-compose.yml and the systemd units run one short command each instead of
 repeating a gunicorn command line or a hand-written orthanc.json that drifts from the code.
@@ -21,6 +22,22 @@ from bridge.errors import InputError
 ORTHANC_JSON = "orthanc.json"
 PLUGIN_JSON = "bridge-plugin.json"
 
+
+
+@click.group("plugin")
+def plugin_cli() -> None:
+    """The bridge's Orthanc plugin."""
+
+
+@plugin_cli.command("bundle")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+def bundle_cmd(out_dir: str) -> None:
+    """Write the plugin bundle into OUT_DIR: point Orthanc's PythonScript at OUT_DIR/pacs_bridge_plugin.py."""
+    from bridge.deploy import plugin_bundle
+
+    manifest = plugin_bundle.build(out_dir)
+    click.echo(f"{out_dir}/{plugin_bundle.ENTRY}: bundle {manifest['bundle_version']}, "
+               f"token format {manifest['token_format']} ({len(manifest['files'])} files)")  # type: ignore[arg-type]
 
 
 class WebConfigError(InputError):
@@ -78,8 +95,8 @@ def orthanc_config_cli(config_path: str | None, out_dir: str, bundle_dir: str, d
                        http_port: int, dicom_port: int, ca_file: str | None, audit_token_file: str | None,
                        log_file: str | None, remote_access: bool) -> None:
     """Write Orthanc's hardened configuration and the plugin's settings from the bridge YAML."""
-    from bridge.pacs import bundle
-    from bridge.pacs.orthanc_config import dicom_modalities, orthanc_config, plugin_settings
+    from bridge.deploy import plugin_bundle as bundle
+    from bridge.deploy.orthanc_config import dicom_modalities, orthanc_config, plugin_settings
 
     settings = load_settings(config_path)
     out, data = Path(out_dir), Path(data_dir)

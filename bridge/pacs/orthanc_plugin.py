@@ -3,7 +3,7 @@
 It runs under Debian's ``/usr/bin/python3`` inside the Orthanc process, so it may use only the
 standard library and Debian packages: ``python3-jwt`` (PyJWT 2.6) and ``python3-cryptography``.
 Orthanc loads it from the plugin bundle (``pacs-bridge plugin bundle OUT``, see
-:mod:`bridge.pacs.bundle`): this module, the other plugin modules of ``bridge.pacs`` and
+:mod:`bridge.deploy.plugin_bundle`): this module, the other plugin modules of ``bridge.pacs`` and
 :mod:`bridge.core` (verifier, route table, permission vocabulary, audit event model), which are
 stdlib-only on purpose; never from the bridge's checkout.
 

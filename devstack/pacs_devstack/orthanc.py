@@ -9,7 +9,7 @@ instance without filter).  Anything else (500 = filter crashed) is not ready.
 Orthanc 1.10.1 cannot bind to 127.0.0.1 only (no bind-address option exists): both listeners
 bind every interface.  ``RemoteAccessAllowed: false`` makes Orthanc refuse HTTP from
 non-loopback peers, and the DICOM listener accepts only configured modalities from their host
-(see bridge/pacs/orthanc_config.py).
+(see bridge/deploy/orthanc_config.py).
 
 `OrthancService` is parameterised so a second instance without the filter (``orthanc-plain``,
 a benchmark baseline) is one line: ``OrthancService("orthanc-plain", with_filter=False)``.
@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bridge.pacs.orthanc_config import (
+from bridge.deploy.orthanc_config import (
     DICOMWEB_PLUGIN,
     PYTHON_PLUGIN,
     dicom_modalities,
@@ -115,7 +115,7 @@ class OrthancService(Service):
         if self.with_filter:
             self._write_plugin_config(ctx, settings)
             if script is None:  # the bundle, as a deployment installs it: never the checkout
-                from bridge.pacs import bundle
+                from bridge.deploy import plugin_bundle as bundle
 
                 bundle.build(self.plugin_bundle_dir)
                 script = self.plugin_bundle_dir / bundle.ENTRY

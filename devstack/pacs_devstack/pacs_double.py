@@ -142,7 +142,7 @@ class BridgeDouble:
 
     def plugin_settings(self, ca_file: Path, spool_dir: Path, log_file: Path | None, **extra: Any) -> dict[str, Any]:
         """A plugin config pointing at this double (short timers so tests run in seconds)."""
-        from bridge.pacs.orthanc_config import plugin_settings
+        from bridge.deploy.orthanc_config import plugin_settings
 
         cfg = plugin_settings(issuer=self.url, audience=AUDIENCE, ca_file=ca_file, spool_dir=spool_dir,
                               orthanc_log_file=log_file, pacs_name="orthanc-test",

@@ -28,7 +28,7 @@ from sqlalchemy import text
 from bridge.audit import jobs
 from bridge.audit.syslog import syslog_sender
 from bridge.config import load_config
-from bridge.pacs.orthanc_config import plugin_settings
+from bridge.deploy.orthanc_config import plugin_settings
 from bridge.store.db import migrate
 from bridge.sync.factory import build_runner
 from bridge.tokens.keys import KeyEncryptor

@@ -28,7 +28,7 @@ import requests
 from bridge.config import load_config
 from bridge.core import audit_events as ev
 from bridge.core.permissions import Permission as P
-from bridge.pacs.orthanc_config import plugin_settings
+from bridge.deploy.orthanc_config import plugin_settings
 from bridge.store.db import migrate
 from bridge.tokens import claims as claims_mod
 from bridge.tokens.keys import KeyEncryptor

@@ -89,7 +89,7 @@ def test_keycloak_and_the_bridge_have_own_databases_users_and_tls() -> None:
 
 
 def test_orthanc_is_debian_with_the_bundle_and_the_generated_config() -> None:
-    from bridge.pacs import bundle
+    from bridge.deploy import plugin_bundle as bundle
 
     services = compose()["services"]
     orthanc = services["orthanc"]

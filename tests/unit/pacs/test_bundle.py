@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from bridge.cli import main
 from bridge.core import token_format
-from bridge.pacs import bundle
+from bridge.deploy import plugin_bundle as bundle
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 
@@ -55,8 +55,9 @@ def test_bundle_holds_the_core_and_the_plugin_modules_only(built: Path) -> None:
     lib = built / bundle.LIB
     found = {str(p.relative_to(lib)) for p in lib.rglob("*.py")}
     core = {f"bridge/core/{p.name}" for p in (Path(bundle.__file__).parents[1] / "core").glob("*.py")}
-    plugin = {f"bridge/pacs/{m}.py" for m in bundle.PLUGIN_MODULES}
-    assert found == core | plugin | {"bridge/__init__.py", "bridge/pacs/__init__.py"}
+    plugin = {f"bridge/pacs/{p.name}" for p in (Path(bundle.__file__).parents[1] / "pacs").glob("*.py")}
+    assert found == core | plugin | {"bridge/__init__.py"}
+    assert "bridge/pacs/gate.py" in plugin and not any("deploy" in f for f in found)
     assert {p.name for p in built.iterdir()} == {bundle.ENTRY, bundle.LIB, bundle.MANIFEST}
 
 

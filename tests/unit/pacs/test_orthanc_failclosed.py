@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bridge.deploy.orthanc_config import PYTHON_PLUGIN, orthanc_config
 from bridge.pacs import orthanc_plugin
-from bridge.pacs.orthanc_config import PYTHON_PLUGIN, orthanc_config
 
 
 def test_plugin_imports_without_orthanc() -> None:

@@ -17,7 +17,7 @@ BASE: dict[str, Any] = {"issuer": "https://b.test", "audience": "pacs", "jwks_ur
 def test_generated_plugin_settings_carry_the_bridges_mfa_rule(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The PACS applies the same MFA rule as /token: a changed `mfa` section reaches the plugin."""
     from bridge.config import load_config
-    from bridge.pacs.orthanc_config import plugin_settings
+    from bridge.deploy.orthanc_config import plugin_settings
 
     mfa = load_config(None, mfa={"required_acr": "gold", "accepted_amr": ["hwk"], "max_auth_age_seconds": 600}).mfa
     data = plugin_settings(issuer="https://bridge.test", audience="pacs", ca_file=None, spool_dir=tmp_path,

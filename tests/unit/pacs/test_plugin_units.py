@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bridge.config import ConfigError, load_config
+from bridge.deploy.orthanc_config import dicom_modalities
 from bridge.pacs import plugin_config, scopes
-from bridge.pacs.orthanc_config import dicom_modalities
 
 BASE = {"issuer": "https://b", "audience": "pacs", "jwks_url": "https://b/jwks.json",
         "revocation_url": "https://b/revocations"}

@@ -10,7 +10,7 @@ package path, so a traceback names the same file and line as the checkout.
 Layout of ``OUT``::
 
     pacs_bridge_plugin.py          the entry: Orthanc's "PythonScript"
-    pacs_bridge_plugin_lib/bridge/ __init__.py (with the bundle version), core/, pacs/<plugin>
+    pacs_bridge_plugin_lib/bridge/ __init__.py (with the bundle version), core/, pacs/
     VERSION.json                   bundle version, token format version(s), every file's SHA-256
 """
 
@@ -27,8 +27,9 @@ from bridge.core import token_format
 ENTRY = "pacs_bridge_plugin.py"
 LIB = "pacs_bridge_plugin_lib"
 MANIFEST = "VERSION.json"
-#: the Orthanc-side modules of bridge.pacs (everything else there runs on the bridge's side)
-PLUGIN_MODULES = ("orthanc_plugin", "gate", "scopes", "audit_shipper", "plugin_config")
+#: the package that runs inside Orthanc, all of it (what prepares Orthanc -- its configuration, this
+#: bundle -- lives in bridge.deploy)
+PLUGIN_PACKAGE = "pacs"
 
 _SRC = Path(bridge.__file__).resolve().parent
 
@@ -48,7 +49,7 @@ if _LIB not in sys.path:
 from bridge.pacs import orthanc_plugin  # noqa: E402,F401 - registers the callbacks with Orthanc
 '''
 
-_INIT_TEXT = '''"""PACS SSO Bridge: the Orthanc plugin bundle (only ``core`` and the plugin modules of ``pacs``)."""
+_INIT_TEXT = '''"""PACS SSO Bridge: the Orthanc plugin bundle (only ``core`` and ``pacs``)."""
 
 __version__ = "{package}"
 BUNDLE_VERSION = "{version}"
@@ -58,9 +59,7 @@ BUNDLE_VERSION = "{version}"
 def sources() -> dict[str, Path]:
     """Bundle-relative path under ``LIB`` -> source file: the core and the plugin modules."""
     files = {f"bridge/core/{p.name}": p for p in sorted((_SRC / "core").glob("*.py"))}
-    files["bridge/pacs/__init__.py"] = _SRC / "pacs" / "__init__.py"
-    for name in PLUGIN_MODULES:
-        files[f"bridge/pacs/{name}.py"] = _SRC / "pacs" / f"{name}.py"
+    files.update({f"bridge/{PLUGIN_PACKAGE}/{p.name}": p for p in sorted((_SRC / PLUGIN_PACKAGE).glob("*.py"))})
     return files
 
 
