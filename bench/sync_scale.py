@@ -133,6 +133,7 @@ def keycloak_reference(port: int, timeout_s: int) -> dict[str, Any]:
     import requests
     from keycloak import KeycloakAdmin
 
+    from bridge.kcadmin import admin_client
     from pacs_devstack.service import StackContext
     from pacs_devstack.state import read_stack, state_dir
 
@@ -142,11 +143,11 @@ def keycloak_reference(port: int, timeout_s: int) -> dict[str, Any]:
     ctx = StackContext(ca_file=state_dir() / "ca" / "ca.pem")
 
     def connect(timeout: int) -> KeycloakAdmin:
-        # user_realm_name: the admin logs in to master even after change_current_realm; without it
-        # the token refresh of a sync longer than the token's 60 s life logs in to the bench realm (401)
-        return KeycloakAdmin(server_url=kc["url"] + "/", username=kc["admin_username"],
-                             password=ctx.secret(kc["admin_password_secret"]), realm_name="master",
-                             user_realm_name="master", verify=str(ctx.ca_file), timeout=timeout)
+        # admin_realm (user_realm_name): the admin logs in to master even after change_current_realm;
+        # without it the token refresh of a sync longer than the token's 60 s life logs in to the
+        # bench realm (401)
+        return admin_client(kc["url"], "master", kc["admin_username"], ctx.secret(kc["admin_password_secret"]),
+                            admin_realm="master", ca_file=ctx.ca_file, timeout=timeout)
 
     admin = connect(timeout_s)
     realm = "bench-sync"

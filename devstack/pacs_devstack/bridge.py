@@ -26,7 +26,7 @@ import yaml
 # the canonical command line lives with the runtime (re-exported: tests import it from here)
 from bridge.deploy.gunicorn import THREADS, WORKERS, gunicorn_argv, gunicorn_env  # noqa: F401
 from bridge.http import pinned_session
-from pacs_devstack import process, state
+from pacs_devstack import front, process
 from pacs_devstack.service import Service, StackContext
 from pacs_devstack.state import project_root
 from pacs_devstack.tls import issue
@@ -39,24 +39,6 @@ AUDIT_INGEST_SECRET = "bridge-audit-ingest"
 #: every client of the dev stack is 127.0.0.1, so the per-address limits of a site would throttle the
 #: stack as a whole (the failover benchmark drives thousands of exchanges); a site keeps the defaults
 DEV_RATE_LIMITS = {"TOKEN": "2000/second", "INTROSPECT": "2000/second", "AUDIT": "2000/second"}
-
-
-#: the stack.json entry that records which services this stack was brought up with
-SELECTION = "selection"
-#: the service that fronts the instances when it is part of the stack
-FRONT = "haproxy"
-
-
-def fronted() -> bool:
-    """Whether HAProxy fronts the bridge in this stack (recorded by `stack.up` before any start)."""
-    return FRONT in state.read_stack().get(SELECTION, {}).get("services", ())
-
-
-def front_url() -> str:
-    """HAProxy's URL (its port is chosen on first use, like the bridge's)."""
-    from pacs_devstack.haproxy import SERVICE as HAPROXY
-
-    return HAPROXY.url()
 
 
 class BridgeService(Service):
@@ -89,8 +71,8 @@ class BridgeService(Service):
 
     def url(self) -> str:
         """The public URL: HAProxy's when it fronts the instances, else the first instance's."""
-        if fronted():
-            return front_url()
+        if front.fronted():
+            return front.url()
         return self.first.own_url() if self.first else self.own_url()
 
     def stop(self) -> bool:
@@ -183,7 +165,7 @@ class BridgeService(Service):
         if redis.get("url"):  # shared rate limits across the workers (memory:// without it)
             web.update({"rate_limit_storage_url": redis["url"], "rate_limit_storage_ca_file": ca,
                         "rate_limit_storage_password_file": self._secret_file(ctx, redis["password_secret"])})
-        if fronted():  # HAProxy appends the client's address: one trusted hop (rate limits, audit)
+        if front.fronted():  # HAProxy appends the client's address: one trusted hop (rate limits, audit)
             web["trusted_proxy_hops"] = 1
         if web:
             data["web"] = web

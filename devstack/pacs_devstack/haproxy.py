@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from bridge.http import pinned_session
-from pacs_devstack import process, tls
+from pacs_devstack import front, process, tls
+from pacs_devstack.bridge import INSTANCES
 from pacs_devstack.process import DevstackError
 from pacs_devstack.service import Service, StackContext
 
@@ -99,7 +100,7 @@ backend bridges
 
 
 class HaproxyService(Service):
-    name = "haproxy"
+    name = front.NAME
     apt_packages = ("haproxy",)
     needs = ("bridge", "bridge2")
 
@@ -146,11 +147,10 @@ class HaproxyService(Service):
         return out
 
     def port(self) -> int:
-        """Chosen once per `up` (Keycloak's realm import needs the public URL before anything runs)."""
-        return self.sticky_port()
+        return front.port()
 
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port()}"
+        return front.url()
 
     def stop(self) -> bool:
         stopped = super().stop()
@@ -160,8 +160,6 @@ class HaproxyService(Service):
     def prepare(self, ctx: StackContext) -> None:
         if not BINARY.exists() and shutil.which("haproxy") is None:
             raise DevstackError(f"haproxy: {BINARY} is missing (apt package haproxy)")
-        from pacs_devstack.bridge import INSTANCES
-
         pair = tls.issue("haproxy")
         pem = self.dir / "tls.pem"  # HAProxy wants certificate and key in one file
         pem.write_bytes(pair.cert.read_bytes() + pair.key.read_bytes())
@@ -183,8 +181,6 @@ class HaproxyService(Service):
             return session.get(f"{url}/readyz", timeout=3).status_code == 200
 
         process.wait_until(ready, what="haproxy", timeout=30, rec=process.load(self.name), interval=0.2)
-        from pacs_devstack.bridge import INSTANCES
-
         return {"url": url, "backends": {b.name: b.own_url() for b in INSTANCES}, "config": str(self.config_file),
                 "admin_socket": str(self.admin_socket)}
 

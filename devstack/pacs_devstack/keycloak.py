@@ -18,6 +18,8 @@ their `${...}` placeholders are filled from the environment of the Keycloak proc
 port is only known once slapd runs, hence ``needs = ("slapd",)``: the stack starts Keycloak after
 slapd is ready.  `seed` imports the directory users (full sync) and gives each a TOTP credential
 from the demo data, except `NO_OTP_USER`, so tests can exercise password-only logins and step-up.
+It does so through the bridge's own admin client (python-keycloak, built by bridge/kcadmin.py),
+which the integration tests use too (`stack_admin`).
 """
 
 from __future__ import annotations
@@ -28,18 +30,24 @@ import os
 import shutil
 import time
 import zipfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
+from keycloak.exceptions import KeycloakError
 
-from bridge.http import pinned_session
+from bridge.kcadmin import admin_client
 from pacs_devstack import demo_data, install, process, realm
 from pacs_devstack.process import DevstackError
 from pacs_devstack.service import Service, StackContext
 from pacs_devstack.state import cache_dir, free_port
 from pacs_devstack.tls import issue
+
+if TYPE_CHECKING:
+    from keycloak import KeycloakAdmin
 
 KEYCLOAK_VERSION = "26.5.6"
 ARTIFACT = f"org.keycloak:keycloak-quarkus-dist:{KEYCLOAK_VERSION}:zip"
@@ -50,6 +58,8 @@ HEAP = "-Xms256m -Xmx768m"
 BUILD_OPTIONS = ("--db=dev-mem", "--health-enabled=true")
 READY_TIMEOUT = 240.0
 ADMIN_USERNAME = "admin"
+#: admin API timeout (s): a full sync of the demo directory, a user update re-validated against it
+ADMIN_TIMEOUT = 120
 
 #: secrets (StackContext.secret names)
 ADMIN_SECRET = "keycloak-admin"
@@ -257,31 +267,37 @@ class Keycloak(Service):
 
     def seed(self, ctx: StackContext) -> None:
         """Import the directory users and give each a TOTP credential (except `NO_OTP_USER`)."""
-        info = ctx.info[self.name]
-        admin = AdminClient(info["url"], ctx.secret(ADMIN_SECRET), ca_file=str(ctx.ca_file))
+        url = ctx.info[self.name]["url"]
         for name, directory in REALM_DIRECTORY.items():
             if directory not in ctx.info:
                 continue  # that directory is not part of this stack
-            seed_otp(admin, name, realm.COMPONENT_IDS[name])
+            seed_otp(admin_for(url, name, ctx), realm.COMPONENT_IDS[name])
 
 
-class AdminClient:
-    """Just enough of the admin REST API for seeding; the bridge's own code uses python-keycloak."""
+def admin_for(url: str, realm_name: str, ctx: StackContext, *, username: str = ADMIN_USERNAME) -> KeycloakAdmin:
+    """python-keycloak's ``KeycloakAdmin`` on ``realm_name``, logged in as the stack's bootstrap admin
+    of ``master``: the bridge's own client, built by :func:`bridge.kcadmin.admin_client` (the one
+    place that builds it), TLS verified against the stack CA.  It logs in on its first call and
+    renews its token itself (master admin tokens live 60 s), so a caller may keep it."""
+    return admin_client(url, realm_name, username, ctx.secret(ADMIN_SECRET), ca_file=ctx.ca_file,
+                        timeout=ADMIN_TIMEOUT)
 
-    def __init__(self, base_url: str, password: str, *, ca_file: str, username: str = ADMIN_USERNAME) -> None:
-        self.base = base_url.rstrip("/")
-        self.http = pinned_session(ca_file)
-        res = self.http.post(f"{self.base}/realms/master/protocol/openid-connect/token", timeout=30, data={
-            "grant_type": "password", "client_id": "admin-cli", "username": username, "password": password})
-        if res.status_code != 200:
-            raise DevstackError(f"Keycloak admin login as {username!r} failed: HTTP {res.status_code}")
-        self.http.headers["Authorization"] = f"Bearer {res.json()['access_token']}"
 
-    def call(self, method: str, path: str, *, what: str, **kw: Any) -> Any:
-        res = self.http.request(method, f"{self.base}/admin/realms/{path}", timeout=120, **kw)
-        if res.status_code >= 300:
-            raise DevstackError(f"Keycloak admin API: {what}: HTTP {res.status_code}: {res.text[:300]}")
-        return res.json() if res.content else None
+def stack_admin(stack: dict[str, Any], realm_name: str) -> KeycloakAdmin:
+    """:func:`admin_for` from a running stack's info (``.devstack/stack.json``): tests and tools."""
+    kc = stack["keycloak"]
+    return admin_for(kc["url"], realm_name, StackContext(ca_file=Path(stack["ca"]["file"])),
+                     username=kc["admin_username"])
+
+
+@contextmanager
+def admin_step(what: str) -> Iterator[None]:
+    """A failed admin call (an HTTP error, an unreachable server) as a :class:`DevstackError` that
+    says what was being done; python-keycloak's own message says only the status and Keycloak's text."""
+    try:
+        yield
+    except (KeycloakError, OSError) as exc:
+        raise DevstackError(f"Keycloak admin API: {what}: {exc}") from exc
 
 
 def totp_credential(secret_base32: str) -> dict[str, Any]:
@@ -294,26 +310,28 @@ def totp_credential(secret_base32: str) -> dict[str, Any]:
     }
 
 
-def seed_otp(admin: AdminClient, realm_name: str, component_id: str) -> dict[str, Any]:
-    """Full-sync the realm's LDAP users into Keycloak, then attach each demo user's TOTP secret."""
+def seed_otp(admin: KeycloakAdmin, component_id: str) -> dict[str, Any]:
+    """Full-sync the LDAP users of the admin client's realm into Keycloak, then attach each demo
+    user's TOTP secret."""
+    realm_name = admin.connection.realm_name
     t0 = time.monotonic()
-    result = admin.call("POST", f"{realm_name}/user-storage/{component_id}/sync?action=triggerFullSync",
-                        what=f"full user sync of realm {realm_name}")
+    with admin_step(f"full user sync of realm {realm_name}"):
+        result = admin.sync_users(component_id, "triggerFullSync")
     if result and result.get("failed"):
         raise DevstackError(f"Keycloak realm {realm_name}: user sync failed for {result['failed']} users: "
                             f"{result.get('status')}")
-    users = {u["username"]: u for u in admin.call(
-        "GET", f"{realm_name}/users?briefRepresentation=true&max=1000", what=f"list users of {realm_name}")}
+    with admin_step(f"list users of realm {realm_name}"):
+        users = {u["username"]: u for u in admin.get_users({"briefRepresentation": True})}
     wanted = [u for u in demo_data.users() if u["username"] != NO_OTP_USER and not u["disabled"]]
     missing = [u["username"] for u in wanted if u["username"] not in users]
 
     def add_otp(demo_user: dict[str, Any]) -> None:
         # the database is fresh (dev-mem, seeded once per start): no credential exists yet
-        admin.call("PUT", f"{realm_name}/users/{users[demo_user['username']]['id']}",
-                   json={"credentials": [totp_credential(demo_user["totp_secret"])]},
-                   what=f"seed TOTP of {demo_user['username']} in {realm_name}")
+        with admin_step(f"seed TOTP of {demo_user['username']} in realm {realm_name}"):
+            admin.update_user(users[demo_user["username"]]["id"],
+                              {"credentials": [totp_credential(demo_user["totp_secret"])]})
 
-    # each PUT re-validates the user against the directory (~150 ms): a few in parallel
+    # each update re-validates the user against the directory (~150 ms): a few in parallel
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(add_otp, [u for u in wanted if u["username"] in users]))
     if missing:

@@ -43,6 +43,25 @@ class StackContext:
         return self._secrets[name]
 
 
+def sticky_port(name: str) -> int:
+    """Service ``name``'s port, chosen once per `up` and kept in ``<its dir>/port``: for services
+    whose URL others need before they start (Keycloak's realm import names the bridge's and
+    HAProxy's URLs).  Kept while the service runs or while nothing else took the port; else a
+    fresh one.  A function of the name, so a module can know a service's port without importing
+    the service's module (devstack/pacs_devstack/front.py)."""
+    path = service_dir(name) / "port"
+    try:
+        port = int(path.read_text())
+        rec = process.load(name)
+        if (rec is not None and rec.running()) or not port_open(port):
+            return port
+    except (OSError, ValueError):
+        pass
+    port = free_port()
+    path.write_text(str(port))
+    return port
+
+
 class Service:
     """One server of the stack.  Subclasses set `name` and `apt_packages` and fill in the hooks.
 
@@ -60,19 +79,8 @@ class Service:
         return service_dir(self.name)
 
     def sticky_port(self) -> int:
-        """A port chosen once per `up` and kept in ``<dir>/port``: for services whose URL others
-        need before they start (Keycloak's realm import names the bridge's and HAProxy's URLs).
-        Kept while the service runs or while nothing else took the port; else a fresh one."""
-        path = self.dir / "port"
-        try:
-            port = int(path.read_text())
-            if self.running() or not port_open(port):
-                return port
-        except (OSError, ValueError):
-            pass
-        port = free_port()
-        path.write_text(str(port))
-        return port
+        """See :func:`sticky_port`."""
+        return sticky_port(self.name)
 
     def install(self) -> None:
         """Anything beyond apt packages (Maven download, pip); idempotent."""

@@ -45,9 +45,9 @@ def up(names: Iterable[str] | None = None, *, seed: bool = True, owner: str = "c
     ctx.info.update(state.read_stack())
     ctx.info["ca"] = {"file": str(ctx.ca_file)}
     # which services make up this stack, before anything starts: the bridge's public URL is
-    # HAProxy's only when HAProxy runs (devstack/pacs_devstack/bridge.py), and Keycloak needs it first
+    # HAProxy's only when HAProxy runs (devstack/pacs_devstack/front.py), and Keycloak needs it first
     if not any(s.running() for s in services):
-        state.update_stack("selection", {"services": [s.name for s in services]})
+        state.update_stack(state.SELECTION, {"services": [s.name for s in services]})
 
     packages = sorted({p for s in services for p in s.apt_packages})
     if packages:
@@ -126,7 +126,7 @@ def down(names: Iterable[str] | None = None, *, owner: str | None = None,
         data.pop(s.name, None)
     if not any(service(n).running() for n in ALL):
         data.pop("owner", None)
-        data.pop("selection", None)
+        data.pop(state.SELECTION, None)
     state.write_stack(data)
 
 

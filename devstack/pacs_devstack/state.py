@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_DIRNAME = ".devstack"
+#: the stack.json entry recording which services this stack was brought up with (`stack.up`)
+SELECTION = "selection"
 
 
 def state_dir() -> Path:

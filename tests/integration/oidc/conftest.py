@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from keycloak import KeycloakAdmin
 from oidc_helpers import (
     LIFETIME,
     MAX_LIFETIME,
@@ -26,21 +27,22 @@ from bridge.tokens.keys import KeyEncryptor
 from bridge.web.app import create_app
 from pacs_devstack import keycloak as kc
 from pacs_devstack import tls
+from pacs_devstack.realm import AD_REALM
 from pacs_devstack.service import StackContext
 from pacs_devstack.state import free_port
 
 
-def _admin(stack: dict[str, Any]) -> kc.AdminClient:
-    """A freshly logged-in admin client (master admin tokens live 60 s: never keep one for long)."""
+def _admin(stack: dict[str, Any], realm: str) -> KeycloakAdmin:
+    """The dev stack's admin client on ``realm`` (python-keycloak; it renews its own token)."""
     if "keycloak" not in stack:
         pytest.skip("keycloak is not part of this dev stack run")
-    ctx = StackContext(ca_file=Path(stack["ca"]["file"]))
-    return kc.AdminClient(stack["keycloak"]["url"], ctx.secret(kc.ADMIN_SECRET), ca_file=str(ctx.ca_file))
+    return kc.stack_admin(stack, realm)
 
 
 @pytest.fixture
-def kc_admin(stack: dict[str, Any]) -> kc.AdminClient:
-    return _admin(stack)
+def kc_admin(stack: dict[str, Any]) -> KeycloakAdmin:
+    """An admin client on the AD realm."""
+    return _admin(stack, AD_REALM)
 
 
 @pytest.fixture(scope="session")
@@ -78,13 +80,13 @@ def bridge_servers(
         pair = tls.issue("bridge-oidc-test")
         server = make_server("127.0.0.1", port, app, threaded=True, ssl_context=(str(pair.cert), str(pair.key)))
         threading.Thread(target=server.serve_forever, name=f"bridge-{realm}", daemon=True).start()
-        old = _repoint_client(_admin(stack), realm, url)
+        old = _repoint_client(_admin(stack, realm), url)
         running[realm] = (BridgeServer(realm, url, app, str(pair.ca), db_url), server, old)
         return running[realm][0]
 
     yield get
     for realm, (_b, server, old) in running.items():
         server.shutdown()
-        restore_backchannel_url(_admin(stack), realm, old)
+        restore_backchannel_url(_admin(stack, realm), old)
 
 

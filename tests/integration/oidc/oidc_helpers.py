@@ -18,11 +18,11 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import requests
 from flask import Flask
+from keycloak import KeycloakAdmin
 
 from bridge.http import pinned_session
 from bridge.store.db import engine
 from pacs_devstack import demo_data
-from pacs_devstack import keycloak as kc
 from pacs_devstack.kc_login import _error_text, _form, fresh_totp
 
 VIEWER_PATH = "/viewer/callback"
@@ -50,22 +50,37 @@ def _viewer_page() -> str:
     return "<!doctype html><title>viewer</title><p>viewer callback</p>"
 
 
-def _repoint_client(admin: kc.AdminClient, realm: str, url: str | None) -> str | None:
-    """Set the pacs-bridge client's back-channel logout URL; returns the previous one."""
-    client = admin.call("GET", f"{realm}/clients?clientId=pacs-bridge", what="find pacs-bridge")[0]
+def _pacs_bridge_client(admin: KeycloakAdmin) -> tuple[str, dict[str, Any]]:
+    """The id and representation of the admin client's realm's ``pacs-bridge`` client."""
+    uuid = admin.get_client_id("pacs-bridge")
+    assert uuid, f"realm {admin.connection.realm_name}: no pacs-bridge client"
+    return uuid, admin.get_client(uuid)
+
+
+def _repoint_client(admin: KeycloakAdmin, url: str | None) -> str | None:
+    """Set the pacs-bridge client's back-channel logout URL (in the admin client's realm); returns
+    the previous one."""
+    uuid, client = _pacs_bridge_client(admin)
     old = client["attributes"].get("backchannel.logout.url")
     client["attributes"]["backchannel.logout.url"] = url + "/backchannel-logout" if url else old
     client["attributes"]["backchannel.logout.session.required"] = "true"
-    admin.call("PUT", f"{realm}/clients/{client['id']}", json=client, what="re-point pacs-bridge")
+    admin.update_client(uuid, client)
     return old  # type: ignore[no-any-return]
 
 
-def restore_backchannel_url(admin: kc.AdminClient, realm: str, url: str | None) -> None:
+def restore_backchannel_url(admin: KeycloakAdmin, url: str | None) -> None:
     """Put the pacs-bridge client's back-channel logout URL back exactly as :func:`_repoint_client`
     found it (that function appends the path, so it cannot restore a full URL)."""
-    client = admin.call("GET", f"{realm}/clients?clientId=pacs-bridge", what="find pacs-bridge")[0]
+    uuid, client = _pacs_bridge_client(admin)
     client["attributes"]["backchannel.logout.url"] = url or ""
-    admin.call("PUT", f"{realm}/clients/{client['id']}", json=client, what="restore pacs-bridge")
+    admin.update_client(uuid, client)
+
+
+def logout_user(admin: KeycloakAdmin, username: str) -> None:
+    """End every Keycloak session of ``username`` (Keycloak then sends back-channel logout tokens)."""
+    user_id = admin.get_user_id(username)
+    assert user_id, f"realm {admin.connection.realm_name}: no user {username!r}"
+    admin.user_logout(user_id)
 
 
 def otp_for(realm: str, username: str) -> Callable[[], str]:

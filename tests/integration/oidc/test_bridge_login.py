@@ -12,7 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
-from oidc_helpers import LIFETIME, MAX_LIFETIME, BridgeServer, browse, db_engine, otp_for
+from keycloak import KeycloakAdmin
+from oidc_helpers import LIFETIME, MAX_LIFETIME, BridgeServer, browse, db_engine, logout_user, otp_for
 from sqlalchemy import select
 
 from bridge.core.errors import VerificationError
@@ -121,7 +122,7 @@ def test_replayed_totp_is_refused(bridge_servers: Servers, directory_ids: dict[s
 
 
 def test_backchannel_logout_revokes_pacs_tokens(
-    bridge_servers: Servers, directory_ids: dict[str, dict[str, str]], kc_admin: kc.AdminClient,
+    bridge_servers: Servers, directory_ids: dict[str, dict[str, str]], kc_admin: KeycloakAdmin,
 ) -> None:
     server = bridge_servers(AD_REALM)
     sub = seed(server, directory_ids, "rad.dana", "radiologist", ["Radiology"])
@@ -130,8 +131,7 @@ def test_backchannel_logout_revokes_pacs_tokens(
     v = verifier(server)
     v.verify(token)
     assert introspect(server, token)["active"] is True
-    user = kc_admin.call("GET", f"{AD_REALM}/users?username=rad.dana&exact=true", what="find rad.dana")[0]
-    kc_admin.call("POST", f"{AD_REALM}/users/{user['id']}/logout", what="log rad.dana out")
+    logout_user(kc_admin, "rad.dana")
     deadline = time.time() + 15
     while time.time() < deadline:
         listed = server.http().get(server.url + "/revocations").json()

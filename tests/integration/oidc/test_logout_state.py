@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 from flask import Flask, request
-from oidc_helpers import BridgeServer, _repoint_client, db_engine, otp_for, restore_backchannel_url
+from keycloak import KeycloakAdmin
+from oidc_helpers import (
+    BridgeServer,
+    _repoint_client,
+    db_engine,
+    logout_user,
+    otp_for,
+    restore_backchannel_url,
+)
 from werkzeug.serving import make_server
 
 from bridge.http import pinned_session
@@ -44,13 +52,8 @@ def bridge_client_login(stack: dict[str, Any], username: str) -> Any:
                        acr_values="mfa")  # what the bridge's own login asks for (step-up)
 
 
-def kc_logout(kc_admin: kc.AdminClient, username: str) -> None:
-    user = kc_admin.call("GET", f"{AD_REALM}/users?username={username}&exact=true", what=f"find {username}")[0]
-    kc_admin.call("POST", f"{AD_REALM}/users/{user['id']}/logout", what=f"log {username} out")
-
-
 def test_keycloak_token_from_before_logout_is_not_exchanged(
-    stack: dict[str, Any], bridge_servers: Any, directory_ids: dict[str, dict[str, str]], kc_admin: kc.AdminClient,
+    stack: dict[str, Any], bridge_servers: Any, directory_ids: dict[str, dict[str, str]], kc_admin: KeycloakAdmin,
 ) -> None:
     server: BridgeServer = bridge_servers(AD_REALM)
     user = "er.nina"
@@ -65,7 +68,7 @@ def test_keycloak_token_from_before_logout_is_not_exchanged(
                                                       "subject_token": subject_token, "subject_token_type": AT})
 
     assert exchange().status_code == 200
-    kc_logout(kc_admin, user)  # Keycloak calls the bridge's back-channel logout
+    logout_user(kc_admin, user)  # Keycloak calls the bridge's back-channel logout
     deadline = time.time() + 15
     while time.time() < deadline:
         if sub in {e["sub"] for e in http.get(server.url + "/revocations").json().get("subjects", [])}:
@@ -102,23 +105,22 @@ def capture_server() -> Iterator[tuple[str, list[str]]]:
 
 
 def test_logout_token_replayed_to_another_instance_is_refused(
-    stack: dict[str, Any], kc_admin: kc.AdminClient,
+    stack: dict[str, Any], kc_admin: KeycloakAdmin,
 ) -> None:
     if "bridge2" not in stack or "samba" not in stack:
         pytest.skip("needs the dev stack's two bridge instances and the AD realm")
     bridge_url, ca = stack["bridge"]["url"], stack["ca"]["file"]
     user = "er.omar"
     with capture_server() as (capture_url, got):
-        old = _repoint_client(kc_admin, AD_REALM, capture_url)
+        old = _repoint_client(kc_admin, capture_url)
         try:
             bridge_client_login(stack, user)
-            kc_logout(kc_admin, user)
+            logout_user(kc_admin, user)
             deadline = time.time() + 15
             while not got and time.time() < deadline:
                 time.sleep(0.2)
         finally:
-            restore_backchannel_url(kc.AdminClient(stack["keycloak"]["url"], StackContext(ca_file=Path(ca)).secret(
-                kc.ADMIN_SECRET), ca_file=ca), AD_REALM, old)
+            restore_backchannel_url(kc_admin, old)
     assert got and got[0].count(".") == 2, "Keycloak sent no logout token"
     logout_token = got[0]
     # the token goes to one bridge instance and the replay to the other (two processes, two worker

@@ -14,15 +14,14 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from keycloak import KeycloakAdmin
 
 from pacs_devstack import keycloak as kc
 from pacs_devstack.kc_login import LoginError, client_for
 from pacs_devstack.realm import AD_REALM
-from pacs_devstack.service import StackContext
 from pacs_devstack.state import project_root
 
 pytestmark = pytest.mark.integration
@@ -31,30 +30,27 @@ REALM_FILE = project_root() / "keycloak-realm" / "hospital-realm.json"
 
 
 @pytest.fixture(scope="module")
-def admin(stack: dict[str, Any]) -> kc.AdminClient:
+def admin(stack: dict[str, Any]) -> KeycloakAdmin:
     if "keycloak" not in stack:
         pytest.skip("keycloak is not part of this dev stack run")
-    ctx = StackContext(ca_file=Path(stack["ca"]["file"]))
-    return kc.AdminClient(stack["keycloak"]["url"], ctx.secret(kc.ADMIN_SECRET), ca_file=str(ctx.ca_file),
-                          username=stack["keycloak"]["admin_username"])
+    return kc.stack_admin(stack, AD_REALM)
 
 
 @pytest.fixture
-def accounts(admin: kc.AdminClient) -> Iterator[list[dict[str, str]]]:
+def accounts(admin: KeycloakAdmin) -> Iterator[list[dict[str, str]]]:
     made: list[dict[str, str]] = []
     for _ in range(2):
         name = f"bf.test-{secrets.token_hex(4)}"
         password = "Bf1!" + secrets.token_urlsafe(18)
-        admin.call("POST", f"{AD_REALM}/users", what=f"create {name}", json={
+        user_id = admin.create_user({
             "username": name, "enabled": True, "firstName": "Brute", "lastName": "Force",
             "email": f"{name}@example.test", "emailVerified": True,
             "credentials": [{"type": "password", "value": password, "temporary": False}]})
-        found = admin.call("GET", f"{AD_REALM}/users", what=f"find {name}", params={"username": name, "exact": "true"})
-        made.append({"username": name, "password": password, "id": found[0]["id"]})
+        made.append({"username": name, "password": password, "id": user_id})
     yield made
     for a in made:  # unlock, then remove: nothing of this test stays in the realm
-        admin.call("DELETE", f"{AD_REALM}/attack-detection/brute-force/users/{a['id']}", what="unlock")
-        admin.call("DELETE", f"{AD_REALM}/users/{a['id']}", what=f"delete {a['username']}")
+        admin.clear_bruteforce_attempts_for_user(a["id"])
+        admin.delete_user(a["id"])
 
 
 def password_accepted(stack: dict[str, Any], username: str, password: str) -> bool:
@@ -71,12 +67,11 @@ def password_accepted(stack: dict[str, Any], username: str, password: str) -> bo
     return True
 
 
-def status(admin: kc.AdminClient, user_id: str) -> dict[str, Any]:
-    return admin.call("GET", f"{AD_REALM}/attack-detection/brute-force/users/{user_id}",  # type: ignore[no-any-return]
-                      what="brute-force status")
+def status(admin: KeycloakAdmin, user_id: str) -> dict[str, Any]:
+    return admin.get_bruteforce_detection_status(user_id)
 
 
-def wait_for_failures(admin: kc.AdminClient, user_id: str, n: int, timeout: float = 10) -> dict[str, Any]:
+def wait_for_failures(admin: KeycloakAdmin, user_id: str, n: int, timeout: float = 10) -> dict[str, Any]:
     """Keycloak records a failure just after answering the login form: poll briefly."""
     deadline = time.monotonic() + timeout
     st = status(admin, user_id)
@@ -86,8 +81,8 @@ def wait_for_failures(admin: kc.AdminClient, user_id: str, n: int, timeout: floa
     return st
 
 
-def test_the_realm_has_brute_force_detection(admin: kc.AdminClient) -> None:
-    live = admin.call("GET", AD_REALM, what="realm")
+def test_the_realm_has_brute_force_detection(admin: KeycloakAdmin) -> None:
+    live = admin.get_realm(AD_REALM)
     wanted = json.loads(REALM_FILE.read_text())
     for key in ("bruteForceProtected", "permanentLockout", "failureFactor", "waitIncrementSeconds",
                 "maxFailureWaitSeconds", "quickLoginCheckMilliSeconds"):
@@ -95,13 +90,14 @@ def test_the_realm_has_brute_force_detection(admin: kc.AdminClient) -> None:
     assert live["bruteForceProtected"] is True and live["permanentLockout"] is False
 
 
-def test_account_is_locked_after_the_configured_failures(stack: dict[str, Any], admin: kc.AdminClient,
+def test_account_is_locked_after_the_configured_failures(stack: dict[str, Any], admin: KeycloakAdmin,
                                                          accounts: list[dict[str, str]]) -> None:
     target, neighbour = accounts
-    factor = int(admin.call("GET", AD_REALM, what="realm")["failureFactor"])
-    quick = int(admin.call("GET", AD_REALM, what="realm")["quickLoginCheckMilliSeconds"]) / 1000
+    live = admin.get_realm(AD_REALM)
+    factor = int(live["failureFactor"])
+    quick = int(live["quickLoginCheckMilliSeconds"]) / 1000
     assert password_accepted(stack, target["username"], target["password"])  # works before
-    admin.call("DELETE", f"{AD_REALM}/attack-detection/brute-force/users/{target['id']}", what="reset")
+    admin.clear_bruteforce_attempts_for_user(target["id"])  # reset
 
     for i in range(factor):
         time.sleep(quick + 0.3)
@@ -117,6 +113,6 @@ def test_account_is_locked_after_the_configured_failures(stack: dict[str, Any], 
     # per account, not per address: a colleague at the same workstation address logs in
     assert password_accepted(stack, neighbour["username"], neighbour["password"])
 
-    admin.call("DELETE", f"{AD_REALM}/attack-detection/brute-force/users/{target['id']}", what="unlock")
+    admin.clear_bruteforce_attempts_for_user(target["id"])  # unlock
     assert status(admin, target["id"])["disabled"] is False
     assert password_accepted(stack, target["username"], target["password"])
