@@ -9,6 +9,7 @@ with ``^([a-z0-9]+)-([a-z0-9-]+)_([0-9]+)$``) and checked against the running pl
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -202,3 +203,43 @@ def test_the_viewers_download_button_is_download() -> None:
     assert not judge(claims(["view"], ["Radiology"]), "GET", f"/instances/{RAD_INSTANCE}/file", None,
                      studies_of).allow
     assert decide(SCOPED, "GET", f"/instances/{RAD_INSTANCE}/file").permission == "download"
+
+
+# ------------------------------------------------------------------ Orthanc's configuration
+
+
+def test_generated_config_loads_the_viewer_with_a_private_cache(tmp_path: Path) -> None:
+    from bridge.pacs.orthanc_config import WEB_VIEWER_PLUGIN, orthanc_config
+
+    cfg = orthanc_config(name="t", aet="T", http_port=1, dicom_port=2, storage_dir=tmp_path / "s",
+                         index_dir=tmp_path / "i", python_script=tmp_path / "entry.py")
+    assert str(WEB_VIEWER_PLUGIN) in cfg["Plugins"]
+    # decoded images are patient data: never the package's default /tmp/OrthancWebViewerCache
+    assert cfg["WebViewer"]["CachePath"] == str(tmp_path / "s" / "WebViewerCache")
+    own = orthanc_config(name="t", aet="T", http_port=1, dicom_port=2, storage_dir=tmp_path / "s",
+                         index_dir=tmp_path / "i", python_script=tmp_path / "entry.py",
+                         web_viewer_cache_dir=tmp_path / "cache")
+    assert own["WebViewer"]["CachePath"] == str(tmp_path / "cache")
+    off = orthanc_config(name="t", aet="T", http_port=1, dicom_port=2, storage_dir=tmp_path / "s",
+                         index_dir=tmp_path / "i", python_script=tmp_path / "entry.py", web_viewer=False)
+    assert str(WEB_VIEWER_PLUGIN) not in off["Plugins"] and "WebViewer" not in off
+
+
+def test_deploy_command_puts_the_cache_in_the_data_dir(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from bridge.deploy.cli import orthanc_config_cli
+
+    result = CliRunner().invoke(orthanc_config_cli, ["--out", str(tmp_path / "out"), "--bundle", "/b",
+                                                     "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    cfg = json.loads((tmp_path / "out" / "orthanc.json").read_text())
+    assert cfg["WebViewer"]["CachePath"] == str(tmp_path / "data" / "webviewer-cache")
+
+
+def test_devstack_installs_the_viewer() -> None:
+    from pacs_devstack.orthanc import OrthancService
+
+    assert "orthanc-webviewer" in OrthancService.apt_packages
