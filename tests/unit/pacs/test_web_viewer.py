@@ -131,7 +131,9 @@ def test_data_routes_name_their_resource(path: str, target: Target) -> None:
 ])
 def test_odd_spellings_cannot_be_judged(path: str) -> None:
     """Anything but the exact shape the plugin parses (and Orthanc's own id shape) names no resource
-    this module can vouch for: a scoped token is refused, never judged on a guess."""
+    this module can vouch for: a scoped token is refused, never judged on a guess.  (Orthanc decodes
+    ``%xx`` before its filter sees the path, so encoded forms reach this only from a caller that hands
+    it a raw path; they are refused there.)"""
     named = targets_of(path)
     assert named.problem is not None and not named.targets and not named.static
 
