@@ -79,27 +79,30 @@ def test_chromium_renders_an_in_scope_series_and_not_another(pacs: Any, studies:
                                                              tmp_path: Path) -> None:
     browser.ensure_installed()
     token = scoped_token(pacs.bridge, [P.VIEW, P.DOWNLOAD], departments=["Radiology"], lifetime=600)
-    own, other = studies["P-001"], studies["P-002"]
     with browser.chromium([], tmp_path / "profile") as b:
-        base = through_orthanc(b, pacs, token)
-        b.go(f"{base}/web-viewer/app/viewer.html?series={own['series']}")
-        assert b.wait_for(lambda: (b.execute(CANVAS_COLOURS) or -1) > 1, timeout=30), \
-            f"the canvas stayed blank: {b.execute(CANVAS_COLOURS)} colour(s)"
-        asked = b.execute(VIEWER_REQUESTS)
-        assert any("/web-viewer/series/" + own["series"] in url for url, _ in asked), asked
-        assert any("/web-viewer/instances/jpeg95-" + own["instance"] + "_0" in url for url, _ in asked), asked
-        assert all(status == 200 for _, status in asked), asked
+        viewer_renders_own_series_only(b, through_orthanc(b, pacs, token), studies["P-001"], studies["P-002"])
 
-        b.go(f"{base}/web-viewer/app/viewer.html?series={other['series']}")
-        assert b.wait_for(lambda: any("/web-viewer/series/" + other["series"] in url
-                                      for url, _ in b.execute(VIEWER_REQUESTS)), timeout=30)
-        asked = b.execute(VIEWER_REQUESTS)
-        assert [status for url, status in asked if other["series"] in url] == [403], asked
-        assert not any("/web-viewer/instances/" in url for url, _ in asked), asked
-        assert b.execute(CANVAS_COLOURS) <= 1  # nothing drawn
-        # the page's own requests to the out-of-scope image are refused too
-        status = b.execute_async(
-            "var done = arguments[arguments.length - 1];"
-            "fetch('../instances/jpeg95-' + arguments[0] + '_0').then(function (r) { done(r.status); });",
-            other["instance"])
-        assert status == 403
+
+def viewer_renders_own_series_only(b: browser.Browser, base: str, own: dict[str, str], other: dict[str, str]) -> None:
+    """The checks, whatever the entry: ``own`` (in scope) renders, ``other`` (out of scope) is refused."""
+    b.go(f"{base}/web-viewer/app/viewer.html?series={own['series']}")
+    assert b.wait_for(lambda: (b.execute(CANVAS_COLOURS) or -1) > 1, timeout=30), \
+        f"the canvas stayed blank: {b.execute(CANVAS_COLOURS)} colour(s)"
+    asked = b.execute(VIEWER_REQUESTS)
+    assert any("/web-viewer/series/" + own["series"] in url for url, _ in asked), asked
+    assert any("/web-viewer/instances/jpeg95-" + own["instance"] + "_0" in url for url, _ in asked), asked
+    assert all(status == 200 for _, status in asked), asked
+
+    b.go(f"{base}/web-viewer/app/viewer.html?series={other['series']}")
+    assert b.wait_for(lambda: any("/web-viewer/series/" + other["series"] in url
+                                  for url, _ in b.execute(VIEWER_REQUESTS)), timeout=30)
+    asked = b.execute(VIEWER_REQUESTS)
+    assert [status for url, status in asked if other["series"] in url] == [403], asked
+    assert not any("/web-viewer/instances/" in url for url, _ in asked), asked
+    assert b.execute(CANVAS_COLOURS) <= 1  # nothing drawn
+    # the page's own requests to the out-of-scope image are refused too
+    status = b.execute_async(
+        "var done = arguments[arguments.length - 1];"
+        "fetch('../instances/jpeg95-' + arguments[0] + '_0').then(function (r) { done(r.status); });",
+        other["instance"])
+    assert status == 403
