@@ -18,6 +18,7 @@ from dicomweb_client.api import DICOMwebClient
 
 from bridge.core.permissions import Permission as P
 from tests.integration.pacs.scoped_tokens import scoped_claims, scoped_token
+from tests.integration.pacs.viewer_studies import IN, OUT, PIXELS, store_studies
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,12 @@ pytestmark = pytest.mark.integration
 DICOMWEB_BASES = ("orthanc",)
 STUDY_UID = "0020000D"
 PATIENT_ID = "00100020"
-PIXELS = bytes(range(128))  # what pacs_double.dicom_instance stores
+
+
+@pytest.fixture(scope="module")
+def studies(pacs: Any) -> dict[str, dict[str, str]]:
+    """IN (Radiology) and OUT (Cardiology): this module's own studies."""
+    return store_studies(pacs, "dicomweb-client")
 
 
 @pytest.fixture(params=DICOMWEB_BASES)
@@ -70,41 +76,41 @@ def test_search_studies_with_an_unrestricted_token(client: Any, studies: dict[st
     c = client(unrestricted)
     found = values(c.search_for_studies(), STUDY_UID)
     assert {s["study_uid"] for s in studies.values()} <= found
-    one = c.search_for_studies(search_filters={"PatientID": "P-001"})
-    assert values(one, STUDY_UID) == {studies["P-001"]["study_uid"]}
-    assert values(one, PATIENT_ID) == {"P-001"}
+    one = c.search_for_studies(search_filters={"PatientID": studies[IN]["patient_id"]})
+    assert values(one, STUDY_UID) == {studies[IN]["study_uid"]}
+    assert values(one, PATIENT_ID) == {studies[IN]["patient_id"]}
 
 
 def test_search_series_and_instances(client: Any, studies: dict[str, dict[str, str]], unrestricted: str) -> None:
     c = client(unrestricted)
-    uid = studies["P-002"]["study_uid"]
-    assert values(c.search_for_series(uid), "0020000E") == {uid + ".1"}
-    assert values(c.search_for_instances(uid), "00080018") == {uid + ".1.1"}
+    s = studies[OUT]
+    assert values(c.search_for_series(s["study_uid"]), "0020000E") == {s["series_uid"]}
+    assert values(c.search_for_instances(s["study_uid"]), "00080018") == {s["sop_uid"]}
 
 
 def test_retrieve_study_instance_metadata_and_frames(client: Any, studies: dict[str, dict[str, str]],
                                                      unrestricted: str) -> None:
     c = client(unrestricted)
-    uid = studies["P-003"]["study_uid"]
-    datasets = c.retrieve_study(uid)
-    assert [d.SOPInstanceUID for d in datasets] == [uid + ".1.1"]
-    assert datasets[0].PatientID == "P-003" and datasets[0].PixelData == PIXELS
-    instance = c.retrieve_instance(uid, uid + ".1", uid + ".1.1")
-    assert instance.StudyInstanceUID == uid and instance.PixelData == PIXELS
-    metadata = c.retrieve_study_metadata(uid)
-    assert values(metadata, "00080018") == {uid + ".1.1"}
+    s = studies[OUT]
+    datasets = c.retrieve_study(s["study_uid"])
+    assert [d.SOPInstanceUID for d in datasets] == [s["sop_uid"]]
+    assert datasets[0].PatientID == s["patient_id"] and datasets[0].PixelData == PIXELS
+    instance = c.retrieve_instance(s["study_uid"], s["series_uid"], s["sop_uid"])
+    assert instance.StudyInstanceUID == s["study_uid"] and instance.PixelData == PIXELS
+    assert values(c.retrieve_study_metadata(s["study_uid"]), "00080018") == {s["sop_uid"]}
     # the frame in its stored transfer syntax (Orthanc's DICOMweb 1.7 answers 400 to the client's default
     # ``transfer-syntax=*``)
-    frames = c.retrieve_instance_frames(uid, uid + ".1", uid + ".1.1", frame_numbers=[1],
+    frames = c.retrieve_instance_frames(s["study_uid"], s["series_uid"], s["sop_uid"], frame_numbers=[1],
                                         media_types=(("application/octet-stream", "1.2.840.10008.1.2.1"),))
     assert frames == [PIXELS]
 
 
 def test_no_token_is_refused(client: Any, studies: dict[str, dict[str, str]]) -> None:
     c = client(None)
-    uid = studies["P-001"]["study_uid"]
-    for call in (c.search_for_studies, lambda: c.retrieve_study(uid), lambda: c.retrieve_study_metadata(uid),
-                 lambda: c.retrieve_instance(uid, uid + ".1", uid + ".1.1")):
+    s = studies[IN]
+    for call in (c.search_for_studies, lambda: c.retrieve_study(s["study_uid"]),
+                 lambda: c.retrieve_study_metadata(s["study_uid"]),
+                 lambda: c.retrieve_instance(s["study_uid"], s["series_uid"], s["sop_uid"])):
         assert status_of(call) in (401, 403)
 
 
@@ -125,26 +131,25 @@ def test_a_bad_token_is_refused(client: Any, pacs: Any, studies: dict[str, dict[
         head, body, sig = token.split(".")
         token = ".".join((head, body, sig[:-4] + ("AAAA" if not sig.endswith("AAAA") else "BBBB")))
     c = client(token)
-    uid = studies["P-001"]["study_uid"]
     assert status_of(c.search_for_studies) in (401, 403)
-    assert status_of(lambda: c.retrieve_study(uid)) in (401, 403)
+    assert status_of(lambda: c.retrieve_study(studies[IN]["study_uid"])) in (401, 403)
 
 
 def test_view_alone_searches_but_does_not_retrieve_files(client: Any, pacs: Any,
                                                           studies: dict[str, dict[str, str]]) -> None:
     """WADO-RS study/instance retrieval hands out whole DICOM files: download, not view."""
     c = client(scoped_token(pacs.bridge, [P.VIEW]))
-    uid = studies["P-001"]["study_uid"]
-    assert uid in values(c.search_for_studies(), STUDY_UID)
-    assert values(c.retrieve_study_metadata(uid), "00080018") == {uid + ".1.1"}
-    assert status_of(lambda: c.retrieve_study(uid)) == 403
-    assert status_of(lambda: c.retrieve_instance(uid, uid + ".1", uid + ".1.1")) == 403
+    s = studies[IN]
+    assert s["study_uid"] in values(c.search_for_studies(), STUDY_UID)
+    assert values(c.retrieve_study_metadata(s["study_uid"]), "00080018") == {s["sop_uid"]}
+    assert status_of(lambda: c.retrieve_study(s["study_uid"])) == 403
+    assert status_of(lambda: c.retrieve_instance(s["study_uid"], s["series_uid"], s["sop_uid"])) == 403
 
 
 def test_scoped_token_retrieves_in_scope_only(client: Any, pacs: Any, studies: dict[str, dict[str, str]]) -> None:
     c = client(scoped_token(pacs.bridge, [P.VIEW, P.DOWNLOAD], departments=["Radiology"]))
-    own, other = studies["P-001"]["study_uid"], studies["P-002"]["study_uid"]
-    assert [d.PatientID for d in c.retrieve_study(own)] == ["P-001"]
-    assert status_of(lambda: c.retrieve_study(other)) == 403
-    assert status_of(lambda: c.retrieve_study_metadata(other)) == 403
-    assert status_of(lambda: c.retrieve_instance(other, other + ".1", other + ".1.1")) == 403
+    own, other = studies[IN], studies[OUT]
+    assert [d.PatientID for d in c.retrieve_study(own["study_uid"])] == [own["patient_id"]]
+    assert status_of(lambda: c.retrieve_study(other["study_uid"])) == 403
+    assert status_of(lambda: c.retrieve_study_metadata(other["study_uid"])) == 403
+    assert status_of(lambda: c.retrieve_instance(other["study_uid"], other["series_uid"], other["sop_uid"])) == 403

@@ -3,8 +3,8 @@
 The viewer page asks ``../series/{id}`` for the slices (``<instance id>_<frame>``), then
 ``../instances/<compression>-<slice>`` for each image (``jpeg95`` by default; ``jpeg80``/``deflate`` from
 its quality buttons) and ``../is-stable-series/{id}``; its download button is the core's
-``/instances/{id}/file``.  A Radiology-scoped token opens P-001 (Radiology) and is refused P-002
-(Cardiology) on every one of those routes, however the id is spelled.
+``/instances/{id}/file``.  A Radiology-scoped token opens a Radiology study and is refused a
+Cardiology one on every one of those routes, however the id is spelled.
 """
 
 from __future__ import annotations
@@ -23,10 +23,15 @@ from PIL import Image
 
 from bridge.core.permissions import Permission as P
 from tests.integration.pacs.scoped_tokens import scoped_token
+from tests.integration.pacs.viewer_studies import IN, OUT, store_studies
 
 pytestmark = pytest.mark.integration
 
-IN, OUT = "P-001", "P-002"  # Radiology, Cardiology (tests/integration/pacs/conftest.py STUDIES)
+
+@pytest.fixture(scope="module")
+def studies(pacs: Any) -> dict[str, dict[str, str]]:
+    """IN (Radiology) and OUT (Cardiology): this module's own studies."""
+    return store_studies(pacs, "web-viewer")
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +108,7 @@ def test_in_scope_series_renders(pacs: Any, studies: dict[str, dict[str, str]], 
     volume = pacs.get(f"/web-viewer/series/{own['series']}", rad)
     assert volume.status_code == 200
     body = volume.json()
-    assert body["PatientID"] == IN and body["Slices"] == [own["instance"] + "_0"]
+    assert body["PatientID"] == own["patient_id"] and body["Slices"] == [own["instance"] + "_0"]
     stable = pacs.get(f"/web-viewer/is-stable-series/{own['series']}", rad)
     assert stable.status_code == 200 and isinstance(stable.json(), bool)
     for compression in ("jpeg95", "jpeg80", "deflate"):

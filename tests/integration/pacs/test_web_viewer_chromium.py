@@ -23,6 +23,7 @@ import pytest
 from bridge.core.permissions import Permission as P
 from pacs_devstack import browser
 from tests.integration.pacs.scoped_tokens import scoped_token
+from tests.integration.pacs.viewer_studies import IN, OUT, store_studies
 
 pytestmark = pytest.mark.integration
 
@@ -75,12 +76,12 @@ def through_gateway(b: browser.Browser, gateway_url: str, username: str, passwor
     return gateway_url
 
 
-def test_chromium_renders_an_in_scope_series_and_not_another(pacs: Any, studies: dict[str, dict[str, str]],
-                                                             tmp_path: Path) -> None:
+def test_chromium_renders_an_in_scope_series_and_not_another(pacs: Any, tmp_path: Path) -> None:
     browser.ensure_installed()
+    studies = store_studies(pacs, "chromium")
     token = scoped_token(pacs.bridge, [P.VIEW, P.DOWNLOAD], departments=["Radiology"], lifetime=600)
     with browser.chromium([], tmp_path / "profile") as b:
-        viewer_renders_own_series_only(b, through_orthanc(b, pacs, token), studies["P-001"], studies["P-002"])
+        viewer_renders_own_series_only(b, through_orthanc(b, pacs, token), studies[IN], studies[OUT])
 
 
 def viewer_renders_own_series_only(b: browser.Browser, base: str, own: dict[str, str], other: dict[str, str]) -> None:
