@@ -5,6 +5,7 @@ two studies nobody else touches: ``IN`` (Radiology) and ``OUT`` (Cardiology)."""
 from __future__ import annotations
 
 import time
+import zlib
 from typing import Any
 
 from bridge.core.permissions import Permission as P
@@ -22,11 +23,11 @@ def store_studies(pacs: Any, tag: str) -> dict[str, dict[str, str]]:
     """Upload one single-instance study per department; ``tag`` keeps the UIDs apart per test module.
     Returns ``{IN|OUT: {study, series, instance, patient, study_uid, series_uid, sop_uid, patient_id}}``."""
     token = scoped_token(pacs.bridge, [P.UPLOAD, P.VIEW])
-    stamp = f"{int(time.time())}{abs(hash(tag)) % 10000}"
+    stamp = f"{time.time_ns() // 1000}{zlib.crc32(tag.encode()) % 10000}"  # unique across runs and modules
     out: dict[str, dict[str, str]] = {}
     for n, (key, department) in enumerate(DEPARTMENTS.items(), start=1):
         study_uid = f"{UID_ROOT}.88.{stamp}.{n}"
-        patient_id = f"V-{tag}-{key}"
+        patient_id = f"V{stamp}-{key}"
         data = dicom_instance(patient_id=patient_id, patient_name=f"Viewer^{key}", study_uid=study_uid,
                               series_uid=study_uid + ".1", sop_uid=study_uid + ".1.1", modality="CT",
                               department=department, institution="Hospital Test")
