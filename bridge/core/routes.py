@@ -277,7 +277,15 @@ ROUTES: tuple[Route, ...] = (
     _r(READ, "/wado", P.VIEW, "WADO-URI rendered image (contentType image/jpeg|png, the default)"),
     _r(READ, "/app/**", P.VIEW, "Orthanc Explorer (static pages)"),
     _r(READ, "/plugins/explorer.js", P.VIEW, "plugins' extensions of Orthanc Explorer"),
-    _r(READ, "/web-viewer/**", P.VIEW, "Orthanc Web Viewer 2.8 (rendered frames)"),
+    # Orthanc Web Viewer 2.8 (Debian orthanc-webviewer): exactly the five routes its plugin registers
+    # (``/web-viewer/{app,libs,series,is-stable-series,instances}/(.*)``); its pages and scripts hold no
+    # patient data but are only of use to a viewer; the data routes are judged on their study
+    # (bridge/pacs/scopes.py).  Any other path below /web-viewer matches no rule: denied
+    _r(READ, "/web-viewer/app|libs/*/**", P.VIEW, "Orthanc Web Viewer: pages, scripts, images (static)"),
+    _r(READ, "/web-viewer/series/*", P.VIEW,
+       "Orthanc Web Viewer: a series' slices, patient name/ID, study and series description"),
+    _r(READ, "/web-viewer/is-stable-series/*", P.VIEW, "Orthanc Web Viewer: whether a series is complete"),
+    _r(READ, "/web-viewer/instances/*", P.VIEW, "Orthanc Web Viewer: one frame, decoded (JPEG or deflate in JSON)"),
     _r(READ, "/favicon.ico", P.VIEW, "icon"),
     # --- network peers: defining them is admin; send pushes to the configured ones;
     #     query/retrieve into this PACS has a permission of its own; HTTP proxies are denied

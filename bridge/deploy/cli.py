@@ -113,6 +113,7 @@ def orthanc_config_cli(config_path: str | None, out_dir: str, bundle_dir: str, d
         name=name, aet=aet, http_port=http_port, dicom_port=dicom_port, storage_dir=data / "storage",
         index_dir=data / "index", modalities=dicom_modalities(settings.pacs),
         plugin_config_file=out / PLUGIN_JSON, python_script=Path(bundle_dir) / bundle.ENTRY,
+        web_viewer_cache_dir=data / "webviewer-cache",
         extra={"RemoteAccessAllowed": True} if remote_access else None,
     )
     out.mkdir(parents=True, exist_ok=True)

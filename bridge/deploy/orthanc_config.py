@@ -11,6 +11,10 @@ plugins) and a deployment can generate the same secure defaults.  Choices and wh
   with 403 before any handler runs; DICOM is guarded by the settings below.
 - DICOM: no ``DicomAlwaysAllow*``, the called AET must be Orthanc's own, and a peer must be a
   configured modality *from its configured host* (``DicomCheckModalityHost``).
+- The Orthanc Web Viewer (Debian ``orthanc-webviewer`` 2.8) is loaded with its cache in a directory
+  of the PACS's own data, never the package's default ``/tmp/OrthancWebViewerCache``: the cache holds
+  decoded images, patient data as sensitive as the storage itself.  Its routes are in the bridge's
+  route table and its data routes are judged on their study like any other (bridge/pacs/scopes.py).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from bridge.core.mfa import MfaRule
 PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
 PYTHON_PLUGIN = PLUGIN_DIR / "libOrthancPython.so"
 DICOMWEB_PLUGIN = PLUGIN_DIR / "libOrthancDicomWeb.so"
+WEB_VIEWER_PLUGIN = PLUGIN_DIR / "libOrthancWebViewer.so"
+#: the web viewer's cache, below the storage directory unless given (the plugin's own default place)
+WEB_VIEWER_CACHE = "WebViewerCache"
 
 def orthanc_config(
     *,
@@ -37,6 +44,8 @@ def orthanc_config(
     modalities: dict[str, Any] | None = None,
     plugin_config_file: Path | None = None,
     python_script: Path | None = None,
+    web_viewer: bool = True,
+    web_viewer_cache_dir: Path | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The Orthanc JSON config.
@@ -47,7 +56,8 @@ def orthanc_config(
     the plugin bundle's entry (``pacs-bridge plugin bundle OUT``: ``OUT/pacs_bridge_plugin.py``),
     required with the filter.
     `with_filter=False` gives a plain Orthanc (DICOMweb only, no Python filter) as a benchmark
-    baseline.  `extra` is merged last (top-level keys replace).
+    baseline.  `web_viewer` loads the Orthanc Web Viewer with its cache in `web_viewer_cache_dir`
+    (default: ``<storage_dir>/WebViewerCache``).  `extra` is merged last (top-level keys replace).
     """
     plugins = [str(DICOMWEB_PLUGIN)]
     config: dict[str, Any] = {
@@ -81,6 +91,10 @@ def orthanc_config(
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         "Plugins": plugins,
     }
+    if web_viewer:
+        plugins.append(str(WEB_VIEWER_PLUGIN))
+        cache = web_viewer_cache_dir or storage_dir / WEB_VIEWER_CACHE
+        config["WebViewer"] = {"CachePath": str(cache)}
     if with_filter:
         if python_script is None:
             raise ValueError("python_script: the plugin bundle's entry is required with the filter")

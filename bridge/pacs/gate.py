@@ -266,7 +266,7 @@ def judge(
                 ok, why = scopes.allowed(claims, study)
                 if not ok:
                     return Verdict(False, why, permission, named.targets, studies)
-    elif not named.targets and scoped and permission not in SCOPE_FREE:
+    elif not named.targets and scoped and permission not in SCOPE_FREE and not named.static:
         return Verdict(False, SCOPED_LIST_REASON, permission)
     return Verdict(True, route.reason, permission, named.targets, studies)
 

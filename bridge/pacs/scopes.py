@@ -52,9 +52,28 @@ class Named:
 
     targets: tuple[Target, ...] = ()
     problem: str | None = None
+    #: the request reads files shipped with the PACS (a viewer's pages and scripts), no patient data:
+    #: any grant holding the route's permission may have it, whatever its scope
+    static: bool = False
 
 
 NOTHING = Named()
+STATIC = Named(static=True)
+#: folders whose every file is part of a web application the PACS ships, never patient data: Orthanc
+#: Explorer (core, ``/app/``) and the Orthanc Web Viewer 2.8's pages and libraries (served from the
+#: plugin's own resources: ``/web-viewer/app/(.*)``, ``/web-viewer/libs/(.*)``)
+STATIC_FOLDERS = ("/app/", "/web-viewer/app/", "/web-viewer/libs/")
+#: single static files: the plugins' extensions of Orthanc Explorer (JavaScript)
+STATIC_FILES = frozenset({"/plugins/explorer.js"})
+#: an Orthanc resource id (patient, study, series, instance alike): the SHA-1 of its DICOM identifiers
+#: as five groups of eight lower-case hex digits.  Orthanc answers nothing for another spelling
+ORTHANC_ID = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}")
+#: the Orthanc Web Viewer 2.8's image id in ``/web-viewer/instances/{id}``, parsed as the plugin parses it
+#: (``^([a-z0-9]+)-([a-z0-9-]+)_([0-9]+)$``: compression, instance id, frame; checked on the Debian build),
+#: with the compressions it knows: ``deflate`` or ``jpeg<quality>`` (``jpeg095`` is quality 95 to it)
+WEB_VIEWER_IMAGE = re.compile(r"(deflate|jpeg[0-9]+)-([a-z0-9-]+)_([0-9]+)")
+#: the web viewer's data routes and the level of the Orthanc id each one reads
+WEB_VIEWER_DATA = {"series": "series", "is-stable-series": "series", "instances": "instances"}
 #: target level prefix: the patient of a study/series/instance (``/studies/{id}/patient``)
 PATIENT_OF = "patient-of-"
 #: cache keys whose answer changes when a study is added: a patient gains it, a UID gains a copy
@@ -115,7 +134,10 @@ def study_uids_of_query(query: Mapping[str, str] | None) -> Named:
 def targets_of(path: str, query: Mapping[str, str] | None = None) -> Named:
     """The resources a request touches: the one in its path, the studies a QIDO query names, the
     instance a WADO-URI request returns."""
-    parts = path.split("?", 1)[0].split("/")
+    bare = path.split("?", 1)[0]
+    if bare.startswith(STATIC_FOLDERS) or bare in STATIC_FILES:
+        return STATIC
+    parts = bare.split("/")
     # ['', 'studies', '<id>', ...]
     if len(parts) >= 3 and parts[1] in LEVELS and parts[2]:
         if len(parts) >= 4 and parts[3] == "patient" and parts[1] != "patients":
@@ -133,7 +155,33 @@ def targets_of(path: str, query: Mapping[str, str] | None = None) -> Named:
         return NOTHING
     if len(parts) >= 2 and parts[1] == "wado":
         return _wado_target(query or {})
+    if len(parts) >= 3 and parts[1] == "web-viewer" and parts[2] in WEB_VIEWER_DATA:
+        return _web_viewer_target(parts[2], parts[3:])
     return NOTHING
+
+
+def _web_viewer_target(route: str, rest: list[str]) -> Named:
+    """The resource of a web viewer data route: the series of ``series/{id}`` and
+    ``is-stable-series/{id}``, the instance inside ``instances/<compression>-<instance id>_<frame>``.
+
+    Only the exact shape the plugin parses names a resource; anything else (another case, an encoded
+    character, an id that is no Orthanc id, one id wrapped in another) is a problem, so a scoped token
+    is refused rather than judged on a guess.  One trailing slash is what Orthanc drops before the
+    plugin sees the id (checked), so it names the same resource; any other extra segment is not served.
+    """
+    if len(rest) == 2 and rest[1] == "":
+        rest = rest[:1]
+    if len(rest) != 1:
+        return Named(problem=f"web viewer {route}: not exactly one id")
+    key = rest[0]
+    if route == "instances":
+        image = WEB_VIEWER_IMAGE.fullmatch(key)
+        if image is None:
+            return Named(problem="web viewer image id is not <deflate|jpegNN>-<instance id>_<frame>")
+        key = image[2]
+    if ORTHANC_ID.fullmatch(key) is None:
+        return Named(problem=f"web viewer {route}: not an Orthanc id")
+    return Named((Target(WEB_VIEWER_DATA[route], key),))
 
 
 def _wado_target(query: Mapping[str, str]) -> Named:

@@ -87,6 +87,18 @@ class Browser:
             raise RuntimeError(f"no element {css!r} on {self.url()}")
         self._call("POST", f"/element/{el}/click", {})
 
+    def execute(self, script: str, *args: Any) -> Any:
+        """Run JavaScript in the page (W3C ``execute/sync``); ``return`` gives the value back."""
+        return self._call("POST", "/execute/sync", {"script": script, "args": list(args)})
+
+    def execute_async(self, script: str, *args: Any) -> Any:
+        """Run JavaScript that calls its last argument with the result (W3C ``execute/async``)."""
+        return self._call("POST", "/execute/async", {"script": script, "args": list(args)})
+
+    def cdp(self, command: str, params: dict[str, Any] | None = None) -> Any:
+        """A Chrome DevTools Protocol command through chromedriver (e.g. ``Network.setExtraHTTPHeaders``)."""
+        return self._call("POST", "/goog/cdp/execute", {"cmd": command, "params": params or {}})
+
     def wait_for(self, predicate: Any, timeout: float = 30.0) -> bool:
         deadline = time.time() + timeout
         while time.time() < deadline:

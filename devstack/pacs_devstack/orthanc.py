@@ -27,6 +27,7 @@ from typing import Any
 from bridge.deploy.orthanc_config import (
     DICOMWEB_PLUGIN,
     PYTHON_PLUGIN,
+    WEB_VIEWER_PLUGIN,
     dicom_modalities,
     orthanc_config,
     plugin_settings,
@@ -52,7 +53,8 @@ def _http_status(url: str, timeout: float = 2.0) -> int:
 
 
 class OrthancService(Service):
-    apt_packages = ("orthanc", "orthanc-python", "orthanc-dicomweb", "python3-jwt", "python3-cryptography")
+    apt_packages = ("orthanc", "orthanc-python", "orthanc-dicomweb", "orthanc-webviewer", "python3-jwt",
+                    "python3-cryptography")
 
     def __init__(self, name: str = "orthanc", *, with_filter: bool = True, aet: str = "PACSTEST",
                  python_script: Path | None = None) -> None:
@@ -96,7 +98,7 @@ class OrthancService(Service):
         self.plugin_config_file.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
     def prepare(self, ctx: StackContext) -> None:
-        needed = [BINARY, DICOMWEB_PLUGIN, *((PYTHON_PLUGIN,) if self.with_filter else ())]
+        needed = [BINARY, DICOMWEB_PLUGIN, WEB_VIEWER_PLUGIN, *((PYTHON_PLUGIN,) if self.with_filter else ())]
         for path in needed:
             if not path.exists():
                 raise DevstackError(f"{self.name}: {path} is missing "
@@ -124,7 +126,7 @@ class OrthancService(Service):
             storage_dir=self.dir / "storage", index_dir=self.dir / "index", with_filter=self.with_filter,
             modalities=dicom_modalities(settings.pacs),
             plugin_config_file=self.plugin_config_file if self.with_filter else None,
-            python_script=script,
+            python_script=script, web_viewer_cache_dir=self.dir / "webviewer-cache",
         )
         self.config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
