@@ -211,7 +211,7 @@ def test_the_viewers_download_button_is_download() -> None:
 
 
 def test_generated_config_loads_the_viewer_with_a_private_cache(tmp_path: Path) -> None:
-    from bridge.pacs.orthanc_config import WEB_VIEWER_PLUGIN, orthanc_config
+    from bridge.deploy.orthanc_config import WEB_VIEWER_PLUGIN, orthanc_config
 
     cfg = orthanc_config(name="t", aet="T", http_port=1, dicom_port=2, storage_dir=tmp_path / "s",
                          index_dir=tmp_path / "i", python_script=tmp_path / "entry.py")
