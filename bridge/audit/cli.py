@@ -137,6 +137,30 @@ def audit_query(config_path: str | None, user, patient, study, types, since, unt
     _record_audit_use(store, "query", user=user, patient=patient, study=study, types=list(types), format=fmt)
 
 
+@audit_cli.command("patient-report")
+@config_option
+@click.argument("patient_id")
+@click.option("--since", help="from this ISO date/time (UTC if no zone)")
+@click.option("--until", help="before this ISO date/time")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True)
+def audit_patient_report(config_path: str | None, patient_id: str, since: str | None, until: str | None,
+                         fmt: str) -> None:
+    """Who viewed this patient (GDPR Art. 15): every recorded access to PATIENT_ID's studies,
+    allowed and refused, by whom, when, for what purpose, from where.  The report is itself
+    recorded in the audit trail."""
+    import getpass
+
+    from bridge.audit.patient_report import audited_report, render
+    from bridge.core import audit_events as ev
+
+    if not patient_id.strip():
+        raise click.BadParameter("must not be empty", param_hint="PATIENT_ID")
+    _, store = _audit_store(config_path, signing=True)
+    report = audited_report(store, patient_id, ev.Actor(username=getpass.getuser(), client_id="pacs-bridge-cli"),
+                            since=_when(since, "--since"), until=_when(until, "--until"), fmt=fmt)
+    click.echo(render(report, fmt), nl=False)
+
+
 @audit_cli.command("pull-keycloak-events")
 @config_option
 @click.option("--json", "as_json", is_flag=True)
