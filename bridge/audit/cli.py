@@ -182,6 +182,28 @@ def audit_pull_keycloak_events(config_path: str | None, as_json: bool) -> None:
                    + (f", {report.errors} unusable (recorded as audit.input_rejected)" if report.errors else ""))
 
 
+@audit_cli.command("pull-keycloak-admin-events")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def audit_pull_keycloak_admin_events(config_path: str | None, as_json: bool) -> None:
+    """Record the changes made in Keycloak's admin console or admin API since the last pull
+    (roles given by hand, users, credentials, realm settings; what `serve` does with the
+    login events)."""
+    from bridge.audit.keycloak_admin_events import pull_from_settings
+
+    settings, store = _audit_store(config_path, signing=True)
+    report = pull_from_settings(settings, store)  # KeycloakEventsError: exit 2
+    if report is None:
+        raise UnavailableError("another process is pulling Keycloak admin events right now; nothing done")
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.by_type.items())) or "nothing new"
+        click.echo(f"keycloak realm {settings.keycloak.realm}: {report.fetched} admin event(s) read, "
+                   f"{report.recorded} recorded ({kinds}), {report.duplicates} already in the trail"
+                   + (f", {report.errors} unusable (recorded as audit.input_rejected)" if report.errors else ""))
+
+
 @audit_cli.command("export-fhir")
 @config_option
 @audit_filters
