@@ -3,7 +3,7 @@ dev stack: a user-storage sync, a realm role given and taken by hand, a local us
 password reset, a group created and joined), odd fields, credentials in representations, and
 the pull (cursor, exactly once, rejected events).
 
-The event source is a fake here; tests/integration/audit/test_keycloak_admin_events.py pulls
+The event source is a fake here; tests/integration/audit/test_keycloak_admin_console.py pulls
 from the real Keycloak."""
 
 from __future__ import annotations
