@@ -152,7 +152,9 @@ class AuditShipper:
         groups: dict[tuple[Any, ...], dict[str, Any]] = {}
         for when, kind, claims, method, path, ip, permission, reason, target, studies in records:
             claims = claims if isinstance(claims, dict) else {}
-            if kind == "allow" and target is not None and studies is None and self.resolver is not None:
+            # a refusal for a missing permission is decided before its study is looked up: it is
+            # resolved here too, or the refusal would be missing from the patient's access report
+            if target is not None and studies is None and self.resolver is not None:
                 try:
                     studies = self.resolver.last_known(target)  # the study may be gone by now
                 except Exception:  # the access is still recorded, without its study

@@ -217,3 +217,29 @@ def test_the_plugins_access_event_records_the_purpose_of_use(tmp_path) -> None:
 ])
 def test_purpose_of_use_of_odd_claims(ext, want) -> None:
     assert purpose_of_use({"extensions": ext} if ext is not None else {}) == want
+
+
+def test_a_refused_request_names_the_patient_of_its_target(tmp_path) -> None:
+    """A request refused for a missing permission (a radiologist's DELETE) is decided before its
+    study is looked up; the shipper must still name the study and its patient, or the refusal
+    is missing from that patient's access report (found by the integration test)."""
+    sent: list[dict[str, Any]] = []
+
+    def post(url: str, body: bytes, headers: dict[str, str]) -> int:
+        sent.extend(json.loads(body)["events"])
+        return 202
+
+    class Resolver:
+        def last_known(self, target: Target) -> list[StudyInfo]:
+            return [StudyInfo(target.key, "1.2.3", "P1", "Radiology", "Hospital")]
+
+    s = AuditShipper(source="orthanc", issuer="https://b", spool_dir=str(tmp_path / "spool"),
+                     audit_url="https://b/audit/events", post=post, resolver=Resolver())  # type: ignore[arg-type]
+    s.record("deny", {"sub": "u1", "jti": "j"}, "DELETE", "/studies/orthanc-1", "10.0.0.1", "delete",
+             "missing permission delete", Target("studies", "orthanc-1"), None)
+    s.record("deny", None, "GET", "/studies/orthanc-1", "10.0.0.1", None, "no token")  # no target: nothing to name
+    assert s.flush() == 2
+    refused = ev.AuditEvent.from_dict(sent[0])
+    assert refused.type == AuditEventType.ACCESS_DENIED and refused.first(ObjectKind.PATIENT) == "P1"
+    assert refused.first(ObjectKind.STUDY) == "1.2.3"
+    assert ev.AuditEvent.from_dict(sent[1]).first(ObjectKind.PATIENT) is None
