@@ -57,6 +57,7 @@ from bridge.audit.keycloak_events import (
     PullReport,
     bridge_issuer,
     kc_id,
+    oldest_first,
     pull_pages,
     rejected_event,
 )
@@ -388,7 +389,7 @@ class AdminEventApiSource:
     def admin_events(self, date_from_ms: int, first: int, max_results: int) -> list[dict[str, Any]]:
         found = self.admin.get_admin_events({"dateFrom": str(date_from_ms), "direction": "asc", "first": first,
                                              "max": max_results})
-        return sorted(found, key=lambda e: e.get("time") if isinstance(e.get("time"), int) else 0)
+        return oldest_first(found)
 
     def user(self, user_id: str) -> KcUser | None:
         return self._users.user(user_id)

@@ -205,6 +205,12 @@ def _time_ms(e: Any) -> int | None:
     return t if isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**53 else None
 
 
+def oldest_first(events: list[Any]) -> list[Any]:
+    """Keycloak's page sorted by time (asc already; a guard costs nothing).  An item without a
+    usable time sorts first instead of failing the sort: it is recorded as an error, not a stall."""
+    return sorted(events, key=lambda e: _time_ms(e) or 0)
+
+
 def kc_id(e: Any) -> str:
     """The Keycloak id of an event; for one without a usable id, a hash of its content (stable,
     so the error it causes is recorded once)."""
@@ -391,7 +397,7 @@ class AdminApiSource:
     def events(self, date_from_ms: int, first: int, max_results: int) -> list[dict[str, Any]]:
         found = self.admin.get_events({"dateFrom": str(date_from_ms), "direction": "asc", "first": first,
                                        "max": max_results, "type": list(PULLED_TYPES)})
-        return sorted(found, key=lambda e: int(e["time"]))  # asc already; a guard costs nothing
+        return oldest_first(found)
 
     def user(self, user_id: str) -> KcUser | None:
         from keycloak.exceptions import KeycloakGetError

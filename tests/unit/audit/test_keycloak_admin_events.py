@@ -329,3 +329,13 @@ def test_pull_from_settings_and_serve_schedule(tmp_path, store) -> None:
 def test_realm_records_admin_events_with_their_details() -> None:
     for name, rep in realm.realms().items():
         assert rep["adminEventsEnabled"] is True and rep["adminEventsDetailsEnabled"] is True, name
+
+
+def test_the_api_source_sorts_a_page_with_odd_items_instead_of_failing() -> None:
+    class Admin:
+        def get_admin_events(self, query: dict[str, Any]) -> list[Any]:
+            return [ROLE_TAKEN, "odd", {"time": "x"}, ROLE_GIVEN]
+
+    src = kae.AdminEventApiSource(Admin(), realm=REALM, admin_realm="master", admin_username="pacs-bridge")
+    page = src.admin_events(0, 0, 100)
+    assert len(page) == 4 and page[-2:] == [ROLE_GIVEN, ROLE_TAKEN]
