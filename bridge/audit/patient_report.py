@@ -170,8 +170,8 @@ def audited_report(store: AuditStore, patient_id: str, actor: ev.Actor, *, since
         AuditEventType.AUDIT_LOG_USED, actor=actor, correlation_id=correlation_id,
         objects=(ev.ParticipantObject(ObjectKind.AUDIT_LOG, "audit_events", "patient-report"),),
         details={"action": "patient-report", "patient": patient_id, "format": fmt,
-                 "since": report.to_dict()["since"], "until": report.to_dict()["until"],
-                 "accesses": len(report.accesses)},
+                 "since": ev.format_time(since) if since else None,
+                 "until": ev.format_time(until) if until else None, "accesses": len(report.accesses)},
         description="Who viewed this patient (GDPR Art. 15 access report)"))
     return report
 
