@@ -339,3 +339,13 @@ def test_the_api_source_sorts_a_page_with_odd_items_instead_of_failing() -> None
     src = kae.AdminEventApiSource(Admin(), realm=REALM, admin_realm="master", admin_username="pacs-bridge")
     page = src.admin_events(0, 0, 100)
     assert len(page) == 4 and page[-2:] == [ROLE_GIVEN, ROLE_TAKEN]
+
+
+def test_the_login_event_source_sorts_odd_items_too() -> None:
+    """The same guard on the login pull: ``int(e["time"])`` used to fail the whole pull."""
+    class Admin:
+        def get_events(self, query: dict[str, Any]) -> list[Any]:
+            return [{"id": "b", "time": 2}, ["odd"], {"id": "a", "time": 1}]
+
+    assert [e[0] if isinstance(e, list) else e["id"] for e in kce.AdminApiSource(Admin()).events(0, 0, 10)] == [
+        "odd", "a", "b"]
