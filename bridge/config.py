@@ -343,6 +343,9 @@ class AuditSection(_Section):
     keycloak_events: bool = True
     #: how often ``serve`` pulls them (Keycloak keeps them for the realm's eventsExpiration)
     keycloak_events_interval_seconds: float = Field(30.0, gt=0)
+    #: also pull Keycloak's admin events (console changes to roles, users, the realm) at the same
+    #: interval; needs ``keycloak.admin_password`` (bridge/audit/keycloak_admin_events.py)
+    keycloak_admin_events: bool = True
 
 
 #: the rate-limited endpoint groups (bridge/web/limits.py; sizing in docs/configuration.md)

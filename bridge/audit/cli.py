@@ -137,6 +137,30 @@ def audit_query(config_path: str | None, user, patient, study, types, since, unt
     _record_audit_use(store, "query", user=user, patient=patient, study=study, types=list(types), format=fmt)
 
 
+@audit_cli.command("patient-report")
+@config_option
+@click.argument("patient_id")
+@click.option("--since", help="from this ISO date/time (UTC if no zone)")
+@click.option("--until", help="before this ISO date/time")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True)
+def audit_patient_report(config_path: str | None, patient_id: str, since: str | None, until: str | None,
+                         fmt: str) -> None:
+    """Who viewed this patient (GDPR Art. 15): every recorded access to PATIENT_ID's studies,
+    allowed and refused, by whom, when, for what purpose, from where.  The report is itself
+    recorded in the audit trail."""
+    import getpass
+
+    from bridge.audit.patient_report import audited_report, render
+    from bridge.core import audit_events as ev
+
+    if not patient_id.strip():
+        raise click.BadParameter("must not be empty", param_hint="PATIENT_ID")
+    _, store = _audit_store(config_path, signing=True)
+    report = audited_report(store, patient_id, ev.Actor(username=getpass.getuser(), client_id="pacs-bridge-cli"),
+                            since=_when(since, "--since"), until=_when(until, "--until"), fmt=fmt)
+    click.echo(render(report, fmt), nl=False)
+
+
 @audit_cli.command("pull-keycloak-events")
 @config_option
 @click.option("--json", "as_json", is_flag=True)
@@ -154,6 +178,28 @@ def audit_pull_keycloak_events(config_path: str | None, as_json: bool) -> None:
     else:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.by_type.items())) or "nothing new"
         click.echo(f"keycloak realm {settings.keycloak.realm}: {report.fetched} event(s) read, "
+                   f"{report.recorded} recorded ({kinds}), {report.duplicates} already in the trail"
+                   + (f", {report.errors} unusable (recorded as audit.input_rejected)" if report.errors else ""))
+
+
+@audit_cli.command("pull-keycloak-admin-events")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def audit_pull_keycloak_admin_events(config_path: str | None, as_json: bool) -> None:
+    """Record the changes made in Keycloak's admin console or admin API since the last pull
+    (roles given by hand, users, credentials, realm settings; what `serve` does with the
+    login events)."""
+    from bridge.audit.keycloak_admin_events import pull_from_settings
+
+    settings, store = _audit_store(config_path, signing=True)
+    report = pull_from_settings(settings, store)  # KeycloakEventsError: exit 2
+    if report is None:
+        raise UnavailableError("another process is pulling Keycloak admin events right now; nothing done")
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.by_type.items())) or "nothing new"
+        click.echo(f"keycloak realm {settings.keycloak.realm}: {report.fetched} admin event(s) read, "
                    f"{report.recorded} recorded ({kinds}), {report.duplicates} already in the trail"
                    + (f", {report.errors} unusable (recorded as audit.input_rejected)" if report.errors else ""))
 

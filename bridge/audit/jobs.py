@@ -12,6 +12,9 @@ Four jobs, each a plain function so tests call them directly:
 * :func:`keycloak_events` pulls the logins that happened inside Keycloak (success, wrong
   password, wrong OTP, logout) through its admin API (bridge/audit/keycloak_events.py), when
   ``audit.keycloak_events`` is on and ``keycloak.admin_password`` is set.
+* :func:`keycloak_admin_events` pulls Keycloak's admin events (console changes to roles, users
+  and the realm; bridge/audit/keycloak_admin_events.py) at the same interval, when
+  ``audit.keycloak_admin_events`` is on and ``keycloak.admin_password`` is set.
 * :func:`retention` archives records older than ``audit.retention_days`` to
   ``audit.archive_dir`` (verified first, signed archive checkpoint, then deleted; see
   :meth:`bridge.audit.store.AuditStore.archive`) and records that it did.
@@ -132,6 +135,17 @@ def keycloak_events(settings: Any, store: AuditStore) -> Any:
     return pull_from_settings(settings, store)
 
 
+def keycloak_admin_events_enabled(settings: Any) -> bool:
+    return bool(settings.audit.keycloak_admin_events and settings.keycloak.admin_password is not None)
+
+
+def keycloak_admin_events(settings: Any, store: AuditStore) -> Any:
+    """One pull of Keycloak's admin events (under its own database lease); its report or None."""
+    from bridge.audit.keycloak_admin_events import pull_from_settings
+
+    return pull_from_settings(settings, store)
+
+
 def _safe(name: str, fn: Any, *args: Any) -> Any:
     """Run a job; a failure is logged and retried at the next interval, never kills the scheduler."""
     def run() -> None:
@@ -157,6 +171,13 @@ def schedule(scheduler: Any, settings: Any, store: AuditStore, sender: SyslogSen
     else:
         log.info("audit: Keycloak login events are not pulled (audit.keycloak_events off or no "
                  "keycloak.admin_password)")
+    if keycloak_admin_events_enabled(settings):
+        jobs.append(("audit-keycloak-admin-events",
+                     _safe("keycloak_admin_events", keycloak_admin_events, settings, store),
+                     a.keycloak_events_interval_seconds))
+    else:
+        log.info("audit: Keycloak admin events are not pulled (audit.keycloak_admin_events off or no "
+                 "keycloak.admin_password)")
     for job_id, fn, seconds in jobs:
         scheduler.add_job(fn, "interval", seconds=seconds, id=job_id, max_instances=1, coalesce=True,
                           next_run_time=now)
@@ -167,6 +188,8 @@ def run_once(settings: Any, store: AuditStore, sender: SyslogSender | None) -> N
     """One round of every job (``serve --once`` and tests)."""
     if keycloak_events_enabled(settings):
         _safe("keycloak_events", keycloak_events, settings, store)()
+    if keycloak_admin_events_enabled(settings):
+        _safe("keycloak_admin_events", keycloak_admin_events, settings, store)()
     checkpoint(store)
     _retention_with_lease(store, settings)
     ship(store, sender)

@@ -205,6 +205,12 @@ def _time_ms(e: Any) -> int | None:
     return t if isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**53 else None
 
 
+def oldest_first(events: list[Any]) -> list[Any]:
+    """Keycloak's page sorted by time (asc already; a guard costs nothing).  An item without a
+    usable time sorts first instead of failing the sort: it is recorded as an error, not a stall."""
+    return sorted(events, key=lambda e: _time_ms(e) or 0)
+
+
 def kc_id(e: Any) -> str:
     """The Keycloak id of an event; for one without a usable id, a hash of its content (stable,
     so the error it causes is recorded once)."""
@@ -267,20 +273,22 @@ def _map_one(e: Any, source: EventSource, users: dict[str, KcUser | None], *, re
                           kc_user=users.get(uid) if uid else None)
 
 
-def rejected_event(e: Any, exc: Exception, *, realm: str) -> ev.AuditEvent:
+def rejected_event(e: Any, exc: Exception, *, realm: str, source: str = "keycloak",
+                   event_id: Callable[[str, str], str] | None = None) -> ev.AuditEvent:
     """What is recorded for a Keycloak event the mapping could not use: its Keycloak id, type and
     the error, and the event itself (through the model's redaction), under the audit id the event
-    would have had."""
+    would have had (``event_id(realm, keycloak id)``, :func:`audit_event_id` by default)."""
     kid = kc_id(e)
     t = _time_ms(e)
+    kind = (e.get("type") or e.get("operationType")) if isinstance(e, Mapping) else None
     return ev.AuditEvent(
         type=AuditEventType.AUDIT_INPUT_REJECTED, outcome=Outcome.MINOR_FAILURE,
-        details={"source": "keycloak", "realm": realm, "keycloak_event_id": kid,
-                 "keycloak_event_type": e.get("type") if isinstance(e, Mapping) else None,
+        details={"source": source, "realm": realm, "keycloak_event_id": kid,
+                 "keycloak_event_type": kind,
                  "error": f"{type(exc).__name__}: {exc}", "keycloak_event": e},
         description=f"Keycloak event in realm {realm} could not be recorded as such",
         time=dt.datetime.fromtimestamp(t / 1000, dt.UTC) if t is not None else ev.utcnow(),
-        event_id=audit_event_id(realm, kid),
+        event_id=(event_id or audit_event_id)(realm, kid),
     )
 
 
@@ -300,34 +308,38 @@ class PullReport:
         return dict(self.__dict__)
 
 
-def pull(store: AuditStore, source: EventSource, *, realm: str, issuer: str,
-         page_size: int = PAGE_SIZE) -> PullReport:
-    """Record every Keycloak event newer than the cursor; one transaction and cursor save per page."""
-    name = cursor_name(realm)
-    cursor = load_cursor(store.engine, name)
-    report = PullReport(cursor_time_ms=cursor.time_ms)
-    users: dict[str, KcUser | None] = {}
-    date_from, seen_at_start = cursor.time_ms, set(cursor.ids)  # fixed while paging with ``first``
+def pull_pages(store: AuditStore, *, cursor: str, what: str,
+               fetch: Callable[[int, int, int], list[Any]],
+               map_event: Callable[[Any], ev.AuditEvent | None],
+               reject: Callable[[Any, Exception], ev.AuditEvent],
+               page_size: int = PAGE_SIZE) -> PullReport:
+    """Record every event of a Keycloak event list newer than the cursor ``cursor``: one
+    transaction and cursor save per page.  ``fetch(date_from_ms, first, max)`` reads a page,
+    oldest first; ``map_event`` makes the audit event (None: a type that was not asked for, an
+    error); ``reject`` makes the audit.input_rejected event of one that cannot be mapped.  Shared
+    by the login events and the admin events (bridge/audit/keycloak_admin_events.py)."""
+    state = load_cursor(store.engine, cursor)
+    report = PullReport(cursor_time_ms=state.time_ms)
+    date_from, seen_at_start = state.time_ms, set(state.ids)  # fixed while paging with ``first``
     first = 0
     while True:
-        page = source.events(date_from, first, page_size)
+        page = fetch(date_from, first, page_size)
         report.fetched += len(page)
         fresh = [e for e in page if kc_id(e) not in seen_at_start]
         mapped: list[ev.AuditEvent] = []
         for e in fresh:
             try:
-                event = _map_one(e, source, users, realm=realm, issuer=issuer)
+                event = map_event(e)
             except Exception as exc:  # one bad event must not stall the pull
-                log.warning("keycloak events: event %s could not be recorded as such (%s); recorded as "
-                            "audit.input_rejected", ev.escape_unsafe(kc_id(e))[:80], type(exc).__name__)
-                event = rejected_event(e, exc, realm=realm)
+                log.warning("keycloak %s: event %s could not be recorded as such (%s); recorded as "
+                            "audit.input_rejected", what, ev.escape_unsafe(kc_id(e))[:80], type(exc).__name__)
+                event = reject(e, exc)
                 report.errors += 1
             if event is None:  # a type the pull did not ask for: unexpected, so recorded, not ignored
                 report.ignored += 1
                 report.errors += 1
                 kind = e.get("type") if isinstance(e, Mapping) else None
-                event = rejected_event(e, ValueError(f"unexpected Keycloak event type {str(kind)[:64]!r}"),
-                                       realm=realm)
+                event = reject(e, ValueError(f"unexpected Keycloak event type {str(kind)[:64]!r}"))
             mapped.append(event)
         done = _already_recorded(store.engine, [m.event_id for m in mapped])
         new = [m for m in mapped if m.event_id not in done]
@@ -336,13 +348,23 @@ def pull(store: AuditStore, source: EventSource, *, realm: str, issuer: str,
         for m in new:
             report.by_type[m.type.value] = report.by_type.get(m.type.value, 0) + 1
         report.recorded += len(new)
-        cursor.advance(page)
-        save_cursor(store.engine, name, cursor)
+        state.advance(page)
+        save_cursor(store.engine, cursor, state)
         if len(page) < page_size:
             break
         first += len(page)
-    report.cursor_time_ms = cursor.time_ms
+    report.cursor_time_ms = state.time_ms
     return report
+
+
+def pull(store: AuditStore, source: EventSource, *, realm: str, issuer: str,
+         page_size: int = PAGE_SIZE) -> PullReport:
+    """Record every Keycloak user event newer than the cursor (:func:`pull_pages`)."""
+    users: dict[str, KcUser | None] = {}
+    return pull_pages(
+        store, cursor=cursor_name(realm), what="events", page_size=page_size, fetch=source.events,
+        map_event=lambda e: _map_one(e, source, users, realm=realm, issuer=issuer),
+        reject=lambda e, exc: rejected_event(e, exc, realm=realm))
 
 
 # ---------------------------------------------------------------------------- Keycloak
@@ -375,7 +397,7 @@ class AdminApiSource:
     def events(self, date_from_ms: int, first: int, max_results: int) -> list[dict[str, Any]]:
         found = self.admin.get_events({"dateFrom": str(date_from_ms), "direction": "asc", "first": first,
                                        "max": max_results, "type": list(PULLED_TYPES)})
-        return sorted(found, key=lambda e: int(e["time"]))  # asc already; a guard costs nothing
+        return oldest_first(found)
 
     def user(self, user_id: str) -> KcUser | None:
         from keycloak.exceptions import KeycloakGetError

@@ -15,6 +15,7 @@ writes a batch in one.  Every ``checkpoint_every`` records the writer signs a ch
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from bridge.audit import verify as _verify
 from bridge.audit.chain import HASHED, checkpoint_payload, event_columns, record_hash
 from bridge.audit.keys import ALG, CheckpointKey, KeyFileError
 from bridge.audit.verify import HEAD_ID, VerifyReport
-from bridge.core.audit_codes import AuditEventType
+from bridge.core.audit_codes import AuditEventType, ObjectKind
 from bridge.core.audit_events import AuditEvent, format_time
 from bridge.store.db import StoreError, write_transaction
 from bridge.store.models import AuditCheckpoint, AuditEventRow, AuditHead
@@ -207,6 +208,48 @@ class AuditStore:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
 
+    def mentioning(
+        self,
+        kind: ObjectKind,
+        values: Iterable[str],
+        *,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        """Records naming a participant object of ``kind`` (patient or study) whose id is one of
+        ``values``, in any position, oldest first.
+
+        :meth:`query` filters on the indexed column, which holds only an event's *first* patient
+        and study; a PACS event about a listing names several (bridge/pacs/audit_shipper.py), and
+        "who viewed this patient" must find the second one too.  The body is canonical JSON
+        (bridge/audit/chain.py), so an object is the exact text ``"id":<id>,"kind":"<kind>"``;
+        the text search is only a pre-filter (SQLite's LIKE ignores ASCII case): every hit is
+        checked against the parsed objects.  Each value is also looked up in its stored form
+        (:func:`search_terms`)."""
+        column = {ObjectKind.PATIENT: AuditEventRow.patient_id, ObjectKind.STUDY: AuditEventRow.study_uid}[kind]
+        field = {ObjectKind.PATIENT: "patient_id", ObjectKind.STUDY: "study_uid"}[kind]
+        terms = sorted({t for v in values for t in search_terms(v, field)})
+        if not terms:
+            return []
+        wanted = set(terms)
+        t = AuditEventRow
+        found: dict[int, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(terms, 200):
+                cond = column.in_(chunk)
+                for term in chunk:
+                    fragment = '"id":' + json.dumps(term, ensure_ascii=False) + f',"kind":"{kind.value}"'
+                    cond = cond | t.body.contains(fragment, autoescape=True)
+                stmt = select(self._t).where(cond)
+                if since:
+                    stmt = stmt.where(t.time >= format_time(since))
+                if until:
+                    stmt = stmt.where(t.time < format_time(until))
+                for r in conn.execute(stmt).mappings():
+                    found[r["seq"]] = dict(r)
+        return [r for _, r in sorted(found.items())
+                if r[field] in wanted or wanted & set(object_ids(r, kind))]
+
     def tail(self, n: int = 20) -> list[dict[str, Any]]:
         return list(reversed(self.query(limit=n, newest_first=True)))
 
@@ -219,6 +262,21 @@ class AuditStore:
         """Move every record older than ``before`` to the JSONL file ``path``; return how many
         (bridge/audit/archive.py; refuses a chain that does not verify)."""
         return _archive.archive(self, before, path)
+
+
+def object_ids(row: dict[str, Any], kind: ObjectKind) -> list[str]:
+    """The ids of the participant objects of ``kind`` in a stored row (its parsed body)."""
+    try:
+        objects = json.loads(row["body"]).get("objects") or []
+    except (ValueError, TypeError, AttributeError):
+        return []
+    return [o["id"] for o in objects
+            if isinstance(o, dict) and o.get("kind") == kind.value and isinstance(o.get("id"), str)]
+
+
+def _chunks(items: Sequence[str], n: int) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
 
 
 def search_terms(value: str, field: str) -> list[str]:

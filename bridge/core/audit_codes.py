@@ -70,6 +70,7 @@ class AuditEventType(StrEnum):
     STUDY_QUERIED = "study.queried"
     ROLE_ASSIGNED = "role.assigned"
     ROLE_REMOVED = "role.removed"
+    USER_CHANGED = "user.changed"
     SYNC_STARTED = "sync.started"
     SYNC_FINISHED = "sync.finished"
     SYNC_THRESHOLD_STOP = "sync.threshold_stop"
@@ -181,6 +182,8 @@ CODES: dict[AuditEventType, EventCodes] = {
                         "User gained a PACS role"),
     T.ROLE_REMOVED: _e(SECURITY_ALERT, (USER_SECURITY_ATTRIBUTES_CHANGED,), A.EXECUTE, O.SUCCESS,
                        "User lost a PACS role"),
+    T.USER_CHANGED: _e(SECURITY_ALERT, (USER_SECURITY_ATTRIBUTES_CHANGED,), A.EXECUTE, O.SUCCESS,
+                       "User account, credential, session or group membership changed in Keycloak"),
     T.SYNC_STARTED: _e(SECURITY_ALERT, (LOCAL_SERVICE_STARTED,), A.EXECUTE, O.SUCCESS,
                        "Directory synchronisation started"),
     T.SYNC_FINISHED: _e(SECURITY_ALERT, (LOCAL_SERVICE_STOPPED,), A.EXECUTE, O.SUCCESS,
@@ -188,9 +191,9 @@ CODES: dict[AuditEventType, EventCodes] = {
     T.SYNC_THRESHOLD_STOP: _e(SECURITY_ALERT, (SECURITY_CONFIGURATION,), A.EXECUTE, O.SERIOUS_FAILURE,
                               "Synchronisation stopped by the deletion threshold"),
     T.CONFIG_CHANGED: _e(SECURITY_ALERT, (SECURITY_CONFIGURATION,), A.EXECUTE, O.SUCCESS,
-                         "Bridge or sync configuration changed"),
+                         "Bridge, sync or Keycloak realm configuration changed"),
     T.ROLE_MAPPING_CHANGED: _e(SECURITY_ALERT, (SECURITY_ROLES_CHANGED,), A.EXECUTE, O.SUCCESS,
-                               "Group-to-role mapping policy changed"),
+                               "Group-to-role mapping policy or a Keycloak role definition changed"),
     T.KEY_ROTATED: _e(SECURITY_ALERT, (SECURITY_CONFIGURATION,), A.EXECUTE, O.SUCCESS,
                       "Token signing key rotated"),
     T.BREAK_GLASS_START: _e(SECURITY_ALERT, (EMERGENCY_OVERRIDE_STARTED,), A.EXECUTE, O.SUCCESS,

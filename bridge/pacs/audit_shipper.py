@@ -152,7 +152,9 @@ class AuditShipper:
         groups: dict[tuple[Any, ...], dict[str, Any]] = {}
         for when, kind, claims, method, path, ip, permission, reason, target, studies in records:
             claims = claims if isinstance(claims, dict) else {}
-            if kind == "allow" and target is not None and studies is None and self.resolver is not None:
+            # a refusal for a missing permission is decided before its study is looked up: it is
+            # resolved here too, or the refusal would be missing from the patient's access report
+            if target is not None and studies is None and self.resolver is not None:
                 try:
                     studies = self.resolver.last_known(target)  # the study may be gone by now
                 except Exception:  # the access is still recorded, without its study
@@ -216,6 +218,9 @@ class AuditShipper:
             "requests": g["count"],
             "first_seen": ev.format_time(_utc(g["first"])),
         }
+        purposes = purpose_of_use(claims)
+        if purposes:
+            details["purpose_of_use"] = purposes
         if g["kind"] == "deny":
             etype, outcome = AuditEventType.ACCESS_DENIED, Outcome.MINOR_FAILURE
             details["reason"] = g["reason"]
@@ -351,6 +356,21 @@ class AuditShipper:
         if self._send(lines):
             path.unlink()
             self.stats["replayed"] += len(lines)
+
+
+def purpose_of_use(claims: dict[str, Any]) -> list[str]:
+    """The IHE IUA purpose of use codes of a token (``extensions.ihe_iua.purpose_of_use``, FHIR
+    Codings), recorded with each access so a patient's access report says why (GDPR Art. 15).
+    A claim of an odd shape yields what is usable of it, never an error."""
+    ext = claims.get("extensions")
+    iua = ext.get("ihe_iua") if isinstance(ext, dict) else None
+    raw = iua.get("purpose_of_use") if isinstance(iua, dict) else None
+    if isinstance(raw, dict | str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        return []
+    codes = [c.get("code") if isinstance(c, dict) else c for c in raw[:8]]
+    return [str(c)[:64] for c in codes if isinstance(c, str | int) and not isinstance(c, bool) and str(c)]
 
 
 def _https_post(ca_file: str | None, timeout: float = 3.0) -> Callable[[str, bytes, dict[str, str]], int]:

@@ -134,6 +134,8 @@ class Gate:
         verdict = judge(claims, verb, uri, get, self.resolver.studies)
         target = verdict.targets[0] if verdict.targets else None
         if not verdict.allow:
+            if target is None:  # refused before its study was named (a missing permission): named for the audit
+                target = _named_target(uri, get)
             self.audit.record("deny", claims, verb, uri, ip, verdict.permission, verdict.reason, target,
                               verdict.studies)
             return False
@@ -228,6 +230,15 @@ def clear_request_context() -> None:
 def current_request() -> RequestContext | None:
     """The allowed request this thread is serving, if it is an HTTP thread inside one."""
     return _REQUESTS.get(threading.get_ident())
+
+
+def _named_target(path: str, query: Mapping[str, str] | None) -> scopes.Target | None:
+    """The first study-level target a request names, for the audit record of a refusal only (the
+    shipper resolves it to the study and patient, so the refusal is in that patient's access report)."""
+    try:
+        return next(iter(scopes.targets_of(path, query).targets), None)
+    except Exception:  # never let the audit's parsing change a refusal
+        return None
 
 
 def judge(

@@ -242,3 +242,13 @@ def test_create_dicom_without_a_patient_id_is_refused_to_a_scoped_token(gate: Ga
     assert gate.admit_instance("rest", lambda: tags) is False
     assert gate.decide("/instances", 2, {"authorization": f"Bearer {token}"}, None) is True
     assert gate.admit_instance("rest", lambda: {**tags, "PatientID": ""}) is True
+
+
+def test_a_refusal_for_a_missing_permission_names_its_target(gate: Gate, bridge: FakeBridge) -> None:
+    """A radiologist's DELETE is refused on the route permission before any study is named; the
+    audit record must still carry the target, so the shipper can name the study and patient and
+    the refusal shows in that patient's access report (docs/governance.md)."""
+    token = bridge.token(permissions=["view"])
+    assert gate.decide("/studies/s-rad", 4, {"authorization": f"Bearer {token}"}, {}) is False
+    (deny,) = [r for r in _records(gate) if r[1] == "deny"]
+    assert deny[6] == "delete" and deny[8] == Target("studies", "s-rad")
