@@ -29,7 +29,7 @@ from click.testing import CliRunner
 from bridge.audit.patient_report import patient_report
 from bridge.cli import main
 from bridge.config import load_config
-from bridge.pacs.orthanc_config import plugin_settings
+from bridge.deploy.orthanc_config import plugin_settings
 from bridge.store.db import migrate
 from bridge.sync.factory import build_runner
 from bridge.tokens.keys import KeyEncryptor
