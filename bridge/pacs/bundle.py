@@ -28,7 +28,7 @@ ENTRY = "pacs_bridge_plugin.py"
 LIB = "pacs_bridge_plugin_lib"
 MANIFEST = "VERSION.json"
 #: the Orthanc-side modules of bridge.pacs (everything else there runs on the bridge's side)
-PLUGIN_MODULES = ("orthanc_plugin", "gate", "scopes", "audit_shipper", "plugin_config")
+PLUGIN_MODULES = ("orthanc_plugin", "gate", "scopes", "listing", "dicomweb", "audit_shipper", "plugin_config")
 
 _SRC = Path(bridge.__file__).resolve().parent
 

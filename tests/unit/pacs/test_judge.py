@@ -36,8 +36,9 @@ def studies_of(target: Target) -> list[StudyInfo]:
     ("/studies/s-rad", None, True),
     ("/studies/s-card", None, False),
     ("/studies/s-rad/archive", None, True),
-    ("/studies", None, False),
-    ("/dicom-web/studies", {}, False),
+    ("/studies", None, True),  # served filtered by the plugin's listing callback (bridge.pacs.listing)
+    ("/studies/", None, True),  # the same callback (Orthanc drops the empty component)
+    ("/dicom-web/studies", {}, True),  # QIDO, filtered by the plugin's /dicom-web/ callback
     ("/dicom-web/studies", {"StudyInstanceUID": "1.2.1"}, True),
     ("/dicom-web/studies", {"StudyInstanceUID": "1.2.1", "0020000D": "1.2.2"}, False),
     ("/dicom-web/studies", {"0020000D": "1.2.2", "StudyInstanceUID": "1.2.1"}, False),
