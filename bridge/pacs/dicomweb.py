@@ -53,7 +53,7 @@ from typing import Any
 
 from bridge.core import grants as grants_mod
 from bridge.core.grants import Grant
-from bridge.pacs.listing import VIEW, Answer, Refused, Visibility
+from bridge.pacs.listing import VIEW, Answer, Refused, Visibility, raw_query
 from bridge.pacs.scopes import StudyResolver
 
 PUBLIC_ROOT = "/dicom-web/"
@@ -156,13 +156,6 @@ def loopback_sender(port: int, use_tls: bool = False, timeout: float = 600.0) ->
             conn.close()
 
     return send
-
-
-def _query(get: Mapping[str, str]) -> str:
-    if not get:
-        return ""
-    return "?" + "&".join(urllib.parse.quote(k, safe="") + "=" + urllib.parse.quote(v, safe="")
-                          for k, v in get.items())
 
 
 def rewrite_urls(value: Any, base: str = INTERNAL_ROOT, public: str = PUBLIC_ROOT) -> Any:
@@ -287,7 +280,7 @@ class Proxy:
 
     def _call(self, context: Any, method: str, rel: str, args: Mapping[str, str], headers: Mapping[str, str],
               body: bytes | None) -> tuple[int, str, bytes]:
-        target = INTERNAL_ROOT + urllib.parse.quote(rel, safe="/") + _query(args)
+        target = INTERNAL_ROOT + rel + raw_query(args)
         inner = dict(headers)
         inner["authorization"] = self.passes.issue(context)
         inner.setdefault("host", "127.0.0.1")

@@ -70,7 +70,10 @@ class Gate:
         rest_post: scopes.RestPost,
         fetch: Fetch | None = None,
         shipper: AuditShipper | None = None,
+        send: dicomweb.Send | None = None,
     ):
+        """``send``: how the ``/dicom-web/`` callback reaches the DICOMweb plugin's internal root
+        (:func:`bridge.pacs.dicomweb.loopback_sender`); without it that callback answers 503."""
         self.config = config
         self.verifier = Verifier(config.verifier_config(), fetch=fetch)
         self.resolver = scopes.StudyResolver(rest_get, rest_post, ttl=config.scope_cache_seconds)
@@ -85,6 +88,8 @@ class Gate:
             resolver=self.resolver,
             orthanc_log_file=config.orthanc_log_file,
         )
+        self.lister = listing.Lister(rest_get, rest_post, self.resolver)
+        self.proxy = dicomweb.Proxy(send, self.resolver) if send is not None else None
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
 

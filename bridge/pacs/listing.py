@@ -48,9 +48,9 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from bridge.core import grants as grants_mod
+from bridge.core import token_format
 from bridge.core.grants import Grant, StudyInfo
 from bridge.pacs.scopes import RestGet, RestPost, StudyResolver, Target
 
@@ -89,6 +89,32 @@ class Answer:
     status: int
     body: bytes = b""
     mime: str = "application/json"
+
+
+def grants_of(claims: Mapping[str, Any] | None) -> tuple[Grant, ...]:
+    """The token's grants (:func:`bridge.core.grants.from_claims`); no claims: none (fail closed).
+
+    Transitional, for tokens of format 1 only (issued before the ``grants`` claim existed): their
+    ``permissions`` and ``scopes`` read as ONE grant, which is what format 1 meant.  Any other token
+    without a ``grants`` list has no grant.  Delete this branch once format 1 is no longer understood.
+    """
+    if claims is None:
+        return ()
+    if grants_mod.CLAIM not in claims and claims.get(token_format.CLAIM) == 1:
+        legacy = {"kind": "role", "role": None, "permissions": claims.get("permissions"),
+                  "scope": claims.get("scopes") or {}}
+        grant = grants_mod.grant_from_claim(legacy)
+        return (grant,) if grant is not None else ()
+    return grants_mod.from_claims(claims)
+
+
+def same_request(filtered_uri: str, callback_uri: str) -> bool:
+    """Is the callback serving the request the filter judged?  (Orthanc hands the filter the decoded
+    path as sent and the callback its normalised form: ``/studies/`` reaches ``/studies``.)"""
+    def norm(uri: str) -> str:
+        return "/" + "/".join(p for p in uri.split("?", 1)[0].split("/") if p)
+
+    return norm(filtered_uri) == norm(callback_uri)
 
 
 def serves(method: str, path: str) -> bool:
@@ -189,7 +215,7 @@ class Lister:
             raise Refused(404, f"no listing of {level!r}")
         held = tuple(grants)
         if grants_mod.unrestricted(held, VIEW):
-            return Answer(200, self._raw(self.rest_get(f"/{level}" + _query(get))))
+            return Answer(200, self._raw(self.rest_get(f"/{level}" + raw_query(get))))
         since, limit = 0, None
         if ("limit" in get) != ("since" in get):
             raise Refused(400, "limit and since: give both or neither")
@@ -200,7 +226,7 @@ class Lister:
         chosen = page(ids, lambda rid: visibility.resource(level, rid), since, limit)
         if "expand" not in get:
             return Answer(200, _dump(chosen))
-        fmt = _query({k: v for k, v in get.items() if k in FORMAT_ARGS})
+        fmt = raw_query({k: v for k, v in get.items() if k in FORMAT_ARGS})
         return Answer(200, _dump(self._expand(level, chosen, visibility, fmt)))
 
     # ------------------------------------------------------------------ POST /tools/find
@@ -231,7 +257,7 @@ class Lister:
         chosen = page(ids, lambda rid: visibility.resource(level, rid), since or 0, limit or None)
         if not expand:
             return Answer(200, _dump(chosen))
-        fmt = _query({k.lower(): "" for k in ("Full", "Short") if request.get(k) is True})
+        fmt = raw_query({k.lower(): "" for k in ("Full", "Short") if request.get(k) is True})
         return Answer(200, _dump(self._expand(level, chosen, visibility, fmt)))
 
     # ------------------------------------------------------------------ shared
@@ -267,8 +293,11 @@ def _find_int(request: Mapping[str, Any], key: str) -> int | None:
     return value
 
 
-def _query(get: Mapping[str, str]) -> str:
-    """Orthanc's decoded GET arguments as a query string again (for passing a request through)."""
+def raw_query(get: Mapping[str, str]) -> str:
+    """Orthanc's GET arguments as a query string again, to pass a request on.  Orthanc 1.10.1 hands
+    filters and callbacks the arguments NOT percent-decoded (checked: the DICOMweb plugin matches
+    ``PatientID=P*`` but not ``PatientID=P%2A``), so they are joined as received, never re-encoded;
+    a raw value cannot hold ``&`` or ``=``-splitting surprises it did not have in the original request."""
     if not get:
         return ""
-    return "?" + "&".join(quote(k, safe="") + ("=" + quote(v, safe="") if v else "") for k, v in get.items())
+    return "?" + "&".join(f"{k}={v}" if v else k for k, v in get.items())

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.core.mfa import MfaRule
+from bridge.pacs.dicomweb import INTERNAL_ROOT
 
 #: where Debian's orthanc-python and orthanc-dicomweb put their plugins
 PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
@@ -78,7 +79,9 @@ def orthanc_config(
         # WebDAV (on by default) stores uploads from a background thread, where no token can be
         # checked; the filter already refuses /webdav, and the plugin discards WebDAV-origin instances
         "WebDavEnabled": False,
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        # the DICOMweb plugin lives at an internal root the filter refuses from outside; the bridge plugin
+        # serves /dicom-web/ in front of it, filtering QIDO for scoped tokens (bridge.pacs.dicomweb)
+        "DicomWeb": {"Enable": True, "Root": INTERNAL_ROOT},
         "Plugins": plugins,
     }
     if with_filter:
