@@ -146,7 +146,7 @@ class Gate:
         except VerificationError as exc:
             self.audit.record("deny", None, verb, uri, ip, None, exc.reason)
             return False
-        verdict = judge(claims, verb, uri, get, self.resolver.studies)
+        verdict = judge(claims, verb, uri, get, self.resolver.studies, filtered_listings=True)
         target = verdict.targets[0] if verdict.targets else None
         if not verdict.allow:
             self.audit.record("deny", claims, verb, uri, ip, verdict.permission, verdict.reason, target,
@@ -251,6 +251,7 @@ def judge(
     path: str,
     query: Mapping[str, str] | None,
     studies_of: Callable[[scopes.Target], list[scopes.StudyInfo]],
+    filtered_listings: bool = False,
 ) -> Verdict:
     """THE decision for a verified token: route permission, then study scope.  Used by the Orthanc
     plugin (:meth:`Gate.decide`) and by the official authorization plugin's web service
@@ -258,6 +259,9 @@ def judge(
 
     ``query``: the GET arguments as Orthanc hands them to a filter (undecoded, last value per key);
     ``studies_of``: the stored studies behind a target ([] when unknown: a scoped token is refused).
+    ``filtered_listings``: the PACS answers the listing routes of :func:`filtered_listing` with a filtered
+    list (this bridge's Orthanc plugin does; the official authorization plugin does not), so a scoped token
+    may send them.  Off by default: where nothing filters, a scoped token is refused every list.
     """
     route = decide(claims, method, path, query)
     if not route.allow:
@@ -281,7 +285,8 @@ def judge(
                 ok, why = scopes.allowed(claims, study)
                 if not ok:
                     return Verdict(False, why, permission, named.targets, studies)
-    elif not named.targets and scoped and permission not in SCOPE_FREE and not filtered_listing(method, path):
+    elif not named.targets and scoped and permission not in SCOPE_FREE \
+            and not (filtered_listings and filtered_listing(method, path)):
         return Verdict(False, SCOPED_LIST_REASON, permission)
     return Verdict(True, route.reason, permission, named.targets, studies)
 

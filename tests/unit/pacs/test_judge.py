@@ -52,7 +52,7 @@ def studies_of(target: Target) -> list[StudyInfo]:
     ("/wado", {"studyUID": "1.2.1", "objectUID": "1.2.2.1.1"}, False),
 ])
 def test_scoped_decisions(path: str, query: dict[str, str] | None, scoped_ok: bool) -> None:
-    verdict = judge(SCOPED, "GET", path, query, studies_of)
+    verdict = judge(SCOPED, "GET", path, query, studies_of, filtered_listings=True)
     assert verdict.allow is scoped_ok, verdict.reason
     assert judge(UNSCOPED, "GET", path, query, studies_of).allow  # the scope is the only difference
 
