@@ -101,8 +101,9 @@ def grants_of(claims: Mapping[str, Any] | None) -> tuple[Grant, ...]:
     if claims is None:
         return ()
     if grants_mod.CLAIM not in claims and claims.get(token_format.CLAIM) == 1:
+        scope = claims.get("scopes")  # absent/null: unscoped; anything not a mapping: malformed (no grant)
         legacy = {"kind": "role", "role": None, "permissions": claims.get("permissions"),
-                  "scope": claims.get("scopes") or {}}
+                  "scope": {} if scope is None else scope}
         grant = grants_mod.grant_from_claim(legacy)
         return (grant,) if grant is not None else ()
     return grants_mod.from_claims(claims)
