@@ -31,7 +31,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge.core.permissions import Permission as P
 from pacs_devstack import process
 from pacs_devstack.orthanc import OrthancService
 from pacs_devstack.pacs_double import BridgeDouble, dicom_instance
@@ -148,9 +147,11 @@ def scoped_find(client: Client, bridge: BridgeDouble, svc: OrthancService, studi
     return out
 
 
-def wado_retrieve_memory(client: Client, bridge: BridgeDouble, instances: int = 40,
-                         pixels: int = 1024) -> dict[str, Any]:
-    """A WADO-RS study retrieve through ``/dicom-web/``: answer size, Orthanc's RSS before and peak during."""
+def wado_retrieve_memory(client: Client, bridge: BridgeDouble, instances: int = 40, pixels: int = 1024,
+                         service: str = "orthanc-gateway-bench", path: str = "/dicom-web/studies/") -> dict[str, Any]:
+    """A WADO-RS study retrieve through ``path`` (the plugin's ``/dicom-web/``, or the DICOMweb plugin's own
+    root on an Orthanc without the bridge plugin, the baseline): answer size, Orthanc's RSS before and peak
+    during."""
     from pydicom import dcmread
     from pydicom.filebase import DicomBytesIO
 
@@ -167,7 +168,7 @@ def wado_retrieve_memory(client: Client, bridge: BridgeDouble, instances: int = 
         status, _ = client.call("POST", "/instances", token, buf.getvalue(), {"Content-Type": "application/dicom"})
         if status != 200:
             raise SystemExit(f"large upload answered {status}")
-    record = process.load("orthanc-gateway-bench")
+    record = process.load(service)
     if record is None:
         raise SystemExit("cannot find Orthanc's pid")
     pid = record.pid
@@ -184,7 +185,7 @@ def wado_retrieve_memory(client: Client, bridge: BridgeDouble, instances: int = 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0 = time.perf_counter()
-    status, body = client.call("GET", f"/dicom-web/studies/{uid}", token)
+    status, body = client.call("GET", f"{path}{uid}", token)
     elapsed = time.perf_counter() - t0
     done.set()
     sampler.join()
@@ -192,7 +193,7 @@ def wado_retrieve_memory(client: Client, bridge: BridgeDouble, instances: int = 
         raise SystemExit(f"WADO-RS retrieve answered {status}")
     after = _rss_kb(pid)
     size_mb = len(body) / 2**20
-    return {"instances": instances, "answer_mb": round(size_mb, 1), "seconds": round(elapsed, 2),
+    return {"path": path, "instances": instances, "answer_mb": round(size_mb, 1), "seconds": round(elapsed, 2),
             "orthanc_rss_before_mb": round(before / 1024, 1), "orthanc_rss_peak_mb": round(peak[0] / 1024, 1),
             "orthanc_rss_after_mb": round(after / 1024, 1),
             "peak_growth_over_answer": round((peak[0] - before) / 1024 / size_mb, 2)}
@@ -211,7 +212,9 @@ def main() -> None:
     ctx = StackContext(ca_file=ensure_ca())
     bridge = BridgeDouble("gateway-bench-bridge").start()
     svc = OrthancService("orthanc-gateway-bench", with_filter=True, aet="GWBENCH")
+    plain = OrthancService("orthanc-gateway-plain", with_filter=False, aet="GWPLAIN")
     started = False
+    plain_started = False
     try:
         svc.prepare(ctx)
         settings = bridge.plugin_settings(ctx.ca_file, svc.dir / "audit-spool", svc.dir / "server.log",
@@ -233,11 +236,21 @@ def main() -> None:
             results["scoped_find"] = scoped_find(client, bridge, svc, args.studies, args.rounds)
         if "wado_retrieve_memory" not in args.skip:
             results["wado_retrieve_memory"] = wado_retrieve_memory(client, bridge)
+            plain.prepare(ctx)
+            plain.start(ctx)
+            plain_started = True
+            plain_port = int(plain.wait_ready(ctx)["url"].rsplit(":", 1)[1])
+            from bridge.pacs.dicomweb import INTERNAL_ROOT
+
+            results["wado_retrieve_memory_without_plugin"] = wado_retrieve_memory(
+                Client(plain_port), bridge, service=plain.name, path=INTERNAL_ROOT + "studies/")
         results["load_average"] = [round(x, 2) for x in os.getloadavg()]
         print(json.dumps(results, indent=2))
     finally:
         if started:
             svc.stop()
+        if plain_started:
+            plain.stop()
         bridge.stop()
 
 

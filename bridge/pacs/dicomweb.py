@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hmac
 import http.client
+import io
 import json
 import re
 import secrets
@@ -47,9 +48,10 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from email.message import Message
+from typing import Any, BinaryIO
 
 from bridge.core import grants as grants_mod
 from bridge.core.grants import Grant
@@ -126,14 +128,95 @@ class Passes:
 #: the plugin's passes (the filter redeems what the callback issues)
 PASSES = Passes()
 
-#: (method, path and query, headers, body) -> (status, content type, body)
-Send = Callable[[str, str, Mapping[str, str], bytes | None], tuple[int, str, bytes]]
+#: (method, path and query, headers, body) -> (status, content type, body or a readable stream of it)
+Send = Callable[[str, str, Mapping[str, str], bytes | None], tuple[int, str, "bytes | BinaryIO"]]
+#: bytes read from the DICOMweb plugin at a time while streaming a multipart answer
+BLOCK = 1 << 16
+
+
+class _Stream:
+    """An inner answer being read (closes its connection when done)."""
+
+    def __init__(self, resp: http.client.HTTPResponse, conn: http.client.HTTPConnection):
+        self.resp, self.conn = resp, conn
+
+    def read(self, n: int = -1) -> bytes:
+        return self.resp.read() if n < 0 else self.resp.read(n)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@dataclass
+class Multipart:
+    """A multipart answer passed on part by part (``parts`` yields each part's body; ``close`` when done):
+    the callback answers with ``StartMultipartAnswer``/``SendMultipartItem``, so at most one part is held."""
+
+    subtype: str
+    part_type: str
+    parts: Iterator[bytes]
+    close: Callable[[], None]
+
+
+def multipart_params(mime: str) -> tuple[str, str, str] | None:
+    """(subtype, type, boundary) of a ``multipart/...`` content type, or None."""
+    message = Message()
+    message["content-type"] = mime
+    if message.get_content_maintype() != "multipart":
+        return None
+    boundary = message.get_param("boundary")
+    part_type = message.get_param("type")
+    if not isinstance(boundary, str) or not boundary or not isinstance(part_type, str) or not part_type:
+        return None
+    return message.get_content_subtype(), part_type, boundary
+
+
+def iter_parts(stream: Any, boundary: str, block: int = BLOCK) -> Iterator[bytes]:
+    """The bodies of a multipart stream's parts (RFC 2046), read ``block`` bytes at a time, holding at most
+    one part and a block.  Raises ValueError on a stream that ends inside a part or has no delimiter."""
+    delimiter = b"--" + boundary.encode("latin-1")
+    between = b"\r\n" + delimiter
+    buf = bytearray()
+    eof = False
+
+    def fill() -> bool:
+        nonlocal eof
+        if eof:
+            return False
+        data = stream.read(block)
+        if not data:
+            eof = True
+            return False
+        buf.extend(data)
+        return True
+
+    # the preamble, up to the first delimiter
+    while (start := buf.find(delimiter)) < 0:
+        if not fill():
+            raise ValueError("multipart answer without a delimiter")
+    del buf[:start + len(delimiter)]
+    while True:
+        while len(buf) < 2 and fill():
+            pass
+        if buf[:2] == b"--":  # the close delimiter
+            return
+        while (head_end := buf.find(b"\r\n\r\n")) < 0:
+            if not fill():
+                raise ValueError("multipart answer ends inside a part's headers")
+        body_start = head_end + 4
+        searched = body_start
+        while (end := buf.find(between, searched)) < 0:
+            searched = max(body_start, len(buf) - len(between))
+            if not fill():
+                raise ValueError("multipart answer ends inside a part")
+        yield bytes(buf[body_start:end])
+        del buf[:end + len(between)]
 
 
 def loopback_sender(port: int, use_tls: bool = False, timeout: float = 600.0) -> Send:
     """Requests to this Orthanc over loopback (a new connection each: no shared state between threads)."""
 
-    def send(method: str, target: str, headers: Mapping[str, str], body: bytes | None) -> tuple[int, str, bytes]:
+    def send(method: str, target: str, headers: Mapping[str, str], body: bytes | None) -> tuple[int, str, Any]:
         if use_tls:  # our own listener on loopback: its certificate names the public host, not 127.0.0.1
             context = ssl.create_default_context()
             context.check_hostname = False
@@ -150,10 +233,10 @@ def loopback_sender(port: int, use_tls: bool = False, timeout: float = 600.0) ->
                 conn.putheader("Content-Length", str(len(body)))
             conn.endheaders(body)
             resp = conn.getresponse()
-            data = resp.read()
-            return resp.status, resp.getheader("Content-Type", "application/octet-stream"), data
-        finally:
+        except BaseException:
             conn.close()
+            raise
+        return resp.status, resp.getheader("Content-Type", "application/octet-stream"), _Stream(resp, conn)
 
     return send
 
@@ -184,6 +267,13 @@ def rewrite_urls(value: Any, base: str = INTERNAL_ROOT, public: str = PUBLIC_ROO
     return value
 
 
+def _whole(stream: Any) -> bytes:
+    try:
+        return bytes(stream.read())
+    finally:
+        stream.close()
+
+
 def _study_uid(item: Any) -> str:
     if isinstance(item, dict):
         values = (item.get(STUDY_UID_TAG) or {}).get("Value")
@@ -210,7 +300,7 @@ class Proxy:
     passes: Passes = PASSES
 
     def serve(self, context: Any, method: str, uri: str, get: Mapping[str, str] | None,
-              headers: Mapping[str, str], body: bytes | None, grants: Iterable[Grant]) -> Answer:
+              headers: Mapping[str, str], body: bytes | None, grants: Iterable[Grant]) -> Answer | Multipart:
         if not uri.startswith(PUBLIC_ROOT):
             raise Refused(404, "not a DICOMweb path")
         rel = uri[len(PUBLIC_ROOT):]
@@ -219,7 +309,11 @@ class Proxy:
         forward = {k: v for k, v in headers.items() if k.lower() in FORWARDED_HEADERS}
         if is_qido(method, rel) and not grants_mod.unrestricted(held, VIEW):
             return self.qido(context, rel, args, forward, held)
-        status, mime, data = self._call(context, method, rel, args, forward, body)
+        status, mime, stream = self._open(context, method, rel, args, forward, body)
+        params = multipart_params(mime) if status == 200 and method == "GET" else None
+        if params is not None:  # WADO-RS retrieve, frames: passed on part by part, never held whole
+            return Multipart(params[0], params[1], iter_parts(stream, params[2]), stream.close)
+        data = _whole(stream)
         return Answer(status, self._rewritten(mime, data), mime)
 
     # ------------------------------------------------------------------ filtered QIDO
@@ -278,13 +372,19 @@ class Proxy:
             raise Refused(400, f"{name}: a decimal integer from 0 to {2**31 - 1} expected, got {value[:20]!r}")
         return int(value)
 
-    def _call(self, context: Any, method: str, rel: str, args: Mapping[str, str], headers: Mapping[str, str],
-              body: bytes | None) -> tuple[int, str, bytes]:
+    def _open(self, context: Any, method: str, rel: str, args: Mapping[str, str], headers: Mapping[str, str],
+              body: bytes | None) -> tuple[int, str, Any]:
         target = INTERNAL_ROOT + rel + raw_query(args)
         inner = dict(headers)
         inner["authorization"] = self.passes.issue(context)
         inner.setdefault("host", "127.0.0.1")
-        return self.send(method, target, inner, body)
+        status, mime, answer = self.send(method, target, inner, body)
+        return status, mime, io.BytesIO(answer) if isinstance(answer, bytes | bytearray) else answer
+
+    def _call(self, context: Any, method: str, rel: str, args: Mapping[str, str], headers: Mapping[str, str],
+              body: bytes | None) -> tuple[int, str, bytes]:
+        status, mime, stream = self._open(context, method, rel, args, headers, body)
+        return status, mime, _whole(stream)
 
     @staticmethod
     def _rewritten(mime: str, data: bytes) -> bytes:

@@ -314,8 +314,10 @@ def _send_status(output: Any, status: int, body: bytes) -> None:
     output.SendHttpStatus(status, text, len(text.encode("utf-8")))
 
 
-def _send(output: Any, answer: listing.Answer) -> None:
-    if answer.status == 200:
+def _send(output: Any, answer: listing.Answer | dicomweb.Multipart) -> None:
+    if isinstance(answer, dicomweb.Multipart):
+        _send_multipart(output, answer)
+    elif answer.status == 200:
         output.AnswerBuffer(answer.body, answer.mime)
     elif answer.status == 405:
         output.SendMethodNotAllowed("GET")
@@ -323,6 +325,19 @@ def _send(output: Any, answer: listing.Answer) -> None:
         _send_status(output, answer.status, answer.body)
     else:
         output.SendHttpStatusCode(answer.status)
+
+
+def _send_multipart(output: Any, answer: dicomweb.Multipart) -> None:
+    """Pass a multipart answer on part by part (one part in memory at a time).  Once started, a failure
+    can only cut the answer short (the status is sent): it is logged."""
+    try:
+        output.StartMultipartAnswer(answer.subtype, answer.part_type)
+        for part in answer.parts:
+            output.SendMultipartItem(part)
+    except Exception as exc:
+        _log(f"a multipart answer was cut short ({type(exc).__name__})")
+    finally:
+        answer.close()
 
 
 def _context_for(uri: str, method: str) -> tuple[Gate, Any] | None:

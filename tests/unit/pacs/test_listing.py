@@ -372,7 +372,7 @@ class Plugin:
             doc = [{"7FE00010": {"BulkDataURI": INTERNAL_ROOT + "x"}}]
             return 200, "application/dicom+json", json.dumps(doc).encode()
         if not path.endswith(("studies", "series", "instances")):
-            return 200, "multipart/related; boundary=b", b"--b\r\n\r\nDICM\r\n--b--"
+            return 200, 'multipart/related; type="application/dicom"; boundary=b', b"--b\r\n\r\nDICM\r\n--b--"
         items = [{"0020000D": {"vr": "UI", "Value": [self.archive.uid(s)]},
                   "00081190": {"vr": "UR", "Value": [f"http://x{INTERNAL_ROOT}studies/{self.archive.uid(s)}"]}}
                  for s in self.archive.studies]
@@ -422,7 +422,8 @@ def test_qido_unrestricted_and_wado_pass_through(proxy: tuple[Proxy, Plugin], ar
     sent = plugin.seen[-1][2]
     assert sent["authorization"].startswith(dicomweb.PASS_SCHEME) and "cookie" not in sent
     retrieve = p.serve("ctx", "GET", "/dicom-web/studies/1.2.0", {}, {}, None, CARDIO)
-    assert retrieve.mime.startswith("multipart/related") and retrieve.body.endswith(b"--b--")
+    assert isinstance(retrieve, dicomweb.Multipart)  # passed on part by part
+    assert (retrieve.subtype, retrieve.part_type, list(retrieve.parts)) == ("related", "application/dicom", [b"DICM"])
     metadata = p.serve("ctx", "GET", "/dicom-web/studies/1.2.0/metadata", {}, {}, None, CARDIO)
     assert json.loads(metadata.body)[0]["7FE00010"]["BulkDataURI"] == "/dicom-web/x"
 
@@ -441,3 +442,27 @@ def test_resolver_is_shared_and_invalidated(lister: Lister, archive: Archive) ->
     lister.resolver.changed("deleted")
     assert "s1" in find(lister, {"Level": "Study", "Query": {}})
     assert lister.resolver.cached(Target("studies", "s1")) is not None
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 64, 1 << 16])
+def test_multipart_parts_are_read_one_at_a_time(block: int) -> None:
+    import io
+
+    parts = [b"DICM" + bytes(range(256)) * 3, b"", b"\r\n--notboundary\r\n", b"x" * 1000]
+    body = b"preamble\r\n" + b"".join(b"--bnd\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n"
+                                       for p in parts) + b"--bnd--\r\nepilogue"
+    assert list(dicomweb.iter_parts(io.BytesIO(body), "bnd", block)) == parts
+    with pytest.raises(ValueError):
+        list(dicomweb.iter_parts(io.BytesIO(body[:-40]), "bnd", block))
+    with pytest.raises(ValueError):
+        list(dicomweb.iter_parts(io.BytesIO(b"no delimiter"), "bnd", block))
+
+
+@pytest.mark.parametrize("mime, expected", [
+    ('multipart/related; type="application/dicom"; boundary=abc', ("related", "application/dicom", "abc")),
+    ("multipart/related; type=application/octet-stream; boundary=\"a b\"", ("related", "application/octet-stream",
+                                                                        "a b")),
+    ("multipart/related; boundary=abc", None), ("application/dicom+json", None), ("multipart/related; type=x", None),
+])
+def test_multipart_params(mime: str, expected: Any) -> None:
+    assert dicomweb.multipart_params(mime) == expected
