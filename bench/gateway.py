@@ -243,10 +243,8 @@ def main() -> None:
             plain.start(ctx)
             plain_started = True
             plain_port = int(plain.wait_ready(ctx)["url"].rsplit(":", 1)[1])
-            from bridge.pacs.dicomweb import INTERNAL_ROOT
-
             results["wado_retrieve_memory_without_plugin"] = wado_retrieve_memory(
-                Client(plain_port), bridge, service=plain.name, path=INTERNAL_ROOT + "studies/")
+                Client(plain_port), bridge, service=plain.name, path="/dicom-web/studies/")
         results["load_average"] = [round(x, 2) for x in os.getloadavg()]
         print(json.dumps(results, indent=2))
     finally:

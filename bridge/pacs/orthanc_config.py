@@ -79,9 +79,10 @@ def orthanc_config(
         # WebDAV (on by default) stores uploads from a background thread, where no token can be
         # checked; the filter already refuses /webdav, and the plugin discards WebDAV-origin instances
         "WebDavEnabled": False,
-        # the DICOMweb plugin lives at an internal root the filter refuses from outside; the bridge plugin
-        # serves /dicom-web/ in front of it, filtering QIDO for scoped tokens (bridge.pacs.dicomweb)
-        "DicomWeb": {"Enable": True, "Root": INTERNAL_ROOT},
+        # with the filter, the DICOMweb plugin lives at an internal root the filter refuses from outside
+        # and the bridge plugin serves /dicom-web/ in front of it, filtering QIDO for scoped tokens
+        # (bridge.pacs.dicomweb); a plain Orthanc (no bridge plugin) keeps it at /dicom-web/
+        "DicomWeb": {"Enable": True, "Root": INTERNAL_ROOT if with_filter else "/dicom-web/"},
         "Plugins": plugins,
     }
     if with_filter:

@@ -466,3 +466,13 @@ def test_multipart_parts_are_read_one_at_a_time(block: int) -> None:
 ])
 def test_multipart_params(mime: str, expected: Any) -> None:
     assert dicomweb.multipart_params(mime) == expected
+
+
+def test_generated_orthanc_config_moves_the_dicomweb_root_only_with_the_plugin(tmp_path: Any) -> None:
+    from bridge.pacs.orthanc_config import orthanc_config
+
+    common = {"name": "t", "aet": "T", "http_port": 1, "dicom_port": 2, "storage_dir": tmp_path, "index_dir": tmp_path}
+    with_plugin = orthanc_config(**common, python_script=tmp_path / "p.py")
+    assert with_plugin["DicomWeb"]["Root"] == INTERNAL_ROOT
+    assert looks_internal(with_plugin["DicomWeb"]["Root"])  # the filter refuses it from outside
+    assert orthanc_config(**common, with_filter=False)["DicomWeb"]["Root"] == "/dicom-web/"
