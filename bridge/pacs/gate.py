@@ -17,7 +17,12 @@ Order, cheapest first, every step fails closed:
    names (path, QIDO ``StudyInstanceUID`` read as the DICOMweb plugin reads it, WADO-URI
    ``objectUID``) are resolved through Orthanc and cached; requests across studies (lists,
    queries, bulk tools) and ambiguous queries are denied to scoped tokens, because Orthanc
-   1.10.1's filter cannot filter an answer (it can only allow or deny);
+   1.10.1's filter cannot filter an answer (it can only allow or deny) -- except the exact
+   listing routes the plugin answers filtered itself (:func:`filtered_listing`: the core's lists,
+   ``/tools/find``, QIDO at ``/dicom-web/``), and only when the caller says so (``filtered_listings``);
+   a request to the DICOMweb plugin's internal root is refused unless it is the plugin's own
+   loopback call with a one-time pass (:mod:`bridge.pacs.dicomweb`), which then inherits the outer
+   request's context;
 4. every denial and every allowed request on patient data is recorded for the audit trail;
 5. the request's claims stay with the HTTP thread (:data:`_REQUESTS`) so that the received-instance
    callback can check an upload's *content* against the token's scope (:meth:`Gate.admit_instance`);

@@ -13,6 +13,11 @@ callback would make Orthanc answer 500 and log a traceback; returning anything b
 does the same.  Orthanc answers ``False`` with 403 and an empty body (a filter cannot send 401 or
 ``WWW-Authenticate``).
 
+Besides the filter it registers REST callbacks that answer the listing routes (``/patients``,
+``/studies``, ``/series``, ``/instances``, ``/tools/find``) and ``/dicom-web/`` themselves, filtered for
+tokens whose ``view`` is limited (:mod:`bridge.pacs.listing`, :mod:`bridge.pacs.dicomweb`); they take the
+token's grants only from the context the filter stored for the same HTTP thread.
+
 The ``orthanc`` module exists only inside Orthanc; the import is guarded so that unit tests can
 import this module (it then denies everything).
 """
