@@ -374,7 +374,8 @@ class Proxy:
 
     def _open(self, context: Any, method: str, rel: str, args: Mapping[str, str], headers: Mapping[str, str],
               body: bytes | None) -> tuple[int, str, Any]:
-        target = INTERNAL_ROOT + rel + raw_query(args)
+        # Orthanc hands a callback the path percent-DEcoded (and the query as sent): encode the path again
+        target = INTERNAL_ROOT + urllib.parse.quote(rel, safe="/") + raw_query(args)
         inner = dict(headers)
         inner["authorization"] = self.passes.issue(context)
         inner.setdefault("host", "127.0.0.1")

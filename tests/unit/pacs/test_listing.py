@@ -476,3 +476,9 @@ def test_generated_orthanc_config_moves_the_dicomweb_root_only_with_the_plugin(t
     assert with_plugin["DicomWeb"]["Root"] == INTERNAL_ROOT
     assert looks_internal(with_plugin["DicomWeb"]["Root"])  # the filter refuses it from outside
     assert orthanc_config(**common, with_filter=False)["DicomWeb"]["Root"] == "/dicom-web/"
+
+
+def test_a_decoded_path_is_encoded_again_for_the_inner_request(proxy: tuple[Proxy, Plugin]) -> None:
+    p, plugin = proxy
+    p.serve("ctx", "GET", "/dicom-web/studies/1.2 3/metadata", {"x": "a%20b"}, {}, None, EVERYWHERE)
+    assert plugin.seen[-1][1] == INTERNAL_ROOT + "studies/1.2%203/metadata?x=a%20b"
