@@ -288,6 +288,17 @@ def test_wado_rs_and_stow_rs_pass_through(pacs: Any, data: dict[str, Any], unsco
     assert pacs.get(f"/dicom-web/studies?StudyInstanceUID={ROOT}.99", unscoped).json()
 
 
+def test_odd_dicomweb_paths_and_methods(pacs: Any, data: dict[str, Any], unscoped: str, scoped: str) -> None:
+    """A decoded path with a space reaches the DICOMweb plugin encoded (its 404, never a 500); HEAD on a
+    listing is filtered like GET; methods a listing route does not serve are refused."""
+    assert pacs.get("/dicom-web/studies/1.2%203/metadata", unscoped).status_code in (400, 404)
+    head = pacs.request("HEAD", "/studies", scoped)
+    assert head.status_code in (200, 403, 404, 405) and not head.content  # never a body
+    assert pacs.request("PUT", "/studies", scoped).status_code in (403, 405)
+    assert pacs.request("DELETE", "/studies", scoped).status_code in (403, 405)
+    assert pacs.request("GET", "/tools/find", scoped).status_code in (403, 405)
+
+
 def test_scoped_stow_outside_its_scope_is_refused(pacs: Any, data: dict[str, Any]) -> None:
     """The inner request carries the outer request's context: an upload through /dicom-web/ is still checked."""
     token = _token(pacs, [_grant(["view", "upload"], [SCOPE])], (SCOPE,))
