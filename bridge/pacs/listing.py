@@ -27,7 +27,10 @@ in that order, the first ``since`` visible ones are skipped, up to ``limit`` are
 scan stops there.  A page is short only when the core has no more visible results; ``since`` counts
 positions in the token's own (filtered) list, so consecutive pages neither overlap nor skip.  Only
 the page is expanded (``GET /{level}/{id}`` per resource, the same JSON the core's ``expand``
-gives).  A resource deleted between the scan and its expansion is left out.
+gives).  A resource deleted between the scan and its expansion is left out.  A paged ``/tools/find``
+first asks the core for a probe of ``8 x (since + limit)`` matches (at least 200) and pages those when
+they hold enough visible results (or are all there is), else asks for the whole list
+(:meth:`Lister._find_ids`).
 
 Parameter rules for restricted tokens (stricter than the core where the core wraps or crashes):
 ``limit``/``since`` come together or not at all (as in the core), decimal integers 0..2**31-1 (the
@@ -70,6 +73,9 @@ FIND_LEVELS = {"patient": "patients", "study": "studies", "series": "series", "i
 #: GET arguments that change the JSON format of an expanded resource (Orthanc 1.10.1)
 FORMAT_ARGS = ("full", "short", "simplify")
 MAX_INT = 2**31 - 1
+#: a paged /tools/find first asks the core for this many matches per wanted result (at least the minimum)
+FIND_PROBE_FACTOR = 8
+FIND_PROBE_MIN = 200
 _DECIMAL = re.compile(r"[0-9]{1,10}")
 
 
@@ -253,13 +259,31 @@ class Lister:
         if expand is not None and type(expand) not in (bool, int):
             raise Refused(400, "/tools/find: Expand must be a boolean")
         inner = {k: v for k, v in request.items() if k not in ("Limit", "Since", "Expand")}
-        ids = [str(i) for i in _json(self.rest_post(FIND, json.dumps(inner)))]
         visibility = Visibility(held, self.resolver)
-        chosen = page(ids, lambda rid: visibility.resource(level, rid), since or 0, limit or None)
+        visible = lambda rid: visibility.resource(level, rid)  # noqa: E731
+        want = (since or 0) + limit if limit else None
+        ids = self._find_ids(inner, want, visible)
+        chosen = page(ids, visible, since or 0, limit or None)
         if not expand:
             return Answer(200, _dump(chosen))
         fmt = raw_query({k.lower(): "" for k in ("Full", "Short") if request.get(k) is True})
         return Answer(200, _dump(self._expand(level, chosen, visibility, fmt)))
+
+    def _find_ids(self, inner: dict[str, Any], want: int | None, visible: Callable[[str], bool]) -> list[str]:
+        """The core's matching ids, in its order: enough of them for ``want`` visible ones, or all.
+
+        Why a probe first: the core's cost grows with the rows it returns, and a page (``Limit``) of a
+        department that holds a fair share of the archive is found among the first few hundred.  The
+        probe asks for the first ``FIND_PROBE_FACTOR * want`` (at least ``FIND_PROBE_MIN``) matches; if
+        the core had no more, or they hold ``want`` visible ones, they are the list to page (the core's
+        order, a prefix of its full answer, as its own paging assumes); else the full list is fetched.
+        """
+        if want is not None:
+            probe = max(FIND_PROBE_MIN, FIND_PROBE_FACTOR * want)
+            ids = [str(i) for i in _json(self.rest_post(FIND, json.dumps({**inner, "Limit": probe})))]
+            if len(ids) < probe or sum(1 for rid in ids if visible(rid)) >= want:
+                return ids
+        return [str(i) for i in _json(self.rest_post(FIND, json.dumps(inner)))]
 
     # ------------------------------------------------------------------ shared
 

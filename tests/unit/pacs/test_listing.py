@@ -243,8 +243,8 @@ def test_find_pages_after_filtering_and_asks_the_core_for_everything(lister: Lis
     got = []
     for since in range(len(full) + 1):
         got += find(lister, {"Level": "Instance", "Query": {}, "Limit": 1, "Since": since})
-        assert "Limit" not in archive.last_find and "Since" not in archive.last_find
-        assert archive.last_find.get("Expand") is None
+        assert archive.last_find.get("Limit", 0) >= listing.FIND_PROBE_MIN  # a probe, never the client's page
+        assert "Since" not in archive.last_find and archive.last_find.get("Expand") is None
     assert got == full
     assert find(lister, {"Level": "Instance", "Query": {}, "Limit": 0}) == full  # 0: no limit (as the core)
     assert find(lister, {"Level": "Instance", "Query": {}, "limit": 1}) == full  # keys are case-sensitive
@@ -482,3 +482,19 @@ def test_a_decoded_path_is_encoded_again_for_the_inner_request(proxy: tuple[Prox
     p, plugin = proxy
     p.serve("ctx", "GET", "/dicom-web/studies/1.2 3/metadata", {"x": "a%20b"}, {}, None, EVERYWHERE)
     assert plugin.seen[-1][1] == INTERNAL_ROOT + "studies/1.2%203/metadata?x=a%20b"
+
+
+@pytest.mark.parametrize("factor, minimum", [(1, 1), (1, 2), (2, 3), (8, 1), (100, 1)])
+def test_find_probe_then_the_whole_list(lister: Lister, archive: Archive, monkeypatch: Any, factor: int,
+                                        minimum: int) -> None:
+    """Whatever the probe's size, every page is the one the whole filtered list gives; a probe that holds
+    too few visible results is followed by the unpaged query."""
+    monkeypatch.setattr(listing, "FIND_PROBE_FACTOR", factor)
+    monkeypatch.setattr(listing, "FIND_PROBE_MIN", minimum)
+    full = cardio("instances")
+    for size in (1, 2, 4):
+        for since in range(len(full) + 1):
+            archive.calls.clear()
+            got = find(lister, {"Level": "Instance", "Query": {}, "Limit": size, "Since": since})
+            assert got == full[since:since + size], (size, since)
+            assert 1 <= archive.calls.count("/tools/find") <= 2
