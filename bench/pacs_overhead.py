@@ -134,6 +134,10 @@ def main() -> None:
         info = {}
         for svc in (with_plugin, plain, floor):
             svc.prepare(ctx)
+            if svc is floor:  # no bridge plugin in front of it: the DICOMweb plugin serves /dicom-web/ itself
+                generated = json.loads(svc.config_file.read_text())
+                generated["DicomWeb"]["Root"] = "/dicom-web/"
+                svc.config_file.write_text(json.dumps(generated))
             if svc is with_plugin:
                 settings = bridge.plugin_settings(ctx.ca_file, svc.dir / "audit-spool", svc.dir / "server.log",
                                                   audit_url=None, audit_flush_seconds=1.0,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.core.mfa import MfaRule
+from bridge.pacs.dicomweb import INTERNAL_ROOT
 
 #: where Debian's orthanc-python and orthanc-dicomweb put their plugins
 PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
@@ -88,7 +89,10 @@ def orthanc_config(
         # WebDAV (on by default) stores uploads from a background thread, where no token can be
         # checked; the filter already refuses /webdav, and the plugin discards WebDAV-origin instances
         "WebDavEnabled": False,
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        # with the filter, the DICOMweb plugin lives at an internal root the filter refuses from outside
+        # and the bridge plugin serves /dicom-web/ in front of it, filtering QIDO for scoped tokens
+        # (bridge.pacs.dicomweb); a plain Orthanc (no bridge plugin) keeps it at /dicom-web/
+        "DicomWeb": {"Enable": True, "Root": INTERNAL_ROOT if with_filter else "/dicom-web/"},
         "Plugins": plugins,
     }
     if web_viewer:

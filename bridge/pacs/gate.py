@@ -17,7 +17,12 @@ Order, cheapest first, every step fails closed:
    names (path, QIDO ``StudyInstanceUID`` read as the DICOMweb plugin reads it, WADO-URI
    ``objectUID``) are resolved through Orthanc and cached; requests across studies (lists,
    queries, bulk tools) and ambiguous queries are denied to scoped tokens, because Orthanc
-   1.10.1's filter cannot filter an answer (it can only allow or deny);
+   1.10.1's filter cannot filter an answer (it can only allow or deny) -- except the exact
+   listing routes the plugin answers filtered itself (:func:`filtered_listing`: the core's lists,
+   ``/tools/find``, QIDO at ``/dicom-web/``), and only when the caller says so (``filtered_listings``);
+   a request to the DICOMweb plugin's internal root is refused unless it is the plugin's own
+   loopback call with a one-time pass (:mod:`bridge.pacs.dicomweb`), which then inherits the outer
+   request's context;
 4. every denial and every allowed request on patient data is recorded for the audit trail;
 5. the request's claims stay with the HTTP thread (:data:`_REQUESTS`) so that the received-instance
    callback can check an upload's *content* against the token's scope (:meth:`Gate.admit_instance`);
@@ -36,7 +41,7 @@ from typing import Any
 from bridge.core.errors import VerificationError
 from bridge.core.jwks import Fetch
 from bridge.core.verifier import Verifier, bearer_token, decide
-from bridge.pacs import scopes
+from bridge.pacs import dicomweb, listing, scopes
 from bridge.pacs.audit_shipper import ACCESS_EVENTS, AuditShipper
 from bridge.pacs.plugin_config import PluginConfig
 
@@ -54,9 +59,10 @@ RESOLVE_FIRST = frozenset({"delete", "modify", "anonymize", "send"})
 COPYING_UPLOADS = frozenset({"/tools/create-dicom"})
 NO_REVOCATION_REASON = "plugin configuration has no revocation_url: every request is denied"
 SCOPED_LIST_REASON = (
-    "scoped token: a request across studies (list, query, bulk tool) cannot be filtered by "
-    "Orthanc 1.10.1's request filter; open studies by id"
+    "scoped token: a request across studies (list, query, bulk tool) that the plugin does not filter; "
+    "use the filtered listings (/studies, /tools/find, QIDO) or open studies by id"
 )
+INTERNAL_REASON = "the DICOMweb plugin's internal root is not reachable from outside (use /dicom-web/)"
 
 
 class Gate:
@@ -69,7 +75,10 @@ class Gate:
         rest_post: scopes.RestPost,
         fetch: Fetch | None = None,
         shipper: AuditShipper | None = None,
+        send: dicomweb.Send | None = None,
     ):
+        """``send``: how the ``/dicom-web/`` callback reaches the DICOMweb plugin's internal root
+        (:func:`bridge.pacs.dicomweb.loopback_sender`); without it that callback answers 503."""
         self.config = config
         self.verifier = Verifier(config.verifier_config(), fetch=fetch)
         self.resolver = scopes.StudyResolver(rest_get, rest_post, ttl=config.scope_cache_seconds)
@@ -84,6 +93,8 @@ class Gate:
             resolver=self.resolver,
             orthanc_log_file=config.orthanc_log_file,
         )
+        self.lister = listing.Lister(rest_get, rest_post, self.resolver)
+        self.proxy = dicomweb.Proxy(send, self.resolver) if send is not None else None
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
 
@@ -126,12 +137,21 @@ class Gate:
         if not self.config.revocation_url:
             self.audit.record("deny", None, verb, uri, ip, None, NO_REVOCATION_REASON)
             return False
+        if dicomweb.looks_internal(uri):
+            # only the plugin's own loopback call for an outer request judged a moment ago, which lends
+            # this inner request its context (a STOW-RS upload is then checked against its scope)
+            outer = dicomweb.PASSES.redeem(headers.get("authorization"), uri, ip)
+            if outer is None:
+                self.audit.record("deny", None, verb, uri, ip, None, INTERNAL_REASON)
+                return False
+            _REQUESTS[threading.get_ident()] = outer
+            return True
         try:
             claims = self.verifier.verify(bearer_token(headers.get("authorization"))).claims
         except VerificationError as exc:
             self.audit.record("deny", None, verb, uri, ip, None, exc.reason)
             return False
-        verdict = judge(claims, verb, uri, get, self.resolver.studies)
+        verdict = judge(claims, verb, uri, get, self.resolver.studies, filtered_listings=True)
         target = verdict.targets[0] if verdict.targets else None
         if not verdict.allow:
             if target is None:  # refused before its study was named (a missing permission): named for the audit
@@ -247,6 +267,7 @@ def judge(
     path: str,
     query: Mapping[str, str] | None,
     studies_of: Callable[[scopes.Target], list[scopes.StudyInfo]],
+    filtered_listings: bool = False,
 ) -> Verdict:
     """THE decision for a verified token: route permission, then study scope.  Used by the Orthanc
     plugin (:meth:`Gate.decide`) and by the official authorization plugin's web service
@@ -254,6 +275,9 @@ def judge(
 
     ``query``: the GET arguments as Orthanc hands them to a filter (undecoded, last value per key);
     ``studies_of``: the stored studies behind a target ([] when unknown: a scoped token is refused).
+    ``filtered_listings``: the PACS answers the listing routes of :func:`filtered_listing` with a filtered
+    list (this bridge's Orthanc plugin does; the official authorization plugin does not), so a scoped token
+    may send them.  Off by default: where nothing filters, a scoped token is refused every list.
     """
     route = decide(claims, method, path, query)
     if not route.allow:
@@ -277,9 +301,20 @@ def judge(
                 ok, why = scopes.allowed(claims, study)
                 if not ok:
                     return Verdict(False, why, permission, named.targets, studies)
-    elif not named.targets and scoped and permission not in SCOPE_FREE and not named.static:
+    elif not named.targets and scoped and permission not in SCOPE_FREE and not named.static \
+            and not (filtered_listings and filtered_listing(method, path)):
         return Verdict(False, SCOPED_LIST_REASON, permission)
     return Verdict(True, route.reason, permission, named.targets, studies)
+
+
+def filtered_listing(method: str, path: str) -> bool:
+    """Is this exactly a request the plugin's callbacks answer with a filtered list (so a scoped token may
+    send it)?  The core's listings (:mod:`bridge.pacs.listing`) and QIDO-RS (:mod:`bridge.pacs.dicomweb`);
+    any other spelling of those routes stays refused to scoped tokens."""
+    if listing.serves(method, path):
+        return True
+    return path.startswith(dicomweb.PUBLIC_ROOT) and dicomweb.is_qido(method.upper(),
+                                                                       path[len(dicomweb.PUBLIC_ROOT):])
 
 
 @dataclass(frozen=True)

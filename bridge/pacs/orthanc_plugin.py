@@ -13,6 +13,11 @@ callback would make Orthanc answer 500 and log a traceback; returning anything b
 does the same.  Orthanc answers ``False`` with 403 and an empty body (a filter cannot send 401 or
 ``WWW-Authenticate``).
 
+Besides the filter it registers REST callbacks that answer the listing routes (``/patients``,
+``/studies``, ``/series``, ``/instances``, ``/tools/find``) and ``/dicom-web/`` themselves, filtered for
+tokens whose ``view`` is limited (:mod:`bridge.pacs.listing`, :mod:`bridge.pacs.dicomweb`); they take the
+token's grants only from the context the filter stored for the same HTTP thread.
+
 The ``orthanc`` module exists only inside Orthanc; the import is guarded so that unit tests can
 import this module (it then denies everything).
 """
@@ -34,8 +39,8 @@ except ImportError:  # unit tests, tooling
 
 import bridge
 from bridge.core import token_format
-from bridge.pacs import plugin_config
-from bridge.pacs.gate import Gate, clear_request_context
+from bridge.pacs import dicomweb, listing, plugin_config
+from bridge.pacs.gate import Gate, clear_request_context, current_request
 
 
 def _log(message: str) -> None:
@@ -58,6 +63,7 @@ class _Holder:
         self.stamp: tuple[float, int] | None = None
         self.next_check = 0.0
         self.lock = threading.Lock()
+        self.http: tuple[int, bool] = (8042, False)  # Orthanc's own HTTP port and TLS, for the loopback calls
 
     def current(self) -> Gate | None:
         if time.monotonic() >= self.next_check:
@@ -72,7 +78,9 @@ class _Holder:
         if orthanc is None:
             return
         if self.section is None:
-            self.section = json.loads(orthanc.GetConfiguration()).get(plugin_config.ORTHANC_SECTION) or {}
+            whole = json.loads(orthanc.GetConfiguration())
+            self.section = whole.get(plugin_config.ORTHANC_SECTION) or {}
+            self.http = (int(whole.get("HttpPort", 8042)), bool(whole.get("SslEnabled", False)))
         section = self.section
         path = plugin_config.locate(section)
         try:
@@ -89,7 +97,8 @@ class _Holder:
             self._replace(None)
             _log(f"configuration unusable, denying every request: {exc}")
             return
-        gate = Gate(config, orthanc.RestApiGet, orthanc.RestApiPost)
+        gate = Gate(config, orthanc.RestApiGet, orthanc.RestApiPost,
+                    send=dicomweb.loopback_sender(*self.http))
         gate.start()
         self._replace(gate)
         self.next_check = time.monotonic() + config.reload_check_seconds
@@ -288,8 +297,129 @@ def on_change(change_type: Any, level: Any, resource_id: str) -> None:
         _log(f"change callback failed ({type(exc).__name__}): the scope cache may be stale")
 
 
+# ------------------------------------------------------------------ REST callbacks: filtered listings, /dicom-web/
+
+#: Orthanc error codes (OrthancPluginErrorCode) -> the HTTP status the core would answer; others 400/500
+_ERROR_STATUS = {2: 501, 7: 404, 13: 404, 17: 404, 21: 404, 27: 404, 29: 401, 34: 406, 36: 503, 41: 416,
+                 42: 503, 43: 409, 19: 507}
+_CLIENT_ERRORS = frozenset({3, 5, 6, 8, 12, 15, 22, 23, 24, 28, 33, 38})
+
+
+def _status_of(exc: BaseException) -> int:
+    """The HTTP status for an exception of ``orthanc.RestApi*`` (its first argument is the error code)."""
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else -1
+    if code in _ERROR_STATUS:
+        return _ERROR_STATUS[code]
+    return 400 if code in _CLIENT_ERRORS else 500
+
+
+def _send_status(output: Any, status: int, body: bytes) -> None:
+    """An error status with a body (orthanc-python 4.0: ``SendHttpStatus(status, str, size)``)."""
+    text = body.decode("utf-8", errors="replace")
+    output.SendHttpStatus(status, text, len(text.encode("utf-8")))
+
+
+def _send(output: Any, answer: listing.Answer | dicomweb.Multipart) -> None:
+    if isinstance(answer, dicomweb.Multipart):
+        _send_multipart(output, answer)
+    elif answer.status == 200:
+        output.AnswerBuffer(answer.body, answer.mime)
+    elif answer.status == 405:
+        output.SendMethodNotAllowed("GET")
+    elif answer.body and answer.status >= 400:
+        _send_status(output, answer.status, answer.body)
+    else:
+        output.SendHttpStatusCode(answer.status)
+
+
+def _send_multipart(output: Any, answer: dicomweb.Multipart) -> None:
+    """Pass a multipart answer on part by part (one part in memory at a time).  Once started, a failure
+    can only cut the answer short (the status is sent): it is logged."""
+    try:
+        output.StartMultipartAnswer(answer.subtype, answer.part_type)
+        for part in answer.parts:
+            output.SendMultipartItem(part)
+    except Exception as exc:
+        _log(f"a multipart answer was cut short ({type(exc).__name__})")
+    finally:
+        answer.close()
+
+
+def _context_for(uri: str, method: str) -> tuple[Gate, Any] | None:
+    """The gate and the filter's context for THIS request, or None (the callback then answers 403).
+
+    The token's grants come only from the context the filter stored for this HTTP thread a moment ago
+    (never from a header); a context of another request (path or method differ) does not count."""
+    gate = HOLDER.gate
+    context = current_request()
+    if gate is None or context is None or context.method != method or not listing.same_request(context.uri, uri):
+        return None
+    return gate, context
+
+
+def _serve(output: Any, uri: str, request: dict[str, Any], handler: Any) -> None:
+    """Run ``handler(gate, context, method)`` -> Answer, and send it; fail closed on every error."""
+    method = str(request.get("method", ""))
+    try:
+        found = _context_for(uri, method)
+        if found is None:
+            output.SendHttpStatusCode(403)
+            return
+        _send(output, handler(found[0], found[1], method))
+    except listing.Refused as exc:
+        _send_status(output, exc.status, exc.reason.encode("utf-8"))
+    except Exception as exc:  # an error of the core (bad request...) or a bug: never an unfiltered answer
+        status = _status_of(exc) if orthanc is not None and isinstance(exc, orthanc.OrthancException) else 500
+        if status == 500:
+            _log(f"{method} {uri}: {type(exc).__name__} in the plugin's callback")
+        output.SendHttpStatusCode(status)
+
+
+def listing_callback(output: Any, uri: str, **request: Any) -> None:
+    """``GET /patients|studies|series|instances``; ``POST /instances`` (upload) goes to the core as is."""
+    def handle(gate: Gate, context: Any, method: str) -> listing.Answer:
+        level = uri.strip("/")
+        if method == "GET":
+            return gate.lister.list_resources(level, request.get("get") or {}, listing.grants_of(context.claims))
+        if method == "POST" and level == "instances":
+            return listing.Answer(200, gate.lister._raw(orthanc.RestApiPost("/instances", request.get("body", b""))))
+        return listing.Answer(405)
+
+    _serve(output, uri, request, handle)
+
+
+def find_callback(output: Any, uri: str, **request: Any) -> None:
+    """``POST /tools/find``."""
+    def handle(gate: Gate, context: Any, method: str) -> listing.Answer:
+        if method != "POST":
+            return listing.Answer(405)
+        return gate.lister.find(request.get("body", b""), listing.grants_of(context.claims))
+
+    _serve(output, uri, request, handle)
+
+
+def dicomweb_callback(output: Any, uri: str, **request: Any) -> None:
+    """``/dicom-web/...``: served through the DICOMweb plugin's internal root (:mod:`bridge.pacs.dicomweb`)."""
+    def handle(gate: Gate, context: Any, method: str) -> listing.Answer:
+        if gate.proxy is None:
+            return listing.Answer(503)
+        body = request.get("body") if method in ("POST", "PUT") else None
+        return gate.proxy.serve(context, method, uri, request.get("get"), request.get("headers") or {}, body,
+                                listing.grants_of(context.claims))
+
+    _serve(output, uri, request, handle)
+
+
+def _register_rest_callbacks() -> None:
+    for level in listing.LIST_LEVELS:
+        orthanc.RegisterRestCallback(f"/{level}", listing_callback)
+    orthanc.RegisterRestCallback(listing.FIND, find_callback)
+    orthanc.RegisterRestCallback(dicomweb.PUBLIC_ROOT + "(.*)", dicomweb_callback)
+
+
 if orthanc is not None:
     _announce()
+    _register_rest_callbacks()
     orthanc.RegisterIncomingHttpRequestFilter(incoming_http_request_filter)
     orthanc.RegisterReceivedInstanceCallback(received_instance_callback)
     orthanc.RegisterOnChangeCallback(on_change)

@@ -253,8 +253,11 @@ def test_malformed_scopes_claim_matches_nothing_on_the_real_plugin(pacs: Any, st
     token = pacs.bridge.ring.sign(claims)
     own = studies["P-001"]
     for path in (f"/studies/{own['study']}", f"/instances/{own['instance']}/file", f"/patients/{own['patient']}",
-                 f"/dicom-web/studies?StudyInstanceUID={own['study_uid']}", "/studies", "/jobs"):
+                 f"/dicom-web/studies?StudyInstanceUID={own['study_uid']}", "/jobs"):
         assert pacs.get(path, token).status_code == 403, (value, path)
+    for path in ("/studies", "/dicom-web/studies"):  # filtered listings: a scope that matches nothing lists nothing
+        resp = pacs.get(path, token)
+        assert resp.status_code == 403 or resp.json() == [], (value, path)
     uid = _uid()
     data = dicom_instance(patient_id=f"MS-{uid[-6:]}", patient_name="Mal^Formed", study_uid=uid,
                           series_uid=f"{uid}.1", sop_uid=f"{uid}.1.1", department="Radiology")

@@ -86,9 +86,11 @@ def test_department_and_institution_scopes(pacs: Any, studies: dict[str, dict[st
                  f"/instances/{other['instance']}/preview", f"/patients/{other['patient']}",
                  f"/dicom-web/studies/{other['study_uid']}/metadata"):
         assert pacs.get(path, rad).status_code == 403, path
-    # lists and queries across studies cannot be filtered by Orthanc 1.10.1's filter: denied
-    assert pacs.get("/studies", rad).status_code == 403
-    assert pacs.get("/dicom-web/studies", rad).status_code == 403
+    # lists and queries across studies are answered filtered by the plugin's callbacks (bridge.pacs.listing)
+    listed = pacs.get("/studies", rad)
+    assert listed.status_code == 200 and own["study"] in listed.json() and other["study"] not in listed.json()
+    qido = {d["0020000D"]["Value"][0] for d in pacs.get("/dicom-web/studies", rad).json()}
+    assert own["study_uid"] in qido and other["study_uid"] not in qido
     # ... unless the query names one study the token may see
     qido = f"/dicom-web/studies?StudyInstanceUID={own['study_uid']}"
     assert pacs.get(qido, rad).status_code == 200

@@ -26,6 +26,7 @@ orthanc.LogWarning = lambda m: calls.append(m)
 orthanc.GetConfiguration = lambda: "{}"
 for name in ("RegisterIncomingHttpRequestFilter", "RegisterReceivedInstanceCallback", "RegisterOnChangeCallback"):
     setattr(orthanc, name, lambda cb, name=name: calls.append(name))
+orthanc.RegisterRestCallback = lambda uri, cb: calls.append("rest " + uri)
 class _Enum:
     def __getattr__(self, name): return len(name)
 orthanc.InstanceOrigin = orthanc.ChangeType = orthanc.ReceivedInstanceAction = _Enum()
@@ -88,6 +89,9 @@ def test_bundle_imports_under_system_python_isolated(built: Path, tmp_path: Path
     assert not probe["venv"]
     assert probe["bridge_files"] and all(f.startswith(str(built / bundle.LIB) + "/") for f in probe["bridge_files"])
     assert "RegisterIncomingHttpRequestFilter" in probe["calls"]
+    # the filtered listings and the public DICOMweb root are served by the plugin's own callbacks
+    assert {"rest /studies", "rest /patients", "rest /series", "rest /instances", "rest /tools/find",
+            "rest /dicom-web/(.*)"} <= set(probe["calls"])
     assert any("plugin bundle" in c and "token format" in c for c in probe["calls"])
     assert probe["allowed"] is False  # no configuration: fail closed
 

@@ -36,8 +36,9 @@ def studies_of(target: Target) -> list[StudyInfo]:
     ("/studies/s-rad", None, True),
     ("/studies/s-card", None, False),
     ("/studies/s-rad/archive", None, True),
-    ("/studies", None, False),
-    ("/dicom-web/studies", {}, False),
+    ("/studies", None, True),  # served filtered by the plugin's listing callback (bridge.pacs.listing)
+    ("/studies/", None, True),  # the same callback (Orthanc drops the empty component)
+    ("/dicom-web/studies", {}, True),  # QIDO, filtered by the plugin's /dicom-web/ callback
     ("/dicom-web/studies", {"StudyInstanceUID": "1.2.1"}, True),
     ("/dicom-web/studies", {"StudyInstanceUID": "1.2.1", "0020000D": "1.2.2"}, False),
     ("/dicom-web/studies", {"0020000D": "1.2.2", "StudyInstanceUID": "1.2.1"}, False),
@@ -51,7 +52,7 @@ def studies_of(target: Target) -> list[StudyInfo]:
     ("/wado", {"studyUID": "1.2.1", "objectUID": "1.2.2.1.1"}, False),
 ])
 def test_scoped_decisions(path: str, query: dict[str, str] | None, scoped_ok: bool) -> None:
-    verdict = judge(SCOPED, "GET", path, query, studies_of)
+    verdict = judge(SCOPED, "GET", path, query, studies_of, filtered_listings=True)
     assert verdict.allow is scoped_ok, verdict.reason
     assert judge(UNSCOPED, "GET", path, query, studies_of).allow  # the scope is the only difference
 
