@@ -1,0 +1,395 @@
+"""De-identification of DICOM instances on the way out of a share: PS3.15 Annex E, the Basic
+Application Level Confidentiality Profile with the options the policy selects.
+
+Where the profile comes from: the Basic Profile action of every attribute of Table E.1-1 is the
+``dicom-anonymizer`` library's table for the 2024b edition (``dicomfields_2024b``: generated from the
+standard, kept per edition by its maintainers), not a list written here; the option columns the
+policy may select come from the same table of the standard (``annex_e_options.csv`` beside this
+module, 2024b/2024e). This module only applies them, with what the library's own engine lacks for a
+share: actions inside nested sequences, UIDs keyed by a per-share secret, per-share date shifting,
+a private-attribute keep-list and the burned-in-annotation gate. The tests check every output
+against an independent transcription of Table E.1-1 (tests/data/ps3_15_table_e1_1.csv).
+
+How the combined codes are resolved without knowing each IOD's attribute types: ``X/Z`` -> Z (present,
+empty), ``X/D``, ``Z/D`` and ``X/Z/D`` -> D (a dummy value, so a Type 1 attribute stays valid), and
+``X/Z/U*`` -> the sequence is kept and the UIDs in it replaced. ``D``, ``K`` and ``C`` on a sequence
+keep its items and apply the table inside them. ``C`` (clean) shifts dates (the modified-dates
+option), removes identifying words from free text (every person name, patient id, accession number
+and birth date found in the instance) and replaces AE titles by a dummy.
+
+Why UIDs are HMAC-SHA256(share secret, UID) under the 2.25 root: the same study shared twice gives
+two unlinkable sets of UIDs, the references between the instances of one share stay consistent, and
+nobody without the share's secret can map a UID back (or test a guess). Any UID that is not a
+registered DICOM UID (a SOP class, a transfer syntax) is replaced, even where the table does not list
+the attribute: an instance UID left anywhere would link the share to the original study.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import functools
+import hashlib
+import hmac
+import io
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+
+from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
+from pydicom import dcmread
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.sequence import Sequence
+from pydicom.sr.codedict import codes
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
+
+from bridge.errors import InputError
+from bridge.policy.sharing import DeidOption, DeidProfile
+
+#: the edition of Table E.1-1 the Basic Profile actions are taken from (dicom-anonymizer's name)
+EDITION = "dicomfields_2024b"
+MIN_SECRET_BYTES = 16
+
+#: dicom-anonymizer's action lists -> the Table E.1-1 action codes
+_CATEGORIES = {"D_TAGS": "D", "Z_TAGS": "Z", "X_TAGS": "X", "U_TAGS": "U", "Z_D_TAGS": "Z/D", "X_Z_TAGS": "X/Z",
+               "X_D_TAGS": "X/D", "X_Z_D_TAGS": "X/Z/D", "X_Z_U_STAR_TAGS": "X/Z/U*"}
+#: how a combined code is applied (see the module docstring)
+_RESOLVED = {"X/Z": "Z", "X/D": "D", "Z/D": "D", "X/Z/D": "D", "X/Z/U*": "U*"}
+
+#: CID 7050 (De-identification Method): the profile and each option, as pydicom's concept dictionary names them
+_PROFILE_CODE = codes.DCM.BasicApplicationConfidentialityProfile
+_OPTION_CODES = {
+    DeidOption.RETAIN_LONGITUDINAL_FULL_DATES: codes.DCM.RetainLongitudinalTemporalInformationFullDatesOption,
+    DeidOption.RETAIN_LONGITUDINAL_MODIFIED_DATES: codes.DCM.RetainLongitudinalTemporalInformationModifiedDatesOption,
+    DeidOption.RETAIN_PATIENT_CHARACTERISTICS: codes.DCM.RetainPatientCharacteristicsOption,
+    DeidOption.RETAIN_DEVICE_IDENTITY: codes.DCM.RetainDeviceIdentityOption,
+    DeidOption.RETAIN_INSTITUTION_IDENTITY: codes.DCM.RetainInstitutionIdentityOption,
+    DeidOption.CLEAN_DESCRIPTORS: codes.DCM.CleanDescriptorsOption,
+}
+_SAFE_PRIVATE_CODE = codes.DCM.RetainSafePrivateOption
+
+_TEXT_VRS = {"LO", "SH", "ST", "LT", "UT", "UC"}
+_DUMMY_TEXT = "ANONYMIZED"
+_DUMMIES = {"DA": "19000101", "TM": "000000", "DT": "19000101000000", "AS": "000Y", "DS": "0", "IS": "0",
+            "UR": "http://anonymized.invalid", "AE": "ANONYMIZED", "CS": "ANONYMIZED"}
+_NUMERIC_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"}
+_BINARY_VRS = {"OB", "OW", "OD", "OF", "OL", "OV", "UN"}
+
+
+class DeidentificationRefused(InputError):
+    """An instance that must not leave de-identified as asked: the message names the instance
+    (its original SOP Instance UID, for the sharer and the audit trail) and the reason."""
+
+
+@dataclass(frozen=True)
+class _Table:
+    exact: dict[int, str]
+    ranged: tuple[tuple[int, int, int, int, str], ...]  # group, element, group mask, element mask, code
+
+    def get(self, tag: int) -> str | None:
+        code = self.exact.get(tag)
+        if code is not None:
+            return code
+        group, element = tag >> 16, tag & 0xFFFF
+        for g, e, gm, em, c in self.ranged:
+            if group & gm == g & gm and element & em == e & em:
+                return c
+        return None
+
+
+@functools.cache
+def basic_profile() -> _Table:
+    """Table E.1-1's Basic Profile column, from dicom-anonymizer."""
+    lists = dicom_anonymization_database_selector(EDITION)
+    exact: dict[int, str] = {}
+    ranged: list[tuple[int, int, int, int, str]] = []
+    for category, code in _CATEGORIES.items():
+        for entry in lists[category]:
+            if len(entry) == 2:
+                exact[(entry[0] << 16) | entry[1]] = code
+            else:
+                ranged.append((entry[0], entry[1], entry[2], entry[3], code))
+    return _Table(exact, tuple(ranged))
+
+
+@functools.cache
+def option_columns() -> dict[DeidOption, dict[int, str]]:
+    """The option columns of Table E.1-1 for the options a share may select."""
+    text = resources.files(__package__).joinpath("annex_e_options.csv").read_text(encoding="utf-8")
+    rows = csv.DictReader(line for line in io.StringIO(text) if not line.startswith("#"))
+    out: dict[DeidOption, dict[int, str]] = {o: {} for o in DeidOption}
+    for row in rows:
+        tag = row["tag"].replace(",", "")
+        if not re.fullmatch(r"[0-9A-F]{8}", tag):
+            continue  # repeating groups (curves, overlays): only the graphics option names them
+        for option in DeidOption:
+            code = row[option.value.replace("-", "_")].strip()
+            if code:
+                out[option][int(tag, 16)] = code
+    return out
+
+
+def share_uid(secret: bytes, uid: str) -> str:
+    """The UID that stands for `uid` in the share keyed by `secret` (HMAC-SHA256, 128 bits, 2.25 root)."""
+    digest = hmac.new(secret, uid.strip().encode("ascii", "replace"), hashlib.sha256).digest()
+    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
+
+
+def date_offset_days(secret: bytes) -> int:
+    """The share's date shift: whole days back, 365 to 3650, the same for every instance of the share."""
+    digest = hmac.new(secret, b"pacs-bridge date shift", hashlib.sha256).digest()
+    return -(365 + int.from_bytes(digest[:4], "big") % (3650 - 365 + 1))
+
+
+def _registered(uid: str) -> bool:
+    """A UID the standard defines (SOP classes, transfer syntaxes, coding schemes): not identifying."""
+    return UID(uid).name != uid
+
+
+class Deidentifier:
+    """De-identifies the instances of one share: the same `secret` for every instance of the share
+    (consistent UIDs and date shift), a fresh random one per share (at least 16 bytes)."""
+
+    def __init__(self, profile: DeidProfile, secret: bytes):
+        if not isinstance(secret, bytes | bytearray) or len(secret) < MIN_SECRET_BYTES:
+            raise ValueError(f"the share secret must be at least {MIN_SECRET_BYTES} random bytes")
+        self.profile = profile
+        self._secret = bytes(secret)
+        self._basic = basic_profile()
+        columns = option_columns()
+        self._options = [columns[o] for o in sorted(profile.options)]
+        self._offset = dt.timedelta(days=date_offset_days(self._secret))
+        self._keep = {(p.group, p.creator.strip().upper(), p.element) for p in profile.keep_private}
+        self._uids: dict[str, str] = {}
+
+    # --- the public entry points ---------------------------------------------------------------
+
+    def instance(self, data: bytes) -> bytes:
+        """De-identify one DICOM file (Part 10 bytes) and return the de-identified file."""
+        try:
+            ds = dcmread(io.BytesIO(data), force=False)
+        except (InvalidDicomError, EOFError, ValueError, KeyError) as exc:
+            raise DeidentificationRefused(f"not a DICOM instance: {exc}", subject="(unreadable)") from None
+        self.dataset(ds)
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        return out.getvalue()
+
+    def dataset(self, ds: Dataset) -> Dataset:
+        """De-identify `ds` in place (and return it); refuse a burned-in image before changing anything."""
+        original = str(ds.get("SOPInstanceUID", "") or "")
+        if not original:
+            raise DeidentificationRefused("instance without SOP Instance UID: refused", subject="(no SOP Instance UID)")
+        self._check_burned_in(ds, original)
+        identifiers = _identifying_words(ds)
+        self._apply(ds, identifiers)
+        self._mark(ds)
+        self._file_meta(ds)
+        return ds
+
+    # --- burned-in annotation --------------------------------------------------------------------
+
+    def _check_burned_in(self, ds: Dataset, original: str) -> None:
+        value = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+        modality = str(ds.get("Modality", "") or "").strip().upper()
+        if value == "YES":
+            raise DeidentificationRefused(
+                f"instance {original}: Burned In Annotation is YES (text in the pixels cannot be removed)",
+                subject=original)
+        if value == "NO":
+            return
+        if value:
+            raise DeidentificationRefused(
+                f"instance {original}: Burned In Annotation is {value!r}, neither YES nor NO", subject=original)
+        if modality in self.profile.refuse_modalities_without_bia or not modality:
+            raise DeidentificationRefused(
+                f"instance {original}: Burned In Annotation absent and modality {modality or '(none)'} is refused "
+                "(sharing.deidentification.burned_in_annotation.refuse_when_absent)", subject=original)
+
+    # --- the table, recursively ------------------------------------------------------------------
+
+    def _action(self, tag: int) -> str | None:
+        found = [column[tag] for column in self._options if tag in column]
+        if "K" in found:
+            return "K"
+        if "C" in found:
+            return "C"
+        code = self._basic.get(tag)
+        return _RESOLVED.get(code, code) if code else None
+
+    def _apply(self, ds: Dataset, words: re.Pattern[str] | None) -> None:
+        self._private(ds)
+        for tag in list(ds.keys()):
+            elem = ds[tag]
+            code = self._action(int(tag))
+            if code == "X":
+                del ds[tag]
+            elif elem.VR == "SQ":
+                if code == "Z":
+                    elem.value = Sequence()
+                else:  # K, C, D, U*, or not listed: keep the items, apply the table inside them
+                    for item in elem.value:
+                        self._apply(item, words)
+            elif code == "K":
+                continue
+            elif code == "Z":
+                elem.value = elem.empty_value
+            elif elem.VR == "UI":  # U, U*, D or C of a UID, or a UID the table does not list
+                self._replace_uids(elem, listed=code is not None)
+            elif code == "D":
+                self._dummy(ds, tag, elem)
+            elif code == "C":
+                self._clean(ds, tag, elem, words)
+            # not listed: kept
+
+    def _private(self, ds: Dataset) -> None:
+        """Remove private attributes except those on the keep-list (and the creators they need)."""
+        keep_creators: set[BaseTag] = set()
+        private = [elem.tag for elem in ds if elem.tag.is_private]
+        keep: set[BaseTag] = set()
+        for tag in private:
+            if tag.element < 0x1000:
+                continue
+            creator_tag = Tag(tag.group, tag.element >> 8)
+            creator = ds.get(creator_tag)
+            name = str(creator.value).strip().upper() if creator is not None and creator.value else ""
+            if name and (tag.group, name, tag.element & 0xFF) in self._keep:
+                keep.add(tag)
+                keep_creators.add(creator_tag)
+        for tag in private:
+            if tag not in keep and tag not in keep_creators:
+                del ds[tag]
+
+    def _replace_uids(self, elem: DataElement, listed: bool) -> None:
+        def one(value: str) -> str:
+            value = str(value)
+            if not value or (not listed and _registered(value)):
+                return value
+            if value not in self._uids:
+                self._uids[value] = share_uid(self._secret, value)
+            return self._uids[value]
+
+        if elem.VM > 1:
+            elem.value = [one(v) for v in elem.value]
+        elif elem.value:
+            elem.value = one(elem.value)
+
+    def _dummy(self, ds: Dataset, tag: BaseTag, elem: DataElement) -> None:
+        vr = elem.VR
+        if vr == "PN" or vr in _TEXT_VRS:
+            elem.value = _DUMMY_TEXT
+        elif vr in _DUMMIES:
+            elem.value = _DUMMIES[vr]
+        elif vr in _NUMERIC_VRS:
+            elem.value = 0
+        elif vr in _BINARY_VRS:
+            elem.value = b"\x00\x00"
+        else:
+            del ds[tag]
+
+    def _clean(self, ds: Dataset, tag: BaseTag, elem: DataElement, words: re.Pattern[str] | None) -> None:
+        vr = elem.VR
+        if vr in ("DA", "DT"):
+            self._shift(ds, tag, elem)
+        elif vr == "TM":
+            return  # whole-day shifts leave the time of day as it was
+        elif vr in _TEXT_VRS or vr == "PN":
+            if vr == "PN":
+                elem.value = _DUMMY_TEXT
+            elif words is not None and elem.value:
+                values = elem.value if elem.VM > 1 else [elem.value]
+                cleaned = [words.sub("***", str(v)) for v in values]
+                elem.value = cleaned if elem.VM > 1 else cleaned[0]
+        elif vr == "AE":
+            elem.value = _DUMMIES["AE"]
+        elif vr in _BINARY_VRS:
+            del ds[tag]  # a binary value (a signed timestamp) cannot be cleaned: removed
+        # CS, numbers: coded values with no free text: kept
+
+    def _shift(self, ds: Dataset, tag: BaseTag, elem: DataElement) -> None:
+        values = elem.value if elem.VM > 1 else [elem.value]
+        out = []
+        for v in values:
+            text = str(v or "")
+            try:
+                day = dt.datetime.strptime(text[:8], "%Y%m%d").date() + self._offset
+            except ValueError:
+                elem.value = elem.empty_value  # not a date we can shift: emptied rather than kept
+                return
+            out.append(day.strftime("%Y%m%d") + text[8:])
+        elem.value = out if elem.VM > 1 else out[0]
+
+    # --- what the recipient is told ----------------------------------------------------------------
+
+    def _mark(self, ds: Dataset) -> None:
+        ds.PatientIdentityRemoved = "YES"
+        selected = [_PROFILE_CODE] + [_OPTION_CODES[o] for o in sorted(self.profile.options)]
+        if self._keep:
+            selected.append(_SAFE_PRIVATE_CODE)
+        items = []
+        for code in selected:
+            item = Dataset()
+            item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code.value, code.scheme_designator, (
+                code.meaning[:64])
+            items.append(item)
+        ds.DeidentificationMethodCodeSequence = Sequence(items)
+        ds.DeidentificationMethod = [c.meaning[:64] for c in selected]
+        options = self.profile.options
+        if DeidOption.RETAIN_LONGITUDINAL_MODIFIED_DATES in options:
+            ds.LongitudinalTemporalInformationModified = "MODIFIED"
+        elif DeidOption.RETAIN_LONGITUDINAL_FULL_DATES in options:
+            ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+        else:
+            ds.LongitudinalTemporalInformationModified = "REMOVED"
+
+    def _file_meta(self, ds: Dataset) -> None:
+        """A new file meta header: the original names the sending application and AE title."""
+        old = getattr(ds, "file_meta", None) or FileMetaDataset()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", old.get("MediaStorageSOPClassUID"))
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        meta.TransferSyntaxUID = old.get("TransferSyntaxUID") or "1.2.840.10008.1.2.1"
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        ds.file_meta = meta
+
+
+def _identifying_words(ds: Dataset) -> re.Pattern[str] | None:
+    """Every person name part, patient/other id, accession number and birth date in the instance, as
+    one case-insensitive whole-word pattern: what ``C`` removes from free text."""
+    words: set[str] = set()
+
+    def add(value: object) -> None:
+        for v in value if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue" else [value]:
+            for part in re.split(r"[\^=\s,]+", str(v or "")):
+                if len(part.strip(".-")) >= 2:
+                    words.add(part.strip(".-"))
+
+    def visit(d: Dataset) -> None:
+        for elem in d:
+            if elem.VR == "PN" or elem.keyword in _ID_KEYWORDS:
+                add(elem.value)
+            elif elem.VR == "SQ":
+                for item in elem.value:
+                    visit(item)
+
+    visit(ds)
+    if not words:
+        return None
+    return re.compile(r"(?<!\w)(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + r")(?!\w)",
+                      re.IGNORECASE)
+
+
+_ID_KEYWORDS = frozenset({
+    "PatientID", "OtherPatientIDs", "IssuerOfPatientID", "AccessionNumber", "PatientBirthDate", "PatientAddress",
+    "MedicalRecordLocator", "AdmissionID", "StudyID", "PatientTelephoneNumbers",
+})
+
+
+def deidentify_all(profile: DeidProfile, secret: bytes, instances: Iterable[bytes]) -> list[bytes]:
+    """De-identify the instances of one share (one Deidentifier: consistent UIDs across them)."""
+    deid = Deidentifier(profile, secret)
+    return [deid.instance(data) for data in instances]
