@@ -39,7 +39,8 @@ from importlib import resources
 
 from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
 from pydicom import dcmread
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence
@@ -165,6 +166,8 @@ class Deidentifier:
         self._offset = dt.timedelta(days=date_offset_days(self._secret))
         self._keep = {(p.group, p.creator.strip().upper(), p.element) for p in profile.keep_private}
         self._uids: dict[str, str] = {}
+        self._cleans_text = any(code == "C" and _dictionary_vr(tag) in _TEXT_VRS
+                                for column in self._options for tag, code in column.items())
 
     # --- the public entry points ---------------------------------------------------------------
 
@@ -185,7 +188,9 @@ class Deidentifier:
         if not original:
             raise DeidentificationRefused("instance without SOP Instance UID: refused", subject="(no SOP Instance UID)")
         self._check_burned_in(ds, original)
-        identifiers = _identifying_words(ds)
+        # collected before anything changes (a name removed first must still be cleaned from text later),
+        # and only when an option cleans free text
+        identifiers = _pattern(_identifying_words(ds)) if self._cleans_text else None
         self._apply(ds, identifiers)
         self._mark(ds)
         self._file_meta(ds)
@@ -223,19 +228,22 @@ class Deidentifier:
 
     def _apply(self, ds: Dataset, words: re.Pattern[str] | None) -> None:
         self._private(ds)
-        for tag in list(ds.keys()):
-            elem = ds[tag]
+        for raw in list(ds.elements()):  # unconverted: what the table leaves alone is never decoded
+            tag = raw.tag
             code = self._action(int(tag))
+            vr = _vr(raw)
+            if (code is None and vr not in ("SQ", "UI")) or (code == "K" and vr != "SQ"):
+                continue  # not listed (and no UID, no sequence to look into), or kept
             if code == "X":
                 del ds[tag]
-            elif elem.VR == "SQ":
+                continue
+            elem = ds[tag]
+            if elem.VR == "SQ":
                 if code == "Z":
                     elem.value = Sequence()
                 else:  # K, C, D, U*, or not listed: keep the items, apply the table inside them
                     for item in elem.value:
                         self._apply(item, words)
-            elif code == "K":
-                continue
             elif code == "Z":
                 elem.value = elem.empty_value
             elif elem.VR == "UI":  # U, U*, D or C of a UID, or a UID the table does not list
@@ -244,13 +252,13 @@ class Deidentifier:
                 self._dummy(ds, tag, elem)
             elif code == "C":
                 self._clean(ds, tag, elem, words)
-            # not listed: kept
 
     def _private(self, ds: Dataset) -> None:
         """Remove private attributes except those on the keep-list (and the creators they need)."""
-        keep_creators: set[BaseTag] = set()
-        private = [elem.tag for elem in ds if elem.tag.is_private]
+        tags = list(ds.keys())
+        private = [t for t in tags if t.is_private]
         keep: set[BaseTag] = set()
+        keep_creators: set[BaseTag] = set()
         for tag in private:
             if tag.element < 0x1000:
                 continue
@@ -357,9 +365,9 @@ class Deidentifier:
         ds.file_meta = meta
 
 
-def _identifying_words(ds: Dataset) -> re.Pattern[str] | None:
-    """Every person name part, patient/other id, accession number and birth date in the instance, as
-    one case-insensitive whole-word pattern: what ``C`` removes from free text."""
+def _identifying_words(ds: Dataset) -> frozenset[str]:
+    """Every person name part, patient/other id, accession number and birth date in the instance:
+    what ``C`` removes from free text."""
     words: set[str] = set()
 
     def add(value: object) -> None:
@@ -369,24 +377,46 @@ def _identifying_words(ds: Dataset) -> re.Pattern[str] | None:
                     words.add(part.strip(".-"))
 
     def visit(d: Dataset) -> None:
-        for elem in d:
-            if elem.VR == "PN" or elem.keyword in _ID_KEYWORDS:
-                add(elem.value)
-            elif elem.VR == "SQ":
-                for item in elem.value:
+        for raw in d.elements():
+            vr = _vr(raw)
+            if vr == "PN" or raw.tag in _ID_TAGS:
+                add(d[raw.tag].value)
+            elif vr == "SQ":
+                for item in d[raw.tag].value:
                     visit(item)
 
     visit(ds)
+    return frozenset(words)
+
+
+@functools.lru_cache(maxsize=64)
+def _pattern(words: frozenset[str]) -> re.Pattern[str] | None:
+    """The words as one case-insensitive whole-word pattern (cached: a study's instances share them)."""
     if not words:
         return None
-    return re.compile(r"(?<!\w)(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + r")(?!\w)",
-                      re.IGNORECASE)
+    alternatives = "|".join(re.escape(w) for w in sorted(words, key=lambda w: (-len(w), w)))
+    return re.compile(r"(?<!\w)(" + alternatives + r")(?!\w)", re.IGNORECASE)
 
 
-_ID_KEYWORDS = frozenset({
+_ID_TAGS = frozenset(Tag(k) for k in (
     "PatientID", "OtherPatientIDs", "IssuerOfPatientID", "AccessionNumber", "PatientBirthDate", "PatientAddress",
     "MedicalRecordLocator", "AdmissionID", "StudyID", "PatientTelephoneNumbers",
-})
+))
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return dictionary_VR(tag).split(" or ")[0]
+    except KeyError:
+        return "UN"
+
+
+def _vr(elem: DataElement | RawDataElement) -> str:
+    """The VR without decoding the value: the file's (explicit VR) or the dictionary's."""
+    vr = elem.VR
+    if vr and vr != "UN":
+        return vr
+    return _dictionary_vr(elem.tag)
 
 
 def deidentify_all(profile: DeidProfile, secret: bytes, instances: Iterable[bytes]) -> list[bytes]:
