@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
-from pydicom import dcmread
+from pydicom import config, dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -146,6 +146,17 @@ def date_offset_days(secret: bytes) -> int:
     return -(365 + int.from_bytes(digest[:4], "big") % (3650 - 365 + 1))
 
 
+def _registered_raw(raw: DataElement | RawDataElement) -> bool:
+    """Every value of a still-undecoded UI element is a registered UID (False: decode and look)."""
+    if not isinstance(raw, RawDataElement) or raw.value is None:
+        return False
+    try:
+        text = raw.value.decode("ascii").rstrip("\0 ")
+    except UnicodeDecodeError:
+        return False
+    return bool(text) and all(_registered(v.strip()) for v in text.split("\\"))
+
+
 def _registered(uid: str) -> bool:
     """A UID the standard defines (SOP classes, transfer syntaxes, coding schemes): not identifying."""
     return UID(uid).name != uid
@@ -166,6 +177,8 @@ class Deidentifier:
         self._offset = dt.timedelta(days=date_offset_days(self._secret))
         self._keep = {(p.group, p.creator.strip().upper(), p.element) for p in profile.keep_private}
         self._uids: dict[str, str] = {}
+        self._method_codes = [_PROFILE_CODE] + [_OPTION_CODES[o] for o in sorted(profile.options)] + (
+            [_SAFE_PRIVATE_CODE] if self._keep else [])
         self._cleans_text = any(code == "C" and _dictionary_vr(tag) in _TEXT_VRS
                                 for column in self._options for tag, code in column.items())
 
@@ -234,6 +247,8 @@ class Deidentifier:
             vr = _vr(raw)
             if (code is None and vr not in ("SQ", "UI")) or (code == "K" and vr != "SQ"):
                 continue  # not listed (and no UID, no sequence to look into), or kept
+            if code is None and vr == "UI" and _registered_raw(raw):
+                continue  # a SOP class, a transfer syntax: left undecoded
             if code == "X":
                 del ds[tag]
                 continue
@@ -335,17 +350,15 @@ class Deidentifier:
 
     def _mark(self, ds: Dataset) -> None:
         ds.PatientIdentityRemoved = "YES"
-        selected = [_PROFILE_CODE] + [_OPTION_CODES[o] for o in sorted(self.profile.options)]
-        if self._keep:
-            selected.append(_SAFE_PRIVATE_CODE)
         items = []
-        for code in selected:
-            item = Dataset()
-            item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code.value, code.scheme_designator, (
-                code.meaning[:64])
-            items.append(item)
+        for code in self._method_codes:  # our own constants, valid for their VRs: built without re-validation
+            items.append(Dataset({
+                Tag(tag): DataElement(tag, vr, value, validation_mode=config.IGNORE)
+                for tag, vr, value in ((0x00080100, "SH", code.value), (0x00080102, "SH", code.scheme_designator),
+                                       (0x00080104, "LO", code.meaning[:64]))
+            }))
         ds.DeidentificationMethodCodeSequence = Sequence(items)
-        ds.DeidentificationMethod = [c.meaning[:64] for c in selected]
+        ds.DeidentificationMethod = [c.meaning[:64] for c in self._method_codes]
         options = self.profile.options
         if DeidOption.RETAIN_LONGITUDINAL_MODIFIED_DATES in options:
             ds.LongitudinalTemporalInformationModified = "MODIFIED"
