@@ -156,6 +156,7 @@ def clinical_instance(modality: str = "CT", bia: str | None = None, series: int 
     inner.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
     inner.ReferencedSOPInstanceUID = uid("9.2")
     req.ReferencedStudySequence = Sequence([inner])
+    req.private_block(0x0011, "NESTED VENDOR", create=True).add_new(0x01, "PN", "Doe^Johnathan")
     ds.RequestAttributesSequence = Sequence([req])
     ds.OtherPatientIDsSequence = Sequence([_person("Doe^John", "OTHER-1234"), _person("Doe^J", "OTHER-5678")])
     img = Dataset()
@@ -405,6 +406,9 @@ class ShareCheck:
 
     def _private(self, original: Dataset, output: Dataset) -> None:
         for elem in output:
+            if elem.VR == "SQ":
+                for item in elem.value:  # private attributes inside sequences go too
+                    self._private(Dataset(), item)
             if not elem.tag.is_private or elem.tag.element < 0x1000:
                 continue
             creator = output.get((elem.tag.group, elem.tag.element >> 8))
