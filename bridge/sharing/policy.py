@@ -104,16 +104,19 @@ def _ref_matches(ref: GroupRef, dn: str, oid: str) -> bool:
 
 def recipient_matches(rule: ShareRule, recipient: Recipient) -> bool:
     """Does `rule` name this recipient? Internal: the user, one of the user's groups, or the group
-    itself; external: the institution (case-insensitive, exact) or the e-mail domain (exact: a
-    subdomain is another organisation)."""
+    itself; external: the institution (case-insensitive, exact) and/or the e-mail domain (exact: a
+    subdomain is another organisation); a rule listing both needs both."""
     if isinstance(recipient, ExternalRecipient):
         if rule.kind != "external":
             return False
         inst = recipient.institution.strip().casefold()
-        if inst and any(inst == i.strip().casefold() for i in rule.institutions):
-            return True
+        at_institution = bool(inst) and any(inst == i.strip().casefold() for i in rule.institutions)
         domain = email_domain(recipient.email)
-        return domain is not None and domain in rule.email_domains
+        at_domain = domain is not None and domain in rule.email_domains
+        if rule.institutions and rule.email_domains:
+            # the institution is what the sharer typed: the address must be at a listed domain too
+            return at_institution and at_domain
+        return at_institution or at_domain
     if rule.kind != "internal":
         return False
     if isinstance(recipient, InternalGroup):

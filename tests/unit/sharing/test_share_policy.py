@@ -274,10 +274,11 @@ def test_look_alike_email_domains_do_not_match(email: str) -> None:
 
 def test_domain_and_institution_compare_without_case() -> None:
     assert email_domain("Ada@NorthGate.Example") == "northgate.example"
-    who = ExternalRecipient("X", "university hospital NORTHGATE", "x@elsewhere.example", "DE")
+    who = ExternalRecipient("X", "university hospital NORTHGATE", "X@NorthGate.Example", "DE")
     assert decide_share(policy(), RADIOLOGIST, who, TREAT, ("radiologist",)).allowed
-    who = ExternalRecipient("X", "University Hospital Northgate (annex)", "x@elsewhere.example", "DE")
-    assert not decide_share(policy(), RADIOLOGIST, who, TREAT, ("radiologist",)).allowed
+    who = ExternalRecipient("X", "University Hospital Northgate (annex)", "x@northgate.example", "DE")
+    d = decide_share(policy(), RADIOLOGIST, who, TREAT, ("radiologist",))
+    assert d.rule != "tumour-board"  # only the research rule (domains only) names this recipient
 
 
 def test_internal_shares_by_group_user_and_membership() -> None:
@@ -307,3 +308,27 @@ def test_a_rule_that_mandates_deidentification_internally_cannot_be_bypassed() -
     req = ShareRequest("TREAT", TREAT.legal_basis, 3600, deidentify=False)
     d = decide_share(pol, RADIOLOGIST, member, req)
     assert not d.allowed and "mandatory" in d.reason
+
+
+def test_policy_check_summarises_the_sharing_section() -> None:
+    from click.testing import CliRunner
+
+    from bridge.cli import main
+
+    res = CliRunner().invoke(main, ["policy", "check", str(Path(__file__).parents[3] / "examples" / "policy.yaml")])
+    assert res.exit_code == 0, res.output
+    assert "sharing: 3 rules" in res.stdout
+    assert "share rule partner-second-opinion: external -> institutions Northgate University Hospital; " \
+           "e-mail domains northgate-uh.example; view; max 3d, 20 uses; de-identified" in res.stdout
+    assert "de-identification: PS3.15 Annex E basic + clean-descriptors" in res.stdout
+
+
+def test_a_rule_with_institutions_and_domains_needs_both() -> None:
+    """The institution is what the sharer types; with both lists, the address must be at a listed domain too."""
+    typed = ExternalRecipient("X", "University Hospital Northgate", "x@gmail.example", "DE")
+    d = decide_share(policy(), RADIOLOGIST, typed, TREAT, ("radiologist",))
+    assert not d.allowed and "no sharing rule allows" in d.reason
+    only_domains = policy(SHARING.replace("        institutions: [University Hospital Northgate]\n", ""))
+    assert decide_share(only_domains, RADIOLOGIST, NORTHGATE, TREAT, ("radiologist",)).allowed
+    only_institutions = policy(SHARING.replace("        email_domains: [northgate.example]\n      from", "      from"))
+    assert decide_share(only_institutions, RADIOLOGIST, typed, TREAT, ("radiologist",)).allowed
