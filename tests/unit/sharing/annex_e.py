@@ -244,11 +244,11 @@ def every_table_attribute(modality: str = "MR") -> Dataset:
     return ds
 
 
-def to_bytes(ds: Dataset) -> bytes:
+def to_bytes(ds: Dataset, transfer_syntax: str = ExplicitVRLittleEndian) -> bytes:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = transfer_syntax
     meta.SourceApplicationEntityTitle = "ALDHELM_PACS"
     ds.file_meta = meta
     out = io.BytesIO()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from pydicom.uid import ImplicitVRLittleEndian
 
 from bridge.policy.sharing import DeidOption, DeidProfile, PrivateTag
 from bridge.sharing.deidentify import DeidentificationRefused, Deidentifier, deidentify_all
@@ -61,6 +62,29 @@ def test_every_output_follows_table_e1_1(options: set[str]) -> None:
     assert {"X", "U", "D", "Z"} <= check.checked
     if "retain-longitudinal-modified-dates" in options:
         assert len(check.shift_days) == 1 and next(iter(check.shift_days)) < 0
+
+
+def test_implicit_vr_files_follow_the_table_too() -> None:
+    """Without explicit VRs the de-identifier takes each VR from the dictionary (a sequence is still found)."""
+    inputs = [to_bytes(clinical_instance(number=n), ImplicitVRLittleEndian) for n in (1, 2)]
+    inputs.append(to_bytes(every_table_attribute(), ImplicitVRLittleEndian))
+    for options in (set(), ALL_OPTIONS):
+        check, outputs = share(options, inputs)
+        assert check.problems == []
+        assert read(outputs[0]).file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+
+
+def test_an_in_memory_dataset_follows_the_table_too() -> None:
+    """`dataset()` on a Dataset built in memory (decoded elements, no file meta) gives the same result."""
+    for options in (set(), ALL_OPTIONS):
+        deid = Deidentifier(profile(options), os.urandom(32))
+        check = ShareCheck(set(options), {(p.group, p.creator.upper(), p.element) for p in KEEP})
+        for build in (clinical_instance, every_table_attribute):
+            original, ds = build(), build()
+            out = deid.dataset(ds)
+            assert out is ds and ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+            check.instance(original, ds)
+        assert check.problems == []
 
 
 def test_no_identifier_is_left_anywhere_in_the_bytes() -> None:
