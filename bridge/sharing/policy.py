@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bridge.core.grants import Grant
 from bridge.core.permissions import Permission, expand
 from bridge.directory.model import normalize_dn
 from bridge.policy.model import GroupRef
@@ -79,6 +80,14 @@ class ShareDecision:
     permissions: frozenset[Permission] = field(default_factory=frozenset)
     lifetime_seconds: int = 0
     max_uses: int | None = None
+
+    def grant(self, study_uid: str, now: int) -> Grant:
+        """The internal share as a token grant: kind ``share``, this one study, the decided
+        permissions (expanded), ending `lifetime_seconds` after `now` (enforced by the PACS)."""
+        if not self.allowed:
+            raise ValueError(f"share refused, no grant: {self.reason}")
+        return Grant(permissions=frozenset(p.value for p in expand(self.permissions)),
+                     studies=frozenset({study_uid}), kind="share", exp=int(now) + self.lifetime_seconds)
 
 
 def _refuse(reason: str, rule: str | None = None) -> ShareDecision:

@@ -332,3 +332,18 @@ def test_a_rule_with_institutions_and_domains_needs_both() -> None:
     assert decide_share(only_domains, RADIOLOGIST, NORTHGATE, TREAT, ("radiologist",)).allowed
     only_institutions = policy(SHARING.replace("        email_domains: [northgate.example]\n      from", "      from"))
     assert decide_share(only_institutions, RADIOLOGIST, typed, TREAT, ("radiologist",)).allowed
+
+
+def test_an_internal_share_becomes_a_per_study_grant_of_kind_share() -> None:
+    from bridge.core.grants import Grant, StudyInfo
+
+    req = ShareRequest("TREAT", TREAT.legal_basis, 3600, permissions=frozenset({Permission.VIEW}))
+    d = decide_share(policy(), RADIOLOGIST, InternalGroup("CN=Cardiology,OU=Groups,DC=h,DC=t"), req)
+    grant = d.grant("1.2.3.4", now=1_000_000)
+    assert grant == Grant(permissions=frozenset({"view"}), studies=frozenset({"1.2.3.4"}), kind="share",
+                          exp=1_000_000 + 3600)
+    assert grant.covers(StudyInfo("o", "1.2.3.4", "p", "Cardiology", "x"))
+    assert not grant.covers(StudyInfo("o", "1.2.3.5", "p", "Cardiology", "x"))
+    refused = decide_share(policy(), {"view"}, InternalGroup("CN=Cardiology,OU=Groups,DC=h,DC=t"), req)
+    with pytest.raises(ValueError, match="refused"):
+        refused.grant("1.2.3.4", now=0)
