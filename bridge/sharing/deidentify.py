@@ -39,10 +39,9 @@ from importlib import resources
 
 from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
 from pydicom import config, dcmread
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VM, dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.tag import BaseTag, Tag
@@ -78,6 +77,12 @@ _DUMMY_TEXT = "ANONYMIZED"
 _DUMMIES = {"DA": "19000101", "TM": "000000", "DT": "19000101000000", "AS": "000Y", "DS": "0", "IS": "0",
             "UR": "http://anonymized.invalid", "AE": "ANONYMIZED", "CS": "ANONYMIZED"}
 _NUMERIC_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"}
+_STRING_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+#: bytes no string value holds (TAB, LF, FF, CR and ESC of ISO 2022 are allowed): a length field that
+#: swallowed its neighbours, or a damaged file
+_DAMAGED = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
+_DAMAGED_TEXT = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
+_FIXED_SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "AT": 4, "UV": 8, "SV": 8}
 _BINARY_VRS = {"OB", "OW", "OD", "OF", "OL", "OV", "UN"}
 
 
@@ -177,6 +182,7 @@ class Deidentifier:
         self._offset = dt.timedelta(days=date_offset_days(self._secret))
         self._keep = {(p.group, p.creator.strip().upper(), p.element) for p in profile.keep_private}
         self._uids: dict[str, str] = {}
+        self._current = ""  # the SOP Instance UID being de-identified, for refusals
         self._method_codes = [_PROFILE_CODE] + [_OPTION_CODES[o] for o in sorted(profile.options)] + (
             [_SAFE_PRIVATE_CODE] if self._keep else [])
         self._cleans_text = any(code == "C" and _dictionary_vr(tag) in _TEXT_VRS
@@ -188,19 +194,29 @@ class Deidentifier:
         """De-identify one DICOM file (Part 10 bytes) and return the de-identified file."""
         try:
             ds = dcmread(io.BytesIO(data), force=False)
-        except (InvalidDicomError, EOFError, ValueError, KeyError) as exc:
-            raise DeidentificationRefused(f"not a DICOM instance: {exc}", subject="(unreadable)") from None
-        self.dataset(ds)
-        out = io.BytesIO()
-        ds.save_as(out, enforce_file_format=True)
+        except Exception as exc:  # any parse failure of a damaged file: nothing leaves
+            raise DeidentificationRefused(f"not a DICOM instance: {type(exc).__name__}: {exc}",
+                                          subject="(unreadable)") from None
+        try:
+            self.dataset(ds)
+            out = io.BytesIO()
+            ds.save_as(out, enforce_file_format=True)
+        except DeidentificationRefused:
+            raise
+        except Exception as exc:  # a damaged element found while de-identifying: fail closed
+            original = self._current or "(unreadable SOP Instance UID)"
+            raise DeidentificationRefused(f"instance {original}: cannot be de-identified: "
+                                          f"{type(exc).__name__}: {exc}", subject=original) from None
         return out.getvalue()
 
     def dataset(self, ds: Dataset) -> Dataset:
         """De-identify `ds` in place (and return it); refuse a burned-in image before changing anything."""
+        self._current = ""
         original = str(ds.get("SOPInstanceUID", "") or "")
         if not original:
             raise DeidentificationRefused("instance without SOP Instance UID: refused", subject="(no SOP Instance UID)")
         self._check_burned_in(ds, original)
+        self._current = original
         # collected before anything changes (a name removed first must still be cleaned from text later),
         # and only when an option cleans free text
         identifiers = _pattern(_identifying_words(ds)) if self._cleans_text else None
@@ -243,8 +259,15 @@ class Deidentifier:
         self._private(ds)
         for raw in list(ds.elements()):  # unconverted: what the table leaves alone is never decoded
             tag = raw.tag
-            code = self._action(int(tag))
             vr = _vr(raw)
+            if not tag.is_private and not _in_dictionary(int(tag)):
+                del ds[tag]  # a public tag no DICOM dictionary knows: neither standard nor private
+                continue
+            damage = _damage(raw, vr)
+            if damage:
+                raise DeidentificationRefused(f"instance {self._current}: damaged value in {tag} ({damage}): refused",
+                                              subject=self._current)
+            code = self._action(int(tag))
             if (code is None and vr not in ("SQ", "UI")) or (code == "K" and vr != "SQ"):
                 continue  # not listed (and no UID, no sequence to look into), or kept
             if code is None and vr == "UI" and _registered_raw(raw):
@@ -415,6 +438,57 @@ _ID_TAGS = frozenset(Tag(k) for k in (
     "PatientID", "OtherPatientIDs", "IssuerOfPatientID", "AccessionNumber", "PatientBirthDate", "PatientAddress",
     "MedicalRecordLocator", "AdmissionID", "StudyID", "PatientTelephoneNumbers",
 ))
+
+
+def _damage(elem: DataElement | RawDataElement, vr: str) -> str:
+    """Why a value cannot be what its VR says ("" when it can): a length field that swallowed its
+    neighbours shows as control bytes in a string, or as a count of binary numbers the dictionary
+    does not allow. Such an element would carry the swallowed attributes out unread."""
+    if elem.VR and elem.VR != "UN" and " or " not in elem.VR and not elem.tag.is_private:
+        expected = _dictionary_vrs(int(elem.tag))
+        if expected and elem.VR not in expected:
+            return f"VR {elem.VR} where the dictionary says {' or '.join(sorted(expected))}"
+    if vr in _STRING_VRS:
+        if isinstance(elem, RawDataElement):
+            bad = bool(elem.value) and _DAMAGED.search(elem.value.rstrip(b"\0 ")) is not None
+        else:
+            values = elem.value if elem.VM > 1 else [elem.value]
+            bad = any(_DAMAGED_TEXT.search(str(v).rstrip("\0 ")) for v in values if v is not None)
+        return f"control bytes in a {vr} value" if bad else ""
+    size = _FIXED_SIZES.get(vr)
+    if size and isinstance(elem, RawDataElement) and elem.value:
+        count, rest = divmod(len(elem.value), size)
+        allowed = _dictionary_vm(int(elem.tag))
+        if rest or (allowed.isdigit() and count != int(allowed)):
+            return f"{len(elem.value)} bytes of {vr} where the dictionary allows VM {allowed}"
+    return ""
+
+
+@functools.lru_cache(maxsize=4096)
+def _dictionary_vrs(tag: int) -> frozenset[str]:
+    """The VRs the dictionary allows for a public tag ("US or SS" -> both); empty when unknown."""
+    try:
+        return frozenset(dictionary_VR(tag).split(" or "))
+    except KeyError:
+        return frozenset()
+
+
+@functools.lru_cache(maxsize=4096)
+def _dictionary_vm(tag: int) -> str:
+    try:
+        return dictionary_VM(tag)
+    except KeyError:
+        return "1-n"
+
+
+@functools.lru_cache(maxsize=4096)
+def _in_dictionary(tag: int) -> bool:
+    """A standard attribute (current or retired, repeating groups included) that pydicom knows."""
+    try:
+        dictionary_VR(tag)
+    except KeyError:
+        return False
+    return True
 
 
 def _dictionary_vr(tag: int) -> str:

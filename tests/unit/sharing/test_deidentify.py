@@ -211,3 +211,70 @@ def test_clean_descriptors_keeps_the_text_without_names() -> None:
     assert out.RequestAttributesSequence[0].RequestedProcedureDescription == "CT chest *** ***"
     basic = read(share(set(), [to_bytes(clinical_instance())])[1][0])
     assert "StudyDescription" not in basic and "RequestAttributesSequence" not in basic
+
+
+def test_damaged_files_are_refused_never_crash_and_never_leak() -> None:
+    """Truncated and bit-flipped files: either a de-identified file or DeidentificationRefused (fail
+    closed), never another exception the share endpoint would turn into a 500 or a partial answer.
+    Under the Basic Profile nothing of the patient gets out even from a damaged file (a public tag no
+    dictionary knows is removed; a value holding control bytes, a length that swallowed its
+    neighbours, is refused). With the options that keep or clean free text, cleaning relies on
+    recognising the identifiers, which a damaged Patient's Name defeats: only fail-closed is required."""
+    import random
+
+    data = to_bytes(clinical_instance(rows=4))
+    rnd = random.Random(14)
+    damaged = [data[:cut] for cut in range(0, len(data), 7)]
+    for _ in range(400):
+        b = bytearray(data)
+        for _ in range(rnd.randint(1, 4)):
+            b[rnd.randrange(132, len(b))] = rnd.randrange(256)
+        damaged.append(bytes(b))
+    for options in (set(), ALL_OPTIONS):
+        deid = Deidentifier(profile(options), os.urandom(32))
+        outcomes = {"refused": 0, "de-identified": 0}
+        for sample in damaged:
+            try:
+                out = deid.instance(sample)
+            except DeidentificationRefused:
+                outcomes["refused"] += 1
+                continue
+            outcomes["de-identified"] += 1
+            if not options:
+                for secret in (*PATIENT_WORDS, PATIENT_ID, "ACC-998877", "19610412", uid("3.")):
+                    assert secret.encode() not in out, (secret, damaged.index(sample))
+        assert outcomes["refused"] and outcomes["de-identified"], outcomes
+
+
+def _patch(data: bytes, old: bytes, new: bytes) -> bytes:
+    assert data.count(old) == 1, old
+    return data.replace(old, new)
+
+
+def test_a_public_tag_no_dictionary_knows_is_removed() -> None:
+    ds = clinical_instance()
+    ds.add_new(0x00FA0010, "LO", "Johnathan Doe")  # even group, in no edition of the standard
+    out = read(Deidentifier(profile(ALL_OPTIONS), os.urandom(32)).instance(to_bytes(ds)))
+    assert 0x00FA0010 not in out
+
+
+@pytest.mark.parametrize(("what", "old", "new", "why"), [
+    # Rows (0028,0010) US, VM 1, its length made 6: it would carry the next elements out unread
+    ("a length that swallows its neighbours", b"\x28\x00\x10\x00US\x02\x00", b"\x28\x00\x10\x00US\x06\x00",
+     "VM 1"),
+    # Accession Number (0008,0050) SH turned into Specific Character Set (0008,0005), a CS
+    ("a tag turned into another one", b"\x08\x00\x50\x00SH", b"\x08\x00\x05\x00SH", "VR SH where"),
+    # Study ID (0020,0010) SH with a NUL and a control byte inside its value
+    ("control bytes in a string", b"S-42", b"S\x00\x0242", "control bytes"),
+])
+def test_a_damaged_element_is_refused_naming_the_instance(what: str, old: bytes, new: bytes, why: str) -> None:
+    data = _patch(to_bytes(clinical_instance(modality="MR")), old, new)
+    with pytest.raises(DeidentificationRefused, match=why) as ei:
+        Deidentifier(profile(ALL_OPTIONS), os.urandom(32)).instance(data)
+    assert uid("3.1.1") in str(ei.value), what
+
+
+def test_a_damaged_sop_instance_uid_is_refused_not_crashed() -> None:
+    data = _patch(to_bytes(clinical_instance()), b"\x08\x00\x18\x00UI", b"\x08\x00\x18\x00U\x8a")
+    with pytest.raises(DeidentificationRefused):
+        Deidentifier(profile(), os.urandom(32)).instance(data)
