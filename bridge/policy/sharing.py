@@ -149,6 +149,7 @@ DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]
 COUNTRY = re.compile(r"^[A-Z]{2}$")
 MODALITY = re.compile(r"^[A-Z0-9]{1,16}$")
 HEX = re.compile(r"^(0x)?[0-9A-Fa-f]{1,4}$")
+UUIDISH = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 SHAREABLE = frozenset({Permission.VIEW, Permission.DOWNLOAD})
 UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400}
 
@@ -398,6 +399,10 @@ class SharingValidator:
         out = []
         for j, spec in enumerate(data):
             # a user is named like a group (full DN or stable id, never a bare login name)
+            if isinstance(spec, str) and "=" not in spec and not UUIDISH.match(spec.strip()):
+                self.err(f"{loc}[{j}]", f"a bare user name ({spec!r}) is ambiguous (login names are reused "
+                                        "and renamed); give dn: <full DN> or id: <objectGUID/entryUUID>")
+                continue
             ref = self._group_ref(f"{loc}[{j}]", spec)
             if ref is not None:
                 out.append(UserRef(dn=ref.dn, id=ref.id))

@@ -155,6 +155,10 @@ def test_purposes_and_legal_bases_are_required() -> None:
     (("purposes: [TREAT]\n", "purposes: [ETREAT]\n"), "sharing.rules[1].purposes[0]", "not in sharing.purposes"),
     (('groups: [{dn: "CN=Cardiology,OU=Groups,DC=h,DC=t"}]', "groups: [Cardiology]"),
      "sharing.rules[0].to.groups[0]", "ambiguous"),
+    (('users: [{id: "6f9619ff-8b86-d011-b42d-00c04fc964ff"}]', "users: [rad.alice]"),
+     "sharing.rules[0].to.users[0]", "bare user name"),
+    (('users: [{id: "6f9619ff-8b86-d011-b42d-00c04fc964ff"}]', 'users: [{id: "rad.alice"}]'),
+     "sharing.rules[0].to.users[0].id", "not a GUID"),
 ])
 def test_each_error_is_located(change: tuple[str, str], where: str, text: str) -> None:
     assert change[0] in SHARING
