@@ -95,7 +95,7 @@ class _Validator:
         rules = self.rules(data.get("rules"), roles)
         conflicts = self.conflicts(data.get("conflicts"), roles)
         sharing = SharingValidator(self.err, self._unknown_keys, self._str_list, self.group_ref).section(
-            data.get("sharing"), set(roles))
+            data.get("sharing"), roles)
         meta = data.get("meta") or {}
         if not isinstance(meta, dict):
             self.err("meta", "must be a mapping")

@@ -16,13 +16,13 @@ an identified study out.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
 from bridge.core.permissions import Permission, UnknownPermissionError, parse
-from bridge.policy.model import GroupRef
+from bridge.policy.model import GroupRef, Role
 
 #: GDPR Chapter V: the European Economic Area (EU 27 + Iceland, Liechtenstein, Norway). A recipient
 #: whose country is outside ``home_countries`` (default: this list) needs a transfer basis.
@@ -169,7 +169,7 @@ class SharingValidator:
                  str_list: Callable[[str, Any], list[str]], group_ref: Callable[[str, Any], GroupRef | None]):
         self.err, self._unknown_keys, self._str_list, self._group_ref = err, unknown_keys, str_list, group_ref
 
-    def section(self, data: Any, roles: set[str]) -> SharingPolicy | None:
+    def section(self, data: Any, roles: Mapping[str, Role]) -> SharingPolicy | None:
         if data is None:
             return None
         if not isinstance(data, dict):
@@ -278,7 +278,7 @@ class SharingValidator:
             return None
         return int(value.strip(), 16)
 
-    def rules(self, data: Any, roles: set[str], purposes: set[str]) -> list[ShareRule]:
+    def rules(self, data: Any, roles: Mapping[str, Role], purposes: set[str]) -> list[ShareRule]:
         if not isinstance(data, list) or not data:
             self.err("sharing.rules", "must be a non-empty list of share rules")
             return []
@@ -290,7 +290,7 @@ class SharingValidator:
                 out.append(rule)
         return out
 
-    def rule(self, loc: str, i: int, spec: Any, roles: set[str], purposes: set[str],
+    def rule(self, loc: str, i: int, spec: Any, roles: Mapping[str, Role], purposes: set[str],
              ids: dict[str, int]) -> ShareRule | None:
         if not isinstance(spec, dict):
             self.err(loc, "must be a mapping with id, kind, to and the limits")
@@ -339,6 +339,9 @@ class SharingValidator:
         for j, r in enumerate(from_roles):
             if roles and r not in roles:
                 self.err(f"{loc}.from_roles[{j}]", f"unknown role {r!r} (defined: {', '.join(sorted(roles))})")
+                ok = False
+            elif r in roles and Permission.SHARE not in roles[r].effective_permissions:
+                self.err(f"{loc}.from_roles[{j}]", f"role {r!r} does not hold the 'share' permission")
                 ok = False
         perms = self._permissions(f"{loc}.permissions", spec.get("permissions", ["view"]))
         lifetime = spec.get("max_lifetime")

@@ -143,6 +143,8 @@ def test_purposes_and_legal_bases_are_required() -> None:
     (("max_uses: 10", "max_uses: 0"), "sharing.rules[1].max_uses", "positive"),
     (("max_uses: 10", "max_uses: true"), "sharing.rules[1].max_uses", "positive"),
     (("from_roles: [radiologist]", "from_roles: [radiologst]"), "sharing.rules[1].from_roles[0]", "unknown role"),
+    (("from_roles: [radiologist]", "from_roles: [clinician]"), "sharing.rules[1].from_roles[0]",
+     "does not hold the 'share' permission"),
     (("permissions: [view, download]", "permissions: [view, delete]"), "sharing.rules[0].permissions[1]",
      "only view and download"),
     (("permissions: [view, download]", "permissions: [download]"), "sharing.rules[0].permissions", "include view"),
