@@ -148,6 +148,7 @@ def test_private_attributes_removed_unless_on_the_keep_list() -> None:
     assert not any(e.tag.is_private for e in other)
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")
 @pytest.mark.parametrize("bia", ["YES", "yes", " YES "])
 def test_burned_in_annotation_yes_is_refused_naming_the_instance(bia: str) -> None:
     ds = clinical_instance(modality="CT", bia=bia)
@@ -158,6 +159,7 @@ def test_burned_in_annotation_yes_is_refused_naming_the_instance(bia: str) -> No
     assert ei.value.subject == ds.SOPInstanceUID
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")
 @pytest.mark.parametrize("modality", ["US", "SC", "OT", "ES", "XC", "us"])
 def test_absent_burned_in_annotation_refused_for_the_policy_modalities(modality: str) -> None:
     deid = Deidentifier(profile(), os.urandom(32))
@@ -213,6 +215,7 @@ def test_clean_descriptors_keeps_the_text_without_names() -> None:
     assert "StudyDescription" not in basic and "RequestAttributesSequence" not in basic
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about every damaged value it reads
 def test_damaged_files_are_refused_never_crash_and_never_leak() -> None:
     """Truncated and bit-flipped files: either a de-identified file or DeidentificationRefused (fail
     closed), never another exception the share endpoint would turn into a 500 or a partial answer.
