@@ -210,7 +210,9 @@ class Deidentifier:
         return out.getvalue()
 
     def dataset(self, ds: Dataset) -> Dataset:
-        """De-identify `ds` in place (and return it); refuse a burned-in image before changing anything."""
+        """De-identify `ds` in place (and return it). A burned-in image is refused before anything
+        changes; a damaged element may be found midway, so after DeidentificationRefused the dataset
+        is half done and must be discarded (``instance`` never returns anything then)."""
         self._current = ""
         original = str(ds.get("SOPInstanceUID", "") or "")
         if not original:
