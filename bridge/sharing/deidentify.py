@@ -22,6 +22,13 @@ two unlinkable sets of UIDs, the references between the instances of one share s
 nobody without the share's secret can map a UID back (or test a guess). Any UID that is not a
 registered DICOM UID (a SOP class, a transfer syntax) is replaced, even where the table does not list
 the attribute: an instance UID left anywhere would link the share to the original study.
+
+Why damaged content is refused rather than passed through: an element whose length field swallowed
+its neighbours is kept as it was read (the table never decodes what it leaves alone), and would carry
+the swallowed attributes out unread. A VR other than the dictionary's, a binary value whose length
+does not fit the dictionary's value multiplicity, or control bytes in a string are its marks; a
+public tag no dictionary knows is removed. Any other error refuses the instance: nothing leaves half
+de-identified.
 """
 
 from __future__ import annotations
