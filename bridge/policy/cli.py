@@ -8,6 +8,7 @@ import click
 
 from bridge.errors import InputError, UnavailableError
 from bridge.policy.loader import load_policy
+from bridge.policy.model import Policy
 
 
 @click.group("policy")
@@ -27,6 +28,35 @@ def check(path: str) -> None:
         click.echo(f"  role {role.name}: {perms}{scope}")
     for rule in pol.rules:
         click.echo(f"  rule {rule.id}: {rule.group} -> {', '.join(rule.roles)}")
+    _sharing_summary(pol)
+
+
+def _sharing_summary(pol: Policy) -> None:
+    sharing = pol.sharing
+    if sharing is None:
+        click.echo("  sharing: none (no study can be shared)")
+        return
+    click.echo(f"  sharing: {len(sharing.rules)} rules; purposes {', '.join(sharing.purposes)}; "
+               f"{len(sharing.legal_bases)} legal bases, {len(sharing.transfer_bases)} transfer bases")
+    for r in sharing.rules:
+        to = "; ".join(part for part in (
+            f"groups {', '.join(map(str, r.groups))}" if r.groups else "",
+            f"users {', '.join(map(str, r.users))}" if r.users else "",
+            f"institutions {', '.join(r.institutions)}" if r.institutions else "",
+            f"e-mail domains {', '.join(r.email_domains)}" if r.email_domains else "",
+        ) if part)
+        hours = r.max_lifetime_seconds / 3600
+        life = f"{hours:g}h" if hours < 48 or hours % 24 else f"{hours / 24:g}d"
+        uses = f", {r.max_uses} uses" if r.max_uses else ""
+        perms = ", ".join(sorted(p.value for p in r.permissions))
+        deid = "de-identified" if r.deidentify else "identified"
+        click.echo(f"  share rule {r.id}: {r.kind} -> {to}; {perms}; max {life}{uses}; {deid}")
+    profile = sharing.deidentification
+    options = "".join(f" + {o.value}" for o in sorted(profile.options))
+    keep = f"; keeps {', '.join(map(str, profile.keep_private))}" if profile.keep_private else ""
+    refuse = ", ".join(sorted(profile.refuse_modalities_without_bia))
+    click.echo(f"  de-identification: PS3.15 Annex E basic{options}{keep}; "
+               f"refused without Burned In Annotation: {refuse}")
 
 
 @policy_cli.command("explain")

@@ -21,11 +21,12 @@ import yaml
 from bridge.core.permissions import UnknownPermissionError, parse
 from bridge.errors import InputError
 from bridge.policy.model import Conflict, GroupRef, Policy, Role, Rule
+from bridge.policy.sharing import SharingValidator
 
 ROLE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 RULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 UUIDISH = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-TOP_KEYS = {"version", "roles", "rules", "conflicts", "meta"}
+TOP_KEYS = {"version", "roles", "rules", "conflicts", "meta", "sharing"}
 ROLE_KEYS = {"description", "permissions", "scopes"}
 RULE_KEYS = {"id", "group", "roles", "description"}
 CONFLICT_KEYS = {"id", "roles", "action", "reason"}
@@ -93,6 +94,8 @@ class _Validator:
         roles = self.roles(data.get("roles"))
         rules = self.rules(data.get("rules"), roles)
         conflicts = self.conflicts(data.get("conflicts"), roles)
+        sharing = SharingValidator(self.err, self._unknown_keys, self._str_list, self.group_ref).section(
+            data.get("sharing"), roles)
         meta = data.get("meta") or {}
         if not isinstance(meta, dict):
             self.err("meta", "must be a mapping")
@@ -100,7 +103,7 @@ class _Validator:
         if self.problems:
             raise PolicyError(self.source, self.problems)
         return Policy(roles, tuple(rules), tuple(conflicts), source=self.source, version=1,
-                      meta={str(k): str(v) for k, v in meta.items()})
+                      meta={str(k): str(v) for k, v in meta.items()}, sharing=sharing)
 
     def roles(self, data: Any) -> dict[str, Role]:
         if not isinstance(data, dict) or not data:

@@ -9,10 +9,13 @@ all of them (keycloak#52048).  A rule here names exactly one group.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from bridge.core.permissions import Permission, expand
 from bridge.directory.model import DirectoryGroup, DirectorySnapshot, normalize_dn
+
+if TYPE_CHECKING:
+    from bridge.policy.sharing import SharingPolicy
 
 
 @dataclass(frozen=True)
@@ -90,3 +93,5 @@ class Policy:
     source: str = ""
     version: int = 1
     meta: dict[str, str] = field(default_factory=dict)
+    #: the ``sharing:`` section (bridge/policy/sharing.py); None: the file allows no share at all
+    sharing: SharingPolicy | None = None

@@ -26,6 +26,7 @@ DISTRIBUTION = {
     "flask_limiter": "flask-limiter",
     "prometheus_client": "prometheus-client",
     "pydantic_settings": "pydantic-settings",
+    "dicomanonymizer": "dicom-anonymizer",
 }
 #: imported but not installed from PyPI: the module Orthanc itself provides to its Python plugins
 HOST_PROVIDED = {"orthanc"}
