@@ -12,12 +12,13 @@ Order, cheapest first, every step fails closed:
    cache hit on repeated tokens);
 3. :func:`judge`, the one decision shared with the official plugin's web service
    (:mod:`bridge.web.orthanc_auth`): the route table (:mod:`bridge.core.routes`, via
-   :func:`bridge.core.verifier.decide`) gives the permission, unknown route: deny; then a token
-   with department/institution scopes may only touch studies inside them: the studies a request
-   names (path, QIDO ``StudyInstanceUID`` read as the DICOMweb plugin reads it, WADO-URI
-   ``objectUID``) are resolved through Orthanc and cached; requests across studies (lists,
-   queries, bulk tools) and ambiguous queries are denied to scoped tokens, because Orthanc
-   1.10.1's filter cannot filter an answer (it can only allow or deny);
+   :func:`bridge.core.verifier.decide`) gives the permission(s), unknown route: deny; then ONE of the
+   token's grants (:mod:`bridge.core.grants`, one per role, never merged) must hold them all and
+   cover every study the request names (path, QIDO ``StudyInstanceUID`` read as the DICOMweb plugin
+   reads it, WADO-URI ``objectUID``; resolved through Orthanc and cached).  A request naming no study
+   (lists, queries, bulk tools) needs a grant that is unrestricted, since Orthanc 1.10.1's filter
+   cannot filter an answer (it can only allow or deny); ambiguous queries likewise.  A token whose
+   holding grants include an unrestricted one is decided on the route alone (the hot path);
 4. every denial and every allowed request on patient data is recorded for the audit trail;
 5. the request's claims stay with the HTTP thread (:data:`_REQUESTS`) so that the received-instance
    callback can check an upload's *content* against the token's scope (:meth:`Gate.admit_instance`);
@@ -33,7 +34,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.core import grants as grants_mod
 from bridge.core.errors import VerificationError
+from bridge.core.grants import Grant
 from bridge.core.jwks import Fetch
 from bridge.core.verifier import Verifier, bearer_token, decide
 from bridge.pacs import scopes
@@ -42,7 +45,7 @@ from bridge.pacs.plugin_config import PluginConfig
 
 #: Orthanc's ``method`` argument (OrthancPluginHttpMethod)
 METHODS: dict[int, str] = {1: "GET", 2: "POST", 3: "PUT", 4: "DELETE"}
-#: permissions whose routes touch no existing patient data, so a scoped token needs no study check
+#: permissions whose routes touch no existing patient data, so a scoped grant needs no study check
 #: (uploads are checked on the content, see :meth:`Gate.admit_instance`).  Not ``admin``: its
 #: server-wide routes reach every study (a job's output archive, the job list, a Lua script), so a
 #: scoped token gets only the admin routes below a resource it may touch
@@ -52,6 +55,8 @@ RESOLVE_FIRST = frozenset({"delete", "modify", "anonymize", "send"})
 #: upload routes whose body may make Orthanc copy *stored* data into the new instance (create-dicom's
 #: ``Parent``): a scoped upload there needs scope over the whole patient the instance lands in
 COPYING_UPLOADS = frozenset({"/tools/create-dicom"})
+#: what storing an instance needs (one grant holding it must cover what the instance touches)
+UPLOAD = ("upload",)
 NO_REVOCATION_REASON = "plugin configuration has no revocation_url: every request is denied"
 SCOPED_LIST_REASON = (
     "scoped token: a request across studies (list, query, bulk tool) cannot be filtered by "
@@ -127,18 +132,19 @@ class Gate:
             self.audit.record("deny", None, verb, uri, ip, None, NO_REVOCATION_REASON)
             return False
         try:
-            claims = self.verifier.verify(bearer_token(headers.get("authorization"))).claims
+            verified = self.verifier.verify(bearer_token(headers.get("authorization")))
         except VerificationError as exc:
             self.audit.record("deny", None, verb, uri, ip, None, exc.reason)
             return False
-        verdict = judge(claims, verb, uri, get, self.resolver.studies)
+        claims = verified.claims
+        verdict = judge(claims, verb, uri, get, self.resolver.studies, verified.grants)
         target = verdict.targets[0] if verdict.targets else None
         if not verdict.allow:
             self.audit.record("deny", claims, verb, uri, ip, verdict.permission, verdict.reason, target,
                               verdict.studies)
             return False
         permission = verdict.permission or ""
-        _REQUESTS[threading.get_ident()] = RequestContext(claims, verb, uri, ip)
+        _REQUESTS[threading.get_ident()] = RequestContext(claims, verb, uri, ip, verified.grants)
         if permission in ACCESS_EVENTS:
             studies = verdict.studies
             if studies is None and len(verdict.targets) > 1:  # a UID list: audit every study, not the first
@@ -164,8 +170,9 @@ class Gate:
         come from :data:`_REQUESTS` (set by :meth:`decide` for that request, reset by the next one).
 
         * ``dicom`` (C-STORE): kept; Orthanc admits only configured modalities from their hosts.
-        * ``rest``/``plugin`` with a request context: the token's scope must cover the instance's
-          department/institution *and* the existing study its StudyInstanceUID names.
+        * ``rest``/``plugin`` with a request context: ONE grant holding ``upload`` must cover the
+          instance (its department, institution, study, patient) *and* the existing study its
+          StudyInstanceUID names (and, for create-dicom, every study of the patient it copies).
         * ``rest``/``plugin`` without one (modify/anonymize jobs, DICOMweb retrieve jobs run on
           Orthanc's job threads): kept only if it does not join a study of another department.
         * anything else (Lua, WebDAV, unknown): discarded.
@@ -180,7 +187,8 @@ class Gate:
             self.audit.record("deny", None, "STORE", f"({origin})", "", "upload",
                               f"instance of origin {origin}: not accepted")
             return False
-        if context is not None and not scopes.is_scoped(context.claims):
+        uploaders = grants_mod.holding(context.grants, UPLOAD) if context is not None else ()
+        if context is not None and any(g.unrestricted for g in uploaders):
             return True
         instance = scopes.instance_info(tags())
         # strict: a failed lookup must not read as "no such study yet" (it raises: the caller discards)
@@ -192,7 +200,7 @@ class Gate:
         elif context is not None:
             patient = self.resolver.studies(scopes.Target("patient-id", instance.patient_id), strict=True) \
                 if copying else None
-            ok, reason = scopes.upload_allowed(context.claims, instance, existing, patient)
+            ok, reason = scopes.upload_allowed(uploaders, instance, existing, patient)
         else:
             ok, reason = scopes.joins_consistently(instance, existing)
         if not ok:
@@ -210,6 +218,7 @@ class RequestContext:
     method: str
     uri: str
     ip: str
+    grants: tuple[Grant, ...] = ()
 
 
 #: OS thread id -> the allowed request that Orthanc HTTP thread serves now (set by the filter, reset on
@@ -236,39 +245,55 @@ def judge(
     path: str,
     query: Mapping[str, str] | None,
     studies_of: Callable[[scopes.Target], list[scopes.StudyInfo]],
+    grants: tuple[Grant, ...] | None = None,
 ) -> Verdict:
-    """THE decision for a verified token: route permission, then study scope.  Used by the Orthanc
-    plugin (:meth:`Gate.decide`) and by the official authorization plugin's web service
-    (:mod:`bridge.web.orthanc_auth`), so one request gets one answer on both paths.
+    """THE decision for a verified token: route permission, then ONE grant that holds it and covers
+    the studies.  Used by the Orthanc plugin (:meth:`Gate.decide`) and by the official authorization
+    plugin's web service (:mod:`bridge.web.orthanc_auth`), so one request gets one answer on both paths.
 
     ``query``: the GET arguments as Orthanc hands them to a filter (undecoded, last value per key);
-    ``studies_of``: the stored studies behind a target ([] when unknown: a scoped token is refused).
+    ``studies_of``: the stored studies behind a target ([] when unknown: only an unrestricted grant
+    allows then); ``grants``: the token's parsed grants (the verifier's cache keeps them), parsed
+    from ``claims`` when None.  An allowed verdict names its grant (:attr:`Verdict.grant`); a denial
+    says why no grant fits.
     """
-    route = decide(claims, method, path, query)
-    if not route.allow:
+    route = decide(claims, method, path, query, grants)
+    if not route.allow or route.route is None:
         return Verdict(False, route.reason, route.permission)
-    permission = route.permission or ""
-    scoped = scopes.is_scoped(claims)
+    rule = route.route
     named = scopes.targets_of(path, query)
-    if scoped and named.problem:
+    everywhere = next((g for g in route.holders if g.unrestricted), None)
+    if everywhere is not None:  # the hot path: no study decides anything
+        permission = rule.granted(everywhere.permissions) or ""
+        studies: list[scopes.StudyInfo] | None = None
+        if named.targets and permission in RESOLVE_FIRST:  # for the audit trail (it may be gone after)
+            studies = [s for target in named.targets for s in studies_of(target)]
+        return Verdict(True, _allowed(route.reason, everywhere), permission, named.targets, studies, everywhere)
+    permission = route.permission or ""
+    if named.problem:
         return Verdict(False, "scoped token: " + named.problem, permission, named.targets)
-    studies: list[scopes.StudyInfo] | None = None
-    if named.targets and (scoped or permission in RESOLVE_FIRST):
-        studies = []
-        for target in named.targets:
-            found = studies_of(target)
-            if scoped and not found:
-                return Verdict(False, "study not found: cannot check the token's scope", permission,
-                               named.targets, studies)
-            studies.extend(found)
-        if scoped:
-            for study in studies:
-                ok, why = scopes.allowed(claims, study)
-                if not ok:
-                    return Verdict(False, why, permission, named.targets, studies)
-    elif not named.targets and scoped and permission not in SCOPE_FREE:
-        return Verdict(False, SCOPED_LIST_REASON, permission)
-    return Verdict(True, route.reason, permission, named.targets, studies)
+    if not named.targets:
+        free = next((g for g in route.holders if rule.granted(g.permissions) in SCOPE_FREE), None)
+        if free is None:
+            return Verdict(False, SCOPED_LIST_REASON, permission)
+        return Verdict(True, _allowed(route.reason, free), rule.granted(free.permissions), (), None, free)
+    studies = []
+    for target in named.targets:
+        found = studies_of(target)
+        if not found:
+            return Verdict(False, "study not found: cannot check the token's scope", permission,
+                           named.targets, studies)
+        studies.extend(found)
+    chosen = grants_mod.allows(route.holders, (), studies)
+    if chosen is None:
+        return Verdict(False, grants_mod.why_not(route.holders, studies), permission, named.targets, studies)
+    return Verdict(True, _allowed(route.reason, chosen), rule.granted(chosen.permissions), named.targets,
+                   studies, chosen)
+
+
+def _allowed(reason: str, grant: Grant) -> str:
+    """An allowed request's reason names the grant that allowed it (audit trail)."""
+    return f"{reason}; by {grant.describe()}"
 
 
 @dataclass(frozen=True)
@@ -280,3 +305,5 @@ class Verdict:
     permission: str | None = None
     targets: tuple[scopes.Target, ...] = ()
     studies: list[scopes.StudyInfo] | None = None
+    #: the grant that allowed the request (None on a denial)
+    grant: Grant | None = None
