@@ -120,15 +120,16 @@ def decide(
             False, f"no rule for {method.upper()} {path.split('?', 1)[0]}: denied", None, None, sub
         )
     held = grants_mod.from_claims(claims) if grants is None else grants
-    granted: str | None = None
-    holders: list[Grant] = []
+    granted: str | None = None  # the name the FIRST holder satisfies the rule with
+    holders: tuple[Grant, ...] = ()
     for grant in held:
         name = route.granted(grant.permissions)
         if name is not None:
-            holders.append(grant)
-            granted = granted or name
+            if granted is None:
+                granted = name
+            holders += (grant,)
     if granted is not None:
-        return Decision(True, route.allow_reason, granted, None, sub, tuple(holders), route)
+        return Decision(True, route.allow_reason, granted, None, sub, holders, route)
     union = grants_mod.permissions_of(held)
     if route.granted(union) is not None:
         reason = f"no single grant holds {route.requirement} ({route.what})"

@@ -262,9 +262,14 @@ def judge(
         return Verdict(False, route.reason, route.permission)
     rule = route.route
     named = scopes.targets_of(path, query)
-    everywhere = next((g for g in route.holders if g.unrestricted), None)
-    if everywhere is not None:  # the hot path: no study decides anything
-        permission = rule.granted(everywhere.permissions) or ""
+    holders = route.holders
+    if holders[0].unrestricted:  # the hot path (one unscoped role, say): no study decides anything
+        everywhere: Grant | None = holders[0]
+        permission = route.permission or ""
+    else:
+        everywhere = next((g for g in holders if g.unrestricted), None)
+        permission = "" if everywhere is None else rule.granted(everywhere.permissions) or ""
+    if everywhere is not None:
         studies: list[scopes.StudyInfo] | None = None
         if named.targets and permission in RESOLVE_FIRST:  # for the audit trail (it may be gone after)
             studies = [s for target in named.targets for s in studies_of(target)]
