@@ -20,8 +20,9 @@ Order, cheapest first, every step fails closed:
    cannot filter an answer (it can only allow or deny); ambiguous queries likewise.  A token whose
    holding grants include an unrestricted one is decided on the route alone (the hot path);
 4. every denial and every allowed request on patient data is recorded for the audit trail;
-5. the request's claims stay with the HTTP thread (:data:`_REQUESTS`) so that the received-instance
-   callback can check an upload's *content* against the token's scope (:meth:`Gate.admit_instance`);
+5. the request's claims and grants stay with the HTTP thread (:data:`_REQUESTS`) so that the
+   received-instance callback can check an upload's *content* against the upload grants
+   (:meth:`Gate.admit_instance`);
    a configuration without ``revocation_url`` denies everything.
 """
 
@@ -48,7 +49,7 @@ METHODS: dict[int, str] = {1: "GET", 2: "POST", 3: "PUT", 4: "DELETE"}
 #: permissions whose routes touch no existing patient data, so a scoped grant needs no study check
 #: (uploads are checked on the content, see :meth:`Gate.admit_instance`).  Not ``admin``: its
 #: server-wide routes reach every study (a job's output archive, the job list, a Lua script), so a
-#: scoped token gets only the admin routes below a resource it may touch
+#: scoped admin grant gets only the admin routes below a resource it covers
 SCOPE_FREE = frozenset({"upload", "settings", "audit-logs"})
 #: permissions whose study must be resolved *before* the request runs (it may be gone after)
 RESOLVE_FIRST = frozenset({"delete", "modify", "anonymize", "send"})

@@ -238,8 +238,8 @@ def judge_official(claims: Mapping[str, Any], method: str, body: Mapping[str, An
     """One validate body -> :func:`bridge.pacs.gate.judge`, the bridge plugin's own decision.
 
     * ``level: system``: the plugin sends the request's ``uri`` (no query string): judged as is.
-      A scoped token is refused lists and queries, as by the bridge plugin; a query naming one
-      study is refused too, since the query never reaches this service.
+      Without an unrestricted grant, lists and queries are refused, as by the bridge plugin; a query
+      naming one study is refused too, since the query never reaches this service.
     * resource levels: the plugin sends only ``orthanc-id``/``dicom-uid``, not which sub-route it
       guards (``/studies/{id}`` or ``/studies/{id}/archive``).  A ``uri`` in the body, if any, is
       judged when it names that resource; without one, the answer is "granted" only if *every*
