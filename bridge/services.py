@@ -86,7 +86,7 @@ class Services:
         from bridge.store.db import one_connection
         from bridge.tokens.auditing import BufferedAuditSink
         from bridge.tokens.claims import TokenSettings
-        from bridge.tokens.roles import role_permissions
+        from bridge.tokens.roles import role_permissions, role_scopes
         from bridge.tokens.service import KeycloakSettings, KeycloakTokenValidator, TokenService, https_fetch
         from bridge.tokens.store import SqlAssignmentSource, SqlRevocationStore
 
@@ -125,6 +125,7 @@ class Services:
             ended_sessions=SqlEndedSessions(eng, ttl_seconds=ttl),
             read_scope=lambda: one_connection(eng),
             role_permissions=role_permissions(settings.sync.policy_file),
+            role_scopes=role_scopes(settings.sync.policy_file),
             audit=audit,
         )
 

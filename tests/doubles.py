@@ -11,7 +11,21 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from bridge.core import grants as core_grants
+from bridge.tokens import claims as claims_mod
 from bridge.tokens.store import Assignment
+
+
+def one_grant(roles: Iterable[str] = (), permissions: Iterable[str] = (), departments: Iterable[str] = (),
+              institutions: Iterable[str] = ()) -> claims_mod.Grant:
+    """What the token service would pass to ``claims.build`` for one role (the first of ``roles``)
+    with exactly ``permissions`` (not expanded: a test may want download without view) in one scope."""
+    roles = tuple(roles)
+    scope = {k: list(v) for k, v in (("departments", departments), ("institutions", institutions)) if v}
+    grant = core_grants.grant_from_claim({"kind": "role", "role": roles[0] if roles else "test-role",
+                                          "permissions": sorted(str(p) for p in permissions), "scope": scope})
+    assert grant is not None
+    return claims_mod.Grant(roles, (grant,))
 
 
 @dataclass

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 #: the claim holding the grants
@@ -76,9 +77,10 @@ class Grant:
     role: str | None = None
     exp: int | None = None
 
-    @property
+    @cached_property
     def unrestricted(self) -> bool:
-        """Covers every study (no scope key restricts)."""
+        """Covers every study (no scope key restricts).  Computed once per grant: the plugin asks
+        on every request, and a grant lives as long as its verified token in the verifier's cache."""
         return self.departments is None and self.institutions is None and self.studies is None \
             and self.patients is None
 
@@ -98,6 +100,23 @@ class Grant:
                 return False
         return True
 
+    def outside(self, study: StudyInfo | None) -> str | None:
+        """Why ``study`` is not covered (``department Oncology``), None when it is: for denial reasons."""
+        if self.covers(study):
+            return None
+        if study is None:
+            return "a study that could not be looked up"
+        for key, attribute in SCOPE_KEYS.items():
+            allowed: frozenset[str] | None = getattr(self, key)
+            value = getattr(study, attribute)
+            if allowed is not None and value not in allowed:
+                return f"{attribute.replace('_', ' ')} {value or '(none)'}"
+        return "a study outside its scope"  # pragma: no cover - covers() said no for a reason above
+
+    def narrowed(self, asked: Iterable[str]) -> Grant:
+        """The same grant with only the permissions in ``asked`` (an OAuth ``scope`` request)."""
+        return replace(self, permissions=self.permissions & frozenset(asked))
+
     def scope(self) -> dict[str, list[str]]:
         """The claim form of the scope (only the restricting keys)."""
         return {key: sorted(value) for key in SCOPE_KEYS if (value := getattr(self, key)) is not None}
@@ -109,11 +128,16 @@ class Grant:
             claim["exp"] = int(self.exp)
         return claim
 
-    def describe(self) -> str:
-        """One line for audit reasons and ``policy explain``: ``role radiologist (everywhere)``."""
+    @cached_property
+    def description(self) -> str:
+        """:meth:`describe`, built once (allowed requests name their grant in the audit trail)."""
         who = f"{self.kind} {self.role}" if self.role else self.kind
         where = "; ".join(f"{k} {', '.join(v)}" for k, v in self.scope().items()) or "everywhere"
         return f"{who} ({where})"
+
+    def describe(self) -> str:
+        """One line for audit reasons and ``policy explain``: ``role radiologist (everywhere)``."""
+        return self.description
 
 
 def _strings(value: Any) -> frozenset[str] | bool | None:
@@ -197,3 +221,26 @@ def permissions_of(grants: Iterable[Grant]) -> frozenset[str]:
     for g in grants:
         out |= g.permissions
     return frozenset(out)
+
+
+def any_restricted(grants: Iterable[Grant]) -> bool:
+    """Does the token hold any grant limited to some studies?  The hot path's first question: a token
+    whose grants are all unrestricted is decided on the route table alone (no study lookup)."""
+    return not all(g.unrestricted for g in grants)
+
+
+def expiry(grants: Iterable[Grant]) -> float:
+    """When the first of these grants ends (``exp``), or infinity: a cached parse is redone then."""
+    return min((g.exp for g in grants if g.exp is not None), default=float("inf"))
+
+
+def why_not(grants: Iterable[Grant], studies: Iterable[StudyInfo | None]) -> str:
+    """Why none of ``grants`` (each holding the permissions) covers every study: each grant and the
+    first study it does not cover, for the audit trail of a denial."""
+    touched = tuple(studies)
+    parts = []
+    for grant in grants:
+        miss = next((why for s in touched if (why := grant.outside(s)) is not None), None)
+        if miss is not None:
+            parts.append(f"{grant.describe()} does not cover {miss}")
+    return "no single grant covers every study the request touches: " + "; ".join(parts)

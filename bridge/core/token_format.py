@@ -18,10 +18,14 @@ from bridge.core.errors import VerificationError
 
 #: the claim carrying the version (namespaced, so no other issuer's claim is mistaken for it)
 CLAIM = "pacs_bridge_token_format"
-#: the version the bridge issues
-CURRENT = 1
-#: the versions this verifier can read
-UNDERSTOOD = frozenset({1})
+#: the version the bridge issues.  History: 1 = one merged ``permissions`` list + one ``scopes``
+#: object (every role's permissions applied in every role's scope: the holes of issue 11 item 7);
+#: 2 = ``grants``, one (permissions, scope) pair per role, share or break-glass grant
+#: (:mod:`bridge.core.grants`), never merged
+CURRENT = 2
+#: the versions this verifier can read.  Not 1: its ``scopes`` claim would read as "no grant" here, and
+#: a verifier that still read it would apply the merged permissions
+UNDERSTOOD = frozenset({2})
 #: where a refused version is logged (the Orthanc plugin forwards it to Orthanc's log)
 LOGGER = "pacs_bridge.token_format"
 

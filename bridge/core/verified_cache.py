@@ -13,7 +13,10 @@ class VerifiedToken:
     jti: str
     exp: float
     recheck_at: float  # introspection mode: when to ask the bridge again
-
+    #: the PACS token's grants, parsed once (:func:`bridge.core.grants.from_claims`): a request
+    #: costs no parse; ``grants_until``: when the first grant's own ``exp`` passes (parse again then)
+    grants: tuple[Any, ...] = ()
+    grants_until: float = float("inf")
 
 
 class VerifiedCache:

@@ -36,11 +36,13 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from bridge.core import grants as grants_mod
 from bridge.core import mfa, routes, token_format
 from bridge.core.errors import VerificationError
+from bridge.core.grants import Grant
 from bridge.core.jwks import Fetch, JwksCache, default_fetch
 from bridge.core.jws import check_claims, check_signature, is_number, parse_jws, token_digest
 from bridge.core.verified_cache import VerifiedCache, VerifiedToken
@@ -89,6 +91,10 @@ class Decision:
     permission: str | None = None
     error: str | None = None  # RFC 6750 error code when the token itself was the problem
     subject: str | None = None
+    #: the grants that each hold everything the route needs (an allowed decision has at least one);
+    #: which of them also covers the studies the request touches is the PACS's next question
+    holders: tuple[Grant, ...] = ()
+    route: routes.Route | None = None
 
 
 def decide(
@@ -96,12 +102,16 @@ def decide(
     method: str,
     path: str,
     query: Mapping[str, str | Iterable[str]] | None = None,
+    grants: tuple[Grant, ...] | None = None,
 ) -> Decision:
-    """Allow iff the route's rule is satisfied by the permissions the token carries (a rule may
-    need several, e.g. ``modify`` + ``download``); unknown routes are denied.
+    """Allow iff ONE grant of the token holds everything the route's rule needs (a rule may need
+    several, e.g. ``modify`` + ``download``, and they must come from the same grant); unknown routes
+    are denied.  The study check (does a holder also cover the studies?) is the caller's:
+    :func:`bridge.pacs.gate.judge`.
 
     ``query``: the request's query parameters when they are not in ``path`` (Orthanc hands its
     filter the path and a ``get`` dictionary apart); some rules depend on them (WADO-URI).
+    ``grants``: the token's parsed grants (the verified cache keeps them); parsed from the claims if None.
     """
     route = routes.route_for(method, path, query)
     sub = claims.get("sub") if isinstance(claims.get("sub"), str) else None
@@ -109,15 +119,23 @@ def decide(
         return Decision(
             False, f"no rule for {method.upper()} {path.split('?', 1)[0]}: denied", None, None, sub
         )
-    held = claims.get("permissions")
-    names: list[Any] = held if isinstance(held, list) else []  # a non-string entry never matches
-    granted = route.granted(names)
+    held = grants_mod.from_claims(claims) if grants is None else grants
+    granted: str | None = None  # the name the FIRST holder satisfies the rule with
+    holders: tuple[Grant, ...] = ()
+    for grant in held:
+        name = route.granted(grant.permissions)
+        if name is not None:
+            if granted is None:
+                granted = name
+            holders += (grant,)
     if granted is not None:
-        return Decision(True, route.allow_reason, granted, None, sub)
-    missing = " + ".join(route.missing(names))
-    return Decision(
-        False, f"missing permission {missing} ({route.what})", route.permission.value, "insufficient_scope", sub
-    )
+        return Decision(True, route.allow_reason, granted, None, sub, holders, route)
+    union = grants_mod.permissions_of(held)
+    if route.granted(union) is not None:
+        reason = f"no single grant holds {route.requirement} ({route.what})"
+    else:
+        reason = f"missing permission {' + '.join(route.missing(union))} ({route.what})"
+    return Decision(False, reason, route.permission.value, "insufficient_scope", sub, (), route)
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -241,9 +259,11 @@ class Verifier:
         if hit is not None:
             if now >= hit.recheck_at:
                 self._introspect(token)
-                hit = VerifiedToken(
-                    hit.claims, hit.jti, hit.exp, now + self.config.revocation_refresh_seconds
-                )
+                hit = replace(hit, recheck_at=now + self.config.revocation_refresh_seconds)
+                self._cache.put(digest, hit, now)
+            if now >= hit.grants_until:  # a grant's own exp passed: it allows nothing from now on
+                parsed = grants_mod.from_claims(hit.claims, now)
+                hit = replace(hit, grants=parsed, grants_until=grants_mod.expiry(parsed))
                 self._cache.put(digest, hit, now)
             self._check_revocation(hit.claims, now)
             self.stats["hits"] += 1
@@ -272,7 +292,8 @@ class Verifier:
             recheck = now + cfg.revocation_refresh_seconds
         self._check_revocation(claims, now)
         self.stats["verified"] += 1
-        return VerifiedToken(claims, jti, float(claims["exp"]), recheck)
+        parsed = grants_mod.from_claims(claims, now)
+        return VerifiedToken(claims, jti, float(claims["exp"]), recheck, parsed, grants_mod.expiry(parsed))
 
     def forget(self, token: str) -> None:
         """Drop a token from the cache (tests, or after an explicit revocation seen locally)."""
@@ -284,7 +305,7 @@ class Verifier:
         """Parse, verify and decide; never raises (any unexpected error is a denial)."""
         try:
             verified = self.verify(bearer_token(authorization))
-            return decide(verified.claims, method, path)
+            return decide(verified.claims, method, path, grants=verified.grants)
         except VerificationError as exc:
             return Decision(False, exc.reason, None, exc.error)
         except Exception as exc:  # fail closed

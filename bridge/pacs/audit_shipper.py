@@ -217,13 +217,14 @@ class AuditShipper:
             "permission": g["permission"],
             "requests": g["count"],
             "first_seen": ev.format_time(_utc(g["first"])),
+            # a denial: why no grant fits; an access: the route and the grant that allowed it
+            "reason": g["reason"],
         }
         purposes = purpose_of_use(claims)
         if purposes:
             details["purpose_of_use"] = purposes
         if g["kind"] == "deny":
             etype, outcome = AuditEventType.ACCESS_DENIED, Outcome.MINOR_FAILURE
-            details["reason"] = g["reason"]
         else:
             etype = ACCESS_EVENTS.get(g["permission"] or "", AuditEventType.STUDY_ACCESSED)
             if g["target"] is None and g["permission"] == "view":

@@ -12,20 +12,17 @@ Order, cheapest first, every step fails closed:
    cache hit on repeated tokens);
 3. :func:`judge`, the one decision shared with the official plugin's web service
    (:mod:`bridge.web.orthanc_auth`): the route table (:mod:`bridge.core.routes`, via
-   :func:`bridge.core.verifier.decide`) gives the permission, unknown route: deny; then a token
-   with department/institution scopes may only touch studies inside them: the studies a request
-   names (path, QIDO ``StudyInstanceUID`` read as the DICOMweb plugin reads it, WADO-URI
-   ``objectUID``) are resolved through Orthanc and cached; requests across studies (lists,
-   queries, bulk tools) and ambiguous queries are denied to scoped tokens, because Orthanc
-   1.10.1's filter cannot filter an answer (it can only allow or deny) -- except the exact
-   listing routes the plugin answers filtered itself (:func:`filtered_listing`: the core's lists,
-   ``/tools/find``, QIDO at ``/dicom-web/``), and only when the caller says so (``filtered_listings``);
-   a request to the DICOMweb plugin's internal root is refused unless it is the plugin's own
-   loopback call with a one-time pass (:mod:`bridge.pacs.dicomweb`), which then inherits the outer
-   request's context;
+   :func:`bridge.core.verifier.decide`) gives the permission(s), unknown route: deny; then ONE of the
+   token's grants (:mod:`bridge.core.grants`, one per role, never merged) must hold them all and
+   cover every study the request names (path, QIDO ``StudyInstanceUID`` read as the DICOMweb plugin
+   reads it, WADO-URI ``objectUID``; resolved through Orthanc and cached).  A request naming no study
+   (lists, queries, bulk tools) needs a grant that is unrestricted, since Orthanc 1.10.1's filter
+   cannot filter an answer (it can only allow or deny); ambiguous queries likewise.  A token whose
+   holding grants include an unrestricted one is decided on the route alone (the hot path);
 4. every denial and every allowed request on patient data is recorded for the audit trail;
-5. the request's claims stay with the HTTP thread (:data:`_REQUESTS`) so that the received-instance
-   callback can check an upload's *content* against the token's scope (:meth:`Gate.admit_instance`);
+5. the request's claims and grants stay with the HTTP thread (:data:`_REQUESTS`) so that the
+   received-instance callback can check an upload's *content* against the upload grants
+   (:meth:`Gate.admit_instance`);
    a configuration without ``revocation_url`` denies everything.
 """
 
@@ -38,7 +35,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.core import grants as grants_mod
 from bridge.core.errors import VerificationError
+from bridge.core.grants import Grant
 from bridge.core.jwks import Fetch
 from bridge.core.verifier import Verifier, bearer_token, decide
 from bridge.pacs import dicomweb, listing, scopes
@@ -47,16 +46,18 @@ from bridge.pacs.plugin_config import PluginConfig
 
 #: Orthanc's ``method`` argument (OrthancPluginHttpMethod)
 METHODS: dict[int, str] = {1: "GET", 2: "POST", 3: "PUT", 4: "DELETE"}
-#: permissions whose routes touch no existing patient data, so a scoped token needs no study check
+#: permissions whose routes touch no existing patient data, so a scoped grant needs no study check
 #: (uploads are checked on the content, see :meth:`Gate.admit_instance`).  Not ``admin``: its
 #: server-wide routes reach every study (a job's output archive, the job list, a Lua script), so a
-#: scoped token gets only the admin routes below a resource it may touch
+#: scoped admin grant gets only the admin routes below a resource it covers
 SCOPE_FREE = frozenset({"upload", "settings", "audit-logs"})
 #: permissions whose study must be resolved *before* the request runs (it may be gone after)
 RESOLVE_FIRST = frozenset({"delete", "modify", "anonymize", "send"})
 #: upload routes whose body may make Orthanc copy *stored* data into the new instance (create-dicom's
 #: ``Parent``): a scoped upload there needs scope over the whole patient the instance lands in
 COPYING_UPLOADS = frozenset({"/tools/create-dicom"})
+#: what storing an instance needs (one grant holding it must cover what the instance touches)
+UPLOAD = ("upload",)
 NO_REVOCATION_REASON = "plugin configuration has no revocation_url: every request is denied"
 SCOPED_LIST_REASON = (
     "scoped token: a request across studies (list, query, bulk tool) that the plugin does not filter; "
@@ -147,11 +148,13 @@ class Gate:
             _REQUESTS[threading.get_ident()] = outer
             return True
         try:
-            claims = self.verifier.verify(bearer_token(headers.get("authorization"))).claims
+            verified = self.verifier.verify(bearer_token(headers.get("authorization")))
         except VerificationError as exc:
             self.audit.record("deny", None, verb, uri, ip, None, exc.reason)
             return False
-        verdict = judge(claims, verb, uri, get, self.resolver.studies, filtered_listings=True)
+        claims = verified.claims
+        verdict = judge(claims, verb, uri, get, self.resolver.studies, verified.grants,
+                        filtered_listings=True)
         target = verdict.targets[0] if verdict.targets else None
         if not verdict.allow:
             if target is None:  # refused before its study was named (a missing permission): named for the audit
@@ -160,7 +163,7 @@ class Gate:
                               verdict.studies)
             return False
         permission = verdict.permission or ""
-        _REQUESTS[threading.get_ident()] = RequestContext(claims, verb, uri, ip)
+        _REQUESTS[threading.get_ident()] = RequestContext(claims, verb, uri, ip, verified.grants)
         if permission in ACCESS_EVENTS:
             studies = verdict.studies
             if studies is None and len(verdict.targets) > 1:  # a UID list: audit every study, not the first
@@ -186,8 +189,9 @@ class Gate:
         come from :data:`_REQUESTS` (set by :meth:`decide` for that request, reset by the next one).
 
         * ``dicom`` (C-STORE): kept; Orthanc admits only configured modalities from their hosts.
-        * ``rest``/``plugin`` with a request context: the token's scope must cover the instance's
-          department/institution *and* the existing study its StudyInstanceUID names.
+        * ``rest``/``plugin`` with a request context: ONE grant holding ``upload`` must cover the
+          instance (its department, institution, study, patient) *and* the existing study its
+          StudyInstanceUID names (and, for create-dicom, every study of the patient it copies).
         * ``rest``/``plugin`` without one (modify/anonymize jobs, DICOMweb retrieve jobs run on
           Orthanc's job threads): kept only if it does not join a study of another department.
         * anything else (Lua, WebDAV, unknown): discarded.
@@ -202,7 +206,8 @@ class Gate:
             self.audit.record("deny", None, "STORE", f"({origin})", "", "upload",
                               f"instance of origin {origin}: not accepted")
             return False
-        if context is not None and not scopes.is_scoped(context.claims):
+        uploaders = grants_mod.holding(context.grants, UPLOAD) if context is not None else ()
+        if context is not None and any(g.unrestricted for g in uploaders):
             return True
         instance = scopes.instance_info(tags())
         # strict: a failed lookup must not read as "no such study yet" (it raises: the caller discards)
@@ -214,7 +219,7 @@ class Gate:
         elif context is not None:
             patient = self.resolver.studies(scopes.Target("patient-id", instance.patient_id), strict=True) \
                 if copying else None
-            ok, reason = scopes.upload_allowed(context.claims, instance, existing, patient)
+            ok, reason = scopes.upload_allowed(uploaders, instance, existing, patient)
         else:
             ok, reason = scopes.joins_consistently(instance, existing)
         if not ok:
@@ -232,6 +237,7 @@ class RequestContext:
     method: str
     uri: str
     ip: str
+    grants: tuple[Grant, ...] = ()
 
 
 #: OS thread id -> the allowed request that Orthanc HTTP thread serves now (set by the filter, reset on
@@ -267,44 +273,68 @@ def judge(
     path: str,
     query: Mapping[str, str] | None,
     studies_of: Callable[[scopes.Target], list[scopes.StudyInfo]],
+    grants: tuple[Grant, ...] | None = None,
     filtered_listings: bool = False,
 ) -> Verdict:
-    """THE decision for a verified token: route permission, then study scope.  Used by the Orthanc
-    plugin (:meth:`Gate.decide`) and by the official authorization plugin's web service
-    (:mod:`bridge.web.orthanc_auth`), so one request gets one answer on both paths.
+    """THE decision for a verified token: route permission, then ONE grant that holds it and covers
+    the studies.  Used by the Orthanc plugin (:meth:`Gate.decide`) and by the official authorization
+    plugin's web service (:mod:`bridge.web.orthanc_auth`), so one request gets one answer on both paths.
 
     ``query``: the GET arguments as Orthanc hands them to a filter (undecoded, last value per key);
-    ``studies_of``: the stored studies behind a target ([] when unknown: a scoped token is refused).
+    ``studies_of``: the stored studies behind a target ([] when unknown: only an unrestricted grant
+    allows then); ``grants``: the token's parsed grants (the verifier's cache keeps them), parsed
+    from ``claims`` when None.  An allowed verdict names its grant (:attr:`Verdict.grant`); a denial
+    says why no grant fits.
     ``filtered_listings``: the PACS answers the listing routes of :func:`filtered_listing` with a filtered
-    list (this bridge's Orthanc plugin does; the official authorization plugin does not), so a scoped token
-    may send them.  Off by default: where nothing filters, a scoped token is refused every list.
+    list (this bridge's Orthanc plugin does; the official authorization plugin does not), so a token
+    whose grants are all restricted may send them.  Off by default: where nothing filters, such a
+    token is refused every list.
     """
-    route = decide(claims, method, path, query)
-    if not route.allow:
+    route = decide(claims, method, path, query, grants)
+    if not route.allow or route.route is None:
         return Verdict(False, route.reason, route.permission)
-    permission = route.permission or ""
-    scoped = scopes.is_scoped(claims)
+    rule = route.route
     named = scopes.targets_of(path, query)
-    if scoped and named.problem:
+    holders = route.holders
+    if holders[0].unrestricted:  # the hot path (one unscoped role, say): no study decides anything
+        everywhere: Grant | None = holders[0]
+        permission = route.permission or ""
+    else:
+        everywhere = next((g for g in holders if g.unrestricted), None)
+        permission = "" if everywhere is None else rule.granted(everywhere.permissions) or ""
+    if everywhere is not None:
+        studies: list[scopes.StudyInfo] | None = None
+        if named.targets and permission in RESOLVE_FIRST:  # for the audit trail (it may be gone after)
+            studies = [s for target in named.targets for s in studies_of(target)]
+        return Verdict(True, _allowed(route.reason, everywhere), permission, named.targets, studies, everywhere)
+    permission = route.permission or ""
+    if named.problem:
         return Verdict(False, "scoped token: " + named.problem, permission, named.targets)
-    studies: list[scopes.StudyInfo] | None = None
-    if named.targets and (scoped or permission in RESOLVE_FIRST):
-        studies = []
-        for target in named.targets:
-            found = studies_of(target)
-            if scoped and not found:
-                return Verdict(False, "study not found: cannot check the token's scope", permission,
-                               named.targets, studies)
-            studies.extend(found)
-        if scoped:
-            for study in studies:
-                ok, why = scopes.allowed(claims, study)
-                if not ok:
-                    return Verdict(False, why, permission, named.targets, studies)
-    elif not named.targets and scoped and permission not in SCOPE_FREE and not named.static \
-            and not (filtered_listings and filtered_listing(method, path)):
-        return Verdict(False, SCOPED_LIST_REASON, permission)
-    return Verdict(True, route.reason, permission, named.targets, studies)
+    if not named.targets:
+        free = next((g for g in route.holders if rule.granted(g.permissions) in SCOPE_FREE), None)
+        if free is None and (named.static or (filtered_listings and filtered_listing(method, path))):
+            # no patient data (static files), or an answer the plugin filters by every grant itself
+            free = route.holders[0]
+        if free is None:
+            return Verdict(False, SCOPED_LIST_REASON, permission)
+        return Verdict(True, _allowed(route.reason, free), rule.granted(free.permissions), (), None, free)
+    studies = []
+    for target in named.targets:
+        found = studies_of(target)
+        if not found:
+            return Verdict(False, "study not found: cannot check the token's scope", permission,
+                           named.targets, studies)
+        studies.extend(found)
+    chosen = grants_mod.allows(route.holders, (), studies)
+    if chosen is None:
+        return Verdict(False, grants_mod.why_not(route.holders, studies), permission, named.targets, studies)
+    return Verdict(True, _allowed(route.reason, chosen), rule.granted(chosen.permissions), named.targets,
+                   studies, chosen)
+
+
+def _allowed(reason: str, grant: Grant) -> str:
+    """An allowed request's reason names the grant that allowed it (audit trail)."""
+    return f"{reason}; by {grant.describe()}"
 
 
 def filtered_listing(method: str, path: str) -> bool:
@@ -326,3 +356,5 @@ class Verdict:
     permission: str | None = None
     targets: tuple[scopes.Target, ...] = ()
     studies: list[scopes.StudyInfo] | None = None
+    #: the grant that allowed the request (None on a denial)
+    grant: Grant | None = None

@@ -53,7 +53,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.core import grants as grants_mod
-from bridge.core import token_format
 from bridge.core.grants import Grant, StudyInfo
 from bridge.pacs.scopes import RestGet, RestPost, StudyResolver, Target
 
@@ -95,24 +94,6 @@ class Answer:
     status: int
     body: bytes = b""
     mime: str = "application/json"
-
-
-def grants_of(claims: Mapping[str, Any] | None) -> tuple[Grant, ...]:
-    """The token's grants (:func:`bridge.core.grants.from_claims`); no claims: none (fail closed).
-
-    Transitional, for tokens of format 1 only (issued before the ``grants`` claim existed): their
-    ``permissions`` and ``scopes`` read as ONE grant, which is what format 1 meant.  Any other token
-    without a ``grants`` list has no grant.  Delete this branch once format 1 is no longer understood.
-    """
-    if claims is None:
-        return ()
-    if grants_mod.CLAIM not in claims and claims.get(token_format.CLAIM) == 1:
-        scope = claims.get("scopes")  # absent/null: unscoped; anything not a mapping: malformed (no grant)
-        legacy = {"kind": "role", "role": None, "permissions": claims.get("permissions"),
-                  "scope": {} if scope is None else scope}
-        grant = grants_mod.grant_from_claim(legacy)
-        return (grant,) if grant is not None else ()
-    return grants_mod.from_claims(claims)
 
 
 def same_request(filtered_uri: str, callback_uri: str) -> bool:

@@ -380,7 +380,7 @@ def listing_callback(output: Any, uri: str, **request: Any) -> None:
     def handle(gate: Gate, context: Any, method: str) -> listing.Answer:
         level = uri.strip("/")
         if method == "GET":
-            return gate.lister.list_resources(level, request.get("get") or {}, listing.grants_of(context.claims))
+            return gate.lister.list_resources(level, request.get("get") or {}, context.grants)
         if method == "POST" and level == "instances":
             return listing.Answer(200, gate.lister._raw(orthanc.RestApiPost("/instances", request.get("body", b""))))
         return listing.Answer(405)
@@ -393,7 +393,7 @@ def find_callback(output: Any, uri: str, **request: Any) -> None:
     def handle(gate: Gate, context: Any, method: str) -> listing.Answer:
         if method != "POST":
             return listing.Answer(405)
-        return gate.lister.find(request.get("body", b""), listing.grants_of(context.claims))
+        return gate.lister.find(request.get("body", b""), context.grants)
 
     _serve(output, uri, request, handle)
 
@@ -405,7 +405,7 @@ def dicomweb_callback(output: Any, uri: str, **request: Any) -> None:
             return listing.Answer(503)
         body = request.get("body") if method in ("POST", "PUT") else None
         return gate.proxy.serve(context, method, uri, request.get("get"), request.get("headers") or {}, body,
-                                listing.grants_of(context.claims))
+                                context.grants)
 
     _serve(output, uri, request, handle)
 

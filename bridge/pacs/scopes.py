@@ -1,8 +1,9 @@
-"""Which study a request touches, the study's department/institution, and the token's scope check.
+"""Which study a request touches, and the study's department/institution/UID/patient.
 
-A PACS token carries ``scopes: {departments: [...], institutions: [...]}``; empty lists mean "every
-study" (bridge/policy/model.py).  A non-empty list restricts the user to studies whose
-InstitutionalDepartmentName (0008,1040) / InstitutionName (0008,0080) is in it.  Orthanc's request
+A PACS token carries grants (:mod:`bridge.core.grants`), each limited or not to studies by
+InstitutionalDepartmentName (0008,1040), InstitutionName (0008,0080), StudyInstanceUID or
+PatientID; this module finds the studies a request touches so a grant can be checked against
+them, and checks an upload's content (:func:`upload_allowed`).  Orthanc's request
 filter sees only the URI, so the study behind ``/instances/{id}/frames/1`` is resolved through
 Orthanc's own REST API (``rest_get``, ``orthanc.RestApiGet`` in the plugin) and cached, so a viewer
 fetching hundreds of frames costs one lookup per instance, then dictionary hits.
@@ -18,11 +19,11 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.core.grants import StudyInfo
+from bridge.core.grants import Grant, StudyInfo, allows, why_not
 
 #: Orthanc resource levels as they appear in URIs
 LEVELS = ("patients", "studies", "series", "instances")
@@ -198,66 +199,6 @@ def _wado_target(query: Mapping[str, str]) -> Named:
     return Named((Target("instance-uid", uid),))
 
 
-def allowed(claims: Mapping[str, Any], study: StudyInfo | None) -> tuple[bool, str]:
-    """Does the token's department/institution scope cover this study?"""
-    departments, institutions = token_scopes(claims)
-    if not departments and not institutions:
-        return True, "unscoped"
-    if study is None:
-        return False, "study not found: cannot check the token's scope"
-    if departments and study.department not in departments:
-        return False, "study's department is outside the token's scope"
-    if institutions and study.institution not in institutions:
-        return False, "study's institution is outside the token's scope"
-    return True, "in scope"
-
-
-#: the scope kinds this module applies; any other key with a value is a restriction it cannot apply
-SCOPE_KEYS = ("departments", "institutions")
-#: the scope of a malformed claim: a name no study carries, so it matches nothing
-MALFORMED = frozenset({"\x00malformed"})
-
-
-def _names(value: Any) -> frozenset[str]:
-    if value is None:
-        return frozenset()
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return frozenset(value)
-    return MALFORMED
-
-
-def token_scopes(claims: Mapping[str, Any]) -> tuple[frozenset[str], frozenset[str]]:
-    """(departments, institutions); only an absent claim/key or an empty list means "every study".
-
-    Anything else that is not a list of strings (``0``, ``""``, ``{}``, a string, a list with a number), and
-    a key this module does not know (a scope kind a newer bridge added, or a misspelling) with any value
-    but ``[]``/null, is malformed: a scope that matches nothing (fail closed), never "unscoped".
-    """
-    scopes = claims.get("scopes")
-    if scopes is None:
-        return frozenset(), frozenset()
-    if not isinstance(scopes, Mapping):
-        return MALFORMED, frozenset()
-    departments = _names(scopes.get("departments"))
-    if any(v is not None and v != [] for k, v in scopes.items() if k not in SCOPE_KEYS):
-        departments = MALFORMED
-    return departments, _names(scopes.get("institutions"))
-
-
-def is_scoped(claims: Mapping[str, Any]) -> bool:
-    """Same answer as ``any(token_scopes(claims))`` without building sets: this runs on every request.
-
-    Any value but null or ``[]`` under any key is either a real scope or malformed (which
-    :func:`token_scopes` turns into a scope that matches nothing), so scoped either way.
-    """
-    scopes = claims.get("scopes")
-    if scopes is None:
-        return False
-    if not isinstance(scopes, Mapping):
-        return True
-    return any(value is not None and value != [] for value in scopes.values())
-
-
 def instance_info(tags: Mapping[str, Any]) -> StudyInfo:
     """The scope-relevant tags of an incoming instance (Orthanc's "simplified" tag JSON: keyword -> value)."""
     def text(name: str) -> str:
@@ -269,11 +210,12 @@ def instance_info(tags: Mapping[str, Any]) -> StudyInfo:
 
 
 def upload_allowed(
-    claims: Mapping[str, Any], instance: StudyInfo, existing: list[StudyInfo], patient: list[StudyInfo] | None = None
+    uploaders: Iterable[Grant], instance: StudyInfo, existing: list[StudyInfo], patient: list[StudyInfo] | None = None
 ) -> tuple[bool, str]:
-    """May this token store ``instance``?  ``existing``: the stored study its StudyInstanceUID names;
-    ``patient``: for an upload that copies stored data (``/tools/create-dicom`` with a ``Parent``), every
-    study of the existing patient its PatientID names.
+    """May one of ``uploaders`` (the token's grants holding ``upload``) store ``instance``?
+    ``existing``: the stored study its StudyInstanceUID names; ``patient``: for an upload that copies
+    stored data (``/tools/create-dicom`` with a ``Parent``), every study of the existing patient its
+    PatientID names.  ONE grant must cover all of them (two grants never combine).
 
     Why both checks: Orthanc files an instance under the study its StudyInstanceUID names, whatever
     department the instance itself claims, so an in-scope department tag is not enough; and a new
@@ -281,20 +223,16 @@ def upload_allowed(
     patient: create-dicom copies the patient's tags (name, birth date ...) from one of its stored
     instances into the new one, which the uploader may then read.
     """
-    if not is_scoped(claims):
-        return True, "unscoped"
-    ok, why = allowed(claims, instance)
-    if not ok:
-        return False, "upload: instance " + why.removeprefix("study's ")
-    for study in existing:
-        ok, why = allowed(claims, study)
-        if not ok:
-            return False, "upload: the instance would join an existing study outside the token's scope"
-    for study in patient or ():
-        ok, why = allowed(claims, study)
-        if not ok:
-            return False, "upload: the instance copies a patient who has studies outside the token's scope"
-    return True, "in scope"
+    grants = tuple(uploaders)
+    chosen = allows(grants, (), [instance, *existing, *(patient or ())])
+    if chosen is not None:
+        return True, f"upload by {chosen.describe()}"
+    if allows(grants, (), [instance]) is None:
+        why = why_not(grants, [instance]) if grants else "no grant holds upload"
+        return False, "upload: instance outside the token's scope (" + why + ")"
+    if allows(grants, (), [instance, *existing]) is None:
+        return False, "upload: the instance would join an existing study outside the token's scope"
+    return False, "upload: the instance copies a patient who has studies outside the token's scope"
 
 
 def joins_consistently(instance: StudyInfo, existing: list[StudyInfo]) -> tuple[bool, str]:

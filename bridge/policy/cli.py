@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -64,20 +65,32 @@ def _sharing_summary(pol: Policy) -> None:
 @click.option("--config", "-c", "config_path", envvar="PACS_BRIDGE_CONFIG", type=click.Path(dir_okay=False))
 @click.option("--policy", "policy_path", type=click.Path(dir_okay=False), help="overrides sync.policy_file")
 @click.option("--json", "as_json", is_flag=True)
-def explain(username: str, config_path: str | None, policy_path: str | None, as_json: bool) -> None:
-    """Every role USERNAME gets, from which group and rule, and any separation-of-duty conflict.
+@click.option("--permission", help="answer: may the user do this (a PACS permission) ...")
+@click.option("--department", default="", help="... on a study of this department (0008,1040)")
+@click.option("--institution", default="", help="... of this institution (0008,0080)")
+def explain(username: str, config_path: str | None, policy_path: str | None, as_json: bool,
+            permission: str | None, department: str, institution: str) -> None:
+    """Every role USERNAME gets, from which group and rule, the PACS grant each role becomes (its
+    permissions in its scope, never merged with another role's), and any separation-of-duty conflict.
+    With --permission: which grant allows it on a study of --department/--institution, or why none does.
 
     Reads the live directory (read-only); changes nothing."""
     from bridge.cli_common import load_settings
+    from bridge.core.permissions import parse as parse_permission
     from bridge.directory.model import DirectoryUnavailable
     from bridge.directory.reader import reader_for
-    from bridge.policy.evaluate import evaluate
+    from bridge.policy.evaluate import evaluate, pacs_grants
 
     settings = load_settings(config_path)
     path = policy_path or settings.sync.policy_file
     if not path:
         raise InputError("policy explain: no policy file (set sync.policy_file or pass --policy)")
     pol = load_policy(path)
+    if permission is not None:
+        try:
+            parse_permission(permission)
+        except ValueError as exc:
+            raise InputError(f"policy explain: --permission: {exc}") from None
     try:
         snap = reader_for(settings.directory).read()
     except DirectoryUnavailable as exc:
@@ -87,6 +100,8 @@ def explain(username: str, config_path: str | None, policy_path: str | None, as_
     if user is None:
         raise InputError(f"policy explain: no user {username!r} in {settings.directory.url}", subject=username)
     ent = evaluate(snap, pol).entitlements[user.id]
+    grants = pacs_grants(ent, pol)
+    answer = _answer(grants, permission, department, institution) if permission is not None else None
     if as_json:
         click.echo(json.dumps({
             "user": {"id": user.id, "username": user.username, "dn": user.dn, "disabled": user.disabled},
@@ -96,6 +111,8 @@ def explain(username: str, config_path: str | None, policy_path: str | None, as_
                            "reason": h.conflict.reason} for h in ent.conflicts],
             "denied": sorted(ent.denied),
             "groups": sorted(snap.groups[g].dn for g in snap.groups_of(user.id)),
+            "pacs_grants": [g.to_claim() for g in grants],
+            **({"answer": answer} if answer is not None else {}),
         }, indent=2))
         return
     click.echo(f"{user.username} ({user.display_name or '-'}) id {user.id}")
@@ -113,6 +130,28 @@ def explain(username: str, config_path: str | None, policy_path: str | None, as_
         click.echo(f"  role {role} [{mark}] permissions: {perms}")
         for g in ent.grants_for(role):
             click.echo(f"    via rule {g.rule_id} on group {g.group_dn}")
+    if grants:
+        click.echo("  PACS grants (a request needs ONE grant holding its permissions and covering its study):")
+    for grant in grants:
+        click.echo(f"    {grant.describe()}: {', '.join(sorted(grant.permissions))}")
+    if answer is not None:
+        where = ", ".join(x for x in (department, institution) if x) or "any study"
+        verdict = f"ALLOWED by {answer['grant']}" if answer["allowed"] else f"DENIED: {answer['reason']}"
+        click.echo(f"  {permission} on {where}: {verdict}")
     for h in ent.conflicts:
         click.echo(f"  SoD conflict {h.conflict.id} ({h.conflict.action}): {', '.join(sorted(h.roles))}"
                    f"{' - ' + h.conflict.reason if h.conflict.reason else ''}")
+
+
+def _answer(grants: tuple[Any, ...], permission: str, department: str, institution: str) -> dict[str, Any]:
+    """Which grant allows ``permission`` on a study of ``department``/``institution`` (the PACS's rule:
+    one grant holds it and covers the study), or why none does."""
+    from bridge.core import grants as grants_mod
+
+    study = grants_mod.StudyInfo("", "", "", department, institution)
+    holders = grants_mod.holding(grants, (permission,))
+    chosen = grants_mod.allows(holders, (), (study,))
+    if chosen is not None:
+        return {"allowed": True, "grant": chosen.describe()}
+    why = grants_mod.why_not(holders, (study,)) if holders else f"no grant holds {permission}"
+    return {"allowed": False, "reason": why}

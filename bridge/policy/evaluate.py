@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bridge.core import grants as grants_mod
 from bridge.directory.model import DirectorySnapshot, DirectoryUser
 from bridge.policy.model import Conflict, Policy, Rule
 
@@ -83,3 +84,19 @@ def entitle(user: DirectoryUser, snapshot: DirectorySnapshot, policy: Policy,
                 denied |= both
     grants.sort(key=lambda g: (g.role, g.rule_id, g.group_dn))
     return Entitlement(user, tuple(grants), frozenset(held - denied), tuple(hits), frozenset(denied))
+
+
+def pacs_grants(entitlement: Entitlement, policy: Policy) -> tuple[grants_mod.Grant, ...]:
+    """The grants a PACS token of this user carries (one per role held, with the role's expanded
+    permissions and scope, never merged): what the sync writes as assignment rows and the token
+    service turns into the ``grants`` claim (:func:`bridge.tokens.claims.role_grant` does the same
+    from a row)."""
+    out = []
+    for name in sorted(entitlement.roles):
+        role = policy.roles[name]
+        grant = grants_mod.grant_from_claim({
+            "kind": "role", "role": name, "permissions": sorted(p.value for p in role.effective_permissions),
+            "scope": role.scope()})
+        if grant is not None:
+            out.append(grant)
+    return tuple(out)

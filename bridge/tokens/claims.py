@@ -2,9 +2,10 @@
 
 Everything a PACS may rely on is decided here: who (``sub`` = the stable directory id, not a
 Keycloak-internal id), for which PACS (``aud``), how they logged in (``auth_time``, ``acr``,
-``amr``), what they may do (``roles``, ``permissions`` from the permission vocabulary,
-``scopes`` = departments / institutions) and for how long (``exp``, capped by the configured
-maximum).  The header (``typ: at+jwt``, ``kid``) is set by :meth:`bridge.tokens.keys.KeyRing.sign`.
+``amr``), what they may do (``grants``: one (permissions, scope) pair per role, never merged,
+see :mod:`bridge.core.grants`; ``roles`` and ``permissions`` are their union, for display and the
+OAuth ``scope``) and for how long (``exp``, capped by the configured maximum).
+The header (``typ: at+jwt``, ``kid``) is set by :meth:`bridge.tokens.keys.KeyRing.sign`.
 
 Pure functions over plain values: no Flask, no database, trivially testable.
 """
@@ -17,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.core import grants as grants_mod
 from bridge.core import token_format
 from bridge.core.permissions import Permission, expand
 
@@ -85,42 +87,57 @@ def subject_from_keycloak(kc: Mapping[str, Any]) -> tuple[Subject, str | None]:
 
 @dataclass(frozen=True)
 class Grant:
-    """What the subject may do in the PACS: roles, their permissions and the scopes they hold."""
+    """What the subject may do in the PACS: the roles held, and one :class:`bridge.core.grants.Grant`
+    per role (its permissions, its scope).  ``permissions`` is their union, for the OAuth ``scope``
+    and display only: the PACS decides on ``grants``."""
 
     roles: tuple[str, ...] = ()
-    permissions: frozenset[Permission] = frozenset()
-    departments: tuple[str, ...] = ()
-    institutions: tuple[str, ...] = ()
+    grants: tuple[grants_mod.Grant, ...] = ()
     source: str = "assignments"  # or "keycloak-roles" (fallback), for the audit trail
 
+    @property
+    def permissions(self) -> frozenset[Permission]:
+        return frozenset(Permission(p) for p in grants_mod.permissions_of(self.grants))
+
     def narrowed(self, requested_scope: str | None) -> Grant:
-        """Only the permissions the client asked for (``scope=pacs:view ...``); never more than granted."""
+        """Only the permissions the client asked for (``scope=pacs:view ...``), in each grant, never
+        more than granted; a grant left with no permission is dropped."""
         if not requested_scope:
             return self
         asked = {s[len(SCOPE_PREFIX) :] for s in requested_scope.split() if s.startswith(SCOPE_PREFIX)}
-        keep = frozenset(p for p in self.permissions if p.value in asked)
-        return Grant(self.roles, keep, self.departments, self.institutions, self.source)
+        kept = tuple(n for g in self.grants if (n := g.narrowed(asked)).permissions)
+        return Grant(self.roles, kept, self.source)
+
+
+def role_grant(
+    role: str, permissions: Iterable[str | Permission], scope: Mapping[str, Any] | None
+) -> grants_mod.Grant | None:
+    """One role's grant: its expanded permissions and its scope (an assignment row's, or the policy
+    role's).  None when the scope is not one the PACS can apply (an unknown key, a value that is
+    not a list of names): the role then allows nothing, never everything."""
+    claim = {"kind": "role", "role": role,
+             "permissions": sorted(p.value for p in expand(list(permissions))),  # type: ignore[arg-type]
+             "scope": {k: v for k, v in (scope or {}).items() if v not in (None, [])}}
+    return grants_mod.grant_from_claim(claim)
 
 
 def grant_from_roles(
-    roles: Iterable[str],
+    roles: Iterable[tuple[str, Mapping[str, Any] | None]] | Iterable[str],
     role_permissions: Mapping[str, Iterable[str | Permission]],
-    departments: Iterable[str] = (),
-    institutions: Iterable[str] = (),
     source: str = "assignments",
 ) -> Grant:
-    """Roles -> permissions through the policy's map; roles the map does not know grant nothing."""
-    known = sorted({r for r in roles if r in role_permissions})
-    perms: set[Permission] = set()
-    for role in known:
-        perms |= expand(list(role_permissions[role]))  # type: ignore[arg-type]
-    return Grant(
-        tuple(known),
-        frozenset(perms),
-        tuple(sorted(set(departments))),
-        tuple(sorted(set(institutions))),
-        source,
-    )
+    """Roles (each with its scope: ``(role, scope)``, or a bare name for an unscoped role) ->
+    one grant per role through the policy's permission map; roles the map does not know grant
+    nothing.  The same role held twice with the same scope is one grant."""
+    pairs = [(r, None) if isinstance(r, str) else r for r in roles]
+    known = [(r, scope) for r, scope in pairs if r in role_permissions]
+    out: list[grants_mod.Grant] = []
+    for role, scope in known:
+        grant = role_grant(role, role_permissions[role], scope)
+        if grant is not None and grant not in out:
+            out.append(grant)
+    out.sort(key=lambda g: (g.role or "", g.description))
+    return Grant(tuple(sorted({r for r, _ in known})), tuple(out), source)
 
 
 @dataclass(frozen=True)
@@ -172,7 +189,7 @@ def build(
         "scope": " ".join(SCOPE_PREFIX + p for p in permissions),
         "roles": list(grant.roles),
         "permissions": permissions,
-        "scopes": {"departments": list(grant.departments), "institutions": list(grant.institutions)},
+        grants_mod.CLAIM: [g.to_claim() for g in grant.grants],
         "extensions": {
             "ihe_iua": {
                 "subject_name": subject.name or subject.username or subject.id,

@@ -202,8 +202,9 @@ class PacsIntrospectionEndpoint(IntrospectionEndpoint):
             "amr",
             "roles",
             "permissions",
-            "scopes",
+            "grants",
             "preferred_username",
+            "pacs_bridge_token_format",  # how to read the grants (bridge.core.token_format)
         )
         return {"active": True, "token_type": "Bearer", **{k: c[k] for k in keep if k in c}}
 

@@ -1,4 +1,5 @@
-"""Role -> PACS permissions for the token service: the YAML policy's roles (``sync.policy_file``),
+"""Role -> PACS permissions (and the policy's role scopes) for the token service: the YAML policy's
+roles (``sync.policy_file``),
 or, when no policy file is configured, a small built-in map of the demo hospital's Keycloak realm
 roles (keycloak-realm/hospital-realm.json) so that a fresh install can still issue tokens."""
 
@@ -16,6 +17,16 @@ DEFAULT_ROLE_PERMISSIONS: Mapping[str, frozenset[P]] = {
     "pacs-admin": frozenset({P.VIEW, P.DELETE, P.SETTINGS, P.ADMIN}),
     "auditor": frozenset({P.AUDIT_LOGS}),
 }
+
+
+def role_scopes(policy_file: str | Path | None = None) -> Mapping[str, Mapping[str, list[str]]]:
+    """Role -> its scope in the policy (only restricting keys): the Keycloak-role fallback's scopes.
+    The built-in map's roles are unscoped."""
+    if policy_file is None:
+        return {}
+    from bridge.policy.loader import load_policy
+
+    return {name: role.scope() for name, role in load_policy(policy_file).roles.items()}
 
 
 def role_permissions(policy_file: str | Path | None = None) -> Mapping[str, frozenset[P]]:

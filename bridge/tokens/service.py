@@ -213,6 +213,9 @@ class TokenService:
     assignments: AssignmentSource
     revocations: RevocationStore
     role_permissions: Mapping[str, Any]
+    #: role -> its scope in the policy (``{"departments": [...], ...}``): what the Keycloak-role
+    #: fallback of a local account applies (assignment rows carry their own scopes)
+    role_scopes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     audit: AuditSink = field(default=lambda event, details: None)
     #: ended Keycloak sessions (shared by every worker); None: only watermarks are checked
     ended_sessions: SessionEnds | None = None
@@ -232,28 +235,27 @@ class TokenService:
 
         Read at every issue, never cached and never taken from a copy made at login: a role the
         sync removed must not reach the next token.  A directory account (the token carries its
-        directory id) gets exactly its assignment rows -- none means no PACS access, never
-        Keycloak's realm roles, which carry no department scopes.  Only a local Keycloak account
+        directory id) gets exactly its assignment rows, one grant per row with the row's scope --
+        none means no PACS access, never Keycloak's realm roles.  Only a local Keycloak account
         (break-glass admin, no directory id) falls back to the realm roles of ``keycloak_claims``,
-        which must then be a token validated just now.
+        which must then be a token validated just now; each gets the scope the policy gives that
+        role (:attr:`role_scopes`), so a fallback is never wider than the policy.
         """
         local = keycloak_claims is not None and claims_mod.subject_from_keycloak(keycloak_claims)[1] is not None
         # by username only for a local account: a username can be reused by another person later,
         # the directory id cannot (the sync keys assignments by it)
         rows = self.assignments.assignments(subject.id, subject.username if local else None)
         if rows:
-            departments: set[str] = set()
-            institutions: set[str] = set()
-            for row in rows:
-                departments.update(row.scopes.get("departments", ()))
-                institutions.update(row.scopes.get("institutions", ()))
             return claims_mod.grant_from_roles(
-                [r.role for r in rows], self.role_permissions, departments, institutions, source="assignments"
+                [(r.role, r.scopes) for r in rows], self.role_permissions, source="assignments"
             )
         if not local:
             return Grant(source=NO_ASSIGNMENT)
         realm_roles = ((keycloak_claims or {}).get("realm_access") or {}).get("roles") or []
-        return claims_mod.grant_from_roles(realm_roles, self.role_permissions, source="keycloak-roles")
+        return claims_mod.grant_from_roles(
+            [(r, self.role_scopes.get(r)) for r in realm_roles if isinstance(r, str)], self.role_permissions,
+            source="keycloak-roles",
+        )
 
     def denial_reason(self, grant: Grant) -> str:
         """The audit trail's words for an empty grant."""
@@ -309,6 +311,7 @@ class TokenService:
                 "username": subject.username,
                 "jti": body["jti"],
                 "roles": list(grant.roles),
+                "grants": [g.describe() for g in grant.grants],
                 "source": grant.source,
             },
         )

@@ -46,7 +46,7 @@ from bridge.config import Settings
 from bridge.core import audit_events as ev
 from bridge.core.audit_codes import PACS_INGEST_TYPES, AuditEventType, ObjectKind, Outcome
 from bridge.core.errors import VerificationError
-from bridge.core.permissions import Permission, UnknownPermissionError, expand
+from bridge.core.permissions import Permission
 from bridge.core.verifier import bearer_token
 from bridge.errors import www_authenticate
 from bridge.store.models import AuditEventRow
@@ -113,18 +113,16 @@ def _auditor() -> dict[str, Any]:
         raise ApiError(401, "unauthorized", "a bearer token with the audit-logs permission is required")
     service = _token_service()
     try:
-        claims = service.verifier.verify(bearer_token(header)).claims
+        verified = service.verifier.verify(bearer_token(header))
     except VerificationError as exc:
         status = 400 if exc.error == "invalid_request" else 401
         raise ApiError(status, exc.error, exc.reason) from None
+    claims = verified.claims
     if service.is_revoked(claims):  # by jti or by the subject's logout watermark
         raise ApiError(401, "invalid_token", "token revoked")
-    try:
-        listed = claims.get("permissions")  # only a list of names counts, as in bridge.core.verifier.decide
-        held = expand([p for p in listed if isinstance(p, str)] if isinstance(listed, list) else [])
-    except UnknownPermissionError:
-        held = frozenset()
-    if Permission.AUDIT_LOGS not in held:
+    # the token's grants, as the PACS reads them (one holding audit-logs; the trail has no study scope,
+    # like the PACS's own audit-logs routes, bridge.pacs.gate.SCOPE_FREE); top-level ``permissions`` is display
+    if not any(Permission.AUDIT_LOGS.value in g.permissions for g in verified.grants):
         _record(AuditEventType.ACCESS_DENIED, claims, {"reason": "token lacks the audit-logs permission"},
                 Outcome.MINOR_FAILURE)
         raise ApiError(403, "insufficient_scope", "the audit-logs permission is required",

@@ -48,6 +48,7 @@ DEMO_ACCOUNTS: dict[str, str] = {
     "radiologist": "rad.alice",
     "technologist": "tech.tom",
     "it_admin": "it.ivan",
+    "cardiologist": "card.jon",  # scoped only: Cardiology studies, nothing else
 }
 
 USER_FIELDS = ("username", "given_name", "surname", "display_name", "email", "department", "title",

@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from bridge.core import grants as core_grants
 from bridge.core.permissions import Permission
 from bridge.tokens import claims as claims_mod
 from bridge.tokens.keys import KeyEncryptor, KeyRing, MemoryKeyRepository
@@ -114,23 +115,32 @@ class BridgeDouble:
         roles: Iterable[str] = (),
         departments: Iterable[str] = (),
         institutions: Iterable[str] = (),
+        grants: Iterable[tuple[str, Iterable[Permission | str], dict[str, list[str]]]] | None = None,
         lifetime: int = 300,
         amr: tuple[str, ...] = ("pwd", "otp"),
         acr: str | None = None,
         subject: str = "u-test",
         username: str = "test.user",
     ) -> dict[str, Any]:
-        """Claims as the token service builds them (claims.build), for a user that logged in now."""
+        """Claims as the token service builds them (claims.build), for a user that logged in now.
+
+        ``grants``: one ``(role, permissions, scope)`` per role held (each its own grant, as the token
+        service issues them).  Without it: one grant of ``permissions`` in the scope ``departments`` /
+        ``institutions`` for the first of ``roles`` (or ``test-role``)."""
         settings = claims_mod.TokenSettings(issuer=self.url, audience=AUDIENCE, lifetime_seconds=lifetime,
                                             max_lifetime_seconds=3600)
         now = int(time.time())
         subj = claims_mod.Subject(id=subject, username=username, auth_time=now - 5, acr=acr, amr=amr)
-        grant = claims_mod.Grant(
-            roles=tuple(roles),
-            permissions=frozenset(Permission(p) for p in permissions),
-            departments=tuple(departments),
-            institutions=tuple(institutions),
-        )
+        if grants is None:
+            role = next(iter(roles), "test-role")
+            scope = {"departments": list(departments), "institutions": list(institutions)}
+            grants = [(role, permissions, scope)]
+        # as given, not expanded (a test may want download without view)
+        items = tuple(core_grants.grant_from_claim({
+            "kind": "role", "role": role, "permissions": sorted(Permission(p).value for p in perms),
+            "scope": {k: v for k, v in scope.items() if v}}) for role, perms, scope in grants)
+        grant = claims_mod.Grant(tuple(roles) or tuple(g.role for g in items if g and g.role),
+                                 tuple(g for g in items if g is not None))
         return claims_mod.build(settings, subj, grant, "pacs-viewer", requested_lifetime=lifetime, now=now)
 
     def token(self, permissions: Iterable[Permission | str] = (), **kwargs: Any) -> str:

@@ -14,20 +14,28 @@ from pacs_devstack.service import StackContext
 
 
 @pytest.fixture(scope="session")
-def directory_ids(stack: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """``{realm: {username: stable directory id}}`` read from the directory itself, the way the
-    sync keys its assignments (objectGUID on Samba AD, entryUUID on OpenLDAP)."""
+def directory_sections(stack: dict[str, Any]) -> dict[str, DirectorySection]:
+    """``{realm: the bridge's directory section}`` for each directory of this stack run."""
     ctx = StackContext(ca_file=Path(stack["ca"]["file"]))
-    out: dict[str, dict[str, str]] = {}
+    out: dict[str, DirectorySection] = {}
     for realm, name in kc.REALM_DIRECTORY.items():
         if name not in stack:
             continue
         info = stack[name]
-        section = DirectorySection(
+        out[realm] = DirectorySection(
             kind="ad" if name == "samba" else "openldap", url=info["ldaps_url"], bind_dn=info["bind_dn"],
             bind_password=ctx.secret(info["bind_password_secret"]), base_dn=info["base_dn"],
             users_dn=info["users_dn"], groups_dn=info["groups_dn"], ca_file=ctx.ca_file,
         )
+    return out
+
+
+@pytest.fixture(scope="session")
+def directory_ids(directory_sections: dict[str, DirectorySection]) -> dict[str, dict[str, str]]:
+    """``{realm: {username: stable directory id}}`` read from the directory itself, the way the
+    sync keys its assignments (objectGUID on Samba AD, entryUUID on OpenLDAP)."""
+    out: dict[str, dict[str, str]] = {}
+    for realm, section in directory_sections.items():
         snap = reader_for(section).read()
         out[realm] = {u.username: uid for uid, u in snap.users.items()}
     return out

@@ -74,6 +74,11 @@ def test_policy_explain_without_policy_file_exits_2(env, monkeypatch):
     assert res.stderr == "policy explain: no policy file (set sync.policy_file or pass --policy)\n"
 
 
+def test_policy_explain_unknown_permission_exits_2_before_reading_the_directory(env):
+    res = run("policy", "explain", "alice", "--policy", POLICY, "--permission", "VIEW")
+    assert res.exit_code == 2 and res.stderr.startswith("policy explain: --permission: unknown permission 'VIEW'")
+
+
 def test_policy_explain_directory_down_exits_1(env, monkeypatch):
     from pacs_devstack.state import free_port
 

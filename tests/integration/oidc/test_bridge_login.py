@@ -83,7 +83,8 @@ def test_mfa_login_delivers_pacs_token_to_viewer(
     claims = verifier(server).verify(frag["access_token"]).claims
     assert claims["sub"] == sub  # the directory id (realm mapper LDAP_ID -> directory_id)
     assert claims["acr"] == "mfa" and "otp" in claims["amr"]
-    assert claims["roles"] == ["radiologist"] and claims["scopes"]["departments"] == ["Radiology"]
+    assert claims["roles"] == ["radiologist"]
+    assert [g["scope"] for g in claims["grants"]] == [{"departments": ["Radiology"]}]
     assert jwt.get_unverified_header(frag["access_token"])["typ"] == "at+jwt"
     # the session cookie's flags
     cookie = next(c for c in http.cookies if c.name == "pacs_bridge_session")

@@ -249,7 +249,7 @@ def test_odd_request_shapes_are_refused(pacs: Any, studies: Any) -> None:
                                    {"departments": [], "institutions": [], "modalities": ["CT"]}])
 def test_malformed_scopes_claim_matches_nothing_on_the_real_plugin(pacs: Any, studies: Any, value: Any) -> None:
     claims = pacs.bridge.claims([P.VIEW, P.DOWNLOAD, P.UPLOAD, P.ADMIN])
-    claims["scopes"] = value
+    claims["grants"][0]["scope"] = value  # the one grant's scope
     token = pacs.bridge.ring.sign(claims)
     own = studies["P-001"]
     for path in (f"/studies/{own['study']}", f"/instances/{own['instance']}/file", f"/patients/{own['patient']}",

@@ -36,6 +36,7 @@ from bridge.web.app import create_app
 from pacs_devstack import tls
 from pacs_devstack.pacs_double import dicom_instance
 from pacs_devstack.state import free_port
+from tests.doubles import one_grant
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +71,7 @@ class Bridge:
         body = claims_mod.build(
             self.service.settings,
             claims_mod.Subject(id=f"sub-{username}", username=username, auth_time=now - 5, amr=("pwd", "otp")),
-            claims_mod.Grant(roles=roles, permissions=frozenset(perms)), "pacs-viewer", now=now)
+            one_grant(roles, perms), "pacs-viewer", now=now)
         return str(self.service.ring.sign(body))
 
 

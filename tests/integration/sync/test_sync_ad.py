@@ -42,7 +42,7 @@ def test_first_apply_nested_same_name_and_idempotent(ad, db_url) -> None:  # typ
     runner = make_runner(ad, db_url)
     rep = runner.run(apply=True, full=True)
     assert rep.status == "ok", rep.errors
-    assert rep.results[0].added > 50
+    assert rep.results[0].added >= 50  # the demo directory: 50 assignments (cardiologists hold no clinician role)
     # nested: residents are members of Radiology through Radiology-Residents
     assert roles(runner, "rad.res.eli") == {"radiologist", "radiology-resident", "clinician"}
     # the External PACS-Users grants referring-physician; the Radiology one (same CN) grants nothing

@@ -107,4 +107,5 @@ def test_role_removed_by_sync_revokes_old_tokens_and_leaves_the_next_token(
     r = exchange(kc_token(stack))
     assert r.status_code == 200, r.json
     claims = verifier.verify(r.json["access_token"]).claims
-    assert set(claims["roles"]) == base and "Radiology" not in claims["scopes"]["departments"]
+    assert set(claims["roles"]) == base
+    assert "Radiology" not in {d for g in claims["grants"] for d in g["scope"].get("departments", [])}

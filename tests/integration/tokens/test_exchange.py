@@ -83,7 +83,9 @@ def test_mfa_login_exchanged_for_pacs_token(
     claims = verifier.verify(body["access_token"]).claims
     assert claims["acr"] == "mfa" and {"pwd", "otp"} <= set(claims["amr"])
     assert claims["roles"] == ["radiologist"] and "view" in claims["permissions"]
-    assert claims["scopes"]["departments"] == ["Radiology"]
+    assert claims["grants"] == [{"kind": "role", "role": "radiologist", "scope": {"departments": ["Radiology"]},
+                                 "permissions": ["anonymize", "download", "q-r-remote-modalities", "send",
+                                                 "share", "view"]}]
     assert claims["preferred_username"] == "tech.xia" and claims["client_id"] == "pacs-viewer"
     assert claims["sub"] == bridge_app[2][realm]["tech.xia"]  # the directory id, as the sync keys it
     assert verifier.authorize("Bearer " + body["access_token"], "GET", "/studies").allow

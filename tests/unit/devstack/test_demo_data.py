@@ -61,7 +61,7 @@ def test_special_cases_present(data: dict) -> None:
 
 def test_demo_accounts_and_service_account(data: dict) -> None:
     assert demo_data.DEMO_ACCOUNTS == {"radiologist": "rad.alice", "technologist": "tech.tom",
-                                       "it_admin": "it.ivan"}
+                                       "it_admin": "it.ivan", "cardiologist": "card.jon"}
     for name in demo_data.DEMO_ACCOUNTS.values():
         assert not demo_data.user(name)["disabled"]
     svc = data["service_accounts"][0]
@@ -99,3 +99,15 @@ def test_banner_tolerates_missing_services() -> None:
     full = demo_data.banner({"keycloak": {"url": "https://127.0.0.1:8443", "realm": "hospital"},
                              "orthanc": {"url": "http://127.0.0.1:8042"}, "scim": {"url": "http://x/scim/v2"}})
     assert "https://127.0.0.1:8443/realms/hospital/account/" in full
+
+
+def test_the_demo_has_scoped_only_staff_and_a_user_with_both(data: dict) -> None:
+    """Grants are per role: a cardiologist nested into All-Clinicians (clinician: view everywhere) would see
+    every study, so Cardiology is not nested there; card.ines alone is a member herself (both roles)."""
+    clinicians = demo_data.group("Groups/Clinical/All-Clinicians")["members"]
+    assert "Groups/Clinical/Cardiology" not in clinicians["groups"]
+    cardiology = set(demo_data.group("Groups/Clinical/Cardiology")["members"]["users"])
+    special = data["special_cases"]
+    assert set(special["scoped_only"]["users"]) == cardiology - set(clinicians["users"])
+    assert special["unscoped_and_scoped"]["user"] in cardiology & set(clinicians["users"])
+    assert demo_data.DEMO_ACCOUNTS["cardiologist"] in special["scoped_only"]["users"]

@@ -52,8 +52,14 @@ class FakeBridge:
             "roles": ["radiologist"],
             token_format.CLAIM: token_format.CURRENT,
         }
+        if "grants" not in over:  # one grant of ``permissions`` in ``scopes`` (the old flat shape)
+            perms = over.get("permissions", base["permissions"])
+            scope = over.pop("scopes", None)
+            base["grants"] = [{"kind": "role", "role": "radiologist", "permissions": perms,
+                               "scope": {} if scope is None else scope}]
         base.update(over)
         return {k: v for k, v in base.items() if v is not None}
 
     def token(self, **over: Any) -> str:
+        """A signed token; ``scopes=`` is the scope of its one grant (``grants=`` gives several)."""
         return self.ring.sign(self.claims(**over))

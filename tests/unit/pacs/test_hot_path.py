@@ -6,19 +6,28 @@ import itertools
 
 from pacs_bridge_double import ISSUER, JWKS_URL, REVOKED_URL, FakeBridge
 
-from bridge.core import routes
+from bridge.core import grants, routes
 from bridge.core.verifier import Verifier, VerifierConfig
-from bridge.pacs import scopes
 
 
-def test_is_scoped_agrees_with_token_scopes() -> None:
-    values = [None, [], "", 0, ["Radiology"], [""], "Radiology", [1], {"x": 1}, True]
+def test_the_cached_grants_agree_with_a_fresh_parse(bridge: FakeBridge) -> None:
+    """The verifier parses grants once per token (kept in its verified cache); the hot path's
+    "any restricted grant" answer is the long way round's."""
+    values: list[object] = [None, [], "", 0, ["Radiology"], [""], "Radiology", [1], {"x": 1}, True]
     shapes: list[object] = [None, "everything", [], {}]
     shapes += [{"departments": d, "institutions": i} for d, i in itertools.product(values, values)]
-    shapes += [{"departments": d} for d in values]
+    shapes += [{"departments": d} for d in values] + [{"wards": ["A"]}, {"studies": ["1.2"]}]
+    cfg = VerifierConfig(issuer=ISSUER, audience="pacs", jwks_url=JWKS_URL, revocation_url=REVOKED_URL)
+    v = Verifier(cfg, fetch=bridge.fetch)
     for shape in shapes:
-        claims = {} if shape is None else {"scopes": shape}
-        assert scopes.is_scoped(claims) == any(scopes.token_scopes(claims)), shape
+        token = bridge.token(grants=[{"kind": "role", "role": "r", "permissions": ["view"], "scope": shape}])
+        first, hit = v.verify(token), v.verify(token)
+        assert first.grants == hit.grants == grants.from_claims(first.claims), shape
+        assert grants.any_restricted(hit.grants) == (not all(g.unrestricted for g in grants.from_claims(hit.claims)))
+        fresh = grants.from_claims(hit.claims)
+        assert (len(fresh) == 1 and fresh[0].unrestricted) == (shape in (None, {}) or (
+            isinstance(shape, dict) and set(shape) <= {"departments", "institutions"}
+            and all(v in (None, []) for v in shape.values()))), shape
 
 
 def test_route_memo_same_answers_and_bounded() -> None:

@@ -4,6 +4,7 @@ received-instance callback, with Orthanc's REST API replaced by a dictionary of 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,16 @@ RAD = StudyInfo("s-rad", "1.2.1", "P-1", "Radiology", "Hospital")
 CARD = StudyInfo("s-card", "1.2.2", "P-2", "Cardiology", "Hospital")
 BY_UID = {RAD.study_uid: RAD, CARD.study_uid: CARD}
 BY_ID = {RAD.orthanc_id: RAD, CARD.orthanc_id: CARD}
-SCOPED = {"permissions": ["view", "download", "upload"], "scopes": {"departments": ["Radiology"]}}
-UNSCOPED = {"permissions": ["view", "download", "upload"]}
+
+
+def token(*grants: tuple[list[str], dict[str, list[str]]]) -> dict[str, Any]:
+    """Claims with one grant per ``(permissions, scope)``."""
+    return {"grants": [{"kind": "role", "role": f"r{n}", "permissions": perms, "scope": scope}
+                       for n, (perms, scope) in enumerate(grants)]}
+
+
+SCOPED = token((["view", "download", "upload"], {"departments": ["Radiology"]}))
+UNSCOPED = token((["view", "download", "upload"], {}))
 
 
 def studies_of(target: Target) -> list[StudyInfo]:
@@ -58,7 +67,7 @@ def test_scoped_decisions(path: str, query: dict[str, str] | None, scoped_ok: bo
 
 
 def test_route_permission_comes_first() -> None:
-    viewer = {"permissions": ["view"]}
+    viewer = token((["view"], {}))
     verdict = judge(viewer, "GET", "/studies/s-rad/archive", None, studies_of)
     assert not verdict.allow and verdict.permission == "download"
     assert judge(viewer, "GET", "/studies/s-rad", None, studies_of).permission == "view"
@@ -225,11 +234,11 @@ def test_create_dicom_needs_scope_over_the_patient_it_copies(gate: Gate, bridge:
 
 
 def test_scoped_admin_only_below_a_resource_in_scope() -> None:
-    admin = {"permissions": ["admin", "download", "view"], "scopes": {"departments": ["Radiology"]}}
+    admin = token((["admin", "download", "view"], {"departments": ["Radiology"]}))
     for method, path in (("GET", "/jobs/j1/archive"), ("GET", "/jobs"), ("GET", "/jobs/j1"),
                          ("POST", "/tools/execute-script"), ("GET", "/plugins"), ("POST", "/tools/reset")):
         assert not judge(admin, method, path, None, studies_of).allow, path
-        assert judge({**admin, "scopes": {}}, method, path, None, studies_of).allow, path
+        assert judge(token((["admin", "download", "view"], {})), method, path, None, studies_of).allow, path
     assert judge(admin, "POST", "/instances/x/export", None, lambda t: [RAD]).allow
     assert not judge(admin, "POST", "/instances/x/export", None, lambda t: [CARD]).allow
 
@@ -253,3 +262,93 @@ def test_a_refusal_for_a_missing_permission_names_its_target(gate: Gate, bridge:
     assert gate.decide("/studies/s-rad", 4, {"authorization": f"Bearer {token}"}, {}) is False
     (deny,) = [r for r in _records(gate) if r[1] == "deny"]
     assert deny[6] == "delete" and deny[8] == Target("studies", "s-rad")
+
+
+# ------------------------------------------------------------------ per-role grants, never merged
+
+
+def test_an_unrestricted_grant_is_not_narrowed_by_a_scoped_one() -> None:
+    both = token((["view"], {}), (["view", "download"], {"departments": ["Cardiology"]}))
+    assert judge(both, "GET", "/studies", None, studies_of).allow  # a list: the unrestricted grant holds view
+    assert judge(both, "GET", "/studies/s-rad", None, studies_of).allow
+    assert judge(both, "GET", "/studies/s-card/archive", None, studies_of).allow
+    assert not judge(both, "GET", "/studies/s-rad/archive", None, studies_of).allow
+    assert not judge(both, "GET", "/tools/create-archive", None, studies_of).allow  # download: no list
+
+
+def test_two_scoped_grants_never_lend_permissions_or_combine_studies() -> None:
+    two = token((["view", "delete"], {"departments": ["Cardiology"]}), (["view"], {"departments": ["Radiology"]}))
+    assert judge(two, "DELETE", "/studies/s-card", None, studies_of).allow
+    verdict = judge(two, "DELETE", "/studies/s-rad", None, studies_of)
+    assert not verdict.allow and "department Radiology" in verdict.reason and "r0" in verdict.reason
+    # one QIDO naming a study of each department: each grant covers one, none covers both
+    both = judge(two, "GET", "/dicom-web/studies", {"StudyInstanceUID": "1.2.1\\1.2.2"}, studies_of)
+    assert not both.allow and "no single grant" in both.reason
+    assert not judge(two, "GET", "/studies", None, studies_of).allow  # no unrestricted grant: no list
+
+
+def test_a_route_needing_two_permissions_needs_them_in_one_grant() -> None:
+    split = token((["modify", "view"], {}), (["download", "view"], {}))
+    verdict = judge(split, "POST", "/instances/i1/modify", None, studies_of)
+    assert not verdict.allow and "no single grant holds" in verdict.reason
+    assert judge(token((["modify", "download", "view"], {})), "POST", "/instances/i1/modify", None,
+                 studies_of).allow
+
+
+def test_the_allowing_grant_is_named_and_a_share_is_the_same_mechanism() -> None:
+    share = {"grants": [{"kind": "share", "role": None, "permissions": ["view"], "scope": {"studies": ["1.2.2"]}}]}
+    verdict = judge(share, "GET", "/studies/s-card", None, studies_of)
+    assert verdict.allow and verdict.reason.endswith("by share (studies 1.2.2)") and verdict.grant is not None
+    assert not judge(share, "GET", "/studies/s-rad", None, studies_of).allow
+    rad = judge(UNSCOPED, "GET", "/studies/s-rad", None, studies_of)
+    assert rad.reason.endswith("by role r0 (everywhere)")
+
+
+@pytest.mark.parametrize("claims", [
+    {"grants": [{"kind": "role", "permissions": ["view"], "scope": {"wards": ["A"]}}]},
+    {"grants": [{"kind": "role", "permissions": ["view"], "scope": {"departments": "Radiology"}}]},
+    {"grants": [{"kind": "share", "permissions": ["view"], "scope": {}, "exp": 1}]},  # expired
+    {"grants": {"kind": "role", "permissions": ["view"], "scope": {}}},
+    {"permissions": ["view"], "scopes": {}},  # format 1's claims: no grant
+])
+def test_malformed_or_expired_grants_allow_nothing(claims: dict[str, Any]) -> None:
+    for path in ("/studies/s-rad", "/studies"):
+        assert not judge(claims, "GET", path, None, studies_of).allow, path
+
+
+def test_upload_needs_one_grant_covering_instance_and_study(gate: Gate, bridge: FakeBridge) -> None:
+    """Upload in Radiology and view in Cardiology: the instance may not join the Cardiology study."""
+    grants = [{"kind": "role", "role": "tech", "permissions": ["upload"], "scope": {"departments": ["Radiology"]}},
+              {"kind": "role", "role": "card", "permissions": ["view"], "scope": {"departments": ["Cardiology"]}}]
+    tok = bridge.token(grants=grants, permissions=["upload", "view"])
+    assert gate.decide("/instances", 2, {"authorization": f"Bearer {tok}"}, None) is True
+    assert gate.admit_instance("rest", lambda: _tags("1.9.9", "Radiology")) is True
+    assert gate.admit_instance("rest", lambda: _tags("1.9.9", "Cardiology")) is False
+    assert gate.admit_instance("rest", lambda: _tags("1.2.2", "Radiology")) is False
+    grants.append({"kind": "role", "role": "all", "permissions": ["upload"], "scope": {}})
+    tok = bridge.token(grants=grants, permissions=["upload", "view"])
+    assert gate.decide("/instances", 2, {"authorization": f"Bearer {tok}"}, None) is True
+    assert gate.admit_instance("rest", lambda: _tags("1.2.2", "Radiology")) is True  # the unrestricted one
+
+
+def test_allowed_audit_events_name_the_grant(gate: Gate, bridge: FakeBridge) -> None:
+    grants = [{"kind": "role", "role": "card", "permissions": ["view", "download"],
+               "scope": {"departments": ["Radiology"]}}]
+    tok = bridge.token(grants=grants)
+    assert gate.decide("/studies/s-rad/archive", 1, {"authorization": f"Bearer {tok}"}, {}) is True
+    assert gate.decide("/studies/s-card/archive", 1, {"authorization": f"Bearer {tok}"}, {}) is False
+    allowed = [r for r in _records(gate) if r[1] == "allow"]
+    denied = [r for r in _records(gate) if r[1] == "deny"]
+    assert allowed and "by role card (departments Radiology)" in allowed[-1][7]
+    assert denied and "role card (departments Radiology) does not cover department Cardiology" in denied[-1][7]
+
+
+def test_a_grant_expiring_inside_a_cached_token_stops_allowing(gate: Gate, bridge: FakeBridge) -> None:
+    now = int(time.time())
+    grants = [{"kind": "break-glass", "role": None, "permissions": ["view"], "scope": {"studies": ["1.2.1"]},
+               "exp": now + 2}]
+    tok = bridge.token(grants=grants)
+    auth = {"authorization": f"Bearer {tok}"}
+    assert gate.decide("/studies/s-rad", 1, auth, {}) is True
+    gate.verifier.clock = lambda: now + 3  # the token lives on in the verified cache; its grant does not
+    assert gate.decide("/studies/s-rad", 1, auth, {}) is False

@@ -13,7 +13,7 @@ from bridge.core.grants import from_claims
 from bridge.pacs import dicomweb, listing
 from bridge.pacs.dicomweb import INTERNAL_ROOT, Passes, Proxy, looks_internal, rewrite_urls
 from bridge.pacs.gate import filtered_listing, judge
-from bridge.pacs.listing import Lister, Refused, grants_of, page
+from bridge.pacs.listing import Lister, Refused, page
 from bridge.pacs.scopes import StudyResolver, Target
 
 DEPTS = ["Cardio", "Other", "Other", "Cardio", "Neuro", "Other", "Other", "Cardio", "Neuro", "Other"]
@@ -282,18 +282,6 @@ def test_warm_cache_costs_no_rest_call_per_resource(lister: Lister, archive: Arc
 # ------------------------------------------------------------------ grants of a token
 
 
-def test_grants_of_a_format_1_token_and_malformed_scopes() -> None:
-    old = {"pacs_bridge_token_format": 1, "permissions": ["view"], "scopes": {"departments": ["Cardio"]}}
-    assert [g.departments for g in grants_of(old)] == [frozenset({"Cardio"})]
-    for bad in ([], "Cardio", {"departments": "Cardio"}, {"department": ["Cardio"]}, 0, {"departments": {}}):
-        assert grants_of({**old, "scopes": bad}) == (), bad
-    assert grants_of({**old, "pacs_bridge_token_format": 2}) == ()  # format 2 without grants: nothing
-    assert grants_of(None) == ()
-
-
-# ------------------------------------------------------------------ the filter's exception
-
-
 @pytest.mark.parametrize("method, path, served", [
     ("GET", "/studies", True), ("GET", "/studies/", True), ("POST", "/tools/find", True),
     ("GET", "/dicom-web/studies", True), ("GET", "/dicom-web/series", True), ("GET", "/dicom-web/instances/", True),
@@ -305,7 +293,8 @@ def test_grants_of_a_format_1_token_and_malformed_scopes() -> None:
 def test_only_the_served_routes_are_let_through(method: str, path: str, served: bool) -> None:
     assert filtered_listing(method, path) is served
     if served:  # a scoped token gets through to the callback only where the plugin filters
-        scoped = {"permissions": ["view"], "scopes": {"departments": ["Cardio"]}}
+        scoped = {"permissions": ["view"], "grants": [{"kind": "role", "role": "r", "permissions": ["view"],
+                                                     "scope": {"departments": ["Cardio"]}}]}
         assert judge(scoped, method, path, None, lambda _t: [], filtered_listings=True).allow
         assert not judge(scoped, method, path, None, lambda _t: []).allow  # the official plugin's web service
 

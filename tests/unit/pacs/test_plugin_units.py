@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bridge.config import ConfigError, load_config
+from bridge.core import grants
 from bridge.deploy.orthanc_config import dicom_modalities
 from bridge.pacs import plugin_config, scopes
 
@@ -41,14 +42,18 @@ def test_targets() -> None:
     assert scopes.targets_of("/studies") == scopes.targets_of("/system") == scopes.NOTHING
 
 
-def test_scope_check_fails_closed() -> None:
-    study = scopes.StudyInfo("o", "1.2", "P1", "Radiology", "Hospital")
-    assert scopes.allowed({}, study)[0]
-    assert scopes.allowed({"scopes": {"departments": ["Radiology"]}}, study)[0]
-    assert not scopes.allowed({"scopes": {"departments": ["Cardiology"]}}, study)[0]
-    assert not scopes.allowed({"scopes": {"departments": ["Radiology"]}}, None)[0]
-    assert not scopes.allowed({"scopes": "everything"}, study)[0]
-    assert not scopes.allowed({"scopes": {"departments": "Radiology"}}, study)[0]
+def test_upload_check_fails_closed() -> None:
+    study = scopes.StudyInfo("", "1.2", "P1", "Radiology", "Hospital")
+
+    def uploaders(scope: object) -> tuple[grants.Grant, ...]:
+        return grants.from_claims({"grants": [{"kind": "role", "permissions": ["upload"], "scope": scope}]})
+
+    assert scopes.upload_allowed(uploaders({}), study, [])[0]
+    assert scopes.upload_allowed(uploaders({"departments": ["Radiology"]}), study, [])[0]
+    assert not scopes.upload_allowed(uploaders({"departments": ["Cardiology"]}), study, [])[0]
+    assert not scopes.upload_allowed(uploaders("everything"), study, [])[0]
+    assert not scopes.upload_allowed(uploaders({"departments": "Radiology"}), study, [])[0]
+    assert not scopes.upload_allowed((), study, [])[0]
 
 
 def test_modalities_config() -> None:

@@ -62,7 +62,8 @@ def test_route_permission(method: str, path: str, perm: str) -> None:
 )
 def test_unknown_or_odd_routes_denied(method: str, path: str) -> None:
     assert permission_for(method, path) is None
-    assert not decide({"permissions": ["view", "admin"]}, method, path).allow
+    everything = {"grants": [{"kind": "role", "permissions": ["view", "admin"], "scope": {}}]}
+    assert not decide(everything, method, path).allow
 
 
 def test_table_rows_for_docs() -> None:

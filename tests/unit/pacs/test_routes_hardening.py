@@ -12,6 +12,7 @@ case, HEAD, encoded characters, repeated and mixed-case query parameters.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import pytest
 
@@ -24,9 +25,10 @@ QR = "q-r-remote-modalities"
 EVERYTHING_BUT_ADMIN = [p.value for p in P if p is not P.ADMIN]
 
 
-def held(*perms: str) -> dict[str, list[str]]:
-    """Claims carrying the permissions (with implications, as the token service issues them)."""
-    return {"sub": "u", "permissions": sorted(p.value for p in expand(list(perms)))}
+def held(*perms: str) -> dict[str, Any]:
+    """Claims carrying the permissions in one grant (with implications, as the token service issues them)."""
+    names = sorted(p.value for p in expand(list(perms)))
+    return {"sub": "u", "grants": [{"kind": "role", "role": "r", "permissions": names, "scope": {}}]}
 
 
 def allowed(perms: Iterable[str], method: str, path: str, query: dict[str, str] | None = None) -> bool:

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
+from bridge.core import grants
 from bridge.pacs import scopes
 from bridge.pacs.gate import judge
 from bridge.pacs.scopes import StudyResolver, Target
 
-SCOPED = {"permissions": ["view"], "scopes": {"departments": ["Radiology"]}}
+SCOPED = {"grants": [{"kind": "role", "role": "r", "permissions": ["view"], "scope": {"departments": ["Radiology"]}}]}
 
 
 class FakeOrthanc:
@@ -123,34 +124,33 @@ def test_a_lookup_that_raced_a_change_is_not_cached() -> None:
 
 
 @pytest.mark.parametrize("value", [
-    [], ["Radiology"], "Radiology", {"departments": "Radiology"}, {"departments": ["Radiology", 5]},
+    ["Radiology"], "Radiology", {"departments": "Radiology"}, {"departments": ["Radiology", 5]},
     {"departments": {"Radiology": True}}, {"departments": 0}, {"departments": ""}, {"departments": {}},
     {"departments": False}, {"institutions": "Hospital"}, {"department": ["Cardiology"]},
-    {"departments": [], "institutions": [], "modalities": ["CT"]},
+    {"departments": [], "institutions": [], "modalities": ["CT"]}, 0, "",
 ])
 def test_malformed_scopes_match_nothing_on_every_path(value: Any) -> None:
-    """A ``scopes`` claim that is not ``{departments: [str], institutions: [str]}`` (absent or empty lists
-    mean every study) is a scope that matches nothing: never read as "unscoped"."""
+    """A grant whose ``scope`` is not ``{departments|institutions|studies|patients: [str]}`` (absent or
+    empty lists mean every study) matches nothing: never read as "unscoped"."""
     fake = FakeOrthanc()
     fake.add("s", "1.2.10", "P10", "Radiology")
     r = _resolver(fake)
-    claims = {"permissions": ["view", "upload", "admin", "download"], "scopes": value}
-    assert scopes.is_scoped(claims)
-    departments, institutions = scopes.token_scopes(claims)
-    assert departments or institutions
+    claims = {"grants": [{"kind": "role", "role": "r", "permissions": ["view", "upload", "admin", "download"],
+                          "scope": value}]}
+    assert grants.from_claims(claims) == ()
     for method, path in (("GET", "/studies/s"), ("GET", "/studies/s/archive"), ("GET", "/patients/p-P10"),
-                         ("GET", "/jobs/j/archive")):
+                         ("GET", "/jobs/j/archive"), ("GET", "/studies"), ("POST", "/instances")):
         assert not judge(claims, method, path, None, r.studies).allow, path
     assert not judge(claims, "GET", "/dicom-web/studies", {"StudyInstanceUID": "1.2.10"}, r.studies).allow
     instance = scopes.StudyInfo("", "1.2.11", "P11", "Radiology", "Hospital")
-    assert not scopes.upload_allowed(claims, instance, [])[0]
+    assert not scopes.upload_allowed(grants.from_claims(claims), instance, [])[0]
 
 
 @pytest.mark.parametrize("value", [None, {}, {"departments": [], "institutions": []}, {"departments": None}])
 def test_absent_or_empty_scopes_are_unscoped(value: Any) -> None:
-    claims = {"permissions": ["view"], "scopes": value}
-    assert not scopes.is_scoped(claims)
-    assert scopes.token_scopes(claims) == (frozenset(), frozenset())
+    claims = {"grants": [{"kind": "role", "role": "r", "permissions": ["view"], "scope": value}]}
+    parsed = grants.from_claims(claims)
+    assert len(parsed) == 1 and parsed[0].unrestricted and not grants.any_restricted(parsed)
 
 
 def test_an_access_audited_after_the_study_was_deleted_keeps_its_study(tmp_path: Any) -> None:

@@ -31,7 +31,7 @@ def test_current_format_accepted(bridge: FakeBridge, verifier: Verifier) -> None
     assert verifier.verify(bridge.token()).claims[token_format.CLAIM] == token_format.CURRENT
 
 
-@pytest.mark.parametrize("value", [None, 0, 2, 99, "1", 1.5, True, [1], {"v": 1}])
+@pytest.mark.parametrize("value", [None, 0, 1, 3, 99, "2", 2.0, True, [2], {"v": 2}])
 def test_unknown_or_missing_format_refused_and_logged(
     bridge: FakeBridge, verifier: Verifier, value: object, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -42,5 +42,19 @@ def test_unknown_or_missing_format_refused_and_logged(
 
 
 def test_refused_format_is_a_denial_of_the_request(bridge: FakeBridge, verifier: Verifier) -> None:
-    d = verifier.authorize("Bearer " + bridge.token(**{token_format.CLAIM: 2}), "GET", "/studies/abc")
+    d = verifier.authorize("Bearer " + bridge.token(**{token_format.CLAIM: 3}), "GET", "/studies/abc")
     assert not d.allow and "token format" in d.reason
+
+
+def test_a_format_1_token_is_refused_and_logged(
+    bridge: FakeBridge, verifier: Verifier, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Format 1 merged every role's permissions and scopes (``permissions`` + ``scopes``); its claims
+    must not be read by the grant rules, nor the grant-less token read as anything but refused."""
+    old = bridge.claims(**{token_format.CLAIM: 1}, scopes=None)
+    old.pop("grants")
+    old["scopes"] = {"departments": [], "institutions": []}  # format 1: unscoped = every study
+    with caplog.at_level(logging.WARNING, logger=token_format.LOGGER):
+        d = verifier.authorize("Bearer " + bridge.ring.sign(old), "GET", "/studies/abc")
+    assert not d.allow and d.reason == "token format 1 not understood"
+    assert any("token format 1 not understood" in r.getMessage() for r in caplog.records)

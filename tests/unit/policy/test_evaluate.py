@@ -54,3 +54,32 @@ def test_sod_deny_removes_both_warn_keeps(snapshot_factory) -> None:  # type: ig
 def test_disabled_user_gets_nothing(snapshot_factory) -> None:  # type: ignore[no-untyped-def]
     snap = snapshot_factory({"old": ("Readers",)}, disabled={"old"})
     assert evaluate(snap, parse_policy(POLICY)).entitlements["u-old"].roles == frozenset()
+
+
+SCOPED = """
+roles:
+  clinician: {description: c, permissions: [view]}
+  cardiologist: {description: c, permissions: [download], scopes: {departments: [Cardiology]}}
+rules:
+  - {id: clin, group: {dn: "CN=Readers,OU=Int,OU=Groups,DC=h,DC=t"}, roles: [clinician]}
+  - {id: card, group: {dn: "CN=Admins,OU=Int,OU=Groups,DC=h,DC=t"}, roles: [cardiologist]}
+"""
+
+
+def test_each_role_becomes_its_own_pacs_grant_and_explain_answers_per_grant(snapshot_factory) -> None:  # type: ignore[no-untyped-def]
+    from bridge.policy.cli import _answer
+    from bridge.policy.evaluate import pacs_grants
+
+    policy = parse_policy(SCOPED)
+    snap = snapshot_factory({"ines": ("Readers", "Admins"), "liam": ("Admins",)})
+    ev = evaluate(snap, policy)
+    ines = pacs_grants(ev.entitlements["u-ines"], policy)
+    assert [g.describe() for g in ines] == ["role cardiologist (departments Cardiology)", "role clinician (everywhere)"]
+    assert sorted(ines[0].permissions) == ["download", "view"]  # expanded, as the token service issues it
+    assert _answer(ines, "view", "Oncology", "") == {"allowed": True, "grant": "role clinician (everywhere)"}
+    assert _answer(ines, "download", "Cardiology", "")["grant"] == "role cardiologist (departments Cardiology)"
+    no = _answer(ines, "download", "Oncology", "")
+    assert not no["allowed"] and "does not cover department Oncology" in no["reason"]  # never lent
+    liam = pacs_grants(ev.entitlements["u-liam"], policy)
+    assert _answer(liam, "view", "Oncology", "")["allowed"] is False
+    assert _answer(liam, "delete", "Cardiology", "") == {"allowed": False, "reason": "no grant holds delete"}

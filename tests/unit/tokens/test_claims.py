@@ -23,7 +23,7 @@ ROLE_MAP = {"radiologist": ["view", "download"], "technologist": ["upload", "vie
 
 
 def test_claims_are_complete() -> None:
-    grant = grant_from_roles(["radiologist", "unknown-role"], ROLE_MAP, departments=["radiology"])
+    grant = grant_from_roles([("radiologist", {"departments": ["radiology"]}), ("unknown-role", None)], ROLE_MAP)
     c = build(SETTINGS, SUBJECT, grant, "viewer", now=2000, jti="j1")
     for name in (
         "iss",
@@ -45,7 +45,9 @@ def test_claims_are_complete() -> None:
     assert c["roles"] == ["radiologist"]
     assert c["permissions"] == ["download", "view"]
     assert c["scope"] == "pacs:download pacs:view"
-    assert c["scopes"] == {"departments": ["radiology"], "institutions": []}
+    assert c["grants"] == [{"kind": "role", "role": "radiologist", "permissions": ["download", "view"],
+                            "scope": {"departments": ["radiology"]}}]
+    assert "scopes" not in c  # format 1's merged scope is gone
     iua = c["extensions"]["ihe_iua"]
     assert iua["subject_name"] == "Alice Rad" and iua["subject_organization"] == "Hospital"
     assert iua["subject_role"][0]["code"] == "radiologist"
@@ -76,3 +78,29 @@ def test_no_subject_id_and_bad_purpose_refused() -> None:
 
 def test_scopes_supported_cover_vocabulary() -> None:
     assert len(scopes_supported()) == len(Permission)
+
+
+def test_one_grant_per_role_never_merged() -> None:
+    grant = grant_from_roles([("radiologist", {}), ("technologist", {"departments": ["CT"]})], ROLE_MAP)
+    c = build(SETTINGS, SUBJECT, grant, "viewer", now=2000, jti="j1")
+    assert c["roles"] == ["radiologist", "technologist"]
+    assert c["permissions"] == ["download", "upload", "view"]  # the union: display and OAuth scope only
+    assert c["grants"] == [
+        {"kind": "role", "role": "radiologist", "permissions": ["download", "view"], "scope": {}},
+        {"kind": "role", "role": "technologist", "permissions": ["upload", "view"], "scope": {"departments": ["CT"]}},
+    ]
+
+
+def test_narrowing_narrows_each_grant_and_drops_empty_ones() -> None:
+    grant = grant_from_roles([("radiologist", {}), ("technologist", {"departments": ["CT"]})], ROLE_MAP)
+    narrowed = grant.narrowed("pacs:download")
+    assert [(g.role, sorted(g.permissions)) for g in narrowed.grants] == [("radiologist", ["download"])]
+    assert narrowed.roles == grant.roles
+
+
+@pytest.mark.parametrize("scope", [{"modalities": ["CT"]}, {"departments": "CT"}, {"departments": [1]}])
+def test_a_row_scope_the_pacs_cannot_apply_allows_nothing(scope: dict) -> None:
+    """An assignment row with an unknown scope kind (or a malformed value) becomes no grant, never an
+    unscoped one."""
+    grant = grant_from_roles([("technologist", scope)], ROLE_MAP)
+    assert grant.grants == () and grant.permissions == frozenset()

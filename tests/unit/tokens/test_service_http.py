@@ -143,7 +143,7 @@ def test_exchange_mfa_token_gives_pacs_token(env: dict[str, Any]) -> None:
 def test_assignments_win_over_keycloak_roles_and_carry_scopes(env: dict[str, Any]) -> None:
     r = exchange(env["client"], kc_token(directory_id="guid-tom", preferred_username="tech.tom"))
     claims = jwt.decode(r.json["access_token"], options={"verify_signature": False})
-    assert claims["roles"] == ["technologist"] and claims["scopes"]["departments"] == ["CT"]
+    assert claims["roles"] == ["technologist"] and [g["scope"] for g in claims["grants"]] == [{"departments": ["CT"]}]
     assert "upload" in claims["permissions"]
 
 

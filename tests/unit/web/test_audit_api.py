@@ -24,7 +24,7 @@ from bridge.tokens.keys import KeyEncryptor, KeyRing, MemoryKeyRepository
 from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
 from bridge.tokens.service import TokenService
 from bridge.web.app import create_app
-from tests.doubles import MemoryAssignmentSource, MemoryRevocationStore
+from tests.doubles import MemoryAssignmentSource, MemoryRevocationStore, one_grant
 
 ISSUER = "https://127.0.0.1:9443"
 INGEST = "ingest-test-secret-0123456789"
@@ -65,7 +65,7 @@ def mint(service: TokenService, perms: set[P], *, amr: tuple[str, ...] = ("pwd",
     body = claims_mod.build(
         TokenSettings(issuer=ISSUER, audience="pacs"),
         claims_mod.Subject(id="aud-1", username="audit.anne", auth_time=now - 5, amr=amr),
-        claims_mod.Grant(roles=("auditor",), permissions=frozenset(perms)),
+        one_grant(("auditor",), perms),
         "audit-console", now=now,
     )
     return service.ring.sign(body)
@@ -270,12 +270,14 @@ def test_ingest_patient_id_that_is_a_jwt_stays_searchable(env):
 
 @pytest.mark.parametrize("perms", [{"audit-logs": True}, "audit-logs", [["audit-logs"]]])
 def test_a_permissions_claim_that_is_not_a_list_grants_nothing(env, perms):
-    """As the PACS verifier reads it (bridge.core.verifier.decide): only a list of names counts."""
+    """As the PACS verifier reads it (bridge.core.grants): only a grant with a list of names counts,
+    and the top-level ``permissions`` (display only) never does."""
     now = int(time.time())
     body = claims_mod.build(
         TokenSettings(issuer=ISSUER, audience="pacs"),
         claims_mod.Subject(id="aud-2", username="audit.odd", auth_time=now - 5, amr=("pwd", "otp")),
-        claims_mod.Grant(roles=("auditor",), permissions=frozenset()), "audit-console", now=now)
-    body["permissions"] = perms
+        one_grant(("auditor",), ()), "audit-console", now=now)
+    body["grants"] = [{"kind": "role", "role": "auditor", "permissions": perms, "scope": {}}]
+    body["permissions"] = ["audit-logs"]
     r = env["client"].get("/audit/events", headers=bearer(env["service"].ring.sign(body)))
     assert r.status_code == 403, perms

@@ -145,7 +145,7 @@ def test_live_session_gets_roles_read_now_not_from_the_cookie(settings: Any, db_
     w.log_in()
     claims = delivered(w.get(f"/login?redirect_uri={VIEWER}"))
     assert claims is not None and claims["roles"] == ["radiologist"]
-    assert claims["scopes"]["departments"] == ["Cardiology"]  # scoped, from the assignment row
+    assert [g["scope"] for g in claims["grants"]] == [{"departments": ["Cardiology"]}]  # from the assignment row
     with session(engine(db_url)) as s:  # the sync removes the role while the session lives
         s.execute(delete(RoleAssignment).where(RoleAssignment.subject_id == "guid-alice"))
     r = w.get(f"/login?redirect_uri={VIEWER}")

@@ -21,7 +21,7 @@ from bridge.tokens.keys import KeyEncryptor, KeyRing, MemoryKeyRepository
 from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
 from bridge.tokens.service import TokenService
 from bridge.web.app import create_app
-from tests.doubles import MemoryAssignmentSource, MemoryRevocationStore
+from tests.doubles import MemoryAssignmentSource, MemoryRevocationStore, one_grant
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "orthanc_auth"
 ISSUER = "https://127.0.0.1:9443"
@@ -54,7 +54,7 @@ def mint(service: TokenService, perms: set[P], lifetime: int = 300, **grant: Any
     claims = claims_mod.build(
         TokenSettings(issuer=ISSUER, audience="pacs", lifetime_seconds=lifetime),
         claims_mod.Subject(id="u-1", username="rad.alice", auth_time=now - 5, amr=("pwd", "otp")),
-        claims_mod.Grant(roles=("radiologist",), permissions=frozenset(perms), **grant),
+        one_grant(("radiologist",), perms, **grant),
         "pacs-viewer", now=now,
     )
     return service.ring.sign(claims), claims
@@ -87,9 +87,56 @@ def test_get_profile(env: dict[str, Any]) -> None:
 
 
 def test_get_profile_scoped_token_lists_its_labels(env: dict[str, Any]) -> None:
+    token, _ = mint(env["service"], {P.VIEW}, departments=("Radiology", "Hospital Test"))
+    body = call(env, "/user/get-profile", "get-profile.json", token).json
+    assert body["authorized-labels"] == ["Hospital Test", "Radiology"] and body["permissions"] == ["view"]
+
+
+def test_a_scope_labels_cannot_say_gets_no_profile_permission(env: dict[str, Any]) -> None:
+    """Labels are one flat set (any one of them admits a resource); a grant restricted by department AND
+    institution would read as department OR institution there, so its permissions stay out of the profile."""
     token, _ = mint(env["service"], {P.VIEW}, departments=("Radiology",), institutions=("Hospital Test",))
     body = call(env, "/user/get-profile", "get-profile.json", token).json
-    assert body["authorized-labels"] == ["Hospital Test", "Radiology"]
+    assert body["authorized-labels"] == [] and body["permissions"] == []
+
+
+def mint_grants(service: TokenService, *grants: tuple[str, list[str], dict[str, list[str]]]) -> str:
+    now = int(time.time())
+    items = [{"kind": "role", "role": r, "permissions": perms, "scope": scope} for r, perms, scope in grants]
+    body = claims_mod.build(
+        TokenSettings(issuer=ISSUER, audience="pacs"),
+        claims_mod.Subject(id="u-2", username="card.ines", auth_time=now - 5, amr=("pwd", "otp")),
+        one_grant(("clinician",), ("view",)), "pacs-viewer", now=now)
+    body["grants"] = items
+    return service.ring.sign(body)
+
+
+def test_profile_is_never_wider_than_one_grant(env: dict[str, Any]) -> None:
+    """Per grant, never merged: the profile holds what every grant agrees on; the rest goes to validate."""
+    service = env["service"]
+    everywhere = mint_grants(service, ("clinician", ["view"], {}),
+                             ("cardiologist", ["view", "download"], {"departments": ["Cardiology"]}))
+    body = call(env, "/user/get-profile", "get-profile.json", everywhere).json
+    assert body["authorized-labels"] == ["*"] and body["permissions"] == ["view"]  # download only per resource
+    two = mint_grants(service, ("cardiologist", ["view", "download", "delete"], {"departments": ["Cardiology"]}),
+                      ("onco-viewer", ["view"], {"departments": ["Oncology"]}))
+    body = call(env, "/user/get-profile", "get-profile.json", two).json
+    assert body["authorized-labels"] == ["Cardiology", "Oncology"] and body["permissions"] == ["view"]
+
+
+def test_validate_is_per_grant(env: dict[str, Any]) -> None:
+    """Two scoped grants never lend each other permissions on the official plugin's path either."""
+    service = env["service"]
+    body = json.loads((FIXTURES / "validate-study-labels.json").read_text())
+    labels = body["labels"]
+    lend = mint_grants(service, ("cardiologist", ["view", "download"], {"departments": ["Elsewhere"]}),
+                       ("viewer", ["view"], {"departments": labels}))
+    study = f"/studies/{body['orthanc-id']}"
+    for method, uri, granted in (("GET", study, True), ("GET", study + "/archive", False), ("DELETE", study, False),
+                                 ("GET", None, False)):  # no uri: every GET below it (archive too) must be
+        body.update({"token-value": lend, "method": method, "uri": uri})
+        answer = env["client"].post("/orthanc-auth/tokens/validate", json=body, headers=BASIC).json
+        assert answer["granted"] is granted, (method, uri)
 
 
 def test_get_profile_anonymous_and_invalid(env: dict[str, Any]) -> None:
@@ -187,7 +234,7 @@ def test_validate_revoked_and_no_mfa(env: dict[str, Any]) -> None:
     weak = claims_mod.build(
         TokenSettings(issuer=ISSUER, audience="pacs"),
         claims_mod.Subject(id="u-2", auth_time=now, amr=("pwd",)),
-        claims_mod.Grant(permissions=frozenset({P.VIEW})), "pacs-viewer", now=now)
+        one_grant((), {P.VIEW}), "pacs-viewer", now=now)
     weak_token = env["service"].ring.sign(weak)
     assert call(env, "/tokens/validate", "validate-study-get.json", weak_token).json["granted"] is False
 
@@ -201,7 +248,7 @@ def test_decode(env: dict[str, Any]) -> None:
     old = claims_mod.build(
         TokenSettings(issuer=ISSUER, audience="pacs", lifetime_seconds=60),
         claims_mod.Subject(id="u-3", auth_time=now, amr=("otp",)),
-        claims_mod.Grant(permissions=frozenset({P.VIEW})), "pacs-viewer", now=now)
+        one_grant((), {P.VIEW}), "pacs-viewer", now=now)
     assert call(env, "/tokens/decode", "decode.json", env["service"].ring.sign(old)).json["error-code"] == "expired"
 
 
