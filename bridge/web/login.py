@@ -182,6 +182,10 @@ def callback() -> Response:
     pending = session.get(sess.PENDING)
     if not isinstance(pending, dict):
         return _error(400, "no login in progress (start at /login)")
+    if pending.get("gateway"):
+        from bridge.web.gateway import views as gateway
+
+        return gateway.finish_login(pending)
     try:
         token = ext["keycloak"].authorize_access_token()
     except OAuthError as exc:
@@ -342,6 +346,10 @@ def backchannel_logout() -> Response:
     if isinstance(claims.get("sid"), str):
         ext["ended"].end(claims["sid"])
     kc_sub = claims.get("sub")
+    from bridge.web.gateway import views as gateway
+
+    gateway.end_for_logout(claims.get("sid") if isinstance(claims.get("sid"), str) else None,
+                           (kc_sub,) if isinstance(kc_sub, str) else ())
     if isinstance(kc_sub, str):
         directory_id = ext["directory_ids"].get(kc_sub)
         if directory_id is None:
