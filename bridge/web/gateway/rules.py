@@ -94,3 +94,11 @@ def upstream_path(rest: str) -> str | None:
         if seg == "" and i != len(segments) - 1:  # '//' inside; a trailing '/' is fine
             return None
     return "/" + rest
+
+
+def plain_raw_path(raw: str) -> bool:
+    """Whether the path as the client sent it is free of encoded ``/``, ``\\``, ``.`` and NUL:
+    ``%2F`` decodes to a separator the gateway would split on while Orthanc might not (and ``%2e``
+    spells a dot segment), so such a request means one thing here and another there."""
+    low = raw.lower()
+    return not any(code in low for code in ("%2f", "%5c", "%2e", "%00"))

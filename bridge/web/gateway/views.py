@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -435,7 +436,8 @@ def _preflight(path: str) -> Response:
 def _proxy(rest: str) -> Response:
     gw = _gw()
     path = rules.upstream_path(rest)
-    if path is None:
+    raw_path = str(request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or "").split("?")[0]
+    if path is None or not rules.plain_raw_path(raw_path):
         return _refuse(400, "path refused (dot segments, empty segments or control characters)")
     if _url_has_token():
         return _refuse(400, "tokens are not accepted in the URL")
@@ -443,7 +445,7 @@ def _proxy(rest: str) -> Response:
         return _preflight(path)
     if _bearer_request(path):
         auth = request.headers.getlist("Authorization")
-        if len(auth) != 1 or not auth[0].lower().startswith("bearer "):
+        if len(auth) != 1 or not auth[0].lower().startswith("bearer ") or "," in auth[0]:
             return _cors(_refuse(401, "one Authorization: Bearer header required"))
         return _cors(_forward(path, auth[0][7:].strip(), None))
     ok, why = rules.same_origin(request.method, request.headers, gw.public_origin)
@@ -458,7 +460,7 @@ def _proxy(rest: str) -> Response:
 
 def _forward(path: str, bearer: str, login: GatewayLogin | None) -> Response:
     gw = _gw()
-    request.max_content_length = None  # uploads stream through; Orthanc applies its own limits
+    request.max_content_length = sys.maxsize  # uploads stream through (None would mean the app-wide cap)
     headers = proxy.request_headers(proxy.header_items(request.headers), bearer, client_address())
     has_body = request.method in ("POST", "PUT") or request.content_length
     body = proxy.body_iter(request.stream) if has_body else None
@@ -480,7 +482,10 @@ def _forward(path: str, bearer: str, login: GatewayLogin | None) -> Response:
     else:
         def stream() -> Any:
             try:
-                yield from upstream.iter_raw(proxy.CHUNK)
+                if upstream.is_stream_consumed:  # an answer already read (a transport that buffers)
+                    yield upstream.content
+                else:
+                    yield from upstream.iter_raw(proxy.CHUNK)
             finally:
                 upstream.close()
 
