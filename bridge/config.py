@@ -458,7 +458,7 @@ class GatewaySection(_Section):
     #: CA that signed Orthanc's certificate when ``orthanc_url`` is https (None: the system store)
     orthanc_ca_file: Path | None = None
     #: HIPAA automatic logoff: a session without a user-initiated request for this long ends
-    idle_timeout_seconds: int = Field(900, ge=30, le=24 * 3600)
+    idle_timeout_seconds: int = Field(900, ge=10, le=24 * 3600)
     #: a session ends this long after login whatever happens; at most ``keycloak_sso_max_seconds``
     absolute_lifetime_seconds: int = Field(10 * 3600, ge=60)
     #: Keycloak's "SSO Session Max" of the realm (the refresh token dies with it)

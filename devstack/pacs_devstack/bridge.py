@@ -47,6 +47,18 @@ SELECTION = "selection"
 FRONT = "haproxy"
 
 
+#: the gateway's session rules in the dev stack: the realm's SSO Session Max is 10 h
+#: (keycloak-realm/hospital-realm.json); tests may override any key with
+#: ``PACS_BRIDGE_GATEWAY__<KEY>`` in the bridge's environment
+GATEWAY_SETTINGS = {"keycloak_sso_max_seconds": 36000, "absolute_lifetime_seconds": 36000,
+                    "idle_timeout_seconds": 900}
+
+
+def selected(name: str) -> bool:
+    """Whether service ``name`` is part of this stack (recorded by `stack.up` before any start)."""
+    return name in state.read_stack().get(SELECTION, {}).get("services", ())
+
+
 def fronted() -> bool:
     """Whether HAProxy fronts the bridge in this stack (recorded by `stack.up` before any start)."""
     return FRONT in state.read_stack().get(SELECTION, {}).get("services", ())
@@ -178,6 +190,10 @@ class BridgeService(Service):
         }
         if info.get("orthanc", {}).get("url"):
             data["pacs"]["orthanc_url"] = info["orthanc"]["url"]
+        if selected("orthanc"):  # the browser gateway to the stack's Orthanc (docs/gateway.md)
+            from pacs_devstack.orthanc import SERVICE as ORTHANC
+
+            data["gateway"] = {"orthanc_url": ORTHANC.internal_url(), **GATEWAY_SETTINGS}
         redis = info.get("redis", {})
         web: dict[str, Any] = {}
         if redis.get("url"):  # shared rate limits across the workers (memory:// without it)

@@ -96,7 +96,8 @@ def test_relative_location_stays_under_the_prefix() -> None:
 def test_dicomweb_urls_in_json_are_rewritten(g: Gateway) -> None:
     g.log_in()
     body = [{"00081190": {"vr": "UR", "Value": [f"{ORTHANC}/dicom-web/studies/1.2.3"]},
-             "7FE00010": {"vr": "OB", "BulkDataURI": f"{ORTHANC}/dicom-web/studies/1.2.3/series/4/instances/5/bulk/7fe00010"},
+             "7FE00010": {"vr": "OB",
+                          "BulkDataURI": f"{ORTHANC}/dicom-web/studies/1.2.3/series/4/instances/5/bulk/7fe00010"},
              "00100010": {"vr": "PN", "Value": [{"Alphabetic": "http://elsewhere.test/x"}]}}]
     g.orthanc.handler = lambda req: httpx.Response(200, json=body, headers={"Content-Type": "application/dicom+json"})
     r = g.get(f"{PREFIX}/dicom-web/studies")

@@ -18,7 +18,7 @@ from bridge.store.db import engine, session
 from bridge.store.models import GatewaySession, RoleAssignment
 from bridge.tokens.keys import KeyEncryptor, SigningKeyError
 from bridge.web.gateway import rules, sessions, views
-from bridge.web.gateway.sessions import SessionStore, Tokens
+from bridge.web.gateway.sessions import SessionStore
 
 
 @pytest.fixture
@@ -119,15 +119,20 @@ def test_login_sets_a_host_prefixed_secure_httponly_lax_cookie(g: Gateway, monke
     assert login.tokens.pacs_token not in everything and "rt-login" not in everything
 
 
+def _cookie_value(r: Any) -> str:
+    (cookie,) = [c for c in r.headers.getlist("Set-Cookie") if c.startswith(views.COOKIE + "=")]
+    return str(cookie.split(";")[0].split("=", 1)[1])
+
+
 def test_login_gives_a_new_session_id_never_a_planted_one(g: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
     planted = "A" * 43
     g.set_cookie(planted)
     r = _callback(g, monkeypatch)
-    raw = [c for c in r.headers.getlist("Set-Cookie") if c.startswith(views.COOKIE + "=")][0].split(";")[0].split("=", 1)[1]
+    raw = _cookie_value(r)
     assert raw != planted and g.gw.store.get(planted) is None
     # a second login in the same browser: yet another id, the first one keeps nothing of it
     r2 = _callback(g, monkeypatch)
-    raw2 = [c for c in r2.headers.getlist("Set-Cookie") if c.startswith(views.COOKIE + "=")][0].split(";")[0].split("=", 1)[1]
+    raw2 = _cookie_value(r2)
     assert raw2 != raw
 
 
@@ -225,7 +230,7 @@ def test_gateway_settings_are_validated_naming_the_key() -> None:
             load_config(None, gateway=values)
         assert any(k == key for k, _ in err.value.problems), (key, err.value.problems)
     for reserved in ("/token", "/login", "/oidc/x"):
-        with pytest.raises(ConfigError, match="gateway.prefix"):
+        with pytest.raises(ConfigError, match=r"gateway\.prefix"):
             load_config(None, gateway={"prefix": reserved})
 
 
