@@ -256,7 +256,9 @@ class BridgeService(Service):
                 f"{own}/.well-known/oauth-authorization-server", timeout=3).status_code == 200
 
         process.wait_until(ready, what=f"{self.name} (gunicorn)", timeout=60, rec=process.load(self.name))
+        gateway = settings.bridge.public_url + settings.gateway.prefix + "/" if settings.gateway.enabled else None
         return {"url": settings.bridge.public_url, "instance_url": own, "config": str(self.config_file),
+                "gateway_url": gateway,
                 "store_url": settings.store.url,
                 "tools_client_id": "pacs-tools", "tools_client_secret": TOOLS_CLIENT_SECRET,
                 "audit_ingest_secret": AUDIT_INGEST_SECRET}

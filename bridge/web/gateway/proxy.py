@@ -19,6 +19,7 @@ Orthanc's internal address; they are rewritten to ``<public URL><prefix>``.
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -122,7 +123,8 @@ class Upstream:
                  read_timeout: float = 300.0, transport: httpx.BaseTransport | None = None):
         self.base = base_url.rstrip("/")
         self.client = httpx.Client(
-            verify=ca_file or True, trust_env=False, follow_redirects=False, transport=transport,
+            verify=ssl.create_default_context(cafile=ca_file) if ca_file else True,
+            trust_env=False, follow_redirects=False, transport=transport,
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )

@@ -99,3 +99,13 @@ def test_banner_tolerates_missing_services() -> None:
     full = demo_data.banner({"keycloak": {"url": "https://127.0.0.1:8443", "realm": "hospital"},
                              "orthanc": {"url": "http://127.0.0.1:8042"}, "scim": {"url": "http://x/scim/v2"}})
     assert "https://127.0.0.1:8443/realms/hospital/account/" in full
+
+
+def test_banner_and_walkthrough_end_with_the_gateway_and_who_to_log_in_as() -> None:
+    from pacs_devstack import walkthrough
+
+    info = {"bridge": {"url": "https://127.0.0.1:9443", "gateway_url": "https://127.0.0.1:9443/pacs/"}}
+    assert "https://127.0.0.1:9443/pacs/  (log in as rad.alice)" in demo_data.banner(info)
+    last = walkthrough.closing(info)
+    assert "https://127.0.0.1:9443/pacs/" in last and "log in as rad.alice" in last
+    assert "not configured" in walkthrough.closing({"bridge": {"url": "https://x"}})
