@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Response, render_template_string
+from flask import Response, current_app, render_template_string
 
-#: no script, no plugin, no framing; forms only to the bridge itself
-PAGE_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; "
+#: no script, no plugin, no framing; forms only to the bridge itself -- and to Keycloak, because
+#: the logout form's answer redirects there and Chromium applies ``form-action`` to redirects
+PAGE_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'{extra}; "
             "frame-ancestors 'none'; base-uri 'none'")
+#: app config key: the Keycloak origin the logout form may end at (set by the gateway's init_app)
+FORM_TARGETS = "PACS_BRIDGE_GATEWAY_FORM_TARGETS"
 
 _LAYOUT = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -86,12 +89,15 @@ def page(title: str, body: str, status: int = 200) -> Response:
 
 
 def secure(resp: Response) -> Response:
-    resp.headers["Content-Security-Policy"] = PAGE_CSP
+    extra = current_app.config.get(FORM_TARGETS, "") if current_app else ""
+    resp.headers["Content-Security-Policy"] = PAGE_CSP.format(extra=f" {extra}" if extra else "")
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["Pragma"] = "no-cache"
     resp.headers["X-Content-Type-Options"] = "nosniff"
     resp.headers["X-Frame-Options"] = "DENY"
-    resp.headers["Referrer-Policy"] = "no-referrer"
+    # same-origin, not no-referrer: under no-referrer Chromium sends ``Origin: null`` with the
+    # page's own form POSTs, which the same-origin check must refuse
+    resp.headers["Referrer-Policy"] = "same-origin"
     return resp
 
 

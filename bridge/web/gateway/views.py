@@ -88,6 +88,7 @@ def init_app(app: Flask, settings: Settings, service: TokenService, oauth: Any, 
                                 + settings.bridge.session_secret.get_secret_value().encode()).digest(),
     )
     app.extensions[EXTENSION] = gw
+    app.config[pages.FORM_TARGETS] = rules.origin_of(settings.keycloak.url)
     bp = Blueprint("gateway", __name__, url_prefix=g.prefix)
     bp.add_url_rule("", "bare", _bare, methods=["GET", "HEAD"])
     bp.add_url_rule("/", "landing", _landing, methods=["GET", "HEAD"])

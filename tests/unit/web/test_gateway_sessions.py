@@ -164,8 +164,12 @@ def test_landing_page_shows_who_and_roles_and_no_token(g: Gateway) -> None:
     r = g.get(f"{PREFIX}/")
     page = r.get_data(as_text=True)
     assert r.status_code == 200 and r.headers["Cache-Control"] == "no-store"
-    assert "script-src" not in r.headers["Content-Security-Policy"] and "default-src 'none'" in r.headers[
-        "Content-Security-Policy"]
+    csp = r.headers["Content-Security-Policy"]
+    assert "script-src" not in csp and "default-src 'none'" in csp
+    # the logout form's answer redirects to Keycloak: form-action must allow exactly that origin too
+    assert "form-action 'self' https://kc.test;" in csp
+    # under no-referrer Chromium sends Origin: null with the page's own logout form (refused)
+    assert r.headers["Referrer-Policy"] == "same-origin"
     assert "rad.alice" in page and "radiologist" in page and f"{PREFIX}/app/explorer.html" in page
     assert "<script" not in page and 'lang="en"' in page and "<caption" in page and 'scope="col"' in page
     token = g.gw.store.get(raw).tokens.pacs_token  # type: ignore[union-attr]
