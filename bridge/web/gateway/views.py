@@ -208,6 +208,9 @@ def finish_login(pending: dict[str, Any]) -> Response:
                                  gw.prefix + "/", "Log in again")
         session[sess.PENDING] = pending
         return _start_login(step_up=True)
+    from bridge.web import login as login_bp
+
+    login_bp._remember_directory_id(str(id_claims["sub"]), subject.id)  # for back-channel logout
     issued = _issue(kc_claims)
     session.clear()  # nothing of the login transaction stays in the Flask cookie
     if issued is None:
