@@ -63,6 +63,7 @@ class Gateway:
     public_base: str  # https://bridge/pacs
     public_origin: str
     csrf_key: bytes
+    next_sweep: float = 0.0
 
 
 def init_app(app: Flask, settings: Settings, service: TokenService, oauth: Any, engine: Any,
@@ -263,13 +264,42 @@ def _end(login: GatewayLogin, reason: str, *, end_keycloak: bool) -> None:
     _audit(AuditEventType.LOGOUT, {"subject": login.subject_id, "username": login.username, "reason": reason})
 
 
+#: how often a worker looks for sessions that went idle unseen (their Keycloak sessions are ended)
+SWEEP_EVERY_SECONDS = 60.0
+
+
+def sweep(gw: Gateway, now: float | None = None) -> int:
+    """End sessions past their idle or absolute limit that nobody came back to: their Keycloak
+    sessions are ended too, so a walk-up to the unattended workstation meets the password form
+    even without the old cookie.  At most once a minute per worker, on a request's way through."""
+    now = time.time() if now is None else now
+    if now < gw.next_sweep:
+        return 0
+    gw.next_sweep = now + SWEEP_EVERY_SECONDS
+    ended = gw.store.expired(gw.limits.idle_seconds)
+    for login in ended:
+        claims = _token_claims(login.tokens.pacs_token)
+        if claims.get("jti") and claims.get("exp"):
+            gw.service.revoke(claims, by_client=CLIENT_ID)
+        gw.keycloak.end(login.tokens.refresh_token)
+        gw.service.audit(AuditEventType.LOGOUT, {"client_id": CLIENT_ID, "subject": login.subject_id,
+                                                 "username": login.username, "reason": "idle timeout (sweep)"})
+    return len(ended)
+
+
 def _current(activity: bool) -> GatewayLogin | Response:
     """The live session of this request (renewed if due), or the response that replaces it."""
     gw = _gw()
+    try:
+        sweep(gw)
+    except Exception:  # the sweep is housekeeping: it must never fail the user's request
+        log.exception("gateway: sweeping idle sessions failed")
     raw = request.cookies.get(COOKIE)
     login = gw.store.get(raw)
     if login is None:
-        return _login_needed(force=False)
+        # a cookie whose session is gone (swept idle, ended elsewhere): the password again, never a
+        # silent re-entry through a Keycloak session that might still live
+        return _login_needed(force=bool(raw))
     now = time.time()
     why = rules.ended(login.created_at, login.last_activity, login.expires_at, now, gw.limits)
     if why is not None:

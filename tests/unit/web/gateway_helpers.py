@@ -109,7 +109,7 @@ class FakeKeycloak:
 class Gateway:
     """One app with the gateway, its doubles, its audit events."""
 
-    def __init__(self, tmp_path: Path, **gateway: Any):
+    def __init__(self, tmp_path: Path, web: dict[str, Any] | None = None, **gateway: Any):
         self.db_url = f"sqlite:///{tmp_path}/bridge.db"
         migrate(self.db_url)
         with session(engine(self.db_url)) as s:
@@ -121,6 +121,7 @@ class Gateway:
             tokens={"key_encryption_key": KeyEncryptor.generate_secret(), "issuer": BASE,
                     "clients": [{"client_id": "pacs-viewer"}]},
             gateway={"orthanc_url": ORTHANC, "viewer_origins": [VIEWER_ORIGIN], **gateway},
+            web=web or {},
         )
         self.events: list[tuple[AuditEventType, dict[str, Any]]] = []
         service = build_service(self.settings)

@@ -315,3 +315,30 @@ def test_preflight(g: Gateway, origin: str, path: str, status: int) -> None:
     assert r.status_code == status
     assert (r.headers.get("Access-Control-Allow-Origin") == origin) is (status == 204)
     assert g.orthanc.requests == []
+
+
+def test_head_is_treated_like_get(g: Gateway) -> None:
+    assert g.open(f"{PREFIX}/studies", method="HEAD").status_code == 401 and g.orthanc.requests == []
+    g.log_in()
+    assert g.open(f"{PREFIX}/studies", method="HEAD").status_code == 200
+    assert g.orthanc.last.method == "HEAD" and g.orthanc.last.headers["authorization"].startswith("Bearer ")
+
+
+@pytest.mark.parametrize("xff,expected", [
+    ("10.1.2.3", "10.1.2.3"),
+    ("6.6.6.6, 10.1.2.3", "10.1.2.3"),  # only the entry our one proxy appended counts
+    ("6.6.6.6,10.1.2.3", "10.1.2.3"),
+])
+def test_workstation_address_behind_a_trusted_proxy(tmp_path: Path, xff: str, expected: str) -> None:
+    g = Gateway(tmp_path, web={"trusted_proxy_hops": 1})
+    g.log_in()
+    g.get(f"{PREFIX}/studies", headers={"X-Forwarded-For": xff, WORKSTATION_HEADER: "6.6.6.6"})
+    assert g.orthanc.last.headers.get_list(WORKSTATION_HEADER) == [expected]
+    assert "x-forwarded-for" not in {k.lower() for k in g.orthanc.last.headers}
+
+
+def test_a_repeated_forwarding_header_cannot_name_the_workstation(tmp_path: Path) -> None:
+    g = Gateway(tmp_path, web={"trusted_proxy_hops": 1})
+    g.log_in()
+    g.get(f"{PREFIX}/studies", headers=[("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-For", "10.1.2.3")])
+    assert g.orthanc.last.headers.get_list(WORKSTATION_HEADER) != ["6.6.6.6"]

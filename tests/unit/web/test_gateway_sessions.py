@@ -344,3 +344,14 @@ def test_backchannel_logout_by_sub_ends_every_session_of_the_user(g: Gateway) ->
     b = g.log_in(sid="kc-sid-2")
     assert g.post("/backchannel-logout", data={"logout_token": logout_token(sid=None)}).status_code == 200
     assert g.gw.store.get(a) is None and g.gw.store.get(b) is None
+
+
+def test_sessions_nobody_came_back_to_are_swept_with_their_keycloak_sessions(g: Gateway) -> None:
+    idle = g.log_in(sid="kc-sid-idle")
+    _age(g, last_activity=g.settings.gateway.idle_timeout_seconds + 5)
+    live = g.log_in(sid="kc-sid-live")
+    g.gw.next_sweep = 0.0
+    assert views.sweep(g.gw) == 1
+    assert g.gw.store.get(idle) is None and g.gw.store.get(live) is not None
+    assert g.keycloak.ended == ["rt-0"]
+    assert views.sweep(g.gw) == 0  # not again within the minute
