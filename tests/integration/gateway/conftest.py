@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from gw_browser_helpers import Stack
+from gw_browser_helpers import APPS, Stack
 from werkzeug.serving import make_server
 
 from bridge.config import Settings, load_config
@@ -36,24 +36,33 @@ def gw_stack(stack: dict[str, Any], directory_ids: dict[str, dict[str, str]]) ->
 
 
 @pytest.fixture(scope="session")
-def short_idle_gateway(gw_stack: Stack) -> Iterator[Callable[[], str]]:
-    """``url()``: a second bridge (werkzeug, TLS) over the stack's database and signing keys, its
-    gateway with a 10 s idle timeout: its PACS tokens carry the stack bridge's issuer, so the
-    stack's Orthanc accepts them.  Keycloak's client admits any https://127.0.0.1:* callback."""
-    port = free_port()
-    url = f"https://127.0.0.1:{port}"
-    data = gw_stack.settings.model_dump(mode="python")
-    data["bridge"]["public_url"] = url
-    data["tokens"]["issuer"] = gw_stack.settings.tokens.issuer or gw_stack.settings.bridge.public_url
-    data["gateway"]["idle_timeout_seconds"] = 10
-    data["web"]["trusted_proxy_hops"] = 0
-    settings = Settings(**_unsecret(data))
-    app = create_app(settings, config={"PACS_BRIDGE_RATE_LOGIN": "1000/minute"})
-    pair = tls.issue("bridge-gateway-test")
-    server = make_server("127.0.0.1", port, app, threaded=True, ssl_context=(str(pair.cert), str(pair.key)))
-    threading.Thread(target=server.serve_forever, name="bridge-gateway-test", daemon=True).start()
-    yield lambda: url + settings.gateway.prefix
-    server.shutdown()
+def private_gateway(gw_stack: Stack) -> Iterator[Callable[..., str]]:
+    """``start(**gateway_settings)``: a second bridge (werkzeug, TLS) over the stack's database and
+    signing keys, its gateway configured with the given keys; returns the gateway's URL.  Its PACS
+    tokens carry the stack bridge's issuer, so the stack's Orthanc accepts them; Keycloak's client
+    admits any https://127.0.0.1:* callback."""
+    servers: list[Any] = []
+
+    def start(**gateway: Any) -> str:
+        port = free_port()
+        url = f"https://127.0.0.1:{port}"
+        data = gw_stack.settings.model_dump(mode="python")
+        data["bridge"]["public_url"] = url
+        data["tokens"]["issuer"] = gw_stack.settings.tokens.issuer or gw_stack.settings.bridge.public_url
+        data["gateway"].update(gateway)
+        data["web"]["trusted_proxy_hops"] = 0
+        settings = Settings(**_unsecret(data))
+        app = create_app(settings, config={"PACS_BRIDGE_RATE_LOGIN": "1000/minute"})
+        pair = tls.issue("bridge-gateway-test")
+        server = make_server("127.0.0.1", port, app, threaded=True, ssl_context=(str(pair.cert), str(pair.key)))
+        threading.Thread(target=server.serve_forever, name=f"bridge-gateway-test-{port}", daemon=True).start()
+        servers.append(server)
+        APPS[url + settings.gateway.prefix] = app
+        return url + settings.gateway.prefix
+
+    yield start
+    for server in servers:
+        server.shutdown()
 
 
 def _unsecret(node: Any) -> Any:

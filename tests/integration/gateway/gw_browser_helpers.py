@@ -16,6 +16,8 @@ from pacs_devstack import tls
 from pacs_devstack.pacs_double import dicom_instance
 
 UID_ROOT = "1.2.826.0.1.3680043.10.1137.77"
+#: gateway URL -> the private bridge's Flask app (tests read its session store)
+APPS: dict[str, Any] = {}
 
 
 @dataclass

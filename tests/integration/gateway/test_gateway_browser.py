@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from gw_browser_helpers import Stack
+from gw_browser_helpers import APPS, Stack
 from sqlalchemy import delete, select
 
 from bridge.store.db import session
@@ -82,10 +82,10 @@ def test_radiologist_logs_in_sees_landing_finds_study_and_logs_out(gw_stack: Sta
 
 
 def test_idle_timeout_logs_out_and_the_next_visit_asks_for_the_password(
-    short_idle_gateway: Callable[[], str], gw_stack: Stack, tmp_path: Path,
+    private_gateway: Callable[..., str], gw_stack: Stack, tmp_path: Path,
 ) -> None:
     browser.ensure_installed()
-    gateway = short_idle_gateway()
+    gateway = private_gateway(idle_timeout_seconds=10)
     with browser.chromium(gw_stack.certs(), tmp_path / "profile") as b:
         b.go(gateway + "/")
         _login(b, "rad.chen", gateway)
@@ -163,3 +163,29 @@ def test_a_leavers_open_tab_is_refused_after_the_sync_revokes(gw_stack: Stack, t
             for role, dn, rule, scopes, managed in rows:
                 s.add(RoleAssignment(subject_id=sub, username=user, role=role, source_group_dn=dn, rule_id=rule,
                                      scopes=scopes, managed=managed))
+
+
+def test_renewal_through_keycloak_keeps_the_session_and_orthanc_accepts_the_new_token(
+    private_gateway: Callable[..., str], gw_stack: Stack, tmp_path: Path,
+) -> None:
+    """Every request renews (margin > token lifetime): Keycloak's real refresh, the MFA rule on the
+    refreshed token, a new PACS token that Orthanc accepts, and no login form in between."""
+    browser.ensure_installed()
+    gw_stack.upload("GATEWAY^RENEWAL")
+    gateway = private_gateway(renew_margin_seconds=100_000)
+    with browser.chromium(gw_stack.certs(), tmp_path / "profile") as b:
+        b.go(gateway + "/")
+        _login(b, "rad.bruno", gateway)
+        assert b.wait_for(lambda: "Your roles" in b.source())
+        store = APPS[gateway].extensions["pacs_bridge_gateway"].store
+        raw = next(c["value"] for c in b.cookies() if c["name"] == "__Host-pacs-gateway")
+        seen = {store.get(raw).tokens.pacs_token}
+        for _ in range(3):
+            b.go(gateway + "/studies")
+            assert b.wait_for(lambda: b.source().count('"') >= 2 and "kc-form-login" not in b.source()), \
+                b.source()[:500]
+            assert b.url() == gateway + "/studies"
+            seen.add(store.get(raw).tokens.pacs_token)
+        assert len(seen) == 4, "each request should have renewed the PACS token"
+        b.go(gateway + "/")
+        assert b.wait_for(lambda: "Your roles" in b.source()), b.source()[:500]
