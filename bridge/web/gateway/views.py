@@ -31,6 +31,7 @@ from bridge.core import mfa
 from bridge.core.audit_codes import AuditEventType
 from bridge.core.errors import VerificationError
 from bridge.oidc import session as sess
+from bridge.oidc.rejections import SampledRejections
 from bridge.tokens import claims as claims_mod
 from bridge.tokens.service import IssuedToken, TokenService
 from bridge.web.client import client_address
@@ -63,6 +64,8 @@ class Gateway:
     public_base: str  # https://bridge/pacs
     public_origin: str
     csrf_key: bytes
+    #: refusals of the gateway itself, audited a sample at a time (anyone can send them: bounded)
+    refusals: Any = None
     next_sweep: float = 0.0
 
 
@@ -88,6 +91,8 @@ def init_app(app: Flask, settings: Settings, service: TokenService, oauth: Any, 
         csrf_key=hashlib.sha256(b"gateway csrf\0"
                                 + settings.bridge.session_secret.get_secret_value().encode()).digest(),
     )
+    gw.refusals = SampledRejections(
+        lambda details: service.audit(AuditEventType.ACCESS_DENIED, {"client_id": CLIENT_ID, **details}), "gateway")
     app.extensions[EXTENSION] = gw
     app.config[pages.FORM_TARGETS] = rules.origin_of(settings.keycloak.url)
     bp = Blueprint("gateway", __name__, url_prefix=g.prefix)
@@ -111,10 +116,10 @@ def _audit(kind: AuditEventType, details: Mapping[str, Any]) -> None:
 
 
 def _refuse(status: int, reason: str, login: GatewayLogin | None = None) -> Response:
-    """A refusal by the gateway itself (audited; the body says why, never a secret)."""
-    _audit(AuditEventType.ACCESS_DENIED, {"reason": f"gateway: {reason}", "path": request.path[:300],
-                                          **({"subject": login.subject_id, "username": login.username}
-                                             if login else {})})
+    """A refusal by the gateway itself (audited in bounded volume: an unauthenticated flood of bad
+    paths must not fill the audit store; the body says why, never a secret)."""
+    _gw().refusals({"reason": f"gateway: {reason}", "path": request.path[:300],
+                    **({"subject": login.subject_id, "username": login.username} if login else {})})
     return pages.secure(Response(f"{reason}\n", status=status, mimetype="text/plain"))
 
 

@@ -342,3 +342,10 @@ def test_a_repeated_forwarding_header_cannot_name_the_workstation(tmp_path: Path
     g.log_in()
     g.get(f"{PREFIX}/studies", headers=[("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-For", "10.1.2.3")])
     assert g.orthanc.last.headers.get_list(WORKSTATION_HEADER) != ["6.6.6.6"]
+
+
+def test_refusals_are_audited_in_bounded_volume(g: Gateway) -> None:
+    for _ in range(200):
+        assert g.get(f"{PREFIX}/%2e%2e/token").status_code == 400
+    refused = [r for r in g.denied() if r.startswith("gateway:")]
+    assert 1 <= len(refused) <= 20, len(refused)
