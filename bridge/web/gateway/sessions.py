@@ -23,8 +23,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Engine, delete, or_, select, update
+from sqlalchemy import Engine, bindparam, delete, or_, select, update
 
 from bridge.store.db import session as db_session
 from bridge.store.models import GatewaySession
@@ -38,6 +39,11 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
 
 def hash_id(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _epoch(value: datetime) -> float:
+    """A stored time as epoch seconds (a Core row from SQLite has no time zone: it is UTC)."""
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
 def _ts(value: float) -> datetime:
@@ -69,6 +75,9 @@ class GatewayLogin:
     tokens: Tokens
 
 
+_BY_ID = select(GatewaySession.__table__).where(GatewaySession.id_hash == bindparam("id_hash"))
+
+
 class SessionStore:
     """The ``gateway_sessions`` table."""
 
@@ -84,7 +93,7 @@ class SessionStore:
     def _seal(self, id_hash: str, tokens: Tokens) -> bytes:
         return self.encryptor.encrypt(json.dumps(asdict(tokens)).encode(), id_hash)
 
-    def _open(self, row: GatewaySession, tokens_required: bool = True) -> GatewayLogin | None:
+    def _open(self, row: Any, tokens_required: bool = True) -> GatewayLogin | None:
         """The row with its tokens decrypted; None if they do not decrypt (``tokens_required``),
         else empty tokens (a session being ended needs its identity, not necessarily its tokens)."""
         try:
@@ -95,8 +104,8 @@ class SessionStore:
                 return None
             tokens = Tokens("", None, None)
         return GatewayLogin(row.id_hash, row.subject_id, row.kc_sub, row.sid, row.username,
-                            row.created_at.timestamp(), row.last_activity.timestamp(),
-                            row.expires_at.timestamp(), row.token_exp.timestamp(), tokens)
+                            _epoch(row.created_at), _epoch(row.last_activity),
+                            _epoch(row.expires_at), _epoch(row.token_exp), tokens)
 
     def create(self, *, subject_id: str, kc_sub: str, sid: str | None, username: str | None, tokens: Tokens,
                token_exp: float, lifetime_seconds: float) -> str:
@@ -117,14 +126,14 @@ class SessionStore:
         if not raw or not ID_PATTERN.fullmatch(raw):
             return None
         id_hash = hash_id(raw)
-        with db_session(self.engine) as s:
-            row = s.get(GatewaySession, id_hash)
-            if row is None:
-                return None
-            found = self._open(row)
-            if found is None:
-                s.delete(row)  # tampered or under another key: unusable, and never again tried
-            return found
+        with self.engine.connect() as conn:  # Core, prebuilt statement: this runs on every request
+            row = conn.execute(_BY_ID, {"id_hash": id_hash}).first()
+        if row is None:
+            return None
+        found = self._open(row)  # type: ignore[arg-type]
+        if found is None:
+            self.end(id_hash)  # tampered or under another key: unusable, and never again tried
+        return found
 
     def touch(self, id_hash: str, when: float | None = None) -> None:
         """Record user activity (the idle clock restarts)."""
