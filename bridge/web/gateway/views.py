@@ -151,7 +151,9 @@ def _clear_cookie(resp: Response) -> Response:
 def _safe_next(value: Any) -> str:
     """Only a path under the prefix may be the target after login (no open redirect)."""
     gw = _gw()
-    if isinstance(value, str) and value.startswith(gw.prefix + "/") and "//" not in value and "\\" not in value:
+    if (isinstance(value, str) and value.startswith(gw.prefix + "/") and "//" not in value and "\\" not in value
+            and rules.upstream_path(value[len(gw.prefix) + 1:].split("?")[0]) is not None
+            and rules.plain_raw_path(value.split("?")[0])):
         return value
     return gw.prefix + "/"
 

@@ -151,7 +151,8 @@ def test_login_without_pacs_role_gets_no_session(g: Gateway, monkeypatch: pytest
 
 def test_next_after_login_is_only_a_path_under_the_prefix(g: Gateway) -> None:
     with g.app.test_request_context(base_url=BASE):
-        for bad in ("https://evil.test/", "//evil.test/pacs/", "/token", "/pacs\\..\\token", None, "/pacs//x"):
+        for bad in ("https://evil.test/", "//evil.test/pacs/", "/token", "/pacs\\..\\token", None, "/pacs//x",
+                    "/pacs/../token", "/pacs/%2e%2e/token", "/pacs/app/%2F%2Fevil.test"):
             assert views._safe_next(bad) == f"{PREFIX}/"
         assert views._safe_next(f"{PREFIX}/app/explorer.html") == f"{PREFIX}/app/explorer.html"
 
