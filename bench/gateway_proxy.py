@@ -1,6 +1,6 @@
 """What the browser gateway adds to a request, against Orthanc directly with the same PACS token.
 
-    PACS_BRIDGE_DEVSTACK_DIR=... .venv/bin/python bench/gateway.py [--n 300] [--archive-mb 200]
+    PACS_BRIDGE_DEVSTACK_DIR=... .venv/bin/python bench/gateway_proxy.py [--n 300] [--archive-mb 200]
 
 Needs the running dev stack (the bridge with its gateway, Orthanc).  A PACS token for
 ``rad.alice`` is issued by the stack's own token service (grant read from the store) and a gateway
@@ -121,7 +121,7 @@ def main() -> None:
     info = state.read_stack()
     settings = load_config(info["bridge"]["config"])
     if not settings.gateway.enabled or "orthanc" not in info:
-        sys.exit("bench/gateway.py: needs the dev stack's bridge with its gateway and Orthanc")
+        sys.exit("bench/gateway_proxy.py: needs the dev stack's bridge with its gateway and Orthanc")
     services = Services(settings)
     svc = services.token_service
     with db_session(services.engine) as s:
