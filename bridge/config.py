@@ -442,6 +442,98 @@ class WebSection(_Section):
         return self
 
 
+#: paths the web app serves itself: a gateway prefix must not shadow them
+_RESERVED_PREFIXES = ("/login", "/logout", "/oidc", "/backchannel-logout", "/token", "/introspect", "/revoke",
+                      "/revocations", "/jwks.json", "/.well-known", "/audit", "/metrics", "/readyz", "/healthz",
+                      "/orthanc-auth", "/static")
+
+
+class GatewaySection(_Section):
+    """The browser gateway to Orthanc (backend-for-frontend, docs/gateway.md).
+
+    Off while ``orthanc_url`` is unset.  The browser holds only an opaque session cookie; the
+    PACS token, Keycloak's refresh token and the ID token stay in the bridge's database, encrypted."""
+
+    #: where the gateway lives on the bridge's public URL (``https://<bridge>/pacs/``)
+    prefix: str = "/pacs"
+    #: Orthanc's internal URL (loopback or a private network); None: the gateway is off
+    orthanc_url: str | None = None
+    #: CA that signed Orthanc's certificate when ``orthanc_url`` is https (None: the system store)
+    orthanc_ca_file: Path | None = None
+    #: HIPAA automatic logoff: a session without a user-initiated request for this long ends
+    idle_timeout_seconds: int = Field(900, ge=10, le=24 * 3600)
+    #: a session ends this long after login whatever happens; at most ``keycloak_sso_max_seconds``
+    absolute_lifetime_seconds: int = Field(10 * 3600, ge=60)
+    #: Keycloak's "SSO Session Max" of the realm (the refresh token dies with it)
+    keycloak_sso_max_seconds: int = Field(10 * 3600, ge=60)
+    #: renew the PACS token when it has less than this left
+    renew_margin_seconds: int = Field(60, ge=5)
+    #: origins of external DICOMweb viewers allowed to call ``<prefix>/dicom-web/`` with a bearer token
+    viewer_origins: list[str] = Field(default_factory=list)
+    #: Orthanc paths (below the prefix, e.g. ``/changes``) a page polls in the background: a GET
+    #: there that is not a navigation is no user activity and does not hold the session open
+    background_paths: list[str] = Field(default_factory=lambda: ["/changes", "/jobs", "/system"])
+    #: upstream timeouts (connect, read) in seconds; a study archive is streamed, so read is per chunk
+    connect_timeout_seconds: float = Field(5.0, gt=0)
+    read_timeout_seconds: float = Field(300.0, gt=0)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not re.fullmatch(r"(/[A-Za-z0-9_-]+)+", v):
+            raise ValueError("must look like /pacs: a path of letters, digits, _ and -, "
+                             "starting with / and without a trailing /")
+        for reserved in _RESERVED_PREFIXES:
+            if v == reserved or v.startswith(reserved + "/"):
+                raise ValueError(f"{reserved} is served by the bridge itself; choose another prefix")
+        return v
+
+    @field_validator("orthanc_url")
+    @classmethod
+    def _orthanc(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = _require_scheme(v, ("https://", "http://"), "Orthanc's internal URL")
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if not parts.hostname or parts.query or parts.fragment or parts.username:
+            raise ValueError("must be scheme://host[:port][/path] without credentials, query or fragment")
+        return v
+
+    @field_validator("viewer_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        bad = [o for o in v if not re.fullmatch(r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?", o)]
+        if bad:
+            raise ValueError("an origin is https://host[:port], nothing after it (no path, no *): "
+                             + ", ".join(repr(b) for b in bad))
+        return v
+
+    @field_validator("background_paths")
+    @classmethod
+    def _paths(cls, v: list[str]) -> list[str]:
+        bad = [p for p in v if not re.fullmatch(r"(/[A-Za-z0-9_.-]+)+", p) or "/.." in p]
+        if bad:
+            raise ValueError("each path starts with / (below the prefix), e.g. /changes: "
+                             + ", ".join(repr(b) for b in bad))
+        return v
+
+    @model_validator(mode="after")
+    def _lifetimes(self) -> GatewaySection:
+        if self.absolute_lifetime_seconds > self.keycloak_sso_max_seconds:
+            raise ValueError(f"absolute_lifetime_seconds: {self.absolute_lifetime_seconds} exceeds "
+                             f"keycloak_sso_max_seconds ({self.keycloak_sso_max_seconds}); a session must "
+                             "not outlive the Keycloak session it renews from")
+        if self.idle_timeout_seconds > self.absolute_lifetime_seconds:
+            raise ValueError("idle_timeout_seconds: longer than absolute_lifetime_seconds")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.orthanc_url is not None
+
+
 class Settings(BaseSettings):
     """The whole configuration.  Build it with :func:`load_config`."""
 
@@ -463,6 +555,7 @@ class Settings(BaseSettings):
     store: StoreSection = Field(default_factory=StoreSection)
     audit: AuditSection = Field(default_factory=AuditSection)
     web: WebSection = Field(default_factory=WebSection)
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
 
     _yaml_data: dict[str, Any] = {}
 
@@ -566,4 +659,7 @@ def summary(settings: Settings) -> list[tuple[str, str]]:
                 + (f"from {', '.join(s.web.metrics.allow) or 'nowhere'}"
                    f"{' or with the token' if s.web.metrics.bearer_token else ''}"
                    if s.web.metrics.enabled else "off")),
+        ("gateway", f"{s.bridge.public_url}{s.gateway.prefix}/ -> {s.gateway.orthanc_url} (idle "
+                    f"{s.gateway.idle_timeout_seconds} s, max {s.gateway.absolute_lifetime_seconds} s)"
+                    if s.gateway.enabled else "(off)"),
     ]

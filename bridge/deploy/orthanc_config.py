@@ -145,8 +145,12 @@ def plugin_settings(
     audit_url: str | None = None,
     audit_token_file: Path | None = None,
     mfa: Any | None = None,
+    gateway_addresses: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The plugin's JSON config (bridge/pacs/plugin_config.py) for a bridge at ``issuer``.
+
+    ``gateway_addresses``: where the bridge's gateway connects from (its workstation header is
+    trusted from there only).
 
     ``mfa`` is the bridge's ``mfa`` section: the PACS must apply the same rule as ``/token``."""
     base = issuer.rstrip("/")
@@ -160,6 +164,8 @@ def plugin_settings(
     }
     if ca_file is not None:
         out["ca_file"] = str(ca_file)
+    if gateway_addresses:
+        out["gateway_addresses"] = list(gateway_addresses)
     if orthanc_log_file is not None:
         out["orthanc_log_file"] = str(orthanc_log_file)
     if audit_url:

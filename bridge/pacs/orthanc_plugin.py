@@ -210,14 +210,22 @@ def decide(uri: str, method: int, headers: dict[str, str], get: dict[str, str] |
     return gate.decide(uri, method, headers, get, ip)
 
 
+def audited_address(peer: str, headers: dict[str, str]) -> str:
+    """The workstation's address for the audit trail (the gateway's header, trusted only from the
+    configured gateway addresses: :meth:`PluginConfig.audited_address`); the peer otherwise."""
+    gate = HOLDER.gate
+    return gate.config.audited_address(peer, headers) if gate is not None else peer
+
+
 def incoming_http_request_filter(uri: str, **kwargs: Any) -> bool:
     """Orthanc's callback: ``(uri, method=int, ip=str, headers=dict[, get=dict])``; never raises."""
     enter = time.perf_counter_ns() if PROFILE is not None else 0
     try:
         _pin_thread_state()
         clear_request_context()
-        verdict = decide(uri, int(kwargs.get("method", 0)), kwargs.get("headers") or {}, kwargs.get("get"),
-                         str(kwargs.get("ip") or ""))
+        headers = kwargs.get("headers") or {}
+        verdict = decide(uri, int(kwargs.get("method", 0)), headers, kwargs.get("get"),
+                         audited_address(str(kwargs.get("ip") or ""), headers))
         allowed = verdict is True
     except Exception:  # fail closed: any error is a denial, never a 500
         allowed = False

@@ -18,6 +18,7 @@ restarting Orthanc; a file that becomes invalid keeps the plugin denying everyth
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -30,6 +31,9 @@ from bridge.core.mfa import MfaRule
 from bridge.core.verifier import VerifierConfig
 
 ENV_FILE = "PACS_BRIDGE_PLUGIN_CONFIG"
+#: the header in which the bridge's gateway names the workstation a request came from; trusted
+#: only when the TCP peer is one of ``gateway_addresses`` (docs/gateway.md, "Header trust")
+WORKSTATION_HEADER = "X-Pacs-Bridge-Workstation"
 ENV_PREFIX = "PACS_BRIDGE_PLUGIN_"
 ORTHANC_SECTION = "PacsBridge"
 
@@ -69,6 +73,9 @@ class PluginConfig:
     #: how long a resource -> study attribute mapping is trusted
     scope_cache_seconds: float = 300.0
     reload_check_seconds: float = 2.0
+    #: addresses/networks of the bridge's gateway: only a request from one of them may name the
+    #: workstation in :data:`WORKSTATION_HEADER` (empty: the header is never trusted)
+    gateway_addresses: tuple[str, ...] = ()
     source: str = field(default="(inline)", compare=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +91,23 @@ class PluginConfig:
                 raise PluginConfigError(f"{self.source}: {name} must be an https:// URL")
         if self.leeway_seconds < 0 or self.leeway_seconds > 120:
             raise PluginConfigError(f"{self.source}: leeway_seconds must be within 0..120")
+        try:
+            networks = tuple(ipaddress.ip_network(a, strict=False) for a in self.gateway_addresses)
+        except ValueError as exc:
+            raise PluginConfigError(f"{self.source}: gateway_addresses: {exc}") from None
+        object.__setattr__(self, "_gateway_networks", networks)
+
+    def audited_address(self, peer: str, headers: Mapping[str, str]) -> str:
+        """The workstation address for the audit trail: the gateway's header when the TCP peer
+        is a configured gateway address and the header holds exactly one IP address; otherwise
+        the peer itself (a header from anyone else is ignored, whatever it says)."""
+        value = _single_header(headers, WORKSTATION_HEADER)
+        if value is None or not _in(peer, getattr(self, "_gateway_networks", ())):
+            return peer
+        try:
+            return str(ipaddress.ip_address(value.strip()))
+        except ValueError:
+            return peer
 
     def verifier_config(self) -> VerifierConfig:
         """The verifier's settings: the one mapping from the plugin's keys (the gate and the bench use it)."""
@@ -100,6 +124,24 @@ class PluginConfig:
             revocation_max_stale_seconds=self.revocation_max_stale_seconds,
             mfa_rule=self.mfa,
         )
+
+
+def _in(address: str, networks: tuple[Any, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return any((mapped or ip) in net for net in networks)
+
+
+def _single_header(headers: Mapping[str, str], name: str) -> str | None:
+    """The header's value if it appears once (any case) with one value; a repeated or
+    comma-joined header is None (which copy would be the truth?)."""
+    values = [v for k, v in headers.items() if k.lower() == name.lower()]
+    if len(values) != 1 or not isinstance(values[0], str) or "," in values[0]:
+        return None
+    return values[0]
 
 
 def _coerce(name: str, annotation: Any, value: Any, source: str) -> Any:

@@ -250,6 +250,27 @@ class PullCursor(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
+class GatewaySession(Base):
+    """A browser session of the gateway (bridge/web/gateway): the browser holds only a random id,
+    the row is found by its SHA-256 (``id_hash``), so a database reader cannot use a row as a
+    cookie.  ``secrets`` holds the PACS token, Keycloak's refresh token and the ID token,
+    AES-GCM encrypted under a key derived from the bridge's key-encryption key with ``id_hash``
+    as associated data (a ciphertext moved to another row does not decrypt).  Deleted at logout."""
+
+    __tablename__ = "gateway_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject_id: Mapped[str] = mapped_column(String(128), index=True)
+    kc_sub: Mapped[str] = mapped_column(String(128), index=True)
+    sid: Mapped[str | None] = mapped_column(String(256), index=True)
+    username: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_activity: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    token_exp: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    secrets: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class Share(Base):
     """An external share of a study (de-identified link for a recipient)."""
 

@@ -86,6 +86,18 @@ class KeyEncryptor:
         if len(kek) != 32:
             raise SigningKeyError("tokens.key_encryption_key: must be 32 bytes (base64-encoded)")
         self._aead = AESGCM(kek)
+        self._kek = kek
+
+    def derived(self, purpose: str) -> KeyEncryptor:
+        """An encryptor under a key derived from the KEK for ``purpose`` (HKDF-SHA256, the purpose
+        as ``info``): another kind of secret (e.g. gateway sessions) never shares the signing keys'
+        AES key, so a ciphertext of one kind cannot be decrypted as the other."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"pacs-bridge key hierarchy",
+                   info=purpose.encode()).derive(self._kek)
+        return KeyEncryptor(key)
 
     @classmethod
     def from_secret(cls, value: str | None) -> KeyEncryptor:

@@ -50,6 +50,11 @@ def create_app(settings: Settings, *, config: dict[str, Any] | None = None, **se
         from bridge.web import login  # browser login needs both secrets; API-only deployments skip it
 
         login.init_app(app, settings, service)
+        if settings.gateway.enabled:
+            from bridge.web import gateway  # the browser gateway to Orthanc rides on the login's client
+
+            gateway.init_app(app, settings, service, app.extensions[login.EXTENSION]["keycloak"],
+                             login._engine(app, settings), transport=services.get("gateway_transport"))
 
     from bridge.web import orthanc_auth
 

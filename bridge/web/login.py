@@ -1,25 +1,20 @@
-"""Browser login: ``/login`` -> Keycloak -> ``/oidc/callback`` -> a PACS token for the viewer.
+"""Browser login plumbing: Keycloak's callback, ``/logout`` and ``/backchannel-logout``.
 
-``/login?redirect_uri=<viewer>&state=<viewer state>``: the redirect URI must equal one of
-``bridge.viewer_redirect_uris`` exactly (no prefix or pattern match: an open redirect would hand
-tokens to anyone).  Without a live login the browser goes to Keycloak (Authlib: code + PKCE S256 +
-state + nonce).  Back at ``/oidc/callback`` the ID token is validated (Authlib) and the access
-token by the token service's own Keycloak validator; if the login did not reach the MFA level
-(:mod:`bridge.core.mfa`, the one rule) the browser is sent to Keycloak once more with
-``acr_values=mfa`` (step-up) and no token is issued.  Once it holds, the PACS token goes to the
-viewer in the URI *fragment* (never the query: fragments are not sent to servers nor logged).
-
-What the PACS token grants is read from the assignment store when it is issued (never from the
-session cookie): a role the sync removed after the login is not in the next token.
+The browser login itself is the PACS gateway's (bridge/web/gateway, docs/gateway.md): the PACS
+token stays on the server and the browser holds an opaque session cookie.  The old ``/login``,
+which handed the PACS token to a viewer in the redirect URI's fragment, is retired: it now sends
+the browser to the gateway (410 without one).  ``/oidc/callback`` is the one callback registered
+at Keycloak; it hands the gateway's login on (Authlib: code + PKCE S256 + state + nonce; MFA with
+step-up, :mod:`bridge.core.mfa` the one rule).
 
 ``/logout``: a GET only shows a confirmation form; the POST (with the form's CSRF token) ends the
 bridge session, revokes the subject's PACS tokens and sends the browser to Keycloak's
 end-session endpoint with ``id_token_hint`` (RP-initiated logout 1.0).  A link or image on
-another site therefore cannot log anybody out.
+another site therefore cannot log anybody out.  (The gateway has its own, ``<prefix>/logout``.)
 ``/backchannel-logout``: Keycloak's server-to-server logout (Back-Channel Logout 1.0): validates
 the logout token (its ``jti`` recorded in the database, so a replay is refused by every worker),
-ends the bridge session(s) of that ``sid``/``sub`` and revokes the PACS tokens.  It is rate
-limited, and refusals are audited in a bounded way (:mod:`bridge.oidc.rejections`).
+ends the bridge and gateway session(s) of that ``sid``/``sub`` and revokes the PACS tokens.  It
+is rate limited, and refusals are audited in a bounded way (:mod:`bridge.oidc.rejections`).
 """
 
 from __future__ import annotations
@@ -27,30 +22,27 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
-import time
 from typing import Any
 from urllib.parse import urlencode
 
-from authlib.integrations.base_client import OAuthError
 from flask import Blueprint, Flask, Response, current_app, redirect, render_template_string, request, session, url_for
 
 from bridge.config import Settings
-from bridge.core import mfa
 from bridge.core.audit_codes import AuditEventType
-from bridge.core.errors import VerificationError
 from bridge.oidc import client as oidc_client
 from bridge.oidc import session as sess
 from bridge.oidc.logout_token import LogoutTokenError, LogoutTokenValidator
 from bridge.oidc.rejections import SampledRejections
 from bridge.oidc.state import SqlEndedSessions, SqlReplayCache
 from bridge.oidc.users import directory_id_from_admin_api
-from bridge.tokens import claims as claims_mod
 from bridge.tokens.service import TokenService
 from bridge.web.errors import oauth_error_response
 from bridge.web.limits import limit
 
 bp = Blueprint("login", __name__)
 EXTENSION = "pacs_bridge_login"
+#: the gateway's app extension (bridge/web/gateway/views.py): the one browser login that remains
+EXTENSION_GATEWAY = "pacs_bridge_gateway"
 log = logging.getLogger(__name__)
 
 
@@ -122,142 +114,41 @@ def _error(status: int, message: str) -> Response:
     return _no_store(resp)
 
 
-def _current_login() -> sess.Login | None:
-    ext = _ext()
-    revocations = ext["service"].revocations
-
-    def lookup(sub: str) -> int | None:  # fresh: a logout or role removal in another worker counts now
-        return revocations.watermark((sub,))  # type: ignore[no-any-return]
-
-    login, _why = sess.current(session, ext["timeouts"], ext["ended"], lookup)
-    return login
-
-
-def _to_keycloak(step_up: bool) -> Response:
-    ext = _ext()
-    extra = {"acr_values": ext["service"].mfa_rule.required_acr or "mfa"} if step_up else {}
-    session.permanent = True
-    # the callback URL from the configured public URL, never from the request's Host header: a
-    # forged Host would otherwise send Keycloak's code to wherever it names
-    callback = str(ext["settings"].bridge.public_url).rstrip("/") + url_for("login.callback")
-    resp: Response = ext["keycloak"].authorize_redirect(callback, **extra)
-    return _no_store(resp)
-
-
 @bp.get("/login")
 @limit("login")
 def login() -> Response:
-    """Start (or finish, with a live MFA session) a browser login for a viewer."""
-    ext = _ext()
-    redirect_uri = request.args.get("redirect_uri", "")
-    if redirect_uri not in ext["redirect_uris"]:
-        return _error(400, "redirect_uri: not a registered viewer redirect URI (exact match required)")
-    viewer_state = request.args.get("state", "")[:512]
-    session[sess.PENDING] = {"redirect_uri": redirect_uri, "state": viewer_state, "stepped_up": False}
-    with ext["service"].read_scope():  # logout state and assignments over one connection
-        return _login_with(ext)
+    """Retired for browsers: the PACS token no longer travels to a viewer in a URL fragment.
 
-
-def _login_with(ext: dict[str, Any]) -> Response:
-    """The live session delivers (roles read now), or the browser goes to Keycloak."""
-    current = _current_login()
-    if current is not None:
-        if current.fallback is not None:
-            # a local Keycloak account's grant may come from its realm roles, which only a token
-            # validated now can tell: back through Keycloak (its SSO session answers at once)
-            return _to_keycloak(step_up=False)
-        if mfa.check(current.keycloak_claims(), ext["service"].mfa_rule).ok:
-            return _deliver(current)
-        session[sess.PENDING]["stepped_up"] = True
-        return _to_keycloak(step_up=True)
-    return _to_keycloak(step_up=False)
+    Staff open the PACS through the gateway (``<public URL><gateway.prefix>/``), where the token
+    stays on the server (docs/gateway.md); a bookmark or an old viewer link lands there.  Without
+    a gateway there is no browser login at all (410).  ``redirect_uri``/``state`` are ignored: no
+    token is ever delivered to them."""
+    settings: Settings = _ext()["settings"]
+    if settings.gateway.enabled:
+        target = str(settings.bridge.public_url).rstrip("/") + settings.gateway.prefix + "/"
+        return _no_store(redirect(target, code=303))
+    return _error(410, "browser login moved to the PACS gateway (configure gateway.orthanc_url); "
+                       "viewers exchange their own Keycloak token at /token")
 
 
 @bp.get("/oidc/callback")
 @limit("login")
 def callback() -> Response:
-    """Keycloak's redirect back: validate, keep the login, step up or deliver the PACS token."""
-    ext = _ext()
-    service: TokenService = ext["service"]
+    """Keycloak's redirect back: the gateway's login continues there (:func:`gateway.finish_login`)."""
     pending = session.get(sess.PENDING)
-    if not isinstance(pending, dict):
-        return _error(400, "no login in progress (start at /login)")
-    try:
-        token = ext["keycloak"].authorize_access_token()
-    except OAuthError as exc:
-        service.audit(AuditEventType.LOGIN_FAILURE, {"reason": f"oidc callback: {exc.error}"})
-        return _error(400, f"login failed: {exc.error}")
-    id_claims = dict(token.get("userinfo") or {})
-    if not id_claims:
-        return _error(400, "login failed: no ID token")
-    assert service.keycloak is not None  # checked in init_app
-    try:
-        access = service.keycloak.validate(token["access_token"])
-    except VerificationError as exc:
-        return _error(400, f"login failed: {exc.reason}")
-    if access.get("sub") != id_claims.get("sub"):
-        return _error(400, "login failed: access and ID token are about different users")
-    subject, fallback = claims_mod.subject_from_keycloak({**access, **id_claims})
-    now = time.time()
-    amr = id_claims.get("amr") or []
-    current = sess.Login(
-        sub=subject.id, kc_sub=str(id_claims["sub"]), sid=id_claims.get("sid"), username=subject.username,
-        name=subject.name, auth_time=subject.auth_time, acr=subject.acr,
-        amr=[amr] if isinstance(amr, str) else list(amr),
-        id_token=str(token["id_token"]), login_at=now, last_seen=now, fallback=fallback,
-    )
-    session.clear()  # a fresh session after login (no fixation); pending is put back below
-    session.permanent = True
-    sess.save(session, current)
-    session[sess.PENDING] = pending
-    _remember_directory_id(current.kc_sub, current.sub)
-    service.audit(AuditEventType.LOGIN_SUCCESS, {"subject": current.sub, "username": current.username,
-                                                 "client_id": "browser-login", "acr": current.acr,
-                                                 **({"subject_source": fallback} if fallback else {})})
-    verdict = mfa.check(current.keycloak_claims(), service.mfa_rule)
-    if not verdict.ok:
-        service.audit(AuditEventType.MFA_FAILURE, {"subject": current.sub, "username": current.username,
-                                                   "reason": verdict.reason, "client_id": "browser-login"})
-        if pending.get("stepped_up"):
-            return _error(401, "a multi-factor login is required for PACS access; none was completed")
-        pending["stepped_up"] = True
-        session[sess.PENDING] = pending
-        return _to_keycloak(step_up=True)
-    return _deliver(current, {**access, **id_claims})
+    if not isinstance(pending, dict) or not pending.get("gateway") or EXTENSION_GATEWAY not in current_app.extensions:
+        return _error(400, "no login in progress (open the PACS gateway)")
+    from bridge.web.gateway import views as gateway
+
+    return gateway.finish_login(pending)
 
 
 def _remember_directory_id(kc_sub: str, directory_id: str) -> None:
+    """Keycloak user id -> directory id learnt at login (back-channel logout names Keycloak's id)."""
     ids: dict[str, str] = _ext()["directory_ids"]
     if len(ids) >= 10_000:  # bounded; a miss only costs one admin API lookup at back-channel logout
         ids.clear()
     ids[kc_sub] = directory_id
-
-
-def _deliver(current: sess.Login, fresh_claims: dict[str, Any] | None = None) -> Response:
-    """Issue the PACS token and hand it to the viewer in the redirect URI's fragment.
-
-    The grant is read from the assignment store now.  ``fresh_claims`` (the Keycloak tokens just
-    validated at the callback) are passed only so that a local account may fall back to its realm
-    roles; a session cookie never supplies roles."""
-    ext = _ext()
-    service: TokenService = ext["service"]
-    pending = session.pop(sess.PENDING, None) or {}
-    kc_claims = fresh_claims if fresh_claims is not None else current.keycloak_claims()
-    subject, _ = claims_mod.subject_from_keycloak(kc_claims)
-    grant = service.grant_for(subject, kc_claims)
-    if not grant.permissions:
-        service.audit(AuditEventType.ACCESS_DENIED, {"subject": subject.id, "username": subject.username,
-                                                     "reason": service.denial_reason(grant),
-                                                     "client_id": "browser-login"})
-        return _error(403, "no PACS access for this account")
-    issued = service.issue(subject, grant, ext["settings"].keycloak.client_id)
-    fragment = {"access_token": issued.access_token, "token_type": "Bearer",
-                "expires_in": str(issued.expires_in), "scope": issued.claims["scope"]}
-    if pending.get("state"):
-        fragment["state"] = pending["state"]
-    resp = redirect(pending["redirect_uri"] + "#" + urlencode(fragment), code=303)
-    resp.headers["Referrer-Policy"] = "no-referrer"
-    return _no_store(resp)
 
 
 CSRF = "bridge_logout_csrf"
@@ -342,6 +233,10 @@ def backchannel_logout() -> Response:
     if isinstance(claims.get("sid"), str):
         ext["ended"].end(claims["sid"])
     kc_sub = claims.get("sub")
+    from bridge.web.gateway import views as gateway
+
+    gateway.end_for_logout(claims.get("sid") if isinstance(claims.get("sid"), str) else None,
+                           (kc_sub,) if isinstance(kc_sub, str) else ())
     if isinstance(kc_sub, str):
         directory_id = ext["directory_ids"].get(kc_sub)
         if directory_id is None:

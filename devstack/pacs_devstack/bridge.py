@@ -26,7 +26,7 @@ import yaml
 # the canonical command line lives with the runtime (re-exported: tests import it from here)
 from bridge.deploy.gunicorn import THREADS, WORKERS, gunicorn_argv, gunicorn_env  # noqa: F401
 from bridge.http import pinned_session
-from pacs_devstack import front, process
+from pacs_devstack import front, process, state
 from pacs_devstack.service import Service, StackContext
 from pacs_devstack.state import project_root
 from pacs_devstack.tls import issue
@@ -39,6 +39,18 @@ AUDIT_INGEST_SECRET = "bridge-audit-ingest"
 #: every client of the dev stack is 127.0.0.1, so the per-address limits of a site would throttle the
 #: stack as a whole (the failover benchmark drives thousands of exchanges); a site keeps the defaults
 DEV_RATE_LIMITS = {"TOKEN": "2000/second", "INTROSPECT": "2000/second", "AUDIT": "2000/second"}
+
+
+#: the gateway's session rules in the dev stack: the realm's SSO Session Max is 10 h
+#: (keycloak-realm/hospital-realm.json); tests may override any key with
+#: ``PACS_BRIDGE_GATEWAY__<KEY>`` in the bridge's environment
+GATEWAY_SETTINGS = {"keycloak_sso_max_seconds": 36000, "absolute_lifetime_seconds": 36000,
+                    "idle_timeout_seconds": 900}
+
+
+def selected(name: str) -> bool:
+    """Whether service ``name`` is part of this stack (recorded by `stack.up` before any start)."""
+    return name in state.read_stack().get(state.SELECTION, {}).get("services", ())
 
 
 class BridgeService(Service):
@@ -160,6 +172,10 @@ class BridgeService(Service):
         }
         if info.get("orthanc", {}).get("url"):
             data["pacs"]["orthanc_url"] = info["orthanc"]["url"]
+        if selected("orthanc"):  # the browser gateway to the stack's Orthanc (docs/gateway.md)
+            from pacs_devstack.orthanc import SERVICE as ORTHANC
+
+            data["gateway"] = {"orthanc_url": ORTHANC.internal_url(), **GATEWAY_SETTINGS}
         redis = info.get("redis", {})
         web: dict[str, Any] = {}
         if redis.get("url"):  # shared rate limits across the workers (memory:// without it)
@@ -222,7 +238,9 @@ class BridgeService(Service):
                 f"{own}/.well-known/oauth-authorization-server", timeout=3).status_code == 200
 
         process.wait_until(ready, what=f"{self.name} (gunicorn)", timeout=60, rec=process.load(self.name))
+        gateway = settings.bridge.public_url + settings.gateway.prefix + "/" if settings.gateway.enabled else None
         return {"url": settings.bridge.public_url, "instance_url": own, "config": str(self.config_file),
+                "gateway_url": gateway,
                 "store_url": settings.store.url,
                 "tools_client_id": "pacs-tools", "tools_client_secret": TOOLS_CLIENT_SECRET,
                 "audit_ingest_secret": AUDIT_INGEST_SECRET}

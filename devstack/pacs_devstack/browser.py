@@ -46,7 +46,7 @@ def spki_hash(cert_file: str | Path) -> str:
 
 
 class Browser:
-    """One WebDriver session: `go`, `url`, `fill`, `click`, `source`."""
+    """One WebDriver session: `go`, `url`, `fill`, `click`, `source`, `back`, `execute`, `cookies`."""
 
     def __init__(self, base: str, session_id: str):
         self.base = f"{base}/session/{session_id}"
@@ -87,6 +87,12 @@ class Browser:
             raise RuntimeError(f"no element {css!r} on {self.url()}")
         self._call("POST", f"/element/{el}/click", {})
 
+    def back(self) -> None:
+        self._call("POST", "/back", {})
+
+    def refresh(self) -> None:
+        self._call("POST", "/refresh", {})
+
     def execute(self, script: str, *args: Any) -> Any:
         """Run JavaScript in the page (W3C ``execute/sync``); ``return`` gives the value back."""
         return self._call("POST", "/execute/sync", {"script": script, "args": list(args)})
@@ -98,6 +104,14 @@ class Browser:
     def cdp(self, command: str, params: dict[str, Any] | None = None) -> Any:
         """A Chrome DevTools Protocol command through chromedriver (e.g. ``Network.setExtraHTTPHeaders``)."""
         return self._call("POST", "/goog/cdp/execute", {"cmd": command, "params": params or {}})
+
+    def cookies(self) -> list[dict[str, Any]]:
+        """Every cookie of the current page's site, HttpOnly ones included (WebDriver sees them)."""
+        return list(self._call("GET", "/cookie"))
+
+    def send_file(self, css: str, path: str | Path) -> None:
+        """Choose ``path`` in the file input ``css`` (WebDriver: the path as the element's keys)."""
+        self.fill(css, str(path))
 
     def wait_for(self, predicate: Any, timeout: float = 30.0) -> bool:
         deadline = time.time() + timeout

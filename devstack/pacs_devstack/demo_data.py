@@ -192,6 +192,8 @@ def banner(stack: dict[str, Any]) -> str:
         lines.append(f"  Bridge (PACS tokens)      {bridge['url']}/login  (metadata: "
                      f"{bridge['url']}/.well-known/oauth-authorization-server)")
         lines.append(f"  Bridge configuration      {bridge.get('config', '')}")
+        if bridge.get("gateway_url"):
+            lines.append(f"  PACS in the browser       {bridge['gateway_url']}  (log in as rad.alice)")
     orthanc = stack.get("orthanc") or {}
     if orthanc.get("url"):
         lines.append(f"  Orthanc (PACS)            {orthanc['url']}  (every request needs a PACS token)")

@@ -41,6 +41,9 @@ BINARY = Path("/usr/sbin/Orthanc")
 #: the dev stack's one DICOM peer (tests associate with this AE title from 127.0.0.1)
 DEV_MODALITIES = {"dev-modality": {"aet": "DEVMODALITY", "host": "127.0.0.1", "port": 11112}}
 STARTED_LINE = "Orthanc has started"
+#: where the bridge's gateway connects from in the dev stack (everything runs on loopback): the
+#: plugin trusts its workstation header from these addresses only
+GATEWAY_ADDRESSES = ("127.0.0.1/32", "::1/128")
 
 
 def _http_status(url: str, timeout: float = 2.0) -> int:
@@ -71,6 +74,10 @@ class OrthancService(Service):
     def config_file(self) -> Path:
         return self.dir / "orthanc.json"
 
+    def internal_url(self) -> str:
+        """Orthanc's HTTP URL on loopback (the port is fixed for this `up`: :meth:`sticky_port`)."""
+        return f"http://127.0.0.1:{self.sticky_port()}"
+
     @property
     def plugin_config_file(self) -> Path:
         """The bridge plugin's settings; tests may rewrite it (the plugin reloads it on change)."""
@@ -93,7 +100,7 @@ class OrthancService(Service):
         data = plugin_settings(
             issuer=issuer, audience=settings.pacs.audience, ca_file=ctx.ca_file,
             spool_dir=self.dir / "audit-spool", orthanc_log_file=self.dir / "server.log", pacs_name=self.name,
-            mfa=settings.mfa, **audit,
+            mfa=settings.mfa, gateway_addresses=GATEWAY_ADDRESSES, **audit,
         )
         self.plugin_config_file.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
@@ -103,7 +110,9 @@ class OrthancService(Service):
             if not path.exists():
                 raise DevstackError(f"{self.name}: {path} is missing "
                                     f"(apt packages: {' '.join(self.apt_packages)})")
-        http_port, dicom_port = free_port(), free_port()
+        # the HTTP port is chosen once per `up`: the bridge's gateway names Orthanc's URL before
+        # Orthanc starts (Orthanc's plugin needs the bridge first)
+        http_port, dicom_port = self.sticky_port(), free_port()
         while dicom_port == http_port:
             dicom_port = free_port()
         self._ports = (http_port, dicom_port)

@@ -3,7 +3,8 @@
 1. `rad.alice` (Active Directory) logs in to Keycloak with her password and a TOTP code;
 2. the bridge exchanges that Keycloak token for a PACS token (RFC 8693);
 3. Orthanc, through the bridge's plugin, serves her a request with the token and refuses it without;
-4. `ref.zoe`, who logged in with a password only, gets no PACS token (RFC 9470 step-up challenge).
+4. `ref.zoe`, who logged in with a password only, gets no PACS token (RFC 9470 step-up challenge);
+5. last, where staff open the PACS in a browser (the bridge's gateway) and as whom to log in.
 
 Nothing secret is printed: tokens are summarised by their claims, never shown.
 """
@@ -78,7 +79,17 @@ def run(out: Any = sys.stdout) -> bool:
     challenge = r.headers.get("WWW-Authenticate", "")
     step(r.status_code == 401 and "insufficient_user_authentication" in challenge,
          f"ref.zoe (password only) gets no PACS token: HTTP {r.status_code} {challenge}")
+    print(closing(info), file=out)
     return ok
+
+
+def closing(info: dict[str, Any]) -> str:
+    """The demo's last lines: where staff open the PACS in a browser, and as whom."""
+    url = (info.get("bridge") or {}).get("gateway_url")
+    if not url:
+        return "\n(the browser gateway is not configured: no Orthanc in this stack)"
+    return (f"\nOpen the PACS in a browser: {url}\n"
+            "  log in as rad.alice (password above; TOTP: `pacs-bridge demo otp rad.alice`)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,3 +20,6 @@ def test_demo_walkthrough(stack: dict[str, Any]) -> None:
     assert "FAILED" not in text
     # a token is summarised by its claims, never printed
     assert "eyJ" not in text
+    # it ends with where staff open the PACS in a browser, and as whom (issue 11)
+    if "orthanc" in stack:
+        assert f"{stack['bridge']['url']}/pacs/" in text and "log in as rad.alice" in text, text[-400:]

@@ -1,6 +1,7 @@
-"""Browser login through the bridge against the real Keycloak (requests as the browser):
-code + PKCE + state + nonce, MFA step-up, the PACS token in the viewer URI's fragment, replayed
-TOTP, RP-initiated and back-channel logout revoking the PACS tokens, key rotation."""
+"""Browser login through the bridge's gateway against the real Keycloak (requests as the browser):
+code + PKCE + state + nonce, MFA step-up, the PACS token kept server-side in the gateway session
+(read from the session table here, as the gateway does), replayed TOTP, RP-initiated and
+back-channel logout revoking the PACS tokens, key rotation, and the retired /login."""
 
 from __future__ import annotations
 
@@ -52,10 +53,28 @@ def seed(server: BridgeServer, directory_ids: dict[str, dict[str, str]], usernam
     return sid
 
 
-def login(server: BridgeServer, username: str, otp: Any = None, state: str = "viewer-state-1") -> Any:
+def login(server: BridgeServer, username: str, otp: Any = None) -> Any:
+    """Open the gateway as a browser would (a navigation), log in at Keycloak, stop when the
+    browser is sent back to the gateway."""
     http = server.http()
-    start = f"{server.url}/login?redirect_uri={server.viewer_uri}&state={state}"
-    return http, browse(http, start, server.viewer_uri, username, password(username), otp)
+    http.headers["Accept"] = "text/html"
+    http.headers["Sec-Fetch-Mode"] = "navigate"
+    start = f"{server.url}/pacs/"
+    return http, browse(http, start, start, username, password(username), otp)
+
+
+def pacs_token(server: BridgeServer, http: Any) -> str:
+    """The PACS token the gateway keeps for this browser's session (never sent to the browser)."""
+    from bridge.web.gateway import views
+
+    raw = http.cookies.get(views.COOKIE)
+    found = server.app.extensions[views.EXTENSION].store.get(raw)
+    assert found is not None, "no gateway session for this browser"
+    return str(found.tokens.pacs_token)
+
+
+def logged_in(server: BridgeServer, res: Any) -> bool:
+    return bool(res.final.startswith(server.url + "/pacs/") and res.status == 303)
 
 
 def introspect(server: BridgeServer, token: str) -> dict[str, Any]:
@@ -65,47 +84,47 @@ def introspect(server: BridgeServer, token: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("realm", [AD_REALM, LDAP_REALM])
-def test_mfa_login_delivers_pacs_token_to_viewer(
+def test_mfa_login_starts_a_gateway_session_with_a_pacs_token(
     realm: str, bridge_servers: Servers, directory_ids: dict[str, dict[str, str]],
 ) -> None:
     server = bridge_servers(realm)
     sub = seed(server, directory_ids, "rad.res.hana", "radiologist", ["Radiology"])
     http, res = login(server, "rad.res.hana", otp_for(realm, "rad.res.hana"))
-    assert res.final.startswith(server.viewer_uri + "#"), (res.status, res.body[:200], res.forms)
-    assert "?" not in res.final.split("#")[0]  # the token is never in a query string
+    assert logged_in(server, res), (res.status, res.final, res.body[:200], res.forms)
+    assert all("access_token" not in h and "eyJ" not in h for h in [*res.hops, res.final])  # never in a URL
     assert "kc-otp-login-form" in res.forms
     # the request to Keycloak: code flow with PKCE S256, state and nonce (Authlib)
     auth = parse_qs(urlsplit(next(h for h in res.hops if "/protocol/openid-connect/auth" in h)).query)
     assert auth["response_type"] == ["code"] and auth["code_challenge_method"] == ["S256"]
     assert auth["state"][0] and auth["nonce"][0] and auth["code_challenge"][0]
-    frag = res.fragment
-    assert frag["token_type"] == "Bearer" and frag["state"] == "viewer-state-1"
-    claims = verifier(server).verify(frag["access_token"]).claims
+    token = pacs_token(server, http)
+    claims = verifier(server).verify(token).claims
     assert claims["sub"] == sub  # the directory id (realm mapper LDAP_ID -> directory_id)
     assert claims["acr"] == "mfa" and "otp" in claims["amr"]
     assert claims["roles"] == ["radiologist"]
     assert [g["scope"] for g in claims["grants"]] == [{"departments": ["Radiology"]}]
-    assert jwt.get_unverified_header(frag["access_token"])["typ"] == "at+jwt"
-    # the session cookie's flags
-    cookie = next(c for c in http.cookies if c.name == "pacs_bridge_session")
-    assert cookie.secure and cookie.has_nonstandard_attr("HttpOnly")
+    assert jwt.get_unverified_header(token)["typ"] == "at+jwt"
+    # the gateway cookie's flags
+    cookie = next(c for c in http.cookies if c.name == "__Host-pacs-gateway")
+    assert cookie.secure and cookie.has_nonstandard_attr("HttpOnly") and cookie.path == "/"
     assert str(cookie.get_nonstandard_attr("SameSite")).lower() == "lax"
-    # a second /login with the live MFA session delivers at once, without Keycloak
-    r = http.get(f"{server.url}/login?redirect_uri={server.viewer_uri}", allow_redirects=False)
-    assert r.status_code == 303 and r.headers["Location"].startswith(server.viewer_uri + "#access_token=")
+    # the live session serves the landing page at once, without Keycloak
+    r = http.get(f"{server.url}/pacs/", allow_redirects=False)
+    assert r.status_code == 200 and "rad.res.hana" in r.text and token not in r.text
 
 
-def test_unregistered_redirect_uri_refused(bridge_servers: Servers) -> None:
+def test_retired_login_sends_browsers_to_the_gateway_and_never_a_token(bridge_servers: Servers) -> None:
     server = bridge_servers(AD_REALM)
-    for bad in (server.viewer_uri + "x", server.viewer_uri + "/../evil", "https://evil.test/viewer/callback"):
-        r = server.http().get(f"{server.url}/login", params={"redirect_uri": bad}, allow_redirects=False)
-        assert r.status_code == 400 and "Location" not in r.headers
+    for uri in (server.viewer_uri, server.viewer_uri + "x", "https://evil.test/viewer/callback"):
+        r = server.http().get(f"{server.url}/login", params={"redirect_uri": uri, "state": "s"},
+                              allow_redirects=False)
+        assert r.status_code == 303 and r.headers["Location"] == server.url + "/pacs/"
 
 
 def test_password_only_login_gets_no_token_and_is_sent_to_step_up(bridge_servers: Servers) -> None:
     server = bridge_servers(AD_REALM)
-    _http, res = login(server, kc.NO_OTP_USER)
-    assert not res.final.startswith(server.viewer_uri)
+    http, res = login(server, kc.NO_OTP_USER)
+    assert not logged_in(server, res) and "__Host-pacs-gateway" not in http.cookies
     assert "access_token" not in res.final and all("access_token" not in h for h in res.hops)
     step_up = [h for h in res.hops if "/protocol/openid-connect/auth" in h and "acr_values=mfa" in h]
     assert step_up, res.hops  # the bridge sent the browser back to Keycloak asking for mfa
@@ -116,9 +135,9 @@ def test_replayed_totp_is_refused(bridge_servers: Servers, directory_ids: dict[s
     seed(server, directory_ids, "tech.tom", "technologist", ["CT"])
     code = otp_for(AD_REALM, "tech.tom")()
     _h, first = login(server, "tech.tom", lambda: code)
-    assert first.final.startswith(server.viewer_uri + "#")
+    assert logged_in(server, first), (first.final, first.body[:200])
     _h, again = login(server, "tech.tom", lambda: code)  # a fresh browser, the same code
-    assert not again.final.startswith(server.viewer_uri)
+    assert not logged_in(server, again)
     assert again.forms[-2:] == ["kc-otp-login-form", "kc-otp-login-form"], again.forms
 
 
@@ -127,8 +146,8 @@ def test_backchannel_logout_revokes_pacs_tokens(
 ) -> None:
     server = bridge_servers(AD_REALM)
     sub = seed(server, directory_ids, "rad.dana", "radiologist", ["Radiology"])
-    http, res = login(server, "rad.dana", otp_for(AD_REALM, "rad.dana"))
-    token = res.fragment["access_token"]
+    http, _res = login(server, "rad.dana", otp_for(AD_REALM, "rad.dana"))
+    token = pacs_token(server, http)
     v = verifier(server)
     v.verify(token)
     assert introspect(server, token)["active"] is True
@@ -144,9 +163,9 @@ def test_backchannel_logout_revokes_pacs_tokens(
     assert introspect(server, token) == {"active": False}
     with pytest.raises(VerificationError, match="revoked"):
         v.verify(token)
-    # the bridge session is over too: /login goes to Keycloak again instead of delivering
-    r = http.get(f"{server.url}/login?redirect_uri={server.viewer_uri}", allow_redirects=False)
-    assert r.status_code in (302, 303) and "/protocol/openid-connect/auth" in r.headers["Location"]
+    # the gateway session is over too, at once: the next visit goes to Keycloak
+    r = http.get(f"{server.url}/pacs/", allow_redirects=False)
+    assert r.status_code == 302 and "/protocol/openid-connect/auth" in r.headers["Location"]
 
 
 def test_backchannel_logout_rejects_forged_tokens(bridge_servers: Servers) -> None:
@@ -161,22 +180,27 @@ def test_backchannel_logout_rejects_forged_tokens(bridge_servers: Servers) -> No
 
 def test_rp_initiated_logout(bridge_servers: Servers, directory_ids: dict[str, dict[str, str]]) -> None:
     server = bridge_servers(AD_REALM)
-    sub = seed(server, directory_ids, "tech.vic", "radiologist", ["Radiology"])
-    http, res = login(server, "tech.vic", otp_for(AD_REALM, "tech.vic"))
-    token = res.fragment["access_token"]
-    r = http.get(server.url + "/logout", allow_redirects=False)  # a GET only asks
+    seed(server, directory_ids, "tech.vic", "radiologist", ["Radiology"])
+    http, _res = login(server, "tech.vic", otp_for(AD_REALM, "tech.vic"))
+    token = pacs_token(server, http)
+    r = http.get(server.url + "/pacs/logout", allow_redirects=False)  # a GET only asks
     assert r.status_code == 200 and 'method="post"' in r.text
     assert introspect(server, token)["active"] is True
-    assert http.post(server.url + "/logout", data={}, allow_redirects=False).status_code == 403  # no CSRF token
+    origin = {"Origin": server.url}
+    assert http.post(server.url + "/pacs/logout", data={}, headers=origin,
+                     allow_redirects=False).status_code == 403  # no CSRF token
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', r.text).group(1)  # type: ignore[union-attr]
-    r = http.post(server.url + "/logout", data={"csrf_token": csrf}, allow_redirects=False)
+    assert http.post(server.url + "/pacs/logout", data={"csrf_token": csrf}, headers={"Origin": "null"},
+                     allow_redirects=False).status_code == 403  # not same-origin
+    r = http.post(server.url + "/pacs/logout", data={"csrf_token": csrf}, headers=origin, allow_redirects=False)
     assert r.status_code == 303
     loc = urlsplit(r.headers["Location"])
     assert loc.path.endswith("/protocol/openid-connect/logout") and parse_qs(loc.query)["id_token_hint"]
-    assert sub in {e["sub"] for e in server.http().get(server.url + "/revocations").json()["subjects"]}
     assert introspect(server, token) == {"active": False}
     r2 = http.get(r.headers["Location"], allow_redirects=False)  # Keycloak ends its session
     assert r2.status_code in (200, 302, 303)
+    r3 = http.get(server.url + "/pacs/", allow_redirects=False)
+    assert r3.status_code == 302 and "/protocol/openid-connect/auth" in r3.headers["Location"]
 
 
 def test_rotation_keeps_old_tokens_until_expiry_and_no_longer(
@@ -185,8 +209,8 @@ def test_rotation_keeps_old_tokens_until_expiry_and_no_longer(
     server = bridge_servers(AD_REALM)
     for user in ("rad.res.eli", "rad.res.fay"):  # one user per login: no wait for a fresh TOTP window
         seed(server, directory_ids, user, "radiologist", ["Radiology"])
-    _h, res = login(server, "rad.res.eli", otp_for(server.realm, "rad.res.eli"))
-    old_token = res.fragment["access_token"]
+    h1, _res = login(server, "rad.res.eli", otp_for(server.realm, "rad.res.eli"))
+    old_token = pacs_token(server, h1)
     old_kid = jwt.get_unverified_header(old_token)["kid"]
     ring = server.app.extensions["pacs_bridge_tokens"]["service"].ring
     rotated_at = time.time()
@@ -194,8 +218,8 @@ def test_rotation_keeps_old_tokens_until_expiry_and_no_longer(
     kids = {k["kid"] for k in server.http().get(server.url + "/jwks.json").json()["keys"]}
     assert {old_kid, new_kid} <= kids
     verifier(server).verify(old_token)  # a PACS that never saw the old key still accepts it
-    _http, res2 = login(server, "rad.res.fay", otp_for(server.realm, "rad.res.fay"))
-    assert jwt.get_unverified_header(res2.fragment["access_token"])["kid"] == new_kid
+    h2, _res2 = login(server, "rad.res.fay", otp_for(server.realm, "rad.res.fay"))
+    assert jwt.get_unverified_header(pacs_token(server, h2))["kid"] == new_kid
     exp = jwt.decode(old_token, options={"verify_signature": False})["exp"]
     time.sleep(max(0.0, exp + 1 - time.time()))
     with pytest.raises(VerificationError, match="xpired"):

@@ -31,8 +31,9 @@ def test_scheme_headers_do_not_change_the_callback_url(stack: dict[str, Any], g:
                                                        headers: dict[str, str]) -> None:
     settings = load_config(bridge_info(stack)["config"])
     with g.session() as s:
-        resp = s.get(g.url + "/login", params={"redirect_uri": settings.bridge.viewer_redirect_uris[0]},
-                     headers=headers, allow_redirects=False, timeout=30)
+        # the browser login is the gateway's (a navigation: it is sent to Keycloak)
+        resp = s.get(g.url + settings.gateway.prefix + "/", headers={**headers, "Sec-Fetch-Mode": "navigate"},
+                     allow_redirects=False, timeout=30)
     assert resp.status_code == 302, resp.text[:200]
     callback = parse_qs(urlsplit(resp.headers["Location"]).query)["redirect_uri"][0]
     assert callback.startswith("https://"), callback

@@ -111,3 +111,13 @@ def test_the_demo_has_scoped_only_staff_and_a_user_with_both(data: dict) -> None
     assert set(special["scoped_only"]["users"]) == cardiology - set(clinicians["users"])
     assert special["unscoped_and_scoped"]["user"] in cardiology & set(clinicians["users"])
     assert demo_data.DEMO_ACCOUNTS["cardiologist"] in special["scoped_only"]["users"]
+
+
+def test_banner_and_walkthrough_end_with_the_gateway_and_who_to_log_in_as() -> None:
+    from pacs_devstack import walkthrough
+
+    info = {"bridge": {"url": "https://127.0.0.1:9443", "gateway_url": "https://127.0.0.1:9443/pacs/"}}
+    assert "https://127.0.0.1:9443/pacs/  (log in as rad.alice)" in demo_data.banner(info)
+    last = walkthrough.closing(info)
+    assert "https://127.0.0.1:9443/pacs/" in last and "log in as rad.alice" in last
+    assert "not configured" in walkthrough.closing({"bridge": {"url": "https://x"}})

@@ -1,6 +1,7 @@
-"""The browser login's hard edges through Flask's test client, with a Keycloak double (local RSA key):
-roles read at issue time (not from the cookie), logout only by a CSRF-checked POST, and the
-back-channel logout's state (ended sessions, seen logout tokens) shared by every worker.
+"""The browser login plumbing through Flask's test client, with a Keycloak double (local RSA key):
+the retired fragment delivery of /login, logout only by a CSRF-checked POST, and the back-channel
+logout's state (ended sessions, seen logout tokens) shared by every worker.  The gateway's own
+login and session rules: test_gateway_sessions.py.
 
 Two apps over one SQLite database stand for two gunicorn workers.  The real Keycloak round trip is
 in tests/integration/oidc.
@@ -20,7 +21,6 @@ from urllib.parse import unquote
 import jwt
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import delete
 
 from bridge.config import load_config
 from bridge.core.audit_codes import AuditEventType
@@ -140,41 +140,36 @@ def delivered(r: Any) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------- roles at issue time
 
 
-def test_live_session_gets_roles_read_now_not_from_the_cookie(settings: Any, db_url: str) -> None:
+def test_login_no_longer_delivers_a_token_it_sends_browsers_to_the_gateway(tmp_path: Path, db_url: str) -> None:
+    """The URL-fragment delivery is retired (issue 11): /login never puts a PACS token in a URL;
+    with a gateway it leads there, without one it is gone (failed before: 303 to the viewer with
+    ``#access_token=...``)."""
+    with_gateway = load_config(
+        bridge={"public_url": BASE, "session_secret": "s" * 40, "viewer_redirect_uris": [VIEWER]},
+        keycloak={"url": KC_URL, "realm": "hospital", "client_secret": "kc-client-secret"},
+        store={"url": db_url}, gateway={"orthanc_url": "http://orthanc.test:8042"},
+        tokens={"key_encryption_key": KeyEncryptor.generate_secret(), "issuer": BASE,
+                "clients": [{"client_id": "pacs-viewer"}]})
+    w = Worker(with_gateway)
+    w.log_in()  # even a live (old-style) session gets no token
+    r = w.get(f"/login?redirect_uri={VIEWER}&state=x")
+    assert r.status_code == 303 and r.headers["Location"] == BASE + "/pacs/"
+    assert delivered(r) is None and "access_token" not in r.headers["Location"]
+
+
+def test_login_without_a_gateway_is_gone(settings: Any) -> None:
     w = Worker(settings)
     w.log_in()
-    claims = delivered(w.get(f"/login?redirect_uri={VIEWER}"))
-    assert claims is not None and claims["roles"] == ["radiologist"]
-    assert [g["scope"] for g in claims["grants"]] == [{"departments": ["Cardiology"]}]  # from the assignment row
-    with session(engine(db_url)) as s:  # the sync removes the role while the session lives
-        s.execute(delete(RoleAssignment).where(RoleAssignment.subject_id == "guid-alice"))
     r = w.get(f"/login?redirect_uri={VIEWER}")
-    assert delivered(r) is None and r.status_code == 403
-    assert any("no PACS role assignment" in reason for reason in w.denied())
+    assert r.status_code == 410 and delivered(r) is None and "Location" not in r.headers
 
 
-def test_session_cookie_holds_no_roles(settings: Any) -> None:
-    assert "realm_roles" not in {f.name for f in dataclasses.fields(sess.Login)}
-    assert "realm_access" not in sess.Login(
-        sub="s", kc_sub="k", sid=None, username=None, name=None, auth_time=None, acr=None, amr=[],
-        id_token="t", login_at=0, last_seen=0).keycloak_claims()
-
-
-def test_local_account_session_goes_back_to_keycloak_for_fresh_roles(settings: Any) -> None:
+def test_callback_without_a_gateway_login_in_progress_is_refused(settings: Any) -> None:
     w = Worker(settings)
-    w.log_in(sub="kc-local-1", kc_sub="kc-local-1", fallback="no directory id")
-    r = w.get(f"/login?redirect_uri={VIEWER}")
-    assert delivered(r) is None and r.status_code == 302
-    assert r.headers["Location"].startswith(KC_ISS + "/protocol/openid-connect/auth")
-
-
-def test_session_ends_when_another_worker_raises_the_watermark(settings: Any) -> None:
-    a, b = Worker(settings), Worker(settings)
-    b.log_in()
-    assert delivered(b.get(f"/login?redirect_uri={VIEWER}")) is not None
-    a.service.revoke_subject("guid-alice", "role removed")  # e.g. by the sync, or a logout there
-    r = b.get(f"/login?redirect_uri={VIEWER}")
-    assert delivered(r) is None and "/protocol/openid-connect/auth" in r.headers["Location"]
+    with w.client.session_transaction(base_url=BASE) as s:
+        s[sess.PENDING] = {"redirect_uri": VIEWER, "state": "", "stepped_up": False}  # an old-style login
+    r = w.get("/oidc/callback?code=x&state=y")
+    assert r.status_code == 400 and "Location" not in r.headers
 
 
 # --------------------------------------------------------------------------- /logout
@@ -191,7 +186,8 @@ def test_logout_get_only_shows_a_form(settings: Any) -> None:
     assert delivered(w.get(f"/logout?post_logout_redirect_uri={VIEWER}")) is None
     body = w.get("/logout").get_data(as_text=True)
     assert '<form method="post"' in body and 'name="csrf_token"' in body
-    assert delivered(w.get(f"/login?redirect_uri={VIEWER}")) is not None  # still logged in
+    with w.client.session_transaction(base_url=BASE) as s:
+        assert sess.KEY in s  # still logged in
 
 
 def test_logout_post_needs_the_forms_csrf_token(settings: Any) -> None:
@@ -231,15 +227,6 @@ def test_logout_token_replayed_to_another_worker_is_refused(settings: Any) -> No
     assert a.post("/backchannel-logout", data={"logout_token": token}).status_code == 400
 
 
-def test_backchannel_sid_ends_the_session_in_another_worker(settings: Any) -> None:
-    a, b = Worker(settings), Worker(settings)
-    b.log_in(sid="kc-sid-9", login_at=time.time() + 10)  # the watermark alone would not end it
-    token = logout_token(sid="kc-sid-9", sub=None)
-    assert a.post("/backchannel-logout", data={"logout_token": token}).status_code == 200
-    r = b.get(f"/login?redirect_uri={VIEWER}")
-    assert delivered(r) is None and "/protocol/openid-connect/auth" in r.headers["Location"]
-
-
 def test_backchannel_logout_is_rate_limited(settings: Any) -> None:
     w = Worker(settings, PACS_BRIDGE_RATE_BACKCHANNEL_LOGOUT="5/minute")
     codes = [w.post("/backchannel-logout", data={"logout_token": "x"}).status_code for _ in range(8)]
@@ -267,7 +254,8 @@ def test_other_routes_to_logout_do_nothing(settings: Any) -> None:
         assert w.get(path).status_code in (404, 405), path
     assert w.client.open("/logout", method="PUT", base_url=BASE, data={"csrf_token": token}).status_code == 405
     assert w.service.revocations.subjects() == {}
-    assert delivered(w.get(f"/login?redirect_uri={VIEWER}")) is not None
+    with w.client.session_transaction(base_url=BASE) as s:
+        assert sess.KEY in s  # still logged in
 
 
 def test_logout_token_only_counts_in_the_form_body(settings: Any) -> None:
@@ -282,13 +270,14 @@ def test_logout_token_only_counts_in_the_form_body(settings: Any) -> None:
 # --------------------------------------------------------------------------- callback URL
 
 
-def test_callback_url_comes_from_the_public_url_not_the_host_header(settings: Any) -> None:
+def test_callback_url_comes_from_the_public_url_not_the_host_header(tmp_path: Path) -> None:
     """A forged Host must not choose where Keycloak sends the authorization code (failed before
-    the fix: the redirect_uri followed the Host header)."""
-    w = Worker(settings)
+    the fix: the redirect_uri followed the Host header).  The browser login is the gateway's."""
+    from gateway_helpers import Gateway
+
+    g = Gateway(tmp_path)
     for host in ("127.0.0.1:6666", "evil.test", "bridge.test:443@evil.test"):
-        r = w.client.get("/login", query_string={"redirect_uri": VIEWER}, base_url=BASE,
-                         headers={"Host": host})
+        r = g.client.get("/pacs/", base_url=BASE, headers={"Host": host, "Sec-Fetch-Mode": "navigate"})
         assert r.status_code == 302, r.status_code
         sent = re.search(r"redirect_uri=([^&]+)", r.headers["Location"]).group(1)  # type: ignore[union-attr]
         assert unquote(sent) == BASE.rstrip("/") + "/oidc/callback", (host, unquote(sent))

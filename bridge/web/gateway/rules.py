@@ -1,0 +1,104 @@
+"""The gateway's rules as pure functions (unit-tested without a server): when a session ends,
+what counts as user activity, which requests are same-origin, which paths may reach Orthanc.
+
+Activity (docs/gateway.md, "Idle timeout"): a request is *user-initiated* unless it is a
+background poll, i.e. a GET/HEAD that is not a top-level navigation (``Sec-Fetch-Mode`` other
+than ``navigate``) to a path on the configured ``background_paths`` list.  Navigations, every
+state-changing request and every other XHR restart the idle clock; a viewer polling
+``/changes`` all day does not keep an unattended workstation logged in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class Limits:
+    idle_seconds: float
+    absolute_seconds: float
+
+
+def ended(created_at: float, last_activity: float, expires_at: float, now: float, limits: Limits) -> str | None:
+    """Why a session is over at ``now``, or None while it lives."""
+    if now >= expires_at or now - created_at >= limits.absolute_seconds:
+        return "absolute lifetime reached"
+    if now - last_activity >= limits.idle_seconds:
+        return "idle timeout"
+    return None
+
+
+def _under(path: str, prefixes: Iterable[str]) -> bool:
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
+
+
+def is_activity(method: str, path: str, headers: Mapping[str, str], background_paths: Iterable[str]) -> bool:
+    """Whether this request restarts the idle clock (``path`` is below the prefix, e.g. ``/changes``)."""
+    if method.upper() not in ("GET", "HEAD"):
+        return True
+    if headers.get("Sec-Fetch-Mode", "").lower() == "navigate":
+        return True
+    return not _under(path, background_paths)
+
+
+def is_navigation(method: str, headers: Mapping[str, str]) -> bool:
+    """A top-level page load (may be sent to Keycloak to log in), as opposed to an XHR (gets 401)."""
+    if method.upper() != "GET":
+        return False
+    mode = headers.get("Sec-Fetch-Mode", "").lower()
+    if mode:
+        return mode == "navigate"
+    return "text/html" in headers.get("Accept", "")
+
+
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def same_origin(method: str, headers: Mapping[str, str], public_origin: str) -> tuple[bool, str]:
+    """Whether a request may change state: its ``Origin`` is the bridge's own, or (no ``Origin``)
+    ``Sec-Fetch-Site`` says same-origin.  Neither header, ``Origin: null`` or another origin: no.
+    Safe methods always pass (they must not change state; Orthanc's GET routes do not)."""
+    if method.upper() in SAFE_METHODS:
+        return True, "safe method"
+    origins = headers.get("Origin")
+    if origins is not None:
+        if origins.strip().lower() == public_origin.lower():
+            return True, "Origin matches"
+        return False, f"Origin {origins[:100]!r} is not the bridge's"
+    site = headers.get("Sec-Fetch-Site")
+    if site is not None:
+        if site.strip().lower() == "same-origin":
+            return True, "Sec-Fetch-Site: same-origin"
+        return False, f"Sec-Fetch-Site: {site[:40]}"
+    return False, "no Origin and no Sec-Fetch-Site (a browser sends one on a state-changing request)"
+
+
+def upstream_path(rest: str) -> str | None:
+    """The Orthanc path for ``<prefix>/<rest>`` (``rest`` as WSGI decoded it), or None to refuse.
+
+    Refused: a ``.`` or ``..`` segment (after decoding, so ``%2e%2e`` too), a backslash, control
+    characters, an empty segment: nothing may climb out of Orthanc's tree or mean one thing to
+    the gateway and another to Orthanc."""
+    if any(ord(c) < 0x20 or c in "\\\x7f" for c in rest):
+        return None
+    segments = rest.split("/")
+    for i, seg in enumerate(segments):
+        if seg in (".", ".."):
+            return None
+        if seg == "" and i != len(segments) - 1:  # '//' inside; a trailing '/' is fine
+            return None
+    return "/" + rest
+
+
+def plain_raw_path(raw: str) -> bool:
+    """Whether the path as the client sent it is free of encoded ``/``, ``\\``, ``.`` and NUL:
+    ``%2F`` decodes to a separator the gateway would split on while Orthanc might not (and ``%2e``
+    spells a dot segment), so such a request means one thing here and another there."""
+    low = raw.lower()
+    return not any(code in low for code in ("%2f", "%5c", "%2e", "%00"))

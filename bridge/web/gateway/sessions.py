@@ -1,0 +1,188 @@
+"""Gateway sessions: an opaque random id in the browser, everything else in the bridge's database.
+
+Why this shape (docs/gateway.md):
+
+* the id is 256 random bits (``secrets.token_urlsafe(32)``); only its SHA-256 is stored, so a copy
+  of the table (a backup, a read-only SQL account) yields no cookie that works;
+* the tokens a session holds (the PACS token, Keycloak's refresh token, the ID token for logout)
+  are one AES-256-GCM ciphertext under a key derived from the bridge's key-encryption key for
+  this purpose only (:meth:`bridge.tokens.keys.KeyEncryptor.derived`), with the id hash as
+  associated data: a ciphertext copied onto another row does not decrypt;
+* a row that does not decrypt (wrong key, tampering) is deleted and counts as no session.
+
+Every read is fresh from the database: a logout handled by another worker or replica counts at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, bindparam, delete, or_, select, update
+
+from bridge.store.db import session as db_session
+from bridge.store.models import GatewaySession
+from bridge.tokens.keys import KeyEncryptor, SigningKeyError
+
+#: the HKDF purpose of the session key (a distinct key from the signing keys' KEK use)
+KEY_PURPOSE = "pacs-bridge gateway sessions v1"
+#: what a session id looks like (token_urlsafe(32) = 43 characters); anything else is no session
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def hash_id(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _epoch(value: datetime) -> float:
+    """A stored time as epoch seconds (a Core row from SQLite has no time zone: it is UTC)."""
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+def _ts(value: float) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """What a session keeps encrypted."""
+
+    pacs_token: str
+    refresh_token: str | None
+    id_token: str | None
+
+
+@dataclass(frozen=True)
+class GatewayLogin:
+    """A session as read from the store (tokens decrypted)."""
+
+    id_hash: str
+    subject_id: str
+    kc_sub: str
+    sid: str | None
+    username: str | None
+    created_at: float
+    last_activity: float
+    expires_at: float
+    token_exp: float
+    tokens: Tokens
+
+
+_BY_ID = select(GatewaySession.__table__).where(GatewaySession.id_hash == bindparam("id_hash"))
+
+
+class SessionStore:
+    """The ``gateway_sessions`` table."""
+
+    def __init__(self, engine: Engine, encryptor: KeyEncryptor, clock: Callable[[], float] = time.time):
+        self.engine = engine
+        self.encryptor = encryptor
+        self.clock = clock
+
+    @classmethod
+    def under_kek(cls, engine: Engine, kek: KeyEncryptor, clock: Callable[[], float] = time.time) -> SessionStore:
+        return cls(engine, kek.derived(KEY_PURPOSE), clock)
+
+    def _seal(self, id_hash: str, tokens: Tokens) -> bytes:
+        return self.encryptor.encrypt(json.dumps(asdict(tokens)).encode(), id_hash)
+
+    def _open(self, row: Any, tokens_required: bool = True) -> GatewayLogin | None:
+        """The row with its tokens decrypted; None if they do not decrypt (``tokens_required``),
+        else empty tokens (a session being ended needs its identity, not necessarily its tokens)."""
+        try:
+            data = json.loads(self.encryptor.decrypt(bytes(row.secrets), row.id_hash))
+            tokens = Tokens(str(data["pacs_token"]), data.get("refresh_token"), data.get("id_token"))
+        except (SigningKeyError, ValueError, KeyError, TypeError):
+            if tokens_required:
+                return None
+            tokens = Tokens("", None, None)
+        return GatewayLogin(row.id_hash, row.subject_id, row.kc_sub, row.sid, row.username,
+                            _epoch(row.created_at), _epoch(row.last_activity),
+                            _epoch(row.expires_at), _epoch(row.token_exp), tokens)
+
+    def create(self, *, subject_id: str, kc_sub: str, sid: str | None, username: str | None, tokens: Tokens,
+               token_exp: float, lifetime_seconds: float) -> str:
+        """A new session; returns the raw id for the cookie (never stored)."""
+        raw = secrets.token_urlsafe(32)
+        id_hash = hash_id(raw)
+        now = self.clock()
+        with db_session(self.engine) as s:
+            s.add(GatewaySession(
+                id_hash=id_hash, subject_id=subject_id, kc_sub=kc_sub, sid=sid, username=username,
+                created_at=_ts(now), last_activity=_ts(now), expires_at=_ts(now + lifetime_seconds),
+                token_exp=_ts(token_exp), secrets=self._seal(id_hash, tokens),
+            ))
+        return raw
+
+    def get(self, raw: str | None) -> GatewayLogin | None:
+        """The session of cookie value ``raw``, or None (malformed, unknown, undecryptable)."""
+        if not raw or not ID_PATTERN.fullmatch(raw):
+            return None
+        id_hash = hash_id(raw)
+        with self.engine.connect() as conn:  # Core, prebuilt statement: this runs on every request
+            row = conn.execute(_BY_ID, {"id_hash": id_hash}).first()
+        if row is None:
+            return None
+        found = self._open(row)  # type: ignore[arg-type]
+        if found is None:
+            self.end(id_hash)  # tampered or under another key: unusable, and never again tried
+        return found
+
+    def touch(self, id_hash: str, when: float | None = None) -> None:
+        """Record user activity (the idle clock restarts)."""
+        with db_session(self.engine) as s:
+            s.execute(update(GatewaySession).where(GatewaySession.id_hash == id_hash)
+                      .values(last_activity=_ts(self.clock() if when is None else when)))
+
+    def renew(self, id_hash: str, tokens: Tokens, token_exp: float) -> None:
+        """Store renewed tokens (a row deleted meanwhile, e.g. by a logout, stays deleted)."""
+        with db_session(self.engine) as s:
+            s.execute(update(GatewaySession).where(GatewaySession.id_hash == id_hash)
+                      .values(secrets=self._seal(id_hash, tokens), token_exp=_ts(token_exp)))
+
+    def end(self, id_hash: str) -> None:
+        with db_session(self.engine) as s:
+            s.execute(delete(GatewaySession).where(GatewaySession.id_hash == id_hash))
+
+    def end_for(self, *, sid: str | None = None, subjects: tuple[str, ...] = ()) -> list[GatewayLogin]:
+        """End every session of Keycloak session ``sid`` or of any of ``subjects`` (a directory id or
+        Keycloak's user id); returns them (tokens decrypted where possible) so the caller can revoke."""
+        conditions = []
+        if sid:
+            conditions.append(GatewaySession.sid == sid)
+        for subject in subjects:
+            conditions += [GatewaySession.subject_id == subject, GatewaySession.kc_sub == subject]
+        if not conditions:
+            return []
+        ended: list[GatewayLogin] = []
+        with db_session(self.engine) as s:
+            rows = s.scalars(select(GatewaySession).where(or_(*conditions))).all()
+            for row in rows:
+                ended.append(self._open(row, tokens_required=False))  # type: ignore[arg-type]
+                s.delete(row)
+        return ended
+
+    def expired(self, idle_seconds: float, limit: int = 50) -> list[GatewayLogin]:
+        """Sessions past their idle or absolute limit, removed from the table (the sweeper ends
+        their Keycloak sessions too)."""
+        now = self.clock()
+        with db_session(self.engine) as s:
+            ids = s.scalars(select(GatewaySession.id_hash).where(or_(
+                GatewaySession.expires_at < _ts(now),
+                GatewaySession.last_activity < _ts(now - idle_seconds))).limit(limit)).all()
+        out: list[GatewayLogin] = []
+        for id_hash in ids:
+            with db_session(self.engine) as s:
+                row = s.get(GatewaySession, id_hash)
+                if row is None:
+                    continue
+                out.append(self._open(row, tokens_required=False))  # type: ignore[arg-type]
+                s.delete(row)
+        return out
