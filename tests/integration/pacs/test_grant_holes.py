@@ -57,8 +57,16 @@ def test_a_scoped_only_cardiologist_sees_cardiology_only(pacs: Any, studies: dic
         for path in (f"/studies/{s['study']}", f"/instances/{s['instance']}/preview", f"/patients/{s['patient']}",
                      f"/dicom-web/studies?StudyInstanceUID={s['study_uid']}"):
             assert pacs.get(path, cardio).status_code == 403, path
-    for path in ("/studies", "/patients", "/dicom-web/studies"):  # lists need an unrestricted grant (for now)
-        assert pacs.get(path, cardio).status_code == 403, path
+    # lists and QIDO answer, filtered by the plugin to the studies the cardiologist grant covers
+    listed = pacs.get("/studies", cardio)
+    assert listed.status_code == 200 and own["study"] in listed.json()
+    assert not {s["study"] for s in others} & set(listed.json())
+    qido = pacs.get("/dicom-web/studies", cardio)
+    assert qido.status_code == 200 and own["study_uid"] in _uids(qido)
+    assert not {s["study_uid"] for s in others} & _uids(qido)
+    patients = pacs.get("/patients", cardio)
+    assert patients.status_code == 200 and not {s["patient"] for s in others if s["patient"] != own["patient"]} \
+        & set(patients.json())
 
 
 def test_an_unscoped_role_keeps_its_reach_beside_a_scoped_one(
@@ -95,10 +103,12 @@ def test_two_scoped_roles_do_not_lend_each_other_permissions(
     rad = studies["P-001"]
     for method, path in (("DELETE", f"/studies/{rad['study']}"), ("DELETE", f"/instances/{rad['instance']}"),
                          ("DELETE", f"/patients/{rad['patient']}"), ("GET", f"/studies/{studies['P-003']['study']}"),
-                         ("POST", "/tools/bulk-delete"), ("GET", "/studies")):
+                         ("POST", "/tools/bulk-delete")):
         kwargs = {"json": {"Resources": [rad["study"]]}} if method == "POST" else {}
         assert pacs.request(method, path, two, **kwargs).status_code == 403, (method, path)
     assert pacs.get(f"/studies/{rad['study']}", two).status_code == 200  # the Radiology view grant
+    listed = set(pacs.get("/studies", two).json())  # filtered: Radiology (view) and Cardiology (admin holds view)
+    assert rad["study"] in listed and studies["P-003"]["study"] not in listed
     assert pacs.get(f"/studies/{rad['study']}", pacs.bridge.token([P.VIEW])).status_code == 200  # still there
     assert pacs.request("DELETE", f"/studies/{throwaway}", two).status_code == 200  # delete in Cardiology
 
