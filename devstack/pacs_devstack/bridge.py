@@ -160,6 +160,10 @@ class BridgeService(Service):
         }
         if info.get("orthanc", {}).get("url"):
             data["pacs"]["orthanc_url"] = info["orthanc"]["url"]
+            if data["pacs"]["orthanc_url"].startswith("http://"):
+                # the dev stack's Orthanc serves plain HTTP on loopback until Orthanc HTTPS
+                # (issue 12, item 1) is built; the opt-out is explicit, check-config warns
+                data["pacs"]["allow_plaintext"] = True
         redis = info.get("redis", {})
         web: dict[str, Any] = {}
         if redis.get("url"):  # shared rate limits across the workers (memory:// without it)
@@ -172,6 +176,9 @@ class BridgeService(Service):
         if rsyslog.get("port"):
             data["audit"].update({"syslog_host": rsyslog["host"], "syslog_port": rsyslog["port"],
                                   "syslog_ca_file": rsyslog.get("ca_file", ca)})
+            if rsyslog.get("client_cert_file"):  # mutual TLS: the collector admits only this certificate
+                data["audit"].update({"syslog_client_cert_file": rsyslog["client_cert_file"],
+                                      "syslog_client_key_file": rsyslog["client_key_file"]})
         return data
 
     def prepare(self, ctx: StackContext) -> None:

@@ -124,9 +124,10 @@ def test_postgres_refuses_a_wrong_password_and_plaintext(stack: dict[str, Any]) 
 
 # --- rsyslog -------------------------------------------------------------------------------------
 
-def _send_syslog_tls(host: str, port: int, ca_file: str, message: bytes) -> None:
-    """A minimal RFC 5425 sender: TLS verified against the CA, octet-counted framing."""
+def _send_syslog_tls(host: str, port: int, ca_file: str, message: bytes, client: tuple[str, str]) -> None:
+    """A minimal RFC 5425 sender: TLS verified against the CA, a client certificate, octet-counted framing."""
     context = ssl.create_default_context(cafile=ca_file)
+    context.load_cert_chain(*client)
     with socket.create_connection((host, port), timeout=5) as raw, \
             context.wrap_socket(raw, server_hostname="localhost") as conn:
         conn.sendall(b"%d " % len(message) + message)
@@ -142,7 +143,7 @@ def test_rsyslog_receives_rfc5424_over_tls(stack: dict[str, Any]) -> None:
            f'<EventIdentification EventActionCode="E" id="{marker}"/></AuditMessage>')
     message = (f"<85>1 2026-01-01T00:00:00.000Z bridge.test pacs-sso-bridge 4242 IHE+RFC-3881 "
                f'[meta@32473 test="{marker}"] \ufeff{xml}').encode()
-    _send_syslog_tls(rs["host"], rs["port"], rs["ca_file"], message)
+    _send_syslog_tls(rs["host"], rs["port"], rs["ca_file"], message, (rs["client_cert_file"], rs["client_key_file"]))
     received = Path(rs["received_file"])
     deadline = time.monotonic() + 10
     lines: list[str] = []
