@@ -178,3 +178,83 @@ def test_check_client_url_hook() -> None:
 @pytest.mark.parametrize("value", [None, 42, "", "https://", "https://\x00x", "https://[::1"])
 def test_url_problem_never_raises(value) -> None:
     assert url_problem(value, ("https",))
+
+
+# --- the Orthanc plugin's URLs of the bridge (no opt-out: they carry tokens) ----------------------
+
+@pytest.mark.parametrize("key", ["jwks_url", "revocation_url", "audit_url"])
+@pytest.mark.parametrize("bad", ["http://bridge/jwks", *ALWAYS_BAD])
+def test_plugin_bridge_urls_must_be_https(key, bad) -> None:
+    from bridge.pacs import plugin_config
+
+    base = {"issuer": "https://bridge", "audience": "pacs", "jwks_url": "https://bridge/jwks",
+            "revocation_url": "https://bridge/revocations"}
+    assert plugin_config.build(base, "f.json", environ={})
+    with pytest.raises(plugin_config.PluginConfigError, match=f"f.json: {key} must be an https:// URL"):
+        plugin_config.build({**base, key: bad}, "f.json", environ={})
+
+
+# --- audit: the syslog client certificate ---------------------------------------------------------
+
+def _pair(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    c, k = tmp_path / f"{name}-cert.pem", tmp_path / f"{name}-key.pem"
+    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+    return c, k
+
+
+def test_syslog_client_certificate_accepted_and_passed_to_the_sender(tmp_path) -> None:
+    from bridge.audit.syslog import syslog_sender
+
+    cert, key = _pair(tmp_path, "a")
+    s = _load(tmp_path, {"audit": {"syslog_host": "audit.example", "syslog_client_cert_file": str(cert),
+                                   "syslog_client_key_file": str(key), "spool_dir": str(tmp_path / "spool")}})
+    sender = syslog_sender(s)
+    assert sender is not None
+    assert (sender.target.client_cert_file, sender.target.client_key_file) == (cert, key)
+    path = tmp_path / "bridge.yaml"
+    res = CliRunner().invoke(main, ["check-config", str(path)])
+    assert res.exit_code == 0 and "with client certificate" in res.output and "WARNING" not in res.output
+
+
+def test_syslog_without_client_certificate_warns(tmp_path) -> None:
+    path = tmp_path / "bridge.yaml"
+    path.write_text(yaml.safe_dump({"audit": {"syslog_host": "audit.example"}}))
+    res = CliRunner().invoke(main, ["check-config", str(path)])
+    assert res.exit_code == 0
+    assert any(ln.startswith("WARNING: audit: syslog without a client certificate") for ln in res.output.splitlines())
+
+
+def test_syslog_client_certificate_mistakes_are_named(tmp_path) -> None:
+    cert, key = _pair(tmp_path, "a")
+    other_cert, other_key = _pair(tmp_path, "b")
+    cases = [
+        ({"syslog_client_cert_file": str(cert)}, "audit.syslog_client_key_file", "needed too"),
+        ({"syslog_client_key_file": str(key)}, "audit.syslog_client_cert_file", "needed too"),
+        ({"syslog_client_cert_file": str(tmp_path / "nope.pem"), "syslog_client_key_file": str(key)},
+         "audit.syslog_client_cert_file", "cannot read"),
+        ({"syslog_client_cert_file": str(cert), "syslog_client_key_file": str(tmp_path / "nope.pem")},
+         "audit.syslog_client_key_file", "cannot read"),
+        ({"syslog_client_cert_file": str(cert), "syslog_client_key_file": str(other_key)},
+         "audit.syslog_client_key_file", "is not the PEM key of the certificate"),
+        ({"syslog_client_cert_file": str(key), "syslog_client_key_file": str(cert)},
+         "audit.syslog_client_key_file", "is not the PEM key"),
+    ]
+    for audit, where, what in cases:
+        problems = _problem(tmp_path, {"audit": audit})
+        assert where in problems and what in problems[where], (audit, problems)
+    assert other_cert.exists()
