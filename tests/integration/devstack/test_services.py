@@ -76,16 +76,35 @@ def test_orthanc_dicom_refuses_an_unknown_peer(stack: dict[str, Any]) -> None:
 
 def test_scim_needs_the_bearer_token(stack: dict[str, Any]) -> None:
     scim = _entry(stack, "scim")
-    token = _secret(stack, scim["bearer_token_secret"])
+    token, ca = _secret(stack, scim["bearer_token_secret"]), scim["ca_file"]
     spc = requests.get(f"{scim['url']}/ServiceProviderConfig",
-                       headers={"Authorization": f"Bearer {token}"}, timeout=5)
+                       headers={"Authorization": f"Bearer {token}"}, timeout=5, verify=ca)
     assert spc.status_code == 200
     assert any(s["type"] == "oauthbearertoken" for s in spc.json()["authenticationSchemes"])
     assert requests.get(f"{scim['url']}/Users", headers={"Authorization": f"Bearer {token}"},
-                        timeout=5).status_code == 200
-    assert requests.get(f"{scim['url']}/Users", timeout=5).status_code == 401
+                        timeout=5, verify=ca).status_code == 200
+    assert requests.get(f"{scim['url']}/Users", timeout=5, verify=ca).status_code == 401
     assert requests.get(f"{scim['url']}/Users", headers={"Authorization": "Bearer not-the-token"},
-                        timeout=5).status_code == 401
+                        timeout=5, verify=ca).status_code == 401
+
+
+def test_scim_is_https_only(stack: dict[str, Any]) -> None:
+    """The SCIM double speaks TLS with the dev CA's certificate: plain HTTP gets no answer, an
+    unknown CA is refused, and the bridge's configuration takes its URL without allow_plaintext."""
+    from bridge.config import load_config
+
+    scim = _entry(stack, "scim")
+    assert scim["url"].startswith("https://")
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(scim["url"].replace("https://", "http://") + "/ServiceProviderConfig", timeout=5)
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{scim['url']}/ServiceProviderConfig", timeout=5)  # system CAs only
+    assert load_config(scim={"url": scim["url"], "ca_file": scim["ca_file"]}).scim.url == scim["url"]
+    # the resource locations it writes name the https URL
+    token = _secret(stack, scim["bearer_token_secret"])
+    spc = requests.get(f"{scim['url']}/ServiceProviderConfig", headers={"Authorization": f"Bearer {token}"},
+                       timeout=5, verify=scim["ca_file"]).json()
+    assert "http://" not in str(spc.get("meta", {}).get("location", ""))
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------------
