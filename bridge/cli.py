@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from bridge.cli_common import load_settings
-from bridge.config import summary
+from bridge.config import plaintext_warnings, summary
 from bridge.errors import BridgeError
 
 
@@ -50,6 +50,8 @@ def check_config(path: str) -> None:
     width = max(len(k) for k, _ in rows)
     for key, line in rows:
         click.echo(f"  {key.ljust(width)}  {line}")
+    for warning in plaintext_warnings(settings):
+        click.echo(f"WARNING: {warning}")
 
 
 def _register_areas() -> None:

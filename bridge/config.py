@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bridge.core.transport import url_problem
 from bridge.errors import InputError
 
 ENV_PREFIX = "PACS_BRIDGE_"
@@ -93,6 +94,29 @@ def _require_scheme(value: str, schemes: tuple[str, ...], what: str) -> str:
     return value.rstrip("/")
 
 
+#: the reason printed by every plaintext refusal: where to opt out, and that it is per section
+_OPT_OUT = "or set allow_plaintext: true in this section explicitly (check-config then warns)"
+
+
+def check_client_url(value: str, *, key: str, tls: str, plain: str | None = None,
+                     allow_plaintext: bool = False, carries: str = "credentials and patient data") -> str:
+    """A client URL of the bridge, encrypted unless its section opts out (issue 12: every hop TLS).
+
+    ``tls`` / ``plain`` are the schemes (``"https"`` / ``"http"``, ``"rediss"`` / ``"redis"``);
+    with ``allow_plaintext`` the plain scheme is accepted too.  Raises ValueError whose message
+    starts with ``key:`` (lifted into the key path by :func:`load_config`).  Sections call it from
+    an ``after`` model validator, so ``allow_plaintext`` is known whatever the key order; a new
+    section (the browser gateway's Orthanc URL) calls it the same way.  Returns the URL without a
+    trailing slash."""
+    schemes = (tls, plain) if plain and allow_plaintext else (tls,)
+    problem = url_problem(value, schemes)
+    if problem is None:
+        return value.rstrip("/")
+    if plain and not allow_plaintext and url_problem(value, (plain,)) is None:
+        raise ValueError(f"{key}: {plain}:// sends {carries} in clear; use {tls}://, {_OPT_OUT}")
+    raise ValueError(f"{key}: {problem}")
+
+
 class BridgeSection(_Section):
     """The bridge's own HTTP service."""
 
@@ -106,10 +130,11 @@ class BridgeSection(_Section):
     session_absolute_hours: int = Field(12, ge=1, le=24 * 7)
     viewer_redirect_uris: list[str] = Field(default_factory=list)
 
-    @field_validator("public_url")
-    @classmethod
-    def _https(cls, v: str) -> str:
-        return _require_scheme(v, ("https://",), "the bridge issues tokens; TLS is mandatory")
+    @model_validator(mode="after")
+    def _https(self) -> BridgeSection:
+        # no opt-out: the bridge issues tokens; TLS is mandatory
+        self.public_url = check_client_url(self.public_url, key="public_url", tls="https")
+        return self
 
 
 class KeycloakSection(_Section):
@@ -124,11 +149,14 @@ class KeycloakSection(_Section):
     admin_password: SecretStr | None = None
     ca_file: Path | None = None
     pacs_client_id: str = "pacs"
+    #: accept an http:// url (a lab only; check-config warns)
+    allow_plaintext: bool = False
 
-    @field_validator("url")
-    @classmethod
-    def _https(cls, v: str) -> str:
-        return _require_scheme(v, ("https://",), "Keycloak carries passwords and tokens")
+    @model_validator(mode="after")
+    def _https(self) -> KeycloakSection:
+        self.url = check_client_url(self.url, key="url", tls="https", plain="http",
+                                    allow_plaintext=self.allow_plaintext, carries="passwords and tokens")
+        return self
 
     @field_validator("realm", "client_id")
     @classmethod
@@ -158,10 +186,14 @@ class DirectorySection(_Section):
     @field_validator("url")
     @classmethod
     def _ldap(cls, v: str) -> str:
-        return _require_scheme(v, ("ldap://", "ldaps://"), "an LDAP URL")
+        problem = url_problem(v, ("ldap", "ldaps"))
+        if problem:
+            raise ValueError(problem)
+        return v.rstrip("/")
 
     @model_validator(mode="after")
     def _tls_unless_explicit(self) -> DirectorySection:
+        # ldap:// + StartTLS is encrypted too (the connection fails if StartTLS does)
         if self.url.startswith("ldap://") and not self.start_tls and not self.allow_plaintext:
             raise ValueError(
                 "url: ldap:// without start_tls sends the bind password in clear; "
@@ -209,6 +241,8 @@ class PacsSection(_Section):
 
     audience: str = "pacs"
     orthanc_url: str | None = None
+    #: accept an http:// orthanc_url (until Orthanc serves HTTPS; check-config warns)
+    allow_plaintext: bool = False
     #: symbolic name -> modality; every other AE title is refused (no DicomAlwaysAllow*)
     modalities: dict[str, ModalitySection] = Field(default_factory=dict)
 
@@ -224,6 +258,13 @@ class PacsSection(_Section):
                 raise ValueError(f"{name}: AE title {modality.aet!r} is also used by {seen[key]}")
             seen[key] = name
         return v
+
+    @model_validator(mode="after")
+    def _https(self) -> PacsSection:
+        if self.orthanc_url is not None:
+            self.orthanc_url = check_client_url(self.orthanc_url, key="orthanc_url", tls="https", plain="http",
+                                                allow_plaintext=self.allow_plaintext)
+        return self
 
 
 class TokenClientSection(_Section):
@@ -297,22 +338,44 @@ class ScimSection(_Section):
     url: str | None = None
     bearer_token: SecretStr | None = None
     ca_file: Path | None = None
+    #: accept an http:// url (a lab only; check-config warns)
+    allow_plaintext: bool = False
 
-    @field_validator("url")
-    @classmethod
-    def _https(cls, v: str | None) -> str | None:
-        return None if v is None else _require_scheme(v, ("https://", "http://"), "a SCIM base URL")
+    @model_validator(mode="after")
+    def _https(self) -> ScimSection:
+        if self.url is not None:
+            self.url = check_client_url(self.url, key="url", tls="https", plain="http",
+                                        allow_plaintext=self.allow_plaintext, carries="the bearer token and user data")
+        return self
 
 
 class StoreSection(_Section):
     """The bridge's database (SQLite by default, PostgreSQL by URL)."""
 
     url: str = "sqlite:///var/pacs-bridge.db"
+    #: accept a PostgreSQL URL without ``sslmode=verify-full`` (a lab only; check-config warns)
+    allow_plaintext: bool = False
 
     @field_validator("url")
     @classmethod
     def _supported(cls, v: str) -> str:
         return _require_scheme(v, ("sqlite://", "postgresql://", "postgresql+psycopg2://"), "a database URL")
+
+    @model_validator(mode="after")
+    def _verify_full(self) -> StoreSection:
+        """PostgreSQL only over TLS with the server's name checked: libpq's default ``prefer``
+        silently falls back to plain text and ``require`` accepts any certificate."""
+        if not self.url.startswith("postgresql") or self.allow_plaintext:
+            return self
+        from urllib.parse import parse_qs, urlsplit
+
+        modes = parse_qs(urlsplit(self.url).query, keep_blank_values=True).get("sslmode", [])
+        if modes != ["verify-full"]:
+            found = "absent" if not modes else ", ".join(repr(m) for m in modes)
+            raise ValueError(f"url: PostgreSQL needs ?sslmode=verify-full exactly once (found {found}; "
+                             f"prefer/allow/disable fall back to plain text, require/verify-ca do not "
+                             f"check the server's name), {_OPT_OUT}")
+        return self
 
 
 class AuditSection(_Section):
@@ -321,6 +384,10 @@ class AuditSection(_Section):
     syslog_host: str | None = None
     syslog_port: int = Field(6514, ge=1, le=65535)
     syslog_ca_file: Path | None = None
+    #: the bridge's client certificate and key for the collector (mutual TLS, IHE ATNA secure node);
+    #: both or neither (PEM files; the key unencrypted, mode 0600)
+    syslog_client_cert_file: Path | None = None
+    syslog_client_key_file: Path | None = None
     spool_dir: Path = Path("var/audit-spool")
     retention_days: int = Field(6 * 365 + 2, ge=1, description="HIPAA 164.316(b)(2): six years")
     enterprise_site_id: str = "HOSPITAL"
@@ -346,6 +413,28 @@ class AuditSection(_Section):
     #: also pull Keycloak's admin events (console changes to roles, users, the realm) at the same
     #: interval; needs ``keycloak.admin_password`` (bridge/audit/keycloak_admin_events.py)
     keycloak_admin_events: bool = True
+
+    @model_validator(mode="after")
+    def _client_certificate(self) -> AuditSection:
+        cert, key = self.syslog_client_cert_file, self.syslog_client_key_file
+        if (cert is None) != (key is None):
+            missing = "syslog_client_key_file" if key is None else "syslog_client_cert_file"
+            raise ValueError(f"{missing}: needed too (the client certificate and its key go together)")
+        if cert is None or key is None:
+            return self
+        import ssl
+
+        for name, path in (("syslog_client_cert_file", cert), ("syslog_client_key_file", key)):
+            try:
+                Path(path).read_bytes()
+            except OSError as exc:
+                raise ValueError(f"{name}: cannot read {path} ({exc.strerror})") from None
+        try:
+            ssl.create_default_context(ssl.Purpose.SERVER_AUTH).load_cert_chain(str(cert), str(key))
+        except (ssl.SSLError, ValueError) as exc:
+            raise ValueError(f"syslog_client_key_file: {key} is not the PEM key of the certificate {cert} "
+                             f"(or one of them is not PEM: {exc})") from None
+        return self
 
 
 #: the rate-limited endpoint groups (bridge/web/limits.py; sizing in docs/configuration.md)
@@ -404,12 +493,15 @@ class WebSection(_Section):
     #: per-client-address limits by endpoint group, in the ``limits`` notation ("10/second;600/minute")
     rate_limits: dict[str, str] = Field(default_factory=dict)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
+    #: accept a redis:// (unencrypted) rate_limit_storage_url (a lab only; check-config warns)
+    allow_plaintext: bool = False
 
     @field_validator("rate_limit_storage_url")
     @classmethod
     def _storage(cls, v: str) -> str:
-        if not v.startswith(("memory://", "redis://", "rediss://")):
-            raise ValueError("must start with memory://, redis:// or rediss://")
+        problem = None if v == "memory://" else url_problem(v, ("redis", "rediss"))
+        if problem:
+            raise ValueError(f"must be memory://, redis:// or rediss:// ({problem})")
         if "@" in v.split("//", 1)[1].split("/", 1)[0]:
             raise ValueError("no credentials in the URL (it is printed and logged); "
                              "use rate_limit_storage_password_file")
@@ -439,6 +531,9 @@ class WebSection(_Section):
             raise ValueError("rate_limit_storage_ca_file: only used with a rediss:// URL")
         if self.rate_limit_storage_password is not None and self.rate_limit_storage_url.startswith("memory://"):
             raise ValueError("rate_limit_storage_password: memory:// takes no password")
+        if self.rate_limit_storage_url != "memory://":
+            check_client_url(self.rate_limit_storage_url, key="rate_limit_storage_url", tls="rediss", plain="redis",
+                             allow_plaintext=self.allow_plaintext, carries="the Redis password")
         return self
 
 
@@ -460,6 +555,8 @@ class GatewaySection(_Section):
     orthanc_url: str | None = None
     #: CA that signed Orthanc's certificate when ``orthanc_url`` is https (None: the system store)
     orthanc_ca_file: Path | None = None
+    #: accept an http:// orthanc_url (until Orthanc serves HTTPS; check-config warns)
+    allow_plaintext: bool = False
     #: HIPAA automatic logoff: a session without a user-initiated request for this long ends
     idle_timeout_seconds: int = Field(900, ge=10, le=24 * 3600)
     #: a session ends this long after login whatever happens; at most ``keycloak_sso_max_seconds``
@@ -493,13 +590,19 @@ class GatewaySection(_Section):
     def _orthanc(cls, v: str | None) -> str | None:
         if v is None:
             return None
-        v = _require_scheme(v, ("https://", "http://"), "Orthanc's internal URL")
         from urllib.parse import urlsplit
 
         parts = urlsplit(v)
         if not parts.hostname or parts.query or parts.fragment or parts.username:
             raise ValueError("must be scheme://host[:port][/path] without credentials, query or fragment")
         return v
+
+    @model_validator(mode="after")
+    def _https(self) -> GatewaySection:
+        if self.orthanc_url is not None:
+            self.orthanc_url = check_client_url(self.orthanc_url, key="orthanc_url", tls="https", plain="http",
+                                                allow_plaintext=self.allow_plaintext)
+        return self
 
     @field_validator("viewer_origins")
     @classmethod
@@ -628,6 +731,21 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
         raise ConfigError(str(path or "(defaults)"), _problems(exc)) from None
 
 
+def plaintext_warnings(settings: Settings) -> list[str]:
+    """What ``check-config`` (and ``serve`` at start) prints as WARNING lines: every section that
+    opted out of TLS, and a syslog collector the bridge does not authenticate to."""
+    out = []
+    for name in ("keycloak", "directory", "pacs", "scim", "store", "web", "gateway"):
+        if getattr(getattr(settings, name), "allow_plaintext", False):
+            out.append(f"{name}.allow_plaintext is true: this hop may run without TLS "
+                       "(credentials and patient data readable on the network)")
+    a = settings.audit
+    if a.syslog_host and a.syslog_client_cert_file is None:
+        out.append("audit: syslog without a client certificate (audit.syslog_client_cert_file): "
+                   "the collector cannot authenticate the bridge (IHE ATNA expects mutual TLS)")
+    return out
+
+
 def summary(settings: Settings) -> list[tuple[str, str]]:
     """A one-screen summary for check-config; never prints a secret."""
 
@@ -652,7 +770,8 @@ def summary(settings: Settings) -> list[tuple[str, str]]:
                  f"policy {s.sync.policy_file or '(none)'}"),
         ("scim", s.scim.url or "(off)"),
         ("store", s.store.url.split("@")[-1] if "@" in s.store.url else s.store.url),
-        ("audit", f"syslog {s.audit.syslog_host or '(off)'}:{s.audit.syslog_port}, "
+        ("audit", f"syslog {s.audit.syslog_host or '(off)'}:{s.audit.syslog_port}"
+                  f"{' with client certificate' if s.audit.syslog_client_cert_file else ''}, "
                   f"retention {s.audit.retention_days} days"),
         ("web", f"client address from {s.web.trusted_proxy_hops} trusted proxy hop(s); rate limits in "
                 f"{s.web.rate_limit_storage_url.split('://')[0]}; /metrics "

@@ -297,16 +297,20 @@ def search_terms(value: str, field: str) -> list[str]:
 def open_store(settings: Any, engine: Engine | None = None, *,
                listeners: Iterable[Callable[[list[Appended]], None]] = (), signing: bool = True) -> AuditStore:
     """The audit store as configured: the database of ``store.url`` and the checkpoint key of
-    ``audit.checkpoint_key_file`` (created on first use when ``signing``; verification only
-    needs the ``.pub`` file).  Everyone builds the store here, so checkpoints get signed.
-    Shipping needs nothing from writers: ``serve`` reads new records from the database
-    (bridge/audit/jobs.py)."""
+    ``audit.checkpoint_key_file`` (created on first use when ``signing``, encrypted under
+    ``tokens.key_encryption_key``; verification only needs the ``.pub`` file).  Everyone builds
+    the store here, so checkpoints get signed.  Shipping needs nothing from writers: ``serve``
+    reads new records from the database (bridge/audit/jobs.py)."""
     from bridge.audit.keys import public_path
     from bridge.store.db import engine as make_engine
 
     key_file = Path(settings.audit.checkpoint_key_file)
     if signing:
-        key: CheckpointKey | None = CheckpointKey.load_or_create(key_file)
+        from bridge.kek import KeyEncryptor
+
+        kek = settings.tokens.key_encryption_key
+        encryptor = KeyEncryptor.from_secret(kek.get_secret_value()) if kek else None
+        key: CheckpointKey | None = CheckpointKey.load_or_create(key_file, encryptor)
     elif key_file.exists():
         key = CheckpointKey.load_public(key_file)
     elif public_path(key_file).exists():

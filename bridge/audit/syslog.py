@@ -6,7 +6,9 @@ PRI 85 = facility 10 (security/authorization) * 8 + severity 5 (notice); MSGID `
 the structured data ``[pacsbridge@32473 seq="..." eventID="..." correlationID="..."]`` lets a
 collector de-duplicate and join with the bridge's request logs;
 the MSG is the PS3.15 A.5 XML, UTF-8, marked with a BOM (RFC 5424 6.4).  Framing over TLS is
-octet counting: ``LEN SP MSG`` (RFC 5425 4.3).
+octet counting: ``LEN SP MSG`` (RFC 5425 4.3).  With ``audit.syslog_client_cert_file`` /
+``_key_file`` the bridge presents a client certificate (mutual TLS, RFC 5425 5.1; IHE ATNA's
+secure node): the collector can then admit the bridge alone.
 
 Delivery: every message is written to the spool (``<spool>/<n:020d>.msg``, fsynced, numbered
 under a lock every writing process shares, published with ``link``) before any send; ``serve``
@@ -109,6 +111,9 @@ class SyslogTarget:
     #: name to check in the collector's certificate (default: ``host``)
     server_name: str | None = None
     timeout: float = 5.0
+    #: the bridge's client certificate and key (PEM) for a collector that requires mutual TLS
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
 
 
 class SyslogSender:
@@ -197,6 +202,9 @@ class SyslogSender:
     def _context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.target.ca_file) if self.target.ca_file else None)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.target.client_cert_file is not None:  # RFC 5425 5.1: the client authenticates too
+            ctx.load_cert_chain(str(self.target.client_cert_file),
+                                str(self.target.client_key_file) if self.target.client_key_file else None)
         return ctx
 
     def _connect(self) -> ssl.SSLSocket:
@@ -272,4 +280,6 @@ def syslog_sender(settings: Any) -> SyslogSender | None:
     a = settings.audit
     if not a.syslog_host:
         return None
-    return SyslogSender(SyslogTarget(a.syslog_host, a.syslog_port, a.syslog_ca_file), a.spool_dir)
+    return SyslogSender(SyslogTarget(a.syslog_host, a.syslog_port, a.syslog_ca_file,
+                                     client_cert_file=a.syslog_client_cert_file,
+                                     client_key_file=a.syslog_client_key_file), a.spool_dir)

@@ -28,6 +28,7 @@ from typing import Any
 
 from bridge.core import mfa as mfa_rule
 from bridge.core.mfa import MfaRule
+from bridge.core.transport import url_problem
 from bridge.core.verifier import VerifierConfig
 
 ENV_FILE = "PACS_BRIDGE_PLUGIN_CONFIG"
@@ -85,10 +86,10 @@ class PluginConfig:
         if not self.revocation_url:
             # without it a revoked token (a logout, a disabled account) stays valid until it expires
             raise PluginConfigError(f"{self.source}: revocation_url is required (the bridge's /revocations)")
-        for name in ("jwks_url", "revocation_url", "audit_url"):
+        for name in ("jwks_url", "revocation_url", "audit_url"):  # no plaintext opt-out: tokens travel here
             url = getattr(self, name)
-            if url and not url.startswith("https://"):
-                raise PluginConfigError(f"{self.source}: {name} must be an https:// URL")
+            if url and (problem := url_problem(url, ("https",))):
+                raise PluginConfigError(f"{self.source}: {name} must be an https:// URL ({problem})")
         if self.leeway_seconds < 0 or self.leeway_seconds > 120:
             raise PluginConfigError(f"{self.source}: leeway_seconds must be within 0..120")
         try:

@@ -16,11 +16,8 @@ Why this shape:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -31,24 +28,21 @@ from typing import Any, Protocol
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from joserfc import jwk as joserfc_jwk
 
-from bridge.errors import InputError
+from bridge.kek import KeyEncryptionError, KeyEncryptor  # the KEK lives in bridge/kek.py (shared with the audit trail)
 
 log = logging.getLogger(__name__)
 
 ALGORITHMS: tuple[str, ...] = ("ES256", "RS256", "EdDSA")
-_FORMAT_V1 = b"\x01"
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 
 
-class SigningKeyError(InputError):
-    """A key problem an operator must fix (bad key-encryption key, undecryptable row, bad algorithm)."""
-
-    area = "keys"
+#: a key problem an operator must fix (bad key-encryption key, undecryptable row, bad algorithm);
+#: the same class as the KEK's own errors, so ``except SigningKeyError`` keeps catching those
+SigningKeyError = KeyEncryptionError
 
 
 def utcnow() -> datetime:
@@ -77,61 +71,6 @@ def public_jwk(public_key: PublicKey, algorithm: str) -> dict[str, Any]:
     jwk_dict = {k: v for k, v in jwk_dict.items() if k not in ("kid", "alg", "use", "key_ops")}
     kid = joserfc_jwk.import_key(jwk_dict).thumbprint()
     return {**jwk_dict, "kid": kid, "alg": algorithm, "use": "sig"}
-
-
-class KeyEncryptor:
-    """AES-256-GCM with the key-encryption key; the ``kid`` is the associated data."""
-
-    def __init__(self, kek: bytes):
-        if len(kek) != 32:
-            raise SigningKeyError("tokens.key_encryption_key: must be 32 bytes (base64-encoded)")
-        self._aead = AESGCM(kek)
-        self._kek = kek
-
-    def derived(self, purpose: str) -> KeyEncryptor:
-        """An encryptor under a key derived from the KEK for ``purpose`` (HKDF-SHA256, the purpose
-        as ``info``): another kind of secret (e.g. gateway sessions) never shares the signing keys'
-        AES key, so a ciphertext of one kind cannot be decrypted as the other."""
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"pacs-bridge key hierarchy",
-                   info=purpose.encode()).derive(self._kek)
-        return KeyEncryptor(key)
-
-    @classmethod
-    def from_secret(cls, value: str | None) -> KeyEncryptor:
-        """Parse the configured key-encryption key: base64 (standard or URL-safe) of 32 random bytes."""
-        if not value:
-            raise SigningKeyError(
-                "tokens.key_encryption_key: not set; generate one with "
-                "`python3 -c 'import base64,os;print(base64.urlsafe_b64encode(os.urandom(32)).decode())'` "
-                "and give it as tokens.key_encryption_key_file"
-            )
-        text = value.strip()
-        try:
-            raw = base64.urlsafe_b64decode(text.replace("+", "-").replace("/", "_") + "=" * (-len(text) % 4))
-        except (binascii.Error, ValueError):
-            raise SigningKeyError("tokens.key_encryption_key: not valid base64") from None
-        return cls(raw)
-
-    @staticmethod
-    def generate_secret() -> str:
-        return base64.urlsafe_b64encode(os.urandom(32)).decode()
-
-    def encrypt(self, plaintext: bytes, kid: str) -> bytes:
-        nonce = os.urandom(12)
-        return _FORMAT_V1 + nonce + self._aead.encrypt(nonce, plaintext, kid.encode())
-
-    def decrypt(self, blob: bytes, kid: str) -> bytes:
-        if blob[:1] != _FORMAT_V1 or len(blob) < 1 + 12 + 16:
-            raise SigningKeyError(f"signing key {kid}: unknown ciphertext format")
-        try:
-            return self._aead.decrypt(blob[1:13], blob[13:], kid.encode())
-        except Exception:
-            raise SigningKeyError(
-                f"signing key {kid}: cannot decrypt (wrong tokens.key_encryption_key, or the row was altered)"
-            ) from None
 
 
 # --------------------------------------------------------------------------- storage

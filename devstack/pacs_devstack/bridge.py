@@ -172,10 +172,16 @@ class BridgeService(Service):
         }
         if info.get("orthanc", {}).get("url"):
             data["pacs"]["orthanc_url"] = info["orthanc"]["url"]
+            if data["pacs"]["orthanc_url"].startswith("http://"):
+                # the dev stack's Orthanc serves plain HTTP on loopback until Orthanc HTTPS
+                # (issue 12, item 1) is built; the opt-out is explicit, check-config warns
+                data["pacs"]["allow_plaintext"] = True
         if selected("orthanc"):  # the browser gateway to the stack's Orthanc (docs/gateway.md)
             from pacs_devstack.orthanc import SERVICE as ORTHANC
 
-            data["gateway"] = {"orthanc_url": ORTHANC.internal_url(), **GATEWAY_SETTINGS}
+            # plain HTTP on loopback until Orthanc HTTPS (issue 12, item 1): the opt-out is explicit
+            data["gateway"] = {"orthanc_url": ORTHANC.internal_url(), **GATEWAY_SETTINGS,
+                               "allow_plaintext": ORTHANC.internal_url().startswith("http://")}
         redis = info.get("redis", {})
         web: dict[str, Any] = {}
         if redis.get("url"):  # shared rate limits across the workers (memory:// without it)
@@ -188,6 +194,9 @@ class BridgeService(Service):
         if rsyslog.get("port"):
             data["audit"].update({"syslog_host": rsyslog["host"], "syslog_port": rsyslog["port"],
                                   "syslog_ca_file": rsyslog.get("ca_file", ca)})
+            if rsyslog.get("client_cert_file"):  # mutual TLS: the collector admits only this certificate
+                data["audit"].update({"syslog_client_cert_file": rsyslog["client_cert_file"],
+                                      "syslog_client_key_file": rsyslog["client_key_file"]})
         return data
 
     def prepare(self, ctx: StackContext) -> None:

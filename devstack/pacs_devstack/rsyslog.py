@@ -7,8 +7,12 @@ as rsyslog does on reception.
 
 - Transport: imtcp with the GnuTLS driver (``rsyslog-gnutls``), TLS only, octet-counted framing
   (RFC 6587 3.4.1, what RFC 5425 prescribes) accepted alongside LF framing.  The server presents
-  a certificate from the dev CA; clients must verify it.  It does not ask clients for a
-  certificate (``AuthMode anon``), so a sender needs only the CA file.
+  a certificate from the dev CA; clients must verify it.  Mutual TLS (IHE ATNA secure node):
+  rsyslog asks every client for a certificate and admits only one signed by the dev CA whose
+  name is the bridge's syslog client name (``streamDriver.authMode="x509/name"`` with
+  ``permittedPeer``; a valid dev-CA certificate of another name, a foreign CA's certificate, or
+  none is refused and nothing the client sends is written).  ``wait_ready`` reports the client
+  certificate and key (``client_cert_file`` / ``client_key_file``) for the bridge and the tests.
 - Isolation: no imuxsock/imklog (the host's /dev/log and kernel log are untouched), its own work
   directory and pid file, and rsyslog's own messages go to ``internal.log`` instead of the
   host's syslog socket (``processInternalMessages``).
@@ -61,6 +65,7 @@ class RsyslogService(Service):
         work = self.dir / "work"
         work.mkdir(mode=0o700, exist_ok=True)
         pair = tls.issue("rsyslog")
+        tls.issue_client("bridge-syslog-client", tls.BRIDGE_SYSLOG_CLIENT)
         self.config_file.write_text(f"""\
 # written by devstack/pacs_devstack/rsyslog.py
 global(
@@ -73,7 +78,10 @@ global(
   defaultNetstreamDriverCertFile="{pair.cert}"
   defaultNetstreamDriverKeyFile="{pair.key}"
 )
-module(load="imtcp" streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="anon")
+# mutual TLS: a client certificate from the dev CA, for client use, naming the bridge's syslog client
+module(load="imtcp" streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="x509/name"
+       streamDriver.CheckExtendedKeyPurpose="on" streamDriver.PrioritizeSAN="on"
+       permittedPeer=["{tls.BRIDGE_SYSLOG_CLIENT}"])
 template(name="received" type="string" string="%rawmsg%\\n")
 ruleset(name="audit") {{
   action(type="omfile" file="{self.received_file}" template="received" fileCreateMode="0600")
@@ -92,7 +100,9 @@ action(type="omfile" file="{self.dir / 'internal.log'}" fileCreateMode="0600")
 
     def wait_ready(self, ctx: StackContext) -> dict[str, Any]:
         port = self._port()
+        client = tls.issue_client("bridge-syslog-client", tls.BRIDGE_SYSLOG_CLIENT)
         context = ssl.create_default_context(cafile=str(ctx.ca_file))
+        context.load_cert_chain(str(client.cert), str(client.key))
 
         def ready() -> bool:
             # a completed, verified TLS handshake: the listener is up with the right certificate;
@@ -107,7 +117,8 @@ action(type="omfile" file="{self.dir / 'internal.log'}" fileCreateMode="0600")
 
         process.wait_until(ready, what="rsyslog", timeout=30, rec=process.load(self.name), interval=0.1)
         return {"host": "127.0.0.1", "port": port, "received_file": str(self.received_file),
-                "ca_file": str(ctx.ca_file)}
+                "ca_file": str(ctx.ca_file), "client_cert_file": str(client.cert),
+                "client_key_file": str(client.key), "client_name": tls.BRIDGE_SYSLOG_CLIENT}
 
 
 SERVICE = RsyslogService()

@@ -2,7 +2,10 @@
 
 Every server (Keycloak, Samba AD, slapd, rsyslog, the bridge, PostgreSQL) gets a certificate
 issued by this CA with SANs for 127.0.0.1, ::1 and localhost, and every client verifies against
-`ca.pem`.  Keys are written 0600.
+`ca.pem`.  A client that authenticates with a certificate (the bridge to the syslog collector,
+mutual TLS) gets one from :func:`issue_client`: client use only, its own DNS name, so a server
+can admit that name alone (every server certificate above is also valid for client use).
+Keys are written 0600.
 """
 
 from __future__ import annotations
@@ -84,7 +87,17 @@ def ensure_ca() -> Path:
     return cert_path
 
 
-def issue(name: str, *, rsa_key: bool = True, extra_dns: tuple[str, ...] = ()) -> CertPair:
+#: the DNS name in the bridge's syslog client certificate (rsyslog admits this peer only)
+BRIDGE_SYSLOG_CLIENT = "pacs-bridge.audit-client.test"
+
+
+def issue_client(name: str, dns_name: str) -> CertPair:
+    """Issue (or reuse) a client-only certificate ``name`` whose SAN and CN are ``dns_name``."""
+    return issue(name, client_dns=dns_name)
+
+
+def issue(name: str, *, rsa_key: bool = True, extra_dns: tuple[str, ...] = (),
+          client_dns: str | None = None) -> CertPair:
     """Issue (or reuse) a server certificate `name` for loopback.
 
     RSA by default: Samba, slapd (GnuTLS) and Java keystores all take it without surprises.
@@ -109,9 +122,12 @@ def issue(name: str, *, rsa_key: bool = True, extra_dns: tuple[str, ...] = ()) -
         x509.IPAddress(ipaddress.ip_address("::1")),
         *[x509.DNSName(n) for n in extra_dns],
     ]
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    if client_dns is not None:
+        sans, usages = [x509.DNSName(client_dns)], [ExtendedKeyUsageOID.CLIENT_AUTH]
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost"),
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, client_dns or "localhost"),
                                  x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, name)]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
@@ -120,8 +136,7 @@ def issue(name: str, *, rsa_key: bool = True, extra_dns: tuple[str, ...] = ()) -
         .not_valid_after(now + dt.timedelta(days=VALIDITY_DAYS - 1))
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)  # type: ignore[arg-type]
         .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
     )

@@ -26,3 +26,19 @@ def make_snapshot(users: dict[str, tuple[str, ...]], disabled: set[str] = frozen
 @pytest.fixture
 def snapshot_factory():  # type: ignore[no-untyped-def]
     return make_snapshot
+
+
+@pytest.fixture(autouse=True)
+def _no_checkpoint_key_in_the_checkout(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """A unit test must keep the audit checkpoint key in its tmp_path: the default path is the checkout's
+    var/, where a key encrypted under one test's random KEK breaks the next test (and a clean clone's run
+    depends on test order)."""
+    from pathlib import Path
+
+    key = Path("var/audit-checkpoint.key")
+    existed = key.exists()
+    yield
+    if not existed and key.exists():
+        key.unlink()
+        Path("var/audit-checkpoint.key.pub").unlink(missing_ok=True)
+        pytest.fail(f"{request.node.nodeid} wrote {key} in the checkout: set audit.checkpoint_key_file under tmp_path")

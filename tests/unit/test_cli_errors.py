@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from bridge.cli import main
+from bridge.kek import KeyEncryptor
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = str(ROOT / "examples" / "bridge.yaml")
@@ -25,6 +26,7 @@ def env(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("PACS_BRIDGE_STORE__URL", f"sqlite:///{tmp_path}/b.db")
     monkeypatch.setenv("PACS_BRIDGE_AUDIT__CHECKPOINT_KEY_FILE", str(tmp_path / "cp.key"))
     monkeypatch.setenv("PACS_BRIDGE_CONFIG", EXAMPLE)
+    monkeypatch.setenv("PACS_BRIDGE_TOKENS__KEY_ENCRYPTION_KEY", KeyEncryptor.generate_secret())
     return tmp_path
 
 

@@ -165,6 +165,7 @@ def world(stack: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> It
                    "ca_file": ca},
         sync={"policy_file": str(POLICY), "targets": ["store"]},
         audit={"syslog_host": rs["host"], "syslog_port": int(rs["port"]), "syslog_ca_file": ca,
+               "syslog_client_cert_file": rs["client_cert_file"], "syslog_client_key_file": rs["client_key_file"],
                "spool_dir": str(work / "spool"), "checkpoint_key_file": str(work / "audit.key"),
                "archive_dir": str(work / "archive"), "checkpoint_every": 25,
                "ingest_token": w.secret("ingest token", secrets.token_urlsafe(24))},

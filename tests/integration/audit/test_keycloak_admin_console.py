@@ -30,6 +30,7 @@ from bridge.audit.store import open_store
 from bridge.cli import main
 from bridge.config import load_config
 from bridge.kcadmin import admin_client
+from bridge.kek import KeyEncryptor
 from bridge.store.db import migrate
 from pacs_devstack import demo_data
 from pacs_devstack import keycloak as kc
@@ -63,7 +64,8 @@ def pulled(stack: dict[str, Any], directory_ids: dict[str, dict[str, str]],
     db_url = f"sqlite:///{work}/bridge.db"
     migrate(db_url)
     config = {"keycloak": {"url": url, "realm": AD_REALM, "ca_file": ca, "admin_username": bridge_user},
-              "store": {"url": db_url}, "tokens": {"issuer": ISSUER},
+              "store": {"url": db_url},
+              "tokens": {"issuer": ISSUER, "key_encryption_key": KeyEncryptor.generate_secret()},
               "audit": {"checkpoint_key_file": str(work / "audit.key"), "spool_dir": str(work / "spool"),
                         "archive_dir": str(work / "archive")}}
     settings = load_config(**{**config, "keycloak": {**config["keycloak"], "admin_password": bridge_password}})

@@ -26,6 +26,7 @@ from bridge.audit import jobs
 from bridge.audit.store import open_store
 from bridge.cli import main
 from bridge.config import load_config
+from bridge.kek import KeyEncryptor
 from bridge.store.db import migrate
 from pacs_devstack import demo_data
 from pacs_devstack import keycloak as kc
@@ -57,7 +58,7 @@ def pulled(stack: dict[str, Any], directory_ids: dict[str, dict[str, str]],
     migrate(url)
     config = {"keycloak": {"url": stack["keycloak"]["url"], "realm": AD_REALM, "ca_file": ca,
                            "admin_username": stack["keycloak"]["admin_username"]},
-              "store": {"url": url}, "tokens": {"issuer": ISSUER},
+              "store": {"url": url}, "tokens": {"issuer": ISSUER, "key_encryption_key": KeyEncryptor.generate_secret()},
               "audit": {"checkpoint_key_file": str(work / "audit.key"), "spool_dir": str(work / "spool"),
                         "archive_dir": str(work / "archive")}}
     settings = load_config(**{**config, "keycloak": {**config["keycloak"], "admin_password": admin_password}})

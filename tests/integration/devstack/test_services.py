@@ -76,16 +76,35 @@ def test_orthanc_dicom_refuses_an_unknown_peer(stack: dict[str, Any]) -> None:
 
 def test_scim_needs_the_bearer_token(stack: dict[str, Any]) -> None:
     scim = _entry(stack, "scim")
-    token = _secret(stack, scim["bearer_token_secret"])
+    token, ca = _secret(stack, scim["bearer_token_secret"]), scim["ca_file"]
     spc = requests.get(f"{scim['url']}/ServiceProviderConfig",
-                       headers={"Authorization": f"Bearer {token}"}, timeout=5)
+                       headers={"Authorization": f"Bearer {token}"}, timeout=5, verify=ca)
     assert spc.status_code == 200
     assert any(s["type"] == "oauthbearertoken" for s in spc.json()["authenticationSchemes"])
     assert requests.get(f"{scim['url']}/Users", headers={"Authorization": f"Bearer {token}"},
-                        timeout=5).status_code == 200
-    assert requests.get(f"{scim['url']}/Users", timeout=5).status_code == 401
+                        timeout=5, verify=ca).status_code == 200
+    assert requests.get(f"{scim['url']}/Users", timeout=5, verify=ca).status_code == 401
     assert requests.get(f"{scim['url']}/Users", headers={"Authorization": "Bearer not-the-token"},
-                        timeout=5).status_code == 401
+                        timeout=5, verify=ca).status_code == 401
+
+
+def test_scim_is_https_only(stack: dict[str, Any]) -> None:
+    """The SCIM double speaks TLS with the dev CA's certificate: plain HTTP gets no answer, an
+    unknown CA is refused, and the bridge's configuration takes its URL without allow_plaintext."""
+    from bridge.config import load_config
+
+    scim = _entry(stack, "scim")
+    assert scim["url"].startswith("https://")
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(scim["url"].replace("https://", "http://") + "/ServiceProviderConfig", timeout=5)
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{scim['url']}/ServiceProviderConfig", timeout=5)  # system CAs only
+    assert load_config(scim={"url": scim["url"], "ca_file": scim["ca_file"]}).scim.url == scim["url"]
+    # the resource locations it writes name the https URL
+    token = _secret(stack, scim["bearer_token_secret"])
+    spc = requests.get(f"{scim['url']}/ServiceProviderConfig", headers={"Authorization": f"Bearer {token}"},
+                       timeout=5, verify=scim["ca_file"]).json()
+    assert "http://" not in str(spc.get("meta", {}).get("location", ""))
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------------
@@ -124,9 +143,10 @@ def test_postgres_refuses_a_wrong_password_and_plaintext(stack: dict[str, Any]) 
 
 # --- rsyslog -------------------------------------------------------------------------------------
 
-def _send_syslog_tls(host: str, port: int, ca_file: str, message: bytes) -> None:
-    """A minimal RFC 5425 sender: TLS verified against the CA, octet-counted framing."""
+def _send_syslog_tls(host: str, port: int, ca_file: str, message: bytes, client: tuple[str, str]) -> None:
+    """A minimal RFC 5425 sender: TLS verified against the CA, a client certificate, octet-counted framing."""
     context = ssl.create_default_context(cafile=ca_file)
+    context.load_cert_chain(*client)
     with socket.create_connection((host, port), timeout=5) as raw, \
             context.wrap_socket(raw, server_hostname="localhost") as conn:
         conn.sendall(b"%d " % len(message) + message)
@@ -142,7 +162,7 @@ def test_rsyslog_receives_rfc5424_over_tls(stack: dict[str, Any]) -> None:
            f'<EventIdentification EventActionCode="E" id="{marker}"/></AuditMessage>')
     message = (f"<85>1 2026-01-01T00:00:00.000Z bridge.test pacs-sso-bridge 4242 IHE+RFC-3881 "
                f'[meta@32473 test="{marker}"] \ufeff{xml}').encode()
-    _send_syslog_tls(rs["host"], rs["port"], rs["ca_file"], message)
+    _send_syslog_tls(rs["host"], rs["port"], rs["ca_file"], message, (rs["client_cert_file"], rs["client_key_file"]))
     received = Path(rs["received_file"])
     deadline = time.monotonic() + 10
     lines: list[str] = []

@@ -42,7 +42,8 @@ def test_rsyslog_down_messages_wait_in_the_spool(stack: dict[str, Any], tmp_path
     info = stack["rsyslog"]
     received = Path(info["received_file"])
     marker = f"ha-spool-{uuid.uuid4().hex}"
-    sender = SyslogSender(SyslogTarget(info["host"], int(info["port"]), Path(info["ca_file"]), "localhost", 2),
+    sender = SyslogSender(SyslogTarget(info["host"], int(info["port"]), Path(info["ca_file"]), "localhost", 2,
+                                       Path(info["client_cert_file"]), Path(info["client_key_file"])),
                           tmp_path / "spool")
 
     def event(i: int) -> Any:

@@ -72,19 +72,20 @@ def test_keycloak_joiner_leaver_and_error_on_one_user(stack, ctx, ad, db_url, ad
 def test_scim_target_groups_members_and_mover(stack, ctx, ad, db_url, ad_users) -> None:  # type: ignore[no-untyped-def]
     need(stack, "scim")
     url, token = stack["scim"]["url"], ctx.secret(stack["scim"]["bearer_token_secret"])
+    ca = stack["scim"]["ca_file"]  # the SCIM double serves HTTPS with the dev CA's certificate
     name, dn = ad_users.create((RADIOLOGY,))
-    rep = make_runner(ad, db_url, [ScimTarget(url, token)]).run(apply=True, full=True)
+    rep = make_runner(ad, db_url, [ScimTarget(url, token, verify=ca)]).run(apply=True, full=True)
     assert rep.status == "ok", rep.results[0].failures
-    http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"})
+    http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, verify=ca)
     groups = {g["displayName"]: g for g in http.get("/Groups", params={"count": 500}).json()["Resources"]
               if str(g.get("externalId", "")).startswith(MARKER)}
     users = {u["id"]: u for u in http.get("/Users", params={"count": 1000}).json()["Resources"]}
     rad = {users[m["value"]]["userName"] for m in groups["radiologist"].get("members", [])}
     assert {"rad.alice", name} <= rad
     assert all(users[m["value"]]["externalId"] for m in groups["radiologist"]["members"])
-    assert make_runner(ad, db_url, [ScimTarget(url, token)]).run(apply=True, full=True).plan.empty
+    assert make_runner(ad, db_url, [ScimTarget(url, token, verify=ca)]).run(apply=True, full=True).plan.empty
     ad_users.remove_from(dn, RADIOLOGY)
-    moved = make_runner(ad, db_url, [ScimTarget(url, token)]).run(apply=True, full=True)
+    moved = make_runner(ad, db_url, [ScimTarget(url, token, verify=ca)]).run(apply=True, full=True)
     assert moved.status == "ok" and {c.role for c in moved.plan.targets[0].removals} == {"radiologist", "clinician"}
 
 

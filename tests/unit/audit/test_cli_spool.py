@@ -10,6 +10,7 @@ from bridge.audit.store import open_store
 from bridge.audit.syslog import SyslogSender, SyslogTarget
 from bridge.cli import main
 from bridge.config import load_config
+from bridge.kek import KeyEncryptor
 from bridge.store import db
 from pacs_devstack.state import free_port
 
@@ -18,6 +19,7 @@ def test_audit_verify_cli(tmp_path, monkeypatch, make_event):
     url = f"sqlite:///{tmp_path}/a.db"
     monkeypatch.setenv("PACS_BRIDGE_STORE__URL", url)
     monkeypatch.setenv("PACS_BRIDGE_AUDIT__CHECKPOINT_KEY_FILE", str(tmp_path / "cp.key"))
+    monkeypatch.setenv("PACS_BRIDGE_TOKENS__KEY_ENCRYPTION_KEY", KeyEncryptor.generate_secret())
     db.migrate(url)
     store = open_store(load_config())
     store.append_many([make_event(i) for i in range(5)])

@@ -11,6 +11,7 @@ from bridge.audit.archive import verify_archive
 from bridge.audit.store import open_store
 from bridge.audit.syslog import SyslogSender, SyslogTarget
 from bridge.config import load_config
+from bridge.kek import KeyEncryptor
 from bridge.store import db
 from pacs_devstack.state import free_port
 
@@ -18,7 +19,8 @@ from pacs_devstack.state import free_port
 def settings_for(tmp_path: Path, **audit: object):
     url = f"sqlite:///{tmp_path}/bridge.db"
     db.migrate(url)
-    return load_config(store={"url": url}, audit={"checkpoint_key_file": str(tmp_path / "cp.key"),
+    return load_config(store={"url": url}, tokens={"key_encryption_key": KeyEncryptor.generate_secret()},
+                       audit={"checkpoint_key_file": str(tmp_path / "cp.key"),
                                                   "spool_dir": str(tmp_path / "spool"),
                                                   "archive_dir": str(tmp_path / "archive"), **audit})
 

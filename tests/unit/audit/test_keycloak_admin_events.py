@@ -20,6 +20,7 @@ from bridge.audit import keycloak_admin_events as kae
 from bridge.audit import keycloak_events as kce
 from bridge.config import load_config
 from bridge.core.audit_codes import AuditEventType, ObjectKind, Outcome
+from bridge.kek import KeyEncryptor
 from bridge.store import db
 from pacs_devstack import realm
 
@@ -301,7 +302,8 @@ def test_a_failing_user_lookup_keeps_the_event_with_keycloak_ids(store) -> None:
 def test_pull_from_settings_and_serve_schedule(tmp_path, store) -> None:
     url = f"sqlite:///{tmp_path}/bridge.db"
     db.migrate(url)
-    common = {"store": {"url": url}, "audit": {"checkpoint_key_file": str(tmp_path / "k"),
+    common = {"store": {"url": url}, "tokens": {"key_encryption_key": KeyEncryptor.generate_secret()},
+              "audit": {"checkpoint_key_file": str(tmp_path / "k"),
                                                "keycloak_events_interval_seconds": 7}}
 
     class Sched:

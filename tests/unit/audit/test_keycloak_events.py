@@ -18,6 +18,7 @@ from bridge.audit import jobs
 from bridge.audit import keycloak_events as kce
 from bridge.config import load_config
 from bridge.core.audit_codes import AuditEventType, Outcome
+from bridge.kek import KeyEncryptor
 from bridge.store import db
 from pacs_devstack import realm
 
@@ -172,7 +173,8 @@ def test_new_event_in_the_cursors_millisecond_is_taken(store) -> None:
 def test_serve_schedules_the_pull_only_with_admin_credentials(tmp_path) -> None:
     url = f"sqlite:///{tmp_path}/bridge.db"
     db.migrate(url)
-    common = {"store": {"url": url}, "audit": {"checkpoint_key_file": str(tmp_path / "k"),
+    common = {"store": {"url": url}, "tokens": {"key_encryption_key": KeyEncryptor.generate_secret()},
+              "audit": {"checkpoint_key_file": str(tmp_path / "k"),
                                                "keycloak_events_interval_seconds": 7}}
 
     class Sched:

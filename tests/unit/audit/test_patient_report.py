@@ -22,6 +22,7 @@ from bridge.cli import main
 from bridge.config import load_config
 from bridge.core import audit_events as ev
 from bridge.core.audit_codes import AuditEventType, ObjectKind
+from bridge.kek import KeyEncryptor
 from bridge.pacs.audit_shipper import AuditShipper, purpose_of_use
 from bridge.pacs.scopes import StudyInfo, Target
 from bridge.store import db
@@ -170,6 +171,7 @@ def test_cli_patient_report(tmp_path, monkeypatch) -> None:
     url = f"sqlite:///{tmp_path}/a.db"
     monkeypatch.setenv("PACS_BRIDGE_STORE__URL", url)
     monkeypatch.setenv("PACS_BRIDGE_AUDIT__CHECKPOINT_KEY_FILE", str(tmp_path / "cp.key"))
+    monkeypatch.setenv("PACS_BRIDGE_TOKENS__KEY_ENCRYPTION_KEY", KeyEncryptor.generate_secret())
     db.migrate(url)
     store = open_store(load_config())
     e1, e2 = access(ALICE, (S1, "Basic 4711"), minutes=1), access(BOB, (S2, "P2"), minutes=2)

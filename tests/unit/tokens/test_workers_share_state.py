@@ -46,6 +46,8 @@ def workers(tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
                              scopes={"departments": ["Cardiology"]}))
     settings = load_config(
         store={"url": url},
+        # the audit key and spool in the test's directory, not the default var/ of the checkout
+        audit={"checkpoint_key_file": str(tmp_path / "cp.key"), "spool_dir": str(tmp_path / "spool")},
         keycloak={"url": "https://kc.test", "realm": "hospital"},
         tokens={"key_encryption_key": KeyEncryptor.generate_secret(), "issuer": "https://127.0.0.1:9443",
                 "clients": [{"client_id": "pacs-viewer"}]},

@@ -120,8 +120,9 @@ class Gateway:
             store={"url": self.db_url},
             tokens={"key_encryption_key": KeyEncryptor.generate_secret(), "issuer": BASE,
                     "clients": [{"client_id": "pacs-viewer"}]},
-            gateway={"orthanc_url": ORTHANC, "viewer_origins": [VIEWER_ORIGIN], **gateway},
+            gateway={"orthanc_url": ORTHANC, "allow_plaintext": True, "viewer_origins": [VIEWER_ORIGIN], **gateway},
             web=web or {},
+            audit={"checkpoint_key_file": str(tmp_path / "audit-checkpoint.key")},
         )
         self.events: list[tuple[AuditEventType, dict[str, Any]]] = []
         service = build_service(self.settings)

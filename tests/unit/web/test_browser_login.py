@@ -118,8 +118,10 @@ def db_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def settings(db_url: str) -> Any:
+def settings(db_url: str, tmp_path: Path) -> Any:
     return load_config(
+        # the audit key and spool in the test's directory, not the default var/ of the checkout
+        audit={"checkpoint_key_file": str(tmp_path / "cp.key"), "spool_dir": str(tmp_path / "spool")},
         bridge={"public_url": BASE, "session_secret": "s" * 40, "viewer_redirect_uris": [VIEWER]},
         keycloak={"url": KC_URL, "realm": "hospital", "client_secret": "kc-client-secret"},
         store={"url": db_url},
@@ -147,7 +149,8 @@ def test_login_no_longer_delivers_a_token_it_sends_browsers_to_the_gateway(tmp_p
     with_gateway = load_config(
         bridge={"public_url": BASE, "session_secret": "s" * 40, "viewer_redirect_uris": [VIEWER]},
         keycloak={"url": KC_URL, "realm": "hospital", "client_secret": "kc-client-secret"},
-        store={"url": db_url}, gateway={"orthanc_url": "http://orthanc.test:8042"},
+        store={"url": db_url}, gateway={"orthanc_url": "http://orthanc.test:8042", "allow_plaintext": True},
+        audit={"checkpoint_key_file": str(tmp_path / "cp.key"), "spool_dir": str(tmp_path / "spool")},
         tokens={"key_encryption_key": KeyEncryptor.generate_secret(), "issuer": BASE,
                 "clients": [{"client_id": "pacs-viewer"}]})
     w = Worker(with_gateway)

@@ -92,7 +92,8 @@ def test_unreachable_redis_falls_back_to_per_worker_limits() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
-    app = bare_app(WebSection(rate_limit_storage_url=f"redis://127.0.0.1:{port}/0", rate_limits={"login": "2/minute"}))
+    app = bare_app(WebSection(rate_limit_storage_url=f"redis://127.0.0.1:{port}/0", allow_plaintext=True,
+                                   rate_limits={"login": "2/minute"}))
     assert hit(app, 3) == [200, 200, 429]
 
 

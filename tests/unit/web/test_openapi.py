@@ -27,7 +27,7 @@ def _app_routes(tmp_path: Path) -> set[tuple[str, str]]:
         audit={"spool_dir": str(tmp_path / "spool"), "checkpoint_key_file": str(tmp_path / "ck.key"),
                "archive_dir": str(tmp_path / "archive")},
         tokens={"key_encryption_key": KeyEncryptor.generate_secret()},
-        gateway={"orthanc_url": "http://127.0.0.1:8042"},
+        gateway={"orthanc_url": "http://127.0.0.1:8042", "allow_plaintext": True},
     )
     app = create_app(settings)
     out = set()

@@ -1,0 +1,94 @@
+"""The bridge's key-encryption key (KEK): the top of the bridge host's key hierarchy.
+
+Why one module: every secret key the bridge keeps at rest (the token signing keys in the
+database, the audit checkpoint signing key on disk) is wrapped by this one KEK
+(``tokens.key_encryption_key`` / ``_file``), so there is one thing to protect, back up and
+rotate.  ``bridge.tokens`` and ``bridge.audit`` both import it from here (neither may import the
+other's internals both ways: the top-level parts of ``bridge`` form no import cycle).  The
+hierarchy itself is described in docs/encryption.md.
+
+AES-256-GCM, a fresh 96-bit nonce per encryption, and an *associated data* label naming what
+the ciphertext is for (a token key's ``kid``, ``audit-checkpoint:<kid>``) so a ciphertext cannot
+be moved onto another row or file and still decrypt.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from bridge.errors import InputError
+
+#: the configuration key holding the KEK (named in every error)
+KEK_SETTING = "tokens.key_encryption_key"
+_FORMAT_V1 = b"\x01"
+
+
+class KeyEncryptionError(InputError):
+    """A KEK problem an operator must fix: not set, malformed, or it does not open a ciphertext."""
+
+    area = "keys"
+
+
+class KeyEncryptor:
+    """AES-256-GCM with the key-encryption key; ``label`` (e.g. a ``kid``) is the associated data."""
+
+    def __init__(self, kek: bytes):
+        if len(kek) != 32:
+            raise KeyEncryptionError(f"{KEK_SETTING}: must be 32 bytes (base64-encoded)")
+        self._aead = AESGCM(kek)
+        self._kek = kek
+
+    def derived(self, purpose: str) -> KeyEncryptor:
+        """An encryptor under a key derived from the KEK for ``purpose`` (HKDF-SHA256, the purpose
+        as ``info``): another kind of secret (e.g. gateway sessions) never shares the signing keys'
+        AES key, so a ciphertext of one kind cannot be decrypted as the other."""
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"pacs-bridge key hierarchy",
+                   info=purpose.encode()).derive(self._kek)
+        return KeyEncryptor(key)
+
+    @classmethod
+    def from_secret(cls, value: str | None) -> KeyEncryptor:
+        """Parse the configured key-encryption key: base64 (standard or URL-safe) of 32 random bytes."""
+        if not value:
+            raise KeyEncryptionError(
+                f"{KEK_SETTING}: not set; generate one with "
+                "`python3 -c 'import base64,os;print(base64.urlsafe_b64encode(os.urandom(32)).decode())'` "
+                f"and give it as {KEK_SETTING}_file"
+            )
+        text = value.strip()
+        try:
+            raw = base64.urlsafe_b64decode(text.replace("+", "-").replace("/", "_") + "=" * (-len(text) % 4))
+        except (binascii.Error, ValueError):
+            raise KeyEncryptionError(f"{KEK_SETTING}: not valid base64") from None
+        return cls(raw)
+
+    @classmethod
+    def from_settings(cls, settings: object) -> KeyEncryptor:
+        """The KEK of a loaded configuration (``tokens.key_encryption_key``)."""
+        kek = settings.tokens.key_encryption_key  # type: ignore[attr-defined]
+        return cls.from_secret(kek.get_secret_value() if kek else None)
+
+    @staticmethod
+    def generate_secret() -> str:
+        return base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+    def encrypt(self, plaintext: bytes, label: str) -> bytes:
+        nonce = os.urandom(12)
+        return _FORMAT_V1 + nonce + self._aead.encrypt(nonce, plaintext, label.encode())
+
+    def decrypt(self, blob: bytes, label: str, *, what: str = "signing key") -> bytes:
+        """Open a ciphertext of :meth:`encrypt`; ``what`` names the object in the error."""
+        if blob[:1] != _FORMAT_V1 or len(blob) < 1 + 12 + 16:
+            raise KeyEncryptionError(f"{what} {label}: unknown ciphertext format")
+        try:
+            return self._aead.decrypt(blob[1:13], blob[13:], label.encode())
+        except Exception:
+            raise KeyEncryptionError(
+                f"{what} {label}: cannot decrypt (wrong {KEK_SETTING}, or the ciphertext was altered)"
+            ) from None
