@@ -53,7 +53,6 @@ from bridge.audit.keycloak_events import (
     EVENT_ID_NAMESPACE,
     PAGE_SIZE,
     KcUser,
-    KeycloakEventsError,
     PullReport,
     bridge_issuer,
     kc_id,
@@ -371,20 +370,11 @@ class AdminEventApiSource:
 
     @classmethod
     def from_settings(cls, settings: Any) -> AdminEventApiSource:
-        from keycloak.exceptions import KeycloakError
-
-        from bridge.kcadmin import admin_from_settings
+        from bridge.audit.keycloak_events import events_admin
 
         kc = settings.keycloak
-        if kc.admin_password is None:
-            raise KeycloakEventsError("keycloak.admin_password is not set: pulling Keycloak's admin events "
-                                      "needs the admin API (view-events in the realm)")
-        try:
-            admin = admin_from_settings(kc, timeout=60)
-        except (KeycloakError, OSError) as exc:
-            raise KeycloakEventsError(f"keycloak {kc.url}: cannot log in to the admin API as "
-                                      f"{kc.admin_username!r}: {exc}") from exc
-        return cls(admin, realm=kc.realm, admin_realm=kc.admin_realm, admin_username=kc.admin_username)
+        return cls(events_admin(settings, "admin events"), realm=kc.realm, admin_realm=kc.admin_realm,
+                   admin_username=kc.admin_username)
 
     def admin_events(self, date_from_ms: int, first: int, max_results: int) -> list[dict[str, Any]]:
         found = self.admin.get_admin_events({"dateFrom": str(date_from_ms), "direction": "asc", "first": first,

@@ -370,6 +370,24 @@ def pull(store: AuditStore, source: EventSource, *, realm: str, issuer: str,
 # ---------------------------------------------------------------------------- Keycloak
 
 
+def events_admin(settings: Any, what: str) -> Any:
+    """The admin client an event pull uses (python-keycloak, built by :mod:`bridge.kcadmin`), with the
+    pull's own errors: ``what`` names the events (login events, admin events) in the message."""
+    from keycloak.exceptions import KeycloakError
+
+    from bridge.kcadmin import admin_from_settings
+
+    kc = settings.keycloak
+    if kc.admin_password is None:
+        raise KeycloakEventsError(f"keycloak.admin_password is not set: pulling Keycloak's {what} "
+                                  "needs the admin API (view-events in the realm)")
+    try:
+        return admin_from_settings(kc, timeout=60)
+    except (KeycloakError, OSError) as exc:
+        raise KeycloakEventsError(f"keycloak {kc.url}: cannot log in to the admin API as "
+                                  f"{kc.admin_username!r}: {exc}") from exc
+
+
 class AdminApiSource:
     """:class:`EventSource` over python-keycloak.  A fresh admin login per pull: master-realm
     admin tokens live 60 s and a long pause between pulls would otherwise start with a 401."""
@@ -379,20 +397,7 @@ class AdminApiSource:
 
     @classmethod
     def from_settings(cls, settings: Any) -> AdminApiSource:
-        from keycloak.exceptions import KeycloakError
-
-        from bridge.kcadmin import admin_from_settings
-
-        kc = settings.keycloak
-        if kc.admin_password is None:
-            raise KeycloakEventsError("keycloak.admin_password is not set: pulling Keycloak's login events "
-                                      "needs the admin API (view-events in the realm)")
-        try:
-            admin = admin_from_settings(kc, timeout=60)
-        except (KeycloakError, OSError) as exc:
-            raise KeycloakEventsError(f"keycloak {kc.url}: cannot log in to the admin API as "
-                                      f"{kc.admin_username!r}: {exc}") from exc
-        return cls(admin)
+        return cls(events_admin(settings, "login events"))
 
     def events(self, date_from_ms: int, first: int, max_results: int) -> list[dict[str, Any]]:
         found = self.admin.get_events({"dateFrom": str(date_from_ms), "direction": "asc", "first": first,
