@@ -170,16 +170,7 @@ def audit_pull_keycloak_events(config_path: str | None, as_json: bool) -> None:
     from bridge.audit.keycloak_events import pull_from_settings
 
     settings, store = _audit_store(config_path, signing=True)
-    report = pull_from_settings(settings, store)  # KeycloakEventsError: exit 2
-    if report is None:
-        raise UnavailableError("another process is pulling Keycloak events right now; nothing done")
-    if as_json:
-        click.echo(json.dumps(report.to_dict()))
-    else:
-        kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.by_type.items())) or "nothing new"
-        click.echo(f"keycloak realm {settings.keycloak.realm}: {report.fetched} event(s) read, "
-                   f"{report.recorded} recorded ({kinds}), {report.duplicates} already in the trail"
-                   + (f", {report.errors} unusable (recorded as audit.input_rejected)" if report.errors else ""))
+    _echo_pull(settings, pull_from_settings(settings, store), "event", as_json)  # KeycloakEventsError: exit 2
 
 
 @audit_cli.command("pull-keycloak-admin-events")
@@ -192,16 +183,20 @@ def audit_pull_keycloak_admin_events(config_path: str | None, as_json: bool) -> 
     from bridge.audit.keycloak_admin_events import pull_from_settings
 
     settings, store = _audit_store(config_path, signing=True)
-    report = pull_from_settings(settings, store)  # KeycloakEventsError: exit 2
+    _echo_pull(settings, pull_from_settings(settings, store), "admin event", as_json)  # KeycloakEventsError: exit 2
+
+
+def _echo_pull(settings, report, what: str, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+    """One pull's report, the same for login and admin events (None: another process holds the lease)."""
     if report is None:
-        raise UnavailableError("another process is pulling Keycloak admin events right now; nothing done")
+        raise UnavailableError(f"another process is pulling Keycloak {what}s right now; nothing done")
     if as_json:
         click.echo(json.dumps(report.to_dict()))
-    else:
-        kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.by_type.items())) or "nothing new"
-        click.echo(f"keycloak realm {settings.keycloak.realm}: {report.fetched} admin event(s) read, "
-                   f"{report.recorded} recorded ({kinds}), {report.duplicates} already in the trail"
-                   + (f", {report.errors} unusable (recorded as audit.input_rejected)" if report.errors else ""))
+        return
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.by_type.items())) or "nothing new"
+    click.echo(f"keycloak realm {settings.keycloak.realm}: {report.fetched} {what}(s) read, "
+               f"{report.recorded} recorded ({kinds}), {report.duplicates} already in the trail"
+               + (f", {report.errors} unusable (recorded as audit.input_rejected)" if report.errors else ""))
 
 
 @audit_cli.command("export-fhir")
