@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -63,6 +64,8 @@ def bridge_servers(
         db_url = f"sqlite:///{tmp_path_factory.mktemp('bridge-' + realm)}/bridge.db"
         migrate(db_url)
         settings = load_config(
+            # the checkpoint key under this test's own KEK, never the checkout's var/
+            audit={"checkpoint_key_file": tempfile.mkdtemp(prefix="cp-") + "/cp.key"},
             bridge={"public_url": url, "session_secret": secrets.token_urlsafe(32),
                     "viewer_redirect_uris": [url + VIEWER_PATH]},
             keycloak={"url": stack["keycloak"]["url"], "realm": realm, "ca_file": stack["ca"]["file"],

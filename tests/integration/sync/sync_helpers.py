@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,7 @@ class AdUsers:
 def settings_for(stack: dict[str, Any], ctx: StackContext, db_url: str, tmp_path: Path, **sync: Any) -> Settings:
     """A full configuration for CLI tests (AD, store target)."""
     d = directory_section(stack, ctx, "samba")
-    return load_config(None, directory={
+    return load_config(None, audit={"checkpoint_key_file": tempfile.mkdtemp(prefix="cp-") + "/cp.key"}, directory={
         "kind": "ad", "url": d.url, "bind_dn": d.bind_dn, "bind_password": d.bind_password.get_secret_value(),
         "base_dn": d.base_dn, "users_dn": d.users_dn, "groups_dn": d.groups_dn, "ca_file": str(d.ca_file)},
         store={"url": db_url}, sync={"policy_file": str(POLICY), "targets": ["store"], **sync})

@@ -5,6 +5,7 @@ pre-removal Keycloak token can no longer be exchanged, and the next login's toke
 
 from __future__ import annotations
 
+import tempfile
 import time
 from typing import Any
 
@@ -67,6 +68,8 @@ def test_role_removed_by_sync_revokes_old_tokens_and_leaves_the_next_token(
                              source_group_dn="CN=Radiology,OU=Radiology,OU=Groups,DC=hospital,DC=test",
                              rule_id="radiology-staff", scopes={"departments": ["Radiology"]}))
     settings = load_config(
+        # the checkpoint key under this test's own KEK, never the checkout's var/
+        audit={"checkpoint_key_file": tempfile.mkdtemp(prefix="cp-") + "/cp.key"},
         keycloak={"url": stack["keycloak"]["url"], "realm": AD_REALM, "ca_file": stack["ca"]["file"]},
         store={"url": db_url}, sync={"policy_file": str(POLICY)},
         tokens={"key_encryption_key": KeyEncryptor.generate_secret(), "issuer": ISSUER,

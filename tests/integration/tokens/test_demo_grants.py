@@ -9,6 +9,7 @@ on the issued token.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,8 @@ def bridge(stack: dict[str, Any], kc_info: dict[str, Any], directory_sections: d
                         thresholds=Thresholds(500, 10), audit=AuditStore(eng))
     assert runner.run(apply=True, full=True).status == "ok"  # the assignment rows, as the sync writes them
     settings = load_config(
+        # the checkpoint key under this test's own KEK, never the checkout's var/
+        audit={"checkpoint_key_file": tempfile.mkdtemp(prefix="cp-") + "/cp.key"},
         keycloak={"url": kc_info["url"], "realm": AD_REALM, "ca_file": stack["ca"]["file"]},
         store={"url": url}, sync={"policy_file": str(POLICY)},
         tokens={"key_encryption_key": KeyEncryptor.generate_secret(), "issuer": ISSUER,

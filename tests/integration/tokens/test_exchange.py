@@ -4,6 +4,7 @@ login gets 401 insufficient_user_authentication (RFC 9470)."""
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ def bridge_app(kc_info: dict[str, Any], stack: dict[str, Any], tmp_path: Path, r
         s.add(RoleAssignment(subject_id=directory_ids[realm]["tech.xia"], username="tech.xia",
                              role="radiologist", scopes={"departments": ["Radiology"]}))
     settings = load_config(
+        # the checkpoint key under this test's own KEK, never the checkout's var/
+        audit={"checkpoint_key_file": tempfile.mkdtemp(prefix="cp-") + "/cp.key"},
         keycloak={"url": kc_info["url"], "realm": realm, "ca_file": stack["ca"]["file"]},
         store={"url": url},
         tokens={"key_encryption_key": KeyEncryptor.generate_secret(), "issuer": ISSUER,

@@ -4,6 +4,7 @@ carries realm roles the policy knows (real Keycloak, AD realm, roles put there b
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ def test_directory_account_without_assignments_gets_no_token_despite_realm_roles
     url = f"sqlite:///{tmp_path}/bridge.db"
     migrate(url)  # an empty assignment store: nobody holds a PACS role here
     settings = load_config(
+        # the checkpoint key under this test's own KEK, never the checkout's var/
+        audit={"checkpoint_key_file": tempfile.mkdtemp(prefix="cp-") + "/cp.key"},
         keycloak={"url": kc_info["url"], "realm": AD_REALM, "ca_file": stack["ca"]["file"]},
         store={"url": url}, sync={"policy_file": str(POLICY)},
         tokens={"key_encryption_key": KeyEncryptor.generate_secret(), "issuer": "https://127.0.0.1:9443",
