@@ -268,6 +268,59 @@ def test_renewed_tokens_are_used_at_once_on_every_worker(g: Gateway) -> None:
     assert g.orthanc.last.headers["authorization"] == f"Bearer {fresh.access_token}" != first
 
 
+def test_a_ciphertext_changed_after_use_is_opened_again_and_refused(g: Gateway) -> None:
+    """The worker keeps the opening of a row's ciphertext: a ciphertext replaced in the row (here
+    tampered with, after the session was used) is never taken for the one opened before."""
+    raw = g.log_in()
+    assert g.get(f"{PREFIX}/studies").status_code == 200
+    with session(engine(g.db_url)) as s:
+        row = s.scalars(select(GatewaySession)).one()
+        blob = bytearray(row.secrets)
+        blob[-1] ^= 1
+        row.secrets = bytes(blob)
+    r = g.get(f"{PREFIX}/studies")
+    assert r.status_code == 401 and _rows(g) == [] and g.gw.store.get(raw) is None
+    assert len(g.orthanc.requests) == 1
+
+
+def test_the_session_read_retries_a_dead_connection_once(g: Gateway) -> None:
+    """The per-request read has no pre-ping (PostgreSQL): a connection found dead is retried once;
+    any other database error is not hidden."""
+    from sqlalchemy.exc import DBAPIError
+
+    raw = g.log_in()
+    store = g.gw.store
+    real = store.reader
+    calls: list[int] = []
+
+    class Dying:
+        invalidated = True
+
+        def connect(self) -> Any:
+            calls.append(1)
+            if len(calls) == 1:
+                raise DBAPIError("SELECT", {}, Exception("server closed the connection"),
+                                 connection_invalidated=self.invalidated)
+            return real.connect()
+
+    store.reader = Dying()  # type: ignore[assignment]
+    assert store.get(raw) is not None and len(calls) == 2
+    calls.clear()
+    Dying.invalidated = False
+    with pytest.raises(DBAPIError):
+        store.get(raw)
+    assert len(calls) == 1
+
+
+def test_only_postgresql_reads_without_pre_ping() -> None:
+    pg = engine("postgresql+psycopg2://bridge:x@db.test/bridge")
+    assert pg.pool._pre_ping is True  # type: ignore[attr-defined]
+    assert sessions.optimistic_reader(pg).pool._pre_ping is False  # type: ignore[attr-defined]
+    assert sessions.optimistic_reader(pg).url == pg.url
+    lite = engine("sqlite://")
+    assert sessions.optimistic_reader(lite) is lite
+
+
 def test_activity_rules() -> None:
     bg = ["/changes", "/jobs"]
     assert not rules.is_activity("GET", "/changes", {"Sec-Fetch-Mode": "cors"}, bg)
