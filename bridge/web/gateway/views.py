@@ -532,7 +532,7 @@ def _forward(path: str, bearer: str, login: GatewayLogin | None) -> Response:
                 if upstream.is_stream_consumed:  # an answer already read (a transport that buffers)
                     yield upstream.content
                 else:
-                    yield from upstream.iter_raw(proxy.CHUNK)
+                    yield from upstream.iter_raw(proxy.RESPONSE_CHUNK)
             finally:
                 upstream.close()
 
