@@ -3,8 +3,9 @@
     .venv/bin/python bench/gateway.py [--only NAME ...] [--skip NAME ...] [--studies 5000] [--n 300]
         [--archive-mb 200]
 
-In a private network namespace (the dev stack's Samba ports are fixed):
-``/work/tools/nsrun NAME python bench/gateway.py --only small_json_get --only archive_stream``.
+Where other dev stacks run on the same machine, run it in a private network namespace (the dev
+stack's Samba ports are fixed), e.g. ``unshare --net`` with ``lo`` up and its own
+``PACS_BRIDGE_DEVSTACK_DIR``.
 
 ``main`` runs the selected measurements and prints ONE JSON object with a key per measurement and the
 load average before and after (the machine is shared; figures without the load are not comparable).
