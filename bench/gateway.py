@@ -1,11 +1,17 @@
-"""Benchmarks of the browser path to the PACS (issue 11), one function per measurement.
+"""Benchmarks of the browser path to the PACS (issue 11): one function per measurement, one JSON object.
 
-    PACS_BRIDGE_DEVSTACK_DIR=/tmp/ds-gateway-bench .venv/bin/python bench/gateway.py [--studies 5000]
+    .venv/bin/python bench/gateway.py [--only NAME ...] [--skip NAME ...] [--studies 5000] [--n 300]
+        [--archive-mb 200]
 
-``main`` starts what the measurements share (a dev-stack Orthanc with the bridge plugin, pointed at a TLS
-bridge double: the production code path), runs each measurement function, and prints ONE JSON object
-with a key per measurement and the load average; it stops what it started.  Further measurements (the
-gateway's added latency, streamed archives) are added as functions of their own and called from ``main``.
+Where other dev stacks run on the same machine, run it in a private network namespace (the dev
+stack's Samba ports are fixed), e.g. ``unshare --net`` with ``lo`` up and its own
+``PACS_BRIDGE_DEVSTACK_DIR``.
+
+``main`` runs the selected measurements and prints ONE JSON object with a key per measurement and the
+load average before and after (the machine is shared; figures without the load are not comparable).
+
+Measurements on a private Orthanc with the bridge plugin, pointed at a TLS bridge double (the
+production code path of the plugin; no dev stack needed):
 
 * :func:`scoped_find`: ``POST /tools/find`` over N studies (default 5,000, 5 % of them in the token's
   department) with a department-scoped token vs an unrestricted token (the core's query, passed
@@ -14,7 +20,25 @@ gateway's added latency, streamed archives) are added as functions of their own 
   cache).  Target (issue 11): warm scoped <= 2x unscoped.
 * :func:`wado_retrieve_memory`: a WADO-RS retrieve of a large study through the public ``/dicom-web/``
   (served by the plugin in front of the DICOMweb plugin's internal root): Orthanc's resident memory
-  before, its peak during (VmHWM), and the answer's size.
+  before, its peak during (VmHWM), and the answer's size; the same on an Orthanc without the plugin.
+
+Measurements of the gateway (``/pacs/``) against Orthanc directly with the same PACS token,
+interleaved (one direct request, one through the gateway, so a change of load hits both alike).
+They need the dev stack's bridge (with its gateway), Orthanc and PostgreSQL: ``main`` starts the
+stack when it is not running and stops what it started.  A PACS token for ``rad.alice`` is issued
+by the stack's own token service (grant read from the store) and a gateway session holding it is
+created as a login would create it, so no Keycloak round trip is measured:
+
+* :func:`small_json_get`: ``GET /studies/{id}`` direct, through the gateway, and the bridge's own
+  floor ``GET /readyz`` (a database ping through the same gunicorn/TLS hop): median and p99 of each,
+  of the gateway's added latency, and of the gateway over the floor.  Target: added median < 1.5 ms,
+  p99 < 5 ms.
+* :func:`archive_stream`: a study archive of ``--archive-mb`` MB (random pixel data, so the ZIP does
+  not shrink it) streamed by both paths: throughput (MB/s) and the bridge workers' resident memory
+  growth (sampled every 20 ms while the gateway streams).  Target: >= 80 % of direct, < 50 MB growth.
+
+The gateway session must finish before its token needs renewal (no refresh token here): the run
+takes well under the token lifetime minus the renewal margin.
 """
 
 from __future__ import annotations
@@ -205,16 +229,208 @@ def wado_retrieve_memory(client: Client, bridge: BridgeDouble, instances: int = 
             "second": runs[1]}
 
 
+# ------------------------------------------------------------------ the gateway (needs the dev stack)
+
+GATEWAY_UID_ROOT = "1.2.826.0.1.3680043.10.1137.99"
+#: the services the gateway measurements need (the bridge's own `needs` come with it)
+GATEWAY_SERVICES = ("keycloak", "samba", "slapd", "redis", "bridge", "orthanc", "postgres", "rsyslog")
+
+
+def _percentiles(ms: list[float]) -> dict[str, float]:
+    ordered = sorted(ms)
+    return {"median_ms": round(statistics.median(ordered), 3),
+            "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3)}
+
+
+def _big_study(total_mb: int) -> list[bytes]:
+    """Instances of ~10 MB of random 16-bit pixels, ``total_mb`` MB in all, one study."""
+    import io
+    import uuid
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+    n = uuid.uuid4().int % 10**9
+    side = 2236  # 2236 x 2236 x 2 bytes = 10 MB
+    out = []
+    for i in range(max(1, total_mb // 10)):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        meta.MediaStorageSOPInstanceUID = f"{GATEWAY_UID_ROOT}.{n}.3.{i}"
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, f"{GATEWAY_UID_ROOT}.{n}.3.{i}"
+        ds.PatientID, ds.PatientName = f"BENCH-{n}", "BENCH^GATEWAY"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = f"{GATEWAY_UID_ROOT}.{n}.1", f"{GATEWAY_UID_ROOT}.{n}.2"
+        ds.Modality, ds.InstitutionName, ds.InstitutionalDepartmentName = "CT", "Hospital Test", "Radiology"
+        ds.Rows = ds.Columns = side
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = os.urandom(side * side * 2)
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        out.append(buf.getvalue())
+    return out
+
+
+def _workers_rss_mb(master: int) -> float:
+    """Resident memory (MB) of the bridge's gunicorn workers (children of ``master``)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat[1]) != master:
+                continue
+            total += _rss_kb(int(pid))
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1024
+
+
+def _stream(http: Any, url: str, **kw: Any) -> tuple[int, float]:
+    t = time.perf_counter()
+    size = 0
+    with http.get(url, stream=True, timeout=600, **kw) as r:
+        r.raise_for_status()
+        for chunk in r.iter_content(256 * 1024):
+            size += len(chunk)
+    return size, time.perf_counter() - t
+
+
+class GatewayRig:
+    """What the gateway measurements share: the stack's endpoints, a study, a gateway session and
+    the same PACS token for the direct path.  :meth:`close` ends the session."""
+
+    def __init__(self, archive_mb: int):
+        from sqlalchemy import select
+
+        from bridge.config import load_config
+        from bridge.http import pinned_session
+        from bridge.services import Services
+        from bridge.store.db import session as db_session
+        from bridge.store.models import RoleAssignment
+        from bridge.tokens.claims import Subject
+        from bridge.web.gateway.sessions import SessionStore, Tokens
+        from bridge.web.gateway.views import COOKIE
+        from pacs_devstack import state
+
+        info = state.read_stack()
+        settings = load_config(info["bridge"]["config"])
+        if not settings.gateway.enabled or "orthanc" not in info:
+            raise SystemExit("bench/gateway.py: the gateway measurements need the stack's bridge with its "
+                             "gateway and Orthanc")
+        services = Services(settings)
+        tokens = services.token_service
+
+        def token_for(username: str | None, role: str | None = None) -> Any:
+            with db_session(services.engine) as s:
+                column = RoleAssignment.username == username if username else RoleAssignment.role == role
+                sub = s.scalar(select(RoleAssignment.subject_id).where(column))
+            subject = Subject(id=str(sub), username=username or "bench-upload", auth_time=int(time.time()),
+                              acr="mfa", amr=("pwd", "otp"))
+            return subject, tokens.issue(subject, tokens.grant_for(subject), "gateway-bench")
+
+        self.ca = info["ca"]["file"]
+        self.orthanc = info["orthanc"]["url"]
+        self.bridge_url = info["bridge"]["url"]
+        self.gateway = self.bridge_url + settings.gateway.prefix
+        record = process.load("bridge")
+        if record is None:
+            raise SystemExit("bench/gateway.py: cannot find the bridge's gunicorn master")
+        self.master = record.pid
+        self.direct = pinned_session(self.ca)
+        _, upload = token_for(None, role="technologist")  # the archive study, uploaded as a technologist would
+        self.study_id = ""
+        for data in _big_study(archive_mb):
+            r = self.direct.post(self.orthanc + "/instances", data=data, timeout=120,
+                                 headers={"Authorization": f"Bearer {upload.access_token}"})
+            r.raise_for_status()
+            self.study_id = r.json()["ParentStudy"]
+        subject, issued = token_for("rad.alice")
+        self.store = SessionStore.under_kek(services.engine, services.key_ring.encryptor)
+        self.raw = self.store.create(subject_id=subject.id, kc_sub=subject.id, sid=None, username="rad.alice",
+                                     tokens=Tokens(issued.access_token, None, None),
+                                     token_exp=float(issued.claims["exp"]), lifetime_seconds=3600)
+        self.auth = {"Authorization": f"Bearer {issued.access_token}"}
+        self.via = pinned_session(self.ca)
+        self.via.cookies.set(COOKIE, self.raw, domain=self.gateway.split("/")[2].split(":")[0], path="/",
+                             secure=True)
+
+    def close(self) -> None:
+        from bridge.web.gateway.sessions import hash_id
+
+        self.store.end(hash_id(self.raw))
+
+
+def small_json_get(rig: GatewayRig, n: int = 300) -> dict[str, Any]:
+    """``GET /studies/{id}`` direct vs through the gateway, with the bridge's ``/readyz`` as the floor of
+    any request through the bridge (all three interleaved)."""
+    direct_url, via_url = f"{rig.orthanc}/studies/{rig.study_id}", f"{rig.gateway}/studies/{rig.study_id}"
+    floor_url = f"{rig.bridge_url}/readyz"
+    for _ in range(20):  # warm both paths (connections, caches)
+        rig.direct.get(direct_url, headers=rig.auth, timeout=10)
+        rig.via.get(via_url, timeout=10)
+        rig.via.get(floor_url, timeout=10)
+    direct: list[float] = []
+    via: list[float] = []
+    floor: list[float] = []
+    for _ in range(n):
+        for client, url, kw, into in ((rig.direct, direct_url, {"headers": rig.auth}, direct),
+                                      (rig.via, via_url, {}, via), (rig.via, floor_url, {}, floor)):
+            t = time.perf_counter()
+            status = client.get(url, timeout=10, **kw).status_code
+            into.append((time.perf_counter() - t) * 1000)
+            if status != 200:
+                raise SystemExit(f"{url} answered {status}")
+    return {"n": n, "direct": _percentiles(direct), "gateway": _percentiles(via),
+            "bridge_readyz_floor": _percentiles(floor),
+            "added": _percentiles([v - d for v, d in zip(via, direct, strict=True)]),
+            "gateway_over_floor": _percentiles([v - f for v, f in zip(via, floor, strict=True)]),
+            "target": "added median < 1.5 ms, p99 < 5 ms"}
+
+
+def archive_stream(rig: GatewayRig) -> dict[str, Any]:
+    """The study archive direct, through the gateway (workers' RSS sampled), direct again."""
+    url = f"/studies/{rig.study_id}/archive"
+    size_d, secs_d = _stream(rig.direct, rig.orthanc + url, headers=rig.auth)
+    before = _workers_rss_mb(rig.master)
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _workers_rss_mb(rig.master))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    size_g, secs_g = _stream(rig.via, rig.gateway + url)
+    done.set()
+    sampler.join()
+    size_d2, secs_d2 = _stream(rig.direct, rig.orthanc + url, headers=rig.auth)
+    direct_mbps = (size_d + size_d2) / (secs_d + secs_d2) / 2**20
+    gw_mbps = size_g / secs_g / 2**20
+    return {"bytes": size_g, "direct_mb_s": round(direct_mbps, 1), "gateway_mb_s": round(gw_mbps, 1),
+            "ratio": round(gw_mbps / direct_mbps, 3), "bridge_workers_rss_growth_mb": round(peak[0] - before, 1),
+            "target": ">= 0.8 of direct, < 50 MB resident growth"}
+
+
 # ------------------------------------------------------------------ main
 
+PLUGIN_MEASUREMENTS = ("scoped_find", "wado_retrieve_memory")
+GATEWAY_MEASUREMENTS = ("small_json_get", "archive_stream")
+ALL = PLUGIN_MEASUREMENTS + GATEWAY_MEASUREMENTS
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--studies", type=int, default=5000)
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--skip", action="append", default=[], help="a measurement to leave out")
-    args = parser.parse_args()
-    os.environ.setdefault("PACS_BRIDGE_DEVSTACK_DIR", "/tmp/ds-gateway-bench")
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def run_plugin(selected: list[str], args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """The measurements on a private Orthanc with the plugin and a bridge double."""
     ctx = StackContext(ca_file=ensure_ca())
     bridge = BridgeDouble("gateway-bench-bridge").start()
     svc = OrthancService("orthanc-gateway-bench", with_filter=True, aet="GWBENCH")
@@ -237,10 +453,9 @@ def main() -> None:
             if time.monotonic() > deadline:
                 raise SystemExit("the plugin never accepted a token")
             time.sleep(0.3)
-        results: dict[str, Any] = {}
-        if "scoped_find" not in args.skip:
+        if "scoped_find" in selected:
             results["scoped_find"] = scoped_find(client, bridge, svc, args.studies, args.rounds)
-        if "wado_retrieve_memory" not in args.skip:
+        if "wado_retrieve_memory" in selected:
             results["wado_retrieve_memory"] = wado_retrieve_memory(client, bridge)
             plain.prepare(ctx)
             plain.start(ctx)
@@ -248,14 +463,52 @@ def main() -> None:
             plain_port = int(plain.wait_ready(ctx)["url"].rsplit(":", 1)[1])
             results["wado_retrieve_memory_without_plugin"] = wado_retrieve_memory(
                 Client(plain_port), bridge, service=plain.name, path="/dicom-web/studies/")
-        results["load_average"] = [round(x, 2) for x in os.getloadavg()]
-        print(json.dumps(results, indent=2))
     finally:
         if started:
             svc.stop()
         if plain_started:
             plain.stop()
         bridge.stop()
+
+
+def run_gateway(selected: list[str], args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """The gateway measurements on the dev stack (started here, and stopped, if it was not running)."""
+    from pacs_devstack import stack
+
+    owner = "bench-gateway"
+    if not all(stack.service(name).running() for name in GATEWAY_SERVICES):
+        stack.up(GATEWAY_SERVICES, owner=owner, log=lambda line: print(line, file=sys.stderr))
+    try:
+        rig = GatewayRig(args.archive_mb)
+        try:
+            if "small_json_get" in selected:
+                results["small_json_get"] = small_json_get(rig, args.n)
+            if "archive_stream" in selected:
+                results["archive_stream"] = {"archive_mb": args.archive_mb, **archive_stream(rig)}
+        finally:
+            rig.close()
+    finally:
+        stack.down(GATEWAY_SERVICES, owner=owner, log=lambda line: print(line, file=sys.stderr))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", action="append", default=[], choices=ALL, help="run only this measurement")
+    parser.add_argument("--skip", action="append", default=[], choices=ALL, help="leave this measurement out")
+    parser.add_argument("--studies", type=int, default=5000, help="scoped_find: studies in the archive")
+    parser.add_argument("--rounds", type=int, default=15, help="scoped_find: interleaved rounds")
+    parser.add_argument("--n", type=int, default=300, help="small_json_get: interleaved requests")
+    parser.add_argument("--archive-mb", type=int, default=200, help="archive_stream: size of the study")
+    args = parser.parse_args()
+    selected = [m for m in (args.only or ALL) if m not in args.skip]
+    os.environ.setdefault("PACS_BRIDGE_DEVSTACK_DIR", "/tmp/ds-gateway-bench")
+    results: dict[str, Any] = {"load_average_before": _load()}
+    if any(m in selected for m in PLUGIN_MEASUREMENTS):
+        run_plugin(selected, args, results)
+    if any(m in selected for m in GATEWAY_MEASUREMENTS):
+        run_gateway(selected, args, results)
+    results["load_average"] = _load()
+    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

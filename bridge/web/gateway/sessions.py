@@ -10,7 +10,15 @@ Why this shape (docs/gateway.md):
   associated data: a ciphertext copied onto another row does not decrypt;
 * a row that does not decrypt (wrong key, tampering) is deleted and counts as no session.
 
-Every read is fresh from the database: a logout handled by another worker or replica counts at once.
+Every request reads its row fresh from the database: a logout handled by another worker or replica
+counts at once.  No session is cached across requests (a per-worker cache could not learn of a
+logout on another worker in time).  What is kept per worker is only the *opening* of a ciphertext:
+the decrypted tokens of the ciphertext the row held last time; a row whose ciphertext changed (a
+renewal anywhere) is opened again, a row that is gone is no session.
+
+The per-request read goes through an engine without the pool's pre-ping on PostgreSQL (the ping is
+a ``SELECT 1`` round trip before every checkout): a connection found dead is retried once instead,
+which is what the ping would have done, at the cost of a round trip only when a connection died.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, delete, or_, select, update
+from sqlalchemy import Engine, bindparam, create_engine, delete, or_, select, update
+from sqlalchemy.exc import DBAPIError
 
 from bridge.store.db import session as db_session
 from bridge.store.models import GatewaySession
@@ -35,6 +44,8 @@ from bridge.tokens.keys import KeyEncryptor, SigningKeyError
 KEY_PURPOSE = "pacs-bridge gateway sessions v1"
 #: what a session id looks like (token_urlsafe(32) = 43 characters); anything else is no session
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
+#: openings kept per worker (one per session: its last ciphertext); all dropped when full
+OPENED_MAX = 4096
 
 
 def hash_id(raw: str) -> str:
@@ -78,13 +89,24 @@ class GatewayLogin:
 _BY_ID = select(GatewaySession.__table__).where(GatewaySession.id_hash == bindparam("id_hash"))
 
 
+def optimistic_reader(engine: Engine) -> Engine:
+    """The engine of the per-request read: on PostgreSQL the same database without pre-ping (see the
+    module docstring; :meth:`SessionStore._read` retries a dead connection once), else ``engine``."""
+    if engine.dialect.name != "postgresql":
+        return engine
+    return create_engine(engine.url, pool_pre_ping=False)
+
+
 class SessionStore:
     """The ``gateway_sessions`` table."""
 
     def __init__(self, engine: Engine, encryptor: KeyEncryptor, clock: Callable[[], float] = time.time):
         self.engine = engine
+        self.reader = optimistic_reader(engine)
         self.encryptor = encryptor
         self.clock = clock
+        #: id hash -> (ciphertext, its tokens): the last opening of each session's ciphertext
+        self._opened: dict[str, tuple[bytes, Tokens]] = {}
 
     @classmethod
     def under_kek(cls, engine: Engine, kek: KeyEncryptor, clock: Callable[[], float] = time.time) -> SessionStore:
@@ -96,13 +118,23 @@ class SessionStore:
     def _open(self, row: Any, tokens_required: bool = True) -> GatewayLogin | None:
         """The row with its tokens decrypted; None if they do not decrypt (``tokens_required``),
         else empty tokens (a session being ended needs its identity, not necessarily its tokens)."""
-        try:
-            data = json.loads(self.encryptor.decrypt(bytes(row.secrets), row.id_hash))
-            tokens = Tokens(str(data["pacs_token"]), data.get("refresh_token"), data.get("id_token"))
-        except (SigningKeyError, ValueError, KeyError, TypeError):
-            if tokens_required:
-                return None
-            tokens = Tokens("", None, None)
+        sealed = bytes(row.secrets)
+        known = self._opened.get(row.id_hash)
+        if known is not None and known[0] == sealed:
+            tokens = known[1]
+        else:
+            try:
+                data = json.loads(self.encryptor.decrypt(sealed, row.id_hash))
+                tokens = Tokens(str(data["pacs_token"]), data.get("refresh_token"), data.get("id_token"))
+            except (SigningKeyError, ValueError, KeyError, TypeError):
+                self._opened.pop(row.id_hash, None)
+                if tokens_required:
+                    return None
+                tokens = Tokens("", None, None)
+            else:
+                if len(self._opened) >= OPENED_MAX:
+                    self._opened.clear()
+                self._opened[row.id_hash] = (sealed, tokens)
         return GatewayLogin(row.id_hash, row.subject_id, row.kc_sub, row.sid, row.username,
                             _epoch(row.created_at), _epoch(row.last_activity),
                             _epoch(row.expires_at), _epoch(row.token_exp), tokens)
@@ -126,14 +158,26 @@ class SessionStore:
         if not raw or not ID_PATTERN.fullmatch(raw):
             return None
         id_hash = hash_id(raw)
-        with self.engine.connect() as conn:  # Core, prebuilt statement: this runs on every request
-            row = conn.execute(_BY_ID, {"id_hash": id_hash}).first()
+        row = self._read(id_hash)
         if row is None:
+            self._opened.pop(id_hash, None)
             return None
         found = self._open(row)  # type: ignore[arg-type]
         if found is None:
             self.end(id_hash)  # tampered or under another key: unusable, and never again tried
         return found
+
+    def _read(self, id_hash: str) -> Any:
+        """The row (Core, prebuilt statement: this runs on every request), one retry on a dead
+        connection (the reader has no pre-ping)."""
+        for attempt in (1, 2):
+            try:
+                with self.reader.connect() as conn:
+                    return conn.execute(_BY_ID, {"id_hash": id_hash}).first()
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        return None  # not reached
 
     def touch(self, id_hash: str, when: float | None = None) -> None:
         """Record user activity (the idle clock restarts)."""
@@ -148,6 +192,7 @@ class SessionStore:
                       .values(secrets=self._seal(id_hash, tokens), token_exp=_ts(token_exp)))
 
     def end(self, id_hash: str) -> None:
+        self._opened.pop(id_hash, None)
         with db_session(self.engine) as s:
             s.execute(delete(GatewaySession).where(GatewaySession.id_hash == id_hash))
 

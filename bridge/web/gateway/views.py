@@ -46,8 +46,6 @@ EXTENSION = "pacs_bridge_gateway"
 COOKIE = "__Host-pacs-gateway"
 #: the ``client_id`` of PACS tokens the gateway issues (audit trail, Orthanc's events)
 CLIENT_ID = "pacs-gateway"
-#: idle-clock writes closer together than this are skipped (one UPDATE per burst of requests)
-TOUCH_EVERY_SECONDS = 2.0
 log = logging.getLogger(__name__)
 
 
@@ -328,7 +326,7 @@ def _current(activity: bool) -> GatewayLogin | Response:
         if isinstance(renewed, Response):
             return renewed
         login = renewed
-    if activity and now - login.last_activity >= TOUCH_EVERY_SECONDS:
+    if activity and now - login.last_activity >= rules.activity_write_seconds(gw.limits.idle_seconds):
         gw.store.touch(login.id_hash, now)
     return login
 
@@ -534,7 +532,7 @@ def _forward(path: str, bearer: str, login: GatewayLogin | None) -> Response:
                 if upstream.is_stream_consumed:  # an answer already read (a transport that buffers)
                     yield upstream.content
                 else:
-                    yield from upstream.iter_raw(proxy.CHUNK)
+                    yield from upstream.iter_raw(proxy.RESPONSE_CHUNK)
             finally:
                 upstream.close()
 

@@ -206,6 +206,121 @@ def test_background_polling_does_not_hold_the_session_open(g: Gateway) -> None:
     assert _rows(g)[0].last_activity > before
 
 
+def test_activity_writes_are_coalesced(g: Gateway) -> None:
+    """One idle-clock UPDATE per ``rules.activity_write_seconds`` at most: a request soon after the
+    last write changes nothing in the store (no database write on the hot path)."""
+    g.log_in()
+    every = rules.activity_write_seconds(g.settings.gateway.idle_timeout_seconds)
+    _age(g, last_activity=every / 2)
+    before = _rows(g)[0].last_activity
+    assert g.get(f"{PREFIX}/studies").status_code == 200
+    assert _rows(g)[0].last_activity == before
+    _age(g, last_activity=every / 2 + 1)  # now more than `every` since the last write
+    assert g.get(f"{PREFIX}/studies").status_code == 200
+    assert _rows(g)[0].last_activity > before
+
+
+def test_coalesced_activity_writes_still_time_out_idle_sessions(g: Gateway) -> None:
+    """Activity not written (inside the coalescing window) never extends the session: it ends
+    ``idle_timeout`` after the last written activity, i.e. at most ``activity_write_seconds`` early,
+    never late."""
+    raw = g.log_in()
+    idle = g.settings.gateway.idle_timeout_seconds
+    every = rules.activity_write_seconds(idle)
+    _age(g, last_activity=every - 1)
+    assert g.get(f"{PREFIX}/studies").status_code == 200  # activity inside the window: not written
+    _age(g, last_activity=idle - every + 1)  # now: idle seconds since the last write
+    r = g.get(f"{PREFIX}/studies")
+    assert r.status_code == 401 and g.gw.store.get(raw) is None
+    assert len(g.orthanc.requests) == 1
+
+
+def test_activity_write_interval_is_bounded_by_the_idle_timeout() -> None:
+    assert rules.activity_write_seconds(900) == rules.ACTIVITY_WRITE_MAX_SECONDS <= 60
+    assert rules.activity_write_seconds(60) == 6  # a short idle timeout: a tenth of it
+    for idle in (1, 30, 120, 900, 86400):
+        assert 0 < rules.activity_write_seconds(idle) <= idle / 10
+
+
+def test_a_session_ended_by_another_worker_ends_access_at_once(g: Gateway) -> None:
+    """Whatever a worker keeps between requests, a row deleted elsewhere (a logout or back-channel
+    logout handled by another worker or replica) ends access on the very next request."""
+    raw = g.log_in()
+    for _ in range(3):
+        assert g.get(f"{PREFIX}/studies").status_code == 200
+    with session(engine(g.db_url)) as s:  # another worker's logout: only the row goes
+        s.execute(GatewaySession.__table__.delete())
+    r = g.get(f"{PREFIX}/studies")
+    assert r.status_code == 401 and len(g.orthanc.requests) == 3
+    assert g.gw.store.get(raw) is None
+
+
+def test_renewed_tokens_are_used_at_once_on_every_worker(g: Gateway) -> None:
+    """Tokens replaced in the row (a renewal by another worker) are the ones sent next."""
+    g.log_in()
+    assert g.get(f"{PREFIX}/studies").status_code == 200
+    first = g.orthanc.last.headers["authorization"]
+    other = SessionStore.under_kek(engine(g.db_url), g.service.ring.encryptor)
+    fresh = g.issue()
+    other.renew(_rows(g)[0].id_hash, sessions.Tokens(fresh.access_token, "rt-9", None),
+                float(fresh.claims["exp"]))
+    assert g.get(f"{PREFIX}/studies").status_code == 200
+    assert g.orthanc.last.headers["authorization"] == f"Bearer {fresh.access_token}" != first
+
+
+def test_a_ciphertext_changed_after_use_is_opened_again_and_refused(g: Gateway) -> None:
+    """The worker keeps the opening of a row's ciphertext: a ciphertext replaced in the row (here
+    tampered with, after the session was used) is never taken for the one opened before."""
+    raw = g.log_in()
+    assert g.get(f"{PREFIX}/studies").status_code == 200
+    with session(engine(g.db_url)) as s:
+        row = s.scalars(select(GatewaySession)).one()
+        blob = bytearray(row.secrets)
+        blob[-1] ^= 1
+        row.secrets = bytes(blob)
+    r = g.get(f"{PREFIX}/studies")
+    assert r.status_code == 401 and _rows(g) == [] and g.gw.store.get(raw) is None
+    assert len(g.orthanc.requests) == 1
+
+
+def test_the_session_read_retries_a_dead_connection_once(g: Gateway) -> None:
+    """The per-request read has no pre-ping (PostgreSQL): a connection found dead is retried once;
+    any other database error is not hidden."""
+    from sqlalchemy.exc import DBAPIError
+
+    raw = g.log_in()
+    store = g.gw.store
+    real = store.reader
+    calls: list[int] = []
+
+    class Dying:
+        invalidated = True
+
+        def connect(self) -> Any:
+            calls.append(1)
+            if len(calls) == 1:
+                raise DBAPIError("SELECT", {}, Exception("server closed the connection"),
+                                 connection_invalidated=self.invalidated)
+            return real.connect()
+
+    store.reader = Dying()  # type: ignore[assignment]
+    assert store.get(raw) is not None and len(calls) == 2
+    calls.clear()
+    Dying.invalidated = False
+    with pytest.raises(DBAPIError):
+        store.get(raw)
+    assert len(calls) == 1
+
+
+def test_only_postgresql_reads_without_pre_ping() -> None:
+    pg = engine("postgresql+psycopg2://bridge:x@db.test/bridge")
+    assert pg.pool._pre_ping is True  # type: ignore[attr-defined]
+    assert sessions.optimistic_reader(pg).pool._pre_ping is False  # type: ignore[attr-defined]
+    assert sessions.optimistic_reader(pg).url == pg.url
+    lite = engine("sqlite://")
+    assert sessions.optimistic_reader(lite) is lite
+
+
 def test_activity_rules() -> None:
     bg = ["/changes", "/jobs"]
     assert not rules.is_activity("GET", "/changes", {"Sec-Fetch-Mode": "cors"}, bg)
