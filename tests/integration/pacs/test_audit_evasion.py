@@ -85,9 +85,10 @@ def bridge(orthanc: dict[str, Any], stack: dict[str, Any],
     url = f"sqlite:///{work}/bridge.db"
     migrate(url)
     ingest = secrets.token_urlsafe(24)
+    kek = KeyEncryptor.generate_secret()  # the CLI below signs checkpoints with the same key: same KEK
     settings = load_config(
         store={"url": url},
-        tokens={"key_encryption_key": KeyEncryptor.generate_secret(), "issuer": base,
+        tokens={"key_encryption_key": kek, "issuer": base,
                 "clients": [{"client_id": "pacs-viewer"}]},
         audit={"spool_dir": str(work / "spool"), "checkpoint_key_file": str(work / "audit.key"),
                "archive_dir": str(work / "archive"), "checkpoint_every": 3, "ingest_token": ingest},
@@ -106,7 +107,8 @@ def bridge(orthanc: dict[str, Any], stack: dict[str, Any],
     config_file.write_text(json.dumps(cfg, indent=2))
     try:
         yield Bridge(app, base, ca, {"PACS_BRIDGE_STORE__URL": url,
-                                     "PACS_BRIDGE_AUDIT__CHECKPOINT_KEY_FILE": str(work / "audit.key")})
+                                     "PACS_BRIDGE_AUDIT__CHECKPOINT_KEY_FILE": str(work / "audit.key"),
+                                     "PACS_BRIDGE_TOKENS__KEY_ENCRYPTION_KEY": kek})
     finally:
         config_file.write_text(original)
         # the plugin re-reads its configuration on an HTTP request: make one, so that what comes next

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from sync_helpers import POLICY, directory_section, need
 
 from bridge.cli import main
+from bridge.kek import KeyEncryptor
 
 pytestmark = pytest.mark.integration
 
@@ -24,6 +25,9 @@ def test_cli_plan_apply_history_explain(stack, ctx, tmp_path: Path) -> None:  # 
                       "bind_password": d.bind_password.get_secret_value(), "base_dn": d.base_dn,
                       "users_dn": d.users_dn, "groups_dn": d.groups_dn, "ca_file": str(d.ca_file)},
         "store": {"url": f"sqlite:///{tmp_path / 'b.db'}"},
+        # the run's audit checkpoints are signed with a key kept encrypted under the KEK
+        "tokens": {"key_encryption_key": KeyEncryptor.generate_secret()},
+        "audit": {"checkpoint_key_file": str(tmp_path / "cp.key")},
         "sync": {"policy_file": str(POLICY), "targets": ["store"]}}))
     cli = CliRunner()
     plan = cli.invoke(main, ["sync", "-c", str(cfg), "--plan", "--json"])
