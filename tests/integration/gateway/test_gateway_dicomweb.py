@@ -52,8 +52,7 @@ def client(gw_stack: Stack) -> Callable[[str | None], DICOMwebClient]:
     """``client(token)``: dicomweb-client on the gateway's DICOMweb, bearer header only (no cookie)."""
 
     def make(token: str | None) -> DICOMwebClient:
-        session = requests.Session()
-        session.verify = gw_stack.info["ca"]["file"]
+        session = pinned_session(gw_stack.info["ca"]["file"])  # a CA bundle in the environment would win
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         return DICOMwebClient(url=gw_stack.gateway + "/dicom-web", session=session, headers=headers)
 
@@ -111,8 +110,7 @@ def test_cardiology_token_searches_and_retrieves_cardiology_only(
 @pytest.mark.parametrize("auth", [None, "Bearer", "Bearer not-a-token", "Basic cmFkLmFsaWNlOng="])
 def test_no_or_a_bad_token_is_refused(gw_stack: Stack, department_studies: dict[str, dict[str, str]],
                                       auth: str | None) -> None:
-    http = requests.Session()
-    http.verify = gw_stack.info["ca"]["file"]
+    http = pinned_session(gw_stack.info["ca"]["file"])
     s = department_studies["Radiology"]
     headers = {"Accept": "application/dicom+json"} | ({"Authorization": auth} if auth else {})
     for path in ("/dicom-web/studies", f"/dicom-web/studies/{s['study_uid']}/metadata",
