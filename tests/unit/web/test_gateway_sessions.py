@@ -206,6 +206,18 @@ def test_background_polling_does_not_hold_the_session_open(g: Gateway) -> None:
     assert _rows(g)[0].last_activity > before
 
 
+def test_the_web_viewers_stability_check_does_not_hold_the_session_open(g: Gateway) -> None:
+    """Through the gateway app with its default settings: the viewer's own is-stable-series XHR
+    leaves the idle clock alone; its image request (the user scrolling) restarts it."""
+    g.log_in()
+    _age(g, last_activity=100)
+    before = _rows(g)[0].last_activity
+    g.get(f"{PREFIX}/web-viewer/is-stable-series/abc", headers={"Sec-Fetch-Mode": "cors"})
+    assert _rows(g)[0].last_activity == before
+    g.get(f"{PREFIX}/web-viewer/instances/jpeg95-abc_0", headers={"Sec-Fetch-Mode": "cors"})
+    assert _rows(g)[0].last_activity > before
+
+
 def test_activity_rules() -> None:
     bg = ["/changes", "/jobs"]
     assert not rules.is_activity("GET", "/changes", {"Sec-Fetch-Mode": "cors"}, bg)
