@@ -89,6 +89,22 @@ def test_cardiology_only_user_sees_only_cardiology_everywhere(
 
         assert _qido_uids(b, gateway, tag) == {own["study_uid"]}
 
+        # other spellings and levels of the same listings
+        status, text = page_fetch(b, "GET", gateway + "/studies?expand")
+        assert status == 200, text[:300]
+        ids = {s["ID"] for s in json.loads(text)}
+        assert own["study_id"] in ids and not ids & {s["study_id"] for s in others}
+        for level, parent, expected in (("series", "ParentStudy", own["study_id"]),
+                                        ("Instance", "ParentSeries", own["series"])):
+            status, text = page_fetch(b, "POST", gateway + "/tools/find",
+                                      json.dumps({"Level": level, "Query": {"PatientName": tag + "*"}, "Expand": True}))
+            assert status == 200, (level, status, text[:300])
+            assert [r[parent] for r in json.loads(text)] == [expected], (level, text[:500])
+        for level in ("series", "instances"):
+            status, text = page_fetch(b, "GET", f"{gateway}/dicom-web/{level}?PatientName={tag}*")
+            assert status == 200, (level, status, text[:300])
+            assert {r[STUDY_UID]["Value"][0] for r in json.loads(text)} == {own["study_uid"]}, level
+
         # another route to an out-of-scope study: refused, not listed-then-open
         for other in others:
             for path in (f"/studies/{other['study_id']}", f"/patients/{other['patient']}",
@@ -120,7 +136,8 @@ def test_clinician_cardiologist_lists_everything_but_downloads_only_cardiology(
             expected = 200 if department == IN_SCOPE else 403
             status, _ = page_fetch(b, "GET", f"{gateway}/studies/{study['study_id']}")
             assert status == 200, (department, "view", status)  # clinician: view everywhere
-            for path in (f"/studies/{study['study_id']}/archive", f"/instances/{study['instance']}/file",
+            for path in (f"/studies/{study['study_id']}/archive", f"/studies/{study['study_id']}/media",
+                         f"/series/{study['series']}/archive", f"/instances/{study['instance']}/file",
                          f"/dicom-web/studies/{study['study_uid']}"):
                 status, _ = page_fetch(b, "GET", gateway + path)
                 assert status == expected, (department, path, status)
