@@ -153,7 +153,8 @@ def test_a_leavers_open_tab_is_refused_after_the_sync_revokes(gw_stack: Stack, t
             from bridge.sync.factory import revoke_subject_hook
 
             revoke_subject_hook(eng, gw_stack.settings.tokens.max_lifetime_seconds)(sub)
-            time.sleep(1.5)
+            # each worker caches the revocation list for 2 s (bridge/tokens/store.py): wait that out
+            time.sleep(2.5)
             b.go(gateway + "/studies")
             assert b.wait_for(lambda: "No PACS access" in b.source() or "kc-form-login" in b.source()
                               or "403" in b.source()), b.source()[:500]
