@@ -569,7 +569,9 @@ class GatewaySection(_Section):
     viewer_origins: list[str] = Field(default_factory=list)
     #: Orthanc paths (below the prefix, e.g. ``/changes``) a page polls in the background: a GET
     #: there that is not a navigation is no user activity and does not hold the session open
-    background_paths: list[str] = Field(default_factory=lambda: ["/changes", "/jobs", "/system"])
+    #: (``/web-viewer/is-stable-series``: the Orthanc Web Viewer asks it by itself for each series)
+    background_paths: list[str] = Field(default_factory=lambda: ["/changes", "/jobs", "/system",
+                                                                 "/web-viewer/is-stable-series"])
     #: upstream timeouts (connect, read) in seconds; a study archive is streamed, so read is per chunk
     connect_timeout_seconds: float = Field(5.0, gt=0)
     read_timeout_seconds: float = Field(300.0, gt=0)

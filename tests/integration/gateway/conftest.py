@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from gw_browser_helpers import APPS, Stack
+from gw_browser_helpers import APPS, IN_SCOPE, OUT_OF_SCOPE, Stack
 from werkzeug.serving import make_server
 
 from bridge.config import Settings, load_config
@@ -76,3 +76,15 @@ def _unsecret(node: Any) -> Any:
     if isinstance(node, SecretStr):
         return node.get_secret_value()
     return node
+
+
+@pytest.fixture(scope="session")
+def department_studies(gw_stack: Stack) -> dict[str, dict[str, str]]:
+    """One study per department in the Orthanc the gateway fronts (uploaded by tech.tom with a token
+    from the stack's token service): ``{department: upload()}``; more outside Cardiology than inside.
+    Patient names share one tag (``GWSCOPE<n>``) so a search can ask for exactly these."""
+    import uuid
+
+    tag = f"GWSCOPE{uuid.uuid4().int % 10**9}"
+    return {d: gw_stack.upload(f"{tag}^{d.upper()}", department=d) | {"tag": tag}
+            for d in (IN_SCOPE, *OUT_OF_SCOPE)}

@@ -16,6 +16,9 @@ from pacs_devstack import tls
 from pacs_devstack.pacs_double import dicom_instance
 
 UID_ROOT = "1.2.826.0.1.3680043.10.1137.77"
+#: the departments of conftest's ``department_studies``: one inside the demo cardiologists' scope, three outside
+IN_SCOPE = "Cardiology"
+OUT_OF_SCOPE = ("Radiology", "Oncology", "Emergency")
 #: gateway URL -> the private bridge's Flask app (tests read its session store)
 APPS: dict[str, Any] = {}
 
@@ -46,7 +49,8 @@ class Stack:
         return svc.issue(subject, svc.grant_for(subject), "gateway-integration-test").access_token
 
     def upload(self, patient_name: str, department: str = "Radiology") -> dict[str, str]:
-        """One study in Orthanc (through its REST API, as tech.tom); returns its UIDs and ids."""
+        """One study in Orthanc (through its REST API, as tech.tom); returns its UIDs and Orthanc ids
+        (``study_id``/``series``/``instance``: what Orthanc Explorer and the web viewer use)."""
         n = uuid.uuid4().int % 10**12
         study, series, sop = f"{UID_ROOT}.{n}.1", f"{UID_ROOT}.{n}.2", f"{UID_ROOT}.{n}.3"
         data = dicom_instance(patient_id=f"GW-{n}", patient_name=patient_name, study_uid=study, series_uid=series,
@@ -56,5 +60,37 @@ class Stack:
                       headers={"Authorization": f"Bearer {self.pacs_token('tech.tom')}",
                                "Content-Type": "application/dicom"})
         assert r.status_code == 200, (r.status_code, r.text[:300])
-        return {"study_uid": study, "patient_id": f"GW-{n}", "study_id": r.json()["ParentStudy"],
-                "patient_name": patient_name}
+        answer = r.json()
+        return {"study_uid": study, "series_uid": series, "sop_uid": sop, "patient_id": f"GW-{n}",
+                "study_id": answer["ParentStudy"], "series": answer["ParentSeries"], "instance": answer["ID"],
+                "patient": answer["ParentPatient"],
+                "patient_name": patient_name, "department": department}
+
+
+def log_in(b: Any, gateway: str, username: str) -> str:
+    """Log ``username`` in at ``gateway`` in Chromium: Keycloak's password form, then TOTP (the demo
+    directory's secrets).  Returns the gateway URL (the base every later request is under)."""
+    from pacs_devstack import demo_data
+    from pacs_devstack.kc_login import fresh_totp
+    from pacs_devstack.realm import AD_REALM
+    from tests.integration.pacs.test_web_viewer_chromium import through_gateway
+
+    user = demo_data.user(username)
+    return through_gateway(b, gateway, username, str(user["password"]),
+                           fresh_totp(user["totp_secret"], f"{AD_REALM}/{username}"))
+
+
+#: ``fetch`` from the page (the session cookie, Origin and Sec-Fetch-* as the browser sends them):
+#: arguments method, url, JSON body or null; answers [status, body text]
+FETCH = """
+var done = arguments[arguments.length - 1];
+var init = {method: arguments[0], credentials: 'same-origin'};
+if (arguments[2] !== null) { init.body = arguments[2]; init.headers = {'Content-Type': 'application/json'}; }
+fetch(arguments[1], init).then(function (r) { return r.text().then(function (t) { done([r.status, t]); }); })
+  .catch(function (e) { done([0, String(e)]); });
+"""
+
+
+def page_fetch(b: Any, method: str, url: str, body: str | None = None) -> tuple[int, str]:
+    status, text = b.execute_async(FETCH, method, url, body)
+    return int(status), str(text)

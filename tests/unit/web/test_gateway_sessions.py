@@ -321,6 +321,18 @@ def test_only_postgresql_reads_without_pre_ping() -> None:
     assert sessions.optimistic_reader(lite) is lite
 
 
+def test_the_web_viewers_stability_check_does_not_hold_the_session_open(g: Gateway) -> None:
+    """Through the gateway app with its default settings: the viewer's own is-stable-series XHR
+    leaves the idle clock alone; its image request (the user scrolling) restarts it."""
+    g.log_in()
+    _age(g, last_activity=100)
+    before = _rows(g)[0].last_activity
+    g.get(f"{PREFIX}/web-viewer/is-stable-series/abc", headers={"Sec-Fetch-Mode": "cors"})
+    assert _rows(g)[0].last_activity == before
+    g.get(f"{PREFIX}/web-viewer/instances/jpeg95-abc_0", headers={"Sec-Fetch-Mode": "cors"})
+    assert _rows(g)[0].last_activity > before
+
+
 def test_activity_rules() -> None:
     bg = ["/changes", "/jobs"]
     assert not rules.is_activity("GET", "/changes", {"Sec-Fetch-Mode": "cors"}, bg)
@@ -471,3 +483,22 @@ def test_sessions_nobody_came_back_to_are_swept_with_their_keycloak_sessions(g: 
     assert g.gw.store.get(idle) is None and g.gw.store.get(live) is not None
     assert g.keycloak.ended == ["rt-0"]
     assert views.sweep(g.gw) == 0  # not again within the minute
+
+
+def test_the_web_viewers_background_request_is_no_activity_by_default() -> None:
+    """The Orthanc Web Viewer 2.8 asks ``../is-stable-series/<id>`` by itself (an XHR, not a click)
+    each time it opens a series: the default background list holds it, so an open viewer tab does not
+    keep the session alive on its own.  Its image requests (``/web-viewer/instances/...``, fetched as
+    the user scrolls) and the viewer page itself stay activity."""
+    from bridge.config import GatewaySection
+
+    bg = GatewaySection().background_paths
+    assert {"/changes", "/jobs", "/system"} <= set(bg)
+    xhr = {"Sec-Fetch-Mode": "cors"}
+    assert not rules.is_activity("GET", "/web-viewer/is-stable-series/abc-123", xhr, bg)
+    assert not rules.is_activity("HEAD", "/web-viewer/is-stable-series/abc-123", xhr, bg)
+    assert rules.is_activity("GET", "/web-viewer/is-stable-series/abc", {"Sec-Fetch-Mode": "navigate"}, bg)
+    assert rules.is_activity("GET", "/web-viewer/is-stable-seriesX/abc", xhr, bg)
+    assert rules.is_activity("GET", "/web-viewer/instances/jpeg95-abc_0", xhr, bg)
+    assert rules.is_activity("GET", "/web-viewer/series/abc", xhr, bg)
+    assert rules.is_activity("GET", "/web-viewer/app/viewer.html", {"Sec-Fetch-Mode": "navigate"}, bg)
