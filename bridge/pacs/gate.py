@@ -51,6 +51,9 @@ METHODS: dict[int, str] = {1: "GET", 2: "POST", 3: "PUT", 4: "DELETE"}
 #: server-wide routes reach every study (a job's output archive, the job list, a Lua script), so a
 #: scoped admin grant gets only the admin routes below a resource it covers
 SCOPE_FREE = frozenset({"upload", "settings", "audit-logs"})
+#: feeds that list every resource of the server (Orthanc ids and arrival times, out-of-scope studies
+#: included): a scope-free permission does not open them to a restricted grant, an unrestricted one must hold it
+SERVER_WIDE_FEEDS = ("/changes", "/exports")
 #: permissions whose study must be resolved *before* the request runs (it may be gone after)
 RESOLVE_FIRST = frozenset({"delete", "modify", "anonymize", "send"})
 #: upload routes whose body may make Orthanc copy *stored* data into the new instance (create-dicom's
@@ -311,7 +314,9 @@ def judge(
     if named.problem:
         return Verdict(False, "scoped token: " + named.problem, permission, named.targets)
     if not named.targets:
-        free = next((g for g in route.holders if rule.granted(g.permissions) in SCOPE_FREE), None)
+        server_wide = path.rstrip("/") in SERVER_WIDE_FEEDS
+        free = None if server_wide else next(
+            (g for g in route.holders if rule.granted(g.permissions) in SCOPE_FREE), None)
         if free is None and (named.static or (filtered_listings and filtered_listing(method, path))):
             # no patient data (static files), or an answer the plugin filters by every grant itself
             free = route.holders[0]

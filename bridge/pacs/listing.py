@@ -69,6 +69,12 @@ SERVED: frozenset[tuple[str, str]] = frozenset(
 VIEW = ("view",)
 #: /tools/find's Level (any case in the core) -> the URI level
 FIND_LEVELS = {"patient": "patients", "study": "studies", "series": "series", "instance": "instances"}
+#: the only Query keys a restricted token may use in a Patient-level /tools/find: the patient's own tags
+#: (by name or as ``gggg,eeee``).  Orthanc matches a *patient* when any of its studies or series matches a
+#: study/series-level key, so ``StudyDescription: ONCO*`` would answer yes/no about a study the token
+#: cannot see (prefix by prefix, its description, accession number, dates...) for any patient it sees
+PATIENT_QUERY_KEYS = frozenset({"PatientName", "PatientID", "PatientBirthDate", "PatientSex", "OtherPatientIDs",
+                                "0010,0010", "0010,0020", "0010,0030", "0010,0040", "0010,1000"})
 #: GET arguments that change the JSON format of an expanded resource (Orthanc 1.10.1)
 FORMAT_ARGS = ("full", "short", "simplify")
 MAX_INT = 2**31 - 1
@@ -239,6 +245,15 @@ class Lister:
         expand = request.get("Expand")
         if expand is not None and type(expand) not in (bool, int):
             raise Refused(400, "/tools/find: Expand must be a boolean")
+        if level == "patients":
+            query = request.get("Query")
+            if not isinstance(query, dict):
+                raise Refused(400, "/tools/find: Query must be a JSON object")
+            other = sorted(k for k in query if k.upper() not in PATIENT_QUERY_KEYS and k not in PATIENT_QUERY_KEYS)
+            if other:
+                raise Refused(400, f"/tools/find: at Level Patient a restricted token may query the patient's own "
+                                   f"tags only (PatientName, PatientID, PatientBirthDate, PatientSex, "
+                                   f"OtherPatientIDs), not {', '.join(map(str, other))[:200]}")
         inner = {k: v for k, v in request.items() if k not in ("Limit", "Since", "Expand")}
         visibility = Visibility(held, self.resolver)
         visible = lambda rid: visibility.resource(level, rid)  # noqa: E731
@@ -278,6 +293,7 @@ class Lister:
             if level == "patients" and isinstance(item, dict):
                 keep = visibility.visible_studies_of_patient(rid)
                 item["Studies"] = [s for s in item.get("Studies", []) if s in keep]
+                item.pop("LastUpdate", None)  # it moves when another department stores a study
             out.append(item)
         return out
 

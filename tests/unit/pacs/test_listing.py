@@ -60,7 +60,8 @@ class Archive:
         if kind == "series":
             return {"ID": rid, "ParentStudy": rid[3:]}
         if kind == "patients":
-            return {"ID": rid, "Type": "Patient", "Studies": [s for s, p in self.patient.items() if p == rid]}
+            return {"ID": rid, "Type": "Patient", "LastUpdate": "20261129T000000",
+                    "Studies": [s for s, p in self.patient.items() if p == rid]}
         raise KeyError(uri)
 
     def post(self, uri: str, body: Any) -> Any:
@@ -230,6 +231,36 @@ def test_find_filters_every_level(lister: Lister, level: str, key: str) -> None:
     assert find(lister, {"Level": level, "Query": {}}) == cardio(key)
     expanded = find(lister, {"Level": level, "Query": {}, "Expand": True})
     assert [e["ID"] for e in expanded] == cardio(key)
+
+
+@pytest.mark.parametrize("key", ["StudyDescription", "0008,1030", "AccessionNumber", "StudyDate", "Modality",
+                                 "SeriesDescription", "InstitutionName", "0008,0080", "patientname", "PATIENTID",
+                                 "StudyInstanceUID"])
+def test_a_patient_level_find_may_not_query_study_or_series_tags(lister: Lister, key: str) -> None:
+    """Attack review: Orthanc matches a patient when ANY of its studies matches a study-level key, so
+    ``{"Level": "Patient", "Query": {"PatientID": "P1", "StudyDescription": "ONCO*"}}`` answered yes/no about
+    another department's study of a patient the token sees.  Only the patient's own tags are allowed
+    (exact spellings: another case is refused, never guessed)."""
+    with pytest.raises(Refused) as refused:
+        lister.find(json.dumps({"Level": "Patient", "Query": {"PatientID": "*", key: "ONCO*"}}), CARDIO)
+    assert refused.value.status == 400 and key in refused.value.reason
+
+
+@pytest.mark.parametrize("query", [{"PatientName": "*"}, {"0010,0020": "*", "PatientBirthDate": "19700101-"},
+                                   {"PatientSex": "F", "OtherPatientIDs": "*", "0010,1000": "*"}])
+def test_a_patient_level_find_on_patient_tags_is_answered(lister: Lister, query: dict[str, str]) -> None:
+    lister.find(json.dumps({"Level": "Patient", "Query": query}), CARDIO)
+
+
+def test_an_unrestricted_patient_level_find_is_the_cores(lister: Lister, archive: Archive) -> None:
+    body = json.dumps({"Level": "Patient", "Query": {"StudyDescription": "*"}})
+    assert lister.find(body, EVERYWHERE).status == 200
+
+
+def test_an_expanded_patient_hides_its_last_update(lister: Lister) -> None:
+    """LastUpdate moves when another department stores a study of the patient (attack review)."""
+    expanded = find(lister, {"Level": "Patient", "Query": {}, "Expand": True})
+    assert expanded and all("LastUpdate" not in e for e in expanded)
 
 
 def test_find_naming_an_out_of_scope_study(lister: Lister, archive: Archive) -> None:
@@ -487,3 +518,16 @@ def test_find_probe_then_the_whole_list(lister: Lister, archive: Archive, monkey
             got = find(lister, {"Level": "Instance", "Query": {}, "Limit": size, "Since": since})
             assert got == full[since:since + size], (size, since)
             assert 1 <= archive.calls.count("/tools/find") <= 2
+
+
+@pytest.mark.parametrize("path", ["/changes", "/exports", "/changes/"])
+def test_a_scoped_settings_grant_does_not_open_the_server_wide_feeds(path: str) -> None:
+    """Attack review: /changes and /exports list every resource's Orthanc id and arrival time, out-of-scope
+    studies included; `settings` is scope-free for the tools, not for these feeds."""
+    def claims(scope: dict[str, list[str]]) -> dict[str, Any]:
+        return {"permissions": ["settings"], "grants": [{"kind": "role", "role": "r", "permissions": ["settings"],
+                                                          "scope": scope}]}
+
+    assert not judge(claims({"departments": ["Cardio"]}), "GET", path, None, lambda _t: [],
+                     filtered_listings=True).allow
+    assert judge(claims({}), "GET", path, None, lambda _t: []).allow
