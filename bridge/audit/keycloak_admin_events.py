@@ -433,22 +433,8 @@ def pull_from_settings(
     source_factory: Callable[[Any], AdminEventSource] = AdminEventApiSource.from_settings,
 ) -> PullReport | None:
     """One pull as configured, under its database lease; None when another replica is pulling."""
-    import os
-    import socket
+    from bridge.audit.keycloak_events import pull_under_lease
 
-    from bridge.store import lease
-
-    owner = f"{socket.gethostname()}:{os.getpid()}"
-    if not lease.acquire(store.engine, LEASE, owner, ttl_seconds=600):
-        log.info("keycloak admin events: another replica holds the lease; skipped")
-        return None
-    try:
-        report = pull(store, source_factory(settings), realm=settings.keycloak.realm,
-                      issuer=bridge_issuer(settings), keycloak_url=settings.keycloak.url)
-    finally:
-        lease.release(store.engine, LEASE, owner)
-    if report.recorded:
-        log.info("keycloak admin events: %d recorded (%s), %d already in the trail, %d unusable", report.recorded,
-                 ", ".join(f"{k} {v}" for k, v in sorted(report.by_type.items())), report.duplicates,
-                 report.errors)
-    return report
+    return pull_under_lease(store, LEASE, "keycloak admin events", lambda: pull(
+        store, source_factory(settings), realm=settings.keycloak.realm, issuer=bridge_issuer(settings),
+        keycloak_url=settings.keycloak.url))

@@ -426,26 +426,34 @@ def bridge_issuer(settings: Any) -> str:
     return str(settings.tokens.issuer or settings.bridge.public_url)
 
 
-def pull_from_settings(
-    settings: Any, store: AuditStore,
-    source_factory: Callable[[Any], EventSource] = AdminApiSource.from_settings,
-) -> PullReport | None:
-    """One pull as configured, under the database lease; None when another replica is pulling."""
+def pull_under_lease(store: AuditStore, lease_name: str, what: str,
+                     run: Callable[[], PullReport]) -> PullReport | None:
+    """Run one pull under its database lease (one replica at a time) and log what it recorded;
+    None when another replica holds the lease.  Shared by the login and the admin event pulls."""
     import os
     import socket
 
     from bridge.store import lease
 
     owner = f"{socket.gethostname()}:{os.getpid()}"
-    if not lease.acquire(store.engine, LEASE, owner, ttl_seconds=600):
-        log.info("keycloak events: another replica holds the lease; skipped")
+    if not lease.acquire(store.engine, lease_name, owner, ttl_seconds=600):
+        log.info("%s: another replica holds the lease; skipped", what)
         return None
     try:
-        report = pull(store, source_factory(settings), realm=settings.keycloak.realm, issuer=bridge_issuer(settings))
+        report = run()
     finally:
-        lease.release(store.engine, LEASE, owner)
+        lease.release(store.engine, lease_name, owner)
     if report.recorded:
-        log.info("keycloak events: %d recorded (%s), %d already in the trail, %d unusable", report.recorded,
+        log.info("%s: %d recorded (%s), %d already in the trail, %d unusable", what, report.recorded,
                  ", ".join(f"{k} {v}" for k, v in sorted(report.by_type.items())), report.duplicates,
                  report.errors)
     return report
+
+
+def pull_from_settings(
+    settings: Any, store: AuditStore,
+    source_factory: Callable[[Any], EventSource] = AdminApiSource.from_settings,
+) -> PullReport | None:
+    """One pull as configured, under the database lease; None when another replica is pulling."""
+    return pull_under_lease(store, LEASE, "keycloak events", lambda: pull(
+        store, source_factory(settings), realm=settings.keycloak.realm, issuer=bridge_issuer(settings)))
