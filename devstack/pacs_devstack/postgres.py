@@ -41,6 +41,42 @@ DB_USER = "bridge"
 DB_NAME = "bridge"
 
 
+WORK_ROOT = Path("/var/tmp")  # noqa: S108 - each folder's ownership is checked before use
+WORK_PREFIX = "pacs-bridge-pg-"
+OWNER_FILE = "state-dir"  # which state dir a root-run cluster folder belongs to
+
+
+def _remove_predecessors(state: Path) -> None:
+    """Remove the root-run cluster folders of earlier state dirs at `state`'s path (a clean clone
+    where another once was): nothing refers to them any more.  A folder whose server still runs is
+    left alone, and so is anything not owned by root or without an owner record."""
+    for folder in WORK_ROOT.glob(f"{WORK_PREFIX}*"):
+        try:
+            if folder.is_symlink() or not folder.is_dir() or folder.stat().st_uid != 0:
+                continue
+            if (folder / OWNER_FILE).read_text() != str(state):
+                continue
+        except OSError:
+            continue
+        if _server_alive(folder / "data" / "postmaster.pid"):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _server_alive(pid_file: Path) -> bool:
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _as_server_user(argv: list[str]) -> list[str]:
     """Run `argv` as the server user when we are root; exec, no fork (see module docstring)."""
     if os.geteuid() != 0:
@@ -108,14 +144,33 @@ class PostgresService(Service):
     def work(self) -> Path:
         """Where the server's files live.  As root, the server runs as the `postgres` user, which
         often cannot traverse the state dir's parents (a 0700 mktemp dir in CI, pytest's temp root),
-        so its files go to a private folder under /var/tmp named after the state dir."""
+        so its files go to a private folder under /var/tmp.
+
+        The folder belongs to this state directory *instance*, not to its path: a clean clone at the
+        same path (a CI workspace reused run after run) gets a fresh state dir with fresh secrets, and
+        a cluster named after the path alone would hand it the previous run's database, whose rows
+        were encrypted under the previous run's key-encryption key.  So the name mixes in a random
+        id kept in the state dir, and the clusters of earlier instances at the same path are removed."""
         if os.geteuid() != 0:
             return self.dir
-        digest = hashlib.sha256(str(self.dir).encode()).hexdigest()[:12]
-        path = Path("/var/tmp") / f"pacs-bridge-pg-{digest}"  # noqa: S108 - ownership checked below
+        ident_file = self.dir / "instance"
+        try:
+            ident = ident_file.read_text().strip()
+        except FileNotFoundError:
+            ident = ""
+        if not ident:
+            ident = uuid.uuid4().hex
+            ident_file.write_text(ident)
+        digest = hashlib.sha256(f"{self.dir}\0{ident}".encode()).hexdigest()[:16]
+        path = WORK_ROOT / f"{WORK_PREFIX}{digest}"
+        if not path.exists():
+            _remove_predecessors(self.dir)
         path.mkdir(mode=0o755, exist_ok=True)
         if path.is_symlink() or path.stat().st_uid != 0:
             raise DevstackError(f"postgres: {path} exists but is not a directory owned by root; remove it")
+        owner = path / OWNER_FILE
+        if not owner.exists():
+            owner.write_text(str(self.dir))
         (self.dir / "workdir").write_text(str(path))
         return path
 
