@@ -72,17 +72,24 @@ class Journal:
             log.warning("audit journal %s: mode %o tightened to 0700", directory, stat.S_IMODE(st.st_mode))
             os.chmod(directory, 0o700)
         self.dir = directory
-        self._file: IO[str] = self._open()
+        self._file, self._path = self._open()
         #: segments rotated out whose events may not be in the store yet (kept open: locked)
-        self.pending: list[IO[str]] = []
+        self.pending: list[tuple[IO[str], Path]] = []
         #: orphan segments being replayed (locked by us meanwhile)
-        self._replaying: list[IO[str]] = []
+        self._replaying: list[tuple[IO[str], Path]] = []
 
-    def _open(self) -> IO[str]:
-        fh = open(self.dir / f"{os.getpid()}-{time.time_ns()}.jsonl", "a", encoding="utf-8",  # noqa: SIM115
+    def _open(self) -> tuple[IO[str], Path]:
+        """A new segment, locked before it carries a name the replay looks at: created as
+        ``*.jsonl.new`` (not matched by ``*.jsonl``), locked, then renamed.  Created under its final
+        name, another process starting up could lock it in between, take it for a dead process's
+        segment and delete it (and this process's lock would then fail)."""
+        path = self.dir / f"{os.getpid()}-{time.time_ns()}.jsonl"
+        fresh = path.with_name(path.name + ".new")
+        fh = open(fresh, "a", encoding="utf-8",  # noqa: SIM115
                   opener=lambda p, flags: os.open(p, flags | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "alive": nobody replays it
-        return fh
+        os.rename(fresh, path)
+        return fh, path
 
     def write(self, event: AuditEvent) -> None:
         self._file.write(json.dumps(event.to_dict(), separators=(",", ":")) + "\n")
@@ -90,14 +97,14 @@ class Journal:
 
     def rotate(self) -> None:
         """Start a new segment; the current one waits in ``pending`` until :meth:`committed`."""
-        self.pending.append(self._file)
-        self._file = self._open()
+        self.pending.append((self._file, self._path))
+        self._file, self._path = self._open()
 
     def committed(self) -> None:
         """Every event of the pending segments is in the store: delete them."""
-        for fh in self.pending:
+        for fh, path in self.pending:
             with contextlib.suppress(OSError):
-                os.unlink(fh.name)
+                os.unlink(path)
             fh.close()
         self.pending = []
 
@@ -127,16 +134,16 @@ class Journal:
             for line in fh.read().splitlines():
                 with contextlib.suppress(ValueError, KeyError, TypeError):  # a torn last line
                     events.append(AuditEvent.from_dict(json.loads(line)))
-            self._replaying.append(fh)
+            self._replaying.append((fh, path))
             out.append((path, events))
         return out
 
     def forget(self, *, delete: bool = True) -> None:
         """Done with the orphans: delete them (replayed) or just unlock them (replay failed)."""
-        for fh in self._replaying:
+        for fh, path in self._replaying:
             if delete:
                 with contextlib.suppress(OSError):
-                    os.unlink(fh.name)
+                    os.unlink(path)
             fh.close()
         self._replaying = []
 

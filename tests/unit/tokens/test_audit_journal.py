@@ -90,3 +90,28 @@ def test_store_down_keeps_the_journal(url: str, tmp_path: Path) -> None:
     sink.store = _store(url)
     assert sink.flush() == 1 and _jtis(url) == {"jti-2"}
     assert not any(p.read_text() for p in journal.glob("*.jsonl"))
+
+
+def test_a_new_segment_is_locked_before_the_replay_can_see_it(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process's replay (`*.jsonl`) runs at any moment; a segment visible to it before its
+    creator holds the lock would be taken for a dead process's and deleted under the live writer."""
+    import fcntl
+
+    from bridge.tokens import auditing
+
+    seen_unlocked: list[list[str]] = []
+    real_flock = fcntl.flock
+
+    def flock(fh: Any, op: int) -> None:
+        seen_unlocked.append(sorted(p.name for p in tmp_path.glob("*.jsonl")))  # what a replay sees now
+        real_flock(fh, op)
+
+    monkeypatch.setattr(auditing.fcntl, "flock", flock)
+    journal = auditing.Journal(tmp_path)
+    journal.rotate()
+    assert seen_unlocked == [[], [journal.pending[0][1].name]]  # only the first one, locked by then
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == sorted([journal.pending[0][1].name,
+                                                                      journal._path.name])
+    journal.committed()
+    assert [p.name for p in tmp_path.iterdir()] == [journal._path.name]
