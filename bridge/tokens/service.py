@@ -17,11 +17,12 @@ import json
 import ssl
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.core import grants as grants_mod
 from bridge.core import mfa
 from bridge.core.audit_codes import AuditEventType
 from bridge.core.errors import VerificationError
@@ -43,6 +44,10 @@ DIRECTORY_ID_CLAIMS = claims_mod.DIRECTORY_ID_CLAIMS
 NO_ASSIGNMENT = "no-assignment"
 
 AuditSink = Callable[[AuditEventType, Mapping[str, Any]], None]
+
+
+#: a source of per-subject grants beyond the roles (shares, break-glass): subject -> its live grants
+GrantSource = Callable[[Subject], Iterable[grants_mod.Grant]]
 
 
 def step_up_challenge(rule: mfa.MfaRule) -> str:
@@ -221,6 +226,10 @@ class TokenService:
     ended_sessions: SessionEnds | None = None
     #: wraps the issue-time reads of one exchange (the app: one database connection for all of them)
     read_scope: Callable[[], AbstractContextManager[None]] = nullcontext
+    #: grants beyond the roles -- internal shares, break-glass -- each source read at every issue
+    #: like the assignments (a revoked share must not reach the next token); their grants carry
+    #: their own ``exp``.  One mechanism: they are core grants of another ``kind``.
+    extra_grants: Sequence[GrantSource] = ()
     _verifier: Verifier | None = None
 
     # ---- who and what
@@ -239,8 +248,16 @@ class TokenService:
         none means no PACS access, never Keycloak's realm roles.  Only a local Keycloak account
         (break-glass admin, no directory id) falls back to the realm roles of ``keycloak_claims``,
         which must then be a token validated just now; each gets the scope the policy gives that
-        role (:attr:`role_scopes`), so a fallback is never wider than the policy.
+        role (:attr:`role_scopes`), so a fallback is never wider than the policy.  Then the grants
+        of :attr:`extra_grants` (shares, break-glass), also read now, each its own grant.
         """
+        roles = self._role_grant(subject, keycloak_claims)
+        extra = tuple(g for source in self.extra_grants for g in source(subject))
+        if not extra:
+            return roles
+        return Grant(roles.roles, roles.grants + tuple(g for g in extra if g not in roles.grants), roles.source)
+
+    def _role_grant(self, subject: Subject, keycloak_claims: Mapping[str, Any] | None) -> Grant:
         local = keycloak_claims is not None and claims_mod.subject_from_keycloak(keycloak_claims)[1] is not None
         # by username only for a local account: a username can be reused by another person later,
         # the directory id cannot (the sync keys assignments by it)

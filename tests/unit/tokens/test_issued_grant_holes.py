@@ -128,3 +128,24 @@ def test_a_role_removed_mid_session_is_gone_from_the_next_token(services: Servic
     assert second["roles"] == ["cardiologist"]
     assert not allowed(second, "GET", "/studies/s-onco")
     assert allowed(second, "GET", "/studies/s-card")
+
+
+def test_extra_grant_sources_add_their_own_grants_read_at_every_issue(services: Services) -> None:
+    """Shares and break-glass add grants of their own kind through one hook; each grant allows
+    only its study, never lends its permissions to a role's scope, and a withdrawn one is gone
+    from the next token (read at every issue)."""
+    from dataclasses import replace
+
+    from bridge.core.grants import Grant
+
+    live = [Grant(frozenset({"view"}), studies=frozenset({ONCO.study_uid}), kind="share")]
+    service = replace(services.token_service, extra_grants=[lambda subject: list(live)])
+    services.__dict__["token_service"] = service
+    assign(services, "guid-9", ("cardiologist", {"departments": ["Cardiology"]}))
+    claims = token_claims(services, Subject(id="guid-9", username="guid-9"))
+    assert allowed(claims, "GET", "/studies/s-onco")  # the shared study
+    assert not allowed(claims, "GET", "/studies/s-onco/archive")  # share: view only
+    assert not allowed(claims, "GET", "/studies/s-else")
+    assert allowed(claims, "GET", "/studies/s-card/archive")  # the role's own reach, unchanged
+    live.clear()
+    assert not allowed(token_claims(services, Subject(id="guid-9", username="guid-9")), "GET", "/studies/s-onco")
