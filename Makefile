@@ -21,7 +21,9 @@ demo: install
 test: install
 	$(BIN)/ruff check bridge devstack tests bench
 	$(BIN)/lint-imports
-	$(BIN)/pytest -rs tests; rc=$$?; $(BIN)/pacs-bridge devstack down --owner test; exit $$rc
+	$(BIN)/pytest -rs tests --junitxml=var/test-reports/pacs-sso-bridge-$$($(BIN)/python -c \
+	  'import importlib.metadata as m; print(m.version("pacs-sso-bridge"))').xml; \
+	  rc=$$?; $(BIN)/pacs-bridge devstack down --owner test; exit $$rc
 
 unit: install
 	$(BIN)/pytest -rs tests/unit

@@ -75,6 +75,9 @@ def _register_areas() -> None:
     main.add_command(plugin_cli)
     main.add_command(web_cli)
     plugin_cli.add_command(orthanc_config_cli)
+    from bridge.compliance.cli import compliance_cli
+
+    main.add_command(compliance_cli)
     _register_plugins()
 
 

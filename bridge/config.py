@@ -639,6 +639,24 @@ class GatewaySection(_Section):
         return self.orthanc_url is not None
 
 
+class BackupSection(_Section):
+    """One backup the compliance report checks for freshness (the bridge does not take backups:
+    the hospital's backup system does; the report shows whether its output is recent)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    #: a glob of the backup files (the newest one counts)
+    path: str
+    max_age_hours: float = Field(26.0, gt=0)
+
+
+class ComplianceSection(_Section):
+    """``compliance``: where the compliance report finds its evidence (docs/governance.md)."""
+
+    #: where `make test` leaves the JUnit report of each release (pacs-sso-bridge-<version>.xml)
+    test_report_dir: Path = Path("var/test-reports")
+    backups: list[BackupSection] = Field(default_factory=list)
+
+
 class Settings(BaseSettings):
     """The whole configuration.  Build it with :func:`load_config`."""
 
@@ -661,6 +679,7 @@ class Settings(BaseSettings):
     audit: AuditSection = Field(default_factory=AuditSection)
     web: WebSection = Field(default_factory=WebSection)
     gateway: GatewaySection = Field(default_factory=GatewaySection)
+    compliance: ComplianceSection = Field(default_factory=ComplianceSection)
 
     _yaml_data: dict[str, Any] = {}
 

@@ -23,7 +23,7 @@ def _audit_store(config_path: str | None, *, signing: bool = False):  # type: ig
     return settings, open_store(settings, signing=signing)  # KeyFileError: exit 2
 
 
-def _record_audit_use(store, what: str, **details: object) -> None:  # type: ignore[no-untyped-def]
+def record_audit_use(store, what: str, **details: object) -> None:  # type: ignore[no-untyped-def]
     """Reading the audit trail is itself audited (DICOM 110101 Audit Log Used)."""
     import getpass
 
@@ -134,7 +134,7 @@ def audit_query(config_path: str | None, user, patient, study, types, since, unt
     _, store = _audit_store(config_path, signing=True)
     rows = _query(store, user, patient, study, types, since, until, limit)
     (export_csv if fmt == "csv" else export_json)(rows, sys.stdout)
-    _record_audit_use(store, "query", user=user, patient=patient, study=study, types=list(types), format=fmt)
+    record_audit_use(store, "query", user=user, patient=patient, study=study, types=list(types), format=fmt)
 
 
 @audit_cli.command("patient-report")
@@ -213,4 +213,4 @@ def audit_export_fhir(config_path: str | None, user, patient, study, types, sinc
                                     enterprise_site_id=settings.audit.enterprise_site_id)} for r in rows]
     click.echo(json.dumps({"resourceType": "Bundle", "type": "collection", "total": len(entries),
                            "entry": entries}, indent=2))
-    _record_audit_use(store, "export-fhir", user=user, patient=patient, study=study, types=list(types))
+    record_audit_use(store, "export-fhir", user=user, patient=patient, study=study, types=list(types))
