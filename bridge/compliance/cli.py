@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from bridge.cli_common import config_option, load_settings
+from bridge.errors import ExitStatus
 
 
 @click.group("compliance")
@@ -39,4 +40,4 @@ def report_cmd(config_path: str | None, out_dir: Path, test_report: Path | None,
         click.echo(f"{r.status.value.upper():8} {r.control.citation:28} {r.control.title}")
     click.echo(f"overall: {rep.status.value.upper()}; written {html} and {js}")
     if strict and rep.status is not Status.PASS:
-        raise SystemExit(1)
+        raise ExitStatus(1)
