@@ -355,11 +355,21 @@ class StoreSection(_Section):
     url: str = "sqlite:///var/pacs-bridge.db"
     #: accept a PostgreSQL URL without ``sslmode=verify-full`` (a lab only; check-config warns)
     allow_plaintext: bool = False
+    #: encrypt the SQLite file as a whole with SQLCipher under a key derived from the KEK
+    #: (docs/encryption.md); PostgreSQL's data directory belongs on an encrypted volume instead
+    sqlcipher: bool = False
 
     @field_validator("url")
     @classmethod
     def _supported(cls, v: str) -> str:
         return _require_scheme(v, ("sqlite://", "postgresql://", "postgresql+psycopg2://"), "a database URL")
+
+    @model_validator(mode="after")
+    def _sqlcipher_on_sqlite(self) -> StoreSection:
+        if self.sqlcipher and not self.url.startswith("sqlite"):
+            raise ValueError("sqlcipher: encrypts a SQLite file only; put PostgreSQL's data directory "
+                             "on an encrypted volume instead (docs/encryption.md)")
+        return self
 
     @model_validator(mode="after")
     def _verify_full(self) -> StoreSection:

@@ -48,9 +48,13 @@ class KeyEncryptor:
         """An encryptor under a key derived from the KEK for ``purpose`` (HKDF-SHA256, the purpose
         as ``info``): another kind of secret (e.g. gateway sessions) never shares the signing keys'
         AES key, so a ciphertext of one kind cannot be decrypted as the other."""
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"pacs-bridge key hierarchy",
-                   info=purpose.encode()).derive(self._kek)
-        return KeyEncryptor(key)
+        return KeyEncryptor(self.derived_key(purpose))
+
+    def derived_key(self, purpose: str) -> bytes:
+        """The raw 32-byte key derived for ``purpose`` (HKDF-SHA256), for a cipher that takes a
+        key rather than an encryptor (SQLCipher's database key)."""
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"pacs-bridge key hierarchy",
+                    info=purpose.encode()).derive(self._kek)
 
     @classmethod
     def from_secret(cls, value: str | None) -> KeyEncryptor:

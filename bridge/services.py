@@ -52,9 +52,9 @@ class Services:
 
     @cached_property
     def engine(self) -> Engine:
-        from bridge.store.db import engine as make_engine
+        from bridge.store.db import engine_for
 
-        return make_engine(self.settings.store.url)
+        return engine_for(self.settings)
 
     @cached_property
     def audit_store(self) -> AuditStore:

@@ -302,7 +302,7 @@ def open_store(settings: Any, engine: Engine | None = None, *,
     the store here, so checkpoints get signed.  Shipping needs nothing from writers: ``serve``
     reads new records from the database (bridge/audit/jobs.py)."""
     from bridge.audit.keys import public_path
-    from bridge.store.db import engine as make_engine
+    from bridge.store.db import engine_for
 
     key_file = Path(settings.audit.checkpoint_key_file)
     if signing:
@@ -317,5 +317,5 @@ def open_store(settings: Any, engine: Engine | None = None, *,
         key = CheckpointKey.load_public(public_path(key_file))
     else:
         key = None
-    return AuditStore(engine or make_engine(settings.store.url), key,
+    return AuditStore(engine or engine_for(settings), key,
                       checkpoint_every=settings.audit.checkpoint_every, listeners=listeners)

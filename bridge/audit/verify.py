@@ -107,11 +107,13 @@ def _scan(cur: Any, w: _Walk, cp_hash: dict[int, str], batch: int) -> tuple[Any,
     return result
 
 
-def _scan_range(url: str, lo: int, hi: int, cp_hash: dict[int, str], batch: int) -> dict[str, Any]:
-    """One parallel verify worker: check records ``lo..hi`` on its own connection."""
+def _scan_range(url: str, lo: int, hi: int, cp_hash: dict[int, str], batch: int,
+                cipher_key: bytes | None = None) -> dict[str, Any]:
+    """One parallel verify worker: check records ``lo..hi`` on its own connection (an encrypted
+    SQLite store: with the store's key, handed over the worker's pipe, never its command line)."""
     from bridge.store.db import engine as make_engine
 
-    eng = make_engine(url)
+    eng = make_engine(url, cipher_key=cipher_key)
     try:
         with eng.connect() as conn:
             conn.exec_driver_sql("SELECT 1")  # open the (snapshot) transaction first
@@ -247,6 +249,8 @@ def _parallel_walk(
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    from bridge.store.db import cipher_key_of
+
     workers = workers or min(os.cpu_count() or 1, 4)
     url = store.engine.url
     if workers < 2 or (url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")):
@@ -262,8 +266,9 @@ def _parallel_walk(
     try:
         with ProcessPoolExecutor(len(ranges), mp_context=multiprocessing.get_context("spawn")) as pool:
             n = len(ranges)
+            key = cipher_key_of(store.engine)
             parts = list(pool.map(_scan_range, [url_text] * n, [a for a, _ in ranges], [b for _, b in ranges],
-                                  [cp_hash] * n, [batch] * n))
+                                  [cp_hash] * n, [batch] * n, [key] * n))
     except Exception:
         return False
     prev, prev_seq = w.prev, w.prev_seq

@@ -16,6 +16,7 @@ such as ``audit verify`` never hold the write lock.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -38,12 +39,31 @@ class StoreError(InputError):
     """A database URL or migration problem, worded for the operator."""
 
 
-def _sqlite_setup(eng: Engine) -> None:
+#: the HKDF purpose of the SQLCipher database key (derived from the bridge's KEK)
+SQLCIPHER_PURPOSE = "store-sqlcipher"
+#: engine -> its SQLCipher key, for code that must open another connection to the same file
+#: (the parallel audit verify workers)
+_CIPHER_KEYS: weakref.WeakKeyDictionary[Engine, bytes] = weakref.WeakKeyDictionary()
+
+
+def _sqlite_setup(eng: Engine, cipher_key: bytes | None = None) -> None:
     @event.listens_for(eng, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # let SQLAlchemy's "begin" event below decide how transactions start
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
+        if cipher_key is not None:
+            # the key before anything else touches the file (SQLCipher reads page 1 lazily), then
+            # a read that fails at once if the key does not open it
+            cur.execute(f"PRAGMA key = \"x'{cipher_key.hex()}'\"")
+            try:
+                cur.execute("SELECT count(*) FROM sqlite_master")
+            except Exception:
+                cur.close()
+                raise StoreError(f"store.url: {eng.url.database}: the key derived from "
+                                 "tokens.key_encryption_key does not open this database (another KEK, "
+                                 "or a file that is not SQLCipher-encrypted: see `pacs-bridge db encrypt`)"
+                                 ) from None
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -56,10 +76,12 @@ def _sqlite_setup(eng: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}".strip())
 
 
-def engine(url: str | None = None, **kwargs: Any) -> Engine:
+def engine(url: str | None = None, *, cipher_key: bytes | None = None, **kwargs: Any) -> Engine:
     """An engine for ``url`` (default: the SQLite file ``var/pacs-bridge.db``).
 
     The parent directory of a SQLite file is created, so a fresh install just works.
+    ``cipher_key``: open the SQLite file with SQLCipher (AES-256, whole file) under this key;
+    see :func:`engine_for`, which derives it from the bridge's KEK when ``store.sqlcipher`` is set.
     """
     url = url or DEFAULT_URL
     try:
@@ -71,13 +93,42 @@ def engine(url: str | None = None, **kwargs: Any) -> Engine:
         db = parsed.database
         if db and db != ":memory:" and not db.startswith("file:"):
             Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        if cipher_key is not None:
+            import sqlcipher3
+
+            kwargs["module"] = sqlcipher3.dbapi2
         eng = create_engine(parsed, **kwargs)
-        _sqlite_setup(eng)
+        _sqlite_setup(eng, cipher_key)
+        if cipher_key is not None:
+            _CIPHER_KEYS[eng] = cipher_key
         return eng
+    if cipher_key is not None:
+        raise StoreError("store.sqlcipher: only a SQLite store is encrypted by the bridge; PostgreSQL's "
+                         "data directory belongs on an encrypted volume (docs/encryption.md)")
     if backend == "postgresql":
         kwargs.setdefault("pool_pre_ping", True)
         return create_engine(parsed, **kwargs)
     raise StoreError(f"store.url: unsupported database {backend!r} (use sqlite:/// or postgresql://)")
+
+
+def cipher_key(settings: Any) -> bytes | None:
+    """The SQLCipher key of the configured store (``store.sqlcipher``), derived from the KEK."""
+    if not settings.store.sqlcipher:
+        return None
+    from bridge.kek import KeyEncryptor
+
+    return KeyEncryptor.from_settings(settings).derived_key(SQLCIPHER_PURPOSE)
+
+
+def cipher_key_of(eng: Engine) -> bytes | None:
+    """The SQLCipher key ``eng`` was built with (None: not encrypted by the bridge)."""
+    return _CIPHER_KEYS.get(eng)
+
+
+def engine_for(settings: Any, **kwargs: Any) -> Engine:
+    """The engine of the configured store: ``store.url``, encrypted when ``store.sqlcipher`` is set.
+    Every part of the bridge builds its engine here (never from ``store.url`` alone)."""
+    return engine(settings.store.url, cipher_key=cipher_key(settings), **kwargs)
 
 
 @cache
@@ -127,13 +178,13 @@ def alembic_config(url: str) -> Any:
     return cfg
 
 
-def migrate(url: str | None = None, revision: str = "head") -> str:
+def migrate(url: str | None = None, revision: str = "head", *, cipher_key: bytes | None = None) -> str:
     """Bring the database at ``url`` to ``revision``; return the revision now current."""
     from alembic import command
     from alembic.runtime.migration import MigrationContext
 
     url = url or DEFAULT_URL
-    eng = engine(url)
+    eng = engine(url, cipher_key=cipher_key)
     try:
         with eng.begin() as conn:
             cfg = alembic_config(url)
@@ -143,6 +194,11 @@ def migrate(url: str | None = None, revision: str = "head") -> str:
             return MigrationContext.configure(conn).get_current_revision() or "base"
     finally:
         eng.dispose()
+
+
+def migrate_store(settings: Any, revision: str = "head") -> str:
+    """:func:`migrate` for the configured store (encrypted when ``store.sqlcipher`` is set)."""
+    return migrate(settings.store.url, revision, cipher_key=cipher_key(settings))
 
 
 def safe_url(url: str) -> str:

@@ -56,9 +56,9 @@ def sync_cli(config_path: str | None, policy_path: str | None, do_plan: bool, do
     console = Console(stderr=as_json)
     if show_history:  # only the run table: no policy, no targets, no directory
         from bridge.services import Services
-        from bridge.store.db import migrate
+        from bridge.store.db import migrate_store
 
-        migrate(settings.store.url)  # a store that never ran a sync lists no runs
+        migrate_store(settings)  # a store that never ran a sync lists no runs
         rows = history(Services(settings).engine)
         if as_json:
             click.echo(json.dumps(rows, indent=2))

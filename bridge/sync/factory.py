@@ -7,7 +7,7 @@ from typing import Any
 from bridge.config import Settings
 from bridge.directory.reader import reader_for
 from bridge.policy.loader import PolicyError, load_policy
-from bridge.store.db import migrate
+from bridge.store.db import migrate_store
 from bridge.sync.runner import SyncRunner
 from bridge.sync.safety import Thresholds
 from bridge.sync.targets.base import Target, TargetError
@@ -53,7 +53,7 @@ def build_runner(settings: Settings, *, policy_path: str | None = None, with_aud
     if not path:
         raise PolicyError("(config)", [("sync.policy_file", "not set; name the policy YAML file")])
     policy = load_policy(path)
-    migrate(settings.store.url)
+    migrate_store(settings)
     from bridge.services import Services
 
     services = Services(settings)  # the composition root: one engine under the runner and its audit store

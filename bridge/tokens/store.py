@@ -262,11 +262,11 @@ _BY_EITHER = _ROLES.where(or_(RoleAssignment.subject_id == bindparam("sub"), _BY
 
 def key_ring(settings: Settings, engine: Any | None = None) -> KeyRing:
     """The key ring over the store's ``signing_keys`` table (the web app and ``pacs-bridge keys``)."""
-    from bridge.store.db import engine as make_engine
+    from bridge.store.db import engine_for
 
     kek = settings.tokens.key_encryption_key
     return KeyRing(
-        SqlKeyRepository(engine or make_engine(settings.store.url)),
+        SqlKeyRepository(engine or engine_for(settings)),
         KeyEncryptor.from_secret(kek.get_secret_value() if kek else None),
         algorithm=settings.tokens.algorithm,
         max_token_lifetime=settings.tokens.max_lifetime_seconds,

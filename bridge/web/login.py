@@ -94,9 +94,9 @@ def _engine(app: Flask, settings: Settings) -> Any:
     store = app.extensions.get(STORE)
     if store is not None and getattr(store, "engine", None) is not None:
         return store.engine
-    from bridge.store.db import engine
+    from bridge.store.db import engine_for
 
-    return engine(settings.store.url)
+    return engine_for(settings)
 
 
 def _ext() -> dict[str, Any]:

@@ -201,13 +201,13 @@ class BridgeService(Service):
 
     def prepare(self, ctx: StackContext) -> None:
         from bridge.config import load_config
-        from bridge.store.db import migrate
+        from bridge.store.db import migrate_store
 
         data = self.settings_dict(ctx, self.port())
         self.config_file.write_text(yaml.safe_dump(data, sort_keys=False))
         self.config_file.chmod(0o600)
         settings = load_config(self.config_file)  # a mistake here is ours: fail loudly now
-        migrate(settings.store.url)
+        migrate_store(settings)
         # the first signing key exists before the workers start, as `pacs-bridge keys rotate` at install
         from bridge.services import Services
 

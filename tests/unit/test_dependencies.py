@@ -27,6 +27,7 @@ DISTRIBUTION = {
     "prometheus_client": "prometheus-client",
     "pydantic_settings": "pydantic-settings",
     "dicomanonymizer": "dicom-anonymizer",
+    "sqlcipher3": "sqlcipher3-binary",
 }
 #: imported but not installed from PyPI: the module Orthanc itself provides to its Python plugins
 HOST_PROVIDED = {"orthanc"}
