@@ -92,9 +92,9 @@ def bulk_fill(store: AuditStore, n: int, chunk: int = 50_000) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def run(url: str, records: int, single: int, batched: int) -> dict[str, Any]:
-    db.migrate(url)
-    eng = db.engine(url)
+def run(url: str, records: int, single: int, batched: int, cipher_key: bytes | None = None) -> dict[str, Any]:
+    db.migrate(url, cipher_key=cipher_key)
+    eng = db.engine(url, cipher_key=cipher_key)
     store = AuditStore(eng, CheckpointKey.generate(), checkpoint_every=1000)
     out: dict[str, Any] = {"backend": eng.dialect.name}
     out.update(bench_appends(store, single, batched))
@@ -135,9 +135,18 @@ def main() -> None:
     ap.add_argument("--batched", type=int, default=20000)
     ap.add_argument("--postgres", default=os.environ.get("PACS_BRIDGE_BENCH_PG_URL"))
     ap.add_argument("--dir", default=None, help="where the SQLite file goes (default: a temp dir)")
+    ap.add_argument("--no-sqlcipher", action="store_true", help="skip the SQLCipher-encrypted SQLite run")
     args = ap.parse_args()
+    result: dict[str, Any] = {"loadavg_before": os.getloadavg()}
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
-        result: dict[str, Any] = {"sqlite": run(f"sqlite:///{d}/bench.db", args.records, args.single, args.batched)}
+        result["sqlite"] = run(f"sqlite:///{d}/bench.db", args.records, args.single, args.batched)
+    if not args.no_sqlcipher:  # store.sqlcipher: the same work on the encrypted file
+        with tempfile.TemporaryDirectory(dir=args.dir) as d:
+            result["sqlite_sqlcipher"] = run(f"sqlite:///{d}/bench.db", args.records, args.single, args.batched,
+                                             cipher_key=os.urandom(32))
+        plain, enc = result["sqlite"], result["sqlite_sqlcipher"]
+        result["sqlcipher_ratio"] = {k: round(enc[k] / plain[k], 2) for k in plain
+                                     if k.endswith("_per_s") and plain.get(k) and k in enc}
     pg = args.postgres or _devstack_postgres()
     if pg:
         eng = db.engine(pg)
@@ -149,6 +158,7 @@ def main() -> None:
             )
         eng.dispose()
         result["postgresql"] = run(pg, args.pg_records, args.single, args.batched)
+    result["loadavg_after"] = os.getloadavg()
     print(json.dumps(result, indent=2))
 
 
