@@ -65,6 +65,9 @@ def _register_areas() -> None:
     main.add_command(sync_cli)
     main.add_command(serve_cli)
     main.add_command(keys_cli)
+    from bridge.kek_rotation import rewrap_command
+
+    keys_cli.add_command(rewrap_command())
     from bridge.audit.cli import audit_cli
     from bridge.store.cli import db_cli
 

@@ -293,6 +293,9 @@ class TokensSection(_Section):
     lifetime_seconds: int = Field(300, ge=10)
     max_lifetime_seconds: int = Field(3600, ge=20)
     key_encryption_key: SecretStr | None = None
+    #: during a KEK rotation only: the KEK being replaced, which still opens what it wrapped
+    #: (`pacs-bridge keys rewrap` then re-wraps everything under key_encryption_key)
+    previous_key_encryption_key: SecretStr | None = None
     #: ``iss`` of PACS tokens; default: bridge.public_url
     issuer: str | None = None
     clients: list[TokenClientSection] = Field(default_factory=list)

@@ -107,6 +107,18 @@ class CheckpointKey:
         return self.public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
     @classmethod
+    def rewrap_file(cls, path: Path, encryptor: KeyEncryptor) -> bool:
+        """Re-encrypt the key file under the current KEK when only the previous one opens it (a KEK
+        rotation, `pacs-bridge keys rewrap`); True when it was rewritten.  The key itself does not
+        change, so every checkpoint keeps verifying."""
+        key = cls.load_or_create(path, encryptor)  # opens under either KEK, or names the problem
+        _, blob = _parse_encrypted(path, _read(path))
+        if encryptor.rewrapped(blob, key._label(), what="audit checkpoint key") is None:
+            return False
+        _replace(path, key._encrypted_file(encryptor))
+        return True
+
+    @classmethod
     def load_or_create(cls, path: Path, encryptor: KeyEncryptor | None) -> CheckpointKey:
         """Load the private key file, creating it (0600, encrypted) and its ``.pub`` on first use;
         a plaintext PEM file of an older bridge is rewritten encrypted (see the module docstring)."""

@@ -309,7 +309,7 @@ def open_store(settings: Any, engine: Engine | None = None, *,
         from bridge.kek import KeyEncryptor
 
         kek = settings.tokens.key_encryption_key
-        encryptor = KeyEncryptor.from_secret(kek.get_secret_value()) if kek else None
+        encryptor = KeyEncryptor.from_settings(settings) if kek else None
         key: CheckpointKey | None = CheckpointKey.load_or_create(key_file, encryptor)
     elif key_file.exists():
         key = CheckpointKey.load_public(key_file)

@@ -46,24 +46,47 @@ SQLCIPHER_PURPOSE = "store-sqlcipher"
 _CIPHER_KEYS: weakref.WeakKeyDictionary[Engine, bytes] = weakref.WeakKeyDictionary()
 
 
+def _give_key(dbapi_conn: Any, key: bytes) -> bool:
+    """Give SQLCipher ``key`` (before anything else touches the file: it reads page 1 lazily) and
+    read once, so a wrong key fails here and not in the middle of a transaction."""
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+        cur.execute("SELECT count(*) FROM sqlite_master")
+        return True
+    except Exception:
+        return False
+    finally:
+        cur.close()
+
+
+def _key_that_opens(path: str | None, keys: list[bytes]) -> bytes | None:
+    """The first of ``keys`` that opens the SQLite file (a missing file: the first, it is created
+    under it); None when none does."""
+    if not path or not Path(path).exists() or Path(path).stat().st_size == 0:
+        return keys[0]
+    import sqlcipher3
+
+    for key in keys:
+        conn = sqlcipher3.dbapi2.connect(path)
+        try:
+            if _give_key(conn, key):
+                return key
+        finally:
+            conn.close()
+    return None
+
+
 def _sqlite_setup(eng: Engine, cipher_key: bytes | None = None) -> None:
     @event.listens_for(eng, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # let SQLAlchemy's "begin" event below decide how transactions start
         dbapi_conn.isolation_level = None
+        if cipher_key is not None and not _give_key(dbapi_conn, cipher_key):
+            raise StoreError(f"store.url: {eng.url.database}: the key derived from "
+                             "tokens.key_encryption_key does not open this database (another KEK, "
+                             "or a file that is not SQLCipher-encrypted: see `pacs-bridge db encrypt`)")
         cur = dbapi_conn.cursor()
-        if cipher_key is not None:
-            # the key before anything else touches the file (SQLCipher reads page 1 lazily), then
-            # a read that fails at once if the key does not open it
-            cur.execute(f"PRAGMA key = \"x'{cipher_key.hex()}'\"")
-            try:
-                cur.execute("SELECT count(*) FROM sqlite_master")
-            except Exception:
-                cur.close()
-                raise StoreError(f"store.url: {eng.url.database}: the key derived from "
-                                 "tokens.key_encryption_key does not open this database (another KEK, "
-                                 "or a file that is not SQLCipher-encrypted: see `pacs-bridge db encrypt`)"
-                                 ) from None
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -76,7 +99,8 @@ def _sqlite_setup(eng: Engine, cipher_key: bytes | None = None) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}".strip())
 
 
-def engine(url: str | None = None, *, cipher_key: bytes | None = None, **kwargs: Any) -> Engine:
+def engine(url: str | None = None, *, cipher_key: bytes | None = None, previous_cipher_key: bytes | None = None,
+           **kwargs: Any) -> Engine:
     """An engine for ``url`` (default: the SQLite file ``var/pacs-bridge.db``).
 
     The parent directory of a SQLite file is created, so a fresh install just works.
@@ -97,6 +121,8 @@ def engine(url: str | None = None, *, cipher_key: bytes | None = None, **kwargs:
             import sqlcipher3
 
             kwargs["module"] = sqlcipher3.dbapi2
+            if previous_cipher_key is not None:  # a KEK rotation: whichever opens it, until rekeyed
+                cipher_key = _key_that_opens(db, [cipher_key, previous_cipher_key]) or cipher_key
         eng = create_engine(parsed, **kwargs)
         _sqlite_setup(eng, cipher_key)
         if cipher_key is not None:
@@ -113,11 +139,18 @@ def engine(url: str | None = None, *, cipher_key: bytes | None = None, **kwargs:
 
 def cipher_key(settings: Any) -> bytes | None:
     """The SQLCipher key of the configured store (``store.sqlcipher``), derived from the KEK."""
+    return cipher_keys(settings)[0]
+
+
+def cipher_keys(settings: Any) -> tuple[bytes | None, bytes | None]:
+    """The store's SQLCipher key and, during a KEK rotation, the previous KEK's one."""
     if not settings.store.sqlcipher:
-        return None
+        return None, None
     from bridge.kek import KeyEncryptor
 
-    return KeyEncryptor.from_settings(settings).derived_key(SQLCIPHER_PURPOSE)
+    enc = KeyEncryptor.from_settings(settings)
+    previous = enc.previous.derived_key(SQLCIPHER_PURPOSE) if enc.previous is not None else None
+    return enc.derived_key(SQLCIPHER_PURPOSE), previous
 
 
 def cipher_key_of(eng: Engine) -> bytes | None:
@@ -128,7 +161,8 @@ def cipher_key_of(eng: Engine) -> bytes | None:
 def engine_for(settings: Any, **kwargs: Any) -> Engine:
     """The engine of the configured store: ``store.url``, encrypted when ``store.sqlcipher`` is set.
     Every part of the bridge builds its engine here (never from ``store.url`` alone)."""
-    return engine(settings.store.url, cipher_key=cipher_key(settings), **kwargs)
+    current, previous = cipher_keys(settings)
+    return engine(settings.store.url, cipher_key=current, previous_cipher_key=previous, **kwargs)
 
 
 @cache
@@ -178,13 +212,14 @@ def alembic_config(url: str) -> Any:
     return cfg
 
 
-def migrate(url: str | None = None, revision: str = "head", *, cipher_key: bytes | None = None) -> str:
+def migrate(url: str | None = None, revision: str = "head", *, cipher_key: bytes | None = None,
+            previous_cipher_key: bytes | None = None) -> str:
     """Bring the database at ``url`` to ``revision``; return the revision now current."""
     from alembic import command
     from alembic.runtime.migration import MigrationContext
 
     url = url or DEFAULT_URL
-    eng = engine(url, cipher_key=cipher_key)
+    eng = engine(url, cipher_key=cipher_key, previous_cipher_key=previous_cipher_key)
     try:
         with eng.begin() as conn:
             cfg = alembic_config(url)
@@ -198,7 +233,8 @@ def migrate(url: str | None = None, revision: str = "head", *, cipher_key: bytes
 
 def migrate_store(settings: Any, revision: str = "head") -> str:
     """:func:`migrate` for the configured store (encrypted when ``store.sqlcipher`` is set)."""
-    return migrate(settings.store.url, revision, cipher_key=cipher_key(settings))
+    current, previous = cipher_keys(settings)
+    return migrate(settings.store.url, revision, cipher_key=current, previous_cipher_key=previous)
 
 
 def safe_url(url: str) -> str:

@@ -103,6 +103,8 @@ class KeyRepository(Protocol):
 
     def delete(self, kid: str) -> None: ...
 
+    def rewrap(self, kid: str, old: bytes, new: bytes) -> bool: ...
+
 
 @dataclass
 class MemoryKeyRepository:
@@ -121,6 +123,13 @@ class MemoryKeyRepository:
 
     def delete(self, kid: str) -> None:
         self.records.pop(kid, None)
+
+    def rewrap(self, kid: str, old: bytes, new: bytes) -> bool:
+        rec = self.records.get(kid)
+        if rec is None or rec.private_key_encrypted != old:
+            return False
+        self.records[kid] = replace(rec, private_key_encrypted=new)
+        return True
 
 
 # --------------------------------------------------------------------------- the key ring

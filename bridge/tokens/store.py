@@ -74,6 +74,15 @@ class SqlKeyRepository:
         with session(self.engine) as s:
             s.execute(delete(SigningKey).where(SigningKey.kid == kid))
 
+    def rewrap(self, kid: str, old: bytes, new: bytes) -> bool:
+        """Replace the ciphertext ``old`` of ``kid`` by ``new`` (compare-and-set: a row changed
+        meanwhile is left alone and reported False)."""
+        with session(self.engine) as s:
+            done = s.execute(update(SigningKey).where(SigningKey.kid == kid,
+                                                      SigningKey.private_key_encrypted == old)
+                             .values(private_key_encrypted=new))
+            return bool(done.rowcount)
+
 
 # --------------------------------------------------------------------------- revocations
 
@@ -264,10 +273,9 @@ def key_ring(settings: Settings, engine: Any | None = None) -> KeyRing:
     """The key ring over the store's ``signing_keys`` table (the web app and ``pacs-bridge keys``)."""
     from bridge.store.db import engine_for
 
-    kek = settings.tokens.key_encryption_key
     return KeyRing(
         SqlKeyRepository(engine or engine_for(settings)),
-        KeyEncryptor.from_secret(kek.get_secret_value() if kek else None),
+        KeyEncryptor.from_settings(settings),
         algorithm=settings.tokens.algorithm,
         max_token_lifetime=settings.tokens.max_lifetime_seconds,
     )
