@@ -103,10 +103,11 @@ def verify_archive(path: Path, key: CheckpointKey | None = None) -> VerifyReport
             kind="deleted",
             message=f"{path}: closing checkpoint does not match the last record",
         )
-    if key is not None and not key.verify(
+    signer = key.for_kid(closing["kid"]) if key is not None else None  # current or retired key
+    if key is not None and (signer is None or not signer.verify(
         checkpoint_payload(closing["seq"], closing["hash"], closing["created_at"], closing["kind"], closing["kid"]),
         closing["signature"],
-    ):
+    )):
         return VerifyReport(
             False, records=rep.records, kind="checkpoint", message=f"{path}: closing checkpoint signature invalid"
         )

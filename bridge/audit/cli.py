@@ -97,6 +97,24 @@ def audit_verify(config_path: str | None, workers: int | None, as_json: bool) ->
                                f"{f' (event {rep.event_id})' if rep.event_id else ''}: {rep.message}")
 
 
+@audit_cli.command("rotate-checkpoint-key")
+@config_option
+def audit_rotate_checkpoint_key(config_path: str | None) -> None:
+    """A new checkpoint signing key: the head is signed with the old key first, the old public key
+    is kept in <key file>.retired.pub (it verifies what it signed); restart the bridge afterwards."""
+    from pathlib import Path
+
+    from bridge.audit.keys import CheckpointKey, retired_path
+    from bridge.kek import KeyEncryptor
+
+    settings, store = _audit_store(config_path, signing=True)
+    store.checkpoint("rotation")  # everything so far is covered by the old key's signature
+    old, new = CheckpointKey.rotate(Path(settings.audit.checkpoint_key_file), KeyEncryptor.from_settings(settings))
+    record_audit_use(store, "checkpoint key rotated", old_kid=old, new_kid=new)
+    click.echo(f"checkpoint key {old} retired (kept in {retired_path(settings.audit.checkpoint_key_file)}); "
+               f"new key {new}. Copy the new .pub off the host; restart the bridge.")
+
+
 @audit_cli.command("tail")
 @config_option
 @click.option("-n", "count", type=int, default=20, show_default=True)

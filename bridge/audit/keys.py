@@ -28,7 +28,8 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -63,6 +64,28 @@ class CheckpointKey:
 
     public: Ed25519PublicKey
     private: Ed25519PrivateKey | None = None
+    #: public keys of earlier checkpoint keys (``<file>.retired.pub``): they verify the checkpoints
+    #: they signed before a rotation, and sign nothing
+    retired: tuple[Ed25519PublicKey, ...] = ()
+
+    def for_kid(self, kid: str) -> CheckpointKey | None:
+        """The key (this one or a retired one) whose id is ``kid``; None for an unknown key."""
+        if kid == self.kid:
+            return self
+        return next((k for k in (CheckpointKey(r) for r in self.retired) if k.kid == kid), None)
+
+    def with_retired(self, key_file: Path) -> CheckpointKey:
+        """This key with the retired public keys kept beside ``key_file`` (if any)."""
+        path = retired_path(key_file)
+        if not path.exists():
+            return self
+        found = []
+        for block in re.findall(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", _read(path), re.S):
+            pub = serialization.load_pem_public_key(block)
+            if not isinstance(pub, Ed25519PublicKey):
+                raise KeyFileError(f"audit checkpoint key {path}: holds a key that is not Ed25519")
+            found.append(pub)
+        return replace(self, retired=tuple(found))
 
     @property
     def kid(self) -> str:
@@ -121,6 +144,29 @@ class CheckpointKey:
     @classmethod
     def load_or_create(cls, path: Path, encryptor: KeyEncryptor | None) -> CheckpointKey:
         """Load the private key file, creating it (0600, encrypted) and its ``.pub`` on first use;
+        a plaintext PEM file of an older bridge is rewritten encrypted (see the module docstring).
+        The retired keys beside it come along (they verify, never sign)."""
+        return cls._load_or_create(path, encryptor).with_retired(Path(path))
+
+    @classmethod
+    def rotate(cls, path: Path, encryptor: KeyEncryptor) -> tuple[str, str]:
+        """A new checkpoint signing key; the old public key joins ``<file>.retired.pub`` first, so
+        every checkpoint it signed keeps verifying.  Returns (old kid, new kid).  Restart the
+        bridge afterwards: running processes sign with the key they loaded (still verifiable)."""
+        path = Path(path)
+        old = cls.load_or_create(path, encryptor)
+        kept = retired_path(path)
+        prior = _read(kept) if kept.exists() else b""
+        if old.kid not in {CheckpointKey(r).kid for r in old.retired}:
+            _replace(kept, prior + old._public_pem(), mode=0o644)
+        new = cls.generate()
+        _replace(path, new._encrypted_file(encryptor))
+        _replace(public_path(path), new._public_pem(), mode=0o644)
+        return old.kid, new.kid
+
+    @classmethod
+    def _load_or_create(cls, path: Path, encryptor: KeyEncryptor | None) -> CheckpointKey:
+        """Load the private key file, creating it (0600, encrypted) and its ``.pub`` on first use;
         a plaintext PEM file of an older bridge is rewritten encrypted (see the module docstring)."""
         path = Path(path)
         if encryptor is None:
@@ -133,7 +179,7 @@ class CheckpointKey:
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:  # another worker created it meanwhile: use theirs
-                return cls.load_or_create(path, encryptor)
+                return cls._load_or_create(path, encryptor)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -167,8 +213,14 @@ class CheckpointKey:
 
     @classmethod
     def load_public(cls, path: Path) -> CheckpointKey:
-        """Load for verification only (no KEK needed): a ``.pub`` PEM, or the key file (its public part)."""
+        """Load for verification only (no KEK needed): a ``.pub`` PEM, or the key file (its public
+        part), with the retired public keys beside it."""
         path = Path(path)
+        key_file = Path(str(path)[: -len(".pub")]) if str(path).endswith(".pub") else path
+        return cls._load_public(path).with_retired(key_file)
+
+    @classmethod
+    def _load_public(cls, path: Path) -> CheckpointKey:
         data = _read(path)
         if b"PRIVATE KEY" in data:
             return cls(_from_plaintext_pem(path, data).public)
@@ -215,10 +267,10 @@ def _parse_encrypted(path: Path, data: bytes) -> tuple[Ed25519PublicKey, bytes]:
     return public, blob
 
 
-def _replace(path: Path, data: bytes) -> None:
+def _replace(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to ``path`` atomically (0600), so a crash leaves the old or the new file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
@@ -228,3 +280,8 @@ def _replace(path: Path, data: bytes) -> None:
 
 def public_path(private_path: Path) -> Path:
     return Path(str(private_path) + ".pub")
+
+
+def retired_path(private_path: Path) -> Path:
+    """Where the public keys of earlier checkpoint keys are kept (PEM blocks, plaintext on purpose)."""
+    return Path(str(private_path) + ".retired.pub")

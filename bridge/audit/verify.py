@@ -236,7 +236,8 @@ def _check_checkpoint_signatures(cps: list[dict[str, Any]], key: CheckpointKey |
         return None
     for c in cps:
         payload = checkpoint_payload(c["seq"], c["hash"], c["created_at"], c["kind"], c["kid"])
-        if c["kid"] != key.kid or not key.verify(payload, c["signature"]):
+        signer = key.for_kid(c["kid"])  # the current key, or a retired one (a rotation)
+        if signer is None or not signer.verify(payload, c["signature"]):
             return c
     return None
 

@@ -122,3 +122,33 @@ def test_the_command_reports_and_audits(tmp_path: Path, before: dict[str, Any]) 
     assert "token signing keys: 1 re-wrapped" in result.output and OLD not in result.output
     trail = open_store(_settings(tmp_path, NEW), signing=False).query(types=["key.rotated"])
     assert trail and "re-wrapped" in str(trail[-1])
+
+
+def test_checkpoint_key_rotation_keeps_the_old_trail_verifying(tmp_path: Path, before: dict[str, Any]) -> None:
+    """Rotate the checkpoint key, restart, append under the new key: the whole trail verifies with
+    the key file (current + retired) and with the public files alone; without the retired file the
+    old checkpoints are named as signed by an unknown key."""
+    from bridge.audit.keys import CheckpointKey, public_path, retired_path
+
+    config = tmp_path / "bridge.yaml"
+    config.write_text(f"store: {{url: 'sqlite:///{tmp_path}/bridge.db', sqlcipher: true}}\n"
+                      f"tokens: {{key_encryption_key: '{OLD}'}}\n"
+                      f"audit: {{checkpoint_key_file: '{tmp_path}/cp.key', checkpoint_every: 5}}\n")
+    config.chmod(0o600)
+    old_kid = CheckpointKey.load_public(tmp_path / "cp.key.pub").kid
+    result = CliRunner().invoke(main, ["audit", "rotate-checkpoint-key", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    settings = _settings(tmp_path, OLD)
+    store = open_store(settings)  # a restart
+    assert store.key is not None and store.key.kid != old_kid
+    for i in range(7):
+        store.append(ev.AuditEvent(AuditEventType.STUDY_ACCESSED, actor=ev.Actor(username=f"v{i}"),
+                                   objects=(ev.patient("P-2"),)))
+    full = store.verify(store.key)
+    assert full.ok and full.signatures_checked and full.records == before["records"] + 1 + 7
+    public_only = CheckpointKey.load_public(public_path(tmp_path / "cp.key"))
+    assert {old_kid, store.key.kid} <= {public_only.kid, *(CheckpointKey(r).kid for r in public_only.retired)}
+    assert store.verify(public_only).ok
+    retired_path(tmp_path / "cp.key").rename(tmp_path / "elsewhere.pub")
+    broken = store.verify(CheckpointKey.load_public(public_path(tmp_path / "cp.key")))
+    assert not broken.ok and "unknown key" in broken.message
