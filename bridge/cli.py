@@ -75,6 +75,10 @@ def _register_areas() -> None:
     main.add_command(plugin_cli)
     main.add_command(web_cli)
     plugin_cli.add_command(orthanc_config_cli)
+    from bridge.deploy.storage_cli import rotate_storage_cmd, storage_cli
+
+    keys_cli.add_command(rotate_storage_cmd)
+    main.add_command(storage_cli)
     _register_plugins()
 
 

@@ -344,9 +344,9 @@ class FileKeyProvider:
     Orthanc serves them.  New files must move to the new KEK, a file re-wrapped a moment ago must
     open, and a KEK the finished rotation dropped must stop opening anything: every ``wrap`` and
     ``unwrap`` checks the file's stat (one ``os.stat``, microseconds beside the file I/O), and an
-    unknown key id forces one re-read (a rewrite within the stat's time resolution).  A key file that becomes unreadable keeps
-    the last good ring (logged by the caller through ``errors``), so a rotation mistake does not
-    stop the PACS."""
+    unknown key id forces one re-read (a rewrite within the stat's time resolution).  A key file
+    that becomes unreadable keeps the last good ring (noted in ``errors``), so a rotation mistake
+    does not stop the PACS."""
 
     def __init__(self, path: str):
         self.path = path

@@ -15,6 +15,10 @@ plugins) and a deployment can generate the same secure defaults.  Choices and wh
   of the PACS's own data, never the package's default ``/tmp/OrthancWebViewerCache``: the cache holds
   decoded images, patient data as sensitive as the storage itself.  Its routes are in the bridge's
   route table and its data routes are judged on their study like any other (bridge/pacs/scopes.py).
+- The image store: with a storage KEK file, the plugin's settings name the encrypted storage area
+  (bridge/pacs/storage_area.py) over Orthanc's ``StorageDirectory`` (same layout), so every DICOM
+  file is written encrypted; Orthanc's index, temporary directory and the viewer cache are not
+  covered (docs/encryption.md: put them on an encrypted volume; ``check-config`` looks).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import Any
 
 from bridge.core.mfa import MfaRule
 from bridge.pacs.dicomweb import INTERNAL_ROOT
+from bridge.pacs.storage_area import SETTINGS_KEY as STORAGE_KEY
+from bridge.pacs.storage_area import StorageSettings
 
 #: where Debian's orthanc-python and orthanc-dicomweb put their plugins
 PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
@@ -146,8 +152,13 @@ def plugin_settings(
     audit_token_file: Path | None = None,
     mfa: Any | None = None,
     gateway_addresses: tuple[str, ...] = (),
+    storage_dir: Path | None = None,
+    storage_kek_file: Path | None = None,
 ) -> dict[str, Any]:
     """The plugin's JSON config (bridge/pacs/plugin_config.py) for a bridge at ``issuer``.
+
+    ``storage_dir`` + ``storage_kek_file``: the encrypted image store (bridge/pacs/storage_area.py)
+    in Orthanc's storage directory, its data keys wrapped by the Orthanc host's storage KEK file.
 
     ``gateway_addresses``: where the bridge's gateway connects from (its workstation header is
     trusted from there only).
@@ -174,4 +185,8 @@ def plugin_settings(
         out["audit_token_file"] = str(audit_token_file)
     if mfa is not None:
         out["mfa"] = MfaRule.from_section(mfa).to_mapping()
+    if (storage_dir is None) != (storage_kek_file is None):
+        raise ValueError("storage_dir and storage_kek_file go together (the encrypted image store)")
+    if storage_dir is not None and storage_kek_file is not None:
+        out[STORAGE_KEY] = StorageSettings(str(storage_dir), str(storage_kek_file)).to_mapping()
     return out

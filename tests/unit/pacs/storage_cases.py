@@ -240,6 +240,140 @@ def case_failure_event_shape() -> None:
     assert any(o["id"] == U1 for o in data["objects"])
 
 
+def _plugin_config(root: Path, kek: Path, **extra: object) -> Path:
+    import json
+
+    cfg = root / "bridge-plugin.json"
+    cfg.write_text(json.dumps({"storage": {"directory": str(root / "store"), "kek_file": str(kek), **extra}}))
+    return cfg
+
+
+def case_rotation_rewraps_headers_only_and_drops_the_old_key() -> None:
+    from bridge.pacs import storage_maintenance as sm
+
+    root = _tmp()
+    area, failures, kek = _area(root)
+    uuids = [f"{i:08x}-0000-4000-8000-{i:012x}" for i in range(1, 7)]
+    for u in uuids:
+        area.create(u, 1, DICOM + u.encode())
+    old_kid = area.keys.current_key_id()
+    bodies = {}
+    for u in uuids:
+        raw = storage_area.attachment_path(root / "store", u).read_bytes()
+        bodies[u] = raw[envelope.parse_header(raw).length:]
+    settings = sm.settings_from_plugin_config(_plugin_config(root, kek))
+    report = sm.rotate(settings, grace_seconds=0, sync=False)
+    assert report.changed == len(uuids) and not report.problems, report
+    ring = envelope.parse_key_file(kek.read_text(), "k")
+    assert ring.key_ids == (ring.current,) and ring.current != old_kid
+    assert dict(report.by_key) == {ring.current: len(uuids)}
+    for u in uuids:
+        raw = storage_area.attachment_path(root / "store", u).read_bytes()
+        header = envelope.parse_header(raw)
+        assert header.key_id == ring.current and raw[header.length:] == bodies[u]  # body not re-encrypted
+        assert area.read(u, 1) == DICOM + u.encode()  # the running area follows the key file
+    area.create(U1, 1, DICOM)
+    assert envelope.parse_header(storage_area.attachment_path(root / "store", U1).read_bytes()).key_id == ring.current
+    assert not failures
+    shutil.rmtree(root)
+
+
+def case_rotation_resumes_after_an_interruption() -> None:
+    from bridge.pacs import storage_maintenance as sm
+
+    root = _tmp()
+    area, _, kek = _area(root)
+    for u in (U1, U2):
+        area.create(u, 1, DICOM)
+    old = envelope.parse_key_file(kek.read_text(), "k")
+    both = old.with_new_key()
+    envelope.write_key_file(str(kek), both)  # the crash came after the switch...
+    assert sm.rewrap_file(storage_area.attachment_path(root / "store", U1), U1, both, sync=False)  # ...and one file
+    assert area.read(U1, 1) == DICOM and area.read(U2, 1) == DICOM  # readable in between
+    settings = sm.settings_from_plugin_config(_plugin_config(root, kek))
+    report = sm.rotate(settings, grace_seconds=0, sync=False)
+    assert report.changed == 1 and "resuming" in report.notes[0]
+    ring = envelope.parse_key_file(kek.read_text(), "k")
+    assert ring.key_ids == (both.current,)  # no third key: the unfinished rotation was finished
+    assert area.read(U1, 1) == DICOM and area.read(U2, 1) == DICOM
+    shutil.rmtree(root)
+
+
+def case_rotation_keeps_old_keys_while_a_file_cannot_move() -> None:
+    from bridge.pacs import storage_maintenance as sm
+
+    root = _tmp()
+    area, _, kek = _area(root)
+    area.create(U1, 1, DICOM)
+    area.create(U2, 1, DICOM)
+    p2 = storage_area.attachment_path(root / "store", U2)
+    raw = p2.read_bytes()
+    p2.write_bytes(raw[:40] + bytes([raw[40] ^ 1]) + raw[41:])  # its wrapped key is damaged
+    settings = sm.settings_from_plugin_config(_plugin_config(root, kek))
+    report = sm.rotate(settings, grace_seconds=0, sync=False)
+    assert report.problems and report.problems[0].startswith(U2)
+    assert len(envelope.parse_key_file(kek.read_text(), "k").key_ids) == 2  # old KEK kept
+    assert area.read(U1, 1) == DICOM
+    forced = sm.rotate(settings, grace_seconds=0, sync=False, force=True)
+    assert len(envelope.parse_key_file(kek.read_text(), "k").key_ids) == 1 and forced.problems
+    shutil.rmtree(root)
+
+
+def case_migration_encrypts_plaintext_in_place() -> None:
+    import json
+
+    from bridge.pacs import storage_maintenance as sm
+
+    root = _tmp()
+    area, failures, kek = _area(root, plaintext_reads=True)
+    u3 = "12345678-2222-4222-8222-222222222222"
+    as_json = json.dumps({"0010,0010": {"Value": "PATIENT^DEMO"}}).encode()
+    for uuid, data in ((U1, DICOM), (U2, as_json), (u3, b"\x01\x02 unknown kind")):
+        path = storage_area.attachment_path(root / "store", uuid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    area.create("aaaaaaaa-3333-4333-8333-333333333333", 1, DICOM)  # already encrypted: left alone
+    settings = sm.settings_from_plugin_config(_plugin_config(root, kek, plaintext_reads=True))
+    before = sm.status(settings)
+    assert before.plaintext == 3 and sum(before.by_key.values()) == 1
+    report = sm.encrypt_plaintext(settings, sync=False)
+    assert report.changed == 2 and len(report.problems) == 1 and report.problems[0].startswith(u3)
+    for uuid, kind, data in ((U1, 1, DICOM), (U2, 2, as_json)):
+        raw = storage_area.attachment_path(root / "store", uuid).read_bytes()
+        assert envelope.is_envelope(raw) and b"PATIENT" not in raw
+        assert area.read(uuid, kind) == data
+    assert area.read(u3, 1) == b"\x01\x02 unknown kind"  # still plaintext, listed for the operator
+    after = sm.status(settings)
+    assert after.plaintext == 1 and sum(after.by_key.values()) == 3
+    assert sm.encrypt_plaintext(settings, sync=False).changed == 0  # idempotent
+    assert not failures
+    shutil.rmtree(root)
+
+
+def case_maintenance_entry_point_and_bad_settings() -> None:
+    import contextlib
+    import io
+    import json
+
+    from bridge.pacs import storage_maintenance as sm
+
+    root = _tmp()
+    kek = root / "kek.json"
+    cfg = _plugin_config(root, kek)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert sm.main(["init-key", "--plugin-config", str(cfg)]) == 0
+        assert sm.main(["status", "--plugin-config", str(cfg)]) == 0
+    assert kek.exists() and json.loads(out.getvalue().split("\n}\n")[-1] or "{}") is not None
+    err = io.StringIO()
+    (root / "nostorage.json").write_text("{}")
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert sm.main(["status", "--plugin-config", str(root / "nostorage.json")]) == 2
+        assert sm.main(["init-key", "--plugin-config", str(cfg)]) == 2  # never overwrites a KEK
+    assert "no 'storage' object" in err.getvalue() and "exists already" in err.getvalue()
+    shutil.rmtree(root)
+
+
 CASES: dict[str, Callable[[], None]] = {name: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
 
 
