@@ -39,6 +39,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MAGIC = b"\x89PBE"
@@ -48,8 +50,8 @@ TAG_BYTES = 16
 KEY_BYTES = 32
 MAX_KEY_ID = 64
 MAX_WRAPPED = 4096
-#: AES-GCM in cryptography 38 takes at most 2**31 - 1 bytes in one call
-MAX_BODY = 2**31 - 1 - TAG_BYTES
+#: GCM's limit for one key and nonce: 2**39 - 256 bits of plaintext
+MAX_BODY = 2**36 - 32
 _FIXED = len(MAGIC) + 1 + 2 + 1  # magic, version, content type, key id length
 KEY_FILE_FORMAT = "pacs-bridge-storage-kek"
 
@@ -166,17 +168,43 @@ def parse_header(data: bytes) -> Header:
     return header
 
 
-def seal(keys: KeyProvider, uuid: str, content_type: int, plaintext: bytes) -> tuple[bytes, bytes]:
-    """Encrypt ``plaintext`` under a fresh data key: ``(header bytes, body bytes)`` (written one after
-    the other; two pieces so a large body is never copied to prepend the header)."""
+def seal(keys: KeyProvider, uuid: str, content_type: int, plaintext: bytes) -> tuple[bytes, memoryview, bytes]:
+    """Encrypt ``plaintext`` under a fresh data key: ``(header, ciphertext, tag)``, written one after
+    the other (pieces, so a large body is never copied to prepend the header)."""
     if len(plaintext) > MAX_BODY:
         raise EnvelopeError("too-large", f"attachment of {len(plaintext)} bytes: at most {MAX_BODY} can be encrypted")
     aad = context(uuid, content_type)
     data_key = AESGCM.generate_key(bit_length=256)
     key_id, wrapped = keys.wrap(data_key, aad)
     nonce = os.urandom(NONCE_BYTES)
-    body = AESGCM(data_key).encrypt(nonce, plaintext, aad)
-    return _header(content_type, key_id, wrapped, nonce).encode(), body
+    ciphertext, tag = _gcm_encrypt(data_key, nonce, plaintext, aad)
+    return _header(content_type, key_id, wrapped, nonce).encode(), ciphertext, tag
+
+
+# Why not AESGCM.encrypt/decrypt for the bodies: in Debian's cryptography 38 they zero a new buffer
+# and copy the result out of it (and the caller's input, to split off the tag): 5 ms per 2 MB
+# where the cipher itself needs 0.6 ms.  The streaming context writes into one buffer we own; the
+# result is the same AES-256-GCM (ciphertext || 16-byte tag), so either API opens either's files.
+
+
+def _gcm_encrypt(key: bytes, nonce: bytes, data: bytes, aad: bytes) -> tuple[memoryview, bytes]:
+    enc = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
+    enc.authenticate_additional_data(aad)
+    out = bytearray(len(data) + 15)  # update_into wants room for one block more
+    n = enc.update_into(data, out)
+    enc.finalize()
+    return memoryview(out)[:n], enc.tag
+
+
+def _gcm_decrypt(key: bytes, nonce: bytes, body: bytes, aad: bytes) -> bytes:
+    """The plaintext, returned only once the tag has verified (nothing of an unverified body escapes)."""
+    view = memoryview(body)
+    dec = Cipher(algorithms.AES(key), modes.GCM(nonce, bytes(view[-TAG_BYTES:]))).decryptor()
+    dec.authenticate_additional_data(aad)
+    out = bytearray(len(view) - TAG_BYTES + 15)
+    n = dec.update_into(view[:-TAG_BYTES], out)
+    dec.finalize()  # InvalidTag unless every byte is as written for this attachment
+    return bytes(memoryview(out)[:n])  # Orthanc's API wants bytes: the one copy
 
 
 def unwrap_key(keys: KeyProvider, header: Header, uuid: str, content_type: int) -> bytes:
@@ -196,8 +224,8 @@ def open_body(keys: KeyProvider, header: Header, uuid: str, content_type: int, b
     if len(body) < TAG_BYTES:
         raise EnvelopeError("truncated", "the encrypted body is shorter than its tag")
     try:
-        return AESGCM(data_key).decrypt(header.body_nonce, body, context(uuid, content_type))
-    except Exception:
+        return _gcm_decrypt(data_key, header.body_nonce, body, context(uuid, content_type))
+    except InvalidTag:
         raise EnvelopeError("damaged", "the encrypted body failed authentication (altered, truncated "
                                        "or another attachment's file)") from None
 

@@ -134,7 +134,7 @@ def _replace_if_same(path: Path, ino: int, pieces: Callable[[int], None], sync: 
         raise
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
@@ -262,11 +262,11 @@ def encrypt_plaintext(settings: StorageSettings, *, sync: bool = True,
                 report.plaintext += 1
                 report.problems.append(f"{uuid}: plaintext of an unrecognised kind (not DICOM, not JSON): left as is")
                 continue
-            head, body = envelope.seal(keys, uuid, content_type, data)
+            sealed = envelope.seal(keys, uuid, content_type, data)
 
-            def pieces(fd: int, head: bytes = head, body: bytes = body) -> None:
-                _write_all(fd, head)
-                _write_all(fd, body)
+            def pieces(fd: int, sealed: tuple[bytes | memoryview, ...] = sealed) -> None:
+                for piece in sealed:
+                    _write_all(fd, piece)
 
             if _replace_if_same(path, ino, pieces, sync):
                 report.changed += 1

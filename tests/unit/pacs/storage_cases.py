@@ -59,6 +59,19 @@ def case_round_trip_and_layout() -> None:
     shutil.rmtree(root)
 
 
+def case_body_is_standard_aes_gcm_under_the_unwrapped_data_key() -> None:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    root = _tmp()
+    area, _, _ = _area(root)
+    area.create(U1, 1, DICOM)
+    raw = storage_area.attachment_path(root / "store", U1).read_bytes()
+    header = envelope.parse_header(raw)
+    key = envelope.unwrap_key(area.keys, header, U1, 1)
+    assert AESGCM(key).decrypt(header.body_nonce, raw[header.length:], envelope.context(U1, 1)) == DICOM
+    shutil.rmtree(root)
+
+
 def case_empty_attachment() -> None:
     root = _tmp()
     area, _, _ = _area(root)
