@@ -78,23 +78,36 @@ def _cpu(name: str) -> float:
 
 
 class Client:
+    """One keep-alive connection; reopened when Orthanc closed it (its keep-alive timeout is short)."""
+
     def __init__(self, port: int):
+        self.port = port
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
 
+    def _call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        headers = {"Content-Type": "application/dicom"} if body is not None else {}
+        for attempt in (1, 2):
+            try:
+                self.conn.request(method, path, body=body, headers=headers)
+                resp = self.conn.getresponse()
+                return resp.status, resp.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self.conn.close()
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
     def store(self, data: bytes) -> str:
-        self.conn.request("POST", "/instances", body=data, headers={"Content-Type": "application/dicom"})
-        resp = self.conn.getresponse()
-        body = resp.read()
-        if resp.status != 200:
-            raise SystemExit(f"store answered {resp.status}: {body[:200]!r}")
+        status, body = self._call("POST", "/instances", data)
+        if status != 200:
+            raise SystemExit(f"store answered {status}: {body[:200]!r}")
         return str(json.loads(body)["ID"])
 
     def read(self, instance: str) -> int:
-        self.conn.request("GET", f"/instances/{instance}/file")
-        resp = self.conn.getresponse()
-        body = resp.read()
-        if resp.status != 200 or body[128:132] != b"DICM":
-            raise SystemExit(f"read answered {resp.status}")
+        status, body = self._call("GET", f"/instances/{instance}/file")
+        if status != 200 or body[128:132] != b"DICM":
+            raise SystemExit(f"read answered {status}")
         return len(body)
 
 

@@ -53,6 +53,7 @@ def orthanc_config(
     python_script: Path | None = None,
     web_viewer: bool = True,
     web_viewer_cache_dir: Path | None = None,
+    temporary_dir: Path | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The Orthanc JSON config.
@@ -64,7 +65,9 @@ def orthanc_config(
     required with the filter.
     `with_filter=False` gives a plain Orthanc (DICOMweb only, no Python filter) as a benchmark
     baseline.  `web_viewer` loads the Orthanc Web Viewer with its cache in `web_viewer_cache_dir`
-    (default: ``<storage_dir>/WebViewerCache``).  `extra` is merged last (top-level keys replace).
+    (default: ``<storage_dir>/WebViewerCache``).  `temporary_dir` is Orthanc's ``TemporaryDirectory``
+    (uploads, archives being built: patient data; it must exist), default the system's.  `extra` is
+    merged last (top-level keys replace).
     """
     plugins = [str(DICOMWEB_PLUGIN)]
     config: dict[str, Any] = {
@@ -101,6 +104,8 @@ def orthanc_config(
         "DicomWeb": {"Enable": True, "Root": INTERNAL_ROOT if with_filter else "/dicom-web/"},
         "Plugins": plugins,
     }
+    if temporary_dir is not None:
+        config["TemporaryDirectory"] = str(temporary_dir)
     if web_viewer:
         plugins.append(str(WEB_VIEWER_PLUGIN))
         cache = web_viewer_cache_dir or storage_dir / WEB_VIEWER_CACHE

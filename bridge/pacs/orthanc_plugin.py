@@ -18,6 +18,10 @@ Besides the filter it registers REST callbacks that answer the listing routes (`
 tokens whose ``view`` is limited (:mod:`bridge.pacs.listing`, :mod:`bridge.pacs.dicomweb`); they take the
 token's grants only from the context the filter stored for the same HTTP thread.
 
+With a ``storage`` object in its settings it also registers the encrypted image store
+(:mod:`bridge.pacs.storage_area`), once, when Orthanc loads it: every attachment Orthanc writes is
+encrypted, and a file that does not open is a read error and a ``storage.integrity_failure`` audit event.
+
 The ``orthanc`` module exists only inside Orthanc; the import is guarded so that unit tests can
 import this module (it then denies everything).
 """

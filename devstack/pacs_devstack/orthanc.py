@@ -138,6 +138,7 @@ class OrthancService(Service):
         self._ports = (http_port, dicom_port)
         (self.dir / "storage").mkdir(exist_ok=True)
         (self.dir / "index").mkdir(exist_ok=True)
+        (self.dir / "tmp").mkdir(exist_ok=True)
         from bridge.config import load_config
 
         settings = load_config(None, **({} if os.environ.get("PACS_BRIDGE_PACS__MODALITIES")
@@ -156,6 +157,7 @@ class OrthancService(Service):
             modalities=dicom_modalities(settings.pacs),
             plugin_config_file=self.plugin_config_file if self.with_filter else None,
             python_script=script, web_viewer_cache_dir=self.dir / "webviewer-cache",
+            temporary_dir=self.dir / "tmp",  # beside the index and the viewer cache: one volume covers all
             # no read cache: every read goes through the storage area (a tampered file is seen at once)
             extra={"MaximumStorageCacheSize": 0},
         )
