@@ -159,11 +159,14 @@ def plugin_settings(
     gateway_addresses: tuple[str, ...] = (),
     storage_dir: Path | None = None,
     storage_kek_file: Path | None = None,
+    storage_create_key: bool = False,
 ) -> dict[str, Any]:
     """The plugin's JSON config (bridge/pacs/plugin_config.py) for a bridge at ``issuer``.
 
     ``storage_dir`` + ``storage_kek_file``: the encrypted image store (bridge/pacs/storage_area.py)
-    in Orthanc's storage directory, its data keys wrapped by the Orthanc host's storage KEK file.
+    in Orthanc's storage directory, its data keys wrapped by the Orthanc host's storage KEK file;
+    ``storage_create_key``: the plugin creates that file at its first start on a store without
+    encrypted files (a deployment's first start), never beside encrypted files.
 
     ``gateway_addresses``: where the bridge's gateway connects from (its workstation header is
     trusted from there only).
@@ -193,5 +196,6 @@ def plugin_settings(
     if (storage_dir is None) != (storage_kek_file is None):
         raise ValueError("storage_dir and storage_kek_file go together (the encrypted image store)")
     if storage_dir is not None and storage_kek_file is not None:
-        out[STORAGE_KEY] = StorageSettings(str(storage_dir), str(storage_kek_file)).to_mapping()
+        out[STORAGE_KEY] = StorageSettings(str(storage_dir), str(storage_kek_file),
+                                           create_key=storage_create_key).to_mapping()
     return out

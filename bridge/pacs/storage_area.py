@@ -34,7 +34,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,26 +69,32 @@ class StorageSettings:
     kek_file: str
     #: read files without the envelope as plaintext (the migration window only)
     plaintext_reads: bool = False
+    #: create the key file at the first start, when it is missing and no file in ``directory`` is
+    #: encrypted yet (a fresh store); missing while encrypted files exist is an error (restore it)
+    create_key: bool = False
 
     @classmethod
     def from_mapping(cls, data: Any, source: str) -> StorageSettings:
         if not isinstance(data, Mapping):
             raise StorageConfigError(f"{source}: {SETTINGS_KEY} must be an object")
-        unknown = sorted(set(data) - {"directory", "kek_file", "plaintext_reads"})
+        unknown = sorted(set(data) - {"directory", "kek_file", "plaintext_reads", "create_key"})
         if unknown:
             raise StorageConfigError(f"{source}: {SETTINGS_KEY}: unknown key(s) {', '.join(unknown)}")
         for key in ("directory", "kek_file"):
             if not isinstance(data.get(key), str) or not data[key]:
                 raise StorageConfigError(f"{source}: {SETTINGS_KEY}.{key} is required (a path)")
-        plaintext = data.get("plaintext_reads", False)
-        if not isinstance(plaintext, bool):
-            raise StorageConfigError(f"{source}: {SETTINGS_KEY}.plaintext_reads must be true or false")
-        return cls(data["directory"], data["kek_file"], plaintext)
+        flags = {}
+        for key in ("plaintext_reads", "create_key"):
+            flags[key] = data.get(key, False)
+            if not isinstance(flags[key], bool):
+                raise StorageConfigError(f"{source}: {SETTINGS_KEY}.{key} must be true or false")
+        return cls(data["directory"], data["kek_file"], **flags)
 
     def to_mapping(self) -> dict[str, Any]:
         out: dict[str, Any] = {"directory": self.directory, "kek_file": self.kek_file}
-        if self.plaintext_reads:
-            out["plaintext_reads"] = True
+        for key in ("plaintext_reads", "create_key"):
+            if getattr(self, key):
+                out[key] = True
         return out
 
 
@@ -229,6 +235,47 @@ class UnavailableStorageArea:
         raise StorageReadError(f"encrypted storage unavailable: {self.reason}")
 
 
+def attachments(root: str | Path) -> Iterator[tuple[str, Path]]:
+    """(uuid, path) of every attachment file in Orthanc's layout under ``root`` (temp files skipped)."""
+    base = Path(root)
+    for first in sorted(base.iterdir()) if base.is_dir() else ():
+        if len(first.name) != 2 or not first.is_dir():
+            continue
+        for second in sorted(first.iterdir()):
+            if len(second.name) != 2 or not second.is_dir():
+                continue
+            for path in sorted(second.iterdir()):
+                name = path.name
+                if name.startswith(TMP_PREFIX) or not path.is_file():
+                    continue
+                with contextlib.suppress(StorageReadError):
+                    if attachment_path(base, name) == path:
+                        yield name, path
+
+
+def holds_encrypted_files(root: str | Path) -> bool:
+    """Whether any attachment under ``root`` is an envelope (stops at the first)."""
+    for _, path in attachments(root):
+        with contextlib.suppress(OSError), open(path, "rb") as fh:
+            if envelope.is_envelope(fh.read(len(envelope.MAGIC))):
+                return True
+    return False
+
+
+def ensure_key_file(settings: StorageSettings) -> bool:
+    """With ``create_key``: create the missing key file of a store that holds no encrypted file yet;
+    True when it was created.  A missing key file beside encrypted files is an error: a new KEK would
+    open none of them (restore the file from its backup)."""
+    if not settings.create_key or os.path.exists(settings.kek_file):
+        return False
+    if holds_encrypted_files(settings.directory):
+        raise EnvelopeError("bad-key-file", f"{settings.kek_file}: missing, and {settings.directory} holds "
+                                            "encrypted files: restore the key file from its backup")
+    os.makedirs(os.path.dirname(os.path.abspath(settings.kek_file)), mode=0o700, exist_ok=True)
+    envelope.create_key_file(settings.kek_file)
+    return True
+
+
 def storage_section(plugin_data: Mapping[str, Any] | None) -> Any:
     """The raw ``storage`` value of the plugin's configuration (None when absent)."""
     return (plugin_data or {}).get(SETTINGS_KEY)
@@ -241,6 +288,7 @@ def build(
     on_failure: Callable[[StorageFailure], None] | None = None,
 ) -> EncryptedStorageArea:
     """The storage area of ``settings`` with its key file (raises EnvelopeError/OSError when unusable)."""
+    ensure_key_file(settings)
     keys = envelope.FileKeyProvider(settings.kek_file)
     return EncryptedStorageArea(settings.directory, keys, plaintext_reads=settings.plaintext_reads, sync=sync,
                                 on_failure=on_failure)

@@ -37,7 +37,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from typing import Any
 from bridge.core import envelope
 from bridge.core.envelope import EnvelopeError, LocalKeyRing
 from bridge.pacs import storage_area
-from bridge.pacs.storage_area import TMP_PREFIX, StorageSettings, attachment_path
+from bridge.pacs.storage_area import TMP_PREFIX, StorageSettings, attachments
 
 #: how long a rotation waits after switching the current KEK before its last pass: longer than
 #: one attachment write that may have read the old key file just before the switch
@@ -72,24 +72,6 @@ def settings_from_plugin_config(path: str | Path) -> StorageSettings:
         return StorageSettings.from_mapping(raw, str(path))
     except storage_area.StorageConfigError as exc:
         raise MaintenanceError(str(exc)) from None
-
-
-def attachments(root: str | Path) -> Iterator[tuple[str, Path]]:
-    """(uuid, path) of every attachment file in Orthanc's layout under ``root`` (temp files skipped)."""
-    base = Path(root)
-    for first in sorted(base.iterdir()) if base.is_dir() else ():
-        if len(first.name) != 2 or not first.is_dir():
-            continue
-        for second in sorted(first.iterdir()):
-            if len(second.name) != 2 or not second.is_dir():
-                continue
-            for path in sorted(second.iterdir()):
-                name = path.name
-                if name.startswith(TMP_PREFIX) or not path.is_file():
-                    continue
-                with contextlib.suppress(storage_area.StorageReadError):
-                    if attachment_path(base, name) == path:
-                        yield name, path
 
 
 @dataclass

@@ -245,6 +245,23 @@ def case_rewrap_keeps_body_and_new_key_reads() -> None:
     shutil.rmtree(root)
 
 
+def case_key_file_created_only_for_a_store_without_encrypted_files() -> None:
+    root = _tmp()
+    kek = root / "keys" / "kek.json"
+    settings = storage_area.StorageSettings(str(root / "store"), str(kek), create_key=True)
+    area = storage_area.build(settings, sync=False)  # a fresh store: the key file is created (0700 dir, 0600 file)
+    assert kek.exists() and oct(kek.stat().st_mode & 0o777) == "0o600"
+    assert oct(kek.parent.stat().st_mode & 0o777) == "0o700"
+    area.create(U1, 1, DICOM)
+    kek.rename(root / "moved.json")  # the key file is gone (a mount missing), encrypted files are there
+    exc = _raises(lambda: storage_area.build(settings, sync=False), EnvelopeError)
+    assert "restore the key file" in str(exc) and not kek.exists()
+    without_flag = storage_area.StorageSettings(str(root / "store"), str(kek))
+    _raises(lambda: storage_area.build(without_flag, sync=False), EnvelopeError)  # never created without create_key
+    assert not kek.exists()
+    shutil.rmtree(root)
+
+
 def case_failure_event_shape() -> None:
     failure = storage_area.StorageFailure("read", U1, 1, "damaged", "the encrypted body failed authentication")
     event = failure.to_event("orthanc")
