@@ -168,16 +168,18 @@ def parse_header(data: bytes) -> Header:
     return header
 
 
-def seal(keys: KeyProvider, uuid: str, content_type: int, plaintext: bytes) -> tuple[bytes, memoryview, bytes]:
+def seal(keys: KeyProvider, uuid: str, content_type: int, plaintext: bytes,
+         out: bytearray | None = None) -> tuple[bytes, memoryview, bytes]:
     """Encrypt ``plaintext`` under a fresh data key: ``(header, ciphertext, tag)``, written one after
-    the other (pieces, so a large body is never copied to prepend the header)."""
+    the other (pieces, so a large body is never copied to prepend the header).  ``out``: a buffer of
+    at least ``len(plaintext) + 15`` bytes to encrypt into (the ciphertext is a view of it)."""
     if len(plaintext) > MAX_BODY:
         raise EnvelopeError("too-large", f"attachment of {len(plaintext)} bytes: at most {MAX_BODY} can be encrypted")
     aad = context(uuid, content_type)
     data_key = AESGCM.generate_key(bit_length=256)
     key_id, wrapped = keys.wrap(data_key, aad)
     nonce = os.urandom(NONCE_BYTES)
-    ciphertext, tag = _gcm_encrypt(data_key, nonce, plaintext, aad)
+    ciphertext, tag = _gcm_encrypt(data_key, nonce, plaintext, aad, out)
     return _header(content_type, key_id, wrapped, nonce).encode(), ciphertext, tag
 
 
@@ -187,21 +189,28 @@ def seal(keys: KeyProvider, uuid: str, content_type: int, plaintext: bytes) -> t
 # result is the same AES-256-GCM (ciphertext || 16-byte tag), so either API opens either's files.
 
 
-def _gcm_encrypt(key: bytes, nonce: bytes, data: bytes, aad: bytes) -> tuple[memoryview, bytes]:
+def _room(out: bytearray | None, size: int) -> bytearray:
+    """``out`` if it holds ``size`` bytes plus the block update_into wants spare, else a new buffer."""
+    return out if out is not None and len(out) >= size + 15 else bytearray(size + 15)
+
+
+def _gcm_encrypt(key: bytes, nonce: bytes, data: bytes, aad: bytes,
+                 out: bytearray | None = None) -> tuple[memoryview, bytes]:
     enc = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
     enc.authenticate_additional_data(aad)
-    out = bytearray(len(data) + 15)  # update_into wants room for one block more
+    out = _room(out, len(data))
     n = enc.update_into(data, out)
     enc.finalize()
     return memoryview(out)[:n], enc.tag
 
 
-def _gcm_decrypt(key: bytes, nonce: bytes, body: bytes, aad: bytes) -> bytes:
+def _gcm_decrypt(key: bytes, nonce: bytes, body: bytes | memoryview, aad: bytes,
+                 out: bytearray | None = None) -> bytes:
     """The plaintext, returned only once the tag has verified (nothing of an unverified body escapes)."""
     view = memoryview(body)
     dec = Cipher(algorithms.AES(key), modes.GCM(nonce, bytes(view[-TAG_BYTES:]))).decryptor()
     dec.authenticate_additional_data(aad)
-    out = bytearray(len(view) - TAG_BYTES + 15)
+    out = _room(out, len(view) - TAG_BYTES)
     n = dec.update_into(view[:-TAG_BYTES], out)
     dec.finalize()  # InvalidTag unless every byte is as written for this attachment
     return bytes(memoryview(out)[:n])  # Orthanc's API wants bytes: the one copy
@@ -217,14 +226,15 @@ def unwrap_key(keys: KeyProvider, header: Header, uuid: str, content_type: int) 
     return data_key
 
 
-def open_body(keys: KeyProvider, header: Header, uuid: str, content_type: int, body: bytes) -> bytes:
+def open_body(keys: KeyProvider, header: Header, uuid: str, content_type: int, body: bytes | memoryview,
+              out: bytearray | None = None) -> bytes:
     """The plaintext of ``body`` (raises ``damaged`` unless every byte is as written for this
-    attachment)."""
+    attachment).  ``out``: a scratch buffer to decrypt into (another buffer than ``body``'s)."""
     data_key = unwrap_key(keys, header, uuid, content_type)
     if len(body) < TAG_BYTES:
         raise EnvelopeError("truncated", "the encrypted body is shorter than its tag")
     try:
-        return _gcm_decrypt(data_key, header.body_nonce, body, context(uuid, content_type))
+        return _gcm_decrypt(data_key, header.body_nonce, body, context(uuid, content_type), out)
     except InvalidTag:
         raise EnvelopeError("damaged", "the encrypted body failed authentication (altered, truncated "
                                        "or another attachment's file)") from None

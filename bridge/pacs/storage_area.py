@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -51,6 +52,42 @@ CONTENT_TYPES = {0: "unknown", 1: "dicom", 2: "dicom-as-json", 3: "dicom-until-p
 #: Orthanc's attachment ids: lower-case hex uuids (anything else could walk out of the root)
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 TMP_PREFIX = ".pbtmp-"
+
+
+class BufferPool:
+    """A few reusable scratch buffers for file bodies and their encryption.
+
+    Why: a fresh 2 MB buffer per read or write costs more than the cipher.  Fresh memory is
+    page-faulted in (512 faults per 2 MB), and glibc hands large freed blocks back to the kernel
+    (its trim threshold), so the next call faults again: ~1000 faults per 2 MB read, measured, 4x the
+    CPU of the decryption itself.  Kept buffers are already mapped.  Bounded: at most ``keep``
+    buffers of at most ``max_bytes`` each are kept (larger attachments get a fresh buffer)."""
+
+    def __init__(self, keep: int = 8, max_bytes: int = 32 << 20):
+        self.keep, self.max_bytes = keep, max_bytes
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def get(self, size: int) -> bytearray:
+        with self._lock:
+            for i, buf in enumerate(self._free):
+                if len(buf) >= size:
+                    return self._free.pop(i)
+        return bytearray(max(size, 1 << 20)) if size <= self.max_bytes else bytearray(size)
+
+    def put(self, buf: bytearray) -> None:
+        if len(buf) > self.max_bytes:
+            return
+        with self._lock:
+            if len(self._free) < self.keep:
+                self._free.append(buf)
+            else:  # keep the larger ones
+                smallest = min(range(len(self._free)), key=lambda i: len(self._free[i]))
+                if len(self._free[smallest]) < len(buf):
+                    self._free[smallest] = buf
+
+
+POOL = BufferPool()
 
 
 class StorageConfigError(ValueError):
@@ -178,34 +215,51 @@ class EncryptedStorageArea:
 
     def create(self, uuid: str, content_type: int, data: bytes) -> None:
         path = attachment_path(self.root, uuid)
+        scratch = POOL.get(len(data) + 15)
         try:
-            pieces = envelope.seal(self.keys, uuid, int(content_type), data)
-        except EnvelopeError as exc:
-            raise self._fail("create", uuid, content_type, exc.reason, str(exc)) from None
-        write_atomically(path, pieces, sync=self.sync)
+            try:
+                pieces = envelope.seal(self.keys, uuid, int(content_type), data, out=scratch)
+            except EnvelopeError as exc:
+                raise self._fail("create", uuid, content_type, exc.reason, str(exc)) from None
+            write_atomically(path, pieces, sync=self.sync)
+            pieces[1].release()  # the view into the scratch buffer
+        finally:
+            POOL.put(scratch)
 
     def read(self, uuid: str, content_type: int) -> bytes:
         path = attachment_path(self.root, uuid)
         content_type = int(content_type)
+        body_buf = plain_buf = None
         try:
-            # unbuffered: the header is a few small reads, then the body in one read of its exact size
-            # (a buffered reader would join its buffer and the rest: one more copy of the body)
+            # unbuffered: the header is a few small reads, then the body read into a kept buffer
             with open(path, "rb", buffering=0) as fh:
                 header, prefix = envelope.read_header(fh)
-                body = fh.readall()
+                if header is None:
+                    if not self.plaintext_reads:
+                        raise self._fail("read", uuid, content_type, "not-encrypted", "the file is not encrypted "
+                                         "and plaintext reads are off (storage.plaintext_reads)")
+                    return prefix + fh.readall()
+                size = os.fstat(fh.fileno()).st_size - header.length
+                body_buf = POOL.get(size)
+                body = memoryview(body_buf)[:size]
+                got = 0
+                while got < size and (n := fh.readinto(body[got:])):
+                    got += n
+                if got != size or fh.read(1):
+                    raise EnvelopeError("damaged", "the file changed while it was read")
+            plain_buf = POOL.get(size + 15)
+            try:
+                return envelope.open_body(self.keys, header, uuid, content_type, body, out=plain_buf)
+            finally:
+                body.release()
         except FileNotFoundError:
             raise StorageReadError(f"attachment {uuid}: no such file") from None
         except EnvelopeError as exc:
             raise self._fail("read", uuid, content_type, exc.reason, str(exc)) from None
-        if header is None:
-            if self.plaintext_reads:
-                return prefix + body
-            raise self._fail("read", uuid, content_type, "not-encrypted",
-                             "the file is not encrypted and plaintext reads are off (storage.plaintext_reads)")
-        try:
-            return envelope.open_body(self.keys, header, uuid, content_type, body)
-        except EnvelopeError as exc:
-            raise self._fail("read", uuid, content_type, exc.reason, str(exc)) from None
+        finally:
+            for buf in (body_buf, plain_buf):
+                if buf is not None:
+                    POOL.put(buf)
 
     def remove(self, uuid: str, content_type: int) -> None:
         path = attachment_path(self.root, uuid)
