@@ -2,12 +2,12 @@
 
     PACS_BRIDGE_DEVSTACK_DIR=/tmp/ds-storage-bench .venv/bin/python bench/storage.py [--small 500] [--large-mb 200]
 
-Starts two Orthancs of the dev stack's service class, identical but for the storage: both load
-orthanc-python with a filter that allows everything (so the Python plugin's own cost is on both
-sides), one keeps Orthanc's own file storage (``plain``), the other registers the bridge's
-encrypted storage area from the plugin bundle (``encrypted``: AES-256-GCM, a data key per file,
-atomic rename, fsync as ``SyncStorageArea`` asks).  Both have ``MaximumStorageCacheSize: 0``, so
-every read goes to the storage.  The workload, through the REST API with one keep-alive client:
+Starts two Orthancs of the dev stack's service class, identical but for the storage: both run the
+bridge's plugin bundle (production code path, pointed at a TLS bridge double; every request
+carries a token), one without a ``storage`` object, so Orthanc keeps its own file storage
+(``plain``), the other with it (``encrypted``: AES-256-GCM, a data key per file, atomic rename,
+fsync as ``SyncStorageArea`` asks).  Both have ``MaximumStorageCacheSize: 0``, so every read goes
+to the storage.  The workload, through the REST API with one keep-alive client:
 ``--small`` instances of 0.5 MB (512x512 16-bit) and one series of ``--large-mb`` MB (2 MB
 instances), stored (``POST /instances``) then read back (``GET /instances/{id}/file``).  The two
 servers are measured in interleaved rounds (order alternating), so a change of load on the
@@ -32,8 +32,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "devstack"))
 
+from bridge.core.permissions import Permission as P
 from pacs_devstack import process
-from pacs_devstack.orthanc import OrthancService, storage_area_script
+from pacs_devstack.orthanc import OrthancService
+from pacs_devstack.pacs_double import BridgeDouble
 from pacs_devstack.service import StackContext
 from pacs_devstack.tls import ensure_ca
 
@@ -80,12 +82,14 @@ def _cpu(name: str) -> float:
 class Client:
     """One keep-alive connection; reopened when Orthanc closed it (its keep-alive timeout is short)."""
 
-    def __init__(self, port: int):
-        self.port = port
+    def __init__(self, port: int, token: str):
+        self.port, self.token = port, token
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
 
     def _call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        headers = {"Content-Type": "application/dicom"} if body is not None else {}
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if body is not None:
+            headers["Content-Type"] = "application/dicom"
         for attempt in (1, 2):
             try:
                 self.conn.request(method, path, body=body, headers=headers)
@@ -118,27 +122,34 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("PACS_BRIDGE_DEVSTACK_DIR", "/tmp/ds-storage-bench")
     ctx = StackContext(ca_file=ensure_ca())
-    allow_all = Path(ensure_ca()).parent / "allow_all_filter.py"
-    allow_all.write_text("import orthanc\northanc.RegisterIncomingHttpRequestFilter(lambda uri, **kw: True)\n")
-    plain = OrthancService("orthanc-store-plain", with_filter=True, aet="STOREPLAIN", python_script=allow_all)
-    enc = OrthancService("orthanc-store-enc", with_filter=True, aet="STOREENC", python_script=allow_all)
+    bridge = BridgeDouble("storage-bench-bridge").start()
+    plain = OrthancService("orthanc-store-plain", with_filter=True, aet="STOREPLAIN")
+    enc = OrthancService("orthanc-store-enc", with_filter=True, aet="STOREENC")
     servers = {"plain": plain, "encrypted": enc}
     try:
         for label, svc in servers.items():
             for sub in ("storage", "index"):  # a fresh store each run
                 shutil.rmtree(svc.dir / sub, ignore_errors=True)
             svc.prepare(ctx)
+            settings = bridge.plugin_settings(ctx.ca_file, svc.dir / "audit-spool", svc.dir / "server.log",
+                                              audit_url=None, revocation_refresh_seconds=10.0,
+                                              reload_check_seconds=2.0, jwks_min_refresh_seconds=30.0)
             if label == "encrypted":
-                script = storage_area_script(svc.dir / "storage_only.py", svc.dir / "plugin-bundle",
-                                             svc.plugin_config_file)
-                conf = json.loads(svc.config_file.read_text())
-                conf["PythonScript"] = str(script)
-                svc.config_file.write_text(json.dumps(conf))
+                settings["storage"] = json.loads(svc.plugin_config_file.read_text())["storage"]
+            svc.plugin_config_file.write_text(json.dumps(settings))
             conf = json.loads(svc.config_file.read_text())
             conf["MaximumStorageCacheSize"] = 0
             svc.config_file.write_text(json.dumps(conf))
             svc.start(ctx)
-        clients = {label: Client(int(svc.wait_ready(ctx)["url"].rsplit(":", 1)[1])) for label, svc in servers.items()}
+        token = bridge.token(list(P))
+        clients = {label: Client(int(svc.wait_ready(ctx)["url"].rsplit(":", 1)[1]), token)
+                   for label, svc in servers.items()}
+        for client in clients.values():  # the plugin loads its configuration on the first requests
+            deadline = time.monotonic() + 30
+            while client._call("GET", "/system")[0] != 200:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the plugin never accepted the bench's token")
+                time.sleep(0.3)
 
         small = [_instance(n, 512, f"{UID_ROOT}.1.1", "BENCH-S") for n in range(1, args.small + 1)]
         large_n = max(1, args.large_mb // 2)
@@ -179,6 +190,7 @@ def main() -> None:
         results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
         print(json.dumps(results, indent=2))
     finally:
+        bridge.stop()
         for svc in servers.values():
             process.stop(svc.name)
             for sub in ("storage", "index"):

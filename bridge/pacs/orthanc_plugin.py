@@ -486,7 +486,19 @@ def _register_storage_area() -> None:
     else:
         _log(f"encrypted storage in {settings.directory} (key file {settings.kek_file}, current key "
              f"{area.keys.current_key_id()}, plaintext reads {'on' if settings.plaintext_reads else 'off'})")
-    orthanc.RegisterStorageArea(area.create, area.read, area.remove)
+    def create(uuid: str, content_type: int, data: bytes) -> None:
+        _pin_thread_state()  # DICOM and job threads too, not only the HTTP ones the filter pins
+        area.create(uuid, content_type, data)
+
+    def read(uuid: str, content_type: int) -> bytes:
+        _pin_thread_state()
+        return area.read(uuid, content_type)
+
+    def remove(uuid: str, content_type: int) -> None:
+        _pin_thread_state()
+        area.remove(uuid, content_type)
+
+    orthanc.RegisterStorageArea(create, read, remove)
 
 
 if orthanc is not None:
