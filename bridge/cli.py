@@ -42,7 +42,10 @@ def main() -> None:
 
 @main.command("check-config")
 @click.argument("path", type=click.Path(dir_okay=False))
-def check_config(path: str) -> None:
+@click.option("--orthanc-config", "orthanc_config", type=click.Path(dir_okay=False), default=None,
+              help="also check Orthanc's orthanc.json: is its index, temporary directory and viewer cache on an "
+                   "encrypted volume, is its image store encrypted (docs/encryption.md)")
+def check_config(path: str, orthanc_config: str | None) -> None:
     """Validate PATH; list every error with its key path (exit 2), or print a summary (exit 0)."""
     settings = load_settings(path)
     click.echo(f"{path}: OK")
@@ -52,6 +55,37 @@ def check_config(path: str) -> None:
         click.echo(f"  {key.ljust(width)}  {line}")
     for warning in plaintext_warnings(settings):
         click.echo(f"WARNING: {warning}")
+    if orthanc_config:
+        _check_orthanc_volumes(orthanc_config)
+
+
+def _check_orthanc_volumes(path: str) -> None:
+    """One line per Orthanc path holding patient data outside the encrypted storage area, and a
+    WARNING for each that is not on an encrypted block device (or memory)."""
+    import json
+    from pathlib import Path
+
+    from bridge.deploy.volumes import ENCRYPTED, MEMORY, check_orthanc
+    from bridge.errors import InputError
+    from bridge.pacs.orthanc_plugin import storage_settings
+    from bridge.pacs.storage_area import StorageSettings
+
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read Orthanc's configuration ({exc})", subject=path) from None
+    storage = storage_settings(config if isinstance(config, dict) else {})
+    encrypted = isinstance(storage, StorageSettings)
+    click.echo(f"{path}: Orthanc image store "
+               + (f"encrypted by the plugin ({storage.directory})" if encrypted else "NOT encrypted by the plugin"))
+    if isinstance(storage, str):
+        click.echo(f"WARNING: the plugin's storage settings are unusable: {storage}")
+    for check in check_orthanc(config, encrypted_storage=encrypted):
+        vol = check.volume
+        click.echo(f"  {check.role}: {vol.path or '-'}: {vol.state} ({vol.detail})")
+        if vol.state not in (ENCRYPTED, MEMORY):
+            click.echo(f"WARNING: {check.role} {vol.path or ''} is not on an encrypted block device "
+                       f"({check.note}); see docs/encryption.md")
 
 
 def _register_areas() -> None:
@@ -81,6 +115,10 @@ def _register_areas() -> None:
     from bridge.compliance.cli import compliance_cli
 
     main.add_command(compliance_cli)
+    from bridge.deploy.storage_cli import rotate_storage_cmd, storage_cli
+
+    keys_cli.add_command(rotate_storage_cmd)
+    main.add_command(storage_cli)
     _register_plugins()
 
 

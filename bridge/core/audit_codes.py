@@ -85,6 +85,7 @@ class AuditEventType(StrEnum):
     AUDIT_LOG_USED = "audit.log_used"
     DICOM_ASSOCIATION_REFUSED = "dicom.association_refused"
     AUDIT_INPUT_REJECTED = "audit.input_rejected"
+    STORAGE_INTEGRITY_FAILURE = "storage.integrity_failure"
 
 
 # --- DICOM codes used below (PS3.16 CID 400-404) ---
@@ -210,6 +211,9 @@ CODES: dict[AuditEventType, EventCodes] = {
     T.AUDIT_INPUT_REJECTED: _e(SECURITY_ALERT, (), A.EXECUTE, O.MINOR_FAILURE,
                                "An event offered to the trail (PACS plugin ingest, Keycloak event) was "
                                "not usable or not allowed; recorded in its place"),
+    T.STORAGE_INTEGRITY_FAILURE: _e(SECURITY_ALERT, (), A.READ, O.SERIOUS_FAILURE,
+                                    "A stored image file did not open (altered, truncated, another "
+                                    "attachment's file, unknown storage key, or plaintext): not served"),
 }
 
 #: the only event types the PACS plugin may send to ``POST /audit/events`` (what it emits:
@@ -217,6 +221,7 @@ CODES: dict[AuditEventType, EventCodes] = {
 PACS_INGEST_TYPES = frozenset({
     T.STUDY_ACCESSED, T.STUDY_DOWNLOADED, T.STUDY_UPLOADED, T.STUDY_DELETED, T.STUDY_MODIFIED, T.STUDY_SENT,
     T.STUDY_QUERIED, T.ACCESS_DENIED, T.DICOM_ASSOCIATION_REFUSED,
+    T.STORAGE_INTEGRITY_FAILURE,
 })
 
 #: events whose EventIdentification carries PurposeOfUse BTG
@@ -254,6 +259,7 @@ class ObjectKind(StrEnum):
     KEY = "key"
     AUDIT_LOG = "audit_log"
     NODE = "node"
+    ATTACHMENT = "attachment"
 
 
 @dataclass(frozen=True)
@@ -284,4 +290,5 @@ OBJECT_CODES: dict[ObjectKind, ObjectCodes] = {
     ObjectKind.KEY: ObjectCodes(2, 13, _local("kid", "Signing key id")),
     ObjectKind.AUDIT_LOG: ObjectCodes(2, 13, _local("audit-log", "Audit log")),
     ObjectKind.NODE: ObjectCodes(2, 13, _local("ae-title", "DICOM AE title")),
+    ObjectKind.ATTACHMENT: ObjectCodes(2, 13, _local("attachment-uuid", "Orthanc stored attachment")),
 }

@@ -91,9 +91,12 @@ def web_cli(config_path: str | None, workers: int | None, threads: int | None, m
               help="Orthanc's log file, if it writes one (the plugin audits its own start from it)")
 @click.option("--remote-access/--no-remote-access", default=False, show_default=True,
               help="answer HTTP from other hosts (needed in a container; every request still needs a token)")
+@click.option("--storage-kek-file", type=click.Path(dir_okay=False), default=None,
+              help="the Orthanc host's storage KEK file, as Orthanc sees it: every stored file encrypted; the "
+                   "plugin creates it at its first start on a store without encrypted files (docs/encryption.md)")
 def orthanc_config_cli(config_path: str | None, out_dir: str, bundle_dir: str, data_dir: str, name: str, aet: str,
                        http_port: int, dicom_port: int, ca_file: str | None, audit_token_file: str | None,
-                       log_file: str | None, remote_access: bool) -> None:
+                       log_file: str | None, remote_access: bool, storage_kek_file: str | None) -> None:
     """Write Orthanc's hardened configuration and the plugin's settings from the bridge YAML."""
     from bridge.deploy import plugin_bundle as bundle
     from bridge.deploy.orthanc_config import dicom_modalities, orthanc_config, plugin_settings
@@ -108,6 +111,8 @@ def orthanc_config_cli(config_path: str | None, out_dir: str, bundle_dir: str, d
         issuer=issuer, audience=settings.pacs.audience, ca_file=Path(ca_file) if ca_file else None,
         spool_dir=data / "audit-spool", orthanc_log_file=Path(log_file) if log_file else None, pacs_name=name,
         mfa=settings.mfa, **audit,
+        **({"storage_dir": data / "storage", "storage_kek_file": Path(storage_kek_file), "storage_create_key": True}
+           if storage_kek_file else {}),
     )
     config = orthanc_config(
         name=name, aet=aet, http_port=http_port, dicom_port=dicom_port, storage_dir=data / "storage",

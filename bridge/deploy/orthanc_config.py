@@ -15,6 +15,10 @@ plugins) and a deployment can generate the same secure defaults.  Choices and wh
   of the PACS's own data, never the package's default ``/tmp/OrthancWebViewerCache``: the cache holds
   decoded images, patient data as sensitive as the storage itself.  Its routes are in the bridge's
   route table and its data routes are judged on their study like any other (bridge/pacs/scopes.py).
+- The image store: with a storage KEK file, the plugin's settings name the encrypted storage area
+  (bridge/pacs/storage_area.py) over Orthanc's ``StorageDirectory`` (same layout), so every DICOM
+  file is written encrypted; Orthanc's index, temporary directory and the viewer cache are not
+  covered (docs/encryption.md: put them on an encrypted volume; ``check-config`` looks).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import Any
 
 from bridge.core.mfa import MfaRule
 from bridge.pacs.dicomweb import INTERNAL_ROOT
+from bridge.pacs.storage_area import SETTINGS_KEY as STORAGE_KEY
+from bridge.pacs.storage_area import StorageSettings
 
 #: where Debian's orthanc-python and orthanc-dicomweb put their plugins
 PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
@@ -47,6 +53,7 @@ def orthanc_config(
     python_script: Path | None = None,
     web_viewer: bool = True,
     web_viewer_cache_dir: Path | None = None,
+    temporary_dir: Path | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The Orthanc JSON config.
@@ -58,7 +65,9 @@ def orthanc_config(
     required with the filter.
     `with_filter=False` gives a plain Orthanc (DICOMweb only, no Python filter) as a benchmark
     baseline.  `web_viewer` loads the Orthanc Web Viewer with its cache in `web_viewer_cache_dir`
-    (default: ``<storage_dir>/WebViewerCache``).  `extra` is merged last (top-level keys replace).
+    (default: ``<storage_dir>/WebViewerCache``).  `temporary_dir` is Orthanc's ``TemporaryDirectory``
+    (uploads, archives being built: patient data; it must exist), default the system's.  `extra` is
+    merged last (top-level keys replace).
     """
     plugins = [str(DICOMWEB_PLUGIN)]
     config: dict[str, Any] = {
@@ -95,6 +104,8 @@ def orthanc_config(
         "DicomWeb": {"Enable": True, "Root": INTERNAL_ROOT if with_filter else "/dicom-web/"},
         "Plugins": plugins,
     }
+    if temporary_dir is not None:
+        config["TemporaryDirectory"] = str(temporary_dir)
     if web_viewer:
         plugins.append(str(WEB_VIEWER_PLUGIN))
         cache = web_viewer_cache_dir or storage_dir / WEB_VIEWER_CACHE
@@ -146,8 +157,16 @@ def plugin_settings(
     audit_token_file: Path | None = None,
     mfa: Any | None = None,
     gateway_addresses: tuple[str, ...] = (),
+    storage_dir: Path | None = None,
+    storage_kek_file: Path | None = None,
+    storage_create_key: bool = False,
 ) -> dict[str, Any]:
     """The plugin's JSON config (bridge/pacs/plugin_config.py) for a bridge at ``issuer``.
+
+    ``storage_dir`` + ``storage_kek_file``: the encrypted image store (bridge/pacs/storage_area.py)
+    in Orthanc's storage directory, its data keys wrapped by the Orthanc host's storage KEK file;
+    ``storage_create_key``: the plugin creates that file at its first start on a store without
+    encrypted files (a deployment's first start), never beside encrypted files.
 
     ``gateway_addresses``: where the bridge's gateway connects from (its workstation header is
     trusted from there only).
@@ -174,4 +193,9 @@ def plugin_settings(
         out["audit_token_file"] = str(audit_token_file)
     if mfa is not None:
         out["mfa"] = MfaRule.from_section(mfa).to_mapping()
+    if (storage_dir is None) != (storage_kek_file is None):
+        raise ValueError("storage_dir and storage_kek_file go together (the encrypted image store)")
+    if storage_dir is not None and storage_kek_file is not None:
+        out[STORAGE_KEY] = StorageSettings(str(storage_dir), str(storage_kek_file),
+                                           create_key=storage_create_key).to_mapping()
     return out

@@ -87,6 +87,7 @@ class AuditShipper:
         self.orthanc_log_file = orthanc_log_file
         self._post = post or _https_post(ca_file)
         self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._ready: collections.deque[ev.AuditEvent] = collections.deque()
         self._log_offset = _file_size(orthanc_log_file)
         self._retry_at = 0.0
         self._stop = threading.Event()
@@ -112,6 +113,11 @@ class AuditShipper:
         """One request outcome (``kind`` = "allow" | "deny"); a deque append, nothing else."""
         self._queue.append((time.time(), kind, claims, method, path.split("?", 1)[0], ip, permission,
                             reason, target, studies))
+
+    def record_event(self, event: ev.AuditEvent) -> None:
+        """An event built elsewhere in the plugin (the storage area's integrity failures), shipped
+        with the next batch; a deque append."""
+        self._ready.append(event)
 
     # ------------------------------------------------------------------ background
 
@@ -139,7 +145,10 @@ class AuditShipper:
             records = []
             while self._queue:
                 records.append(self._queue.popleft())
-            events = self._events(records) + self._refused_associations()
+            ready = []
+            while self._ready:
+                ready.append(self._ready.popleft())
+            events = self._events(records) + self._refused_associations() + ready
             payload = [e.to_dict() for e in events]
             if payload:
                 self._ship(payload)

@@ -18,6 +18,10 @@ Besides the filter it registers REST callbacks that answer the listing routes (`
 tokens whose ``view`` is limited (:mod:`bridge.pacs.listing`, :mod:`bridge.pacs.dicomweb`); they take the
 token's grants only from the context the filter stored for the same HTTP thread.
 
+With a ``storage`` object in its settings it also registers the encrypted image store
+(:mod:`bridge.pacs.storage_area`), once, when Orthanc loads it: every attachment Orthanc writes is
+encrypted, and a file that does not open is a read error and a ``storage.integrity_failure`` audit event.
+
 The ``orthanc`` module exists only inside Orthanc; the import is guarded so that unit tests can
 import this module (it then denies everything).
 """
@@ -30,6 +34,7 @@ import logging
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 try:  # only inside Orthanc
@@ -38,8 +43,8 @@ except ImportError:  # unit tests, tooling
     orthanc = None
 
 import bridge
-from bridge.core import token_format
-from bridge.pacs import dicomweb, listing, plugin_config
+from bridge.core import envelope, token_format
+from bridge.pacs import dicomweb, listing, plugin_config, storage_area
 from bridge.pacs.gate import Gate, clear_request_context, current_request
 
 
@@ -425,7 +430,79 @@ def _register_rest_callbacks() -> None:
     orthanc.RegisterRestCallback(dicomweb.PUBLIC_ROOT + "(.*)", dicomweb_callback)
 
 
+# ------------------------------------------------------------------ the encrypted image store
+
+
+def _storage_failure(failure: storage_area.StorageFailure) -> None:
+    """A stored file that did not open: into the audit trail (through the gate's shipper) and the log."""
+    orthanc.LogError(f"pacs-bridge: storage {failure.operation} of attachment {failure.uuid} refused: "
+                     f"{failure.reason}")
+    gate = HOLDER.current()
+    if gate is not None:
+        gate.audit.record_event(failure.to_event(gate.config.pacs_name))
+
+
+def storage_settings(whole: dict[str, Any], environ: Any = None) -> Any:
+    """The ``storage`` settings: a :class:`StorageSettings`, None when not configured, or the reason
+    (str) they cannot be read (then every storage call fails: nothing is stored in clear)."""
+    section = whole.get(plugin_config.ORTHANC_SECTION) or {}
+    path = plugin_config.locate(section, environ)
+    source = path or f"Orthanc configuration, section {plugin_config.ORTHANC_SECTION}"
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8")) if path else section
+    except (OSError, ValueError) as exc:
+        return f"{source}: cannot read the plugin configuration ({exc})"
+    raw = storage_area.storage_section(data if isinstance(data, dict) else {})
+    if raw is None:
+        return None
+    try:
+        return storage_area.StorageSettings.from_mapping(raw, source)
+    except storage_area.StorageConfigError as exc:
+        return str(exc)
+
+
+def _register_storage_area() -> None:
+    """Register the encrypted storage area when the plugin's configuration has a ``storage`` object.
+
+    Why at load time: Orthanc accepts a storage area only while plugins initialise, before it
+    stores anything.  Settings that exist but do not work (no key file, wrong mode) register an
+    area that refuses every call, never Orthanc's plaintext file storage."""
+    whole = json.loads(orthanc.GetConfiguration())
+    settings = storage_settings(whole)
+    if settings is None:
+        _log("no encrypted storage configured: Orthanc's own file storage (plaintext) is used")
+        return
+    area: Any
+    if isinstance(settings, str):
+        area = storage_area.UnavailableStorageArea(settings)
+    else:
+        try:
+            area = storage_area.build(settings, sync=bool(whole.get("SyncStorageArea", True)),
+                                      on_failure=_storage_failure)
+        except (OSError, ValueError, envelope.EnvelopeError) as exc:
+            area = storage_area.UnavailableStorageArea(str(exc))
+    if isinstance(area, storage_area.UnavailableStorageArea):
+        orthanc.LogError(f"pacs-bridge: encrypted storage unusable, every storage call fails: {area.reason}")
+    else:
+        _log(f"encrypted storage in {settings.directory} (key file {settings.kek_file}, current key "
+             f"{area.keys.current_key_id()}, plaintext reads {'on' if settings.plaintext_reads else 'off'})")
+    def create(uuid: str, content_type: int, data: bytes) -> None:
+        _pin_thread_state()  # DICOM and job threads too, not only the HTTP ones the filter pins
+        area.create(uuid, content_type, data)
+
+    def read(uuid: str, content_type: int) -> bytes:
+        _pin_thread_state()
+        return area.read(uuid, content_type)
+
+    def remove(uuid: str, content_type: int) -> None:
+        _pin_thread_state()
+        area.remove(uuid, content_type)
+
+    orthanc.RegisterStorageArea(create, read, remove)
+
+
 if orthanc is not None:
+    _register_storage_area()
     _announce()
     _register_rest_callbacks()
     orthanc.RegisterIncomingHttpRequestFilter(incoming_http_request_filter)

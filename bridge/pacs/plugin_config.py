@@ -7,6 +7,8 @@ Where the plugin finds it, first match wins:
 2. ``"PacsBridge": {"ConfigFile": "..."}`` in Orthanc's own configuration;
 3. ``"PacsBridge": {...keys below...}`` inline in Orthanc's configuration.
 
+The encrypted image store's settings are the nested ``"storage"`` object, read once when Orthanc
+starts (a storage area cannot change while Orthanc runs): :mod:`bridge.pacs.storage_area`.
 The MFA rule is a nested object, ``"mfa": {"required_acr", "accepted_amr", "max_auth_age_seconds"}``
 (parsed by :meth:`bridge.core.mfa.MfaRule.from_mapping`, the bridge's ``mfa`` section in JSON).
 Every key may be overridden by ``PACS_BRIDGE_PLUGIN_<KEY>`` (upper case), e.g.
@@ -30,6 +32,7 @@ from bridge.core import mfa as mfa_rule
 from bridge.core.mfa import MfaRule
 from bridge.core.transport import url_problem
 from bridge.core.verifier import VerifierConfig
+from bridge.pacs.storage_area import SETTINGS_KEY as STORAGE_KEY
 
 ENV_FILE = "PACS_BRIDGE_PLUGIN_CONFIG"
 #: the header in which the bridge's gateway names the workstation a request came from; trusted
@@ -172,7 +175,8 @@ def build(data: Mapping[str, Any], source: str, environ: Mapping[str, str] | Non
     """A validated config from a mapping plus ``PACS_BRIDGE_PLUGIN_*`` overrides."""
     env = os.environ if environ is None else environ
     known = {f.name: f for f in fields(PluginConfig) if f.name != "source"}
-    unknown = sorted(set(data) - set(known) - {"ConfigFile"})
+    # the storage area's settings are read once at Orthanc's start (bridge/pacs/storage_area.py)
+    unknown = sorted(set(data) - set(known) - {"ConfigFile", STORAGE_KEY})
     if unknown:
         raise PluginConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     values: dict[str, Any] = {"mfa": _mfa(data.get("mfa", {}), source, env)}

@@ -11,6 +11,10 @@ bind every interface.  ``RemoteAccessAllowed: false`` makes Orthanc refuse HTTP 
 non-loopback peers, and the DICOM listener accepts only configured modalities from their host
 (see bridge/deploy/orthanc_config.py).
 
+With the bridge plugin, Orthanc's image store is the plugin's encrypted storage area over the
+storage directory (``storage-kek.json`` in the service's directory is the Orthanc host's storage
+KEK, created on the first start and kept), so every integration test runs over encrypted storage.
+
 `OrthancService` is parameterised so a second instance without the filter (``orthanc-plain``,
 a benchmark baseline) is one line: ``OrthancService("orthanc-plain", with_filter=False)``.
 """
@@ -84,6 +88,16 @@ class OrthancService(Service):
         return self.dir / "bridge-plugin.json"
 
     @property
+    def storage_dir(self) -> Path:
+        """Orthanc's storage directory: with the bridge plugin, every file in it is encrypted."""
+        return self.dir / "storage"
+
+    @property
+    def storage_kek_file(self) -> Path:
+        """The Orthanc host's storage KEK (created once per state dir, kept across restarts)."""
+        return self.dir / "storage-kek.json"
+
+    @property
     def plugin_bundle_dir(self) -> Path:
         """Where ``pacs-bridge plugin bundle`` writes the plugin this Orthanc loads (rebuilt on each start)."""
         return self.dir / "plugin-bundle"
@@ -97,10 +111,16 @@ class OrthancService(Service):
             token_file.write_text(ctx.secret(bridge["audit_ingest_secret"]))
             token_file.chmod(0o600)
             audit = {"audit_url": bridge["url"] + "/audit/events", "audit_token_file": token_file}
+        if not self.storage_kek_file.exists():
+            from bridge.core.envelope import create_key_file
+
+            create_key_file(str(self.storage_kek_file))
         data = plugin_settings(
             issuer=issuer, audience=settings.pacs.audience, ca_file=ctx.ca_file,
             spool_dir=self.dir / "audit-spool", orthanc_log_file=self.dir / "server.log", pacs_name=self.name,
             mfa=settings.mfa, gateway_addresses=GATEWAY_ADDRESSES, **audit,
+            # the image store is encrypted (docs/encryption.md): every integration test runs over it
+            storage_dir=self.storage_dir, storage_kek_file=self.storage_kek_file,
         )
         self.plugin_config_file.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
@@ -118,6 +138,7 @@ class OrthancService(Service):
         self._ports = (http_port, dicom_port)
         (self.dir / "storage").mkdir(exist_ok=True)
         (self.dir / "index").mkdir(exist_ok=True)
+        (self.dir / "tmp").mkdir(exist_ok=True)
         from bridge.config import load_config
 
         settings = load_config(None, **({} if os.environ.get("PACS_BRIDGE_PACS__MODALITIES")
@@ -136,6 +157,9 @@ class OrthancService(Service):
             modalities=dicom_modalities(settings.pacs),
             plugin_config_file=self.plugin_config_file if self.with_filter else None,
             python_script=script, web_viewer_cache_dir=self.dir / "webviewer-cache",
+            temporary_dir=self.dir / "tmp",  # beside the index and the viewer cache: one volume covers all
+            # no read cache: every read goes through the storage area (a tampered file is seen at once)
+            extra={"MaximumStorageCacheSize": 0},
         )
         self.config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
@@ -170,8 +194,35 @@ class OrthancService(Service):
         return {
             "url": url, "dicom_port": dicom_port, "aet": config["DicomAet"], "filter": self.with_filter,
             "modalities": config["DicomModalities"],
-            **({"plugin_config": str(self.plugin_config_file), "log": str(log)} if self.with_filter else {}),
+            "storage_dir": str(self.storage_dir),
+            **({"plugin_config": str(self.plugin_config_file), "log": str(log),
+                "storage_kek_file": str(self.storage_kek_file)} if self.with_filter else {}),
         }
+
+
+def storage_area_script(path: Path, bundle_dir: Path, plugin_config_file: Path, *, allow_all: bool = True) -> Path:
+    """A PythonScript that registers only the bridge's encrypted storage area (from the plugin bundle
+    in ``bundle_dir``, settings from the ``storage`` object of ``plugin_config_file``) and, with
+    ``allow_all``, a filter that allows every request: the storage benchmark's encrypted Orthanc and
+    the migration test's, where the storage is measured or migrated without the token filter."""
+    from bridge.deploy import plugin_bundle
+
+    plugin_bundle.build(bundle_dir)
+    lib = bundle_dir / plugin_bundle.LIB
+    path.write_text(
+        "import json, sys\n"
+        "import orthanc\n"
+        f"sys.path.insert(0, {str(lib)!r})\n"
+        "from bridge.pacs import storage_area\n"
+        f"_cfg = json.load(open({str(plugin_config_file)!r}))\n"
+        f"_s = storage_area.StorageSettings.from_mapping(_cfg['storage'], {str(plugin_config_file)!r})\n"
+        "_conf = json.loads(orthanc.GetConfiguration())\n"
+        "_area = storage_area.build(_s, sync=bool(_conf.get('SyncStorageArea', True)),\n"
+        "    on_failure=lambda f: orthanc.LogError('storage failure ' + f.uuid + ' ' + f.reason))\n"
+        "orthanc.RegisterStorageArea(_area.create, _area.read, _area.remove)\n"
+        + ("orthanc.RegisterIncomingHttpRequestFilter(lambda uri, **kw: True)\n" if allow_all else ""),
+        encoding="utf-8")
+    return path
 
 
 SERVICE = OrthancService()

@@ -90,6 +90,9 @@ def pacs(orthanc: dict[str, Any], stack: dict[str, Any], bridge_double: BridgeDo
     spool = work / "spool"
     settings = bridge_double.plugin_settings(Path(stack["ca"]["file"]), spool, Path(orthanc["log"]),
                                              audit_token_file=str(secret_file))
+    storage = json.loads(original).get("storage")
+    if storage:  # the encrypted image store: read at Orthanc's start, so a restart must find it again
+        settings["storage"] = storage
     config_file.write_text(json.dumps(settings, indent=2))
     p = Pacs(orthanc["url"], bridge_double, config_file, spool, settings)
     wait_allowed(p)
