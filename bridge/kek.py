@@ -57,6 +57,12 @@ class KeyEncryptor:
         previous = self.previous.derived(purpose) if self.previous is not None else None
         return KeyEncryptor(self.derived_key(purpose), previous)
 
+    def fingerprint(self) -> str:
+        """A short public name of this key (not reversible): ``k`` + 15 hex digits of a hash."""
+        import hashlib
+
+        return "k" + hashlib.sha256(b"pacs-bridge key id\x00" + self._kek).hexdigest()[:15]
+
     def derived_key(self, purpose: str) -> bytes:
         """The raw 32-byte key derived for ``purpose`` (HKDF-SHA256), for a cipher that takes a
         key rather than an encryptor (SQLCipher's database key)."""
@@ -128,3 +134,50 @@ class KeyEncryptor:
         (already current).  A ciphertext neither opens is an error naming it."""
         plain, old = self._open(blob, label, what)
         return self.encrypt(plain, label) if old else None
+
+
+#: the HKDF purpose of the key wrapping the data keys of the bridge's sealed audit files
+AUDIT_FILES_PURPOSE = "pacs-bridge audit files v1"
+
+
+def audit_file_keys(settings: object) -> KekKeyProvider | None:
+    """The key provider sealing the bridge's audit spool, archives and crash journal: under the KEK
+    when one is configured (a bridge that signs has one), else None (files stay plaintext)."""
+    if getattr(settings.tokens, "key_encryption_key", None) is None:  # type: ignore[attr-defined]
+        return None
+    return KekKeyProvider(KeyEncryptor.from_settings(settings), AUDIT_FILES_PURPOSE)
+
+
+class KekKeyProvider:
+    """The envelope format's key provider (:class:`bridge.core.envelope.KeyProvider`) over a key
+    derived from the bridge's KEK for ``purpose``: data keys of the bridge's sealed files (audit
+    spools, archives, the crash journal) are wrapped under it.
+
+    The key id is a fingerprint of the derived key, so a file names the KEK generation that
+    wrapped it: during a KEK rotation the previous KEK's files still open, and
+    :meth:`KeyEncryptor.rewrapped`'s counterpart for files is :func:`bridge.core.envelope.rewrap`."""
+
+    def __init__(self, encryptor: KeyEncryptor, purpose: str):
+        self._current = encryptor.derived(purpose)
+        self._by_id = {self._current.fingerprint(): self._current}
+        if encryptor.previous is not None:
+            old = encryptor.previous.derived(purpose)
+            self._by_id.setdefault(old.fingerprint(), old)
+
+    def current_key_id(self) -> str:
+        return self._current.fingerprint()
+
+    def wrap(self, data_key: bytes, context: bytes) -> tuple[str, bytes]:
+        return self._current.fingerprint(), self._current.encrypt(data_key, context.hex())
+
+    def unwrap(self, key_id: str, wrapped: bytes, context: bytes) -> bytes:
+        from bridge.core.envelope import EnvelopeError
+
+        enc = self._by_id.get(key_id)
+        if enc is None:
+            raise EnvelopeError("unknown-key", f"wrapped under key {key_id}, which this bridge's "
+                                f"{KEK_SETTING} (or its previous one) is not")
+        try:
+            return enc.decrypt(wrapped, context.hex(), what="data key")
+        except KeyEncryptionError:
+            raise EnvelopeError("damaged", "the data key does not unwrap for this file") from None

@@ -27,6 +27,9 @@ class RewrapReport:
     checkpoint_key: bool = False
     store_rekeyed: bool = False
     gateway_sessions: int = 0
+    #: sealed audit files (archives, syslog spool) whose data key was re-wrapped
+    audit_files: int = 0
+    audit_files_unopenable: list[str] = field(default_factory=list)
     #: live gateway sessions neither KEK opens: they end at their next request (login again)
     gateway_sessions_unopenable: int = 0
 
@@ -38,6 +41,10 @@ class RewrapReport:
         out.append(f"audit checkpoint key: {'re-wrapped' if self.checkpoint_key else 'already current'}")
         store = "rekeyed" if self.store_rekeyed else "not encrypted or already current"
         out.append(f"SQLite store (SQLCipher): {store}")
+        out.append(f"sealed audit files (archives, spool): {self.audit_files} re-wrapped")
+        if self.audit_files_unopenable:
+            out.append("sealed audit files opening with neither KEK (left alone): "
+                       + ", ".join(self.audit_files_unopenable))
         out.append(f"gateway sessions: {self.gateway_sessions} re-wrapped"
                    + (f", {self.gateway_sessions_unopenable} opening with neither KEK (they end at their next "
                       "request)" if self.gateway_sessions_unopenable else ""))
@@ -75,6 +82,7 @@ def rewrap(settings: Any) -> RewrapReport:
         if Path(settings.audit.checkpoint_key_file).exists():
             report.checkpoint_key = CheckpointKey.rewrap_file(Path(settings.audit.checkpoint_key_file), enc)
         report.gateway_sessions, report.gateway_sessions_unopenable = _rewrap_sessions(eng, enc)
+        _rewrap_audit_files(settings, report)
     finally:
         eng.dispose()
     return report
@@ -158,3 +166,64 @@ def rewrap_command() -> Any:
                      "gateway_sessions": report.gateway_sessions}))
 
     return keys_rewrap
+
+
+def _rewrap_audit_files(settings: Any, report: RewrapReport) -> None:
+    """Re-wrap the data key in the header of each sealed archive (kept for years) and syslog spool
+    file; the body is not touched.  Written to a temporary file and renamed: a crash leaves the
+    old or the new file, both of which open while the previous KEK is configured."""
+    import os
+    from pathlib import Path
+
+    from bridge.audit.syslog import SPOOL_NAME
+    from bridge.kek import audit_file_keys
+
+    keys = audit_file_keys(settings)
+    if keys is None:
+        return
+    a = settings.audit
+    archive_dir, spool_dir = Path(a.archive_dir), Path(a.spool_dir)
+    if archive_dir.is_dir():
+        for path in sorted(archive_dir.glob("*.jsonl")):
+            _rewrap_file(path, path.name, keys, report)
+    if spool_dir.is_dir():
+        import contextlib
+        import fcntl
+
+        # the syslog sender rewrites a spool file it could not finish (``_keep``) under this lock
+        fd = os.open(spool_dir / ".flush.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            for path in sorted(spool_dir.glob("*.msg")):
+                with contextlib.suppress(FileNotFoundError):  # sent meanwhile
+                    _rewrap_file(path, SPOOL_NAME, keys, report)
+        finally:
+            os.close(fd)
+
+
+def _rewrap_file(path: Any, name: str, keys: Any, report: RewrapReport) -> None:
+    import os
+
+    from bridge.core import envelope
+    from bridge.core.sealed import is_sealed
+
+    data = path.read_bytes()
+    if not is_sealed(data):
+        return
+    try:
+        header = envelope.parse_header(data)
+        if header.key_id == keys.current_key_id():
+            return
+        new = envelope.rewrap(keys, keys, header, name)
+    except envelope.EnvelopeError:
+        report.audit_files_unopenable.append(str(path))
+        return
+    tmp = path.with_name(f".{path.name}.rewrap")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(new.encode())
+        f.write(memoryview(data)[header.length:])
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    report.audit_files += 1

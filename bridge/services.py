@@ -102,8 +102,11 @@ class Services:
             https_fetch(str(kc.ca_file) if kc.ca_file else None),
         )
         # the journal keeps answered exchanges' events through a crash of the worker (auditing.py)
+        from bridge.kek import audit_file_keys
+
         audit = BufferedAuditSink(self.audit_store, issuer,
-                                  journal_dir=Path(settings.audit.spool_dir) / "token-journal")
+                                  journal_dir=Path(settings.audit.spool_dir) / "token-journal",
+                                  journal_keys=audit_file_keys(settings))
         ring = self.key_ring
         ring.on_unusable = lambda kid, why: audit(
             AuditEventType.ACCESS_DENIED,

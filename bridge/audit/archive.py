@@ -11,6 +11,7 @@ checkpoint payload as the live chain (bridge/audit/chain.py).
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import os
 from pathlib import Path
@@ -22,6 +23,8 @@ from bridge.audit.chain import GENESIS_HASH, HASH_VERSION, HASHED, canonical, ch
 from bridge.audit.keys import CheckpointKey, KeyFileError
 from bridge.audit.verify import HEAD_ID, AuditChainBroken, VerifyReport
 from bridge.core.audit_events import format_time
+from bridge.core.envelope import EnvelopeError, KeyProvider
+from bridge.core.sealed import AUDIT_ARCHIVE, is_sealed, open_blob, seal_blob
 from bridge.store.db import write_transaction
 from bridge.store.models import AuditEventRow, AuditHead
 
@@ -54,7 +57,10 @@ def archive(store: AuditStore, before: dt.datetime, path: Path) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         n = 0
-        with open(tmp, "w", encoding="utf-8") as f:
+        keys = store.file_keys
+        # sealed (bridge/core/sealed.py) when the store has file keys: the body is built in memory
+        # first (an archive of a retention period; the plaintext never touches the disk)
+        with (io.StringIO() if keys is not None else open(tmp, "w", encoding="utf-8")) as f:
             f.write(
                 canonical(
                     {
@@ -72,17 +78,40 @@ def archive(store: AuditStore, before: dt.datetime, path: Path) -> int:
                 f.write(canonical(dict(r)) + "\n")
                 n += 1
             f.write(canonical({"checkpoint": cp}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            if keys is not None:
+                sealed = seal_blob(keys, path.name, AUDIT_ARCHIVE, f.getvalue().encode("utf-8"))  # type: ignore[union-attr]
+                with open(tmp, "wb", opener=lambda p, fl: os.open(p, fl, 0o600)) as out:
+                    out.write(sealed)
+                    out.flush()
+                    os.fsync(out.fileno())
+            else:
+                f.flush()
+                os.fsync(f.fileno())
         tmp.replace(path)  # the archive is durable before anything is deleted
         conn.execute(delete(AuditEventRow).where(AuditEventRow.seq <= last))
         conn.execute(update(AuditHead).where(AuditHead.id == HEAD_ID).values(base_seq=last, base_hash=last_hash))
         return n
 
 
-def verify_archive(path: Path, key: CheckpointKey | None = None) -> VerifyReport:
-    """Check an archive file on its own: its chain and its signed closing checkpoint."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+def read_archive(path: Path, keys: KeyProvider | None = None) -> str:
+    """The text of an archive file, opening a sealed one with ``keys`` (the bridge's KEK); a
+    plaintext archive of an older bridge is read as it is."""
+    raw = Path(path).read_bytes()
+    if not is_sealed(raw):
+        return raw.decode("utf-8")
+    if keys is None:
+        raise EnvelopeError("unknown-key", f"{path}: the archive is encrypted; open it with the bridge's "
+                            "configuration (tokens.key_encryption_key)")
+    return open_blob(keys, Path(path).name, AUDIT_ARCHIVE, raw).decode("utf-8")
+
+
+def verify_archive(path: Path, key: CheckpointKey | None = None, keys: KeyProvider | None = None) -> VerifyReport:
+    """Check an archive file on its own: its chain and its signed closing checkpoint (a sealed one
+    is opened with ``keys`` first; an altered or renamed sealed file does not open)."""
+    try:
+        lines = read_archive(path, keys).splitlines()
+    except EnvelopeError as exc:
+        return VerifyReport(False, kind="edited", message=f"{path}: {exc}")
     if len(lines) < 2:
         return VerifyReport(False, kind="deleted", message=f"{path}: archive is truncated")
     header = json.loads(lines[0]).get("archive") or {}

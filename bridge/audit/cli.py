@@ -115,6 +115,24 @@ def audit_rotate_checkpoint_key(config_path: str | None) -> None:
                f"new key {new}. Copy the new .pub off the host; restart the bridge.")
 
 
+@audit_cli.command("verify-archive")
+@config_option
+@click.argument("archive", type=click.Path(dir_okay=False, exists=True))
+def audit_verify_archive(config_path: str | None, archive: str) -> None:
+    """Check one retention archive on its own: its chain and its signed closing checkpoint (an
+    encrypted archive is opened with the configuration's KEK); exit 1 naming the problem."""
+    from pathlib import Path
+
+    from bridge.audit.archive import verify_archive
+    from bridge.audit.verify import AuditChainBroken
+
+    _, store = _audit_store(config_path)
+    rep = verify_archive(Path(archive), store.key, store.file_keys)
+    if not rep.ok:
+        raise AuditChainBroken(f"archive BROKEN: {rep.message}")
+    click.echo(f"archive OK: {rep.message}")
+
+
 @audit_cli.command("tail")
 @config_option
 @click.option("-n", "count", type=int, default=20, show_default=True)

@@ -30,6 +30,7 @@ from bridge.audit.keys import ALG, CheckpointKey, KeyFileError
 from bridge.audit.verify import HEAD_ID, VerifyReport
 from bridge.core.audit_codes import AuditEventType, ObjectKind
 from bridge.core.audit_events import AuditEvent, format_time
+from bridge.core.envelope import KeyProvider
 from bridge.store.db import StoreError, write_transaction
 from bridge.store.models import AuditCheckpoint, AuditEventRow, AuditHead
 
@@ -58,6 +59,8 @@ class AuditStore:
     ):
         self.engine = engine
         self.key = key
+        #: seals the archives this store writes (bridge/kek.py ``audit_file_keys``); None: plaintext
+        self.file_keys: KeyProvider | None = None
         self.checkpoint_every = checkpoint_every
         self.listeners = list(listeners)
         self._t = AuditEventRow.__table__
@@ -317,5 +320,9 @@ def open_store(settings: Any, engine: Engine | None = None, *,
         key = CheckpointKey.load_public(public_path(key_file))
     else:
         key = None
-    return AuditStore(engine or engine_for(settings), key,
+    store = AuditStore(engine or engine_for(settings), key,
                       checkpoint_every=settings.audit.checkpoint_every, listeners=listeners)
+    from bridge.kek import audit_file_keys
+
+    store.file_keys = audit_file_keys(settings)
+    return store

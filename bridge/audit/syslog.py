@@ -38,6 +38,8 @@ from typing import Any
 from bridge.audit.dicom_xml import to_xml
 from bridge.audit.store import Appended
 from bridge.core.audit_events import AuditEvent, format_time
+from bridge.core.envelope import EnvelopeError, KeyProvider
+from bridge.core.sealed import SYSLOG_SPOOL, is_sealed, open_blob, seal_blob
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,10 @@ def split_frames(data: bytes) -> list[bytes]:
     return out
 
 
+#: the associated-data name of every spool file (files are renamed when published, so not the path)
+SPOOL_NAME = "audit-syslog-spool"
+
+
 @dataclass
 class SyslogTarget:
     host: str
@@ -120,8 +126,11 @@ class SyslogSender:
     """Disk-spooled RFC 5425 sender.  Use :meth:`enqueue` (or pass :meth:`listener` to the
     AuditStore) and call :meth:`flush` from a timer; :meth:`start` runs that timer in a thread."""
 
-    def __init__(self, target: SyslogTarget, spool_dir: Path, *, render: Callable[[AuditEvent], str] | None = None):
+    def __init__(self, target: SyslogTarget, spool_dir: Path, *, render: Callable[[AuditEvent], str] | None = None,
+                 keys: KeyProvider | None = None):
         self.target = target
+        #: seals each spool file (bridge/core/sealed.py): the messages name patients and users
+        self.keys = keys
         self.spool = Path(spool_dir)
         self.spool.mkdir(parents=True, exist_ok=True)
         os.chmod(self.spool, 0o700)  # audit content: patient ids, usernames
@@ -154,7 +163,7 @@ class SyslogSender:
         with self._lock:
             tmp = self.spool / f".{os.getpid()}-{threading.get_ident()}.tmp"
             with open(tmp, "wb") as f:
-                f.write(data)
+                f.write(self._seal(data))
                 f.flush()
                 os.fsync(f.fileno())
             try:
@@ -226,7 +235,10 @@ class SyslogSender:
             try:
                 with self._connect() as sock:
                     for path in files:
-                        frames = split_frames(path.read_bytes())
+                        data = self._unseal(path)
+                        if data is None:
+                            continue
+                        frames = split_frames(data)
                         done = 0
                         try:
                             for framed in frames:
@@ -251,11 +263,30 @@ class SyslogSender:
                 )
             return sent
 
-    @staticmethod
-    def _keep(path: Path, frames: list[bytes]) -> None:
+    def _seal(self, data: bytes) -> bytes:
+        return seal_blob(self.keys, SPOOL_NAME, SYSLOG_SPOOL, data) if self.keys is not None else data
+
+    def _unseal(self, path: Path) -> bytes | None:
+        """A spool file's frames (a plaintext file of an older bridge is read as it is).  One that
+        does not open -- altered, or sealed under a KEK this bridge does not have -- is set aside as
+        ``*.damaged`` and named in the log: never sent half-read, never deleted."""
+        raw = path.read_bytes()
+        if self.keys is None and not is_sealed(raw):
+            return raw
+        try:
+            if self.keys is None:
+                raise EnvelopeError("unknown-key", "the spool file is sealed but no KEK is configured")
+            return open_blob(self.keys, SPOOL_NAME, SYSLOG_SPOOL, raw, plaintext_ok=True)
+        except EnvelopeError as exc:
+            aside = path.with_suffix(".damaged")
+            path.replace(aside)
+            log.error("audit syslog spool: %s does not open (%s: %s); kept as %s", path.name, exc.reason, exc, aside)
+            return None
+
+    def _keep(self, path: Path, frames: list[bytes]) -> None:
         tmp = path.with_suffix(".keep")
         with open(tmp, "wb") as f:
-            f.write(b"".join(frames))
+            f.write(self._seal(b"".join(frames)))
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
@@ -280,6 +311,9 @@ def syslog_sender(settings: Any) -> SyslogSender | None:
     a = settings.audit
     if not a.syslog_host:
         return None
+    from bridge.kek import audit_file_keys
+
     return SyslogSender(SyslogTarget(a.syslog_host, a.syslog_port, a.syslog_ca_file,
                                      client_cert_file=a.syslog_client_cert_file,
-                                     client_key_file=a.syslog_client_key_file), a.spool_dir)
+                                     client_key_file=a.syslog_client_key_file), a.spool_dir,
+                        keys=audit_file_keys(settings))

@@ -190,7 +190,8 @@ def audit_retention(ctx: Context) -> list[Evidence]:
     from bridge.audit.archive import verify_archive
 
     newest = archives[-1]
-    rep = verify_archive(newest, ctx.services.audit_store.key)
+    store = ctx.services.audit_store
+    rep = verify_archive(newest, store.key, store.file_keys)
     out.append((passed if rep.ok else failed)("audit.archive", atitle, rep.message, file=str(newest)))
     return out
 

@@ -41,6 +41,8 @@ from typing import Any
 
 from bridge.core import audit_events as ev
 from bridge.core.audit_codes import AuditEventType, Outcome
+from bridge.core.envelope import EnvelopeError, KeyProvider
+from bridge.core.sealed import LINE_PREFIX, PLUGIN_AUDIT_SPOOL, open_line, seal_line
 from bridge.pacs.scopes import StudyInfo, StudyResolver, Target
 
 #: permission of an allowed request naming a study -> the audit event type
@@ -58,6 +60,8 @@ ACCESS_EVENTS: dict[str, AuditEventType] = {
 REFUSED_UNKNOWN = re.compile(r"Rejected association for remote AET (\S+) on IP (\S+)")
 REFUSED_CALLED = re.compile(r"Rejected association, because of a bad called AET in the request \((.*)\)")
 MAX_BATCH = 500
+#: the associated-data name of every spool line (spool files are renamed before replay)
+SPOOL_LINE_NAME = "plugin-audit-spool"
 
 
 class AuditShipper:
@@ -95,6 +99,9 @@ class AuditShipper:
         self._flush_lock = threading.Lock()
         self.stats = {"sent": 0, "spooled": 0, "replayed": 0, "dropped_invalid": 0, "fallback": 0,
                       "corrupt_lines": 0}
+        #: seals each spooled line under the Orthanc host's storage KEK (bridge/core/sealed.py):
+        #: set by the plugin when the encrypted storage area is on; None writes plaintext
+        self.spool_keys: KeyProvider | None = None
 
     # ------------------------------------------------------------------ hot path
 
@@ -307,7 +314,7 @@ class AuditShipper:
         spool = self.spool_dir / f"spool-{os.getpid()}.jsonl"
         fd = os.open(spool, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, "".join(json.dumps(e) + "\n" for e in payload).encode())
+            os.write(fd, self._spool_lines(payload))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -331,6 +338,25 @@ class AuditShipper:
             if _own_private(sending):
                 self._replay_file(sending)  # left over from a failed attempt of this process
 
+    def _spool_lines(self, payload: list[dict[str, Any]]) -> bytes:
+        """Spool lines for ``payload``: JSON, each sealed when the storage KEK is there (the
+        events name patients and studies)."""
+        out = []
+        for e in payload:
+            line = json.dumps(e).encode()
+            if self.spool_keys is not None:
+                line = seal_line(self.spool_keys, SPOOL_LINE_NAME, PLUGIN_AUDIT_SPOOL, line)
+            out.append(line + b"\n")
+        return b"".join(out)
+
+    def _unseal(self, raw: bytes) -> bytes:
+        """One spool line's JSON (a plaintext line of an older plugin is read as it is)."""
+        if self.spool_keys is None:
+            if raw.startswith(LINE_PREFIX):
+                raise EnvelopeError("unknown-key", "a sealed spool line, and no storage KEK configured")
+            return raw
+        return open_line(self.spool_keys, SPOOL_LINE_NAME, PLUGIN_AUDIT_SPOOL, raw, plaintext_ok=True)
+
     def _replay_file(self, path: Path) -> None:
         """Send one spool file.  A line that is not JSON (cut by a crash mid-write) would otherwise
         fail the file on every attempt and hold back every later file: it is moved to a
@@ -340,8 +366,8 @@ class AuditShipper:
             if not raw.strip():
                 continue
             try:
-                lines.append(json.loads(raw))
-            except ValueError:
+                lines.append(json.loads(self._unseal(raw)))
+            except (ValueError, EnvelopeError):
                 bad.append(raw)
         if bad:
             corrupt = path.with_name(f"corrupt-{os.getpid()}-{time.time_ns()}.jsonl")
@@ -358,7 +384,7 @@ class AuditShipper:
             tmp = path.with_name(path.name + ".tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                os.write(fd, "".join(json.dumps(x) + "\n" for x in lines).encode())
+                os.write(fd, self._spool_lines(lines))
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -104,6 +104,7 @@ class _Holder:
             return
         gate = Gate(config, orthanc.RestApiGet, orthanc.RestApiPost,
                     send=dicomweb.loopback_sender(*self.http))
+        gate.audit.spool_keys = SPOOL_KEYS  # the audit spool sealed under the storage KEK too
         gate.start()
         self._replace(gate)
         self.next_check = time.monotonic() + config.reload_check_seconds
@@ -116,6 +117,8 @@ class _Holder:
 
 
 HOLDER = _Holder()
+#: the storage KEK's key provider when the encrypted storage area is on: the audit spool uses it
+SPOOL_KEYS: Any = None
 
 
 class _OrthancLogHandler(logging.Handler):
@@ -484,6 +487,8 @@ def _register_storage_area() -> None:
     if isinstance(area, storage_area.UnavailableStorageArea):
         orthanc.LogError(f"pacs-bridge: encrypted storage unusable, every storage call fails: {area.reason}")
     else:
+        global SPOOL_KEYS
+        SPOOL_KEYS = area.keys
         _log(f"encrypted storage in {settings.directory} (key file {settings.kek_file}, current key "
              f"{area.keys.current_key_id()}, plaintext reads {'on' if settings.plaintext_reads else 'off'})")
     def create(uuid: str, content_type: int, data: bytes) -> None:

@@ -36,6 +36,8 @@ from typing import IO, Any
 
 from bridge.core.audit_codes import AuditEventType, Outcome
 from bridge.core.audit_events import Actor, AuditEvent, ParticipantObject, token, user
+from bridge.core.envelope import EnvelopeError, KeyProvider
+from bridge.core.sealed import TOKEN_JOURNAL, open_line, seal_line
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,9 @@ def to_event(kind: AuditEventType, details: Mapping[str, Any], issuer: str) -> A
 class Journal:
     """The crash journal of one process (see the module docstring): segments ``<pid>-<ns>.jsonl``."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, keys: KeyProvider | None = None):
+        #: seals each line (bridge/core/sealed.py): the events name users and their sessions
+        self.keys = keys
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = os.lstat(directory)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
@@ -92,7 +96,10 @@ class Journal:
         return fh, path
 
     def write(self, event: AuditEvent) -> None:
-        self._file.write(json.dumps(event.to_dict(), separators=(",", ":")) + "\n")
+        line = json.dumps(event.to_dict(), separators=(",", ":"))
+        if self.keys is not None:
+            line = seal_line(self.keys, self._path.name, TOKEN_JOURNAL, line.encode()).decode("ascii")
+        self._file.write(line + "\n")
         self._file.flush()
 
     def rotate(self) -> None:
@@ -131,9 +138,18 @@ class Journal:
                 fh.close()
                 continue  # a live process holds it (ours included)
             events = []
+            unreadable = 0
             for line in fh.read().splitlines():
-                with contextlib.suppress(ValueError, KeyError, TypeError):  # a torn last line
-                    events.append(AuditEvent.from_dict(json.loads(line)))
+                try:
+                    raw = line.encode()
+                    if self.keys is not None:
+                        raw = open_line(self.keys, path.name, TOKEN_JOURNAL, raw, plaintext_ok=True)
+                    events.append(AuditEvent.from_dict(json.loads(raw)))
+                except (ValueError, KeyError, TypeError, EnvelopeError):  # a torn last line
+                    unreadable += 1
+            if unreadable > 1:  # more than a torn last line: altered, or sealed under another KEK
+                log.error("audit journal: %s has %d lines that do not open or parse; replaying the rest",
+                          path, unreadable)
             self._replaying.append((fh, path))
             out.append((path, events))
         return out
@@ -152,14 +168,14 @@ class BufferedAuditSink:
     """Callable sink ``(kind, details)`` for :class:`bridge.tokens.service.TokenService`."""
 
     def __init__(self, store: Any, issuer: str, flush_seconds: float = 0.25, max_batch: int = 500,
-                 journal_dir: Path | None = None):
+                 journal_dir: Path | None = None, journal_keys: KeyProvider | None = None):
         self.store = store
         self.issuer = issuer
         self.flush_seconds = flush_seconds
         self.max_batch = max_batch
         self._queue: queue.Queue[AuditEvent] = queue.Queue()
         self._lock = threading.Lock()  # journal line and queue entry go together
-        self.journal = Journal(journal_dir) if journal_dir is not None else None
+        self.journal = Journal(journal_dir, journal_keys) if journal_dir is not None else None
         #: set once the start-up replay of dead processes' journals is done (or failed)
         self.replayed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="audit-flush", daemon=True)

@@ -65,7 +65,7 @@ def test_retention_archives_old_records_and_records_that_it_did(tmp_path, make_e
     store.append_many([dataclasses.replace(make_event(i), time=old) for i in range(3)])
     store.append(make_event(9))
     path = jobs.retention(store, 30, settings.audit.archive_dir)
-    assert path is not None and verify_archive(path, store.key).ok
+    assert path is not None and verify_archive(path, store.key, store.file_keys).ok  # sealed under the KEK
     rows = store.query()
     assert [r["type"] for r in rows] == ["study.accessed", "audit.log_used"]
     assert store.verify().ok
