@@ -404,6 +404,25 @@ def case_maintenance_entry_point_and_bad_settings() -> None:
     shutil.rmtree(root)
 
 
+def case_sealed_lines_of_the_audit_spool() -> None:
+    """bridge/core/sealed.py as the plugin uses it for its audit spool: a line round-trips, is not
+    readable in the file, fails when altered, under another KEK or as another kind of file."""
+    from bridge.core import sealed
+
+    ring = envelope.LocalKeyRing({"k1": b"\x07" * 32}, "k1")
+    line = sealed.seal_line(ring, "plugin-audit-spool", sealed.PLUGIN_AUDIT_SPOOL, b'{"patient":"PAT-9"}')
+    assert line.startswith(b"E1:") and b"PAT-9" not in line
+    assert sealed.open_line(ring, "plugin-audit-spool", sealed.PLUGIN_AUDIT_SPOOL, line) == b'{"patient":"PAT-9"}'
+    assert sealed.open_line(ring, "x", sealed.PLUGIN_AUDIT_SPOOL, b"{}", plaintext_ok=True) == b"{}"
+    other = envelope.LocalKeyRing({"k2": b"\x08" * 32}, "k2")
+    flipped = line[:-6] + (b"A" if line[-6:-5] != b"A" else b"B") + line[-5:]
+    for bad in (lambda: sealed.open_line(ring, "plugin-audit-spool", sealed.PLUGIN_AUDIT_SPOOL, flipped),
+                lambda: sealed.open_line(other, "plugin-audit-spool", sealed.PLUGIN_AUDIT_SPOOL, line),
+                lambda: sealed.open_line(ring, "plugin-audit-spool", sealed.SYSLOG_SPOOL, line),
+                lambda: sealed.open_line(ring, "plugin-audit-spool", sealed.PLUGIN_AUDIT_SPOOL, b"{}")):
+        _raises(bad, EnvelopeError)
+
+
 CASES: dict[str, Callable[[], None]] = {name: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
 
 
