@@ -258,6 +258,9 @@ def test_compose_services_run_as_processes(deployment) -> None:  # type: ignore[
     log = procs["orthanc"]
     wait_for(lambda: "Orthanc has started" in log.text() and port_open(4242), "orthanc", procs.values())
     assert "pacs-bridge: plugin bundle" in log.text(), log.text()[-3000:]
+    # the image store is encrypted, its KEK created at the first start in its own volume
+    assert "pacs-bridge: encrypted storage in" in log.text(), log.text()[-3000:]
+    assert root.local("/var/lib/orthanc/pacs-bridge-keys/storage-kek.json").exists()
     assert requests.get("http://127.0.0.1:8042/system", timeout=5).status_code == 403  # no token
     assert requests.get("http://127.0.0.1:8042/system", headers={"Authorization": "Bearer x.y.z"},
                         timeout=5).status_code in (401, 403)  # nor a forged one

@@ -201,6 +201,7 @@ def test_units_run_as_processes(tmp_path: Path) -> None:
         wait_for(lambda: "Orthanc has started" in log.read_text(errors="replace") and port_open(4242), "orthanc",
                  procs)
         assert "pacs-bridge: plugin bundle" in log.read_text(errors="replace")
+        assert "pacs-bridge: encrypted storage in" in log.read_text(errors="replace")  # the image store encrypted
         assert requests.get("http://127.0.0.1:8042/system", timeout=5).status_code == 403
         assert dicom_refused(4242, generated["DicomAet"], "INTRUDER")
         ct = generated["DicomModalities"]["ct-scanner"]

@@ -94,10 +94,21 @@ def test_swapped_files_fail_cleanly_and_are_audited(pacs: Any, orthanc: dict[str
     try:
         pa.write_bytes(rb)
         pb.write_bytes(ra)
-        for inst, path in ((a, pa), (b, pb)):
+        for n, (inst, path) in enumerate(((a, pa), (b, pb)), start=1):
             resp = pacs.get(f"/instances/{inst['ID']}/file", token)
             assert resp.status_code >= 500, resp.status_code  # an error, never the other file's bytes
             assert b"DICM" not in resp.content and b"Swap^Test" not in resp.content
+            # other routes to the same pixels: the rendered preview and WADO-RS fail too
+            uid = f"{UID_ROOT}.77{n}"
+            for route in (f"/instances/{inst['ID']}/preview",
+                          f"/dicom-web/studies/{uid}/series/{uid}.1/instances/{uid}.1.1"):
+                other = pacs.get(route, token)
+                assert other.status_code >= 400, (route, other.status_code)
+                assert b"DICM" not in other.content and b"Swap^Test" not in other.content, route
+            # the study archive: Orthanc 1.10 leaves out what it cannot read (an empty ZIP here), never
+            # the other file's content
+            archive = pacs.get(f"/studies/{inst['ParentStudy']}/archive", token)
+            assert b"DICM" not in archive.content and f"Swap^Test{3 - n}".encode() not in archive.content
             events = audit_events("storage.integrity_failure",
                                   lambda e, u=path.name: any(o.get("id") == u for o in e.get("objects", [])))
             assert events, f"no audit event for {path.name}"
