@@ -668,6 +668,10 @@ class ComplianceSection(_Section):
     #: where `make test` leaves the JUnit report of each release (pacs-sso-bridge-<version>.xml)
     test_report_dir: Path = Path("var/test-reports")
     backups: list[BackupSection] = Field(default_factory=list)
+    #: Orthanc's configuration file, when Orthanc runs on this host: the report then checks the
+    #: encrypted storage area and whether the index, temporary directory and viewer cache are on
+    #: encrypted volumes (bridge/deploy/volumes.py)
+    orthanc_config: Path | None = None
 
 
 class Settings(BaseSettings):

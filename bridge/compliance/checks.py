@@ -219,6 +219,60 @@ def keys(ctx: Context) -> list[Evidence]:
                    f"{checkpoint} encrypted, mode {mode:o}")]
 
 
+@register("storage")
+def storage(ctx: Context) -> list[Evidence]:
+    """Data at rest: the Orthanc image store (the plugin's encrypted storage area), the paths it
+    does not cover (index, temporary directory, viewer cache: on encrypted volumes?), and the
+    bridge's own database (SQLCipher, or its file on an encrypted volume)."""
+    from bridge.deploy.volumes import ENCRYPTED, MEMORY, NOT_ENCRYPTED, check_orthanc, volume_of
+
+    out: list[Evidence] = []
+    path = ctx.settings.compliance.orthanc_config
+    title = "Orthanc's image store is encrypted (storage area)"
+    if path is None:
+        out.append(missing("storage.image_store", title, "compliance.orthanc_config is not set: run the report "
+                           "where Orthanc's configuration can be read"))
+    else:
+        from bridge.pacs.orthanc_plugin import storage_settings
+        from bridge.pacs.storage_area import StorageSettings
+
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+        settings = storage_settings(config if isinstance(config, dict) else {})
+        encrypted = isinstance(settings, StorageSettings)
+        if encrypted:
+            out.append(passed("storage.image_store", title, f"encrypted by the plugin in {settings.directory}"))
+        else:
+            why = settings if isinstance(settings, str) else "no storage object in the plugin's settings"
+            out.append(failed("storage.image_store", title, f"NOT encrypted by the plugin: {why}"))
+        for check in check_orthanc(config, encrypted_storage=encrypted):
+            vol = check.volume
+            what = f"storage.{check.role.replace(' ', '-')}"
+            vtitle = f"Orthanc's {check.role} is on an encrypted volume"
+            detail = f"{vol.path or '-'}: {vol.state} ({vol.detail})"
+            if vol.state in (ENCRYPTED, MEMORY):
+                out.append(passed(what, vtitle, detail))
+            elif vol.state == NOT_ENCRYPTED:
+                out.append(failed(what, vtitle, detail))
+            else:
+                out.append(missing(what, vtitle, detail + "; check it by hand"))
+    btitle = "The bridge's database is encrypted at rest"
+    url = ctx.settings.store.url
+    if url.startswith("sqlite"):
+        if ctx.settings.store.sqlcipher:
+            out.append(passed("storage.bridge_database", btitle,
+                              "SQLite file encrypted with SQLCipher (store.sqlcipher)"))
+        else:
+            from sqlalchemy.engine import make_url
+
+            vol = volume_of(make_url(url).database or ".")
+            detail = f"SQLite without store.sqlcipher; its file is {vol.state} ({vol.detail})"
+            out.append((passed if vol.state == ENCRYPTED else failed)("storage.bridge_database", btitle, detail))
+    else:
+        out.append(missing("storage.bridge_database", btitle, "PostgreSQL: its data directory's volume is on the "
+                           "database host; check it there (docs/encryption.md)"))
+    return out
+
+
 # ---------------------------------------------------------------- backups and testing
 
 

@@ -180,6 +180,8 @@ class BridgeService(Service):
             from pacs_devstack.orthanc import SERVICE as ORTHANC
 
             # plain HTTP on loopback until Orthanc HTTPS (issue 12, item 1): the opt-out is explicit
+            # the compliance report checks the image store's encryption from Orthanc's configuration
+            data["compliance"] = {"orthanc_config": str(ORTHANC.config_file)}
             data["gateway"] = {"orthanc_url": ORTHANC.internal_url(), **GATEWAY_SETTINGS,
                                "allow_plaintext": ORTHANC.internal_url().startswith("http://")}
         redis = info.get("redis", {})

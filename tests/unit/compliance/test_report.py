@@ -229,3 +229,21 @@ def test_logoff_thresholds(tmp_path: Path) -> None:
     assert ok == {"logoff.bridge": Status.PASS}
     long_idle = _ctx(tmp_path, bridge={"session_idle_minutes": 30})
     assert checks.logoff(long_idle)[0].status is Status.FAIL
+
+
+def test_storage_evidence(tmp_path: Path) -> None:
+    """The image store's encryption from Orthanc's configuration; the bridge's SQLite store by
+    SQLCipher (or its volume); PostgreSQL is missing evidence here, never a pass."""
+    import json as _json
+
+    plain = tmp_path / "orthanc-plain.json"
+    plain.write_text(_json.dumps({"StorageDirectory": str(tmp_path / "db"), "IndexDirectory": str(tmp_path / "db")}))
+    got = {e.check: e for e in checks.storage(_ctx(tmp_path, compliance={"orthanc_config": str(plain)}))}
+    assert got["storage.image_store"].status is Status.FAIL
+    assert got["storage.bridge_database"].status is Status.FAIL  # SQLite, no SQLCipher, tmp not on dm-crypt
+    enc = _ctx(tmp_path, store={"url": f"sqlite:///{tmp_path}/b.db", "sqlcipher": True})
+    got = {e.check: e for e in checks.storage(enc)}
+    assert got["storage.image_store"].status is Status.MISSING  # no orthanc_config given
+    assert got["storage.bridge_database"].status is Status.PASS
+    pg = _ctx(tmp_path, store={"url": "postgresql://b@db.example/b?sslmode=verify-full"})
+    assert {e.check: e for e in checks.storage(pg)}["storage.bridge_database"].status is Status.MISSING
