@@ -272,6 +272,12 @@ class ShareService:
         if grant is None:
             raise self._deny(sharer, "no grant of the sharer holds 'share' on this study", 403, "access_denied",
                              study_uid=study_uid)
+        # nobody hands out more than they hold: the share's permissions must all be in that grant
+        # (decide_share checks them against the rule only)
+        lacking = sorted(p.value for p in request.permissions if p.value not in grant.permissions)
+        if lacking:
+            raise self._deny(sharer, f"the sharer's grant on this study does not hold {', '.join(lacking)}", 403,
+                             "access_denied", study_uid=study_uid)
         decision = decide_share(self.policy, grant.permissions, recipient, request, sharer.roles)
         if not decision.allowed:
             raise self._deny(sharer, decision.reason, 403, "policy_refused", study_uid=study_uid,

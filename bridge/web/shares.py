@@ -81,7 +81,7 @@ def _gateway_token() -> str | None:
 def _sharer() -> Sharer:
     """The caller, from one bearer token or the gateway session; ShareError 401 otherwise."""
     headers = request.headers.getlist("Authorization")
-    if len(headers) > 1:
+    if len(headers) > 1 or (headers and "," in headers[0]):  # a repeated header arrives joined by a comma
         raise ShareError(400, "invalid_request", "one Authorization header, please")
     try:
         token = bearer_token(headers[0]) if headers else _gateway_token()
