@@ -25,7 +25,9 @@ import re
 import secrets
 import time
 import zipfile
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -58,6 +60,8 @@ UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 MAX_TEXT = 256
 #: the bridge's own PACS token for one request to Orthanc (seconds)
 PACS_TOKEN_SECONDS = 120
+#: instances fetched ahead while one is de-identified (bounded: at most this many in memory)
+PREFETCH = 4
 
 
 class ShareError(Exception):
@@ -543,15 +547,28 @@ class ShareService:
         if deidentify and deid is None:
             raise ShareError(500, "server_error", "the policy has no sharing section: nothing may leave")
 
+        def fetched() -> Iterator[tuple[int, bytes]]:
+            """The instances' files in order, PREFETCH of them in flight: the PACS reads and sends the
+            next ones while this thread de-identifies (Orthanc's work and ours overlap)."""
+            nonlocal token
+            with ThreadPoolExecutor(max_workers=PREFETCH, thread_name_prefix="share-fetch") as pool:
+                pending: deque[tuple[int, Future[bytes]]] = deque()
+                for n, item in enumerate(items, start=1):
+                    if n % 50 == 1:  # a fresh token now and then: a long download outlives one
+                        token = self.pacs_token(rec, claims)
+                    pending.append((n, pool.submit(self.source.file, token, str(item["ID"]))))
+                    if len(pending) >= PREFETCH:
+                        done, future = pending.popleft()
+                        yield done, future.result()
+                while pending:
+                    done, future = pending.popleft()
+                    yield done, future.result()
+
         def generate() -> Iterator[bytes]:
             sink = _Sink()
             sent, refused = 0, []
             with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as zf:
-                for n, item in enumerate(items, start=1):
-                    if n % 50 == 0 or n == 1:  # a fresh token now and then: a long download outlives one
-                        nonlocal token
-                        token = self.pacs_token(rec, claims)
-                    data = self.source.file(token, str(item["ID"]))
+                for n, data in fetched():
                     try:
                         out = deid.instance(data) if deid is not None else data
                     except DeidentificationRefused as exc:

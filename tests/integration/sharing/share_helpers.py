@@ -1,6 +1,7 @@
 """The stack handle of the sharing tests (conftest.py builds it): the stack's bridge (gunicorn, the
-example policy with its ``sharing:`` section), its Orthanc with the bridge plugin, Keycloak logins with password + TOTP of the demo
-directory (Samba AD realm), the token exchange at the stack's bridge, and the gateway."""
+example policy with its ``sharing:`` section), its Orthanc with the bridge plugin, Keycloak logins
+with password + TOTP of the demo directory (Samba AD realm), the token exchange at the stack's
+bridge, and the gateway."""
 
 from __future__ import annotations
 
