@@ -12,8 +12,11 @@ free text), all in memory:
 * ``serve_unmodified`` / ``serve_deidentified``: end to end through the share endpoint
   (``GET /share/s/study.zip`` of the bridge's Flask app after link + passcode, with the share's
   session cookie): the streamed ZIP of the 500 instances, as they are (the same endpoint code with
-  de-identification switched off) and de-identified for the share. The study comes from an in-memory
-  stand-in for Orthanc (the same bytes for both; Orthanc's own cost would add the same to both).
+  de-identification switched off) and de-identified for the share. With ``--orthanc`` (the default)
+  the study is read from a real Orthanc (the dev stack's ``orthanc-plain``, Debian's 1.10.1 without the
+  bridge plugin, started here) over HTTP, as the endpoint reads it in production; with
+  ``--memory`` from an in-memory stand-in (then the baseline is a bare copy and the ratio shows the
+  de-identifier's cost alone).
 
 ``ratio_to_unmodified`` = de-identified rate / unmodified rate by wall time, ``cpu_ratio_to_unmodified``
 the same by process CPU time, steadier when other jobs share the cores (issue 14's target, for the
@@ -136,6 +139,37 @@ class _Source:
         return self.files[instance]
 
 
+#: the study source of the ``serve_*`` phases: set by main() (an Orthanc URL, or None: memory)
+ORTHANC: dict[str, Any] = {"url": None, "uid": None}
+
+
+def start_orthanc(study: list[bytes]) -> tuple[Any, str]:
+    """``orthanc-plain`` (no plugin) under the dev stack's state dir, holding ``study``; (service, URL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from pacs_devstack.orthanc import OrthancService
+    from pacs_devstack.service import StackContext
+    from pacs_devstack.tls import ensure_ca
+
+    os.environ.setdefault("PACS_BRIDGE_DEVSTACK_DIR", "/tmp/ds-share-bench")
+    ctx = StackContext(ca_file=ensure_ca())
+    svc = OrthancService("orthanc-share-bench", with_filter=False, aet="SHAREBENCH")
+    svc.prepare(ctx)
+    svc.start(ctx)
+    url = svc.wait_ready(ctx)["url"]
+    http = requests.Session()
+
+    def put(data: bytes) -> None:
+        r = http.post(url + "/instances", data=data, headers={"Content-Type": "application/dicom"}, timeout=60)
+        r.raise_for_status()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(put, study))
+    return svc, url
+
+
 def endpoint(deidentified: bool) -> Callable[[list[bytes]], Callable[[], int]]:
     """A bridge app with one external share of the study; returns a function that downloads the ZIP
     through ``GET /share/s/study.zip`` and gives its size."""
@@ -167,7 +201,13 @@ def endpoint(deidentified: bool) -> Callable[[list[bytes]], Callable[[], int]]:
         db.migrate(url)
         eng = db.engine(url)
         ring = KeyRing(MemoryKeyRepository(), KeyEncryptor.from_secret(KeyEncryptor.generate_secret()))
-        source = _Source(study)
+        from bridge.sharing.service import OrthancSource
+
+        source: Any = _Source(study)
+        if ORTHANC["url"]:
+            uid = source.uid
+            source = OrthancSource(ORTHANC["url"])
+            source.uid = uid
         audit = AuditStore(eng, CheckpointKey.generate())
         tokens = TokenService(ring=ring, settings=TokenSettings("https://127.0.0.1:9443", "pacs"),
                               mfa_rule=mfa.MfaRule(), keycloak=None, assignments=SqlAssignmentSource(eng),
@@ -231,8 +271,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--instances", type=int, default=500)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--memory", action="store_true", help="serve from memory instead of a real Orthanc")
     args = ap.parse_args()
     study = make_study(args.instances)
+    orthanc = None
+    if not args.memory:
+        orthanc, ORTHANC["url"] = start_orthanc(study)
     load_before = os.getloadavg()
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in PHASES}
     for _ in range(args.repeat):  # interleaved, so a burst of load hits every phase alike
@@ -255,6 +299,11 @@ def main() -> None:
         ours["cpu_ratio_to_unmodified"] = round(
             ours["median_instances_per_cpu_s"] / base["median_instances_per_cpu_s"], 2)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["serve_source"] = "orthanc-1.10.1 over HTTP (no plugin)" if orthanc is not None else "memory"
+    if orthanc is not None:
+        from pacs_devstack import process
+
+        process.stop(orthanc.name)
     print(json.dumps(result, indent=2))
 
 

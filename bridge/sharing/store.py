@@ -16,11 +16,13 @@ import hmac
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
+from typing import Any
 
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.engine import Engine
 
 from bridge.directory.model import normalize_dn
+from bridge.store.db import connection
 from bridge.store.models import RoleAssignment, Share, SharePasscodeFailure
 
 #: scrypt cost (RFC 7914): 2^15 x 8 x 1 takes ~50 ms and 32 MiB per check: slow for a guesser with a
@@ -118,6 +120,11 @@ def _record(row: Share) -> ShareRecord:
     return ShareRecord(**{name: getattr(row, name) for name in _FIELDS})
 
 
+def _record_row(row: Any) -> ShareRecord:
+    """A Core result row (the column types still apply: UTC datetimes, JSON lists)."""
+    return ShareRecord(**{name: row[name] for name in _FIELDS})
+
+
 class ShareStore:
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -213,25 +220,21 @@ class ShareStore:
         """Live internal shares whose recipient is ``subject_id`` or one of the groups the subject is
         a member of.  The groups are the directory groups the sync recorded for the subject
         (``role_assignments.source_group_dn``, nested membership resolved by the sync) unless given."""
-        from sqlalchemy.orm import Session
-
         live = and_(Share.kind == "internal", Share.revoked_at.is_(None), Share.expires_at > now)
-        with Session(self.engine) as session:
-            rows = list(session.scalars(select(Share).where(live)))
+        # Core over the connection the token issue pinned (bridge/store/db.py: one checkout per issue)
+        with connection(self.engine) as conn:
+            rows = [_record_row(r) for r in conn.execute(select(Share.__table__).where(live)).mappings()]
             if not rows:
                 return []
             mine = [r for r in rows if r.recipient_kind == "user" and r.recipient == subject_id]
             group_rows = [r for r in rows if r.recipient_kind == "group"]
             if group_rows:
-                dns = set(groups) if groups is not None else self.groups_of(subject_id)
+                stmt = select(RoleAssignment.source_group_dn).where(
+                    RoleAssignment.subject_id == subject_id).distinct()
+                dns = set(groups) if groups is not None else {
+                    normalize_dn(dn) for dn in conn.execute(stmt).scalars() if dn}
                 mine += [r for r in group_rows if r.recipient in dns]
-            return [_record(r) for r in mine]
-
-    def groups_of(self, subject_id: str) -> set[str]:
-        """The normalised DNs of the groups through which the sync gave ``subject_id`` a role."""
-        stmt = select(RoleAssignment.source_group_dn).where(RoleAssignment.subject_id == subject_id).distinct()
-        with self.engine.connect() as conn:
-            return {normalize_dn(dn) for dn in conn.execute(stmt).scalars() if dn}
+            return mine
 
     def members_known(self, group_dn: str) -> bool:
         """Does the sync record any member of this group (normalised DN)?"""

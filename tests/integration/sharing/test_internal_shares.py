@@ -29,9 +29,11 @@ def share_body(study_uid: str, **over: Any) -> dict[str, Any]:
 def gateway_studies(s: ShareStack, username: str) -> tuple[Any, set[str]]:
     """A fresh gateway login (Keycloak forms followed as a browser would) and the study list it shows."""
     http = s.http()
+    http.headers["Accept"] = "text/html"  # a page load: the gateway sends it to Keycloak to log in
     result = browse(http, s.gateway + "/", "https://never.invalid", username,
                     str(demo_data.user(username)["password"]), otp_for(AD_REALM, username))
     assert result.status == 200 and result.final.startswith(s.gateway), (result.status, result.final, result.body[:300])
+    http.headers["Accept"] = "application/json"
     r = http.get(s.gateway + "/studies", timeout=30)
     assert r.status_code == 200, r.text[:300]
     return http, set(r.json())
