@@ -813,4 +813,6 @@ def summary(settings: Settings) -> list[tuple[str, str]]:
         ("gateway", f"{s.bridge.public_url}{s.gateway.prefix}/ -> {s.gateway.orthanc_url} (idle "
                     f"{s.gateway.idle_timeout_seconds} s, max {s.gateway.absolute_lifetime_seconds} s)"
                     if s.gateway.enabled else "(off)"),
+        ("sharing", f"{s.sharing.public_url or s.bridge.public_url}{s.sharing.prefix}/ (recipient sessions "
+                    f"{s.sharing.session_minutes} min, lockout after {s.sharing.lockout_failures} wrong passcodes)"),
     ]
