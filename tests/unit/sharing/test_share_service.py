@@ -378,9 +378,15 @@ def test_passcode_in_the_query_string_is_ignored(env):
     r = env["client"].get(f"{path}?passcode={share['passcode']}")
     assert r.status_code == 200 and "ignored" in r.get_data(as_text=True)
     assert "__Host-pacs-share" not in r.headers.get("Set-Cookie", "")
-    r = env["client"].post(f"{path}?passcode={share['passcode']}")
-    assert r.status_code == 400 and "Set-Cookie" not in r.headers
+    for spelling in ("passcode", "Passcode", "PASSCODE"):
+        r = env["client"].post(f"{path}?{spelling}={share['passcode']}")
+        assert r.status_code == 400 and "Set-Cookie" not in r.headers, spelling
+    r = env["client"].get(f"{path}?PassCode={share['passcode']}")
+    assert "ignored" in r.get_data(as_text=True)
     assert "share.passcode_failed" not in types(env)  # nothing was tried
+    # other routes to the same form: a trailing slash or HEAD open nothing either
+    assert env["client"].post(path + "/", data={"passcode": share["passcode"]}).status_code in (404, 405)
+    assert "Set-Cookie" not in env["client"].head(path).headers
 
 
 def test_repeated_passcode_field_and_repeated_cookie_are_refused(env):
