@@ -245,10 +245,14 @@ class ShareService:
                      username=rec.recipient_name if rec is not None else None, client_id=PACS_CLIENT,
                      network_address=address)
 
-    def _deny(self, sharer: Sharer, reason: str, status: int, error: str, **details: Any) -> ShareError:
+    def _deny(self, sharer: Sharer, reason: str, status: int, error: str, *, study_uid: str | None = None,
+              share: str | None = None, **details: Any) -> ShareError:
+        """Audit a refused sharer request (access.denied, naming the study or share) and return its error."""
+        objects = [study(study_uid)] if study_uid else []
+        if share:
+            objects.append(ParticipantObject(ObjectKind.SHARE, share))
         self.append(AuditEvent(AuditEventType.ACCESS_DENIED, Outcome.MINOR_FAILURE, actor=self._sharer_actor(sharer),
-                               objects=tuple(study(details.pop("study_uid")) for _ in [0] if "study_uid" in details),
-                               details={"endpoint": "shares", "reason": reason, **details}))
+                               objects=tuple(objects), details={"endpoint": "shares", "reason": reason, **details}))
         return ShareError(status, error, reason)
 
     # ---- creating
