@@ -12,9 +12,10 @@ free text), all in memory:
 * ``serve_unmodified`` / ``serve_deidentified``: end to end through the share endpoint
   (``GET /share/s/study.zip`` of the bridge's Flask app after link + passcode, with the share's
   session cookie): the streamed ZIP of the 500 instances, as they are (the same endpoint code with
-  de-identification switched off) and de-identified for the share. With ``--orthanc`` (the default)
-  the study is read from a real Orthanc (the dev stack's ``orthanc-plain``, Debian's 1.10.1 without the
-  bridge plugin, started here) over HTTP, as the endpoint reads it in production; with
+  de-identification switched off) and de-identified for the share, by two worker processes
+  (``sharing.deidentify_workers``, the default) and in the request's thread (``_inline``). By default
+  the study is read from a real Orthanc (the dev stack's ``orthanc-plain``, Debian's 1.10.1 without
+  the bridge plugin, started here) over HTTP, as the endpoint reads it in production; with
   ``--memory`` from an in-memory stand-in (then the baseline is a bare copy and the ratio shows the
   de-identifier's cost alone).
 
@@ -170,7 +171,7 @@ def start_orthanc(study: list[bytes]) -> tuple[Any, str]:
     return svc, url
 
 
-def endpoint(deidentified: bool) -> Callable[[list[bytes]], Callable[[], int]]:
+def endpoint(deidentified: bool, workers: int = 2) -> Callable[[list[bytes]], Callable[[], int]]:
     """A bridge app with one external share of the study; returns a function that downloads the ZIP
     through ``GET /share/s/study.zip`` and gives its size."""
 
@@ -216,7 +217,7 @@ def endpoint(deidentified: bool) -> Callable[[list[bytes]], Callable[[], int]]:
         service = Service(store=ShareStore(eng), policy=policy, ring=ring, source=source,
                           issuer="https://127.0.0.1:9443", pacs_audience="pacs",
                           share_audience="https://127.0.0.1:9443/share", link_base="https://127.0.0.1:9443/share",
-                          append=audit.append)
+                          append=audit.append, deidentify_workers=workers)
         sharer = Sharer("bench-sharer", "rad.bench", "https://127.0.0.1:9443", ("radiologist",),
                         (grants_mod.Grant(frozenset({"view", "download", "share"})),), "unused")
         share = service.create(sharer, {
@@ -238,6 +239,7 @@ def endpoint(deidentified: bool) -> Callable[[list[bytes]], Callable[[], int]]:
             resp.close()
             return size
 
+        download()  # warm-up, untimed: the worker processes start, Orthanc's cache fills alike for all phases
         return download
 
     return build
@@ -249,11 +251,12 @@ PHASES: dict[str, Callable[[list[bytes]], Any]] = {
     "deidentify_basic": deidentify(frozenset()),
     "deidentify_all_options": deidentify(frozenset(DeidOption) - {DeidOption.RETAIN_LONGITUDINAL_FULL_DATES}),
     "serve_unmodified": endpoint(False),
-    "serve_deidentified": endpoint(True),
+    "serve_deidentified": endpoint(True),  # sharing.deidentify_workers: 2 (the default)
+    "serve_deidentified_inline": endpoint(True, workers=0),  # in the request's thread
 }
 #: which phase each ratio is taken against
 BASELINE = {"deidentify_basic": "unmodified", "deidentify_all_options": "unmodified",
-            "serve_deidentified": "serve_unmodified"}
+            "serve_deidentified": "serve_unmodified", "serve_deidentified_inline": "serve_unmodified"}
 
 
 def run(study: list[bytes], build: Callable[[list[bytes]], Any]) -> dict[str, Any]:

@@ -653,6 +653,8 @@ class SharingSection(_Section):
     session_minutes: int = Field(30, ge=1, le=24 * 60)
     #: wrong passcodes per share and source address before that pair is locked out
     lockout_failures: int = Field(5, ge=1, le=20)
+    #: processes per web worker that de-identify an export in parallel (0: in the request's thread)
+    deidentify_workers: int = Field(2, ge=0, le=64)
 
     @field_validator("prefix")
     @classmethod

@@ -20,14 +20,18 @@ decides and audits it like any other token, and a bug here cannot reach another 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
+import multiprocessing
 import re
 import secrets
+import threading
 import time
 import zipfile
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -206,6 +210,8 @@ class ShareService:
     append: Callable[[AuditEvent], Any]
     session_seconds: int = 1800
     lockout_failures: int = 5
+    #: processes de-identifying an export in parallel (0: in the request's thread)
+    deidentify_workers: int = 0
     clock: Callable[[], float] = time.time
     _verifier: Verifier | None = field(default=None, repr=False)
 
@@ -547,9 +553,11 @@ class ShareService:
         if info is None:
             raise ShareError(404, "not_found", "the shared study is no longer in the PACS")
         items = self.source.instances(token, info.orthanc_id)
-        deid = Deidentifier(self.policy.deidentification, self._secret(rec)) if deidentify and self.policy else None
-        if deidentify and deid is None:
+        if deidentify and self.policy is None:
             raise ShareError(500, "server_error", "the policy has no sharing section: nothing may leave")
+        profile = self.policy.deidentification if self.policy is not None else None
+        secret = self._secret(rec) if deidentify else b""
+        deid = Deidentifier(profile, secret) if deidentify and profile is not None else None
 
         def fetched() -> Iterator[tuple[int, bytes]]:
             """The instances' files in order, PREFETCH of them in flight: the PACS reads and sends the
@@ -568,15 +576,26 @@ class ShareService:
                     done, future = pending.popleft()
                     yield done, future.result()
 
+        def transformed() -> Iterator[tuple[int, bytes | None, str | None]]:
+            """(number, output or None, why refused) in order: inline, or over the worker processes."""
+            if deid is None:
+                yield from ((n, data, None) for n, data in fetched())
+            elif self.deidentify_workers > 0:
+                yield from _in_workers(fetched(), self.deidentify_workers, profile, secret)
+            else:
+                for n, data in fetched():
+                    try:
+                        yield n, deid.instance(data), None
+                    except DeidentificationRefused as exc:
+                        yield n, None, str(exc)[:200]
+
         def generate() -> Iterator[bytes]:
             sink = _Sink()
             sent, refused = 0, []
             with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as zf:
-                for n, data in fetched():
-                    try:
-                        out = deid.instance(data) if deid is not None else data
-                    except DeidentificationRefused as exc:
-                        refused.append(str(exc)[:200])
+                for n, out, why in transformed():
+                    if out is None:
+                        refused.append(why or "refused")
                         continue
                     zf.writestr(f"DICOM/I{n:05d}.dcm", out)
                     sent += 1
@@ -586,6 +605,59 @@ class ShareService:
                         refused_reasons=refused[:10], study_instances=len(items))
 
         return generate()
+
+
+# --------------------------------------------------------------------------- worker processes
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """This process's pool of ``workers`` de-identification processes, started on first use.  Why
+    processes: pydicom is pure Python, threads would share one core; ``spawn`` because the web
+    worker runs threads (a fork could copy a held lock)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            pool = _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        return pool
+
+
+@functools.lru_cache(maxsize=8)
+def _worker_deidentifier(profile: Any, secret: bytes) -> Deidentifier:
+    return Deidentifier(profile, secret)
+
+
+def _deidentify_one(profile: Any, secret: bytes, data: bytes) -> tuple[bytes | None, str | None]:
+    """In a worker process: one instance, or why it was refused (exceptions do not cross as such)."""
+    try:
+        return _worker_deidentifier(profile, secret).instance(data), None
+    except DeidentificationRefused as exc:
+        return None, str(exc)[:200]
+
+
+def _in_workers(fetched: Iterator[tuple[int, bytes]], workers: int, profile: Any,
+                secret: bytes) -> Iterator[tuple[int, bytes | None, str | None]]:
+    """De-identify over the pool, two instances per process in flight, results in order."""
+    pool = _pool(workers)
+    pending: deque[tuple[int, Future[tuple[bytes | None, str | None]]]] = deque()
+    try:
+        for n, data in fetched:
+            pending.append((n, pool.submit(_deidentify_one, profile, secret, data)))
+            if len(pending) >= 2 * workers:
+                done, future = pending.popleft()
+                yield (done, *future.result())
+        while pending:
+            done, future = pending.popleft()
+            yield (done, *future.result())
+    except BrokenProcessPool:
+        with _POOLS_LOCK:
+            _POOLS.pop(workers, None)  # the next export starts a fresh pool
+        raise
+    finally:
+        for _, future in pending:
+            future.cancel()
 
 
 class _Sink(io.RawIOBase):
@@ -638,4 +710,5 @@ def from_settings(settings: Any, engine: Any, ring: KeyRing, append: Callable[[A
         store=ShareStore(engine), policy=policy, ring=ring, source=source,
         issuer=settings.tokens.issuer or settings.bridge.public_url, pacs_audience=settings.pacs.audience,
         share_audience=audience, link_base=audience, append=append,
-        session_seconds=settings.sharing.session_minutes * 60, lockout_failures=settings.sharing.lockout_failures)
+        session_seconds=settings.sharing.session_minutes * 60, lockout_failures=settings.sharing.lockout_failures,
+        deidentify_workers=settings.sharing.deidentify_workers)

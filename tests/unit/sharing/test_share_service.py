@@ -447,3 +447,14 @@ def test_auditor_filters_by_share(env):
     r = env["client"].get(f"/audit/events?share={a['id']}&type=share.created", headers=auditor)
     assert [e["type"] for e in r.json["events"]] == ["share.created"]
     assert env["client"].get(f"/audit/events?share={a['id']}&share=x", headers=auditor).status_code == 400
+
+
+def test_worker_processes_give_the_same_files_as_inline(env):
+    share = create(env, external(recipient={**PARTNER, "email": "eve@imaging-research.example"},
+                                 purpose="HRESCH", permissions=["view", "download"])).json
+    assert open_share(env, share["link"], share["passcode"]).status_code == 303
+    inline = env["client"].get("/share/s/study.zip").data
+    env["shares"].deidentify_workers = 2
+    pooled = env["client"].get("/share/s/study.zip").data
+    read = lambda data: {n: z.read(n) for z in [zipfile.ZipFile(io.BytesIO(data))] for n in z.namelist()}  # noqa: E731
+    assert read(inline) == read(pooled) and len(read(pooled)) == 3
