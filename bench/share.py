@@ -9,11 +9,19 @@ free text), all in memory:
 * ``deidentify``: the same, de-identified for one share (bridge/sharing/deidentify.py), with the
   Basic Profile alone and with every option a share may select.
 
+* ``serve_unmodified`` / ``serve_deidentified``: end to end through the share endpoint
+  (``GET /share/s/study.zip`` of the bridge's Flask app after link + passcode, with the share's
+  session cookie): the streamed ZIP of the 500 instances, as they are (the same endpoint code with
+  de-identification switched off) and de-identified for the share, by two worker processes
+  (``sharing.deidentify_workers``, the default) and in the request's thread (``_inline``). By default
+  the study is read from a real Orthanc (the dev stack's ``orthanc-plain``, Debian's 1.10.1 without
+  the bridge plugin, started here) over HTTP, as the endpoint reads it in production; with
+  ``--memory`` from an in-memory stand-in (then the baseline is a bare copy and the ratio shows the
+  de-identifier's cost alone).
+
 ``ratio_to_unmodified`` = de-identified rate / unmodified rate by wall time, ``cpu_ratio_to_unmodified``
-the same by process CPU time, steadier when other jobs share the cores (issue 14's target: at least one half, measured
-end to end through the share endpoint). The endpoint phase ("serve": de-identify and serve through
-the share endpoint, beside serving the same study unmodified) is to be added to ``PHASES`` when the
-share endpoints land; the phases here are the in-memory half.
+the same by process CPU time, steadier when other jobs share the cores (issue 14's target, for the
+``serve_*`` pair: at least one half).
 
     .venv/bin/python bench/share.py [--instances 500] [--repeat 3]
 """
@@ -110,18 +118,152 @@ def deidentify(options: frozenset[DeidOption]) -> Callable[[list[bytes]], Callab
     return build
 
 
-#: phase name -> builder(study) -> per-instance function. The share endpoint phase joins here.
-PHASES: dict[str, Callable[[list[bytes]], Callable[[bytes], bytes]]] = {
+class _Source:
+    """Orthanc's three answers the share endpoint needs, from memory (every call allowed)."""
+
+    def __init__(self, study: list[bytes]):
+        ds = dcmread(io.BytesIO(study[0]), stop_before_pixels=True)
+        self.uid = str(ds.StudyInstanceUID)
+        self.files = {f"i{n}": data for n, data in enumerate(study)}
+
+    def study(self, token: str, study_uid: str) -> Any:
+        from bridge.core.grants import StudyInfo
+
+        return StudyInfo("bench-study", self.uid, "MRN-4711", "Radiology", "St Aldhelm") if study_uid == self.uid \
+            else None
+
+    def instances(self, token: str, orthanc_study: str) -> list[dict[str, Any]]:
+        return [{"ID": k, "ParentSeries": "s", "MainDicomTags": {"InstanceNumber": str(n)}}
+                for n, k in enumerate(self.files, start=1)]
+
+    def file(self, token: str, instance: str) -> bytes:
+        return self.files[instance]
+
+
+#: the study source of the ``serve_*`` phases: set by main() (an Orthanc URL, or None: memory)
+ORTHANC: dict[str, Any] = {"url": None, "uid": None}
+
+
+def start_orthanc(study: list[bytes]) -> tuple[Any, str]:
+    """``orthanc-plain`` (no plugin) under the dev stack's state dir, holding ``study``; (service, URL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from pacs_devstack.orthanc import OrthancService
+    from pacs_devstack.service import StackContext
+    from pacs_devstack.tls import ensure_ca
+
+    os.environ.setdefault("PACS_BRIDGE_DEVSTACK_DIR", "/tmp/ds-share-bench")
+    ctx = StackContext(ca_file=ensure_ca())
+    svc = OrthancService("orthanc-share-bench", with_filter=False, aet="SHAREBENCH")
+    svc.prepare(ctx)
+    svc.start(ctx)
+    url = svc.wait_ready(ctx)["url"]
+    http = requests.Session()
+
+    def put(data: bytes) -> None:
+        r = http.post(url + "/instances", data=data, headers={"Content-Type": "application/dicom"}, timeout=60)
+        r.raise_for_status()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(put, study))
+    return svc, url
+
+
+def endpoint(deidentified: bool, workers: int = 2) -> Callable[[list[bytes]], Callable[[], int]]:
+    """A bridge app with one external share of the study; returns a function that downloads the ZIP
+    through ``GET /share/s/study.zip`` and gives its size."""
+
+    def build(study: list[bytes]) -> Callable[[], int]:
+        import tempfile
+        from pathlib import Path
+
+        from bridge.audit.keys import CheckpointKey
+        from bridge.audit.store import AuditStore
+        from bridge.config import load_config
+        from bridge.core import grants as grants_mod
+        from bridge.core import mfa
+        from bridge.policy.loader import load_policy
+        from bridge.sharing.service import Sharer, ShareService
+        from bridge.sharing.store import ShareStore
+        from bridge.store import db
+        from bridge.tokens.claims import TokenSettings
+        from bridge.tokens.keys import KeyEncryptor, KeyRing, MemoryKeyRepository
+        from bridge.tokens.service import TokenService
+        from bridge.tokens.store import SqlAssignmentSource, SqlRevocationStore
+        from bridge.web.app import create_app
+
+        class Service(ShareService):
+            def export(self, rec: Any, claims: Any, address: Any, deidentify: bool = True) -> Any:
+                return super().export(rec, claims, address, deidentify=deidentified)
+
+        url = f"sqlite:///{tempfile.mkdtemp(prefix='bench-share-')}/bridge.db"
+        db.migrate(url)
+        eng = db.engine(url)
+        ring = KeyRing(MemoryKeyRepository(), KeyEncryptor.from_secret(KeyEncryptor.generate_secret()))
+        from bridge.sharing.service import OrthancSource
+
+        source: Any = _Source(study)
+        if ORTHANC["url"]:
+            uid = source.uid
+            source = OrthancSource(ORTHANC["url"])
+            source.uid = uid
+        audit = AuditStore(eng, CheckpointKey.generate())
+        tokens = TokenService(ring=ring, settings=TokenSettings("https://127.0.0.1:9443", "pacs"),
+                              mfa_rule=mfa.MfaRule(), keycloak=None, assignments=SqlAssignmentSource(eng),
+                              revocations=SqlRevocationStore(eng), role_permissions={})
+        policy = load_policy(Path(__file__).resolve().parents[1] / "examples" / "policy.yaml").sharing
+        service = Service(store=ShareStore(eng), policy=policy, ring=ring, source=source,
+                          issuer="https://127.0.0.1:9443", pacs_audience="pacs",
+                          share_audience="https://127.0.0.1:9443/share", link_base="https://127.0.0.1:9443/share",
+                          append=audit.append, deidentify_workers=workers)
+        sharer = Sharer("bench-sharer", "rad.bench", "https://127.0.0.1:9443", ("radiologist",),
+                        (grants_mod.Grant(frozenset({"view", "download", "share"})),), "unused")
+        share = service.create(sharer, {
+            "study_uid": source.uid, "purpose": "HRESCH",
+            "legal_basis": "GDPR Art. 6(1)(e) + Art. 9(2)(j): scientific research with safeguards (Art. 89)",
+            "lifetime": "1h", "max_uses": 5, "permissions": ["view", "download"],
+            "recipient": {"type": "external", "name": "Bench", "institution": "Lab",
+                          "email": "b@imaging-research.example", "country": "DE"}})
+        app = create_app(load_config(store={"url": url}), share_service=service, token_service=tokens,
+                         audit_store=audit, config={"PACS_BRIDGE_RATE_LOGIN": "1000/second"})
+        client = app.test_client()
+        r = client.post(share["link"].removeprefix("https://127.0.0.1:9443"), data={"passcode": share["passcode"]})
+        assert r.status_code == 303, r.status_code
+
+        def download() -> int:
+            resp = client.get("/share/s/study.zip", buffered=False)
+            assert resp.status_code == 200, resp.status_code
+            size = sum(len(chunk) for chunk in resp.response)
+            resp.close()
+            return size
+
+        download()  # warm-up, untimed: the worker processes start, Orthanc's cache fills alike for all phases
+        return download
+
+    return build
+
+
+#: phase name -> builder(study) -> per-instance function, or (``serve_*``) a whole-study download
+PHASES: dict[str, Callable[[list[bytes]], Any]] = {
     "unmodified": unmodified,
     "deidentify_basic": deidentify(frozenset()),
     "deidentify_all_options": deidentify(frozenset(DeidOption) - {DeidOption.RETAIN_LONGITUDINAL_FULL_DATES}),
+    "serve_unmodified": endpoint(False),
+    "serve_deidentified": endpoint(True),  # sharing.deidentify_workers: 2 (the default)
+    "serve_deidentified_inline": endpoint(True, workers=0),  # in the request's thread
 }
+#: which phase each ratio is taken against
+BASELINE = {"deidentify_basic": "unmodified", "deidentify_all_options": "unmodified",
+            "serve_deidentified": "serve_unmodified", "serve_deidentified_inline": "serve_unmodified"}
 
 
-def run(study: list[bytes], build: Callable[[list[bytes]], Callable[[bytes], bytes]]) -> dict[str, Any]:
+def run(study: list[bytes], build: Callable[[list[bytes]], Any]) -> dict[str, Any]:
     fn = build(study)
+    whole = fn.__name__ == "download"
     t0, c0 = time.perf_counter(), time.process_time()
-    size = sum(len(fn(data)) for data in study)
+    size = fn() if whole else sum(len(fn(data)) for data in study)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"seconds": round(seconds, 3), "instances_per_s": round(len(study) / seconds, 1),
             "mb_per_s": round(size / seconds / 1e6, 1), "cpu_seconds": round(cpu, 3),
@@ -132,8 +274,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--instances", type=int, default=500)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--memory", action="store_true", help="serve from memory instead of a real Orthanc")
     args = ap.parse_args()
     study = make_study(args.instances)
+    orthanc = None
+    if not args.memory:
+        orthanc, ORTHANC["url"] = start_orthanc(study)
     load_before = os.getloadavg()
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in PHASES}
     for _ in range(args.repeat):  # interleaved, so a burst of load hits every phase alike
@@ -149,15 +295,18 @@ def main() -> None:
         result[name] = {**best, "median_instances_per_s": statistics.median(r["instances_per_s"] for r in rs),
                         "median_instances_per_cpu_s": statistics.median(r["instances_per_cpu_s"] for r in rs),
                         "runs": len(rs)}
-    base = result["unmodified"]
-    for name in PHASES:
-        if name != "unmodified":
-            ours = result[name]
-            ours["ratio_to_unmodified"] = round(ours["median_instances_per_s"] / base["median_instances_per_s"], 2)
-            # CPU time is steadier than wall time on a shared machine
-            ours["cpu_ratio_to_unmodified"] = round(
-                ours["median_instances_per_cpu_s"] / base["median_instances_per_cpu_s"], 2)
+    for name, against in BASELINE.items():
+        base, ours = result[against], result[name]
+        ours["ratio_to_unmodified"] = round(ours["median_instances_per_s"] / base["median_instances_per_s"], 2)
+        # CPU time is steadier than wall time on a shared machine
+        ours["cpu_ratio_to_unmodified"] = round(
+            ours["median_instances_per_cpu_s"] / base["median_instances_per_cpu_s"], 2)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["serve_source"] = "orthanc-1.10.1 over HTTP (no plugin)" if orthanc is not None else "memory"
+    if orthanc is not None:
+        from pacs_devstack import process
+
+        process.stop(orthanc.name)
     print(json.dumps(result, indent=2))
 
 

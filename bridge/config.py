@@ -553,7 +553,7 @@ class WebSection(_Section):
 #: paths the web app serves itself: a gateway prefix must not shadow them
 _RESERVED_PREFIXES = ("/login", "/logout", "/oidc", "/backchannel-logout", "/token", "/introspect", "/revoke",
                       "/revocations", "/jwks.json", "/.well-known", "/audit", "/metrics", "/readyz", "/healthz",
-                      "/orthanc-auth", "/static")
+                      "/orthanc-auth", "/static", "/shares", "/share")
 
 
 class GatewaySection(_Section):
@@ -674,6 +674,37 @@ class ComplianceSection(_Section):
     orthanc_config: Path | None = None
 
 
+class SharingSection(_Section):
+    """Study shares (docs/sharing.md).  The policy's ``sharing:`` section says who may share what;
+    this section says where the external recipients' share endpoint lives.  The endpoint is a
+    blueprint of its own under ``prefix``: a site that exposes it outside the hospital runs it on a
+    listener (or host name) of its own whose reverse proxy forwards only ``<prefix>/``."""
+
+    #: the origin external recipients are given (``https://share.hospital.example``); default:
+    #: bridge.public_url.  The share token's audience is ``<public_url><prefix>``, never the PACS.
+    public_url: str | None = None
+    prefix: str = "/share"
+    #: how long a recipient's session lasts after the passcode (never beyond the share's expiry)
+    session_minutes: int = Field(30, ge=1, le=24 * 60)
+    #: wrong passcodes per share and source address before that pair is locked out
+    lockout_failures: int = Field(5, ge=1, le=20)
+    #: processes per web worker that de-identify an export in parallel (0: in the request's thread)
+    deidentify_workers: int = Field(2, ge=0, le=64)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not re.fullmatch(r"(/[A-Za-z0-9_-]+)+", v):
+            raise ValueError("must look like /share: letters, digits, _ and -, starting with /, no trailing /")
+        return v
+
+    @model_validator(mode="after")
+    def _https(self) -> SharingSection:
+        if self.public_url is not None:
+            self.public_url = check_client_url(self.public_url, key="public_url", tls="https")
+        return self
+
+
 class Settings(BaseSettings):
     """The whole configuration.  Build it with :func:`load_config`."""
 
@@ -697,6 +728,7 @@ class Settings(BaseSettings):
     web: WebSection = Field(default_factory=WebSection)
     gateway: GatewaySection = Field(default_factory=GatewaySection)
     compliance: ComplianceSection = Field(default_factory=ComplianceSection)
+    sharing: SharingSection = Field(default_factory=SharingSection)
 
     _yaml_data: dict[str, Any] = {}
 
@@ -819,4 +851,6 @@ def summary(settings: Settings) -> list[tuple[str, str]]:
         ("gateway", f"{s.bridge.public_url}{s.gateway.prefix}/ -> {s.gateway.orthanc_url} (idle "
                     f"{s.gateway.idle_timeout_seconds} s, max {s.gateway.absolute_lifetime_seconds} s)"
                     if s.gateway.enabled else "(off)"),
+        ("sharing", f"{s.sharing.public_url or s.bridge.public_url}{s.sharing.prefix}/ (recipient sessions "
+                    f"{s.sharing.session_minutes} min, lockout after {s.sharing.lockout_failures} wrong passcodes)"),
     ]

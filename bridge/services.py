@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from bridge.audit.store import AuditStore
+    from bridge.sharing.service import ShareService
     from bridge.tokens.service import TokenService
     from bridge.tokens.store import KeyRing
 
@@ -75,6 +76,13 @@ class Services:
         from bridge.kcadmin import admin_from_settings
 
         return admin_from_settings(self.settings.keycloak)
+
+    @cached_property
+    def shares(self) -> ShareService:
+        """Study shares (bridge/sharing/service.py); its events go straight to :attr:`audit_store`."""
+        from bridge.sharing.service import from_settings
+
+        return from_settings(self.settings, self.engine, self.key_ring, self.audit_store.append)
 
     @cached_property
     def token_service(self) -> TokenService:
@@ -130,6 +138,7 @@ class Services:
             role_permissions=role_permissions(settings.sync.policy_file),
             role_scopes=role_scopes(settings.sync.policy_file),
             audit=audit,
+            extra_grants=(self.shares.grants_for,),  # internal shares: per-study grants (bridge/sharing)
         )
 
 

@@ -86,6 +86,10 @@ class AuditEventType(StrEnum):
     DICOM_ASSOCIATION_REFUSED = "dicom.association_refused"
     AUDIT_INPUT_REJECTED = "audit.input_rejected"
     STORAGE_INTEGRITY_FAILURE = "storage.integrity_failure"
+    SHARE_PASSCODE_FAILED = "share.passcode_failed"
+    SHARE_LOCKED_OUT = "share.locked_out"
+    SHARE_PASSCODE_RENEWED = "share.passcode_renewed"
+    SHARE_EXPORTED = "share.exported"
 
 
 # --- DICOM codes used below (PS3.16 CID 400-404) ---
@@ -201,10 +205,10 @@ CODES: dict[AuditEventType, EventCodes] = {
                             "Emergency access (break-glass) started; PurposeOfUse BTG"),
     T.BREAK_GLASS_STOP: _e(SECURITY_ALERT, (EMERGENCY_OVERRIDE_STOPPED,), A.EXECUTE, O.SUCCESS,
                            "Emergency access ended (expiry or explicit stop)"),
-    T.SHARE_CREATED: _e(EXPORT, (), A.READ, O.SUCCESS, "Study shared externally"),
+    T.SHARE_CREATED: _e(EXPORT, (), A.READ, O.SUCCESS, "Study shared (internal grant or external link)"),
     T.SHARE_USED: _e(EXPORT, (), A.READ, O.SUCCESS, "External recipient retrieved a shared study"),
     T.SHARE_REVOKED: _e(SECURITY_ALERT, (OBJECT_SECURITY_ATTRIBUTES_CHANGED,), A.EXECUTE, O.SUCCESS,
-                        "External share revoked"),
+                        "Share revoked"),
     T.AUDIT_LOG_USED: _e(AUDIT_LOG_USED, (), A.READ, O.SUCCESS, "Audit trail read, queried or exported"),
     T.DICOM_ASSOCIATION_REFUSED: _e(SECURITY_ALERT, (NODE_AUTHENTICATION,), A.EXECUTE, O.MINOR_FAILURE,
                                     "DICOM association rejected (unknown AE or bad user identity)"),
@@ -214,6 +218,14 @@ CODES: dict[AuditEventType, EventCodes] = {
     T.STORAGE_INTEGRITY_FAILURE: _e(SECURITY_ALERT, (), A.READ, O.SERIOUS_FAILURE,
                                     "A stored image file did not open (altered, truncated, another "
                                     "attachment's file, unknown storage key, or plaintext): not served"),
+    T.SHARE_PASSCODE_FAILED: _e(USER_AUTHENTICATION, (LOGIN,), A.EXECUTE, O.MINOR_FAILURE,
+                                "Wrong passcode for an external share (or a link that names no live share)"),
+    T.SHARE_LOCKED_OUT: _e(SECURITY_ALERT, (USE_OF_RESTRICTED_FUNCTION,), A.EXECUTE, O.SERIOUS_FAILURE,
+                           "External share locked for a source address after repeated wrong passcodes"),
+    T.SHARE_PASSCODE_RENEWED: _e(SECURITY_ALERT, (OBJECT_SECURITY_ATTRIBUTES_CHANGED,), A.EXECUTE, O.SUCCESS,
+                                 "The sharer issued a new passcode for an external share (lockouts cleared)"),
+    T.SHARE_EXPORTED: _e(EXPORT, (), A.READ, O.SUCCESS,
+                         "De-identified DICOM instances of a share exported to its external recipient"),
 }
 
 #: the only event types the PACS plugin may send to ``POST /audit/events`` (what it emits:

@@ -271,24 +271,59 @@ class GatewaySession(Base):
     secrets: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+Index("ix_audit_events_type_time", AuditEventRow.type, AuditEventRow.time)
+
+
 class Share(Base):
-    """An external share of a study (de-identified link for a recipient)."""
+    """A share of one study (issue 14; docs/sharing.md).  ``kind`` internal: a per-study grant of
+    kind ``share`` for a user or the members of a group, read at every token issue; external: a
+    link (only its SHA-256, ``link_hash``, is kept) plus a passcode (only a scrypt hash) for a
+    recipient outside the hospital, served de-identified by the share endpoint.  ``secret`` is the
+    share's de-identification key (UIDs, date shift), AES-GCM encrypted under a key derived from the
+    bridge's key-encryption key with the share id as associated data.  Rows are kept after expiry
+    and revocation: they are what the audit trail's share ids refer to."""
 
     __tablename__ = "shares"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
     study_uid: Mapped[str] = mapped_column(String(64), index=True)
     patient_id: Mapped[str | None] = mapped_column(String(128))
-    created_by: Mapped[str] = mapped_column(String(512))
-    recipient: Mapped[str | None] = mapped_column(String(512))
-    #: SHA-256 of the share secret; the secret itself is never stored
-    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(512), index=True)
+    created_by_name: Mapped[str | None] = mapped_column(String(256))
+    #: user (directory id), group (DN) or external (e-mail address)
+    recipient_kind: Mapped[str] = mapped_column(String(16))
+    recipient: Mapped[str] = mapped_column(String(1024), index=True)
+    recipient_name: Mapped[str | None] = mapped_column(String(256))
+    recipient_org: Mapped[str | None] = mapped_column(String(256))
+    recipient_country: Mapped[str | None] = mapped_column(String(2))
+    rule_id: Mapped[str] = mapped_column(String(128))
+    purpose: Mapped[str] = mapped_column(String(64))
+    legal_basis: Mapped[str] = mapped_column(String(512))
+    transfer_basis: Mapped[str | None] = mapped_column(String(512))
+    permissions: Mapped[list[str]] = mapped_column(JSON, default=list)
     deidentified: Mapped[bool] = mapped_column(Boolean, default=True)
+    secret: Mapped[bytes | None] = mapped_column(LargeBinary)
+    link_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    passcode_hash: Mapped[str | None] = mapped_column(String(256))
+    #: raised by every new passcode: share sessions opened with an older one end
+    passcode_version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    revoked_by: Mapped[str | None] = mapped_column(String(512))
     max_uses: Mapped[int | None] = mapped_column(Integer)
     use_count: Mapped[int] = mapped_column(Integer, default=0)
 
 
-Index("ix_audit_events_type_time", AuditEventRow.type, AuditEventRow.time)
+class SharePasscodeFailure(Base):
+    """Wrong passcodes per external share and source address: at 5 the pair is locked out (until the
+    sharer issues a new passcode, which clears the share's rows).  In the database, not one
+    worker's memory: the next try may reach another worker or instance."""
+
+    __tablename__ = "share_passcode_failures"
+
+    share_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(128), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -56,6 +56,11 @@ def create_app(settings: Settings, *, config: dict[str, Any] | None = None, **se
             gateway.init_app(app, settings, service, app.extensions[login.EXTENSION]["keycloak"],
                              login._engine(app, settings), transport=services.get("gateway_transport"))
 
+    from bridge.web import share_page, shares
+
+    shares.init_app(app, settings, services.get("share_service"))  # the sharers' API (docs/sharing.md)
+    share_page.init_app(app, settings, services.get("share_service"))  # the external recipients' endpoint
+
     from bridge.web import orthanc_auth
 
     orthanc_auth.init_app(app, settings)  # Orthanc's official authorization plugin contract

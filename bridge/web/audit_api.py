@@ -1,7 +1,8 @@
 """The auditor's API over the audit trail, and the ingest endpoint of the Orthanc plugin.
 
 ``GET /audit/events``: records filtered by ``user`` (``sub@iss`` or username), ``patient``,
-``study``, ``type`` (repeatable or comma-separated), ``since``/``until`` (ISO 8601, UTC if no
+``study``, ``share`` (a share id: the events naming that share, by default of the ``share.*`` types
+and access.denied), ``type`` (repeatable or comma-separated), ``since``/``until`` (ISO 8601, UTC if no
 zone), as ``format=json`` (default) or ``csv``, ``limit`` records per page (default 100, at most
 1000) after the ``after`` seq; the JSON answer carries ``next`` (the URL of the next page), both
 answers a ``Link: <...>; rel="next"`` header.  Only for a PACS token carrying the ``audit-logs``
@@ -41,7 +42,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from bridge.audit.export import export_csv, export_rows
-from bridge.audit.store import AuditStore
+from bridge.audit.store import AuditStore, object_ids
 from bridge.config import Settings
 from bridge.core import audit_events as ev
 from bridge.core.audit_codes import PACS_INGEST_TYPES, AuditEventType, ObjectKind, Outcome
@@ -175,6 +176,39 @@ def _int(name: str, default: int | None, lo: int, hi: int | None = None) -> int 
     return n
 
 
+def _one(name: str) -> str | None:
+    """A parameter that must not be repeated (which of two share ids would the auditor mean?)."""
+    values = request.args.getlist(name)
+    if len(values) > 1:
+        raise ApiError(400, "invalid_request", f"{name}: give it once")
+    return values[0] if values and values[0] else None
+
+
+#: what ``share=`` searches when no ``type`` is given: every event a share's life writes
+SHARE_TYPES = [t.value for t in AuditEventType if t.value.startswith("share.")] + [AuditEventType.ACCESS_DENIED.value]
+#: rows read per step while filtering by share (the share is a participant object, not a column)
+SHARE_SCAN = 1000
+
+
+def _query(store: AuditStore, f: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    """``limit`` + 1 matching records (one more tells whether there is a next page).  With ``share``
+    the records of the other filters are read in steps and kept when one of their participant
+    objects is that share (the store's indexed columns hold patient and study, not shares)."""
+    share = f.pop("share")
+    if not share:
+        return store.query(**f, limit=limit + 1)
+    f["types"] = f["types"] or SHARE_TYPES
+    after = f.pop("after_seq")
+    out: list[dict[str, Any]] = []
+    while len(out) <= limit:
+        rows = store.query(**f, after_seq=after, limit=SHARE_SCAN)
+        out += [r for r in rows if share in object_ids(r, ObjectKind.SHARE)]
+        if len(rows) < SHARE_SCAN:
+            break
+        after = rows[-1]["seq"]
+    return out[:limit + 1]
+
+
 def _filters() -> dict[str, Any]:
     types: list[str] = []
     for raw in request.args.getlist("type"):
@@ -191,6 +225,7 @@ def _filters() -> dict[str, Any]:
         "user": request.args.get("user") or None,
         "patient": request.args.get("patient") or None,
         "study": request.args.get("study") or None,
+        "share": _one("share"),
         "types": types or None,
         "since": _time("since"),
         "until": _time("until"),
@@ -206,7 +241,7 @@ def query_events() -> Response:
     claims = _auditor()
     f = _filters()
     fmt, limit = f.pop("format"), f.pop("limit")
-    rows = audit_store(current_app).query(**f, limit=limit + 1)
+    rows = _query(audit_store(current_app), dict(f), limit)
     more = len(rows) > limit
     rows = rows[:limit]
     next_url = None
