@@ -23,6 +23,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: gunicorn setting: no peer may set the URL scheme or script name through headers
 forwarded_allow_ips = ""
+#: gunicorn setting: the access log never shows a share link (bridge/web/access_log.py)
+logger_class = "bridge.web.access_log.RedactingLogger"
 
 
 def on_starting(server: Any) -> None:

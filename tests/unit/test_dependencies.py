@@ -29,8 +29,9 @@ DISTRIBUTION = {
     "dicomanonymizer": "dicom-anonymizer",
     "sqlcipher3": "sqlcipher3-binary",
 }
-#: imported but not installed from PyPI: the module Orthanc itself provides to its Python plugins
-HOST_PROVIDED = {"orthanc"}
+#: imported but not installed from PyPI: the module Orthanc itself provides to its Python plugins, and
+#: gunicorn, which imports bridge/web/access_log.py itself (the `server` extra installs it)
+HOST_PROVIDED = {"orthanc", "gunicorn"}
 #: declared but never imported by name: a library loads them (reason each)
 LOADED_BY_A_LIBRARY = {"redis": "limits imports it for a redis:// or rediss:// rate-limit storage URL"}
 

@@ -1,0 +1,35 @@
+"""gunicorn's access log without capabilities: a path segment that is a bearer secret (an external
+share's link, ``<sharing.prefix>/<43 url-safe characters>``) is written as ``[redacted]``.
+
+Why here and not in the app: the access line is written by gunicorn after the response, from the
+raw request path; the share link is one of the two factors of an external share (the passcode is
+the other), and a log reader must not get half of it.  Any segment of 32 or more url-safe
+characters counts, so a future capability URL is covered too; ordinary ids (Orthanc's 44-char
+hyphenated ids contain '-' every 8 characters and are not matched) stay readable.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from gunicorn.glogging import Logger
+
+#: a path segment that looks like a random url-safe secret (secrets.token_urlsafe(24) and longer)
+SECRET_SEGMENT = re.compile(r"(?<=/)[A-Za-z0-9_-]{32,}(?=/|$)")
+ORTHANC_ID = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")
+
+
+def redact(path: str) -> str:
+    """``path`` with every secret-looking segment replaced (Orthanc's ids are kept)."""
+    return SECRET_SEGMENT.sub(lambda m: m.group(0) if ORTHANC_ID.match(m.group(0)) else "[redacted]", path)
+
+
+class RedactingLogger(Logger):
+    """gunicorn's logger whose ``%(U)s`` (the path) has secret segments redacted."""
+
+    def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
+        out = super().atoms(resp, req, environ, request_time)
+        if isinstance(out.get("U"), str):
+            out["U"] = redact(out["U"])
+        return out
