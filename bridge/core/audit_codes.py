@@ -85,6 +85,9 @@ class AuditEventType(StrEnum):
     AUDIT_LOG_USED = "audit.log_used"
     DICOM_ASSOCIATION_REFUSED = "dicom.association_refused"
     AUDIT_INPUT_REJECTED = "audit.input_rejected"
+    REVIEW_STARTED = "review.started"
+    REVIEW_DECIDED = "review.decided"
+    REVIEW_ESCALATED = "review.escalated"
 
 
 # --- DICOM codes used below (PS3.16 CID 400-404) ---
@@ -210,6 +213,13 @@ CODES: dict[AuditEventType, EventCodes] = {
     T.AUDIT_INPUT_REJECTED: _e(SECURITY_ALERT, (), A.EXECUTE, O.MINOR_FAILURE,
                                "An event offered to the trail (PACS plugin ingest, Keycloak event) was "
                                "not usable or not allowed; recorded in its place"),
+    T.REVIEW_STARTED: _e(SECURITY_ALERT, (LOCAL_SERVICE_STARTED,), A.EXECUTE, O.SUCCESS,
+                         "Access review (recertification) campaign started"),
+    T.REVIEW_DECIDED: _e(SECURITY_ALERT, (USER_SECURITY_ATTRIBUTES_CHANGED,), A.EXECUTE, O.SUCCESS,
+                         "Access review decision: a role assignment kept or revoked, with the reviewer's "
+                         "comment (a refused decision has outcome 4)"),
+    T.REVIEW_ESCALATED: _e(SECURITY_ALERT, (USE_OF_RESTRICTED_FUNCTION,), A.EXECUTE, O.MINOR_FAILURE,
+                           "Access review items unanswered past the deadline, escalated to the privacy officer"),
 }
 
 #: the only event types the PACS plugin may send to ``POST /audit/events`` (what it emits:

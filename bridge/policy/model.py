@@ -86,6 +86,34 @@ class Conflict:
 
 
 @dataclass(frozen=True)
+class ReviewerScope:
+    """Who reviews whom in an access review (recertification, docs/governance.md): the members of
+    ``group`` review every role assignment of users whose directory department is in
+    ``departments`` and every assignment of a role in ``roles`` (either list may be empty, not
+    both).  ``id`` names the scope in the campaign, its audit events and the page."""
+
+    id: str
+    group: GroupRef
+    departments: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    description: str = ""
+
+    def covers(self, department: str, role: str) -> bool:
+        dept = department.strip().lower()
+        return (bool(dept) and dept in (d.lower() for d in self.departments)) or role in self.roles
+
+
+@dataclass(frozen=True)
+class Reviewers:
+    """The ``reviewers:`` section: the scopes, and the privacy officer's group, which receives
+    every item no scope covers, every item a reviewer may not decide (their own) and every item
+    left unanswered past the deadline (escalation)."""
+
+    privacy_officer: GroupRef
+    scopes: tuple[ReviewerScope, ...] = ()
+
+
+@dataclass(frozen=True)
 class Policy:
     roles: dict[str, Role]
     rules: tuple[Rule, ...]
@@ -95,3 +123,5 @@ class Policy:
     meta: dict[str, str] = field(default_factory=dict)
     #: the ``sharing:`` section (bridge/policy/sharing.py); None: the file allows no share at all
     sharing: SharingPolicy | None = None
+    #: the ``reviewers:`` section (access reviews); None: no review can be run
+    reviewers: Reviewers | None = None
