@@ -114,7 +114,7 @@ def test_flags(eng: Any) -> None:
     access(store, "alice", now - dt.timedelta(days=2))
     access(store, "carl", now - dt.timedelta(days=1), departments=["Cardiology"])
     access(store, "carl", now - dt.timedelta(days=1), departments=["Oncology"])  # outside his only role's scope
-    access(store, "carl", now - dt.timedelta(days=1), departments=["Neuro"], purpose=["BTG"])  # break-glass: not counted
+    access(store, "carl", now - dt.timedelta(days=1), departments=["Neuro"], purpose=["BTG"])  # not counted
     access(store, "dora", now - dt.timedelta(days=400))
     store.append(ev.AuditEvent(AuditEventType.ROLE_ASSIGNED, None, ev.Actor(user_id="kc@x", username="console.admin"),
                                (ev.user("u-alice", "alice"), ev.role("admin")),
