@@ -298,3 +298,32 @@ def test_activity_is_one_aggregate_per_user(eng: Any) -> None:
     store.append(ev.AuditEvent(AuditEventType.LOGIN_SUCCESS, None, ev.Actor(user_id=f"u-alice@{ISS}"), time=t))
     a = facts.activity(eng)["u-alice"]
     assert a.last_access.startswith("2026-01-02") and a.last_login.startswith("2026-01-01")
+
+
+def test_serve_schedules_a_monthly_campaign_and_the_escalation(tmp_path: Path) -> None:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from bridge.config import load_config
+    from bridge.review import jobs
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY_TEXT)
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text(f"sync: {{policy_file: {policy}}}\nstore: {{url: 'sqlite:///{tmp_path}/b.db'}}\n")
+    settings = load_config(cfg)
+    sched = BackgroundScheduler()
+    assert set(jobs.schedule(sched, settings)) == {"review-campaign", "review-escalation"}
+    trigger = sched.get_job("review-campaign").trigger
+    assert "day='1'" in str(trigger) and "hour='6'" in str(trigger)
+
+
+@pytest.mark.parametrize(("body", "key"), [("schedule: 'every month'", "review.schedule"),
+                                           ("webhook_url: 'http://hook.test/x'", "review.webhook_url")])
+def test_the_review_section_is_validated(tmp_path: Path, body: str, key: str) -> None:
+    from bridge.config import ConfigError, load_config
+
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text(f"review: {{{body}}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    assert key in str(err.value)
