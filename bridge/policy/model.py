@@ -9,6 +9,7 @@ all of them (keycloak#52048).  A rule here names exactly one group.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
 from bridge.core.permissions import Permission, expand
@@ -100,7 +101,11 @@ class ReviewerScope:
 
     def covers(self, department: str, role: str) -> bool:
         dept = department.strip().lower()
-        return (bool(dept) and dept in (d.lower() for d in self.departments)) or role in self.roles
+        return (bool(dept) and dept in self._departments) or role in self.roles
+
+    @cached_property
+    def _departments(self) -> frozenset[str]:
+        return frozenset(d.lower() for d in self.departments)
 
 
 @dataclass(frozen=True)

@@ -133,19 +133,31 @@ def reviewer_queues(snapshot: DirectorySnapshot, policy: Policy) -> tuple[dict[s
     return out, warnings
 
 
-def route(policy: Policy, reviewers: Mapping[str, list[tuple[str, str]]], subject_id: str,
+def route(policy: Policy, reviewers: Mapping[str, Iterable[tuple[str, str]]], subject_id: str,
           department: str, role: str) -> str:
     """The queue of an item: the first scope that covers the user's department or the role and has
     a reviewer other than the user (nobody reviews their own access: the other members do, and
     :func:`bridge.review.campaign.decide` refuses the user); else the privacy officer's."""
-    assert policy.reviewers is not None
-    for scope in policy.reviewers.scopes:
-        if not scope.covers(department, role):
-            continue
-        members = {sid for sid, _ in reviewers.get(scope.id, [])}
-        if members - {subject_id}:
-            return scope.id
-    return PRIVACY_OFFICER
+    return Router(policy, reviewers)(subject_id, department, role)
+
+
+class Router:
+    """:func:`route` with the reviewer sets computed once (a review routes every assignment)."""
+
+    def __init__(self, policy: Policy, reviewers: Mapping[str, Iterable[tuple[str, str]]]):
+        assert policy.reviewers is not None
+        self.scopes = [(s, frozenset(sid for sid, _ in reviewers.get(s.id, ()))) for s in policy.reviewers.scopes]
+        self.cache: dict[tuple[str, str], list[tuple[str, frozenset[str]]]] = {}
+
+    def __call__(self, subject_id: str, department: str, role: str) -> str:
+        key = (department, role)
+        candidates = self.cache.get(key)
+        if candidates is None:
+            candidates = self.cache[key] = [(s.id, m) for s, m in self.scopes if m and s.covers(department, role)]
+        for qid, members in candidates:
+            if len(members) > 1 or subject_id not in members:
+                return qid
+        return PRIVACY_OFFICER
 
 
 def _iso(when: dt.datetime) -> str:
@@ -238,6 +250,8 @@ def build_review(snapshot: DirectorySnapshot, policy: Policy, *, assignments: It
                                     r.source_group_dn, r.rule_id))
 
     # 3. per-user facts and flags
+    router = Router(policy, reviewers)
+    privileged_roles = {name for name, r in policy.roles.items() if r.effective_permissions & PRIVILEGED}
     hand_by_subject: dict[str, list[HandAssignment]] = {}
     for h in hand:
         hand_by_subject.setdefault(h.subject, []).append(h)
@@ -249,8 +263,7 @@ def build_review(snapshot: DirectorySnapshot, policy: Policy, *, assignments: It
         if u.items and (seen is None or seen < dormant_before):
             u.flags.add("dormant")
             u.evidence["dormant"] = {"last_seen": seen, "days": dormant_days}
-        priv = sorted(i.role for i in u.items if i.role in policy.roles
-                      and policy.roles[i.role].effective_permissions & PRIVILEGED)
+        priv = sorted(i.role for i in u.items if i.role in privileged_roles)
         if priv:
             u.flags.add("privileged")
             u.evidence["privileged"] = priv
@@ -268,7 +281,7 @@ def build_review(snapshot: DirectorySnapshot, policy: Policy, *, assignments: It
             u.evidence["out-of-scope"] = {"count": check.count, "departments": sorted(check.departments),
                                           "examples": check.examples}
         for i in u.items:
-            i.queue = route(policy, reviewers, sid, u.department, i.role)
+            i.queue = router(sid, u.department, i.role)
     return Review(users, reviewers, warnings + [
         f"rule {r.id}: group {r.group} not in the directory" for r in ev.unresolved_rules])
 
