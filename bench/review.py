@@ -32,11 +32,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge.core.audit_codes import AuditEventType  # noqa: E402
-from bridge.core.audit_events import format_time  # noqa: E402
-from bridge.directory.model import DirectoryGroup, DirectorySnapshot, DirectoryUser  # noqa: E402
-from bridge.policy.loader import parse_policy  # noqa: E402
-from bridge.store import db  # noqa: E402
+from bridge.core.audit_codes import AuditEventType
+from bridge.core.audit_events import format_time
+from bridge.directory.model import DirectoryGroup, DirectorySnapshot, DirectoryUser
+from bridge.policy.loader import parse_policy
+from bridge.store import db
 
 ISS = "https://bridge.bench"
 DEPTS = ["Radiology", "Cardiology", "Emergency", "Oncology", "Neurology", "Surgery", "Pediatrics", "IT",
@@ -100,7 +100,7 @@ def fill(url: str, snap: DirectorySnapshot, policy: Any, records: int, seed: int
     now = dt.datetime.now(dt.UTC)
     ph = "%s" if eng.dialect.paramstyle in ("format", "pyformat") else "?"
     cols = ("seq", "prev_hash", "hash", *HASHED)
-    sql = f"INSERT INTO audit_events ({', '.join(cols)}) VALUES ({', '.join([ph] * len(cols))})"  # noqa: S608
+    sql = f"INSERT INTO audit_events ({', '.join(cols)}) VALUES ({', '.join([ph] * len(cols))})"
     kinds = [AuditEventType.STUDY_ACCESSED.value] * 6 + [AuditEventType.LOGIN_SUCCESS.value] * 2 + [
         AuditEventType.ACCESS_DENIED.value, AuditEventType.STUDY_DOWNLOADED.value]
     seq = 0
