@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +29,7 @@ def webhook(settings: Any) -> Callable[[dict[str, Any]], None] | None:
     r = settings.review
     if not r.webhook_url:
         return None
-    verify: Any = str(r.webhook_ca_file) if r.webhook_ca_file else True
+    verify: Any = ssl.create_default_context(cafile=str(r.webhook_ca_file)) if r.webhook_ca_file else True
     secret = r.webhook_secret.get_secret_value() if r.webhook_secret else None
 
     def send(payload: dict[str, Any]) -> None:

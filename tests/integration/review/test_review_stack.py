@@ -215,7 +215,10 @@ def test_an_unanswered_item_escalates_to_syslog_and_the_webhook(env: dict[str, A
         line = next(x for x in received.read_text(errors="replace").splitlines() if row["event_id"] in x)
         assert "review.escalated" in line and "110113" in line
         # the privacy officer may now decide an item of another queue
-        escalated = campaign.visible_items(services.engine, camp.id, env["ids"]["comp.mila"])
-        assert {i.id for i in open_items} <= {i.id for i in escalated}
+        mila = env["ids"]["comp.mila"]
+        escalated = campaign.visible_items(services.engine, camp.id, mila)
+        others = {i.id for i in open_items if i.subject_id != mila}  # never her own items
+        assert others and others <= {i.id for i in escalated}
+        assert not any(i.subject_id == mila for i in escalated)
     finally:
         server.shutdown()
