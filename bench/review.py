@@ -82,10 +82,14 @@ reviewers:
 def fill(url: str, snap: DirectorySnapshot, policy: Any, records: int, seed: int = 11) -> dict[str, Any]:
     """Assignment rows as the sync writes them, and ``records`` audit rows in bulk."""
     from bridge.audit.chain import HASHED
+    from bridge.review.build import scoped_departments
     from bridge.store.models import RoleAssignment
     from bridge.sync.desired import desired_state
 
     rnd = random.Random(seed)
+    # users whose every role is department-scoped: the PACS refuses their other departments, so
+    # their *allowed* accesses are to their departments; one in a thousand is not (the alarm case)
+    scoped = {uid: sorted(d) for uid, d in scoped_departments(policy, snapshot=snap).items()}
     db.migrate(url)
     eng = db.engine(url)
     t0 = time.perf_counter()
@@ -113,8 +117,10 @@ def fill(url: str, snap: DirectorySnapshot, policy: Any, records: int, seed: int
                 uid = uids[rnd.randrange(len(uids))]
                 kind = kinds[i % len(kinds)]
                 when = format_time(now - dt.timedelta(seconds=rnd.randrange(200 * 86400)))
-                body: dict[str, Any] = {"details": {"pacs": "orthanc", "requests": 1,
-                                                   "departments": [DEPTS[rnd.randrange(len(DEPTS))]]},
+                own = scoped.get(uid)
+                inside = own and rnd.random() > 0.001
+                dept = own[rnd.randrange(len(own))] if inside else DEPTS[rnd.randrange(len(DEPTS))]
+                body: dict[str, Any] = {"details": {"pacs": "orthanc", "requests": 1, "departments": [dept]},
                                         "objects": [{"id": f"1.2.3.{i}", "kind": "study"}]}
                 if i % 100_000 == 0:
                     kind = AuditEventType.ROLE_ASSIGNED.value
@@ -132,6 +138,21 @@ def fill(url: str, snap: DirectorySnapshot, policy: Any, records: int, seed: int
         cur.close()
     eng.dispose()
     return {"assignments": len(rows), "records": records, "fill_seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _reset_campaigns(url: str) -> None:
+    """A reused corpus: forget earlier runs' campaigns (the review itself reads nothing of them but
+    the start of the last one, which would shorten the window of console changes)."""
+    from sqlalchemy import delete
+
+    from bridge.store.models import ReviewCampaign, ReviewItem, ReviewReviewer, ReviewUser
+
+    db.migrate(url)
+    eng = db.engine(url)
+    with db.session(eng) as s:
+        for model in (ReviewCampaign, ReviewItem, ReviewReviewer, ReviewUser):
+            s.execute(delete(model))
+    eng.dispose()
 
 
 def review_child(url: str, users: int, groups: int) -> dict[str, Any]:
@@ -161,16 +182,21 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--url", default=None, help="a store URL (default: SQLite in a temp dir)")
     ap.add_argument("--dir", default=None)
+    ap.add_argument("--db", default=None, help="a SQLite file to keep the corpus in (reused when it exists)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(review_child(args.child, args.users, args.groups)))
         return
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
-        url = args.url or f"sqlite:///{d}/bench.db"
+        url = args.url or f"sqlite:///{args.db or d + '/bench.db'}"
         snap, policy = corpus(args.users, args.groups)
         out: dict[str, Any] = {"backend": url.split(":")[0], "users": args.users, "groups": args.groups}
-        out.update(fill(url, snap, policy, args.records))
+        if args.db and Path(args.db).exists():
+            out["corpus"] = f"reused {args.db}"
+            _reset_campaigns(url)
+        else:
+            out.update(fill(url, snap, policy, args.records))
         child = subprocess.run([sys.executable, __file__, "--child", url, "--users", str(args.users),
                                 "--groups", str(args.groups)], capture_output=True, text=True, check=True)
         out.update(json.loads(child.stdout.strip().splitlines()[-1]))

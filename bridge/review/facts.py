@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, func, select
+from sqlalchemy import Engine, and_, case, func, or_, select, true
 
 from bridge.core.audit_codes import PACS_INGEST_TYPES, AuditEventType
 from bridge.store.models import AuditEventRow
@@ -127,39 +127,55 @@ def out_of_scope(engine: Engine, allowed: Mapping[str, frozenset[str]], issuers:
     department.  The department is what the plugin recorded with the access
     (``details.departments``); records without it cannot be judged and are not counted.
 
-    The query is limited to these subjects' access records (indexed ``actor_user``), so its cost
-    follows the scoped users' activity, not the trail's size."""
+    The database does the filtering: users are grouped by their set of departments, and for each
+    group one query takes their access records (indexed ``actor_user``) whose body names
+    departments but not exactly one of the allowed ones (the body is canonical JSON,
+    bridge/audit/chain.py: ``"departments":["Cardiology"]``).  Only what remains (accesses to
+    another department, or to several studies at once) is parsed, so the cost follows the
+    alarms, not the trail's size."""
     if not allowed:
         return {}
     t = AuditEventRow
-    actors = {f"{sid}@{iss}": sid for sid in allowed for iss in issuers}
+    issuers = list(issuers)
+    by_set: dict[frozenset[str], list[str]] = {}
+    for sid, depts in allowed.items():
+        by_set.setdefault(depts, []).append(sid)
     out: dict[str, ScopeCheck] = {}
     with engine.connect() as conn:
-        for chunk in _chunks(sorted(actors), 500):
-            cond = and_(t.actor_user.in_(chunk), t.type.in_(ACCESS_TYPES), t.outcome == 0,
-                        t.body.contains('"departments":'))
-            if since:
-                cond = and_(cond, t.time >= since)
-            for actor, time, event_id, body in conn.execute(select(t.actor_user, t.time, t.event_id, t.body)
-                                                            .where(cond)):
-                sid = actors[actor]
-                try:
-                    details = json.loads(body).get("details") or {}
-                except ValueError:
-                    continue
-                purposes = details.get("purpose_of_use") or []
-                if isinstance(purposes, list) and EMERGENCY_PURPOSES & {str(p) for p in purposes}:
-                    continue
-                depts = details.get("departments")
-                if not isinstance(depts, list):
-                    continue
-                wanted = {d.lower() for d in allowed[sid]}
-                outside = {str(d) for d in depts if isinstance(d, str) and d.lower() not in wanted}
-                if not outside:
-                    continue
-                check = out.setdefault(sid, ScopeCheck())
-                check.count += int(details.get("requests") or 1) if isinstance(details.get("requests"), int) else 1
-                check.departments |= outside
-                if len(check.examples) < 5:
-                    check.examples.append({"time": time, "event_id": event_id, "departments": sorted(outside)})
+        for depts, sids in by_set.items():
+            actors = {f"{sid}@{iss}": sid for sid in sids for iss in issuers}
+            inside = [t.body.contains('"departments":' + json.dumps([d], ensure_ascii=False), autoescape=True)
+                      for d in sorted(depts)]
+            for chunk in _chunks(sorted(actors), 500):
+                cond = and_(t.actor_user.in_(chunk), t.type.in_(ACCESS_TYPES), t.outcome == 0,
+                            t.body.contains('"departments":'), ~or_(*inside) if inside else true())
+                if since:
+                    cond = and_(cond, t.time >= since)
+                stmt = select(t.actor_user, t.time, t.event_id, t.body).where(cond)
+                for actor, time, event_id, body in conn.execute(stmt):
+                    _judge(out, actors[actor], depts, time, event_id, body)
     return out
+
+
+def _judge(out: dict[str, ScopeCheck], sid: str, allowed: frozenset[str], time: str, event_id: str,
+           body: str) -> None:
+    """Count one access record if it reached a department outside ``allowed`` (not under break-glass)."""
+    try:
+        details = json.loads(body).get("details") or {}
+    except ValueError:
+        return
+    purposes = details.get("purpose_of_use") or []
+    if isinstance(purposes, list) and EMERGENCY_PURPOSES & {str(p) for p in purposes}:
+        return
+    depts = details.get("departments")
+    if not isinstance(depts, list):
+        return
+    wanted = {d.lower() for d in allowed}
+    outside = {str(d) for d in depts if isinstance(d, str) and d.lower() not in wanted}
+    if not outside:
+        return
+    check = out.setdefault(sid, ScopeCheck())
+    check.count += 1
+    check.departments |= outside
+    if len(check.examples) < 5:
+        check.examples.append({"time": time, "event_id": event_id, "departments": sorted(outside)})

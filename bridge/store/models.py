@@ -292,6 +292,9 @@ class Share(Base):
 
 
 Index("ix_audit_events_type_time", AuditEventRow.type, AuditEventRow.time)
+#: the access review's per-user aggregate (last login, last PACS access) reads only this index
+Index("ix_audit_events_actor_activity", AuditEventRow.actor_user, AuditEventRow.type, AuditEventRow.outcome,
+      AuditEventRow.time)
 
 
 class ReviewCampaign(Base):

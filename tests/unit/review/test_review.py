@@ -327,3 +327,15 @@ def test_the_review_section_is_validated(tmp_path: Path, body: str, key: str) ->
     with pytest.raises(ConfigError) as err:
         load_config(cfg)
     assert key in str(err.value)
+
+
+def test_webhook_is_off_without_a_url_and_signs_with_the_secret(tmp_path: Path) -> None:
+    import hashlib
+    import hmac
+
+    from bridge.config import load_config
+    from bridge.review.notify import sign, webhook
+
+    assert webhook(load_config()) is None
+    body = b'{"count": 1}'
+    assert sign("k", body) == "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()

@@ -19,6 +19,8 @@ ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
+    # the review's per-user activity aggregate (bridge/review/facts.py) reads this index alone
+    op.create_index("ix_audit_events_actor_activity", "audit_events", ["actor_user", "type", "outcome", "time"])
     op.create_table(
         "review_campaigns",
         sa.Column("id", ID, autoincrement=True, nullable=False),
@@ -101,6 +103,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_audit_events_actor_activity", table_name="audit_events")
     op.drop_index(op.f("ix_review_exceptions_subject_id"), table_name="review_exceptions")
     op.drop_table("review_exceptions")
     op.drop_index(op.f("ix_review_reviewers_subject_id"), table_name="review_reviewers")
