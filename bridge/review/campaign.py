@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, delete, func, select, update
 
 from bridge.audit.store import AuditStore
 from bridge.core import audit_events as ev
@@ -91,7 +91,7 @@ def start(engine: Engine, review: Review, *, started_by: str, deadline_days: int
     items = [{"campaign_id": cid, "subject_id": i.subject_id, "username": i.username, "department": i.department,
               "role": i.role, "source": i.source, "source_group_dn": i.source_group_dn, "rule_id": i.rule_id,
               "queue": i.queue} for i in review.items]
-    reviewers = [{"campaign_id": cid, "queue": q, "subject_id": sid, "username": name}
+    reviewers = [{"campaign_id": cid, "queue": q, "subject_id": sid.lower(), "username": name}
                  for q, members in review.reviewers.items() for sid, name in members]
     with session(engine) as s:  # bulk inserts: 10,000 users in one transaction
         for model, rows in ((ReviewUser, users), (ReviewItem, items), (ReviewReviewer, reviewers)):
@@ -142,7 +142,7 @@ def visible_items(engine: Engine, campaign_id: int, subject_id: str) -> list[Rev
     if PRIVACY_OFFICER in queues:
         cond = cond | t.escalated_at.is_not(None)
     with session(engine) as s:
-        stmt = select(t).where(t.campaign_id == campaign_id, cond, t.subject_id != subject_id.lower())
+        stmt = select(t).where(t.campaign_id == campaign_id, cond, func.lower(t.subject_id) != subject_id.lower())
         rows = list(s.scalars(stmt.order_by(t.department, t.username, t.role)))
         for r in rows:
             s.expunge(r)
