@@ -51,10 +51,13 @@ class Activity:
 def activity(engine: Engine) -> dict[str, Activity]:
     """Last successful login and last allowed PACS access per subject (ISO-8601 UTC text)."""
     t = AuditEventRow
+    # ``type || ''``: not the (type, time) index, whose every hit costs a row lookup (SQLite chose
+    # it: 11 s over a million records), but the covering (actor_user, type, outcome, time) index
+    # read in order, grouped without a temporary tree (2.7 s, the same machine under load)
     stmt = (select(t.actor_user,
                    func.max(case((t.type.in_(LOGIN_TYPES), t.time))).label("login"),
                    func.max(case((t.type.in_(ACCESS_TYPES), t.time))).label("access"))
-            .where(t.type.in_(LOGIN_TYPES + ACCESS_TYPES), t.outcome == 0, t.actor_user.is_not(None))
+            .where(t.type.concat("").in_(LOGIN_TYPES + ACCESS_TYPES), t.outcome == 0, t.actor_user.is_not(None))
             .group_by(t.actor_user))
     out: dict[str, Activity] = {}
     with engine.connect() as conn:
