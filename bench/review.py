@@ -171,7 +171,8 @@ def review_child(url: str, users: int, groups: int) -> dict[str, Any]:
     t2 = time.perf_counter()
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     s = review.summary()
-    return {"cpu_seconds": round(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime, 2),"campaign": cid, "review_seconds": round(t1 - t0, 2), "campaign_store_seconds": round(t2 - t1, 2),
+    return {"campaign": cid, "review_seconds": round(t1 - t0, 2), "campaign_store_seconds": round(t2 - t1, 2),
+            "cpu_seconds": round(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime, 2),
             "total_seconds": round(t2 - t0, 2), "users_reviewed": s["users"], "items": s["items"],
             "flags": s["flags"], "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "rss_before_review_mb": round(rss_before / 1024, 1)}
