@@ -35,6 +35,7 @@ from bridge.policy.loader import PRIVACY_OFFICER
 from bridge.web.client import client_address
 from bridge.web.gateway import pages
 from bridge.web.gateway.rules import same_origin
+from bridge.web.limits import limit
 
 PREFIX = "/review"
 CLIENT_ID = "pacs-review"
@@ -157,9 +158,13 @@ def _audit_use(login: Any, action: str, **details: Any) -> None:
 
 
 def _deny(login: Any, status: int, why: str) -> Response:
+    """Refuse, audited: with the reviewer's identity when there is a session; without one (anyone
+    can send a cross-site POST) through the gateway's sampler, so a flood cannot fill the trail."""
+    if login is None:
+        _gw().refusals({"reason": f"review: {why}", "path": request.path[:300]})
+        return pages.message("Access review", why, status, PREFIX + "/", "Back to the review")
     _services().audit_store.append(ev.AuditEvent(
-        AuditEventType.ACCESS_DENIED, None, _actor(login) if login is not None else ev.Actor(
-            client_id=CLIENT_ID, network_address=client_address()),
+        AuditEventType.ACCESS_DENIED, None, _actor(login),
         (ev.ParticipantObject(ObjectKind.AUDIT_LOG, "review", request.path[:200]),),
         details={"reason": f"review: {why}", "method": request.method}))
     return pages.message("Access review", why, status, PREFIX + "/", "Back to the review")
@@ -194,6 +199,7 @@ def _gw_missing() -> bool:
     return EXTENSION not in current_app.extensions
 
 
+@limit("login")
 def _page() -> Response:
     from bridge.review import campaign
 
@@ -231,6 +237,7 @@ def _one(name: str) -> str | None:
     return values[0] if values else None
 
 
+@limit("login")
 def _decide(item_id: int) -> Response:
     from bridge.review import campaign
     from bridge.web.gateway.views import csrf_for
