@@ -110,6 +110,9 @@ def _register_areas() -> None:
     from bridge.deploy.cli import orthanc_config_cli, plugin_cli, web_cli
 
     main.add_command(plugin_cli)
+    from bridge.review.cli import review_cli
+
+    main.add_command(review_cli)
     main.add_command(web_cli)
     plugin_cli.add_command(orthanc_config_cli)
     from bridge.compliance.cli import compliance_cli

@@ -702,6 +702,49 @@ class SharingSection(_Section):
     def _https(self) -> SharingSection:
         if self.public_url is not None:
             self.public_url = check_client_url(self.public_url, key="public_url", tls="https")
+
+
+class ReviewSection(_Section):
+    """Access reviews (recertification, bridge/review/, docs/governance.md): who reviews whom is
+    the policy's ``reviewers:`` section; when, how strictly and where alerts go is here."""
+
+    #: ``serve`` starts a campaign on this crontab schedule (minute hour day month weekday, UTC);
+    #: the default: 06:00 on the first of every month.  None: no scheduled review
+    schedule: str | None = "0 6 1 * *"
+    #: a user holding a role with no login and no PACS access for this long is flagged dormant
+    dormant_days: int = Field(90, ge=1)
+    #: reviewers answer within this many days; then items escalate to the privacy officer
+    deadline_days: int = Field(14, ge=1)
+    #: how often ``serve`` looks for items past their deadline
+    escalation_check_seconds: int = Field(3600, ge=10)
+    #: an escalation is POSTed here as JSON (None: no webhook); https only unless allow_plaintext
+    webhook_url: str | None = None
+    #: CA that signed the webhook receiver's certificate (None: the system store)
+    webhook_ca_file: Path | None = None
+    #: HMAC-SHA256 key: the body's signature goes in ``X-PACS-Bridge-Signature: sha256=<hex>``
+    webhook_secret: SecretStr | None = None
+    webhook_timeout_seconds: float = Field(5.0, gt=0)
+    allow_plaintext: bool = False
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(v, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"not a crontab expression (minute hour day month weekday): {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _https(self) -> ReviewSection:
+        if self.webhook_url is not None:
+            self.webhook_url = check_client_url(self.webhook_url, key="webhook_url", tls="https", plain="http",
+                                                allow_plaintext=self.allow_plaintext,
+                                                carries="user names and review comments")
         return self
 
 
@@ -729,6 +772,7 @@ class Settings(BaseSettings):
     gateway: GatewaySection = Field(default_factory=GatewaySection)
     compliance: ComplianceSection = Field(default_factory=ComplianceSection)
     sharing: SharingSection = Field(default_factory=SharingSection)
+    review: ReviewSection = Field(default_factory=ReviewSection)
 
     _yaml_data: dict[str, Any] = {}
 

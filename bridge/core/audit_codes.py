@@ -90,6 +90,9 @@ class AuditEventType(StrEnum):
     SHARE_LOCKED_OUT = "share.locked_out"
     SHARE_PASSCODE_RENEWED = "share.passcode_renewed"
     SHARE_EXPORTED = "share.exported"
+    REVIEW_STARTED = "review.started"
+    REVIEW_DECIDED = "review.decided"
+    REVIEW_ESCALATED = "review.escalated"
 
 
 # --- DICOM codes used below (PS3.16 CID 400-404) ---
@@ -226,6 +229,13 @@ CODES: dict[AuditEventType, EventCodes] = {
                                  "The sharer issued a new passcode for an external share (lockouts cleared)"),
     T.SHARE_EXPORTED: _e(EXPORT, (), A.READ, O.SUCCESS,
                          "De-identified DICOM instances of a share exported to its external recipient"),
+    T.REVIEW_STARTED: _e(SECURITY_ALERT, (LOCAL_SERVICE_STARTED,), A.EXECUTE, O.SUCCESS,
+                         "Access review (recertification) campaign started"),
+    T.REVIEW_DECIDED: _e(SECURITY_ALERT, (USER_SECURITY_ATTRIBUTES_CHANGED,), A.EXECUTE, O.SUCCESS,
+                         "Access review decision: a role assignment kept or revoked, with the reviewer's "
+                         "comment (a refused decision has outcome 4)"),
+    T.REVIEW_ESCALATED: _e(SECURITY_ALERT, (USE_OF_RESTRICTED_FUNCTION,), A.EXECUTE, O.MINOR_FAILURE,
+                           "Access review items unanswered past the deadline, escalated to the privacy officer"),
 }
 
 #: the only event types the PACS plugin may send to ``POST /audit/events`` (what it emits:

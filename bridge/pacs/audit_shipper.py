@@ -239,6 +239,10 @@ class AuditShipper:
         purposes = purpose_of_use(claims)
         if purposes:
             details["purpose_of_use"] = purposes
+        # the studies' departments, so the access review can count accesses outside a scoped role
+        departments = sorted({s.department for s in g["studies"] if s.department})
+        if departments:
+            details["departments"] = departments
         if g["kind"] == "deny":
             etype, outcome = AuditEventType.ACCESS_DENIED, Outcome.MINOR_FAILURE
         else:

@@ -30,6 +30,18 @@ def check(path: str) -> None:
     for rule in pol.rules:
         click.echo(f"  rule {rule.id}: {rule.group} -> {', '.join(rule.roles)}")
     _sharing_summary(pol)
+    _reviewers_summary(pol)
+
+
+def _reviewers_summary(pol: Policy) -> None:
+    if pol.reviewers is None:
+        click.echo("  reviewers: none (no access review can be run)")
+        return
+    click.echo(f"  reviewers: privacy officer {pol.reviewers.privacy_officer}")
+    for s in pol.reviewers.scopes:
+        what = "; ".join(x for x in (f"departments {', '.join(s.departments)}" if s.departments else "",
+                                     f"roles {', '.join(s.roles)}" if s.roles else "") if x)
+        click.echo(f"  reviewer {s.id}: {s.group} reviews {what}")
 
 
 def _sharing_summary(pol: Policy) -> None:

@@ -20,16 +20,20 @@ import yaml
 
 from bridge.core.permissions import UnknownPermissionError, parse
 from bridge.errors import InputError
-from bridge.policy.model import Conflict, GroupRef, Policy, Role, Rule
+from bridge.policy.model import Conflict, GroupRef, Policy, Reviewers, ReviewerScope, Role, Rule
 from bridge.policy.sharing import SharingValidator
 
+#: the queue id of the privacy officer (escalations, items no scope covers); no scope may use it
+PRIVACY_OFFICER = "privacy-officer"
 ROLE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 RULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 UUIDISH = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-TOP_KEYS = {"version", "roles", "rules", "conflicts", "meta", "sharing"}
+TOP_KEYS = {"version", "roles", "rules", "conflicts", "meta", "sharing", "reviewers"}
 ROLE_KEYS = {"description", "permissions", "scopes"}
 RULE_KEYS = {"id", "group", "roles", "description"}
 CONFLICT_KEYS = {"id", "roles", "action", "reason"}
+REVIEWERS_KEYS = {"privacy_officer", "scopes"}
+REVIEWER_SCOPE_KEYS = {"id", "group", "departments", "roles", "description"}
 
 
 class PolicyError(InputError, ValueError):
@@ -96,6 +100,7 @@ class _Validator:
         conflicts = self.conflicts(data.get("conflicts"), roles)
         sharing = SharingValidator(self.err, self._unknown_keys, self._str_list, self.group_ref).section(
             data.get("sharing"), roles)
+        reviewers = self.reviewers(data.get("reviewers"), roles)
         meta = data.get("meta") or {}
         if not isinstance(meta, dict):
             self.err("meta", "must be a mapping")
@@ -103,7 +108,7 @@ class _Validator:
         if self.problems:
             raise PolicyError(self.source, self.problems)
         return Policy(roles, tuple(rules), tuple(conflicts), source=self.source, version=1,
-                      meta={str(k): str(v) for k, v in meta.items()}, sharing=sharing)
+                      meta={str(k): str(v) for k, v in meta.items()}, sharing=sharing, reviewers=reviewers)
 
     def roles(self, data: Any) -> dict[str, Role]:
         if not isinstance(data, dict) or not data:
@@ -228,3 +233,59 @@ class _Validator:
             cid = str(spec.get("id") or "+".join(sorted(names)))
             out.append(Conflict(cid, frozenset(names), action, str(spec.get("reason") or "")))
         return out
+
+    def reviewers(self, data: Any, roles: dict[str, Role]) -> Reviewers | None:
+        """``reviewers:``: ``privacy_officer: {group: {dn: ...}}`` and ``scopes:``, a list of
+        ``{id, group, departments, roles}``."""
+        if data is None:
+            return None
+        if not isinstance(data, dict):
+            self.err("reviewers", "must be a mapping with privacy_officer and scopes")
+            return None
+        self._unknown_keys("reviewers", data, REVIEWERS_KEYS)
+        officer = data.get("privacy_officer")
+        po: GroupRef | None = None
+        if not isinstance(officer, dict) or "group" not in officer:
+            self.err("reviewers.privacy_officer", "required: a mapping with group: {dn: ...} (receives "
+                                                   "escalations and items no scope covers)")
+        else:
+            self._unknown_keys("reviewers.privacy_officer", officer, {"group"})
+            po = self.group_ref("reviewers.privacy_officer.group", officer.get("group"))
+        raw = data.get("scopes")
+        if raw is None:
+            raw = []
+        if not isinstance(raw, list):
+            self.err("reviewers.scopes", "must be a list")
+            raw = []
+        scopes: list[ReviewerScope] = []
+        ids: dict[str, int] = {}
+        for i, spec in enumerate(raw):
+            loc = f"reviewers.scopes[{i}]"
+            if not isinstance(spec, dict):
+                self.err(loc, "must be a mapping with id, group and departments and/or roles")
+                continue
+            self._unknown_keys(loc, spec, REVIEWER_SCOPE_KEYS)
+            sid = spec.get("id")
+            if not isinstance(sid, str) or not RULE_ID.match(sid) or sid == PRIVACY_OFFICER:
+                self.err(f"{loc}.id", "required: letters, digits, '.', '_' or '-' (not "
+                                      f"{PRIVACY_OFFICER!r}, the privacy officer's queue)")
+                sid = f"#{i}"
+            elif sid in ids:
+                self.err(f"{loc}.id", f"duplicate reviewer scope id {sid!r} (also reviewers.scopes[{ids[sid]}])")
+            ids[sid] = i
+            group = self.group_ref(f"{loc}.group", spec.get("group")) if "group" in spec else None
+            if "group" not in spec:
+                self.err(f"{loc}.group", "required (dn: or id:): the reviewers' directory group")
+            depts = self._str_list(f"{loc}.departments", spec.get("departments"))
+            role_names = self._str_list(f"{loc}.roles", spec.get("roles"))
+            for j, r in enumerate(role_names):
+                if roles and r not in roles:
+                    self.err(f"{loc}.roles[{j}]", f"unknown role {r!r} (defined: {', '.join(sorted(roles))})")
+            if not depts and not role_names:
+                self.err(loc, "give departments and/or roles: what this group reviews")
+            if group is not None:
+                scopes.append(ReviewerScope(sid, group, tuple(depts), tuple(role_names),
+                                            str(spec.get("description") or "")))
+        if po is None:
+            return None
+        return Reviewers(po, tuple(scopes))

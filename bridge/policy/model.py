@@ -9,6 +9,7 @@ all of them (keycloak#52048).  A rule here names exactly one group.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
 from bridge.core.permissions import Permission, expand
@@ -86,6 +87,38 @@ class Conflict:
 
 
 @dataclass(frozen=True)
+class ReviewerScope:
+    """Who reviews whom in an access review (recertification, docs/governance.md): the members of
+    ``group`` review every role assignment of users whose directory department is in
+    ``departments`` and every assignment of a role in ``roles`` (either list may be empty, not
+    both).  ``id`` names the scope in the campaign, its audit events and the page."""
+
+    id: str
+    group: GroupRef
+    departments: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    description: str = ""
+
+    def covers(self, department: str, role: str) -> bool:
+        dept = department.strip().lower()
+        return (bool(dept) and dept in self._departments) or role in self.roles
+
+    @cached_property
+    def _departments(self) -> frozenset[str]:
+        return frozenset(d.lower() for d in self.departments)
+
+
+@dataclass(frozen=True)
+class Reviewers:
+    """The ``reviewers:`` section: the scopes, and the privacy officer's group, which receives
+    every item no scope covers, every item a reviewer may not decide (their own) and every item
+    left unanswered past the deadline (escalation)."""
+
+    privacy_officer: GroupRef
+    scopes: tuple[ReviewerScope, ...] = ()
+
+
+@dataclass(frozen=True)
 class Policy:
     roles: dict[str, Role]
     rules: tuple[Rule, ...]
@@ -95,3 +128,5 @@ class Policy:
     meta: dict[str, str] = field(default_factory=dict)
     #: the ``sharing:`` section (bridge/policy/sharing.py); None: the file allows no share at all
     sharing: SharingPolicy | None = None
+    #: the ``reviewers:`` section (access reviews); None: no review can be run
+    reviewers: Reviewers | None = None

@@ -327,3 +327,103 @@ class SharePasscodeFailure(Base):
     source: Mapped[str] = mapped_column(String(128), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+Index("ix_audit_events_type_time", AuditEventRow.type, AuditEventRow.time)
+#: the access review's per-user aggregate (last login, last PACS access) reads only this index
+Index("ix_audit_events_actor_activity", AuditEventRow.actor_user, AuditEventRow.type, AuditEventRow.outcome,
+      AuditEventRow.time)
+
+
+class ReviewCampaign(Base):
+    """One access review (recertification) run: when, until when reviewers may answer, and the
+    figures the page charts over time (``summary``: users, dormant, privileged, roles per
+    department ...).  ``status``: open | closed (a newer campaign closes the older one)."""
+
+    __tablename__ = "review_campaigns"
+
+    id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    deadline: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    started_by: Mapped[str] = mapped_column(String(256))
+    policy_source: Mapped[str] = mapped_column(String(1024), default="")
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ReviewUser(Base):
+    """One user as a campaign saw them: department, last login and PACS access, the flags
+    (dormant, orphan, disabled, sod, privileged, hand-assigned, out-of-scope) and their evidence."""
+
+    __tablename__ = "review_users"
+    __table_args__ = (UniqueConstraint("campaign_id", "subject_id", name="uq_review_user"),)
+
+    id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[int] = mapped_column(BigInt, index=True)
+    subject_id: Mapped[str] = mapped_column(String(128))
+    username: Mapped[str] = mapped_column(String(256))
+    department: Mapped[str] = mapped_column(String(256), default="")
+    last_login: Mapped[str | None] = mapped_column(String(32))
+    last_access: Mapped[str | None] = mapped_column(String(32))
+    flags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ReviewItem(Base):
+    """One role assignment to confirm or revoke: who holds which role, from which group and rule
+    (or by hand), which reviewer queue it is in (a scope id of the policy's ``reviewers:`` or
+    ``privacy-officer``), and the decision with its comment, author and time."""
+
+    __tablename__ = "review_items"
+    __table_args__ = (UniqueConstraint("campaign_id", "subject_id", "role", name="uq_review_item"),)
+
+    id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[int] = mapped_column(BigInt, index=True)
+    subject_id: Mapped[str] = mapped_column(String(128), index=True)
+    username: Mapped[str] = mapped_column(String(256))
+    department: Mapped[str] = mapped_column(String(256), default="")
+    role: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(32))  # policy | manual | keycloak-console | excepted
+    source_group_dn: Mapped[str] = mapped_column(String(1024), default="")
+    rule_id: Mapped[str | None] = mapped_column(String(128))
+    queue: Mapped[str] = mapped_column(String(128), index=True)
+    escalated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    decision: Mapped[str | None] = mapped_column(String(16))  # keep | revoke
+    comment: Mapped[str | None] = mapped_column(Text)
+    decided_by: Mapped[str | None] = mapped_column(String(128))
+    decided_by_name: Mapped[str | None] = mapped_column(String(256))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class ReviewReviewer(Base):
+    """Who may decide the items of a queue in a campaign: the members of the queue's directory
+    group when the campaign started (a later change of the group needs a new campaign)."""
+
+    __tablename__ = "review_reviewers"
+    __table_args__ = (UniqueConstraint("campaign_id", "queue", "subject_id", name="uq_review_reviewer"),)
+
+    id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[int] = mapped_column(BigInt, index=True)
+    queue: Mapped[str] = mapped_column(String(128))
+    subject_id: Mapped[str] = mapped_column(String(128), index=True)
+    username: Mapped[str] = mapped_column(String(256))
+
+
+class ReviewException(Base):
+    """A revoked assignment the sync keeps away although the directory still grants it: applied
+    on every run until ``until`` (if set) or until a later review decides on the same assignment
+    (``ended_at``).  ``reason`` is what ``sync --plan`` shows."""
+
+    __tablename__ = "review_exceptions"
+
+    id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
+    subject_id: Mapped[str] = mapped_column(String(128), index=True)
+    username: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(128))
+    item_id: Mapped[int] = mapped_column(BigInt)
+    campaign_id: Mapped[int] = mapped_column(BigInt)
+    reason: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

@@ -30,6 +30,8 @@ class DesiredState:
     roles: dict[str, Role]                   # every role of the policy (created if missing)
     assignments: dict[Key, Why]              # (user id, role) -> why
     warnings: tuple[str, ...] = ()
+    #: entitled by the policy but withheld by an access review decision: key -> the reason shown
+    exceptions: dict[Key, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class Change:
     role: str
     rule_id: str = ""
     group_dn: str = ""
-    reason: str = ""  # for removals: left-disabled | left-gone | no-longer-entitled
+    reason: str = ""  # for removals: left-disabled | left-gone | no-longer-entitled | review-revoked: ...
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ class Plan:
     targets: tuple[TargetPlan, ...]
     directory: dict[str, int]
     warnings: tuple[str, ...] = ()
+    #: assignments withheld by access review decisions (key -> reason), from the desired state
+    exceptions: dict[Key, str] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:

@@ -26,6 +26,8 @@ def plan_target(target: str, desired: DesiredState, actual: ActualState) -> Targ
         elif user.disabled:
             reason, name = "left-disabled", user.username
             leavers.setdefault(uid, Leaver(uid, name, "disabled"))
+        elif (uid, role) in desired.exceptions:
+            reason, name = f"review-revoked: {desired.exceptions[(uid, role)]}", user.username
         else:
             reason, name = "no-longer-entitled", user.username
         removals.append(Change(uid, name, role, reason=reason))
@@ -42,7 +44,7 @@ def make_plan(desired: DesiredState, actuals: dict[str, ActualState], directory:
         for role in t.skipped_roles:
             warnings.append(f"{t.target}: role {role!r} exists but was not created by the bridge "
                             "(no managed marker); left alone, not assigned")
-    return Plan(targets, directory, tuple(warnings))
+    return Plan(targets, directory, tuple(warnings), dict(desired.exceptions))
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
@@ -58,6 +60,8 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "counts": plan.counts(),
         "directory": dict(plan.directory),
         "warnings": list(plan.warnings),
+        "exceptions": [{"user_id": uid, "role": role, "reason": why}
+                       for (uid, role), why in sorted(plan.exceptions.items())],
         "targets": [
             {
                 "target": t.target,

@@ -26,7 +26,7 @@ from bridge.policy.model import Policy
 from bridge.store import lease
 from bridge.store.db import session, write_session
 from bridge.store.models import SyncRun, utcnow
-from bridge.sync.desired import desired_state
+from bridge.sync.desired import desired_state, withhold
 from bridge.sync.model import ActualState, Change, DesiredState, Leaver, Plan
 from bridge.sync.plan import make_plan
 from bridge.sync.safety import GateResult, Thresholds, check
@@ -99,7 +99,7 @@ class SyncRunner:
         say = progress or (lambda s: None)
         say("reading the directory")
         snap = self.reader.read(self.previous, full=full)
-        desired = desired_state(snap, self.policy)
+        desired = withhold(desired_state(snap, self.policy), self._review_exceptions())
         actuals: dict[str, ActualState] = {}
         errors: list[dict[str, str]] = []
         for t in self.targets:
@@ -110,6 +110,19 @@ class SyncRunner:
             except TargetError as exc:
                 errors.append({"target": t.name, "error": str(exc)})
         return snap, desired, actuals, make_plan(desired, actuals, snap.summary()), errors
+
+    def _review_exceptions(self) -> dict[tuple[str, str], Any]:
+        """Assignments revoked in an access review (bridge/review/exceptions.py), applied on every run."""
+        from sqlalchemy.exc import DBAPIError
+
+        from bridge.review import exceptions
+
+        try:
+            return dict(exceptions.by_key(self.engine))
+        except DBAPIError:  # a store migrated before the review tables: no review, no exception
+            log.warning("sync: the store has no review tables (run `pacs-bridge db upgrade`); "
+                        "no review exception applied")
+            return {}
 
     def _previous_users(self) -> int | None:
         with session(self.engine) as s:

@@ -2,7 +2,7 @@
 (``max_instances=1``) nor across replicas (leases in the database, see bridge/store/lease.py), and
 running once per interval across replicas (:func:`sync_job`).
 The same scheduler runs the audit trail's jobs (syslog shipping, timed checkpoints, retention
-archive; bridge/audit/jobs.py)."""
+archive; bridge/audit/jobs.py) and the access review's (campaign, escalation; bridge/review/jobs.py)."""
 
 from __future__ import annotations
 
@@ -65,6 +65,9 @@ def serve(settings: Settings, *, metrics_port: int = 9464, once: bool = False) -
     sched.add_job(job, "interval", seconds=settings.sync.interval_seconds, max_instances=1, coalesce=True,
                   id="directory-sync", next_run_time=dt.datetime.now())
     audit_jobs.schedule(sched, settings, audit_store, shipper)
+    from bridge.review import jobs as review_jobs
+
+    review_jobs.schedule(sched, settings)  # access reviews: monthly campaign, hourly escalation
     try:
         sched.start()
     except (KeyboardInterrupt, SystemExit):

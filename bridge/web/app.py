@@ -55,6 +55,9 @@ def create_app(settings: Settings, *, config: dict[str, Any] | None = None, **se
 
             gateway.init_app(app, settings, service, app.extensions[login.EXTENSION]["keycloak"],
                              login._engine(app, settings), transport=services.get("gateway_transport"))
+            from bridge.web import review  # the access review page rides on the gateway's login
+
+            review.init_app(app)
 
     from bridge.web import share_page, shares
 

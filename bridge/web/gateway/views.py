@@ -146,9 +146,20 @@ def _clear_cookie(resp: Response) -> Response:
 # --------------------------------------------------------------------------- login
 
 
+#: the bridge's own pages that ride on the gateway's login (bridge/web/review.py): a login started
+#: there may return there
+OWN_PAGES = ("/review/",)
+
+
 def _safe_next(value: Any) -> str:
-    """Only a path under the prefix may be the target after login (no open redirect)."""
+    """Only a path under the prefix (or one of :data:`OWN_PAGES`) may be the target after login
+    (no open redirect)."""
     gw = _gw()
+    if (isinstance(value, str) and any(value == p or value.startswith(p) for p in OWN_PAGES)
+            and "//" not in value and "/." not in value and "\\" not in value
+            and rules.plain_raw_path(value.split("?")[0])
+            and all(0x20 < ord(c) < 0x7f for c in value)):
+        return value
     if (isinstance(value, str) and value.startswith(gw.prefix + "/") and "//" not in value and "\\" not in value
             and rules.upstream_path(value[len(gw.prefix) + 1:].split("?")[0]) is not None
             and rules.plain_raw_path(value.split("?")[0])):
@@ -329,6 +340,18 @@ def _current(activity: bool) -> GatewayLogin | Response:
     if activity and now - login.last_activity >= rules.activity_write_seconds(gw.limits.idle_seconds):
         gw.store.touch(login.id_hash, now)
     return login
+
+
+def current_login() -> GatewayLogin | Response:
+    """The live gateway session of this request (renewed if due; MFA held at login and at every
+    renewal), or the response that replaces it: for the bridge's own pages beside the proxy (the
+    access review page, bridge/web/review.py) that ride on the gateway's login."""
+    return _current(activity=True)
+
+
+def session_claims(login: GatewayLogin) -> dict[str, Any]:
+    """The claims of the session's current PACS token (issued by the bridge itself)."""
+    return _token_claims(login.tokens.pacs_token)
 
 
 def _renew(login: GatewayLogin, now: float) -> GatewayLogin | Response:

@@ -102,3 +102,14 @@ def test_a_spool_directory_others_can_write_is_not_replayed(tmp_path):
         ev.AuditEvent(AuditEventType.STUDY_ACCESSED, objects=(ev.patient("P-x"),)).to_dict()) + "\n")
     s.flush()
     assert sent == [] and s.stats["untrusted_spool"] >= 1
+
+
+def test_an_access_records_the_departments_of_its_studies(tmp_path):
+    """The access review counts accesses outside a scoped role's departments: the plugin's event
+    must say which department each study belongs to (issue 13)."""
+    s, sent = shipper(tmp_path)
+    studies = [StudyInfo("o-1", "1.2.3", "P1", "Cardiology", "H"), StudyInfo("o-2", "1.2.4", "P1", "", "H")]
+    s.record("allow", {"sub": "u1", "jti": "j"}, "GET", "/studies/o-1", "10.0.0.1", "view", "ok",
+             Target("studies", "o-1"), studies)
+    s.flush()
+    assert sent[0]["details"]["departments"] == ["Cardiology"]
