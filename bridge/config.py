@@ -702,6 +702,7 @@ class SharingSection(_Section):
     def _https(self) -> SharingSection:
         if self.public_url is not None:
             self.public_url = check_client_url(self.public_url, key="public_url", tls="https")
+        return self
 
 
 class ReviewSection(_Section):
