@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from bridge.audit.store import AuditStore
+    from bridge.breakglass.service import BreakGlass
     from bridge.tokens.service import TokenService
     from bridge.tokens.store import KeyRing
 
@@ -77,6 +78,15 @@ class Services:
         return admin_from_settings(self.settings.keycloak)
 
     @cached_property
+    def break_glass(self) -> BreakGlass:
+        """Emergency access: requests, the grants they yield (a grant source of the token service),
+        the review queue; records go straight to :attr:`audit_store`, alerts to syslog and the webhook."""
+        from bridge.breakglass import alerts, service
+
+        return service.from_settings(self.settings, self.engine, self.audit_store.append,
+                                     alerts.from_settings(self.settings))
+
+    @cached_property
     def token_service(self) -> TokenService:
         """The token service over the bridge's database, Keycloak and policy, as configured; its
         events go to :attr:`audit_store` through a crash-safe journal (bridge/tokens/auditing.py)."""
@@ -127,6 +137,7 @@ class Services:
             role_permissions=role_permissions(settings.sync.policy_file),
             role_scopes=role_scopes(settings.sync.policy_file),
             audit=audit,
+            extra_grants=(self.break_glass.grants,),  # emergency access (bridge/breakglass/)
         )
 
 

@@ -85,6 +85,7 @@ class AuditEventType(StrEnum):
     AUDIT_LOG_USED = "audit.log_used"
     DICOM_ASSOCIATION_REFUSED = "dicom.association_refused"
     AUDIT_INPUT_REJECTED = "audit.input_rejected"
+    BREAK_GLASS_REVIEWED = "break_glass.reviewed"
 
 
 # --- DICOM codes used below (PS3.16 CID 400-404) ---
@@ -210,6 +211,9 @@ CODES: dict[AuditEventType, EventCodes] = {
     T.AUDIT_INPUT_REJECTED: _e(SECURITY_ALERT, (), A.EXECUTE, O.MINOR_FAILURE,
                                "An event offered to the trail (PACS plugin ingest, Keycloak event) was "
                                "not usable or not allowed; recorded in its place"),
+    T.BREAK_GLASS_REVIEWED: _e(SECURITY_ALERT, (), A.EXECUTE, O.SUCCESS,
+                               "Post-hoc review of an emergency access closed by another person: justified "
+                               "(outcome 0) or not justified (outcome 4)"),
 }
 
 #: the only event types the PACS plugin may send to ``POST /audit/events`` (what it emits:

@@ -41,6 +41,9 @@ DEFAULTS = {
     "PACS_BRIDGE_RATE_METRICS": "5/second",
     "PACS_BRIDGE_RATE_BACKCHANNEL_LOGOUT": "20/second;300/minute",
     "PACS_BRIDGE_RATE_AUDIT": "20/second;600/minute",
+    # per USER, not per address (bridge/web/breakglass.py): an emergency is rare; a burst of
+    # requests is a misuse (or a stolen session) the alerts already report
+    "PACS_BRIDGE_RATE_BREAK_GLASS": "3/minute;10/hour",
 }
 #: an IPv6 host picks any address of its /64 at will (privacy addresses, RFC 8981): the budget is
 #: the /64's, or each of its 2**64 addresses would bring a fresh one

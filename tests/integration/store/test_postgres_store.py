@@ -25,7 +25,7 @@ def test_migration_and_lease(pg_url):
 
     eng = db.engine(pg_url)
     assert "audit_events" in inspect(eng).get_table_names()
-    assert db.migrate(pg_url) == "0005"
+    assert db.migrate(pg_url) == "0007"
     assert lease.acquire(eng, "sync", "replica-a", 60)
     assert not lease.acquire(eng, "sync", "replica-b", 60)
     assert lease.release(eng, "sync", "replica-a")

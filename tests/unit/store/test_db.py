@@ -16,7 +16,7 @@ from bridge.store.models import Base, RevokedToken, RoleAssignment, utcnow
 @pytest.fixture
 def url(tmp_path):
     u = f"sqlite:///{tmp_path}/sub/bridge.db"
-    assert db.migrate(u) == "0005"
+    assert db.migrate(u) == "0007"
     return u
 
 
@@ -42,7 +42,7 @@ def test_migration_creates_every_table_and_matches_models(url):
 
 
 def test_migrate_is_idempotent(url):
-    assert db.migrate(url) == "0005"
+    assert db.migrate(url) == "0007"
 
 
 def test_sqlite_pragmas(url):
@@ -106,4 +106,4 @@ def test_cli_db_upgrade(tmp_path):
 
     res = CliRunner().invoke(main, ["db", "upgrade", "--url", f"sqlite:///{tmp_path}/c.db"])
     assert res.exit_code == 0, res.output
-    assert "0005" in res.output
+    assert "0007" in res.output
