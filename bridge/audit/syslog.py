@@ -83,7 +83,8 @@ def format_message(
         params += f' correlationID="{_sd_escape(event.correlation_id)}"'
     sd = f"[{SD_ID} {params}]"
     header = (
-        f"<{FACILITY * 8 + severity}>1 {ts} {host} {_header_field(app_name, 48)} {_header_field(procid or str(os.getpid()), 128)} "
+        f"<{FACILITY * 8 + severity}>1 {ts} {host} {_header_field(app_name, 48)} "
+        f"{_header_field(procid or str(os.getpid()), 128)} "
         f"{MSGID} {sd} "
     )
     return header.encode("ascii") + (BOM + (xml if xml is not None else to_xml(event))).encode("utf-8")

@@ -403,7 +403,8 @@ class TokenService:
                 {"client_id": client_id, "subject": subject.id, "username": subject.username,
                  "reason": "purpose_of_use BTG without a live break-glass grant"},
             )
-            raise TokenServiceError("invalid_request", "purpose_of_use BTG needs a break-glass grant (POST /break-glass)")
+            raise TokenServiceError("invalid_request",
+                                    "purpose_of_use BTG needs a break-glass grant (POST /break-glass)")
         return ExchangeRequest(subject, grant, purpose)
 
     # ---- our own tokens

@@ -106,6 +106,21 @@ def init_app(app: Flask) -> Limiter:
     return limiter
 
 
+def hit_for(name: str, who: str) -> bool:
+    """Draw on ``who``'s own budget of group ``name`` (a user, not the client address: a per-user
+    limit such as break-glass requests, checked once the user is known).  False: spent."""
+    from limits import parse_many
+
+    limiter: Limiter = current_app.extensions[EXTENSION]
+    items = parse_many(_provider(config_key(name))())
+    strategy = limiter.limiter
+    if not all(strategy.test(item, name, who) for item in items):
+        return False
+    for item in items:
+        strategy.hit(item, name, who)
+    return True
+
+
 def rate_key() -> str:
     """Whose budget a request draws on: the client address, an IPv6 one widened to its /64
     (audit records keep the full address; only the budget is shared)."""
