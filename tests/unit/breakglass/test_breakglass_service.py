@@ -72,8 +72,8 @@ def fresh(age: float = 5, **over: Any) -> dict[str, Any]:
 def ask(world: dict[str, Any], subject: Subject = CARD, claims: dict[str, Any] | None = None,
         target: Target | None = None, **kw: Any) -> Item:
     return world["bg"].request(subject, fresh() if claims is None else claims, target or Target("study", UID),
-                               "Unconscious patient in ED, prior chest CT needed", purpose_of_use=kw.pop("purpose", "BTG"),
-                               client_id="pacs-gateway", **kw)
+                               "Unconscious patient in ED, prior chest CT needed",
+                               purpose_of_use=kw.pop("purpose", "BTG"), client_id="pacs-gateway", **kw)
 
 
 def test_a_fresh_mfa_request_yields_a_60_minute_grant_on_that_study_only(world: dict[str, Any]) -> None:
@@ -268,7 +268,7 @@ class _Receiver(BaseHTTPRequestHandler):
     got: list[bytes] = []
     status = 500
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         _Receiver.got.append(self.rfile.read(int(self.headers["Content-Length"])))
         self.send_response(_Receiver.status)
         self.send_header("Content-Length", "0")
