@@ -278,18 +278,46 @@ class _Receiver(BaseHTTPRequestHandler):
         pass
 
 
-def test_the_webhook_keeps_the_alert_until_the_receiver_takes_it(world: dict[str, Any], tmp_path: Path) -> None:
-    from pacs_devstack import tls
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that is its own CA (the receiver's), and its key."""
+    import ipaddress
 
-    pair = tls.issue("bridge-gateway-test")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "receiver")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "receiver.pem", tmp_path / "receiver-key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def _receiver(tmp_path: Path) -> tuple[HTTPServer, Path]:
+    cert, key = _self_signed(tmp_path)
     server = HTTPServer(("127.0.0.1", 0), _Receiver)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(pair.cert), str(pair.key))
+    ctx.load_cert_chain(str(cert), str(key))
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, cert
+
+
+def test_the_webhook_keeps_the_alert_until_the_receiver_takes_it(world: dict[str, Any], tmp_path: Path) -> None:
+    server, ca = _receiver(tmp_path)
     try:
         hook = alerts.Webhook(f"https://127.0.0.1:{server.server_port}/hook", tmp_path / "hook",
-                              ca_file=str(pair.ca), timeout=5)
+                              ca_file=str(ca), timeout=5)
         item = ask(world)
         hook.enqueue(alerts.payload(item, "https://bridge.test/pacs/break-glass/reviews"))
         _Receiver.status = 500
@@ -305,14 +333,8 @@ def test_the_webhook_keeps_the_alert_until_the_receiver_takes_it(world: dict[str
 
 
 def test_the_webhook_refuses_a_receiver_outside_its_ca(world: dict[str, Any], tmp_path: Path) -> None:
-    from pacs_devstack import tls
-
-    pair = tls.issue("bridge-gateway-test")
-    server = HTTPServer(("127.0.0.1", 0), _Receiver)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(pair.cert), str(pair.key))
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server, _ = _receiver(tmp_path)
+    _Receiver.status = 204
     try:
         hook = alerts.Webhook(f"https://127.0.0.1:{server.server_port}/hook", tmp_path / "hook", ca_file=None)
         hook.enqueue({"type": "x"})
