@@ -162,6 +162,9 @@ def _item(row: Any) -> Item:
                 review_comment=row.review_comment)
 
 
+#: the client an event names: the request's own for the start, the bridge's jobs and pages otherwise
+_CLIENTS = {AuditEventType.BREAK_GLASS_STOP: "pacs-bridge-serve",
+            AuditEventType.BREAK_GLASS_REVIEWED: "break-glass-review"}
 #: an audit record written synchronously (the grant exists only if its record does)
 AppendEvent = Callable[[ev.AuditEvent], Any]
 #: the alert of a new grant: (audit event, the item) -> None; must not raise (spools on failure)
@@ -237,7 +240,7 @@ class BreakGlass:
                 id=item.id, subject_id=item.subject_id, username=item.username, target_kind=target.kind,
                 target=target.value, reason=reason, purpose_of_use=PURPOSE, permissions=list(item.permissions),
                 roles=list(roles), client_id=client_id, network_address=network_address, auth_time=auth_time,
-                created_at=created, expires_at=item.expires_at, review_state=OPEN))
+                created_at=created, expires_at=item.expires_at, review_state=OPEN, stop_recorded=False))
         if self.alert is not None:
             self.alert(event, item)
         return item
@@ -270,9 +273,8 @@ class BreakGlass:
         target = ev.study(item.target.value) if item.target.kind == "study" else ev.patient(item.target.value)
         return ev.AuditEvent(
             type=kind, outcome=outcome,
-            actor=ev.Actor(user_id=f"{actor.id}@{self.issuer}", username=actor.username, client_id=item.client_id
-                           if kind is AuditEventType.BREAK_GLASS_START else "break-glass-review",
-                           network_address=network_address),
+            actor=ev.Actor(user_id=f"{actor.id}@{self.issuer}", username=actor.username,
+                           client_id=_CLIENTS.get(kind, item.client_id), network_address=network_address),
             objects=(ev.user(item.subject_id, item.username), target), details=dict(details))
 
     # ---- the grants (a GrantSource of the token service)
@@ -296,6 +298,29 @@ class BreakGlass:
             if narrowed.permissions:
                 out.append(narrowed)
         return tuple(out)
+
+    def record_ended(self, limit: int = 500) -> int:
+        """Write ``break_glass.stop`` (Emergency Override Stopped) for each grant whose time is up,
+        once: each row is claimed by an update, so two ``serve`` replicas never record it twice.
+        The number recorded."""
+        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        with connection(self.engine) as conn:
+            rows = conn.execute(select(BreakGlassGrant).where(
+                BreakGlassGrant.stop_recorded.is_(False), BreakGlassGrant.expires_at <= now).limit(limit)).all()
+        done = 0
+        for row in rows:
+            with write_transaction(self.engine) as conn:
+                claimed = conn.execute(update(BreakGlassGrant).where(
+                    BreakGlassGrant.id == row.id, BreakGlassGrant.stop_recorded.is_(False)).values(
+                    stop_recorded=True)).rowcount
+            if claimed != 1:
+                continue
+            item = _item(row)
+            self.append(self._event(AuditEventType.BREAK_GLASS_STOP, Subject(item.subject_id, item.username), item,
+                                    None, {"grant_id": item.id, "reason": "expired", "purpose_of_use": PURPOSE,
+                                           "expires_at": _iso(item.expires_at)}))
+            done += 1
+        return done
 
     # ---- the review queue
 

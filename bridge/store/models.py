@@ -327,3 +327,5 @@ class BreakGlassGrant(Base):
     reviewer_username: Mapped[str | None] = mapped_column(String(256))
     reviewed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     review_comment: Mapped[str | None] = mapped_column(Text)
+    #: the end of the grant is in the audit trail (``break_glass.stop``, written once by ``serve``)
+    stop_recorded: Mapped[bool] = mapped_column(Boolean, default=False, index=True)

@@ -57,14 +57,18 @@ def serve(settings: Settings, *, metrics_port: int = 9464, once: bool = False) -
     def job() -> None:
         sync_job(runner, settings.sync.interval_seconds)
 
+    from bridge.breakglass import jobs as break_glass_jobs
+
     if once:
         job()
         audit_jobs.run_once(settings, audit_store, shipper)
+        break_glass_jobs.run_once(settings, audit_store)
         return
     sched = BlockingScheduler()
     sched.add_job(job, "interval", seconds=settings.sync.interval_seconds, max_instances=1, coalesce=True,
                   id="directory-sync", next_run_time=dt.datetime.now())
     audit_jobs.schedule(sched, settings, audit_store, shipper)
+    break_glass_jobs.schedule(sched, settings, audit_store)  # alert retries, break_glass.stop records
     try:
         sched.start()
     except (KeyboardInterrupt, SystemExit):

@@ -346,3 +346,13 @@ def test_the_webhook_refuses_a_receiver_outside_its_ca(world: dict[str, Any], tm
 def test_expires_at_is_utc(world: dict[str, Any]) -> None:
     item = ask(world)
     assert item.expires_at.tzinfo is not None and item.expires_at - item.created_at == dt.timedelta(minutes=60)
+
+
+def test_the_end_of_a_grant_is_recorded_once(world: dict[str, Any]) -> None:
+    item = ask(world)
+    assert world["bg"].record_ended() == 0  # still running
+    world["clock"][0] = NOW + 3600
+    assert world["bg"].record_ended() == 1 and world["bg"].record_ended() == 0
+    (stop,) = [e for e in world["events"] if e.type is AuditEventType.BREAK_GLASS_STOP]
+    assert stop.details["grant_id"] == item.id and stop.purpose_of_use == "BTG"
+    assert [c.code for c in codes_for(stop.type).type_codes] == ["110138"]

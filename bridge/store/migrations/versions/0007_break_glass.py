@@ -37,16 +37,19 @@ def upgrade() -> None:
         sa.Column("reviewer_username", sa.String(length=256), nullable=True),
         sa.Column("reviewed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("review_comment", sa.Text(), nullable=True),
+        sa.Column("stop_recorded", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_break_glass_grants")),
     )
     with op.batch_alter_table("break_glass_grants", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_break_glass_grants_subject_id"), ["subject_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_break_glass_grants_expires_at"), ["expires_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_break_glass_grants_review_state"), ["review_state"], unique=False)
+        batch_op.create_index(batch_op.f("ix_break_glass_grants_stop_recorded"), ["stop_recorded"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("break_glass_grants", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_break_glass_grants_stop_recorded"))
         batch_op.drop_index(batch_op.f("ix_break_glass_grants_review_state"))
         batch_op.drop_index(batch_op.f("ix_break_glass_grants_expires_at"))
         batch_op.drop_index(batch_op.f("ix_break_glass_grants_subject_id"))
