@@ -211,14 +211,15 @@ class BreakGlass:
             reason = check_reason(reason)
             if purpose_of_use != PURPOSE:
                 raise BreakGlassRefused(f"purpose_of_use: must be {PURPOSE} (break the glass)", 400)
+            # the second factor first: without it, not even whether the roles would allow it is told
+            why = self.not_fresh(claims, now, asked_at)
+            if why is not None:
+                raise BreakGlassRefused(f"a fresh multi-factor login is required: {why}", 401)
             if self.policy is None or self.policy.emergency is None:
                 raise BreakGlassRefused("break-glass is not configured (the policy has no emergency: section)")
             roles = self.emergency_roles(subject.id)
             if not roles:
                 raise BreakGlassRefused("none of your roles allows emergency access")
-            why = self.not_fresh(claims, now, asked_at)
-            if why is not None:
-                raise BreakGlassRefused(f"a fresh multi-factor login is required: {why}", 401)
         except BreakGlassRefused as exc:
             self._denied(subject, target, exc.message, client_id, network_address)
             raise

@@ -356,3 +356,9 @@ def test_the_end_of_a_grant_is_recorded_once(world: dict[str, Any]) -> None:
     (stop,) = [e for e in world["events"] if e.type is AuditEventType.BREAK_GLASS_STOP]
     assert stop.details["grant_id"] == item.id and stop.purpose_of_use == "BTG"
     assert [c.code for c in codes_for(stop.type).type_codes] == ["110138"]
+
+
+def test_without_mfa_even_a_role_without_the_capability_hears_only_about_mfa(world: dict[str, Any]) -> None:
+    with pytest.raises(BreakGlassRefused) as exc:
+        ask(world, Subject("guid-rad", "rad.alice"), claims=fresh(acr="basic", amr=["pwd"]))
+    assert exc.value.status == 401
