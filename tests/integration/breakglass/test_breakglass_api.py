@@ -29,8 +29,10 @@ REQUESTER = "card.liam"  # a Cardiology-only cardiologist (emergency capability)
 def _kc_token(w: World, username: str, mfa: bool = True) -> str:
     user = demo_data.user(username)
     otp = fresh_totp(user["totp_secret"], f"{AD_REALM}/{username}") if mfa else None
-    login = client_for(w.stack, AD_REALM, "pacs-viewer").login(username, user["password"], otp=otp,
-                                                                acr_values="mfa" if mfa else None)
+    # a password-only login as tests/integration/tokens/test_exchange.py makes it (the bridge's client;
+    # the viewer's would ask the account without OTP to enrol one)
+    login = client_for(w.stack, AD_REALM, "pacs-viewer" if mfa else "pacs-bridge").login(
+        username, user["password"], otp=otp, acr_values="mfa" if mfa else None)
     return login.access_token
 
 
