@@ -452,7 +452,7 @@ class AuditSection(_Section):
 
 #: the rate-limited endpoint groups (bridge/web/limits.py; sizing in docs/configuration.md)
 RATE_LIMIT_NAMES = ("token", "introspect", "revoke", "revocations", "login", "backchannel_logout", "metrics",
-                    "audit")
+                    "audit", "break_glass")
 
 
 class MetricsSection(_Section):
@@ -553,7 +553,7 @@ class WebSection(_Section):
 #: paths the web app serves itself: a gateway prefix must not shadow them
 _RESERVED_PREFIXES = ("/login", "/logout", "/oidc", "/backchannel-logout", "/token", "/introspect", "/revoke",
                       "/revocations", "/jwks.json", "/.well-known", "/audit", "/metrics", "/readyz", "/healthz",
-                      "/orthanc-auth", "/static", "/shares", "/share")
+                      "/orthanc-auth", "/static", "/shares", "/share", "/break-glass")
 
 
 class GatewaySection(_Section):
@@ -749,6 +749,33 @@ class ReviewSection(_Section):
         return self
 
 
+class BreakGlassSection(_Section):
+    """Break-glass (emergency access, docs/governance.md): how fresh the second factor must be and
+    where the alert goes besides the audit trail and syslog.  What a grant allows and for how long
+    is the policy's ``emergency:`` section; the per-user request limit is ``web.rate_limits.break_glass``."""
+
+    #: the requester's multi-factor login must be at most this old when the grant is given (the
+    #: gateway also asks Keycloak for a new login: prompt=login, max_age=0)
+    fresh_auth_seconds: int = Field(300, ge=10, le=900)
+    #: a JSON POST per request (the on-call security team's chat or paging hook); https only
+    webhook_url: str | None = None
+    #: CA that signs the webhook receiver's certificate (None: the system store)
+    webhook_ca_file: Path | None = None
+    webhook_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    #: send an alert-severity syslog message to ``audit.syslog_host`` at once (besides the audit record)
+    syslog_alert: bool = True
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        problem = url_problem(v, ("https",))
+        if problem is not None:
+            raise ValueError(f"{problem} (the alert carries patient ids and the reason: TLS only)")
+        return v
+
+
 class Settings(BaseSettings):
     """The whole configuration.  Build it with :func:`load_config`."""
 
@@ -774,6 +801,7 @@ class Settings(BaseSettings):
     compliance: ComplianceSection = Field(default_factory=ComplianceSection)
     sharing: SharingSection = Field(default_factory=SharingSection)
     review: ReviewSection = Field(default_factory=ReviewSection)
+    break_glass: BreakGlassSection = Field(default_factory=BreakGlassSection)
 
     _yaml_data: dict[str, Any] = {}
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from bridge.audit.store import AuditStore
     from bridge.sharing.service import ShareService
+    from bridge.breakglass.service import BreakGlass
     from bridge.tokens.service import TokenService
     from bridge.tokens.store import KeyRing
 
@@ -85,6 +86,15 @@ class Services:
         return from_settings(self.settings, self.engine, self.key_ring, self.audit_store.append)
 
     @cached_property
+    def break_glass(self) -> BreakGlass:
+        """Emergency access: requests, the grants they yield (a grant source of the token service),
+        the review queue; records go straight to :attr:`audit_store`, alerts to syslog and the webhook."""
+        from bridge.breakglass import alerts, service
+
+        return service.from_settings(self.settings, self.engine, self.audit_store.append,
+                                     alerts.from_settings(self.settings))
+
+    @cached_property
     def token_service(self) -> TokenService:
         """The token service over the bridge's database, Keycloak and policy, as configured; its
         events go to :attr:`audit_store` through a crash-safe journal (bridge/tokens/auditing.py)."""
@@ -138,7 +148,8 @@ class Services:
             role_permissions=role_permissions(settings.sync.policy_file),
             role_scopes=role_scopes(settings.sync.policy_file),
             audit=audit,
-            extra_grants=(self.shares.grants_for,),  # internal shares: per-study grants (bridge/sharing)
+            # grants beyond the roles: internal shares (bridge/sharing), emergency access (bridge/breakglass)
+            extra_grants=(self.shares.grants_for, self.break_glass.grants),
         )
 
 

@@ -72,8 +72,10 @@ def format_message(
     app_name: str = APP_NAME,
     procid: str | None = None,
     xml: str | None = None,
+    severity: int = SEVERITY,
 ) -> bytes:
-    """One RFC 5424 syslog message (without transport framing)."""
+    """One RFC 5424 syslog message (without transport framing); ``severity`` 1 (alert) for the
+    messages that must wake somebody (a break-glass access), else 5 (notice)."""
     host = _header_field(hostname or socket.gethostname(), 255)
     ts = format_time(event.time)  # RFC 3339 UTC with microseconds (RFC 5424 allows 6 digits)
     params = f'eventID="{_sd_escape(event.event_id)}"'
@@ -83,7 +85,8 @@ def format_message(
         params += f' correlationID="{_sd_escape(event.correlation_id)}"'
     sd = f"[{SD_ID} {params}]"
     header = (
-        f"<{PRI}>1 {ts} {host} {_header_field(app_name, 48)} {_header_field(procid or str(os.getpid()), 128)} "
+        f"<{FACILITY * 8 + severity}>1 {ts} {host} {_header_field(app_name, 48)} "
+        f"{_header_field(procid or str(os.getpid()), 128)} "
         f"{MSGID} {sd} "
     )
     return header.encode("ascii") + (BOM + (xml if xml is not None else to_xml(event))).encode("utf-8")
@@ -127,8 +130,9 @@ class SyslogSender:
     AuditStore) and call :meth:`flush` from a timer; :meth:`start` runs that timer in a thread."""
 
     def __init__(self, target: SyslogTarget, spool_dir: Path, *, render: Callable[[AuditEvent], str] | None = None,
-                 keys: KeyProvider | None = None):
+                 keys: KeyProvider | None = None, severity: int = SEVERITY):
         self.target = target
+        self.severity = severity
         #: seals each spool file (bridge/core/sealed.py): the messages name patients and users
         self.keys = keys
         self.spool = Path(spool_dir)
@@ -159,7 +163,8 @@ class SyslogSender:
         Several writers share one spool (the web workers, the CLI, ``serve``), so the next number
         comes from ``.counter`` under an exclusive ``flock`` and the file is published with
         ``link`` (which never overwrites): numbers are unique and follow the order of enqueueing."""
-        data = b"".join(frame(format_message(e, seq=q, xml=self.render(e))) for e, q in items)
+        data = b"".join(frame(format_message(e, seq=q, xml=self.render(e), severity=self.severity))
+                        for e, q in items)
         with self._lock:
             tmp = self.spool / f".{os.getpid()}-{threading.get_ident()}.tmp"
             with open(tmp, "wb") as f:
@@ -306,8 +311,13 @@ class SyslogSender:
         self.flush()
 
 
-def syslog_sender(settings: Any) -> SyslogSender | None:
-    """The sender of the configured collector (``audit.syslog_*``), or None when none is set."""
+#: RFC 5424 severity 1: action must be taken immediately
+ALERT = 1
+
+
+def syslog_sender(settings: Any, *, spool_dir: Path | None = None, severity: int = SEVERITY) -> SyslogSender | None:
+    """The sender of the configured collector (``audit.syslog_*``), or None when none is set.
+    An alert sender (a break-glass access) uses its own ``spool_dir`` and ``severity=ALERT``."""
     a = settings.audit
     if not a.syslog_host:
         return None
@@ -315,5 +325,5 @@ def syslog_sender(settings: Any) -> SyslogSender | None:
 
     return SyslogSender(SyslogTarget(a.syslog_host, a.syslog_port, a.syslog_ca_file,
                                      client_cert_file=a.syslog_client_cert_file,
-                                     client_key_file=a.syslog_client_key_file), a.spool_dir,
-                        keys=audit_file_keys(settings))
+                                     client_key_file=a.syslog_client_key_file), spool_dir or a.spool_dir,
+                        keys=audit_file_keys(settings), severity=severity)

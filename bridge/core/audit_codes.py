@@ -93,6 +93,7 @@ class AuditEventType(StrEnum):
     REVIEW_STARTED = "review.started"
     REVIEW_DECIDED = "review.decided"
     REVIEW_ESCALATED = "review.escalated"
+    BREAK_GLASS_REVIEWED = "break_glass.reviewed"
 
 
 # --- DICOM codes used below (PS3.16 CID 400-404) ---
@@ -236,6 +237,9 @@ CODES: dict[AuditEventType, EventCodes] = {
                          "comment (a refused decision has outcome 4)"),
     T.REVIEW_ESCALATED: _e(SECURITY_ALERT, (USE_OF_RESTRICTED_FUNCTION,), A.EXECUTE, O.MINOR_FAILURE,
                            "Access review items unanswered past the deadline, escalated to the privacy officer"),
+    T.BREAK_GLASS_REVIEWED: _e(SECURITY_ALERT, (), A.EXECUTE, O.SUCCESS,
+                               "Post-hoc review of an emergency access closed by another person: justified "
+                               "(outcome 0) or not justified (outcome 4)"),
 }
 
 #: the only event types the PACS plugin may send to ``POST /audit/events`` (what it emits:

@@ -30,6 +30,12 @@ def check(path: str) -> None:
     for rule in pol.rules:
         click.echo(f"  rule {rule.id}: {rule.group} -> {', '.join(rule.roles)}")
     _sharing_summary(pol)
+    if pol.emergency is None:
+        click.echo("  break-glass: none (no role may ask for emergency access)")
+    else:
+        perms = ", ".join(sorted(p.value for p in pol.emergency.effective_permissions))
+        click.echo(f"  break-glass: {perms} on one study or patient for {pol.emergency.lifetime_minutes} min; "
+                   f"roles {', '.join(sorted(pol.emergency_roles())) or '(none)'}")
     _reviewers_summary(pol)
 
 

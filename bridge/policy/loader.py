@@ -18,9 +18,20 @@ from typing import Any
 
 import yaml
 
-from bridge.core.permissions import UnknownPermissionError, parse
+from bridge.core.permissions import Permission, UnknownPermissionError, parse
 from bridge.errors import InputError
-from bridge.policy.model import Conflict, GroupRef, Policy, Reviewers, ReviewerScope, Role, Rule
+from bridge.policy.model import (
+    CAPABILITIES,
+    EMERGENCY,
+    Conflict,
+    EmergencyPolicy,
+    GroupRef,
+    Policy,
+    Reviewers,
+    ReviewerScope,
+    Role,
+    Rule,
+)
 from bridge.policy.sharing import SharingValidator
 
 #: the queue id of the privacy officer (escalations, items no scope covers); no scope may use it
@@ -28,8 +39,14 @@ PRIVACY_OFFICER = "privacy-officer"
 ROLE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 RULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 UUIDISH = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-TOP_KEYS = {"version", "roles", "rules", "conflicts", "meta", "sharing", "reviewers"}
-ROLE_KEYS = {"description", "permissions", "scopes"}
+TOP_KEYS = {"version", "roles", "rules", "conflicts", "meta", "sharing", "reviewers", "emergency"}
+ROLE_KEYS = {"description", "permissions", "scopes", "capabilities"}
+EMERGENCY_KEYS = {"permissions", "lifetime_minutes"}
+#: what an emergency grant may allow: reading and passing on one study, never changing or deleting
+#: it, nor administering the PACS or reading the audit trail of one's own emergency
+EMERGENCY_PERMISSIONS = frozenset({Permission.VIEW, Permission.DOWNLOAD, Permission.SEND})
+#: the longest break-glass grant a policy may configure (a shift is not an emergency)
+MAX_EMERGENCY_MINUTES = 240
 RULE_KEYS = {"id", "group", "roles", "description"}
 CONFLICT_KEYS = {"id", "roles", "action", "reason"}
 REVIEWERS_KEYS = {"privacy_officer", "scopes"}
@@ -98,6 +115,7 @@ class _Validator:
         roles = self.roles(data.get("roles"))
         rules = self.rules(data.get("rules"), roles)
         conflicts = self.conflicts(data.get("conflicts"), roles)
+        emergency = self.emergency(data.get("emergency"), roles)
         sharing = SharingValidator(self.err, self._unknown_keys, self._str_list, self.group_ref).section(
             data.get("sharing"), roles)
         reviewers = self.reviewers(data.get("reviewers"), roles)
@@ -108,7 +126,8 @@ class _Validator:
         if self.problems:
             raise PolicyError(self.source, self.problems)
         return Policy(roles, tuple(rules), tuple(conflicts), source=self.source, version=1,
-                      meta={str(k): str(v) for k, v in meta.items()}, sharing=sharing, reviewers=reviewers)
+                      meta={str(k): str(v) for k, v in meta.items()}, sharing=sharing, reviewers=reviewers,
+                      emergency=emergency)
 
     def roles(self, data: Any) -> dict[str, Role]:
         if not isinstance(data, dict) or not data:
@@ -139,8 +158,14 @@ class _Validator:
                 self.err(f"{loc}.scopes", "must be a mapping with departments and/or institutions")
                 scopes = {}
             self._unknown_keys(f"{loc}.scopes", scopes, {"departments", "institutions"})
+            capabilities = self._str_list(f"{loc}.capabilities", spec.get("capabilities"))
+            for i, cap in enumerate(capabilities):
+                if cap not in CAPABILITIES:
+                    self.err(f"{loc}.capabilities[{i}]",
+                             f"unknown capability {cap!r} (known: {', '.join(sorted(CAPABILITIES))})")
             out[name] = Role(
                 name=name, description=str(spec.get("description") or ""), permissions=frozenset(perms),
+                capabilities=frozenset(c for c in capabilities if c in CAPABILITIES),
                 departments=tuple(self._str_list(f"{loc}.scopes.departments", scopes.get("departments"))),
                 institutions=tuple(self._str_list(f"{loc}.scopes.institutions", scopes.get("institutions"))),
             )
@@ -206,6 +231,42 @@ class _Validator:
             if group is not None:
                 out.append(Rule(rid, i, group, tuple(role_names), str(spec.get("description") or "")))
         return out
+
+    def emergency(self, data: Any, roles: dict[str, Role]) -> EmergencyPolicy | None:
+        """The ``emergency:`` section; a role with the ``emergency`` capability needs it (else its
+        holders could ask for break-glass access that grants nothing: a silent misconfiguration)."""
+        capable = sorted(n for n, r in roles.items() if EMERGENCY in r.capabilities)
+        if data is None:
+            for name in capable:
+                self.err(f"roles.{name}.capabilities",
+                         "the emergency capability needs the top-level emergency: section (its permissions)")
+            return None
+        if not isinstance(data, dict):
+            self.err("emergency", "must be a mapping with permissions (and optional lifetime_minutes)")
+            return None
+        self._unknown_keys("emergency", data, EMERGENCY_KEYS)
+        raw = data.get("permissions")
+        perms = set()
+        if not isinstance(raw, list) or not raw:
+            self.err("emergency.permissions", "must be a non-empty list of permissions")
+            raw = []
+        for i, p in enumerate(raw):
+            try:
+                perm = parse(str(p))
+            except UnknownPermissionError as exc:
+                self.err(f"emergency.permissions[{i}]", str(exc))
+                continue
+            if perm not in EMERGENCY_PERMISSIONS:
+                self.err(f"emergency.permissions[{i}]", f"{perm.value!r} cannot be granted in an emergency "
+                         f"(allowed: {', '.join(sorted(p.value for p in EMERGENCY_PERMISSIONS))})")
+            else:
+                perms.add(perm)
+        minutes = data.get("lifetime_minutes", 60)
+        if type(minutes) is not int or not 1 <= minutes <= MAX_EMERGENCY_MINUTES:
+            self.err("emergency.lifetime_minutes", f"must be a whole number of minutes from 1 to "
+                                                   f"{MAX_EMERGENCY_MINUTES}, not {minutes!r}")
+            minutes = 60
+        return EmergencyPolicy(frozenset(perms), minutes)
 
     def conflicts(self, data: Any, roles: dict[str, Role]) -> list[Conflict]:
         if data is None:

@@ -29,6 +29,9 @@ class Role:
     permissions: frozenset[Permission]
     departments: tuple[str, ...] = ()
     institutions: tuple[str, ...] = ()
+    #: what holders of the role may do beyond its permissions (:data:`CAPABILITIES`): ``emergency``
+    #: lets them ask for break-glass access to one study or patient (bridge/breakglass/)
+    capabilities: frozenset[str] = frozenset()
 
     @property
     def effective_permissions(self) -> frozenset[Permission]:
@@ -41,6 +44,27 @@ class Role:
         if self.institutions:
             out["institutions"] = list(self.institutions)
         return out
+
+
+#: capabilities a role may carry (``roles.<name>.capabilities``)
+EMERGENCY = "emergency"
+CAPABILITIES = frozenset({EMERGENCY})
+
+
+@dataclass(frozen=True)
+class EmergencyPolicy:
+    """The ``emergency:`` section: what a break-glass grant allows and for how long.
+
+    Why in the policy and not per request: the requester must not choose their own rights in an
+    emergency; the privacy officer fixes them once, reviewed with the rest of the policy."""
+
+    permissions: frozenset[Permission]
+    #: a grant ends this long after it was given, and is never renewed (a new request is needed)
+    lifetime_minutes: int = 60
+
+    @property
+    def effective_permissions(self) -> frozenset[Permission]:
+        return expand(self.permissions)
 
 
 @dataclass(frozen=True)
@@ -130,3 +154,9 @@ class Policy:
     sharing: SharingPolicy | None = None
     #: the ``reviewers:`` section (access reviews); None: no review can be run
     reviewers: Reviewers | None = None
+    #: the ``emergency:`` section (break-glass); None: nobody can break the glass
+    emergency: EmergencyPolicy | None = None
+
+    def emergency_roles(self) -> frozenset[str]:
+        """The roles whose holders may ask for break-glass access."""
+        return frozenset(name for name, role in self.roles.items() if EMERGENCY in role.capabilities)

@@ -427,3 +427,40 @@ class ReviewException(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class BreakGlassGrant(Base):
+    """One break-glass (emergency access) request: who, for which study or patient, why, until when,
+    and its post-hoc review (bridge/breakglass/).  The row IS the grant: the token service reads the
+    live rows of a subject at every issue (a ``break-glass`` grant scoped to ``target``), so a grant
+    is never renewed past ``expires_at`` and vanishes from the next token when the requester loses
+    the role that allowed it.  ``review_state`` stays ``open`` until another person closes it."""
+
+    __tablename__ = "break_glass_grants"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    subject_id: Mapped[str] = mapped_column(String(128), index=True)
+    username: Mapped[str | None] = mapped_column(String(256))
+    #: ``study`` (a StudyInstanceUID) or ``patient`` (a PatientID)
+    target_kind: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    purpose_of_use: Mapped[str] = mapped_column(String(16), default="BTG")
+    #: the policy's emergency permissions at the time of the request (expanded)
+    permissions: Mapped[list[str]] = mapped_column(JSON)
+    #: the roles with the ``emergency`` capability the requester held then
+    roles: Mapped[list[str]] = mapped_column(JSON)
+    client_id: Mapped[str] = mapped_column(String(64))
+    network_address: Mapped[str | None] = mapped_column(String(128))
+    #: the fresh multi-factor login the grant was given on
+    auth_time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    #: ``open``, ``justified`` or ``not-justified``
+    review_state: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    reviewer_id: Mapped[str | None] = mapped_column(String(128))
+    reviewer_username: Mapped[str | None] = mapped_column(String(256))
+    reviewed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    review_comment: Mapped[str | None] = mapped_column(Text)
+    #: the end of the grant is in the audit trail (``break_glass.stop``, written once by ``serve``)
+    stop_recorded: Mapped[bool] = mapped_column(Boolean, default=False, index=True)

@@ -57,9 +57,12 @@ def serve(settings: Settings, *, metrics_port: int = 9464, once: bool = False) -
     def job() -> None:
         sync_job(runner, settings.sync.interval_seconds)
 
+    from bridge.breakglass import jobs as break_glass_jobs
+
     if once:
         job()
         audit_jobs.run_once(settings, audit_store, shipper)
+        break_glass_jobs.run_once(settings, audit_store)
         return
     sched = BlockingScheduler()
     sched.add_job(job, "interval", seconds=settings.sync.interval_seconds, max_instances=1, coalesce=True,
@@ -68,6 +71,7 @@ def serve(settings: Settings, *, metrics_port: int = 9464, once: bool = False) -
     from bridge.review import jobs as review_jobs
 
     review_jobs.schedule(sched, settings)  # access reviews: monthly campaign, hourly escalation
+    break_glass_jobs.schedule(sched, settings, audit_store)  # alert retries, break_glass.stop records
     try:
         sched.start()
     except (KeyboardInterrupt, SystemExit):

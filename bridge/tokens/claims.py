@@ -29,6 +29,13 @@ PURPOSE_OF_USE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 #: purposes a client may ask for; break-the-glass (BTG) is deliberately not self-service
 PURPOSES_OF_USE: frozenset[str] = frozenset({"TREAT", "ETREAT", "HOPERAT", "PATRQT"})
 DEFAULT_PURPOSE_OF_USE = "TREAT"
+#: break the glass: only in a token that carries a break-glass grant (bridge/breakglass/), which
+#: always states it besides the purpose asked for, so every access made with it is recorded as BTG
+BREAK_GLASS_PURPOSE = "BTG"
+
+
+def has_break_glass(grants: Iterable[grants_mod.Grant]) -> bool:
+    return any(g.kind == "break-glass" for g in grants)
 #: FHIR Coding system the bridge uses for its role names in ``subject_role``
 ROLE_SYSTEM = "urn:pacs-sso-bridge:role"
 
@@ -171,10 +178,15 @@ def build(
     """The claims of one PACS token."""
     if not subject.id:
         raise ValueError("subject.id: a PACS token needs the stable directory id as sub")
-    if purpose_of_use not in PURPOSES_OF_USE:
+    emergency = has_break_glass(grant.grants)
+    if purpose_of_use not in PURPOSES_OF_USE and not (emergency and purpose_of_use == BREAK_GLASS_PURPOSE):
         raise ValueError(
-            f"purpose_of_use: {purpose_of_use!r} is not one of {', '.join(sorted(PURPOSES_OF_USE))}"
+            f"purpose_of_use: {purpose_of_use!r} is not one of {', '.join(sorted(PURPOSES_OF_USE))} "
+            f"({BREAK_GLASS_PURPOSE} only with a break-glass grant)"
         )
+    purposes = [purpose_of_use]
+    if emergency and purpose_of_use != BREAK_GLASS_PURPOSE:
+        purposes.append(BREAK_GLASS_PURPOSE)
     iat = int(time.time()) if now is None else int(now)
     permissions = sorted(p.value for p in grant.permissions)
     claims: dict[str, Any] = {
@@ -194,7 +206,7 @@ def build(
             "ihe_iua": {
                 "subject_name": subject.name or subject.username or subject.id,
                 "subject_role": [{"system": ROLE_SYSTEM, "code": r} for r in grant.roles],
-                "purpose_of_use": [{"system": PURPOSE_OF_USE_SYSTEM, "code": purpose_of_use}],
+                "purpose_of_use": [{"system": PURPOSE_OF_USE_SYSTEM, "code": p} for p in purposes],
                 **({"subject_organization": subject.organization} if subject.organization else {}),
             }
         },

@@ -350,7 +350,7 @@ class TokenService:
         if audience not in (None, "", self.settings.audience):
             raise TokenServiceError("invalid_target", "unknown audience")
         purpose = purpose_of_use or claims_mod.DEFAULT_PURPOSE_OF_USE
-        if purpose not in claims_mod.PURPOSES_OF_USE:
+        if purpose not in claims_mod.PURPOSES_OF_USE and purpose != claims_mod.BREAK_GLASS_PURPOSE:
             raise TokenServiceError("invalid_request", "purpose_of_use not allowed")
         if self.keycloak is None:
             raise TokenServiceError("server_error", "token exchange is not configured", 500)
@@ -397,6 +397,14 @@ class TokenService:
                  "reason": self.denial_reason(grant)},
             )
             raise TokenServiceError("invalid_grant", "subject token is not acceptable")
+        if purpose == claims_mod.BREAK_GLASS_PURPOSE and not claims_mod.has_break_glass(grant.grants):
+            self.audit(
+                AuditEventType.ACCESS_DENIED,
+                {"client_id": client_id, "subject": subject.id, "username": subject.username,
+                 "reason": "purpose_of_use BTG without a live break-glass grant"},
+            )
+            raise TokenServiceError("invalid_request",
+                                    "purpose_of_use BTG needs a break-glass grant (POST /break-glass)")
         return ExchangeRequest(subject, grant, purpose)
 
     # ---- our own tokens

@@ -46,6 +46,11 @@ def create_app(settings: Settings, *, config: dict[str, Any] | None = None, **se
     if not isinstance(service.audit, client.AddressedSink):
         service.audit = client.AddressedSink(service.audit)  # every token/login event gets the client address
 
+    from bridge.web import breakglass
+
+    root = app.extensions[APP_EXTENSION]
+    breakglass.init_app(app, lambda: root.break_glass)  # emergency access: API, review queue, /metrics
+
     if settings.bridge.session_secret is not None and settings.keycloak.client_secret is not None:
         from bridge.web import login  # browser login needs both secrets; API-only deployments skip it
 

@@ -41,6 +41,9 @@ DEFAULTS = {
     "PACS_BRIDGE_RATE_METRICS": "5/second",
     "PACS_BRIDGE_RATE_BACKCHANNEL_LOGOUT": "20/second;300/minute",
     "PACS_BRIDGE_RATE_AUDIT": "20/second;600/minute",
+    # per USER, not per address (bridge/web/breakglass.py): an emergency is rare; a burst of
+    # requests is a misuse (or a stolen session) the alerts already report
+    "PACS_BRIDGE_RATE_BREAK_GLASS": "3/minute;10/hour",
 }
 #: an IPv6 host picks any address of its /64 at will (privacy addresses, RFC 8981): the budget is
 #: the /64's, or each of its 2**64 addresses would bring a fresh one
@@ -101,6 +104,21 @@ def init_app(app: Flask) -> Limiter:
             app.view_functions[endpoint] = limiter.shared_limit(_provider(config_key(name)), scope=name)(view)
     app.extensions[EXTENSION] = limiter
     return limiter
+
+
+def hit_for(name: str, who: str) -> bool:
+    """Draw on ``who``'s own budget of group ``name`` (a user, not the client address: a per-user
+    limit such as break-glass requests, checked once the user is known).  False: spent."""
+    from limits import parse_many
+
+    limiter: Limiter = current_app.extensions[EXTENSION]
+    items = parse_many(_provider(config_key(name))())
+    strategy = limiter.limiter
+    if not all(strategy.test(item, name, who) for item in items):
+        return False
+    for item in items:
+        strategy.hit(item, name, who)
+    return True
 
 
 def rate_key() -> str:

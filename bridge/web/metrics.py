@@ -32,6 +32,9 @@ from bridge.web.limits import limit
 
 bp = Blueprint("metrics", __name__)
 EXTENSION = "pacs_bridge_metrics"
+#: app extension: collectors asked at each scrape (values read from the database, the same for
+#: every worker, so not worker-local counters: e.g. open break-glass reviews)
+COLLECTORS = "pacs_bridge_metrics_collectors"
 
 #: label values are Flask endpoint names (a fixed set), never raw paths: a scan of random URLs
 #: must not create one time series per URL
@@ -54,6 +57,12 @@ def init_app(app: Flask, section: MetricsSection) -> None:
         "token": token.encode() if token else None,
     }
     app.register_blueprint(bp)
+
+
+def add_collector(app: Flask, collector: Any) -> None:
+    """Report ``collector`` (a prometheus-client custom collector: ``collect()`` yields metric
+    families) at every scrape, besides the request counters."""
+    app.extensions.setdefault(COLLECTORS, []).append(collector)
 
 
 def _start_timer() -> None:
@@ -120,6 +129,11 @@ def metrics() -> Response:
     why = _allowed()
     if why is not None:
         return _refuse(why)
-    resp = Response(generate_latest(registry()), mimetype=CONTENT_TYPE_LATEST)
+    body = generate_latest(registry())
+    for collector in current_app.extensions.get(COLLECTORS, ()):
+        extra = CollectorRegistry(auto_describe=False)
+        extra.register(collector)
+        body += generate_latest(extra)
+    resp = Response(body, mimetype=CONTENT_TYPE_LATEST)
     resp.headers["Cache-Control"] = "no-store"
     return resp

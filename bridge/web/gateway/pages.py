@@ -52,6 +52,7 @@ _LANDING = """<h1>Welcome, {{ who }}</h1>
 {% endfor %}</tbody></table>
 {% else %}<p>You hold no PACS role.</p>{% endif %}
 </section>
+{{ sections|safe }}
 <nav aria-label="PACS applications">
 <h2>Open</h2>
 <ul>
@@ -131,14 +132,16 @@ def grant_rows(claims: Mapping[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def landing(claims: Mapping[str, Any], prefix: str, csrf: str, idle_minutes: int) -> Response:
+def landing(claims: Mapping[str, Any], prefix: str, csrf: str, idle_minutes: int, sections: str = "") -> Response:
+    """The landing page; ``sections``: HTML rendered (escaped) by another page module, e.g. the
+    break-glass form (bridge/web/gateway/breakglass.py)."""
     who = claims.get("name") or claims.get("preferred_username") or claims.get("sub")
     amr = claims.get("amr") or []
     how = "with a second factor" + (f" ({_words(amr)})" if amr else "")
     body = render_template_string(
         _LANDING, who=who, username=claims.get("preferred_username") or claims.get("sub"),
         name=claims.get("name"), how=how, grants=grant_rows(claims), prefix=prefix, csrf=csrf,
-        idle_minutes=idle_minutes)
+        idle_minutes=idle_minutes, sections=sections)
     return page("Your PACS access", body)
 
 

@@ -100,6 +100,9 @@ def init_app(app: Flask, settings: Settings, service: TokenService, oauth: Any, 
     bp.add_url_rule("/logout", "logout_form", _logout_form, methods=["GET"])
     bp.add_url_rule("/logout", "logout", _logout, methods=["POST"])
     bp.add_url_rule("/logged-out", "logged_out", _logged_out, methods=["GET"])
+    from bridge.web.gateway import breakglass
+
+    breakglass.register(bp)  # emergency access: form, fresh login, review queue
     bp.add_url_rule("/<path:rest>", "proxy", _proxy,
                     methods=["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"])
     app.register_blueprint(bp)
@@ -233,6 +236,11 @@ def finish_login(pending: dict[str, Any]) -> Response:
     from bridge.web import login as login_bp
 
     login_bp._remember_directory_id(str(id_claims["sub"]), subject.id)  # for back-channel logout
+    emergency = None
+    if pending.get("break_glass") is not None:  # this login was asked for by a break-glass request
+        from bridge.web.gateway import breakglass
+
+        emergency = breakglass.complete(pending, kc_claims, subject)  # before the token: it carries the grant
     issued = _issue(kc_claims)
     session.clear()  # nothing of the login transaction stays in the Flask cookie
     if issued is None:
@@ -242,6 +250,8 @@ def finish_login(pending: dict[str, Any]) -> Response:
         tokens=Tokens(issued.access_token, token.get("refresh_token"), token.get("id_token")),
         token_exp=float(issued.claims["exp"]), lifetime_seconds=_lifetime(kc_claims))
     resp = pages.secure(redirect(_safe_next(pending.get("next")), code=303))
+    if emergency is not None:
+        resp = pages.message(emergency[0], emergency[1], emergency[2], gw.prefix + "/", "Continue to the PACS")
     resp.set_cookie(COOKIE, raw, path="/", secure=True, httponly=True, samesite="Lax")
     return resp
 
@@ -426,7 +436,11 @@ def _landing() -> Response:
     if isinstance(login, Response):
         return login
     claims = _token_claims(login.tokens.pacs_token)
-    return pages.landing(claims, gw.prefix, csrf_for(gw, login), gw.section.idle_timeout_seconds // 60)
+    from bridge.web.gateway import breakglass
+
+    csrf = csrf_for(gw, login)
+    return pages.landing(claims, gw.prefix, csrf, gw.section.idle_timeout_seconds // 60,
+                         sections=breakglass.landing_sections(login, csrf))
 
 
 def _logout_form() -> Response:

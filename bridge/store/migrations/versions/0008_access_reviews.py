@@ -1,7 +1,7 @@
 """Access reviews (recertification): campaigns, per-user findings, items, reviewers, exceptions.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0006"  # re-chained at merge: 0005 -> 0006 (shares) -> 0008
+down_revision = "0007"  # re-chained at merge: 0006 (shares) -> 0007 (break-glass) -> 0008
 branch_labels = None
 depends_on = None
 
