@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from bridge.audit.store import AuditStore
-    from bridge.sharing.service import ShareService
     from bridge.breakglass.service import BreakGlass
+    from bridge.sharing.service import ShareService
     from bridge.tokens.service import TokenService
     from bridge.tokens.store import KeyRing
 

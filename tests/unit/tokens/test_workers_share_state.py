@@ -94,7 +94,6 @@ def test_an_exchange_reads_the_store_over_one_connection(workers: Any) -> None:
     a, _b, _url = workers
     exchange(a["client"], kc_token(sid="s"))  # warm: keys, JWKS
     eng = a["service"].assignments.engine
-    import threading
 
     checkouts: list[int] = []
     # this thread's checkouts only: the audit sink's flush thread shares the engine and may
