@@ -11,6 +11,13 @@ plugins) and a deployment can generate the same secure defaults.  Choices and wh
   with 403 before any handler runs; DICOM is guarded by the settings below.
 - DICOM: no ``DicomAlwaysAllow*``, the called AET must be Orthanc's own, and a peer must be a
   configured modality *from its configured host* (``DicomCheckModalityHost``).
+- HTTPS only (``SslEnabled``, TLS 1.2 or later): there is no plain HTTP port.  Debian bookworm's
+  Orthanc needs the civetweb shim for that (bridge/deploy/civetweb_tls.py, ``LD_LIBRARY_PATH``).
+- DICOM TLS only (``DicomTlsEnabled``) with a client certificate required from every peer
+  (``DicomTlsRemoteCertificateRequired``), verified against ``DicomTlsTrustedCertificates``: a
+  bundle for the modalities' CA *only*.  Orthanc 1.10 trusts that bundle for every peer and does
+  not bind a certificate to an AE title, so any certificate of that CA passes the TLS step; the AE
+  title and host checks above still apply.  A plain DICOM association fails its handshake.
 - The Orthanc Web Viewer (Debian ``orthanc-webviewer`` 2.8) is loaded with its cache in a directory
   of the PACS's own data, never the package's default ``/tmp/OrthancWebViewerCache``: the cache holds
   decoded images, patient data as sensitive as the storage itself.  Its routes are in the bridge's
@@ -19,6 +26,7 @@ plugins) and a deployment can generate the same secure defaults.  Choices and wh
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +40,19 @@ DICOMWEB_PLUGIN = PLUGIN_DIR / "libOrthancDicomWeb.so"
 WEB_VIEWER_PLUGIN = PLUGIN_DIR / "libOrthancWebViewer.so"
 #: the web viewer's cache, below the storage directory unless given (the plugin's own default place)
 WEB_VIEWER_CACHE = "WebViewerCache"
+#: civetweb's ``ssl_protocol_version``: 4 = TLS 1.2 and later
+SSL_MINIMUM_PROTOCOL = 4
+
+
+@dataclass(frozen=True)
+class DicomTls:
+    """Orthanc's DICOM TLS files: its own certificate and key (PEM), and the CA bundle that issues
+    the modalities' client certificates (that CA only: every certificate it signs is admitted)."""
+
+    certificate: Path
+    private_key: Path
+    trusted_certificates: Path
+
 
 def orthanc_config(
     *,
@@ -41,6 +62,8 @@ def orthanc_config(
     dicom_port: int,
     storage_dir: Path,
     index_dir: Path,
+    https_certificate: Path,
+    dicom_tls: DicomTls,
     with_filter: bool = True,
     modalities: dict[str, Any] | None = None,
     plugin_config_file: Path | None = None,
@@ -56,6 +79,8 @@ def orthanc_config(
     bridge's plugin reads its settings (``"PacsBridge": {"ConfigFile": ...}``).  `python_script` is
     the plugin bundle's entry (``pacs-bridge plugin bundle OUT``: ``OUT/pacs_bridge_plugin.py``),
     required with the filter.
+    `https_certificate` is Orthanc's HTTPS certificate followed by its private key in one PEM file
+    (civetweb's form); `dicom_tls` its DICOM TLS files.  Neither has a plain alternative.
     `with_filter=False` gives a plain Orthanc (DICOMweb only, no Python filter) as a benchmark
     baseline.  `web_viewer` loads the Orthanc Web Viewer with its cache in `web_viewer_cache_dir`
     (default: ``<storage_dir>/WebViewerCache``).  `extra` is merged last (top-level keys replace).
@@ -70,10 +95,18 @@ def orthanc_config(
         "HttpPort": http_port,
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
-        "SslEnabled": False,
+        "SslEnabled": True,
+        "SslCertificate": str(https_certificate),
+        "SslMinimumProtocolVersion": SSL_MINIMUM_PROTOCOL,
+        "SslVerifyPeers": False,  # clients authenticate with tokens (the bridge's filter), not certificates
         "HttpDescribeErrors": False,
         "DicomServerEnabled": True,
         "DicomPort": dicom_port,
+        "DicomTlsEnabled": True,
+        "DicomTlsCertificate": str(dicom_tls.certificate),
+        "DicomTlsPrivateKey": str(dicom_tls.private_key),
+        "DicomTlsTrustedCertificates": str(dicom_tls.trusted_certificates),
+        "DicomTlsRemoteCertificateRequired": True,
         "DicomCheckCalledAet": True,
         "DicomCheckModalityHost": True,
         "DicomAlwaysAllowEcho": False,
@@ -130,6 +163,7 @@ def dicom_modalities(pacs: Any) -> dict[str, dict[str, Any]]:
         for op, key in _ALLOW_KEYS.items():
             entry[key] = op in m.allow
         entry["AllowStorageCommitment"] = False
+        entry["UseDicomTls"] = True  # Orthanc's own associations to it (C-MOVE answers, sends) over TLS too
         out[name] = entry
     return out
 

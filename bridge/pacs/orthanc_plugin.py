@@ -63,7 +63,8 @@ class _Holder:
         self.stamp: tuple[float, int] | None = None
         self.next_check = 0.0
         self.lock = threading.Lock()
-        self.http: tuple[int, bool] = (8042, False)  # Orthanc's own HTTP port and TLS, for the loopback calls
+        #: Orthanc's own HTTP port, whether it is HTTPS, and its certificate, for the loopback calls
+        self.http: tuple[int, bool, str | None] = (8042, False, None)
 
     def current(self) -> Gate | None:
         if time.monotonic() >= self.next_check:
@@ -80,7 +81,9 @@ class _Holder:
         if self.section is None:
             whole = json.loads(orthanc.GetConfiguration())
             self.section = whole.get(plugin_config.ORTHANC_SECTION) or {}
-            self.http = (int(whole.get("HttpPort", 8042)), bool(whole.get("SslEnabled", False)))
+            # the loopback DICOMweb pass pins Orthanc's own HTTPS certificate (dicomweb.loopback_sender)
+            self.http = (int(whole.get("HttpPort", 8042)), bool(whole.get("SslEnabled", False)),
+                         whole.get("SslCertificate") or None)
         section = self.section
         path = plugin_config.locate(section)
         try:

@@ -170,18 +170,12 @@ class BridgeService(Service):
                 "ingest_token_file": self._secret_file(ctx, AUDIT_INGEST_SECRET),
             },
         }
-        if info.get("orthanc", {}).get("url"):
-            data["pacs"]["orthanc_url"] = info["orthanc"]["url"]
-            if data["pacs"]["orthanc_url"].startswith("http://"):
-                # the dev stack's Orthanc serves plain HTTP on loopback until Orthanc HTTPS
-                # (issue 12, item 1) is built; the opt-out is explicit, check-config warns
-                data["pacs"]["allow_plaintext"] = True
+        if info.get("orthanc", {}).get("url"):  # Orthanc serves HTTPS only, with a stack CA certificate
+            data["pacs"].update({"orthanc_url": info["orthanc"]["url"], "ca_file": ca})
         if selected("orthanc"):  # the browser gateway to the stack's Orthanc (docs/gateway.md)
             from pacs_devstack.orthanc import SERVICE as ORTHANC
 
-            # plain HTTP on loopback until Orthanc HTTPS (issue 12, item 1): the opt-out is explicit
-            data["gateway"] = {"orthanc_url": ORTHANC.internal_url(), **GATEWAY_SETTINGS,
-                               "allow_plaintext": ORTHANC.internal_url().startswith("http://")}
+            data["gateway"] = {"orthanc_url": ORTHANC.internal_url(), "orthanc_ca_file": ca, **GATEWAY_SETTINGS}
         redis = info.get("redis", {})
         web: dict[str, Any] = {}
         if redis.get("url"):  # shared rate limits across the workers (memory:// without it)
