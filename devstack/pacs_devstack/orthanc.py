@@ -23,6 +23,7 @@ a benchmark baseline) is one line: ``OrthancService("orthanc-plain", with_filter
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import ssl
@@ -76,6 +77,13 @@ def shim_dir() -> Path:
     return d
 
 
+def connection(port: int, timeout: float = 10.0) -> http.client.HTTPSConnection:
+    """A keep-alive HTTPS connection to a dev-stack Orthanc on loopback, verified against the stack
+    CA (benchmarks: no session layer between the measurement and the socket)."""
+    context = ssl.create_default_context(cafile=str(tls.ensure_ca()))
+    return http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=context)
+
+
 def modality_tls(aet: str = "DEVMODALITY") -> tuple[ssl.SSLContext, str]:
     """pynetdicom's ``tls_args`` for the modality ``aet``: its client certificate from the modalities
     CA, Orthanc verified against the stack CA (``ae.associate(..., tls_args=modality_tls())``)."""
@@ -86,8 +94,9 @@ def modality_tls(aet: str = "DEVMODALITY") -> tuple[ssl.SSLContext, str]:
 
 
 class OrthancService(Service):
+    #: gcc and libc6-dev build the civetweb OpenSSL 3 shim (HTTPS; bridge/deploy/civetweb_tls.py)
     apt_packages = ("orthanc", "orthanc-python", "orthanc-dicomweb", "orthanc-webviewer", "python3-jwt",
-                    "python3-cryptography")
+                    "python3-cryptography", "gcc", "libc6-dev")
 
     def __init__(self, name: str = "orthanc", *, with_filter: bool = True, aet: str = "PACSTEST",
                  python_script: Path | None = None) -> None:

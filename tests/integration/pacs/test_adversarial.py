@@ -188,6 +188,8 @@ def test_upload_context_never_outlives_its_request_on_a_kept_alive_connection(pa
     """One TCP connection is served by one Orthanc HTTP thread: an unscoped upload's context must not let the
     scoped request after it store out-of-scope content, and a refused request leaves no context behind."""
     with requests.Session() as session:
+        session.verify = pacs.ca
+
         def post(token: str | None, dept: str) -> Any:
             uid = _uid()
             data = dicom_instance(patient_id=f"KA-{uid[-6:]}", patient_name="Keep^Alive", study_uid=uid,

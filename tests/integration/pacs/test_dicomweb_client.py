@@ -49,7 +49,7 @@ def client(dicomweb_url: str, stack: dict[str, Any]) -> Callable[[str | None], D
 
     def make(token: str | None) -> DICOMwebClient:
         session = requests.Session()
-        session.verify = stack["ca"]["file"]  # the gateway speaks TLS with the dev CA; Orthanc plain HTTP
+        session.verify = stack["ca"]["file"]  # the gateway and Orthanc both serve HTTPS with dev CA certificates
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         return DICOMwebClient(url=dicomweb_url, session=session, headers=headers)
 

@@ -33,6 +33,7 @@ from bridge.tokens.claims import TokenSettings
 from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
 from bridge.tokens.service import TokenService
 from bridge.web.app import create_app
+from pacs_devstack.orthanc import modality_tls
 from pacs_devstack.pacs_double import AUDIENCE, dicom_instance
 from tests.doubles import MemoryAssignmentSource, MemoryRevocationStore
 
@@ -257,7 +258,7 @@ def test_cstore_from_configured_modality_still_stores(orthanc: dict[str, Any], p
                                                       studies: dict[str, dict[str, str]]) -> None:
     ae = AE(ae_title="DEVMODALITY")
     ae.add_requested_context(SecondaryCaptureImageStorage)
-    assoc = ae.associate("127.0.0.1", orthanc["dicom_port"], ae_title=orthanc["aet"])
+    assoc = ae.associate("127.0.0.1", orthanc["dicom_port"], ae_title=orthanc["aet"], tls_args=modality_tls())
     assert assoc.is_established
     data, sop = _instance(studies["P-002"]["study_uid"], "Cardiology", patient="P-002")
     try:
