@@ -21,7 +21,13 @@ Why this shape:
   PatientID ``Basic 4711`` once made the whole access vanish from the trail.)
 * Refused DICOM associations: Orthanc 1.10.1 offers no callback for them (the C-STORE filter of
   orthanc-python 4.0 only sees instances of *accepted* associations), so the shipper tails
-  Orthanc's log file and turns its "Rejected association" warnings into events.
+  Orthanc's log file and turns its "Rejected association" warnings, and its failed DICOM TLS
+  handshakes (no, untrusted or foreign client certificate; plain DICOM), into events.
+* Instances received by C-STORE: the plugin hands over each new instance's id (Orthanc's change
+  callback; :meth:`AuditShipper.record_stored`).  Off the request path, the shipper reads the
+  instance's metadata (``Origin``, ``RemoteAET``, ``RemoteIP``, ``CalledAET``: what Orthanc records at
+  reception; the received-instance callback of orthanc-python 4.0 only tells "DICOM") and records one
+  ``study.uploaded`` event per calling AE, address and study per flush, counting the instances.
 """
 
 from __future__ import annotations
@@ -57,6 +63,10 @@ ACCESS_EVENTS: dict[str, AuditEventType] = {
 #: Orthanc 1.10.1's warnings for a refused association (CommandDispatcher.cpp)
 REFUSED_UNKNOWN = re.compile(r"Rejected association for remote AET (\S+) on IP (\S+)")
 REFUSED_CALLED = re.compile(r"Rejected association, because of a bad called AET in the request \((.*)\)")
+#: ... and for a DICOM TLS handshake that failed (no certificate, an untrusted one, plain DICOM)
+REFUSED_TLS = re.compile(r"Receiving Association failed: TLS error: (.*)")
+#: Orthanc's ``Origin`` metadata of an instance received by C-STORE
+DICOM_ORIGIN = "DicomProtocol"
 MAX_BATCH = 500
 
 
@@ -87,6 +97,7 @@ class AuditShipper:
         self.orthanc_log_file = orthanc_log_file
         self._post = post or _https_post(ca_file)
         self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._stored: collections.deque[tuple[float, str]] = collections.deque()
         self._log_offset = _file_size(orthanc_log_file)
         self._retry_at = 0.0
         self._stop = threading.Event()
@@ -112,6 +123,10 @@ class AuditShipper:
         """One request outcome (``kind`` = "allow" | "deny"); a deque append, nothing else."""
         self._queue.append((time.time(), kind, claims, method, path.split("?", 1)[0], ip, permission,
                             reason, target, studies))
+
+    def record_stored(self, instance_id: str) -> None:
+        """An instance Orthanc has just stored (any origin); a deque append, nothing else."""
+        self._stored.append((time.time(), instance_id))
 
     # ------------------------------------------------------------------ background
 
@@ -139,7 +154,7 @@ class AuditShipper:
             records = []
             while self._queue:
                 records.append(self._queue.popleft())
-            events = self._events(records) + self._refused_associations()
+            events = self._events(records) + self._cstores() + self._refused_associations()
             payload = [e.to_dict() for e in events]
             if payload:
                 self._ship(payload)
@@ -233,6 +248,44 @@ class AuditShipper:
         return ev.AuditEvent(type=etype, outcome=outcome, actor=actor, objects=tuple(objects),
                              details=details, description=g["reason"], time=_utc(g["last"]))
 
+    def _cstores(self) -> list[ev.AuditEvent]:
+        """The instances recorded by :meth:`record_stored` that came by C-STORE, as events."""
+        if self.resolver is None:
+            self._stored.clear()
+            return []
+        groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+        while self._stored:
+            when, instance_id = self._stored.popleft()
+            try:
+                meta = json.loads(self.resolver.rest_get(f"/instances/{instance_id}/metadata?expand"))
+            except Exception:  # noqa: S112 - deleted in between: nothing left to say where it came from
+                continue
+            if not isinstance(meta, dict) or meta.get("Origin") != DICOM_ORIGIN:
+                continue  # REST / DICOMweb uploads are audited by the request filter
+            studies = self.resolver.studies(Target("instances", instance_id))
+            aet, ip, called = (str(meta.get(k) or "") for k in ("RemoteAET", "RemoteIP", "CalledAET"))
+            key = (aet, ip, called, tuple((_key(s.study_uid), _key(s.patient_id)) for s in studies))
+            group = groups.setdefault(key, {"first": when, "count": 0, "studies": studies})
+            group["last"], group["count"] = when, group["count"] + 1
+        out = []
+        for (aet, ip, called, _studies), g in groups.items():
+            objects = [ev.ParticipantObject(ev.ObjectKind.NODE, aet or "(empty)")]
+            for s in g["studies"]:
+                if s.study_uid:
+                    objects.append(ev.study(s.study_uid))
+                if s.patient_id:
+                    objects.append(ev.patient(s.patient_id))
+            out.append(ev.AuditEvent(
+                type=AuditEventType.STUDY_UPLOADED,
+                actor=ev.Actor(username=aet or None, network_address=ip or None),
+                objects=tuple(objects),
+                details={"pacs": self.source, "operation": "C-STORE", "calling_aet": aet, "called_aet": called,
+                         "instances": g["count"], "first_seen": ev.format_time(_utc(g["first"]))},
+                description=f"C-STORE from {aet or '(empty AE title)'}",
+                time=_utc(g["last"]),
+            ))
+        return out
+
     def _refused_associations(self) -> list[ev.AuditEvent]:
         """New "Rejected association" lines of Orthanc's log, as events."""
         path = self.orthanc_log_file
@@ -253,11 +306,13 @@ class AuditShipper:
             m = REFUSED_UNKNOWN.search(line)
             if m:
                 aet, ip, why = m.group(1), m.group(2), "calling AE title/host not a configured modality"
-            else:
-                m = REFUSED_CALLED.search(line)
-                if not m:
-                    continue
+            elif m := REFUSED_CALLED.search(line):
                 aet, ip, why = m.group(1), None, "called AE title is not this PACS"
+            elif m := REFUSED_TLS.search(line):
+                # before any AE title is known; Orthanc does not log the peer's address here
+                aet, ip, why = "", None, f"DICOM TLS handshake failed: {m.group(1).strip()[:200]}"
+            else:
+                continue
             out.append(ev.AuditEvent(
                 type=AuditEventType.DICOM_ASSOCIATION_REFUSED,
                 actor=ev.Actor(network_address=ip),

@@ -283,7 +283,7 @@ def _changes() -> dict[int, str]:
     if orthanc is None:
         return {}
     c = orthanc.ChangeType
-    return {int(c.DELETED): "deleted", int(c.NEW_STUDY): "new-study"}
+    return {int(c.DELETED): "deleted", int(c.NEW_STUDY): "new-study", int(c.NEW_INSTANCE): "new-instance"}
 
 
 _CHANGES = _changes()
@@ -302,7 +302,11 @@ def on_change(change_type: Any, level: Any, resource_id: str) -> None:
         if name is None:
             return
         gate = HOLDER.gate
-        if gate is not None:
+        if gate is None:
+            return
+        if name == "new-instance":  # the audit trail of C-STOREs (origin read off this thread)
+            gate.audit.record_stored(resource_id)
+        else:
             gate.changed(name)
     except Exception as exc:  # a callback must not raise into Orthanc
         _log(f"change callback failed ({type(exc).__name__}): the scope cache may be stale")

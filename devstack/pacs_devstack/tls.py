@@ -168,3 +168,33 @@ def pem_bundle(pair: CertPair, out: Path) -> Path:
     out.write_bytes(pair.cert.read_bytes() + pair.key.read_bytes())
     out.chmod(0o600)
     return out
+
+
+def issue_foreign_client(out_dir: Path, dns_name: str, *, ca: str = STACK_CA) -> CertPair:
+    """A client certificate for ``dns_name`` signed by a throw-away CA that carries the *name* of the
+    stack's CA ``ca`` but another key: what a refusal test presents as "a certificate of a foreign CA".
+    Written into ``out_dir`` (``pair.ca`` is the throw-away CA, which nothing trusts)."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _CA_NAMES[ca])])
+    ca_cert = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_name)]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns_name)]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pair = CertPair(out_dir / "foreign-cert.pem", out_dir / "foreign-key.pem", out_dir / "foreign-ca.pem")
+    pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pair.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(pair.key, key)
+    return pair
