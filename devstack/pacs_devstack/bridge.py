@@ -170,11 +170,11 @@ class BridgeService(Service):
                 "ingest_token_file": self._secret_file(ctx, AUDIT_INGEST_SECRET),
             },
         }
-        if info.get("orthanc", {}).get("url"):  # Orthanc serves HTTPS only, with a stack CA certificate
-            data["pacs"].update({"orthanc_url": info["orthanc"]["url"], "ca_file": ca})
-        if selected("orthanc"):  # the browser gateway to the stack's Orthanc (docs/gateway.md)
-            from pacs_devstack.orthanc import SERVICE as ORTHANC
+        if selected("orthanc"):  # Orthanc serves HTTPS only, with a stack CA certificate; the browser
+            from pacs_devstack.orthanc import SERVICE as ORTHANC  # gateway goes there (docs/gateway.md)
 
+            # its port is fixed for this `up` before it starts (it starts after the bridge)
+            data["pacs"].update({"orthanc_url": ORTHANC.internal_url(), "ca_file": ca})
             data["gateway"] = {"orthanc_url": ORTHANC.internal_url(), "orthanc_ca_file": ca, **GATEWAY_SETTINGS}
         redis = info.get("redis", {})
         web: dict[str, Any] = {}
