@@ -94,9 +94,12 @@ def modality_tls(aet: str = "DEVMODALITY") -> tuple[ssl.SSLContext, str]:
 
 
 class OrthancService(Service):
-    #: gcc and libc6-dev build the civetweb OpenSSL 3 shim (HTTPS; bridge/deploy/civetweb_tls.py)
-    apt_packages = ("orthanc", "orthanc-python", "orthanc-dicomweb", "orthanc-webviewer", "python3-jwt",
-                    "python3-cryptography", "gcc", "libc6-dev")
+    #: what Orthanc runs with (the Orthanc image installs the same)
+    runtime_packages = ("orthanc", "orthanc-python", "orthanc-dicomweb", "orthanc-webviewer", "python3-jwt",
+                        "python3-cryptography")
+    #: what builds the civetweb OpenSSL 3 shim (HTTPS; bridge/deploy/civetweb_tls.py), once
+    shim_build_packages = ("gcc", "libc6-dev")
+    apt_packages = runtime_packages + shim_build_packages
 
     def __init__(self, name: str = "orthanc", *, with_filter: bool = True, aet: str = "PACSTEST",
                  python_script: Path | None = None) -> None:
