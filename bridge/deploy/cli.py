@@ -119,7 +119,14 @@ def orthanc_config_cli(config_path: str | None, out_dir: str, bundle_dir: str, d
                        dicom_tls_certificate: str, dicom_tls_key: str, modality_ca: str) -> None:
     """Write Orthanc's hardened configuration and the plugin's settings from the bridge YAML."""
     from bridge.deploy import plugin_bundle as bundle
-    from bridge.deploy.orthanc_config import DicomTls, dicom_modalities, orthanc_config, plugin_settings
+    from bridge.deploy.orthanc_config import (
+        FIND_AUDIT_LUA,
+        DicomTls,
+        dicom_modalities,
+        orthanc_config,
+        plugin_settings,
+        write_find_audit_script,
+    )
 
     settings = load_settings(config_path)
     out, data = Path(out_dir), Path(data_dir)
@@ -138,10 +145,11 @@ def orthanc_config_cli(config_path: str | None, out_dir: str, bundle_dir: str, d
         https_certificate=Path(https_certificate),
         dicom_tls=DicomTls(Path(dicom_tls_certificate), Path(dicom_tls_key), Path(modality_ca)),
         plugin_config_file=out / PLUGIN_JSON, python_script=Path(bundle_dir) / bundle.ENTRY,
-        web_viewer_cache_dir=data / "webviewer-cache",
+        web_viewer_cache_dir=data / "webviewer-cache", lua_scripts=(out / FIND_AUDIT_LUA,),
         extra={"RemoteAccessAllowed": True} if remote_access else None,
     )
     out.mkdir(parents=True, exist_ok=True)
+    write_find_audit_script(out)
     (out / PLUGIN_JSON).write_text(json.dumps(plugin, indent=2), encoding="utf-8")
     (out / ORTHANC_JSON).write_text(json.dumps(config, indent=2), encoding="utf-8")
     click.echo(f"{out / ORTHANC_JSON}: Orthanc {name!r} (AET {aet}, HTTPS {http_port}, DICOM TLS {dicom_port}, "

@@ -42,6 +42,32 @@ WEB_VIEWER_PLUGIN = PLUGIN_DIR / "libOrthancWebViewer.so"
 WEB_VIEWER_CACHE = "WebViewerCache"
 #: civetweb's ``ssl_protocol_version``: 4 = TLS 1.2 and later
 SSL_MINIMUM_PROTOCOL = 4
+#: the Lua script that makes incoming C-FINDs visible to the audit trail (file name in Orthanc's dir)
+FIND_AUDIT_LUA = "pacs-bridge-find-audit.lua"
+#: Orthanc's Lua ``IncomingFindRequestFilter`` sees every C-FIND (query and origin) before Orthanc's
+#: own handler answers it, without replacing that handler (a plugin's find callback would); it
+#: returns the query unchanged and prints one line that Orthanc logs ("Lua says: ...") and the
+#: plugin's audit shipper reads.  The line names the tags asked, never their values: the log is no
+#: place for patient names or IDs.  DumpJson escapes what the peer chose (its AE title).
+FIND_AUDIT_SCRIPT = """-- written by pacs-bridge (bridge/deploy/orthanc_config.py): audit of incoming C-FIND requests
+function IncomingFindRequestFilter(query, origin)
+  local keys = {}
+  for tag, _ in pairs(query) do table.insert(keys, tag) end
+  table.sort(keys)
+  print('pacs-bridge dicom-find ' .. DumpJson({
+    RemoteAet = origin['RemoteAet'], RemoteIp = origin['RemoteIp'], CalledAet = origin['CalledAet'],
+    Level = query['0008,0052'], Keys = keys }, true))
+  return query
+end
+"""
+
+
+def write_find_audit_script(directory: Path) -> Path:
+    """Write :data:`FIND_AUDIT_SCRIPT` into ``directory``; its path (``lua_scripts`` of :func:`orthanc_config`)."""
+    path = directory / FIND_AUDIT_LUA
+    path.write_text(FIND_AUDIT_SCRIPT, encoding="utf-8")
+    path.chmod(0o644)
+    return path
 
 
 @dataclass(frozen=True)
@@ -70,6 +96,7 @@ def orthanc_config(
     python_script: Path | None = None,
     web_viewer: bool = True,
     web_viewer_cache_dir: Path | None = None,
+    lua_scripts: tuple[Path, ...] = (),
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The Orthanc JSON config.
@@ -83,7 +110,8 @@ def orthanc_config(
     (civetweb's form); `dicom_tls` its DICOM TLS files.  Neither has a plain alternative.
     `with_filter=False` gives a plain Orthanc (DICOMweb only, no Python filter) as a benchmark
     baseline.  `web_viewer` loads the Orthanc Web Viewer with its cache in `web_viewer_cache_dir`
-    (default: ``<storage_dir>/WebViewerCache``).  `extra` is merged last (top-level keys replace).
+    (default: ``<storage_dir>/WebViewerCache``).  `lua_scripts`: Orthanc's ``LuaScripts`` (the C-FIND
+    audit script, :func:`write_find_audit_script`).  `extra` is merged last (top-level keys replace).
     """
     plugins = [str(DICOMWEB_PLUGIN)]
     config: dict[str, Any] = {
@@ -118,7 +146,8 @@ def orthanc_config(
         "DicomModalities": {k: v if isinstance(v, dict) else list(v) for k, v in (modalities or {}).items()},
         "DicomModalitiesInDatabase": False,
         "OrthancPeers": {},
-        "ExecuteLuaEnabled": False,
+        "ExecuteLuaEnabled": False,  # the REST route that runs Lua sent by a client; LuaScripts below are ours
+        "LuaScripts": [str(p) for p in lua_scripts],
         # WebDAV (on by default) stores uploads from a background thread, where no token can be
         # checked; the filter already refuses /webdav, and the plugin discards WebDAV-origin instances
         "WebDavEnabled": False,

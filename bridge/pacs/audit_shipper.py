@@ -23,6 +23,10 @@ Why this shape:
   orthanc-python 4.0 only sees instances of *accepted* associations), so the shipper tails
   Orthanc's log file and turns its "Rejected association" warnings, and its failed DICOM TLS
   handshakes (no, untrusted or foreign client certificate; plain DICOM), into events.
+* Incoming C-FINDs: Orthanc's Lua ``IncomingFindRequestFilter`` (a script the configuration loads,
+  bridge/deploy/orthanc_config.py) logs one line per query with the calling AE, address, level and
+  the tags asked (no values); the shipper turns it into a ``study.queried`` event.  C-MOVE and C-GET
+  have no such hook in Orthanc 1.10.1 and are not recorded (docs/encryption.md).
 * Instances received by C-STORE: the plugin hands over each new instance's id (Orthanc's change
   callback; :meth:`AuditShipper.record_stored`).  Off the request path, the shipper reads the
   instance's metadata (``Origin``, ``RemoteAET``, ``RemoteIP``, ``CalledAET``: what Orthanc records at
@@ -65,6 +69,9 @@ REFUSED_UNKNOWN = re.compile(r"Rejected association for remote AET (\S+) on IP (
 REFUSED_CALLED = re.compile(r"Rejected association, because of a bad called AET in the request \((.*)\)")
 #: ... and for a DICOM TLS handshake that failed (no certificate, an untrusted one, plain DICOM)
 REFUSED_TLS = re.compile(r"Receiving Association failed: TLS error: (.*)")
+#: the C-FIND audit script's line (bridge/deploy/orthanc_config.py FIND_AUDIT_SCRIPT), as Orthanc logs
+#: a Lua print: anchored on Orthanc's own prefix, so no other log line (a URI, an AE title) can pose as one
+DICOM_FIND = re.compile(r"^[EWI]\d{4} [\d:.]+\s+LuaContext\.cpp:\d+\] Lua says: pacs-bridge dicom-find (\{.*\})\s*$")
 #: Orthanc's ``Origin`` metadata of an instance received by C-STORE
 DICOM_ORIGIN = "DicomProtocol"
 MAX_BATCH = 500
@@ -303,6 +310,10 @@ class AuditShipper:
         self._log_offset += complete
         out = []
         for line in chunk[:complete].decode("utf-8", "replace").splitlines():
+            m = DICOM_FIND.match(line)
+            if m:
+                out.extend(self._find_event(m.group(1)))
+                continue
             m = REFUSED_UNKNOWN.search(line)
             if m:
                 aet, ip, why = m.group(1), m.group(2), "calling AE title/host not a configured modality"
@@ -321,6 +332,25 @@ class AuditShipper:
                 description=why,
             ))
         return out
+
+    def _find_event(self, payload: str) -> list[ev.AuditEvent]:
+        """One incoming C-FIND (calling AE, address, level and the tags asked; never their values)."""
+        try:
+            q = json.loads(payload)
+        except ValueError:
+            return []
+        if not isinstance(q, dict):
+            return []
+        aet, ip, called, level = (str(q.get(k) or "") for k in ("RemoteAet", "RemoteIp", "CalledAet", "Level"))
+        keys = [str(k) for k in q.get("Keys") or [] if isinstance(k, str)][:50]
+        return [ev.AuditEvent(
+            type=AuditEventType.STUDY_QUERIED,
+            actor=ev.Actor(username=aet or None, network_address=ip or None),
+            objects=(ev.ParticipantObject(ev.ObjectKind.NODE, aet or "(empty)"),),  # the SOP class is not logged
+            details={"pacs": self.source, "operation": "C-FIND", "calling_aet": aet, "called_aet": called,
+                     "level": level, "keys": keys},
+            description=f"C-FIND from {aet or '(empty AE title)'}",
+        )]
 
     # ------------------------------------------------------------------ shipping
 

@@ -41,6 +41,7 @@ from bridge.deploy.orthanc_config import (
     dicom_modalities,
     orthanc_config,
     plugin_settings,
+    write_find_audit_script,
 )
 from pacs_devstack import process, tls
 from pacs_devstack.process import DevstackError
@@ -181,6 +182,7 @@ class OrthancService(Service):
             name=self.name, aet=self.aet, http_port=http_port, dicom_port=dicom_port,
             storage_dir=self.dir / "storage", index_dir=self.dir / "index", with_filter=self.with_filter,
             https_certificate=https_pem, dicom_tls=dicom_tls,
+            lua_scripts=(write_find_audit_script(self.dir),) if self.with_filter else (),
             modalities=dicom_modalities(settings.pacs),
             plugin_config_file=self.plugin_config_file if self.with_filter else None,
             python_script=script, web_viewer_cache_dir=self.dir / "webviewer-cache",

@@ -2,8 +2,8 @@
 modalities' CA (issue 12 item 2, docs/encryption.md): with a trusted certificate C-ECHO and C-STORE
 work; without a certificate, with a certificate of the stack CA (trusted everywhere else), with one
 of a foreign CA bearing the modalities CA's name, or in plain DICOM, no association.  An accepted
-C-STORE is in the audit trail with the calling AE title and the peer address; a refused TLS
-handshake is audited too."""
+C-STORE is in the audit trail with the calling AE title and the peer address, so is an incoming
+C-FIND (the tags it asks, never their values); a refused TLS handshake is audited too."""
 
 from __future__ import annotations
 
@@ -17,8 +17,13 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pynetdicom import AE
-from pynetdicom.sop_class import SecondaryCaptureImageStorage, Verification
+from pynetdicom.sop_class import (
+    SecondaryCaptureImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 
 from pacs_devstack import tls
 from pacs_devstack.orthanc import modality_tls
@@ -43,6 +48,7 @@ def _associate(orthanc: dict[str, Any], tls_args: tuple[ssl.SSLContext, str] | N
     ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = 15
     ae.add_requested_context(Verification)
     ae.add_requested_context(SecondaryCaptureImageStorage)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     return ae.associate("127.0.0.1", orthanc["dicom_port"], ae_title=orthanc["aet"], tls_args=tls_args)
 
 
@@ -135,3 +141,25 @@ def test_a_refused_tls_handshake_is_audited(orthanc: dict[str, Any], pacs: Any,
     refused = audit_events("dicom.association_refused", lambda e: "TLS" in e["details"].get("reason", ""),
                            timeout=20)
     assert refused, "the refused TLS handshake left no event"
+
+
+def test_an_incoming_cfind_is_audited_without_the_values_asked(
+        orthanc: dict[str, Any], pacs: Any, audit_events: Callable[..., list[dict[str, Any]]]) -> None:
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.PatientID = "TLS-SECRET-PID"
+    query.StudyInstanceUID = ""
+    assoc = _associate(orthanc, modality_tls())
+    assert assoc.is_established
+    try:
+        statuses = [int(s.Status) for s, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)]
+    finally:
+        assoc.release()
+    assert statuses[-1] == 0x0000
+    found = audit_events("study.queried", lambda e: e["details"].get("operation") == "C-FIND", timeout=20)
+    assert found, "the C-FIND left no study.queried event"
+    event = found[-1]
+    assert (event["actor"]["username"], event["actor"]["network_address"]) == ("DEVMODALITY", "127.0.0.1")
+    assert event["details"]["level"] == "STUDY" and "0010,0020" in event["details"]["keys"]
+    assert "TLS-SECRET-PID" not in str(event)
+    assert "TLS-SECRET-PID" not in Path(orthanc["log"]).read_text(errors="replace"), "a query value in the log"

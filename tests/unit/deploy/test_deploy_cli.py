@@ -80,6 +80,17 @@ def test_orthanc_serves_https_and_dicom_tls_only(config: Path, tmp_path: Path) -
     assert all(m["UseDicomTls"] is True for m in orthanc["DicomModalities"].values())
 
 
+def test_the_cfind_audit_script_is_written_and_loaded(config: Path, tmp_path: Path) -> None:
+    from bridge.deploy.orthanc_config import FIND_AUDIT_LUA
+
+    orthanc, _ = _generate(config, tmp_path / "out")
+    script = tmp_path / "out" / FIND_AUDIT_LUA
+    assert orthanc["LuaScripts"] == [str(script)] and orthanc["ExecuteLuaEnabled"] is False
+    text = script.read_text()
+    assert "function IncomingFindRequestFilter(query, origin)" in text and "return query" in text
+    assert "pairs(query)" in text and "DumpJson" in text  # tag names only, escaped
+
+
 @pytest.mark.parametrize("left_out", ["--https-certificate", "--dicom-tls-certificate", "--dicom-tls-key",
                                       "--modality-ca"])
 def test_orthanc_config_has_no_plain_transport_option(config: Path, tmp_path: Path, left_out: str) -> None:

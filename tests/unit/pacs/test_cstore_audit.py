@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bridge.pacs.audit_shipper import AuditShipper
 from bridge.pacs.scopes import StudyResolver
 
@@ -98,3 +100,36 @@ def test_failed_dicom_tls_handshakes_from_the_log_are_refusals(tmp_path: Path) -
     reasons = [e["details"]["reason"] for e in sent]
     assert reasons == ["DICOM TLS handshake failed: peer did not return a certificate",
                        "DICOM TLS handshake failed: certificate verify failed"]
+
+
+FIND_LINE = ('W1129 07:04:25.989592 LuaContext.cpp:94] Lua says: pacs-bridge dicom-find {"CalledAet":"PACS",'
+             '"Keys":["0008,0052","0010,0020","0020,000d"],"Level":"STUDY","RemoteAet":"CT01","RemoteIp":"10.0.0.5"}')
+
+
+def test_an_incoming_cfind_from_the_lua_filter_line_is_a_query_event(tmp_path: Path) -> None:
+    log = tmp_path / "orthanc.log"
+    log.write_text("")
+    s, sent = _shipper(tmp_path, {}, log)
+    log.write_text(FIND_LINE + "\n")
+    assert s.flush() == 1
+    (e,) = sent
+    assert e["type"] == "study.queried"
+    assert (e["actor"]["username"], e["actor"]["network_address"]) == ("CT01", "10.0.0.5")
+    assert e["details"]["operation"] == "C-FIND" and e["details"]["level"] == "STUDY"
+    assert e["details"]["keys"] == ["0008,0052", "0010,0020", "0020,000d"]
+
+
+@pytest.mark.parametrize("line", [
+    # the same words elsewhere in a line (e.g. inside an AE title or a URI another log line quotes)
+    'W1129 07:04:25.9 CommandDispatcher.cpp:1] Rejected association for remote AET Lua says: pacs-bridge '
+    'dicom-find {"RemoteAet":"X"}',
+    "I1129 07:04:25.9 HttpServer.cpp:9] GET /x?q=LuaContext.cpp:94] Lua says: pacs-bridge dicom-find {}",
+    'W1129 07:04:25.9 LuaContext.cpp:94] Lua says: pacs-bridge dicom-find not-json',
+])
+def test_only_orthancs_own_lua_line_counts(tmp_path: Path, line: str) -> None:
+    log = tmp_path / "orthanc.log"
+    log.write_text("")
+    s, sent = _shipper(tmp_path, {}, log)
+    log.write_text(line + "\n")
+    s.flush()
+    assert not [e for e in sent if e["type"] == "study.queried"]
