@@ -19,9 +19,9 @@ import time
 from typing import Any
 
 import pytest
-import requests
 
 from bridge.core.permissions import Permission as P
+from bridge.http import pinned_session
 from pacs_devstack.pacs_double import dicom_instance
 
 pytestmark = pytest.mark.integration
@@ -187,9 +187,7 @@ def test_upload_context_never_outlives_its_request_on_a_kept_alive_connection(pa
                                                                               rad: str) -> None:
     """One TCP connection is served by one Orthanc HTTP thread: an unscoped upload's context must not let the
     scoped request after it store out-of-scope content, and a refused request leaves no context behind."""
-    with requests.Session() as session:
-        session.verify = pacs.ca
-
+    with pinned_session(pacs.ca) as session:  # a CA bundle in the environment would replace session.verify
         def post(token: str | None, dept: str) -> Any:
             uid = _uid()
             data = dicom_instance(patient_id=f"KA-{uid[-6:]}", patient_name="Keep^Alive", study_uid=uid,

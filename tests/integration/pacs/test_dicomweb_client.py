@@ -17,6 +17,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 
 from bridge.core.permissions import Permission as P
+from bridge.http import pinned_session
 from tests.integration.pacs.scoped_tokens import scoped_claims, scoped_token
 from tests.integration.pacs.viewer_studies import IN, OUT, PIXELS, store_studies
 
@@ -48,8 +49,9 @@ def client(dicomweb_url: str, stack: dict[str, Any]) -> Callable[[str | None], D
     """``client(token)``: a dicomweb-client with ``Authorization: Bearer <token>`` (no header for None)."""
 
     def make(token: str | None) -> DICOMwebClient:
-        session = requests.Session()
-        session.verify = stack["ca"]["file"]  # the gateway and Orthanc both serve HTTPS with dev CA certificates
+        # the gateway and Orthanc both serve HTTPS with dev CA certificates; pinned: a CA bundle in the
+        # environment (REQUESTS_CA_BUNDLE) would otherwise replace session.verify
+        session = pinned_session(stack["ca"]["file"])
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         return DICOMwebClient(url=dicomweb_url, session=session, headers=headers)
 
