@@ -154,7 +154,8 @@ def orthanc_config(
         # with the filter, the DICOMweb plugin lives at an internal root the filter refuses from outside
         # and the bridge plugin serves /dicom-web/ in front of it, filtering QIDO for scoped tokens
         # (bridge.pacs.dicomweb); a plain Orthanc (no bridge plugin) keeps it at /dicom-web/
-        "DicomWeb": {"Enable": True, "Root": INTERNAL_ROOT if with_filter else "/dicom-web/"},
+        # "Ssl": the DICOMweb plugin writes https:// RetrieveURLs (it cannot tell by itself that Orthanc is HTTPS)
+        "DicomWeb": {"Enable": True, "Root": INTERNAL_ROOT if with_filter else "/dicom-web/", "Ssl": True},
         "Plugins": plugins,
     }
     if web_viewer:

@@ -155,3 +155,11 @@ def test_scoped_token_retrieves_in_scope_only(client: Any, pacs: Any, studies: d
     assert status_of(lambda: c.retrieve_study(other["study_uid"])) == 403
     assert status_of(lambda: c.retrieve_study_metadata(other["study_uid"])) == 403
     assert status_of(lambda: c.retrieve_instance(other["study_uid"], other["series_uid"], other["sop_uid"])) == 403
+
+
+def test_retrieve_urls_name_https(pacs: Any, studies: dict[str, Any]) -> None:
+    """Orthanc serves HTTPS only: the URLs its DICOMweb answers carry must say so (a client following
+    an http:// RetrieveURL would get no answer)."""
+    found = pacs.get("/dicom-web/studies", pacs.bridge.token([P.VIEW])).json()
+    urls = [s["00081190"]["Value"][0] for s in found if "00081190" in s]
+    assert urls and all(u.startswith("https://") and "/dicom-web/studies/" in u for u in urls), urls[:3]
