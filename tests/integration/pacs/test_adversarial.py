@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import pytest
+import requests
 
 from bridge.core.permissions import Permission as P
 from bridge.http import pinned_session
@@ -233,8 +234,15 @@ def test_odd_request_shapes_are_refused(pacs: Any, studies: Any) -> None:
                  f"/instance%73/{own['instance']}/file", f"/instances/{own['instance']};x/file",
                  f"/instances/{own['instance']}/file;x", f"/Instances/{own['instance']}/file",
                  f"/instances/{own['instance']}/attachments", "/a" * 20000):
-        assert pacs.get(path, viewer).status_code in (400, 403, 404, 414), path
-        assert pacs.request("HEAD", path, viewer).status_code in (400, 403, 404, 414), path
+        for method in ("GET", "HEAD"):
+            try:
+                status = pacs.request(method, path, viewer).status_code
+            except requests.exceptions.ConnectionError:  # an SSLError too
+                # over TLS, Orthanc's web server may close on an oversized request line before its
+                # 414 reaches the client: no answer is a refusal as well
+                assert len(path) > 10_000, path
+                continue
+            assert status in (400, 403, 404, 414), path
     # a method override is applied before the filter (Orthanc 1.10.1), so it is judged as what it becomes
     for method, path, headers in (("POST", f"/studies/{own['study']}?_method=DELETE", {}),
                                   ("POST", f"/studies/{own['study']}", {"X-HTTP-Method-Override": "DELETE"}),
