@@ -57,7 +57,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pacs_devstack import process
-from pacs_devstack.orthanc import OrthancService
+from pacs_devstack.orthanc import OrthancService, connection
 from pacs_devstack.pacs_double import BridgeDouble, dicom_instance
 from pacs_devstack.service import StackContext
 from pacs_devstack.tls import ensure_ca
@@ -70,11 +70,11 @@ SCOPE = "Bench-Cardio"
 
 
 class Client:
-    """Keep-alive HTTP to one Orthanc, with a bearer token."""
+    """Keep-alive HTTPS to one Orthanc (verified against the stack CA), with a bearer token."""
 
     def __init__(self, port: int):
         self.port = port
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        self.conn = connection(port, timeout=600)
 
     def call(self, method: str, path: str, token: str, body: bytes | None = None,
              headers: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -84,7 +84,7 @@ class Client:
             resp = self.conn.getresponse()
         except (http.client.HTTPException, OSError):
             self.conn.close()
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+            self.conn = connection(self.port, timeout=600)
             self.conn.request(method, path, body=body, headers=h)
             resp = self.conn.getresponse()
         return resp.status, resp.read()

@@ -19,7 +19,6 @@ hit < 20 us.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import statistics
@@ -37,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from bridge.core.permissions import Permission as P
 from bridge.core.verifier import Verifier
 from bridge.pacs import plugin_config
-from pacs_devstack.orthanc import OrthancService
+from pacs_devstack.orthanc import OrthancService, connection
 from pacs_devstack.pacs_double import BridgeDouble, dicom_instance
 from pacs_devstack.service import StackContext
 from pacs_devstack.tls import ensure_ca
@@ -54,7 +53,7 @@ def _stats(samples: list[float]) -> dict[str, float]:
 
 def _timed(port: int, path: str, tokens: list[str], n: int) -> list[float]:
     """n sequential keep-alive GETs; tokens[i % len] as Bearer (one warm token, or n fresh ones)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn = connection(port, timeout=10)
     out = []
     for i in range(n):
         headers = {"Authorization": f"Bearer {tokens[i % len(tokens)]}"} if tokens else {}
@@ -70,7 +69,7 @@ def _timed(port: int, path: str, tokens: list[str], n: int) -> list[float]:
 
 
 def _upload(port: int, data: bytes, token: str | None) -> dict[str, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn = connection(port, timeout=10)
     headers = {"Content-Type": "application/dicom", **({"Authorization": f"Bearer {token}"} if token else {})}
     conn.request("POST", "/instances", body=data, headers=headers)
     resp = conn.getresponse()

@@ -161,6 +161,7 @@ def start_orthanc(study: list[bytes]) -> tuple[Any, str]:
     svc.start(ctx)
     url = svc.wait_ready(ctx)["url"]
     http = requests.Session()
+    http.verify = str(ensure_ca())  # Orthanc serves HTTPS only, with the stack CA's certificate
 
     def put(data: bytes) -> None:
         r = http.post(url + "/instances", data=data, headers={"Content-Type": "application/dicom"}, timeout=60)
@@ -207,7 +208,9 @@ def endpoint(deidentified: bool, workers: int = 2) -> Callable[[list[bytes]], Ca
         source: Any = _Source(study)
         if ORTHANC["url"]:
             uid = source.uid
-            source = OrthancSource(ORTHANC["url"])
+            from pacs_devstack.tls import ensure_ca
+
+            source = OrthancSource(ORTHANC["url"], str(ensure_ca()))
             source.uid = uid
         audit = AuditStore(eng, CheckpointKey.generate())
         tokens = TokenService(ring=ring, settings=TokenSettings("https://127.0.0.1:9443", "pacs"),

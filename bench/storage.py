@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "devstack"))
 
 from bridge.core.permissions import Permission as P
 from pacs_devstack import process
-from pacs_devstack.orthanc import OrthancService
+from pacs_devstack.orthanc import OrthancService, connection
 from pacs_devstack.pacs_double import BridgeDouble
 from pacs_devstack.service import StackContext
 from pacs_devstack.tls import ensure_ca
@@ -84,7 +84,7 @@ class Client:
 
     def __init__(self, port: int, token: str):
         self.port, self.token = port, token
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        self.conn = connection(port, timeout=120)  # HTTPS, verified against the stack CA
 
     def _call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         headers = {"Authorization": f"Bearer {self.token}"}
@@ -97,7 +97,7 @@ class Client:
                 return resp.status, resp.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 self.conn.close()
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+                self.conn = connection(self.port, timeout=120)
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")

@@ -241,7 +241,9 @@ class PacsSection(_Section):
 
     audience: str = "pacs"
     orthanc_url: str | None = None
-    #: accept an http:// orthanc_url (until Orthanc serves HTTPS; check-config warns)
+    #: CA that signed Orthanc's HTTPS certificate (None: the system store)
+    ca_file: Path | None = None
+    #: accept an http:// orthanc_url (a lab only; check-config warns)
     allow_plaintext: bool = False
     #: symbolic name -> modality; every other AE title is refused (no DicomAlwaysAllow*)
     modalities: dict[str, ModalitySection] = Field(default_factory=dict)
@@ -568,7 +570,7 @@ class GatewaySection(_Section):
     orthanc_url: str | None = None
     #: CA that signed Orthanc's certificate when ``orthanc_url`` is https (None: the system store)
     orthanc_ca_file: Path | None = None
-    #: accept an http:// orthanc_url (until Orthanc serves HTTPS; check-config warns)
+    #: accept an http:// orthanc_url (a lab only; check-config warns)
     allow_plaintext: bool = False
     #: HIPAA automatic logoff: a session without a user-initiated request for this long ends
     idle_timeout_seconds: int = Field(900, ge=10, le=24 * 3600)

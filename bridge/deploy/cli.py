@@ -40,6 +40,20 @@ def bundle_cmd(out_dir: str) -> None:
                f"token format {manifest['token_format']} ({len(manifest['files'])} files)")  # type: ignore[arg-type]
 
 
+@plugin_cli.command("civetweb-tls-shim")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+def civetweb_tls_shim_cmd(out_dir: str) -> None:
+    """Build the two libraries Debian bookworm's Orthanc needs to serve HTTPS into OUT_DIR (needs a
+    C compiler); run Orthanc with LD_LIBRARY_PATH=OUT_DIR (bridge/deploy/civetweb_tls.py says why)."""
+    from bridge.deploy import civetweb_tls
+
+    try:
+        civetweb_tls.build(Path(out_dir))
+    except civetweb_tls.ShimBuildError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{out_dir}: libssl.so, libcrypto.so; start Orthanc with {civetweb_tls.ENV_VAR}={out_dir}")
+
+
 class WebConfigError(InputError):
     """The web server cannot start as configured (no TLS certificate or key): exit 2."""
 
@@ -94,12 +108,29 @@ def web_cli(config_path: str | None, workers: int | None, threads: int | None, m
 @click.option("--storage-kek-file", type=click.Path(dir_okay=False), default=None,
               help="the Orthanc host's storage KEK file, as Orthanc sees it: every stored file encrypted; the "
                    "plugin creates it at its first start on a store without encrypted files (docs/encryption.md)")
+@click.option("--https-certificate", required=True, type=click.Path(dir_okay=False),
+              help="Orthanc's HTTPS certificate followed by its private key, one PEM file (HTTPS only)")
+@click.option("--dicom-tls-certificate", required=True, type=click.Path(dir_okay=False),
+              help="Orthanc's DICOM TLS certificate (PEM)")
+@click.option("--dicom-tls-key", required=True, type=click.Path(dir_okay=False),
+              help="the private key of --dicom-tls-certificate (PEM)")
+@click.option("--modality-ca", required=True, type=click.Path(dir_okay=False),
+              help="the CA issuing the modalities' client certificates, and nothing else (DICOM TLS trust)")
 def orthanc_config_cli(config_path: str | None, out_dir: str, bundle_dir: str, data_dir: str, name: str, aet: str,
                        http_port: int, dicom_port: int, ca_file: str | None, audit_token_file: str | None,
-                       log_file: str | None, remote_access: bool, storage_kek_file: str | None) -> None:
+                       log_file: str | None, remote_access: bool, https_certificate: str,
+                       dicom_tls_certificate: str, dicom_tls_key: str, modality_ca: str,
+                       storage_kek_file: str | None) -> None:
     """Write Orthanc's hardened configuration and the plugin's settings from the bridge YAML."""
     from bridge.deploy import plugin_bundle as bundle
-    from bridge.deploy.orthanc_config import dicom_modalities, orthanc_config, plugin_settings
+    from bridge.deploy.orthanc_config import (
+        FIND_AUDIT_LUA,
+        DicomTls,
+        dicom_modalities,
+        orthanc_config,
+        plugin_settings,
+        write_find_audit_script,
+    )
 
     settings = load_settings(config_path)
     out, data = Path(out_dir), Path(data_dir)
@@ -117,12 +148,15 @@ def orthanc_config_cli(config_path: str | None, out_dir: str, bundle_dir: str, d
     config = orthanc_config(
         name=name, aet=aet, http_port=http_port, dicom_port=dicom_port, storage_dir=data / "storage",
         index_dir=data / "index", modalities=dicom_modalities(settings.pacs),
+        https_certificate=Path(https_certificate),
+        dicom_tls=DicomTls(Path(dicom_tls_certificate), Path(dicom_tls_key), Path(modality_ca)),
         plugin_config_file=out / PLUGIN_JSON, python_script=Path(bundle_dir) / bundle.ENTRY,
-        web_viewer_cache_dir=data / "webviewer-cache",
+        web_viewer_cache_dir=data / "webviewer-cache", lua_scripts=(out / FIND_AUDIT_LUA,),
         extra={"RemoteAccessAllowed": True} if remote_access else None,
     )
     out.mkdir(parents=True, exist_ok=True)
+    write_find_audit_script(out)
     (out / PLUGIN_JSON).write_text(json.dumps(plugin, indent=2), encoding="utf-8")
     (out / ORTHANC_JSON).write_text(json.dumps(config, indent=2), encoding="utf-8")
-    click.echo(f"{out / ORTHANC_JSON}: Orthanc {name!r} (AET {aet}, HTTP {http_port}, DICOM {dicom_port}, "
+    click.echo(f"{out / ORTHANC_JSON}: Orthanc {name!r} (AET {aet}, HTTPS {http_port}, DICOM TLS {dicom_port}, "
                f"{len(config['DicomModalities'])} modalities); plugin trusts {issuer}")

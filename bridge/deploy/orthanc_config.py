@@ -11,6 +11,13 @@ plugins) and a deployment can generate the same secure defaults.  Choices and wh
   with 403 before any handler runs; DICOM is guarded by the settings below.
 - DICOM: no ``DicomAlwaysAllow*``, the called AET must be Orthanc's own, and a peer must be a
   configured modality *from its configured host* (``DicomCheckModalityHost``).
+- HTTPS only (``SslEnabled``, TLS 1.2 or later): there is no plain HTTP port.  Debian bookworm's
+  Orthanc needs the civetweb shim for that (bridge/deploy/civetweb_tls.py, ``LD_LIBRARY_PATH``).
+- DICOM TLS only (``DicomTlsEnabled``) with a client certificate required from every peer
+  (``DicomTlsRemoteCertificateRequired``), verified against ``DicomTlsTrustedCertificates``: a
+  bundle for the modalities' CA *only*.  Orthanc 1.10 trusts that bundle for every peer and does
+  not bind a certificate to an AE title, so any certificate of that CA passes the TLS step; the AE
+  title and host checks above still apply.  A plain DICOM association fails its handshake.
 - The Orthanc Web Viewer (Debian ``orthanc-webviewer`` 2.8) is loaded with its cache in a directory
   of the PACS's own data, never the package's default ``/tmp/OrthancWebViewerCache``: the cache holds
   decoded images, patient data as sensitive as the storage itself.  Its routes are in the bridge's
@@ -23,6 +30,7 @@ plugins) and a deployment can generate the same secure defaults.  Choices and wh
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +46,45 @@ DICOMWEB_PLUGIN = PLUGIN_DIR / "libOrthancDicomWeb.so"
 WEB_VIEWER_PLUGIN = PLUGIN_DIR / "libOrthancWebViewer.so"
 #: the web viewer's cache, below the storage directory unless given (the plugin's own default place)
 WEB_VIEWER_CACHE = "WebViewerCache"
+#: civetweb's ``ssl_protocol_version``: 4 = TLS 1.2 and later
+SSL_MINIMUM_PROTOCOL = 4
+#: the Lua script that makes incoming C-FINDs visible to the audit trail (file name in Orthanc's dir)
+FIND_AUDIT_LUA = "pacs-bridge-find-audit.lua"
+#: Orthanc's Lua ``IncomingFindRequestFilter`` sees every C-FIND (query and origin) before Orthanc's
+#: own handler answers it, without replacing that handler (a plugin's find callback would); it
+#: returns the query unchanged and prints one line that Orthanc logs ("Lua says: ...") and the
+#: plugin's audit shipper reads.  The line names the tags asked, never their values: the log is no
+#: place for patient names or IDs.  DumpJson escapes what the peer chose (its AE title).
+FIND_AUDIT_SCRIPT = """-- written by pacs-bridge (bridge/deploy/orthanc_config.py): audit of incoming C-FIND requests
+function IncomingFindRequestFilter(query, origin)
+  local keys = {}
+  for tag, _ in pairs(query) do table.insert(keys, tag) end
+  table.sort(keys)
+  print('pacs-bridge dicom-find ' .. DumpJson({
+    RemoteAet = origin['RemoteAet'], RemoteIp = origin['RemoteIp'], CalledAet = origin['CalledAet'],
+    Level = query['0008,0052'], Keys = keys }, true))
+  return query
+end
+"""
+
+
+def write_find_audit_script(directory: Path) -> Path:
+    """Write :data:`FIND_AUDIT_SCRIPT` into ``directory``; its path (``lua_scripts`` of :func:`orthanc_config`)."""
+    path = directory / FIND_AUDIT_LUA
+    path.write_text(FIND_AUDIT_SCRIPT, encoding="utf-8")
+    path.chmod(0o644)
+    return path
+
+
+@dataclass(frozen=True)
+class DicomTls:
+    """Orthanc's DICOM TLS files: its own certificate and key (PEM), and the CA bundle that issues
+    the modalities' client certificates (that CA only: every certificate it signs is admitted)."""
+
+    certificate: Path
+    private_key: Path
+    trusted_certificates: Path
+
 
 def orthanc_config(
     *,
@@ -47,6 +94,8 @@ def orthanc_config(
     dicom_port: int,
     storage_dir: Path,
     index_dir: Path,
+    https_certificate: Path,
+    dicom_tls: DicomTls,
     with_filter: bool = True,
     modalities: dict[str, Any] | None = None,
     plugin_config_file: Path | None = None,
@@ -54,6 +103,7 @@ def orthanc_config(
     web_viewer: bool = True,
     web_viewer_cache_dir: Path | None = None,
     temporary_dir: Path | None = None,
+    lua_scripts: tuple[Path, ...] = (),
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The Orthanc JSON config.
@@ -63,11 +113,14 @@ def orthanc_config(
     bridge's plugin reads its settings (``"PacsBridge": {"ConfigFile": ...}``).  `python_script` is
     the plugin bundle's entry (``pacs-bridge plugin bundle OUT``: ``OUT/pacs_bridge_plugin.py``),
     required with the filter.
+    `https_certificate` is Orthanc's HTTPS certificate followed by its private key in one PEM file
+    (civetweb's form); `dicom_tls` its DICOM TLS files.  Neither has a plain alternative.
     `with_filter=False` gives a plain Orthanc (DICOMweb only, no Python filter) as a benchmark
     baseline.  `web_viewer` loads the Orthanc Web Viewer with its cache in `web_viewer_cache_dir`
     (default: ``<storage_dir>/WebViewerCache``).  `temporary_dir` is Orthanc's ``TemporaryDirectory``
-    (uploads, archives being built: patient data; it must exist), default the system's.  `extra` is
-    merged last (top-level keys replace).
+    (uploads, archives being built: patient data; it must exist), default the system's.
+    `lua_scripts`: Orthanc's ``LuaScripts`` (the C-FIND audit script, :func:`write_find_audit_script`).
+    `extra` is merged last (top-level keys replace).
     """
     plugins = [str(DICOMWEB_PLUGIN)]
     config: dict[str, Any] = {
@@ -79,10 +132,18 @@ def orthanc_config(
         "HttpPort": http_port,
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
-        "SslEnabled": False,
+        "SslEnabled": True,
+        "SslCertificate": str(https_certificate),
+        "SslMinimumProtocolVersion": SSL_MINIMUM_PROTOCOL,
+        "SslVerifyPeers": False,  # clients authenticate with tokens (the bridge's filter), not certificates
         "HttpDescribeErrors": False,
         "DicomServerEnabled": True,
         "DicomPort": dicom_port,
+        "DicomTlsEnabled": True,
+        "DicomTlsCertificate": str(dicom_tls.certificate),
+        "DicomTlsPrivateKey": str(dicom_tls.private_key),
+        "DicomTlsTrustedCertificates": str(dicom_tls.trusted_certificates),
+        "DicomTlsRemoteCertificateRequired": True,
         "DicomCheckCalledAet": True,
         "DicomCheckModalityHost": True,
         "DicomAlwaysAllowEcho": False,
@@ -94,14 +155,16 @@ def orthanc_config(
         "DicomModalities": {k: v if isinstance(v, dict) else list(v) for k, v in (modalities or {}).items()},
         "DicomModalitiesInDatabase": False,
         "OrthancPeers": {},
-        "ExecuteLuaEnabled": False,
+        "ExecuteLuaEnabled": False,  # the REST route that runs Lua sent by a client; LuaScripts below are ours
+        "LuaScripts": [str(p) for p in lua_scripts],
         # WebDAV (on by default) stores uploads from a background thread, where no token can be
         # checked; the filter already refuses /webdav, and the plugin discards WebDAV-origin instances
         "WebDavEnabled": False,
         # with the filter, the DICOMweb plugin lives at an internal root the filter refuses from outside
         # and the bridge plugin serves /dicom-web/ in front of it, filtering QIDO for scoped tokens
         # (bridge.pacs.dicomweb); a plain Orthanc (no bridge plugin) keeps it at /dicom-web/
-        "DicomWeb": {"Enable": True, "Root": INTERNAL_ROOT if with_filter else "/dicom-web/"},
+        # "Ssl": the DICOMweb plugin writes https:// RetrieveURLs (it cannot tell by itself that Orthanc is HTTPS)
+        "DicomWeb": {"Enable": True, "Root": INTERNAL_ROOT if with_filter else "/dicom-web/", "Ssl": True},
         "Plugins": plugins,
     }
     if temporary_dir is not None:
@@ -141,6 +204,7 @@ def dicom_modalities(pacs: Any) -> dict[str, dict[str, Any]]:
         for op, key in _ALLOW_KEYS.items():
             entry[key] = op in m.allow
         entry["AllowStorageCommitment"] = False
+        entry["UseDicomTls"] = True  # Orthanc's own associations to it (C-MOVE answers, sends) over TLS too
         out[name] = entry
     return out
 

@@ -21,7 +21,17 @@ Why this shape:
   PatientID ``Basic 4711`` once made the whole access vanish from the trail.)
 * Refused DICOM associations: Orthanc 1.10.1 offers no callback for them (the C-STORE filter of
   orthanc-python 4.0 only sees instances of *accepted* associations), so the shipper tails
-  Orthanc's log file and turns its "Rejected association" warnings into events.
+  Orthanc's log file and turns its "Rejected association" warnings, and its failed DICOM TLS
+  handshakes (no, untrusted or foreign client certificate; plain DICOM), into events.
+* Incoming C-FINDs: Orthanc's Lua ``IncomingFindRequestFilter`` (a script the configuration loads,
+  bridge/deploy/orthanc_config.py) logs one line per query with the calling AE, address, level and
+  the tags asked (no values); the shipper turns it into a ``study.queried`` event.  C-MOVE and C-GET
+  have no such hook in Orthanc 1.10.1 and are not recorded (docs/encryption.md).
+* Instances received by C-STORE: the plugin hands over each new instance's id (Orthanc's change
+  callback; :meth:`AuditShipper.record_stored`).  Off the request path, the shipper reads the
+  instance's metadata (``Origin``, ``RemoteAET``, ``RemoteIP``, ``CalledAET``: what Orthanc records at
+  reception; the received-instance callback of orthanc-python 4.0 only tells "DICOM") and records one
+  ``study.uploaded`` event per calling AE, address and study per flush, counting the instances.
 """
 
 from __future__ import annotations
@@ -59,6 +69,13 @@ ACCESS_EVENTS: dict[str, AuditEventType] = {
 #: Orthanc 1.10.1's warnings for a refused association (CommandDispatcher.cpp)
 REFUSED_UNKNOWN = re.compile(r"Rejected association for remote AET (\S+) on IP (\S+)")
 REFUSED_CALLED = re.compile(r"Rejected association, because of a bad called AET in the request \((.*)\)")
+#: ... and for a DICOM TLS handshake that failed (no certificate, an untrusted one, plain DICOM)
+REFUSED_TLS = re.compile(r"Receiving Association failed: TLS error: (.*)")
+#: the C-FIND audit script's line (bridge/deploy/orthanc_config.py FIND_AUDIT_SCRIPT), as Orthanc logs
+#: a Lua print: anchored on Orthanc's own prefix, so no other log line (a URI, an AE title) can pose as one
+DICOM_FIND = re.compile(r"^[EWI]\d{4} [\d:.]+\s+LuaContext\.cpp:\d+\] Lua says: pacs-bridge dicom-find (\{.*\})\s*$")
+#: Orthanc's ``Origin`` metadata of an instance received by C-STORE
+DICOM_ORIGIN = "DicomProtocol"
 MAX_BATCH = 500
 #: the associated-data name of every spool line (spool files are renamed before replay)
 SPOOL_LINE_NAME = "plugin-audit-spool"
@@ -92,6 +109,7 @@ class AuditShipper:
         self._post = post or _https_post(ca_file)
         self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self._ready: collections.deque[ev.AuditEvent] = collections.deque()
+        self._stored: collections.deque[tuple[float, str]] = collections.deque()
         self._log_offset = _file_size(orthanc_log_file)
         self._retry_at = 0.0
         self._stop = threading.Event()
@@ -126,6 +144,10 @@ class AuditShipper:
         with the next batch; a deque append."""
         self._ready.append(event)
 
+    def record_stored(self, instance_id: str) -> None:
+        """An instance Orthanc has just stored (any origin); a deque append, nothing else."""
+        self._stored.append((time.time(), instance_id))
+
     # ------------------------------------------------------------------ background
 
     def start(self) -> None:
@@ -155,7 +177,7 @@ class AuditShipper:
             ready = []
             while self._ready:
                 ready.append(self._ready.popleft())
-            events = self._events(records) + self._refused_associations() + ready
+            events = self._events(records) + self._cstores() + self._refused_associations() + ready
             payload = [e.to_dict() for e in events]
             if payload:
                 self._ship(payload)
@@ -253,6 +275,44 @@ class AuditShipper:
         return ev.AuditEvent(type=etype, outcome=outcome, actor=actor, objects=tuple(objects),
                              details=details, description=g["reason"], time=_utc(g["last"]))
 
+    def _cstores(self) -> list[ev.AuditEvent]:
+        """The instances recorded by :meth:`record_stored` that came by C-STORE, as events."""
+        if self.resolver is None:
+            self._stored.clear()
+            return []
+        groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+        while self._stored:
+            when, instance_id = self._stored.popleft()
+            try:
+                meta = json.loads(self.resolver.rest_get(f"/instances/{instance_id}/metadata?expand"))
+            except Exception:  # noqa: S112 - deleted in between: nothing left to say where it came from
+                continue
+            if not isinstance(meta, dict) or meta.get("Origin") != DICOM_ORIGIN:
+                continue  # REST / DICOMweb uploads are audited by the request filter
+            studies = self.resolver.studies(Target("instances", instance_id))
+            aet, ip, called = (str(meta.get(k) or "") for k in ("RemoteAET", "RemoteIP", "CalledAET"))
+            key = (aet, ip, called, tuple((_key(s.study_uid), _key(s.patient_id)) for s in studies))
+            group = groups.setdefault(key, {"first": when, "count": 0, "studies": studies})
+            group["last"], group["count"] = when, group["count"] + 1
+        out = []
+        for (aet, ip, called, _studies), g in groups.items():
+            objects = [ev.ParticipantObject(ev.ObjectKind.NODE, aet or "(empty)")]
+            for s in g["studies"]:
+                if s.study_uid:
+                    objects.append(ev.study(s.study_uid))
+                if s.patient_id:
+                    objects.append(ev.patient(s.patient_id))
+            out.append(ev.AuditEvent(
+                type=AuditEventType.STUDY_UPLOADED,
+                actor=ev.Actor(username=aet or None, network_address=ip or None),
+                objects=tuple(objects),
+                details={"pacs": self.source, "operation": "C-STORE", "calling_aet": aet, "called_aet": called,
+                         "instances": g["count"], "first_seen": ev.format_time(_utc(g["first"]))},
+                description=f"C-STORE from {aet or '(empty AE title)'}",
+                time=_utc(g["last"]),
+            ))
+        return out
+
     def _refused_associations(self) -> list[ev.AuditEvent]:
         """New "Rejected association" lines of Orthanc's log, as events."""
         path = self.orthanc_log_file
@@ -270,14 +330,20 @@ class AuditShipper:
         self._log_offset += complete
         out = []
         for line in chunk[:complete].decode("utf-8", "replace").splitlines():
+            m = DICOM_FIND.match(line)
+            if m:
+                out.extend(self._find_event(m.group(1)))
+                continue
             m = REFUSED_UNKNOWN.search(line)
             if m:
                 aet, ip, why = m.group(1), m.group(2), "calling AE title/host not a configured modality"
-            else:
-                m = REFUSED_CALLED.search(line)
-                if not m:
-                    continue
+            elif m := REFUSED_CALLED.search(line):
                 aet, ip, why = m.group(1), None, "called AE title is not this PACS"
+            elif m := REFUSED_TLS.search(line):
+                # before any AE title is known; Orthanc does not log the peer's address here
+                aet, ip, why = "", None, f"DICOM TLS handshake failed: {m.group(1).strip()[:200]}"
+            else:
+                continue
             out.append(ev.AuditEvent(
                 type=AuditEventType.DICOM_ASSOCIATION_REFUSED,
                 actor=ev.Actor(network_address=ip),
@@ -286,6 +352,25 @@ class AuditShipper:
                 description=why,
             ))
         return out
+
+    def _find_event(self, payload: str) -> list[ev.AuditEvent]:
+        """One incoming C-FIND (calling AE, address, level and the tags asked; never their values)."""
+        try:
+            q = json.loads(payload)
+        except ValueError:
+            return []
+        if not isinstance(q, dict):
+            return []
+        aet, ip, called, level = (str(q.get(k) or "") for k in ("RemoteAet", "RemoteIp", "CalledAet", "Level"))
+        keys = [str(k) for k in q.get("Keys") or [] if isinstance(k, str)][:50]
+        return [ev.AuditEvent(
+            type=AuditEventType.STUDY_QUERIED,
+            actor=ev.Actor(username=aet or None, network_address=ip or None),
+            objects=(ev.ParticipantObject(ev.ObjectKind.NODE, aet or "(empty)"),),  # the SOP class is not logged
+            details={"pacs": self.source, "operation": "C-FIND", "calling_aet": aet, "called_aet": called,
+                     "level": level, "keys": keys},
+            description=f"C-FIND from {aet or '(empty AE title)'}",
+        )]
 
     # ------------------------------------------------------------------ shipping
 

@@ -213,14 +213,32 @@ def iter_parts(stream: Any, boundary: str, block: int = BLOCK) -> Iterator[bytes
         del buf[:end + len(between)]
 
 
-def loopback_sender(port: int, use_tls: bool = False, timeout: float = 600.0) -> Send:
-    """Requests to this Orthanc over loopback (a new connection each: no shared state between threads)."""
+def pinned_context(own_certificate: str) -> ssl.SSLContext:
+    """A client context that trusts exactly Orthanc's own certificate (the ``SslCertificate`` PEM;
+    its private key in the same file is ignored).  The certificate names the host clients use, not
+    127.0.0.1, so the host name is not checked: the pin to that one certificate replaces it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    context.load_verify_locations(cafile=own_certificate)
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the leaf itself is the trust anchor
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def loopback_sender(port: int, use_tls: bool = False, own_certificate: str | None = None,
+                    timeout: float = 600.0) -> Send:
+    """Requests to this Orthanc over loopback (a new connection each: no shared state between threads).
+
+    Over HTTPS the peer must present ``own_certificate`` (Orthanc's ``SslCertificate``): the inner
+    request carries a one-time pass and the outer request's token context, so it is sent to this
+    Orthanc's own certificate only, never to whatever listens on the port."""
+    context = pinned_context(own_certificate) if use_tls and own_certificate else None
 
     def send(method: str, target: str, headers: Mapping[str, str], body: bytes | None) -> tuple[int, str, Any]:
-        if use_tls:  # our own listener on loopback: its certificate names the public host, not 127.0.0.1
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+        if use_tls:
+            if context is None:
+                raise ssl.SSLError("Orthanc serves HTTPS but its SslCertificate is unknown: nothing to pin")
             conn: http.client.HTTPConnection = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout,
                                                                            context=context)
         else:

@@ -68,7 +68,8 @@ class _Holder:
         self.stamp: tuple[float, int] | None = None
         self.next_check = 0.0
         self.lock = threading.Lock()
-        self.http: tuple[int, bool] = (8042, False)  # Orthanc's own HTTP port and TLS, for the loopback calls
+        #: Orthanc's own HTTP port, whether it is HTTPS, and its certificate, for the loopback calls
+        self.http: tuple[int, bool, str | None] = (8042, False, None)
 
     def current(self) -> Gate | None:
         if time.monotonic() >= self.next_check:
@@ -85,7 +86,9 @@ class _Holder:
         if self.section is None:
             whole = json.loads(orthanc.GetConfiguration())
             self.section = whole.get(plugin_config.ORTHANC_SECTION) or {}
-            self.http = (int(whole.get("HttpPort", 8042)), bool(whole.get("SslEnabled", False)))
+            # the loopback DICOMweb pass pins Orthanc's own HTTPS certificate (dicomweb.loopback_sender)
+            self.http = (int(whole.get("HttpPort", 8042)), bool(whole.get("SslEnabled", False)),
+                         whole.get("SslCertificate") or None)
         section = self.section
         path = plugin_config.locate(section)
         try:
@@ -288,7 +291,7 @@ def _changes() -> dict[int, str]:
     if orthanc is None:
         return {}
     c = orthanc.ChangeType
-    return {int(c.DELETED): "deleted", int(c.NEW_STUDY): "new-study"}
+    return {int(c.DELETED): "deleted", int(c.NEW_STUDY): "new-study", int(c.NEW_INSTANCE): "new-instance"}
 
 
 _CHANGES = _changes()
@@ -307,7 +310,11 @@ def on_change(change_type: Any, level: Any, resource_id: str) -> None:
         if name is None:
             return
         gate = HOLDER.gate
-        if gate is not None:
+        if gate is None:
+            return
+        if name == "new-instance":  # the audit trail of C-STOREs (origin read off this thread)
+            gate.audit.record_stored(resource_id)
+        else:
             gate.changed(name)
     except Exception as exc:  # a callback must not raise into Orthanc
         _log(f"change callback failed ({type(exc).__name__}): the scope cache may be stale")

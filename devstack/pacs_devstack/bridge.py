@@ -170,20 +170,14 @@ class BridgeService(Service):
                 "ingest_token_file": self._secret_file(ctx, AUDIT_INGEST_SECRET),
             },
         }
-        if info.get("orthanc", {}).get("url"):
-            data["pacs"]["orthanc_url"] = info["orthanc"]["url"]
-            if data["pacs"]["orthanc_url"].startswith("http://"):
-                # the dev stack's Orthanc serves plain HTTP on loopback until Orthanc HTTPS
-                # (issue 12, item 1) is built; the opt-out is explicit, check-config warns
-                data["pacs"]["allow_plaintext"] = True
-        if selected("orthanc"):  # the browser gateway to the stack's Orthanc (docs/gateway.md)
-            from pacs_devstack.orthanc import SERVICE as ORTHANC
+        if selected("orthanc"):  # Orthanc serves HTTPS only, with a stack CA certificate; the browser
+            from pacs_devstack.orthanc import SERVICE as ORTHANC  # gateway goes there (docs/gateway.md)
 
-            # plain HTTP on loopback until Orthanc HTTPS (issue 12, item 1): the opt-out is explicit
+            # its port is fixed for this `up` before it starts (it starts after the bridge)
+            data["pacs"].update({"orthanc_url": ORTHANC.internal_url(), "ca_file": ca})
             # the compliance report checks the image store's encryption from Orthanc's configuration
             data["compliance"] = {"orthanc_config": str(ORTHANC.config_file)}
-            data["gateway"] = {"orthanc_url": ORTHANC.internal_url(), **GATEWAY_SETTINGS,
-                               "allow_plaintext": ORTHANC.internal_url().startswith("http://")}
+            data["gateway"] = {"orthanc_url": ORTHANC.internal_url(), "orthanc_ca_file": ca, **GATEWAY_SETTINGS}
         redis = info.get("redis", {})
         web: dict[str, Any] = {}
         if redis.get("url"):  # shared rate limits across the workers (memory:// without it)

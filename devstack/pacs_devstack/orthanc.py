@@ -1,5 +1,11 @@
 """Orthanc (Debian's 1.10.1) as the dev stack's PACS, with the bridge's Python request filter.
 
+Transport: HTTPS only, with a certificate of the stack CA (every client verifies it), and DICOM TLS
+only, admitting client certificates of the *modalities* CA alone (pacs_devstack.tls.MODALITY_CA);
+:func:`modality_tls` gives a test or a demo modality its trusted client certificate.  Debian's
+Orthanc needs the civetweb OpenSSL 3 shim for HTTPS (bridge/deploy/civetweb_tls.py), built once
+into the stack's state directory.
+
 Readiness: the filter fails closed and denies *every* HTTP request, ``GET /system`` included,
 and it must not grow a health-check exception (an unauthenticated hole is exactly what it is
 there to prevent).  So "ready" means: the log says "Orthanc has started", and an HTTP request to
@@ -21,25 +27,30 @@ a benchmark baseline) is one line: ``OrthancService("orthanc-plain", with_filter
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bridge.deploy import civetweb_tls
 from bridge.deploy.orthanc_config import (
     DICOMWEB_PLUGIN,
     PYTHON_PLUGIN,
     WEB_VIEWER_PLUGIN,
+    DicomTls,
     dicom_modalities,
     orthanc_config,
     plugin_settings,
+    write_find_audit_script,
 )
-from pacs_devstack import process
+from pacs_devstack import process, tls
 from pacs_devstack.process import DevstackError
 from pacs_devstack.service import Service, StackContext
-from pacs_devstack.state import free_port, port_open
+from pacs_devstack.state import free_port, port_open, service_dir
 
 BINARY = Path("/usr/sbin/Orthanc")
 #: the dev stack's one DICOM peer (tests associate with this AE title from 127.0.0.1)
@@ -50,18 +61,50 @@ STARTED_LINE = "Orthanc has started"
 GATEWAY_ADDRESSES = ("127.0.0.1/32", "::1/128")
 
 
-def _http_status(url: str, timeout: float = 2.0) -> int:
-    """The status of a plain GET (any status, no exception for 4xx/5xx)."""
+def _http_status(url: str, ca_file: Path, timeout: float = 2.0) -> int:
+    """The status of a GET over verified HTTPS (any status, no exception for 4xx/5xx)."""
+    context = ssl.create_default_context(cafile=str(ca_file))
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - fixed http://127.0.0.1 URL
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:  # noqa: S310 - fixed https://127.0.0.1 URL
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
 
 
+def shim_dir() -> Path:
+    """The civetweb OpenSSL 3 shim (bridge/deploy/civetweb_tls.py), built once per state directory."""
+    d = service_dir("civetweb-tls")
+    if not civetweb_tls.built(d):
+        try:
+            civetweb_tls.build(d)
+        except civetweb_tls.ShimBuildError as exc:
+            raise DevstackError(f"orthanc: {exc}") from None
+    return d
+
+
+def connection(port: int, timeout: float = 10.0) -> http.client.HTTPSConnection:
+    """A keep-alive HTTPS connection to a dev-stack Orthanc on loopback, verified against the stack
+    CA (benchmarks: no session layer between the measurement and the socket)."""
+    context = ssl.create_default_context(cafile=str(tls.ensure_ca()))
+    return http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=context)
+
+
+def modality_tls(aet: str = "DEVMODALITY") -> tuple[ssl.SSLContext, str]:
+    """pynetdicom's ``tls_args`` for the modality ``aet``: its client certificate from the modalities
+    CA, Orthanc verified against the stack CA (``ae.associate(..., tls_args=modality_tls())``)."""
+    pair = tls.issue_modality(aet)
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ensure_ca()))
+    context.load_cert_chain(str(pair.cert), str(pair.key))
+    return context, "localhost"
+
+
 class OrthancService(Service):
-    apt_packages = ("orthanc", "orthanc-python", "orthanc-dicomweb", "orthanc-webviewer", "python3-jwt",
-                    "python3-cryptography")
+    #: what Orthanc runs with (the Orthanc image installs the same)
+    runtime_packages = ("orthanc", "orthanc-python", "orthanc-dicomweb", "orthanc-webviewer", "python3-jwt",
+                        "python3-cryptography")
+    #: what builds the civetweb OpenSSL 3 shim (HTTPS; bridge/deploy/civetweb_tls.py), once
+    shim_build_packages = ("gcc", "libc6-dev")
+    apt_packages = runtime_packages + shim_build_packages
 
     def __init__(self, name: str = "orthanc", *, with_filter: bool = True, aet: str = "PACSTEST",
                  python_script: Path | None = None) -> None:
@@ -79,8 +122,8 @@ class OrthancService(Service):
         return self.dir / "orthanc.json"
 
     def internal_url(self) -> str:
-        """Orthanc's HTTP URL on loopback (the port is fixed for this `up`: :meth:`sticky_port`)."""
-        return f"http://127.0.0.1:{self.sticky_port()}"
+        """Orthanc's HTTPS URL on loopback (the port is fixed for this `up`: :meth:`sticky_port`)."""
+        return f"https://127.0.0.1:{self.sticky_port()}"
 
     @property
     def plugin_config_file(self) -> Path:
@@ -139,6 +182,11 @@ class OrthancService(Service):
         (self.dir / "storage").mkdir(exist_ok=True)
         (self.dir / "index").mkdir(exist_ok=True)
         (self.dir / "tmp").mkdir(exist_ok=True)
+        shim_dir()
+        server = tls.issue("orthanc")
+        https_pem = tls.pem_bundle(server, self.dir / "https.pem")
+        dicom_tls = DicomTls(certificate=server.cert, private_key=server.key,
+                             trusted_certificates=tls.ensure_ca(tls.MODALITY_CA))
         from bridge.config import load_config
 
         settings = load_config(None, **({} if os.environ.get("PACS_BRIDGE_PACS__MODALITIES")
@@ -154,6 +202,8 @@ class OrthancService(Service):
         config = orthanc_config(
             name=self.name, aet=self.aet, http_port=http_port, dicom_port=dicom_port,
             storage_dir=self.dir / "storage", index_dir=self.dir / "index", with_filter=self.with_filter,
+            https_certificate=https_pem, dicom_tls=dicom_tls,
+            lua_scripts=(write_find_audit_script(self.dir),) if self.with_filter else (),
             modalities=dicom_modalities(settings.pacs),
             plugin_config_file=self.plugin_config_file if self.with_filter else None,
             python_script=script, web_viewer_cache_dir=self.dir / "webviewer-cache",
@@ -172,12 +222,13 @@ class OrthancService(Service):
     def start(self, ctx: StackContext) -> None:
         # a fresh log per start so the "started" line is this run's
         (self.dir / "server.log").unlink(missing_ok=True)
-        process.start(self.name, [str(BINARY), str(self.config_file)], cwd=self.dir)
+        process.start(self.name, [str(BINARY), str(self.config_file)], cwd=self.dir,
+                      env={civetweb_tls.ENV_VAR: str(shim_dir())})
 
     def wait_ready(self, ctx: StackContext) -> dict[str, Any]:
         config = self._config()
         http_port, dicom_port = int(config["HttpPort"]), int(config["DicomPort"])
-        url = f"http://127.0.0.1:{http_port}"
+        url = f"https://127.0.0.1:{http_port}"
         rec = process.load(self.name)
         log = self.dir / "server.log"
         # the bridge plugin denies a token-less /system; a plain Orthanc (or another script) answers it
@@ -187,12 +238,14 @@ class OrthancService(Service):
             return (
                 STARTED_LINE in log.read_text(errors="replace")
                 and port_open(dicom_port)
-                and _http_status(f"{url}/system") in accepted
+                and _http_status(f"{url}/system", ctx.ca_file) in accepted
             )
 
         process.wait_until(ready, what=f"{self.name} (Orthanc)", timeout=60, rec=rec, interval=0.1)
         return {
-            "url": url, "dicom_port": dicom_port, "aet": config["DicomAet"], "filter": self.with_filter,
+            "url": url, "ca_file": str(ctx.ca_file), "dicom_port": dicom_port, "aet": config["DicomAet"],
+            "filter": self.with_filter, "dicom_tls": True,
+            "modality_ca_file": config["DicomTlsTrustedCertificates"],
             "modalities": config["DicomModalities"],
             "storage_dir": str(self.storage_dir),
             **({"plugin_config": str(self.plugin_config_file), "log": str(log),

@@ -121,7 +121,7 @@ def _orthanc_flow(world: World, stack: dict[str, Any], base: str, ca: str, work:
         url, up, view = orthanc["url"], world.tokens["tech.uma"], world.tokens["rad.chen"]
         deadline = time.monotonic() + 30
         while True:  # the plugin reloads its config on the next request after the file changed
-            r = requests.post(url + "/instances", timeout=15, headers={
+            r = requests.post(url + "/instances", timeout=15, verify=orthanc["ca_file"], headers={
                 "Authorization": "Bearer " + up, "Content-Type": "application/dicom"},
                 data=dicom_instance(patient_id=PATIENT, patient_name="Audit^Test", study_uid=STUDY_UID,
                                     series_uid=STUDY_UID + ".1", sop_uid=STUDY_UID + ".1.1"))
@@ -132,7 +132,8 @@ def _orthanc_flow(world: World, stack: dict[str, Any], base: str, ca: str, work:
             world.orthanc_error = f"upload through Orthanc answered {r.status_code}"
             return
         study_id = r.json()["ParentStudy"]
-        r = requests.get(f"{url}/studies/{study_id}", headers={"Authorization": "Bearer " + view}, timeout=15)
+        r = requests.get(f"{url}/studies/{study_id}", headers={"Authorization": "Bearer " + view}, timeout=15,
+                         verify=orthanc["ca_file"])
         if r.status_code != 200:
             world.orthanc_error = f"reading the study through Orthanc answered {r.status_code}"
         time.sleep(2)  # > audit_flush_seconds: the plugin has shipped to the bridge

@@ -74,10 +74,10 @@ def _pacs_token(base: str, ca: str, kc_url: str, username: str) -> str:
     return str(r.json()["access_token"])
 
 
-def _upload(url: str, token: str, patient: str, study: str) -> str:
+def _upload(url: str, ca: str, token: str, patient: str, study: str) -> str:
     deadline = time.monotonic() + 30
     while True:  # the plugin reloads its config on the next request after the file changed
-        r = requests.post(url + "/instances", timeout=15, headers={
+        r = requests.post(url + "/instances", timeout=15, verify=ca, headers={
             "Authorization": "Bearer " + token, "Content-Type": "application/dicom"},
             data=dicom_instance(patient_id=patient, patient_name="Report^Test", study_uid=study,
                                 series_uid=study + ".1", sop_uid=study + ".1.1"))
@@ -137,11 +137,12 @@ def world(stack: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> It
         tokens = {u: _pacs_token(base, ca, kc_url, u) for u in (TECH, RAD, CARD)}
         config_file.write_text(json.dumps(cfg, indent=2))
         url = orthanc["url"]
-        a = _upload(url, tokens[TECH], PATIENT_A, STUDY_A)
-        b = _upload(url, tokens[TECH], PATIENT_B, STUDY_B)
+        a = _upload(url, orthanc["ca_file"], tokens[TECH], PATIENT_A, STUDY_A)
+        b = _upload(url, orthanc["ca_file"], tokens[TECH], PATIENT_B, STUDY_B)
 
         def call(name: str, method: str, path: str, user: str) -> None:
-            r = requests.request(method, url + path, headers={"Authorization": "Bearer " + tokens[user]}, timeout=15)
+            r = requests.request(method, url + path, headers={"Authorization": "Bearer " + tokens[user]}, timeout=15,
+                                 verify=orthanc["ca_file"])
             statuses[name] = r.status_code
 
         call("rad views A", "GET", f"/studies/{a}", RAD)

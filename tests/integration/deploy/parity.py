@@ -90,6 +90,25 @@ def place(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def https_status(port: int, path: str, ca: str, method: str = "GET", **kw: object) -> int:
+    """Orthanc's answer over HTTPS verified against the site CA (it serves nothing else)."""
+    import requests
+
+    return requests.request(method, f"https://127.0.0.1:{port}{path}", verify=ca, timeout=5,
+                            **kw).status_code  # type: ignore[arg-type]
+
+
+def plain_http_answered(port: int) -> bool:
+    """Whether anything answers plain HTTP on ``port`` (Orthanc must not)."""
+    import requests
+
+    try:
+        requests.get(f"http://127.0.0.1:{port}/system", timeout=5)
+    except requests.exceptions.ConnectionError:
+        return False
+    return True
+
+
 def base_env(home: Path) -> dict[str, str]:
     """What the image or the host provides besides the service's own environment: PATH, the
     worktree on PYTHONPATH (the image installs the same package), a HOME."""
@@ -196,11 +215,12 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 def site_files(site: Path, ca_file: Path) -> dict[str, Path]:
     """A site's own files (the parts the repository does not ship): TLS pairs for the bridge and
-    Orthanc's peers from the test CA, and one file per secret."""
+    Orthanc's peers from the test CA, Orthanc's HTTPS / DICOM TLS files (its certificate, the same
+    with its key in one PEM, and the modalities' CA), and one file per secret."""
     import base64
     import secrets as pysecrets
 
-    from pacs_devstack.tls import issue
+    from pacs_devstack.tls import MODALITY_CA, ensure_ca, issue, pem_bundle
 
     # the bridge's own name is loopback here; PostgreSQL's is "postgres", the name clients verify
     for service, pair in (("bridge", issue("deploy-parity")), ("postgres", issue("deploy-postgres",
@@ -209,6 +229,12 @@ def site_files(site: Path, ca_file: Path) -> dict[str, Path]:
         tls.mkdir(parents=True, exist_ok=True)
         shutil.copy2(pair.cert, tls / "cert.pem")
         shutil.copy2(pair.key, tls / "key.pem")
+    orthanc, pair = site / "tls" / "orthanc", issue("deploy-orthanc")
+    orthanc.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(pair.cert, orthanc / "cert.pem")
+    shutil.copy2(pair.key, orthanc / "key.pem")
+    pem_bundle(pair, orthanc / "https.pem")
+    shutil.copy2(ensure_ca(MODALITY_CA), orthanc / "modality-ca.pem")
     sec = site / "secrets"
     sec.mkdir(parents=True, exist_ok=True)
     values = {
@@ -237,12 +263,16 @@ def dicom_echo(port: int, called: str, calling: str, source: str) -> int | None:
 
 
 def _associate(port: int, called: str, calling: str, source: str) -> int | None:
+    """Over DICOM TLS with a certificate of the modalities' CA (site_files), so what decides is
+    Orthanc's AE title / host rule, not the TLS step."""
     from pynetdicom import AE
+
+    from pacs_devstack.orthanc import modality_tls
 
     ae = AE(ae_title=calling)
     ae.add_requested_context("1.2.840.10008.1.1")  # Verification
     ae.acse_timeout = ae.network_timeout = 5
-    assoc = ae.associate("127.0.0.1", port, ae_title=called, bind_address=(source, 0))
+    assoc = ae.associate("127.0.0.1", port, ae_title=called, bind_address=(source, 0), tls_args=modality_tls())
     if not assoc.is_established:
         assert assoc.is_rejected or assoc.is_aborted
         return None

@@ -38,9 +38,11 @@ from parity import (
     dicom_echo,
     dicom_refused,
     ensure_packages,
+    https_status,
     interpolate,
     loopback_modalities,
     place,
+    plain_http_answered,
     port_open,
     site_files,
     wait_for,
@@ -65,17 +67,23 @@ def _dockerfile(path: Path) -> dict[str, Any]:
     """What the compose file leaves to the images: ENTRYPOINT, WORKDIR, and COPY --from targets
     (paths the image itself owns, like the plugin bundle)."""
     text = path.read_text()
-    out: dict[str, Any] = {"entrypoint": [], "workdir": "/", "owned": [], "bundle_cmd": None}
+    out: dict[str, Any] = {"entrypoint": [], "workdir": "/", "owned": [], "bundle_cmd": None, "copies": {},
+                           "env": {}}
     for line in text.splitlines():
         if line.startswith("ENTRYPOINT "):
             out["entrypoint"] = json.loads(line.split(" ", 1)[1])
         elif line.startswith("WORKDIR "):
             out["workdir"] = line.split(" ", 1)[1].strip()
+        elif line.startswith("ENV "):
+            key, _, value = line.split(" ", 1)[1].strip().partition("=")
+            out["env"][key] = value
         elif line.startswith("COPY --from="):
             out["owned"].append(line.split()[-1])
-            out["copy_from"] = line.split()[-2]
-    m = re.search(r"pacs-bridge plugin bundle (\S+)", text)
-    out["bundle_cmd"] = m.group(1) if m else None
+            out["copies"][line.split()[-2]] = line.split()[-1]  # build-stage path -> image path
+    for name, pattern in (("bundle_cmd", r"pacs-bridge plugin bundle (\S+)"),
+                          ("shim_cmd", r"pacs-bridge plugin civetweb-tls-shim (\S+)")):
+        m = re.search(pattern, text)
+        out[name] = m.group(1) if m else None
     return out
 
 
@@ -143,6 +151,7 @@ def _process(compose: dict[str, Any], name: str, root: Root) -> tuple[list[str],
     image = _dockerfile(REPO / (svc["build"]["dockerfile"] if isinstance(svc["build"], dict) else "Dockerfile"))
     argv = [root.map(a) for a in [*svc.get("entrypoint", image["entrypoint"]), *svc["command"]]]
     env = base_env(root.local("/var/lib/pacs-bridge"))
+    env.update({k: root.map(str(v)) for k, v in image["env"].items()})  # the image's ENV, then compose's
     env.update({k: root.map(str(v)) for k, v in svc.get("environment", {}).items()})
     if "PACS_BRIDGE_STORE__URL" in env:
         url = env["PACS_BRIDGE_STORE__URL"]
@@ -208,11 +217,17 @@ def test_compose_services_run_as_processes(deployment) -> None:  # type: ignore[
 
     # the Orthanc image: Debian's packages (the ones on this host) and the bundle its build writes
     orthanc_image = _dockerfile(REPO / "deploy/orthanc/Dockerfile")
-    bundle_in_image = orthanc_image["owned"][0]
-    assert orthanc_image["bundle_cmd"] and orthanc_image["copy_from"] == orthanc_image["bundle_cmd"]
+    assert orthanc_image["bundle_cmd"] and orthanc_image["shim_cmd"], "the image builds the bundle and the shim"
+    bundle_in_image = orthanc_image["copies"][orthanc_image["bundle_cmd"]]
+    shim_in_image = orthanc_image["copies"][orthanc_image["shim_cmd"]]
     root.own(bundle_in_image)
+    root.own(shim_in_image)
     runner.run("orthanc image build", ["pacs-bridge", "plugin", "bundle", str(root.local(bundle_in_image))],
                base_env(root.path), cwd=root.path)
+    runner.run("orthanc image build (shim)",
+               ["pacs-bridge", "plugin", "civetweb-tls-shim", str(root.local(shim_in_image))],
+               base_env(root.path), cwd=root.path)
+    assert orthanc_image["env"].get("LD_LIBRARY_PATH") == shim_in_image, "Orthanc must load the shim"
     # the orthanc user owns its data directory in the image
     root.own("/var/lib/orthanc/pacs-bridge").mkdir(parents=True, exist_ok=True)
     _layout(compose, root, site)
@@ -242,6 +257,7 @@ def test_compose_services_run_as_processes(deployment) -> None:  # type: ignore[
     generated = json.loads(root.local("/etc/orthanc/pacs-bridge/orthanc.json").read_text())
     assert generated["PythonScript"] == str(root.local(bundle_in_image)) + "/pacs_bridge_plugin.py"
     assert generated["DicomAlwaysAllowEcho"] is False and generated["AuthenticationEnabled"] is False
+    assert generated["SslEnabled"] is True and generated["DicomTlsEnabled"] is True
 
     procs = {name: runner.start(name, *_process(compose, name, root)) for name in ("bridge-web", "bridge-serve",
                                                                                     "orthanc")}
@@ -261,9 +277,10 @@ def test_compose_services_run_as_processes(deployment) -> None:  # type: ignore[
     # the image store is encrypted, its KEK created at the first start in its own volume
     assert "pacs-bridge: encrypted storage in" in log.text(), log.text()[-3000:]
     assert root.local("/var/lib/orthanc/pacs-bridge-keys/storage-kek.json").exists()
-    assert requests.get("http://127.0.0.1:8042/system", timeout=5).status_code == 403  # no token
-    assert requests.get("http://127.0.0.1:8042/system", headers={"Authorization": "Bearer x.y.z"},
-                        timeout=5).status_code in (401, 403)  # nor a forged one
+    assert https_status(8042, "/system", ca) == 403  # no token
+    forged = {"Authorization": "Bearer x.y.z"}
+    assert https_status(8042, "/system", ca, headers=forged) in (401, 403)  # nor a forged one
+    assert not plain_http_answered(8042), "Orthanc answered plain HTTP"
     assert dicom_refused(4242, generated["DicomAet"], "INTRUDER"), "unknown AE associated"
     # a configured AE title from another host than its own is refused too (DicomCheckModalityHost)
     assert dicom_refused(4242, generated["DicomAet"], "CT01"), "CT01 associated from 127.0.0.1"
@@ -276,7 +293,7 @@ def test_compose_services_run_as_processes(deployment) -> None:  # type: ignore[
     # other routes and methods without a token
     for method, path in (("HEAD", "/system"), ("GET", "/dicom-web/studies"), ("GET", "/app/explorer.html"),
                          ("GET", "/instances"), ("POST", "/tools/find"), ("GET", "//system"), ("GET", "/SYSTEM")):
-        status = requests.request(method, f"http://127.0.0.1:8042{path}", timeout=5).status_code
+        status = https_status(8042, path, ca, method)
         assert status == 403, f"{method} {path}: {status}"
 
     # the scheduler runs beside them (its sync fails without a directory; it keeps going)

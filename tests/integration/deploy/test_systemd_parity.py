@@ -29,7 +29,9 @@ from parity import (
     dicom_echo,
     dicom_refused,
     ensure_packages,
+    https_status,
     loopback_modalities,
+    plain_http_answered,
     port_open,
     site_files,
     wait_for,
@@ -151,6 +153,7 @@ def test_units_run_as_processes(tmp_path: Path) -> None:
     shutil.copytree(site / "tls", etc / "tls")
     shutil.copy2(ensure_ca(), etc / "tls" / "hospital-ca.pem")
     shutil.copytree(site / "secrets", etc / "secrets")
+    shutil.copytree(site / "tls" / "orthanc", root.own("/etc/orthanc/tls"))  # docs/deploy.md: Orthanc's TLS files
     env_text = (UNITS / "pacs-bridge.env").read_text()
     lines = []
     for line in env_text.splitlines():
@@ -192,7 +195,9 @@ def test_units_run_as_processes(tmp_path: Path) -> None:
             (cmd,) = get(ds, "ExecStart")
             procs.append(runner.start(unit, argv(cmd), _env(ds, root), cwd))
         (cmd,) = get(orthanc, "ExecStart")
-        orthanc_proc = runner.start("orthanc", argv(cmd), base_env(root.path), root.path)
+        orthanc_env = {**base_env(root.path), **{k: root.map(v) for k, _, v in
+                                                 (e.partition("=") for e in get(orthanc, "Environment"))}}
+        orthanc_proc = runner.start("orthanc", argv(cmd), orthanc_env, root.path)
         procs.append(orthanc_proc)
         ca = str(root.local("/etc/pacs-bridge/tls/hospital-ca.pem"))
         wait_for(lambda: requests.get("https://127.0.0.1:9443/jwks.json", verify=ca, timeout=3).status_code == 200,
@@ -202,7 +207,8 @@ def test_units_run_as_processes(tmp_path: Path) -> None:
                  procs)
         assert "pacs-bridge: plugin bundle" in log.read_text(errors="replace")
         assert "pacs-bridge: encrypted storage in" in log.read_text(errors="replace")  # the image store encrypted
-        assert requests.get("http://127.0.0.1:8042/system", timeout=5).status_code == 403
+        assert https_status(8042, "/system", ca) == 403
+        assert not plain_http_answered(8042), "Orthanc answered plain HTTP"
         assert dicom_refused(4242, generated["DicomAet"], "INTRUDER")
         ct = generated["DicomModalities"]["ct-scanner"]
         assert dicom_refused(4242, generated["DicomAet"], ct["AET"]), "CT01 from another host than its own"

@@ -47,12 +47,13 @@ def _secret(stack: dict[str, Any], name: str) -> str:
 
 def test_orthanc_answers_and_its_filter_denies(stack: dict[str, Any]) -> None:
     orthanc = _entry(stack, "orthanc")
-    resp = requests.get(f"{orthanc['url']}/system", timeout=5)
+    assert orthanc["url"].startswith("https://")
+    resp = requests.get(f"{orthanc['url']}/system", timeout=5, verify=orthanc["ca_file"])
     # 403 with an empty body is the Python filter's "False" (without the plugin: 200 + JSON)
     assert resp.status_code == 403
     assert resp.content == b""
     resp = requests.get(f"{orthanc['url']}/dicom-web/studies", headers={"Authorization": "Bearer x"},
-                        timeout=5)
+                        timeout=5, verify=orthanc["ca_file"])
     assert resp.status_code == 403
 
 
@@ -60,10 +61,13 @@ def test_orthanc_dicom_refuses_an_unknown_peer(stack: dict[str, Any]) -> None:
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
+    from pacs_devstack.orthanc import modality_tls
+
     orthanc = _entry(stack, "orthanc")
     ae = AE(ae_title="STRANGER")
     ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", orthanc["dicom_port"], ae_title=orthanc["aet"])
+    # a trusted modality certificate: the refusal is the AE title's, not the TLS handshake's
+    assoc = ae.associate("127.0.0.1", orthanc["dicom_port"], ae_title=orthanc["aet"], tls_args=modality_tls())
     try:
         echoed = assoc.is_established and assoc.send_c_echo().Status == 0x0000
     finally:

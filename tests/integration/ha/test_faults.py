@@ -124,7 +124,7 @@ def test_both_bridges_down_orthanc_plugin_decides_then_fails_closed(stack: dict[
 
     def status() -> int:
         return requests.get(f"{info['url']}/tools/now", headers={"Authorization": f"Bearer {token}"},
-                            timeout=10).status_code
+                            timeout=10, verify=info["ca_file"]).status_code
 
     def wait_for(want: int, timeout: float = 20.0) -> int:
         deadline = time.monotonic() + timeout

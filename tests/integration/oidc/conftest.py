@@ -73,8 +73,8 @@ def bridge_servers(
                       "admin_password": ctx.secret(kc.ADMIN_SECRET)},
             store={"url": db_url},
             # the browser login is the gateway's; these tests never reach Orthanc through it
-            gateway={"orthanc_url": stack.get("orthanc", {}).get("url") or "http://127.0.0.1:9",
-                     "allow_plaintext": True},
+            gateway={"orthanc_url": stack.get("orthanc", {}).get("url") or "https://127.0.0.1:9",
+                     "orthanc_ca_file": stack["ca"]["file"]},
             tokens={"key_encryption_key": KeyEncryptor.generate_secret(), "issuer": url,
                     "lifetime_seconds": LIFETIME, "max_lifetime_seconds": MAX_LIFETIME,
                     "clients": [{"client_id": "pacs-viewer"},

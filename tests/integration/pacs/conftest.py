@@ -28,7 +28,8 @@ UID_ROOT = "1.2.826.0.1.3680043.10.1137"
 
 @dataclass
 class Pacs:
-    url: str
+    url: str  # https: Orthanc serves HTTPS only, with a certificate of the stack CA (``ca``)
+    ca: str
     bridge: BridgeDouble
     config_file: Path
     spool_dir: Path
@@ -42,6 +43,7 @@ class Pacs:
         headers = dict(kw.pop("headers", {}) or {})
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
+        kw.setdefault("verify", self.ca)
         return requests.request(method, self.url + path, headers=headers, timeout=15, **kw)
 
     def write_settings(self, **changes: Any) -> None:
@@ -94,7 +96,7 @@ def pacs(orthanc: dict[str, Any], stack: dict[str, Any], bridge_double: BridgeDo
     if storage:  # the encrypted image store: read at Orthanc's start, so a restart must find it again
         settings["storage"] = storage
     config_file.write_text(json.dumps(settings, indent=2))
-    p = Pacs(orthanc["url"], bridge_double, config_file, spool, settings)
+    p = Pacs(orthanc["url"], stack["ca"]["file"], bridge_double, config_file, spool, settings)
     wait_allowed(p)
     yield p
     config_file.write_text(original)

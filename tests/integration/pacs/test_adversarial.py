@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from bridge.core.permissions import Permission as P
+from bridge.http import pinned_session
 from pacs_devstack.pacs_double import dicom_instance
 
 pytestmark = pytest.mark.integration
@@ -187,7 +188,7 @@ def test_upload_context_never_outlives_its_request_on_a_kept_alive_connection(pa
                                                                               rad: str) -> None:
     """One TCP connection is served by one Orthanc HTTP thread: an unscoped upload's context must not let the
     scoped request after it store out-of-scope content, and a refused request leaves no context behind."""
-    with requests.Session() as session:
+    with pinned_session(pacs.ca) as session:  # a CA bundle in the environment would replace session.verify
         def post(token: str | None, dept: str) -> Any:
             uid = _uid()
             data = dicom_instance(patient_id=f"KA-{uid[-6:]}", patient_name="Keep^Alive", study_uid=uid,
@@ -233,8 +234,15 @@ def test_odd_request_shapes_are_refused(pacs: Any, studies: Any) -> None:
                  f"/instance%73/{own['instance']}/file", f"/instances/{own['instance']};x/file",
                  f"/instances/{own['instance']}/file;x", f"/Instances/{own['instance']}/file",
                  f"/instances/{own['instance']}/attachments", "/a" * 20000):
-        assert pacs.get(path, viewer).status_code in (400, 403, 404, 414), path
-        assert pacs.request("HEAD", path, viewer).status_code in (400, 403, 404, 414), path
+        for method in ("GET", "HEAD"):
+            try:
+                status = pacs.request(method, path, viewer).status_code
+            except requests.exceptions.ConnectionError:  # an SSLError too
+                # over TLS, Orthanc's web server may close on an oversized request line before its
+                # 414 reaches the client: no answer is a refusal as well
+                assert len(path) > 10_000, path
+                continue
+            assert status in (400, 403, 404, 414), path
     # a method override is applied before the filter (Orthanc 1.10.1), so it is judged as what it becomes
     for method, path, headers in (("POST", f"/studies/{own['study']}?_method=DELETE", {}),
                                   ("POST", f"/studies/{own['study']}", {"X-HTTP-Method-Override": "DELETE"}),

@@ -114,7 +114,7 @@ def bridge(orthanc: dict[str, Any], stack: dict[str, Any],
         # the plugin re-reads its configuration on an HTTP request: make one, so that what comes next
         # (DICOM associations, whose refusals the gate records, make none) is audited to the stack's bridge
         time.sleep(cfg["reload_check_seconds"] + 0.2)
-        requests.get(orthanc["url"] + "/system", timeout=10)
+        requests.get(orthanc["url"] + "/system", timeout=10, verify=orthanc["ca_file"])
         server.shutdown()
 
 
@@ -128,7 +128,7 @@ def uploaded(bridge: Bridge, orthanc: dict[str, Any]) -> dict[str, str]:
                               series_uid=study_uid + ".1", sop_uid=study_uid + ".1.1")
         deadline = time.monotonic() + 30
         while True:  # the plugin reloads its config on the next request after the file changed
-            r = requests.post(orthanc["url"] + "/instances", data=data, timeout=15, headers={
+            r = requests.post(orthanc["url"] + "/instances", data=data, timeout=15, verify=orthanc["ca_file"], headers={
                 "Authorization": "Bearer " + token, "Content-Type": "application/dicom"})
             if r.status_code == 200 or time.monotonic() > deadline:
                 break
@@ -154,7 +154,8 @@ def test_access_to_a_patient_with_a_credential_looking_id_is_in_the_trail(
     user = f"rad.evasion.{uuid.uuid4().hex[:6]}"
     token = bridge.token({P.VIEW}, user)
     for path in (f"/studies/{uploaded[pid]}", f"/studies/{uploaded[pid]}/series"):
-        r = requests.get(orthanc["url"] + path, headers={"Authorization": "Bearer " + token}, timeout=15)
+        r = requests.get(orthanc["url"] + path, headers={"Authorization": "Bearer " + token}, timeout=15,
+                         verify=orthanc["ca_file"])
         assert r.status_code == 200, (path, r.status_code)
     rows = [r for r in _wait_rows(bridge, patient=pid) if r["actor_username"] == user]
     assert rows, f"the access to patient {pid!r} left no trace in the audit trail"

@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import SecondaryCaptureImageStorage, StudyRootQueryRetrieveInformationModelFind
 
+from pacs_devstack.orthanc import modality_tls
 from pacs_devstack.pacs_double import dicom_instance
 
 pytestmark = pytest.mark.integration
@@ -20,7 +21,8 @@ def _associate(orthanc: dict[str, Any], calling: str) -> Any:
     ae = AE(ae_title=calling)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     ae.add_requested_context(SecondaryCaptureImageStorage)
-    return ae.associate("127.0.0.1", orthanc["dicom_port"], ae_title=orthanc["aet"])
+    # over TLS with a trusted modality certificate: what is refused here is the AE title, not the TLS step
+    return ae.associate("127.0.0.1", orthanc["dicom_port"], ae_title=orthanc["aet"], tls_args=modality_tls())
 
 
 def _find(assoc: Any) -> list[str]:
@@ -65,7 +67,7 @@ def test_unknown_ae_can_neither_find_nor_store(orthanc: dict[str, Any], pacs: An
     # the right AE title calling the wrong AE title of the PACS is refused too
     ae = AE(ae_title="DEVMODALITY")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    wrong = ae.associate("127.0.0.1", orthanc["dicom_port"], ae_title="NOTTHEPACS")
+    wrong = ae.associate("127.0.0.1", orthanc["dicom_port"], ae_title="NOTTHEPACS", tls_args=modality_tls())
     assert not wrong.is_established
     assert audit_events("dicom.association_refused",
                         lambda e: any(o["id"] == "NOTTHEPACS" for o in e["objects"]))

@@ -17,6 +17,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 
 from bridge.core.permissions import Permission as P
+from bridge.http import pinned_session
 from tests.integration.pacs.scoped_tokens import scoped_claims, scoped_token
 from tests.integration.pacs.viewer_studies import IN, OUT, PIXELS, store_studies
 
@@ -48,8 +49,9 @@ def client(dicomweb_url: str, stack: dict[str, Any]) -> Callable[[str | None], D
     """``client(token)``: a dicomweb-client with ``Authorization: Bearer <token>`` (no header for None)."""
 
     def make(token: str | None) -> DICOMwebClient:
-        session = requests.Session()
-        session.verify = stack["ca"]["file"]  # the gateway speaks TLS with the dev CA; Orthanc plain HTTP
+        # the gateway and Orthanc both serve HTTPS with dev CA certificates; pinned: a CA bundle in the
+        # environment (REQUESTS_CA_BUNDLE) would otherwise replace session.verify
+        session = pinned_session(stack["ca"]["file"])
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         return DICOMwebClient(url=dicomweb_url, session=session, headers=headers)
 
@@ -153,3 +155,11 @@ def test_scoped_token_retrieves_in_scope_only(client: Any, pacs: Any, studies: d
     assert status_of(lambda: c.retrieve_study(other["study_uid"])) == 403
     assert status_of(lambda: c.retrieve_study_metadata(other["study_uid"])) == 403
     assert status_of(lambda: c.retrieve_instance(other["study_uid"], other["series_uid"], other["sop_uid"])) == 403
+
+
+def test_retrieve_urls_name_https(pacs: Any, studies: dict[str, Any]) -> None:
+    """Orthanc serves HTTPS only: the URLs its DICOMweb answers carry must say so (a client following
+    an http:// RetrieveURL would get no answer)."""
+    found = pacs.get("/dicom-web/studies", pacs.bridge.token([P.VIEW])).json()
+    urls = [s["00081190"]["Value"][0] for s in found if "00081190" in s]
+    assert urls and all(u.startswith("https://") and "/dicom-web/studies/" in u for u in urls), urls[:3]

@@ -6,7 +6,6 @@ plugin fetches keys and revocations over TLS from the double, as in production.
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import time
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from bridge.core.permissions import Permission as P
 from bridge.core.permissions import expand
 from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
+from pacs_devstack.orthanc import connection
 from pacs_devstack.pacs_double import BridgeDouble, dicom_instance
 
 pytestmark = pytest.mark.integration
@@ -149,7 +149,7 @@ def test_key_rotation(pacs: Any, studies: dict[str, dict[str, str]]) -> None:
 
 def _raw_get(url: str, path: str, headers: list[tuple[str, str]]) -> int:
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    conn = connection(parts.port, timeout=10)  # HTTPS, verified against the stack CA
     conn.putrequest("GET", path)
     for name, value in headers:
         conn.putheader(name, value)

@@ -9,7 +9,6 @@ DICOMweb 1.7 plugin and the bridge plugin.
 
 from __future__ import annotations
 
-import http.client
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +18,7 @@ import pytest
 from bridge.core.permissions import Permission as P
 from bridge.core.permissions import expand
 from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
+from pacs_devstack.orthanc import connection
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ def _role(pacs: Any, role: str) -> str:
 def _raw(pacs: Any, method: str, path: str, token: str) -> tuple[int, bytes]:
     """Send ``path`` verbatim (requests would re-encode or normalise it): (status, body)."""
     parts = urlsplit(pacs.url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=15)
+    conn = connection(parts.port, timeout=15)  # HTTPS, verified against the stack CA
     conn.request(method, path, headers={"Authorization": f"Bearer {token}"})
     answer = conn.getresponse()
     status, body = answer.status, answer.read()

@@ -9,7 +9,6 @@ in-scope studies in the answer (Orthanc's filter can only allow or deny, so the 
 from __future__ import annotations
 
 import base64
-import http.client
 import io
 import itertools
 import json
@@ -33,6 +32,7 @@ from bridge.tokens.claims import TokenSettings
 from bridge.tokens.roles import DEFAULT_ROLE_PERMISSIONS
 from bridge.tokens.service import TokenService
 from bridge.web.app import create_app
+from pacs_devstack.orthanc import connection, modality_tls
 from pacs_devstack.pacs_double import AUDIENCE, dicom_instance
 from tests.doubles import MemoryAssignmentSource, MemoryRevocationStore
 
@@ -127,7 +127,7 @@ def test_qido_raw_encodings(pacs: Any, studies: dict[str, dict[str, str]]) -> No
     for q in (f"%30020000D={other}", f"StudyInstanceUID={own}&%30020000D={other}", f"Study%49nstanceUID={own}",
               f"StudyInstanceUID={own}%2C{other}", f"StudyInstanceUID={own}\\{other}",
               f"StudyInstanceUID={own}+", "StudyInstanceUID=%2A", f"StudyInstanceUID={own}&StudyInstanceUID="):
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        conn = connection(parts.port, timeout=10)  # HTTPS, verified against the stack CA
         conn.request("GET", "/dicom-web/studies?" + q, headers={"Authorization": f"Bearer {rad}"})
         resp = conn.getresponse()
         body = resp.read()
@@ -257,7 +257,7 @@ def test_cstore_from_configured_modality_still_stores(orthanc: dict[str, Any], p
                                                       studies: dict[str, dict[str, str]]) -> None:
     ae = AE(ae_title="DEVMODALITY")
     ae.add_requested_context(SecondaryCaptureImageStorage)
-    assoc = ae.associate("127.0.0.1", orthanc["dicom_port"], ae_title=orthanc["aet"])
+    assoc = ae.associate("127.0.0.1", orthanc["dicom_port"], ae_title=orthanc["aet"], tls_args=modality_tls())
     assert assoc.is_established
     data, sop = _instance(studies["P-002"]["study_uid"], "Cardiology", patient="P-002")
     try:

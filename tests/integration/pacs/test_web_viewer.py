@@ -10,7 +10,6 @@ Cardiology one on every one of those routes, however the id is spelled.
 from __future__ import annotations
 
 import base64
-import http.client
 import io
 import json
 import re
@@ -22,6 +21,7 @@ import pytest
 from PIL import Image
 
 from bridge.core.permissions import Permission as P
+from pacs_devstack.orthanc import connection
 from tests.integration.pacs.scoped_tokens import scoped_token
 from tests.integration.pacs.viewer_studies import IN, OUT, store_studies
 
@@ -53,7 +53,7 @@ def no_view(pacs: Any) -> str:
 def raw(pacs: Any, path: str, token: str | None, method: str = "GET") -> tuple[int, bytes]:
     """``path`` sent byte for byte (requests would re-encode or normalise it): (status, body)."""
     parts = urlsplit(pacs.url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn = connection(parts.port, timeout=30)  # HTTPS, verified against the stack CA
     conn.request(method, path, headers={"Authorization": f"Bearer {token}"} if token else {})
     answer = conn.getresponse()
     status, body = answer.status, answer.read()

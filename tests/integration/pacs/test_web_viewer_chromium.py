@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from bridge.core.permissions import Permission as P
-from pacs_devstack import browser
+from pacs_devstack import browser, tls
 from tests.integration.pacs.scoped_tokens import scoped_token
 from tests.integration.pacs.viewer_studies import IN, OUT, store_studies
 
@@ -80,7 +80,8 @@ def test_chromium_renders_an_in_scope_series_and_not_another(pacs: Any, tmp_path
     browser.ensure_installed()
     studies = store_studies(pacs, "chromium")
     token = scoped_token(pacs.bridge, [P.VIEW, P.DOWNLOAD], departments=["Radiology"], lifetime=600)
-    with browser.chromium([], tmp_path / "profile") as b:
+    # Orthanc serves HTTPS with the stack's certificate for it: the browser trusts exactly that one
+    with browser.chromium([tls.issue("orthanc").cert], tmp_path / "profile") as b:
         viewer_renders_own_series_only(b, through_orthanc(b, pacs, token), studies[IN], studies[OUT])
 
 

@@ -98,9 +98,11 @@ def test_orthanc_is_debian_with_the_bundle_and_the_generated_config() -> None:
     assert "FROM debian:bookworm-slim" in dockerfile
     from pacs_devstack.orthanc import OrthancService
 
-    assert " ".join(OrthancService.apt_packages) in dockerfile, "the image installs what the tests run"
-    assert not [v for v in orthanc["volumes"] if isinstance(v, str) and v.startswith("./")], \
-        "Orthanc mounts nothing of the checkout"
+    assert " ".join(OrthancService.runtime_packages) in dockerfile, "the image installs what the tests run"
+    assert " ".join(OrthancService.shim_build_packages) in dockerfile, "... and builds the HTTPS shim with it"
+    assert not [v for v in orthanc["volumes"] if isinstance(v, str) and v.startswith("./")
+                and not v.startswith("./tls/")], "Orthanc mounts nothing of the checkout (./tls/: the site's files)"
+    assert "./tls/orthanc:/etc/orthanc/tls:ro" in orthanc["volumes"]
     gen = services["orthanc-config"]["command"]
     out = gen[gen.index("--out") + 1]
     assert orthanc["command"] == [f"{out}/orthanc.json"]

@@ -26,9 +26,14 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+#: Orthanc's TLS files (required: there is no plain HTTP or plain DICOM port)
+TLS_ARGS = ("--https-certificate", "/etc/o/https.pem", "--dicom-tls-certificate", "/etc/o/dicom.pem",
+            "--dicom-tls-key", "/etc/o/dicom-key.pem", "--modality-ca", "/etc/o/modality-ca.pem")
+
+
 def _generate(config: Path, out: Path, *extra: str) -> tuple[dict, dict]:
     res = CliRunner().invoke(main, ["plugin", "orthanc-config", "-c", str(config), "--out", str(out),
-                                    "--bundle", "/opt/bundle", "--data-dir", "/var/lib/o", *extra])
+                                    "--bundle", "/opt/bundle", "--data-dir", "/var/lib/o", *TLS_ARGS, *extra])
     assert res.exit_code == 0, res.output
     return json.loads((out / "orthanc.json").read_text()), json.loads((out / "bridge-plugin.json").read_text())
 
@@ -60,8 +65,40 @@ def test_remote_access_and_audit_are_explicit_options(config: Path, tmp_path: Pa
 def test_orthanc_config_refuses_a_broken_configuration_naming_the_key(config: Path, tmp_path: Path) -> None:
     config.write_text(yaml.safe_dump({"pacs": {"modalities": {"ct": {"aet": "A\\B", "host": "h", "port": 104}}}}))
     res = CliRunner().invoke(main, ["plugin", "orthanc-config", "-c", str(config), "--out", str(tmp_path / "o"),
-                                    "--bundle", "/b", "--data-dir", "/d"])
+                                    "--bundle", "/b", "--data-dir", "/d", *TLS_ARGS])
     assert res.exit_code == 2 and "aet" in res.output
+    assert not (tmp_path / "o" / "orthanc.json").exists()
+
+
+def test_orthanc_serves_https_and_dicom_tls_only(config: Path, tmp_path: Path) -> None:
+    orthanc, _ = _generate(config, tmp_path / "out")
+    assert orthanc["SslEnabled"] is True and orthanc["SslCertificate"] == "/etc/o/https.pem"
+    assert orthanc["SslMinimumProtocolVersion"] >= 4  # TLS 1.2 or later
+    assert orthanc["DicomTlsEnabled"] is True and orthanc["DicomTlsRemoteCertificateRequired"] is True
+    assert (orthanc["DicomTlsCertificate"], orthanc["DicomTlsPrivateKey"], orthanc["DicomTlsTrustedCertificates"]) \
+        == ("/etc/o/dicom.pem", "/etc/o/dicom-key.pem", "/etc/o/modality-ca.pem")
+    assert all(m["UseDicomTls"] is True for m in orthanc["DicomModalities"].values())
+
+
+def test_the_cfind_audit_script_is_written_and_loaded(config: Path, tmp_path: Path) -> None:
+    from bridge.deploy.orthanc_config import FIND_AUDIT_LUA
+
+    orthanc, _ = _generate(config, tmp_path / "out")
+    script = tmp_path / "out" / FIND_AUDIT_LUA
+    assert orthanc["LuaScripts"] == [str(script)] and orthanc["ExecuteLuaEnabled"] is False
+    text = script.read_text()
+    assert "function IncomingFindRequestFilter(query, origin)" in text and "return query" in text
+    assert "pairs(query)" in text and "DumpJson" in text  # tag names only, escaped
+
+
+@pytest.mark.parametrize("left_out", ["--https-certificate", "--dicom-tls-certificate", "--dicom-tls-key",
+                                      "--modality-ca"])
+def test_orthanc_config_has_no_plain_transport_option(config: Path, tmp_path: Path, left_out: str) -> None:
+    i = TLS_ARGS.index(left_out)
+    args = TLS_ARGS[:i] + TLS_ARGS[i + 2:]
+    res = CliRunner().invoke(main, ["plugin", "orthanc-config", "-c", str(config), "--out", str(tmp_path / "o"),
+                                    "--bundle", "/b", "--data-dir", "/d", *args])
+    assert res.exit_code == 2 and left_out in res.output
     assert not (tmp_path / "o" / "orthanc.json").exists()
 
 

@@ -5,16 +5,23 @@ paging after filtering, the parameter attacks, the internal root and its one-tim
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bridge.core.grants import from_claims
+from bridge.deploy.orthanc_config import DicomTls
 from bridge.pacs import dicomweb, listing
 from bridge.pacs.dicomweb import INTERNAL_ROOT, Passes, Proxy, looks_internal, rewrite_urls
 from bridge.pacs.gate import filtered_listing, judge
 from bridge.pacs.listing import Lister, Refused, page
 from bridge.pacs.scopes import StudyResolver, Target
+
+#: Orthanc's TLS files (required arguments of orthanc_config; the paths are not read)
+TLS = {"https_certificate": Path("/etc/o/https.pem"),
+       "dicom_tls": DicomTls(Path("/etc/o/dicom.pem"), Path("/etc/o/dicom-key.pem"), Path("/etc/o/modality-ca.pem"))}
+
 
 DEPTS = ["Cardio", "Other", "Other", "Cardio", "Neuro", "Other", "Other", "Cardio", "Neuro", "Other"]
 
@@ -491,7 +498,8 @@ def test_multipart_params(mime: str, expected: Any) -> None:
 def test_generated_orthanc_config_moves_the_dicomweb_root_only_with_the_plugin(tmp_path: Any) -> None:
     from bridge.deploy.orthanc_config import orthanc_config
 
-    common = {"name": "t", "aet": "T", "http_port": 1, "dicom_port": 2, "storage_dir": tmp_path, "index_dir": tmp_path}
+    common = {"name": "t", "aet": "T", "http_port": 1, "dicom_port": 2, "storage_dir": tmp_path, "index_dir": tmp_path,
+              **TLS}
     with_plugin = orthanc_config(**common, python_script=tmp_path / "p.py")
     assert with_plugin["DicomWeb"]["Root"] == INTERNAL_ROOT
     assert looks_internal(with_plugin["DicomWeb"]["Root"])  # the filter refuses it from outside

@@ -10,8 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from bridge.deploy.orthanc_config import PYTHON_PLUGIN, orthanc_config
+from bridge.deploy.orthanc_config import (
+    PYTHON_PLUGIN,
+    DicomTls,
+    orthanc_config,
+)
 from bridge.pacs import orthanc_plugin
+
+#: Orthanc's TLS files (required arguments of orthanc_config; the paths are not read)
+TLS = {"https_certificate": Path("/etc/o/https.pem"),
+       "dicom_tls": DicomTls(Path("/etc/o/dicom.pem"), Path("/etc/o/dicom-key.pem"), Path("/etc/o/modality-ca.pem"))}
+
 
 
 def test_plugin_imports_without_orthanc() -> None:
@@ -40,7 +49,7 @@ def test_filter_turns_errors_and_non_bools_into_denial(
 
 def test_config_secure_defaults(tmp_path: Path) -> None:
     script = tmp_path / "bundle" / "pacs_bridge_plugin.py"
-    cfg = orthanc_config(name="t", aet="T", http_port=1, dicom_port=2, storage_dir=tmp_path / "s",
+    cfg = orthanc_config(name="t", aet="T", http_port=1, dicom_port=2, **TLS, storage_dir=tmp_path / "s",
                          index_dir=tmp_path / "i", modalities={"bridge": ("BRIDGE", "127.0.0.1", 11112)},
                          python_script=script)
     assert cfg["RemoteAccessAllowed"] is False
@@ -55,11 +64,11 @@ def test_config_secure_defaults(tmp_path: Path) -> None:
 
 def test_filter_needs_the_bundle_entry(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="python_script"):
-        orthanc_config(name="t", aet="T", http_port=1, dicom_port=2, storage_dir=tmp_path, index_dir=tmp_path)
+        orthanc_config(name="t", aet="T", http_port=1, dicom_port=2, **TLS, storage_dir=tmp_path, index_dir=tmp_path)
 
 
 def test_plain_config_has_no_filter(tmp_path: Path) -> None:
-    cfg = orthanc_config(name="t", aet="T", http_port=1, dicom_port=2, storage_dir=tmp_path,
+    cfg = orthanc_config(name="t", aet="T", http_port=1, dicom_port=2, **TLS, storage_dir=tmp_path,
                          index_dir=tmp_path, with_filter=False)
     assert "PythonScript" not in cfg
     assert str(PYTHON_PLUGIN) not in cfg["Plugins"]

@@ -16,8 +16,14 @@ import pytest
 
 from bridge.core import routes
 from bridge.core.verifier import decide
+from bridge.deploy.orthanc_config import DicomTls
 from bridge.pacs.gate import judge
 from bridge.pacs.scopes import StudyInfo, Target, targets_of
+
+#: Orthanc's TLS files (required arguments of orthanc_config; the paths are not read)
+TLS = {"https_certificate": Path("/etc/o/https.pem"),
+       "dicom_tls": DicomTls(Path("/etc/o/dicom.pem"), Path("/etc/o/dicom-key.pem"), Path("/etc/o/modality-ca.pem"))}
+
 
 RAD = StudyInfo("aaaaaaaa-aaaaaaaa-aaaaaaaa-aaaaaaaa-aaaaaaaa", "1.2.1", "P-1", "Radiology", "Hospital")
 CARD = StudyInfo("cccccccc-cccccccc-cccccccc-cccccccc-cccccccc", "1.2.2", "P-2", "Cardiology", "Hospital")
@@ -213,16 +219,16 @@ def test_the_viewers_download_button_is_download() -> None:
 def test_generated_config_loads_the_viewer_with_a_private_cache(tmp_path: Path) -> None:
     from bridge.deploy.orthanc_config import WEB_VIEWER_PLUGIN, orthanc_config
 
-    cfg = orthanc_config(name="t", aet="T", http_port=1, dicom_port=2, storage_dir=tmp_path / "s",
+    cfg = orthanc_config(name="t", aet="T", http_port=1, dicom_port=2, **TLS, storage_dir=tmp_path / "s",
                          index_dir=tmp_path / "i", python_script=tmp_path / "entry.py")
     assert str(WEB_VIEWER_PLUGIN) in cfg["Plugins"]
     # decoded images are patient data: never the package's default /tmp/OrthancWebViewerCache
     assert cfg["WebViewer"]["CachePath"] == str(tmp_path / "s" / "WebViewerCache")
-    own = orthanc_config(name="t", aet="T", http_port=1, dicom_port=2, storage_dir=tmp_path / "s",
+    own = orthanc_config(name="t", aet="T", http_port=1, dicom_port=2, **TLS, storage_dir=tmp_path / "s",
                          index_dir=tmp_path / "i", python_script=tmp_path / "entry.py",
                          web_viewer_cache_dir=tmp_path / "cache")
     assert own["WebViewer"]["CachePath"] == str(tmp_path / "cache")
-    off = orthanc_config(name="t", aet="T", http_port=1, dicom_port=2, storage_dir=tmp_path / "s",
+    off = orthanc_config(name="t", aet="T", http_port=1, dicom_port=2, **TLS, storage_dir=tmp_path / "s",
                          index_dir=tmp_path / "i", python_script=tmp_path / "entry.py", web_viewer=False)
     assert str(WEB_VIEWER_PLUGIN) not in off["Plugins"] and "WebViewer" not in off
 
@@ -235,7 +241,9 @@ def test_deploy_command_puts_the_cache_in_the_data_dir(tmp_path: Path) -> None:
     from bridge.deploy.cli import orthanc_config_cli
 
     result = CliRunner().invoke(orthanc_config_cli, ["--out", str(tmp_path / "out"), "--bundle", "/b",
-                                                     "--data-dir", str(tmp_path / "data")])
+                                                     "--data-dir", str(tmp_path / "data"),
+                                                     "--https-certificate", "/h.pem", "--dicom-tls-certificate",
+                                                     "/d.pem", "--dicom-tls-key", "/k.pem", "--modality-ca", "/m.pem"])
     assert result.exit_code == 0, result.output
     cfg = json.loads((tmp_path / "out" / "orthanc.json").read_text())
     assert cfg["WebViewer"]["CachePath"] == str(tmp_path / "data" / "webviewer-cache")
