@@ -702,7 +702,8 @@ def from_settings(settings: Any, engine: Any, ring: KeyRing, append: Callable[[A
     policy_file = settings.sync.policy_file
     policy = load_policy(policy_file).sharing if policy_file else None
     url = settings.pacs.orthanc_url or settings.gateway.orthanc_url
-    ca = settings.gateway.orthanc_ca_file
+    # the CA that goes with the URL used (pacs.ca_file for pacs.orthanc_url)
+    ca = settings.pacs.ca_file if settings.pacs.orthanc_url else settings.gateway.orthanc_ca_file
     source: StudySource = OrthancSource(url, str(ca) if ca else None) if url else _NoPacs()
     public = str(settings.sharing.public_url or settings.bridge.public_url).rstrip("/")
     audience = public + settings.sharing.prefix
