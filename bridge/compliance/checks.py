@@ -323,3 +323,75 @@ def test_report(ctx: Context) -> list[Evidence]:
     if totals["failures"] or totals["errors"] or not totals["tests"]:
         return [failed("tests", title, detail, **totals)]
     return [passed("tests", title, detail, **totals)]
+
+
+# ---------------------------------------------------------------- reviews and emergency access
+
+#: a monthly review cycle is late after this many days without a completed campaign
+REVIEW_MAX_AGE_DAYS = 35
+#: a break-glass access not reviewed within this many days is a failing control
+BREAK_GLASS_REVIEW_DAYS = 7
+
+
+@register("review")
+def review(ctx: Context) -> list[Evidence]:
+    """The last access review: started within the cycle, and how much of it is still undecided."""
+    from sqlalchemy import func, select
+
+    from bridge.store.models import ReviewCampaign, ReviewItem
+
+    title = "Access rights are reviewed regularly (recertification)"
+    with ctx.services.engine.connect() as conn:
+        last = conn.execute(select(ReviewCampaign).order_by(ReviewCampaign.started_at.desc()).limit(1)).first()
+        if last is None:
+            return [failed("review", title, "no access review has ever run (pacs-bridge review run)")]
+        total, undecided = conn.execute(
+            select(func.count(), func.count().filter(ReviewItem.decision.is_(None)))
+            .where(ReviewItem.campaign_id == last.id)).one()
+    started = last.started_at.timestamp()
+    age_days = (ctx.now - started) / 86400
+    detail = (f"campaign {last.id} started {last.started_at:%Y-%m-%d} ({age_days:.0f} days ago), {total} items, "
+              f"{undecided} undecided; deadline {last.deadline:%Y-%m-%d}")
+    data = {"campaign": last.id, "items": total, "undecided": undecided}
+    if age_days > REVIEW_MAX_AGE_DAYS:
+        return [failed("review", title, f"the last review is overdue: {detail}", **data)]
+    if undecided and ctx.now > last.deadline.timestamp():
+        return [failed("review", title, f"items left undecided past the deadline: {detail}", **data)]
+    return [passed("review", title, detail, **data)]
+
+
+@register("breakglass")
+def breakglass(ctx: Context) -> list[Evidence]:
+    """Emergency access: a procedure exists (roles with the emergency capability) and every use is
+    reviewed by another person within a week."""
+    import datetime as _dt
+
+    from sqlalchemy import func, select
+
+    from bridge.store.models import BreakGlassGrant
+
+    out: list[Evidence] = []
+    title = "An emergency access procedure exists (break-glass)"
+    policy_file = ctx.settings.sync.policy_file
+    if policy_file is None:
+        out.append(missing("breakglass.procedure", title, "sync.policy_file is not set"))
+    else:
+        from bridge.policy.loader import load_policy
+
+        pol = load_policy(policy_file)
+        roles = sorted(pol.emergency_roles()) if pol.emergency is not None else []
+        if roles:
+            out.append(passed("breakglass.procedure", title, f"roles with the emergency capability: "
+                              f"{', '.join(roles)}; grants last {pol.emergency.lifetime_minutes} min"))  # type: ignore[union-attr]
+        else:
+            out.append(failed("breakglass.procedure", title, "the policy gives no role the emergency capability"))
+    rtitle = "Every emergency access is reviewed by another person"
+    cutoff = _dt.datetime.fromtimestamp(ctx.now - BREAK_GLASS_REVIEW_DAYS * 86400, _dt.UTC)
+    with ctx.services.engine.connect() as conn:
+        open_total, overdue = conn.execute(
+            select(func.count(), func.count().filter(BreakGlassGrant.created_at < cutoff))
+            .where(BreakGlassGrant.review_state == "open")).one()
+    detail = f"{open_total} open post-hoc reviews, {overdue} older than {BREAK_GLASS_REVIEW_DAYS} days"
+    out.append((failed if overdue else passed)("breakglass.reviews", rtitle, detail,
+                                                open=open_total, overdue=overdue))
+    return out

@@ -247,3 +247,37 @@ def test_storage_evidence(tmp_path: Path) -> None:
     assert got["storage.bridge_database"].status is Status.PASS
     pg = _ctx(tmp_path, store={"url": "postgresql://b@db.example/b?sslmode=verify-full"})
     assert {e.check: e for e in checks.storage(pg)}["storage.bridge_database"].status is Status.MISSING
+
+
+def test_review_and_break_glass_evidence(tmp_path: Path) -> None:
+    """No review ever run fails; a recent one decided passes; an overdue one fails.  Break-glass:
+    the demo policy has emergency roles; an access left unreviewed for more than a week fails."""
+    import datetime as _dt
+
+    from bridge.store import db
+    from bridge.store.models import BreakGlassGrant, ReviewCampaign, ReviewItem
+
+    root = Path(__file__).resolve().parents[3]
+    ctx = _ctx(tmp_path, store={"url": f"sqlite:///{tmp_path}/b.db"},
+               sync={"policy_file": str(root / "examples" / "policy.yaml")})
+    db.migrate(ctx.settings.store.url)
+    assert checks.review(ctx)[0].status is Status.FAIL  # never run
+    now = _dt.datetime.fromtimestamp(ctx.now, _dt.UTC)
+    with db.session(ctx.services.engine) as s:
+        s.add(ReviewCampaign(id=1, started_at=now - _dt.timedelta(days=3), deadline=now + _dt.timedelta(days=11),
+                             status="open", started_by="t", summary={}))
+        s.add(ReviewItem(campaign_id=1, subject_id="u1", username="u1", role="radiologist", source="policy",
+                         queue="q", decision="keep"))
+    assert checks.review(ctx)[0].status is Status.PASS
+    with db.session(ctx.services.engine) as s:
+        s.add(ReviewCampaign(id=2, started_at=now - _dt.timedelta(days=60), deadline=now - _dt.timedelta(days=46),
+                             status="closed", started_by="t", summary={}))
+    assert checks.review(ctx)[0].status is Status.PASS  # the newest one counts
+    got = {e.check: e.status for e in checks.breakglass(ctx)}
+    assert got == {"breakglass.procedure": Status.PASS, "breakglass.reviews": Status.PASS}
+    with db.session(ctx.services.engine) as s:
+        s.add(BreakGlassGrant(id="g1", subject_id="u2", username="er.sam", target_kind="study", target="1.2.3",
+                              reason="trauma", permissions=["view"], roles=["clinician"], client_id="c",
+                              auth_time=now - _dt.timedelta(days=9), created_at=now - _dt.timedelta(days=9),
+                              expires_at=now - _dt.timedelta(days=9)))
+    assert {e.check: e.status for e in checks.breakglass(ctx)}["breakglass.reviews"] is Status.FAIL
