@@ -99,6 +99,9 @@ on {{ i.decided_at.date() }}: {{ i.comment }}</p>
 {% if officer %}<section aria-labelledby="patient"><h2 id="patient">Who viewed a patient (GDPR Art. 15)</h2>
 <form method="get" action="{{ prefix }}/patient"><label for="pid">PatientID</label>
 <input id="pid" name="patient_id" required maxlength="128"> <button type="submit">Report</button></form>
+</section>
+<section aria-labelledby="compliance"><h2 id="compliance">Compliance evidence (HIPAA 164.312, GDPR Art. 32)</h2>
+<p><a href="{{ prefix }}/compliance">The compliance report, collected now from the running deployment</a></p>
 </section>{% endif %}
 """
 
@@ -124,6 +127,7 @@ def init_app(app: Flask) -> None:
     bp.add_url_rule("/export.<any(csv, json):fmt>", "export", _export, methods=["GET"])
     bp.add_url_rule("/charts/<any(roles, trend):name>.svg", "chart", _chart, methods=["GET"])
     bp.add_url_rule("/patient", "patient", _patient, methods=["GET"])
+    bp.add_url_rule("/compliance", "compliance", _compliance, methods=["GET"])
     app.register_blueprint(bp)
 
 
@@ -322,3 +326,29 @@ def _patient() -> Response:
     report = audited_report(_services().audit_store, values[0], _actor(login), fmt="html")
     body = render_template_string(_PATIENT, r=report, s=report.summary(), prefix=PREFIX)
     return pages.page("Who viewed this patient", body)
+
+
+@limit("login")
+def _compliance() -> Response:
+    """The compliance evidence report, live, for the privacy officer: the same collectors and control
+    map as `pacs-bridge compliance report` (bridge/compliance/).  Collecting probes every configured
+    hop and asks Keycloak, so it is rate-limited like a login; reading the audit trail is audited."""
+    from bridge.compliance import report as compliance
+    from bridge.compliance.checks import Context
+
+    got = _reviewer()
+    if isinstance(got, Response):
+        return got
+    login, _camp, queues = got
+    if PRIVACY_OFFICER not in queues:
+        return _deny(login, 403, "the compliance report is for the privacy officer")
+    if request.args:
+        return _deny(login, 400, "the compliance report takes no parameters")
+    ctx = Context(current_app.config["BRIDGE_SETTINGS"], compliance.release())
+    ctx.__dict__["services"] = _services()  # the app's own engine and stores, not a second set
+    rep = compliance.build(ctx)
+    _audit_use(login, "compliance-report", status=rep.status.value)
+    resp = Response(rep.to_html(), mimetype="text/html")
+    resp.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
+    resp.headers["Cache-Control"] = "no-store"
+    return resp

@@ -159,3 +159,14 @@ def test_the_patient_report_is_for_the_privacy_officer(g: Gateway) -> None:
     as_user(g, "pat")
     assert g.get("/review/patient?patient_id=P1").status_code == 200
     assert g.get("/review/patient?patient_id=P1&patient_id=P2").status_code == 400
+
+
+def test_the_compliance_report_is_for_the_privacy_officer(g: Gateway) -> None:
+    as_user(g, "dora")
+    assert g.get("/review/compliance").status_code == 403
+    page = as_user(g, "pat")
+    assert page
+    r = g.get("/review/compliance")
+    assert r.status_code == 200 and "Compliance evidence report" in r.get_data(as_text=True)
+    assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+    assert g.get("/review/compliance?x=1").status_code == 400
