@@ -548,7 +548,14 @@ def _forward(path: str, bearer: str, login: GatewayLogin | None) -> Response:
         return pages.secure(Response("the PACS is unreachable\n", status=502, mimetype="text/plain"))
     out_headers = proxy.response_headers(upstream.headers.multi_items(), gw.upstream.base, gw.public_base)
     content_type = upstream.headers.get("content-type")
-    if proxy.needs_rewrite(content_type) and request.method != "HEAD":
+    if _is_explorer_page(path, upstream, content_type):
+        try:
+            page = upstream.read()
+        finally:
+            upstream.close()
+        resp = Response(proxy.inject_logout(page, gw.prefix + "/logout"), status=upstream.status_code,
+                        headers=out_headers)
+    elif proxy.needs_rewrite(content_type) and request.method != "HEAD":
         try:
             data = upstream.read()
         finally:
@@ -570,6 +577,14 @@ def _forward(path: str, bearer: str, login: GatewayLogin | None) -> Response:
         if length is not None and request.method != "HEAD":
             resp.headers["Content-Length"] = length
     return _harden(resp, content_type)
+
+
+def _is_explorer_page(path: str, upstream: Any, content_type: str | None) -> bool:
+    """Orthanc Explorer's page, answered in full (GET, 200, HTML, a small body): it gets the logout link."""
+    length = upstream.headers.get("content-length")
+    return (path == proxy.EXPLORER_PAGE and request.method == "GET" and upstream.status_code == 200
+            and bool(content_type) and content_type.lower().startswith("text/html")  # type: ignore[union-attr]
+            and (length is None or (length.isdigit() and int(length) <= proxy.EXPLORER_MAX_BYTES)))
 
 
 def _harden(resp: Response, content_type: str | None) -> Response:
