@@ -85,7 +85,7 @@ def archive() -> LoggedArchive:
 def _listers(archive: LoggedArchive) -> tuple[Lister, Lister]:
     """(indexed, scanning): the same archive, with and without the index."""
     resolver = StudyResolver(archive.get, archive.post)
-    indexed = Lister(archive.get, archive.post, resolver, index=StudyIndex(archive.get, resolver))
+    indexed = Lister(archive.get, archive.post, resolver, index=StudyIndex(archive.get, resolver, background=False))
     return indexed, Lister(archive.get, archive.post, StudyResolver(archive.get, archive.post))
 
 
@@ -124,7 +124,7 @@ def test_a_new_study_in_scope_appears_at_the_next_find(archive: LoggedArchive) -
 
 def test_a_deletion_rebuilds_the_index_and_a_restored_study_is_judged_anew(archive: LoggedArchive) -> None:
     resolver = StudyResolver(archive.get, archive.post)
-    index = StudyIndex(archive.get, resolver)
+    index = StudyIndex(archive.get, resolver, background=False)
     indexed = Lister(archive.get, archive.post, resolver, index=index)
     assert _find(indexed, "Study") == ["s0", "s3", "s7"]
     builds = index.builds
@@ -140,7 +140,7 @@ def test_a_deletion_rebuilds_the_index_and_a_restored_study_is_judged_anew(archi
 
 def test_a_cleared_change_log_rebuilds_the_index(archive: LoggedArchive) -> None:
     resolver = StudyResolver(archive.get, archive.post)
-    index = StudyIndex(archive.get, resolver)
+    index = StudyIndex(archive.get, resolver, background=False)
     indexed = Lister(archive.get, archive.post, resolver, index=index)
     _find(indexed, "Study")
     archive.changes.clear()
@@ -161,7 +161,7 @@ def test_a_uid_stored_under_a_covered_and_an_uncovered_study(archive: LoggedArch
 
 def test_every_result_is_still_verified_even_if_the_index_were_wrong(archive: LoggedArchive) -> None:
     resolver = StudyResolver(archive.get, archive.post)
-    index = StudyIndex(archive.get, resolver)
+    index = StudyIndex(archive.get, resolver, background=False)
     indexed = Lister(archive.get, archive.post, resolver, index=index)
     _find(indexed, "Study")
     _version, studies = index.current()  # type: ignore[misc]
@@ -197,7 +197,8 @@ def test_unrestricted_and_patient_level_are_not_narrowed(archive: LoggedArchive)
 def test_too_many_covered_studies_or_too_big_an_archive_falls_back_to_scanning(
         archive: LoggedArchive, monkeypatch: pytest.MonkeyPatch) -> None:
     resolver = StudyResolver(archive.get, archive.post)
-    small = Lister(archive.get, archive.post, resolver, index=StudyIndex(archive.get, resolver, max_studies=5))
+    index = StudyIndex(archive.get, resolver, max_studies=5, background=False)
+    small = Lister(archive.get, archive.post, resolver, index=index)
     assert _find(small, "Study") == ["s0", "s3", "s7"]
     assert all("StudyInstanceUID" not in f["Query"] for f in archive.finds)
     monkeypatch.setattr(listing, "FIND_UID_FILTER_MAX", 2)
@@ -208,7 +209,7 @@ def test_too_many_covered_studies_or_too_big_an_archive_falls_back_to_scanning(
 
 def test_a_failing_lookup_means_no_index_not_a_partial_one(archive: LoggedArchive) -> None:
     resolver = StudyResolver(archive.get, archive.post)
-    index = StudyIndex(archive.get, resolver)
+    index = StudyIndex(archive.get, resolver, background=False)
     original = archive.get
 
     def flaky(uri: str) -> Any:
@@ -227,3 +228,19 @@ def test_a_failing_lookup_means_no_index_not_a_partial_one(archive: LoggedArchiv
 
 def test_departments_of_the_fixture() -> None:
     assert DEPTS.count("Cardio") == 3
+
+
+def test_the_index_builds_in_the_background_and_the_first_query_scans(archive: LoggedArchive) -> None:
+    import time
+
+    resolver = StudyResolver(archive.get, archive.post)
+    index = StudyIndex(archive.get, resolver)
+    indexed = Lister(archive.get, archive.post, resolver, index=index)
+    assert _find(indexed, "Study", Limit=2) == ["s0", "s3"]  # answered by scanning
+    assert all("StudyInstanceUID" not in f["Query"] for f in archive.finds)
+    deadline = time.monotonic() + 5
+    while index.builds == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert index.builds == 1
+    assert _find(indexed, "Study", Limit=2) == ["s0", "s3"]
+    assert "StudyInstanceUID" in archive.finds[-1]["Query"]
