@@ -32,6 +32,16 @@ first asks the core for a probe of ``8 x (since + limit)`` matches (at least 200
 they hold enough visible results (or are all there is), else asks for the whole list
 (:meth:`Lister._find_ids`).
 
+Narrowing by the study index: at study, series and instance level, once the plugin's
+:class:`bridge.pacs.study_index.StudyIndex` (every stored study with its department, institution,
+patient and UID, kept complete through Orthanc's change log) is built, ``/tools/find`` adds
+``StudyInstanceUID: <uid>\\<uid>...`` of the studies some grant covers to the query, and the core
+filters and pages (``Limit`` = since + limit; the page is still cut here, so a UID the core answers
+for an uncovered copy too cannot shift it).  Not narrowed: patient level, a query that names
+StudyInstanceUID itself (any spelling), more than :data:`FIND_UID_FILTER_MAX` covered studies, an
+index not built yet or that cannot vouch for completeness: those are scanned as above.  No covered
+study at all: an empty answer without asking the core.  Every result is verified either way.
+
 Parameter rules for restricted tokens (stricter than the core where the core wraps or crashes):
 ``limit``/``since`` come together or not at all (as in the core), decimal integers 0..2**31-1 (the
 core wraps ``-1`` to "everything"); ``limit=0`` is an empty page (as in the core).  In
