@@ -71,6 +71,8 @@ class Gateway:
     app: Any = None
     #: the per-worker housekeeping thread (watermark reloads, the idle sweep): :mod:`.maintenance`
     maintenance: Any = None
+    #: the last watermark reload failed (logged once per outage)
+    reload_failing: bool = False
 
 
 def init_app(app: Flask, settings: Settings, service: TokenService, oauth: Any, engine: Any,
@@ -300,8 +302,15 @@ def housekeeping(gw: Gateway) -> None:
     if reload is not None:
         try:
             reload()
-        except Exception:  # the request path reloads the expired cache itself
-            log.exception("gateway: reloading the revocation watermarks failed")
+        except Exception as exc:  # the request path reloads the expired cache itself
+            if not gw.reload_failing:  # once per outage, not every second of it
+                log.warning("gateway: reloading the revocation watermarks failed (%s); retrying every "
+                            "round, requests reload the expired cache themselves", type(exc).__name__)
+            gw.reload_failing = True
+        else:
+            if gw.reload_failing:
+                log.warning("gateway: reloading the revocation watermarks works again")
+            gw.reload_failing = False
     if time.time() >= gw.next_sweep:
         with gw.app.app_context():
             sweep(gw)

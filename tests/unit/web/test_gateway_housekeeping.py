@@ -207,3 +207,20 @@ def test_a_failing_round_does_not_stop_the_thread() -> None:
         time.sleep(0.01)
     assert len(calls) >= 3 and m.running()
     del owner
+
+
+def test_a_database_outage_is_logged_once_not_every_round(g: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    store = g.service.revocations
+
+    def down() -> None:
+        raise RuntimeError("connection refused")
+
+    original = store.reload_subjects  # type: ignore[attr-defined]
+    store.reload_subjects = down  # type: ignore[attr-defined]
+    with caplog.at_level("WARNING", logger="bridge.web.gateway.views"):
+        for _ in range(5):
+            views.housekeeping(g.gw)
+        store.reload_subjects = original  # type: ignore[attr-defined]
+        views.housekeeping(g.gw)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("failed" in m for m in messages) == 1 and sum("works again" in m for m in messages) == 1
