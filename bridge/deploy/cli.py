@@ -8,6 +8,7 @@ repeating a gunicorn command line or a hand-written orthanc.json that drifts fro
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import sys
@@ -116,11 +117,15 @@ def web_cli(config_path: str | None, workers: int | None, threads: int | None, m
               help="the private key of --dicom-tls-certificate (PEM)")
 @click.option("--modality-ca", required=True, type=click.Path(dir_okay=False),
               help="the CA issuing the modalities' client certificates, and nothing else (DICOM TLS trust)")
+@click.option("--gateway-address", "gateway_addresses", multiple=True, metavar="ADDRESS[/PREFIX]",
+              help="where the bridge's browser gateway connects from (repeatable): the plugin trusts the "
+                   "workstation address the gateway sends from there only (docs/gateway.md)")
 def orthanc_config_cli(config_path: str | None, out_dir: str, bundle_dir: str, data_dir: str, name: str, aet: str,
                        http_port: int, dicom_port: int, ca_file: str | None, audit_token_file: str | None,
                        log_file: str | None, remote_access: bool, https_certificate: str,
                        dicom_tls_certificate: str, dicom_tls_key: str, modality_ca: str,
-                       storage_kek_file: str | None) -> None:
+                       storage_kek_file: str | None,
+                       gateway_addresses: tuple[str, ...] = ()) -> None:
     """Write Orthanc's hardened configuration and the plugin's settings from the bridge YAML."""
     from bridge.deploy import plugin_bundle as bundle
     from bridge.deploy.orthanc_config import (
@@ -133,6 +138,12 @@ def orthanc_config_cli(config_path: str | None, out_dir: str, bundle_dir: str, d
     )
 
     settings = load_settings(config_path)
+    for address in gateway_addresses:
+        try:
+            ipaddress.ip_network(address, strict=False)
+        except ValueError:
+            raise click.BadParameter(f"{address!r}: an IP address or network expected",
+                                     param_hint="--gateway-address") from None
     out, data = Path(out_dir), Path(data_dir)
     issuer = settings.tokens.issuer or settings.bridge.public_url
     audit = {}
@@ -141,7 +152,7 @@ def orthanc_config_cli(config_path: str | None, out_dir: str, bundle_dir: str, d
     plugin = plugin_settings(
         issuer=issuer, audience=settings.pacs.audience, ca_file=Path(ca_file) if ca_file else None,
         spool_dir=data / "audit-spool", orthanc_log_file=Path(log_file) if log_file else None, pacs_name=name,
-        mfa=settings.mfa, **audit,
+        mfa=settings.mfa, gateway_addresses=tuple(gateway_addresses), **audit,
         **({"storage_dir": data / "storage", "storage_kek_file": Path(storage_kek_file), "storage_create_key": True}
            if storage_kek_file else {}),
     )

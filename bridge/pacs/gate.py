@@ -40,7 +40,7 @@ from bridge.core.errors import VerificationError
 from bridge.core.grants import Grant
 from bridge.core.jwks import Fetch
 from bridge.core.verifier import Verifier, bearer_token, decide
-from bridge.pacs import dicomweb, listing, scopes
+from bridge.pacs import dicomweb, listing, scopes, study_index
 from bridge.pacs.audit_shipper import ACCESS_EVENTS, AuditShipper
 from bridge.pacs.plugin_config import PluginConfig
 
@@ -97,7 +97,8 @@ class Gate:
             resolver=self.resolver,
             orthanc_log_file=config.orthanc_log_file,
         )
-        self.lister = listing.Lister(rest_get, rest_post, self.resolver)
+        self.lister = listing.Lister(rest_get, rest_post, self.resolver,
+                                     index=study_index.StudyIndex(rest_get, self.resolver))
         self.proxy = dicomweb.Proxy(send, self.resolver) if send is not None else None
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None

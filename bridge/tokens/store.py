@@ -182,14 +182,26 @@ class SqlRevocationStore:
             with self._lock:
                 if time.monotonic() - self._subjects_loaded_at <= self.cache_seconds:
                     return dict(self._subjects)  # reloaded by another thread meanwhile
-                with session(self.engine) as s:
-                    rows = s.execute(
-                        select(SubjectRevocation.subject_id, SubjectRevocation.not_before, SubjectRevocation.exp)
-                        .where(SubjectRevocation.exp >= datetime.now(UTC))
-                    ).all()
-                self._subjects = {sub: (int(nb.timestamp()), int(ex.timestamp())) for sub, nb, ex in rows}
-                self._subjects_loaded_at = time.monotonic()
+                self._load_subjects()
         return dict(self._subjects)
+
+    def reload_subjects(self) -> None:
+        """Read the watermarks now, whatever the cache's age: a background refresher (the gateway's,
+        bridge/web/gateway/maintenance.py) calls this before the cache expires, so no request waits on
+        the query.  Under the lock, like :meth:`subjects`: a same-process :meth:`revoke_subject` that
+        commits meanwhile still resets the cache after this read."""
+        with self._lock:
+            self._load_subjects()
+
+    def _load_subjects(self) -> None:
+        """The watermarks from the database into the cache (the caller holds the lock)."""
+        with session(self.engine) as s:
+            rows = s.execute(
+                select(SubjectRevocation.subject_id, SubjectRevocation.not_before, SubjectRevocation.exp)
+                .where(SubjectRevocation.exp >= datetime.now(UTC))
+            ).all()
+        self._subjects = {sub: (int(nb.timestamp()), int(ex.timestamp())) for sub, nb, ex in rows}
+        self._subjects_loaded_at = time.monotonic()
 
     def watermark(self, subjects: Iterable[str]) -> int | None:
         """The highest live watermark of any of ``subjects``, read from the database now (no cache).

@@ -50,6 +50,7 @@ DEFAULTS = {
 IPV6_PREFIX = 64
 EXTENSION = "pacs_bridge_limiter"
 _MARK = "_pacs_bridge_rate_limit"
+_EXEMPT = "_pacs_bridge_rate_limit_exempt"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -67,6 +68,13 @@ def limit(name: str) -> Callable[[F], F]:
         return view
 
     return mark
+
+
+def exempt(view: F) -> F:
+    """Mark a view the limiter must not even look at (the gateway's proxy, which has no limit of its
+    own: without the mark, Flask-Limiter still resolves the route's limits on every request)."""
+    setattr(view, _EXEMPT, True)
+    return view
 
 
 def app_config(web: WebSection) -> dict[str, Any]:
@@ -98,6 +106,9 @@ def init_app(app: Flask) -> Limiter:
     limiter = Limiter(key_func=rate_key, default_limits=[])
     limiter.init_app(app)
     for endpoint, view in list(app.view_functions.items()):
+        if getattr(view, _EXEMPT, False):
+            limiter.exempt(view)
+            continue
         name = getattr(view, _MARK, None)
         if name is not None:
             # one budget per group and client: /login, /oidc/callback and /logout draw on the same one

@@ -19,6 +19,7 @@ Orthanc's internal address; they are rewritten to ``<public URL><prefix>``.
 from __future__ import annotations
 
 import json
+import re
 import ssl
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -115,6 +116,30 @@ def rewrite_json(body: bytes, upstream_base: str, public_base: str) -> bytes:
         return node
 
     return json.dumps(walk(doc), separators=(",", ":")).encode()
+
+
+#: the Orthanc page that gets the gateway's logout link (Orthanc Explorer's one HTML page)
+EXPLORER_PAGE = "/app/explorer.html"
+#: the explorer page is read whole to add the link only up to this size (it is about 30 KB)
+EXPLORER_MAX_BYTES = 1024 * 1024
+_BODY_TAG = re.compile(rb"<body\b[^>]*>", re.IGNORECASE)
+
+
+def logout_link(logout_path: str) -> bytes:
+    """A plain link to the gateway's logout form, fixed in the page's top right corner: no script (the
+    page's CSP allows inline styles, not needed here beyond the attribute), a name for screen readers."""
+    return (f'<a href="{logout_path}" id="pacs-gateway-logout" aria-label="Log out of the PACS" '
+            'style="position:fixed;top:4px;right:8px;z-index:100000;padding:4px 10px;background:#fff;'
+            'color:#0645ad;border:1px solid #888;border-radius:4px;font:14px sans-serif">Log out</a>').encode()
+
+
+def inject_logout(page: bytes, logout_path: str) -> bytes:
+    """Orthanc Explorer's page with the logout link right after its ``<body>`` tag (issue 11: a visible
+    logout wherever staff work); a page without a ``<body>`` tag is returned unchanged."""
+    tag = _BODY_TAG.search(page)
+    if tag is None:
+        return page
+    return page[:tag.end()] + logout_link(logout_path) + page[tag.end():]
 
 
 def needs_rewrite(content_type: str | None) -> bool:

@@ -38,8 +38,9 @@ from bridge.tokens.service import IssuedToken, TokenService
 from bridge.web.client import client_address
 from bridge.web.gateway import pages, proxy, rules
 from bridge.web.gateway.keycloak import KeycloakEnded, KeycloakSessions
+from bridge.web.gateway.maintenance import Maintenance
 from bridge.web.gateway.sessions import GatewayLogin, SessionStore, Tokens
-from bridge.web.limits import limit
+from bridge.web.limits import exempt, limit
 
 EXTENSION = "pacs_bridge_gateway"
 #: the session cookie: ``__Host-`` (Secure, Path=/, no Domain: only this exact origin may set it)
@@ -66,6 +67,12 @@ class Gateway:
     #: refusals of the gateway itself, audited a sample at a time (anyone can send them: bounded)
     refusals: Any = None
     next_sweep: float = 0.0
+    #: the app (the housekeeping thread audits and calls Keycloak inside its context)
+    app: Any = None
+    #: the per-worker housekeeping thread (watermark reloads, the idle sweep): :mod:`.maintenance`
+    maintenance: Any = None
+    #: the last watermark reload failed (logged once per outage)
+    reload_failing: bool = False
 
 
 def init_app(app: Flask, settings: Settings, service: TokenService, oauth: Any, engine: Any,
@@ -90,6 +97,9 @@ def init_app(app: Flask, settings: Settings, service: TokenService, oauth: Any, 
         csrf_key=hashlib.sha256(b"gateway csrf\0"
                                 + settings.bridge.session_secret.get_secret_value().encode()).digest(),
     )
+    gw.app = app
+    gw.next_sweep = time.time() + SWEEP_EVERY_SECONDS  # the first sweep a minute after start, as every later one
+    gw.maintenance = Maintenance(housekeeping, _housekeeping_period(service))
     gw.refusals = SampledRejections(
         lambda details: service.audit(AuditEventType.ACCESS_DENIED, {"client_id": CLIENT_ID, **details}), "gateway")
     app.extensions[EXTENSION] = gw
@@ -299,10 +309,39 @@ def _end(login: GatewayLogin, reason: str, *, end_keycloak: bool) -> None:
 SWEEP_EVERY_SECONDS = 60.0
 
 
+def _housekeeping_period(service: TokenService) -> float:
+    """How often the housekeeping thread runs: twice per life of the watermark cache, so the cache
+    is reloaded before a request could find it expired (1 s for the default 2 s cache)."""
+    cache = float(getattr(service.revocations, "cache_seconds", 0) or 0)
+    return min(1.0, max(0.2, cache / 2)) if cache > 0 else 1.0
+
+
+def housekeeping(gw: Gateway) -> None:
+    """One round of the housekeeping thread: reload the subject watermarks (before the request
+    path would have to), and sweep when a minute has passed.  Each part fails on its own."""
+    reload = getattr(gw.service.revocations, "reload_subjects", None)
+    if reload is not None:
+        try:
+            reload()
+        except Exception as exc:  # the request path reloads the expired cache itself
+            if not gw.reload_failing:  # once per outage, not every second of it
+                log.warning("gateway: reloading the revocation watermarks failed (%s); retrying every "
+                            "round, requests reload the expired cache themselves", type(exc).__name__)
+            gw.reload_failing = True
+        else:
+            if gw.reload_failing:
+                log.warning("gateway: reloading the revocation watermarks works again")
+            gw.reload_failing = False
+    if time.time() >= gw.next_sweep:
+        with gw.app.app_context():
+            sweep(gw)
+
+
 def sweep(gw: Gateway, now: float | None = None) -> int:
     """End sessions past their idle or absolute limit that nobody came back to: their Keycloak
     sessions are ended too, so a walk-up to the unattended workstation meets the password form
-    even without the old cookie.  At most once a minute per worker, on a request's way through."""
+    even without the old cookie.  At most once a minute per worker, in the housekeeping thread
+    (never on a request's way: it may call Keycloak once per session it ends)."""
     now = time.time() if now is None else now
     if now < gw.next_sweep:
         return 0
@@ -321,10 +360,7 @@ def sweep(gw: Gateway, now: float | None = None) -> int:
 def _current(activity: bool) -> GatewayLogin | Response:
     """The live session of this request (renewed if due), or the response that replaces it."""
     gw = _gw()
-    try:
-        sweep(gw)
-    except Exception:  # the sweep is housekeeping: it must never fail the user's request
-        log.exception("gateway: sweeping idle sessions failed")
+    gw.maintenance.ensure_running(gw)  # watermarks and the idle sweep, off this request's path
     raw = request.cookies.get(COOKIE)
     login = gw.store.get(raw)
     if login is None:
@@ -338,7 +374,8 @@ def _current(activity: bool) -> GatewayLogin | Response:
         return _login_needed(force=True)
     claims = _token_claims(login.tokens.pacs_token)
     # the subject watermarks as the PACS sees them (the revocation list, cached a few seconds per
-    # worker): a leaver or a role removal is noticed within that interval, without a query per request
+    # worker and reloaded ahead of time by the housekeeping thread): a leaver or a role removal is
+    # noticed within that interval, without a query on this request's path
     marks = gw.service.revocations.subjects()
     mark = max((marks[s][0] for s in (login.subject_id, login.kc_sub) if s in marks), default=None)
     changed = mark is not None and float(claims.get("iat", 0)) <= mark
@@ -517,6 +554,7 @@ def _preflight(path: str) -> Response:
     return resp
 
 
+@exempt  # no rate limit of its own (a viewer fetches hundreds of images a minute): skip the limiter's lookups
 def _proxy(rest: str) -> Response:
     gw = _gw()
     path = rules.upstream_path(rest)
@@ -556,7 +594,14 @@ def _forward(path: str, bearer: str, login: GatewayLogin | None) -> Response:
         return pages.secure(Response("the PACS is unreachable\n", status=502, mimetype="text/plain"))
     out_headers = proxy.response_headers(upstream.headers.multi_items(), gw.upstream.base, gw.public_base)
     content_type = upstream.headers.get("content-type")
-    if proxy.needs_rewrite(content_type) and request.method != "HEAD":
+    if _is_explorer_page(path, upstream, content_type):
+        try:
+            page = upstream.read()
+        finally:
+            upstream.close()
+        resp = Response(proxy.inject_logout(page, gw.prefix + "/logout"), status=upstream.status_code,
+                        headers=out_headers)
+    elif proxy.needs_rewrite(content_type) and request.method != "HEAD":
         try:
             data = upstream.read()
         finally:
@@ -578,6 +623,14 @@ def _forward(path: str, bearer: str, login: GatewayLogin | None) -> Response:
         if length is not None and request.method != "HEAD":
             resp.headers["Content-Length"] = length
     return _harden(resp, content_type)
+
+
+def _is_explorer_page(path: str, upstream: Any, content_type: str | None) -> bool:
+    """Orthanc Explorer's page, answered in full (GET, 200, HTML, a small body): it gets the logout link."""
+    length = upstream.headers.get("content-length")
+    return (path == proxy.EXPLORER_PAGE and request.method == "GET" and upstream.status_code == 200
+            and bool(content_type) and content_type.lower().startswith("text/html")  # type: ignore[union-attr]
+            and (length is None or (length.isdigit() and int(length) <= proxy.EXPLORER_MAX_BYTES)))
 
 
 def _harden(resp: Response, content_type: str | None) -> Response:

@@ -118,6 +118,44 @@ def test_proxied_html_gets_a_csp_and_nosniff(g: Gateway) -> None:
     assert r.headers["X-Content-Type-Options"] == "nosniff"
 
 
+EXPLORER = (b'<!DOCTYPE html>\n<html><head><title>Orthanc Explorer</title></head>\n'
+            b'<BODY class="x">\n<div data-role="page" id="lookup">find</div></body></html>')
+
+
+def test_orthanc_explorer_gets_a_visible_logout_link(g: Gateway) -> None:
+    """Issue 11, "Visible logout": the explorer page carries a link to the gateway's logout form
+    (a plain link: no script, allowed by the page's CSP), labelled for screen readers."""
+    g.log_in()
+    g.orthanc.handler = lambda req: httpx.Response(200, content=EXPLORER, headers={
+        "Content-Type": "text/html", "Content-Length": str(len(EXPLORER))})
+    r = g.get(f"{PREFIX}/app/explorer.html")
+    page = r.get_data(as_text=True)
+    assert r.status_code == 200 and f'href="{PREFIX}/logout"' in page and "Log out" in page
+    assert page.index("Log out") > page.index('<BODY class="x">') and 'aria-label=' in page
+    assert page.index("Log out") < page.index('data-role="page"')
+    assert int(r.headers["Content-Length"]) == len(r.get_data())
+    assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+    assert "<script" not in page.lower()
+
+
+@pytest.mark.parametrize("path,ctype,body", [
+    ("/app/explorer.js", "application/javascript", EXPLORER),  # not the page
+    ("/app/other.html", "text/html", EXPLORER),  # another page
+    ("/app/explorer.html", "text/plain", EXPLORER),  # not HTML
+    ("/app/explorer.html", "text/html", b"<html>no body tag</html>"),
+])
+def test_nothing_else_is_rewritten(g: Gateway, path: str, ctype: str, body: bytes) -> None:
+    g.log_in()
+    g.orthanc.handler = lambda req: httpx.Response(200, content=body, headers={"Content-Type": ctype})
+    assert g.get(f"{PREFIX}{path}").get_data() == body
+
+
+def test_the_logout_link_is_not_injected_into_a_head_or_an_error(g: Gateway) -> None:
+    g.log_in()
+    g.orthanc.handler = lambda req: httpx.Response(404, content=EXPLORER, headers={"Content-Type": "text/html"})
+    assert g.get(f"{PREFIX}/app/explorer.html").get_data() == EXPLORER
+
+
 # --------------------------------------------------------------------------- streaming
 
 
