@@ -7,8 +7,9 @@ the trail's facts from :mod:`bridge.review.facts`, Keycloak's accounts and role 
 Flags (docs/governance.md):
 
 ``dormant``        holds a role, and neither logged in nor used the PACS for ``dormant_days``
-``orphan``         an account in Keycloak or an assignment in the bridge's store whose person is not
-                   in the directory (or a Keycloak account that is not federated from it)
+``orphan``         an account in Keycloak, in a SCIM-provisioned PACS, or an assignment in the
+                   bridge's store whose person is not in the directory (or a Keycloak account that
+                   is not federated from it)
 ``disabled``       disabled in the directory, yet still present in Keycloak or holding an assignment
 ``sod``            the policy's separation-of-duty conflicts (``warn``: roles held; ``deny``: withheld)
 ``privileged``     holds a role with administration, deletion, settings or audit-log rights
@@ -168,7 +169,8 @@ def build_review(snapshot: DirectorySnapshot, policy: Policy, *, assignments: It
                  activity: Mapping[str, Activity], hand: Iterable[HandAssignment] = (),
                  keycloak: KeycloakFacts | None = None, scope_checks: Mapping[str, ScopeCheck] | None = None,
                  excepted: Mapping[tuple[str, str], str] | None = None, dormant_days: int = 90,
-                 now: dt.datetime | None = None) -> Review:
+                 now: dt.datetime | None = None,
+                 target_accounts: Mapping[str, Mapping[str, str]] | None = None) -> Review:
     """The review of every user (see the module docstring for the flags)."""
     if policy.reviewers is None:
         raise ValueError("the policy has no reviewers: section; an access review needs one")
@@ -238,6 +240,14 @@ def build_review(snapshot: DirectorySnapshot, policy: Policy, *, assignments: It
         for role, members in kc.role_members.items():
             if sid in members and not any(i.role == role for i in u.items):
                 u.items.append(Item(sid, acc.username, "", role, "keycloak-console"))
+    for target, accounts in (target_accounts or {}).items():  # a PACS provisioned over SCIM
+        for sid, username in accounts.items():
+            if sid in snapshot.users:
+                continue
+            u = user(sid, username)
+            u.flags.add("orphan")
+            u.evidence.setdefault("orphan", []).append(
+                {"where": target, "username": username, "why": "its directory id is not in the directory"})
     for sid, rows in stored.items():
         if sid in snapshot.users:
             continue

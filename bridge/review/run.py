@@ -34,7 +34,8 @@ def previous_start(engine: Engine) -> str | None:
 
 
 def compute(engine: Engine, snapshot: Any, policy: Any, *, issuer: str, keycloak: KeycloakFacts | None,
-            dormant_days: int, now: dt.datetime | None = None) -> Review:
+            dormant_days: int, now: dt.datetime | None = None,
+            target_accounts: dict[str, dict[str, str]] | None = None) -> Review:
     """The review from the store and the given snapshot/Keycloak facts (SQL aggregation for the trail)."""
     from bridge.review import exceptions
 
@@ -44,7 +45,7 @@ def compute(engine: Engine, snapshot: Any, policy: Any, *, issuer: str, keycloak
     excepted = {k: e.describe() for k, e in exceptions.by_key(engine, now).items()}
     review = build_review(snapshot, policy, assignments=assignments, activity=facts.activity(engine),
                           hand=facts.hand_assignments(engine, since), keycloak=keycloak, excepted=excepted,
-                          dormant_days=dormant_days, now=now)
+                          dormant_days=dormant_days, now=now, target_accounts=target_accounts)
     scoped = scoped_departments(policy, review.users)
     checks = facts.out_of_scope(engine, scoped, [issuer])
     for sid, check in checks.items():
@@ -83,6 +84,23 @@ def run_review(settings: Any, *, started_by: str, policy_path: str | None = None
     except NoAdminCredentials:
         log.warning("review: keycloak.admin_password not set; Keycloak accounts and role members not reviewed")
     review = compute(services.engine, snapshot, policy, issuer=bridge_issuer(settings), keycloak=kc,
-                     dormant_days=settings.review.dormant_days)
+                     dormant_days=settings.review.dormant_days, target_accounts=_target_accounts(settings))
     return campaign.start(services.engine, review, started_by=started_by, deadline_days=settings.review.deadline_days,
                           policy_source=str(path), audit=services.audit_store)
+
+
+def _target_accounts(settings: Any) -> dict[str, dict[str, str]]:
+    """The accounts of the PACS targets the sync provisions besides Keycloak and the store: a SCIM
+    PACS's Users by their ``externalId`` (the directory id), for the orphan flag."""
+    if "scim" not in settings.sync.targets:
+        return {}
+    from bridge import scim_client
+
+    client = scim_client.from_settings(settings)
+    if client is None:
+        return {}
+    try:
+        return {"scim": client.accounts()}
+    except scim_client.ScimError as exc:  # the review still runs; the gap is said
+        log.warning("review: the SCIM PACS's accounts could not be read (%s); SCIM orphans not reviewed", exc)
+        return {}

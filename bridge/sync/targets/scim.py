@@ -6,17 +6,16 @@ rename is a PATCH of userName, never a new account); each managed role is one SC
 left alone); membership changes are PATCH operations on the group; a leaver's User is set
 ``active: false``.
 
-Why plain httpx and not a generated client: the bridge needs five requests, and keeping them
-visible here makes the wire format easy to check against RFC 7644 and the PACS's logs.
+Why plain HTTP (bridge/scim_client.py) and not a generated client: the bridge needs five requests,
+and keeping them visible here makes the wire format easy to check against RFC 7644 and the PACS's logs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
 from bridge.policy.model import Role
+from bridge.scim_client import ScimClient, ScimError, ScimUnreachable
 from bridge.sync.model import ActualState, Change, DesiredState, Leaver
 from bridge.sync.targets.base import Target, TargetError
 
@@ -24,47 +23,33 @@ USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
 PATCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 MARKER = "pacs-bridge:role:"
-PAGE = 200
 
 
 class ScimTarget(Target):
     name = "scim"
 
     def __init__(self, url: str, token: str, *, verify: str | bool = True, timeout: float = 30):
-        self.http = httpx.Client(base_url=url.rstrip("/"), verify=verify, timeout=timeout,
-                                 headers={"Authorization": f"Bearer {token}",
-                                          "Content-Type": "application/scim+json",
-                                          "Accept": "application/scim+json"})
+        self.client = ScimClient(url, token, verify=verify, timeout=timeout)
         self._groups: dict[str, str] = {}  # role -> SCIM group id
         self._users: dict[str, str] = {}   # stable id -> SCIM user id
 
     def _req(self, method: str, path: str, **kw: Any) -> Any:
         try:
-            r = self.http.request(method, path, **kw)
-        except httpx.HTTPError as exc:
-            raise TargetError(f"scim {self.http.base_url}{path}: {exc}") from exc
-        if r.status_code >= 400:
-            detail = r.text[:300]
-            raise RuntimeError(f"scim {method} {path}: HTTP {r.status_code} {detail}")
-        return r.json() if r.content else None
+            return self.client.request(method, path, **kw)
+        except ScimUnreachable as exc:
+            raise TargetError(str(exc)) from exc
 
     def _all(self, path: str) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        start = 1
-        while True:
-            page = self._req("GET", path, params={"startIndex": start, "count": PAGE})
-            res = page.get("Resources") or []
-            out.extend(res)
-            total = int(page.get("totalResults", len(out)))
-            if not res or len(out) >= total:
-                return out
-            start += len(res)
+        try:
+            return self.client.all(path)
+        except ScimUnreachable as exc:
+            raise TargetError(str(exc)) from exc
 
     def read(self, desired: DesiredState) -> ActualState:
         try:
             users = self._all("/Users")
             groups = self._all("/Groups")
-        except RuntimeError as exc:
+        except ScimError as exc:
             raise TargetError(str(exc)) from exc
         by_scim = {}
         names = {}

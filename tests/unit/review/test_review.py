@@ -339,3 +339,36 @@ def test_webhook_is_off_without_a_url_and_signs_with_the_secret(tmp_path: Path) 
     assert webhook(load_config()) is None
     body = b'{"count": 1}'
     assert sign("k", body) == "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()
+
+
+def test_a_scim_pacs_account_of_someone_the_directory_does_not_know_is_an_orphan() -> None:
+    known = next(iter(snapshot().users))
+    review = build_review(snapshot(), POLICY, assignments=[], activity={},
+                          target_accounts={"scim": {"u-left-2019": "old.olga", known: "still.here"}})
+    assert "orphan" in review.users["u-left-2019"].flags
+    assert review.users["u-left-2019"].evidence["orphan"][0]["where"] == "scim"
+    assert "orphan" not in (review.users[known].flags if known in review.users else set())
+
+
+def test_the_scim_client_pages_and_keys_accounts_by_external_id() -> None:
+    import httpx
+
+    from bridge.scim_client import ScimClient, ScimError
+
+    users = [{"id": str(i), "externalId": f"GUID-{i}", "userName": f"u{i}"} for i in range(5)] + [{"id": "x"}]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.headers["Authorization"] == "Bearer t0k"
+        start, count = int(request.url.params["startIndex"]), 2
+        page = users[start - 1:start - 1 + count]
+        return httpx.Response(200, json={"totalResults": len(users), "Resources": page})
+
+    client = ScimClient("https://scim.test/v2", "t0k")
+    client.http = httpx.Client(base_url="https://scim.test/v2", transport=httpx.MockTransport(handler),
+                               headers=client.http.headers)
+    assert client.accounts() == {f"guid-{i}": f"u{i}" for i in range(5)}
+    failing = ScimClient("https://scim.test/v2", "t0k")
+    failing.http = httpx.Client(base_url="https://scim.test/v2",
+                                transport=httpx.MockTransport(lambda r: httpx.Response(403, text="no")))
+    with pytest.raises(ScimError, match="HTTP 403"):
+        failing.accounts()
