@@ -195,6 +195,27 @@ def _permissions(value: Any) -> frozenset[Permission]:
         raise ShareError(400, "invalid_request", f"permissions: unknown permission in {names!r}") from None
 
 
+#: wrong passcodes over all sources, as a multiple of the per-source limit, that lock a whole share
+#: until the sharer issues a new passcode (many addresses guessing the same share)
+SHARE_WIDE_FACTOR = 4
+
+
+def source_key(address: str | None) -> str:
+    """Where passcode attempts are counted: the client address, an IPv6 address by its /64 (one
+    host can take any address of its /64), an IPv4-mapped IPv6 address as the IPv4 address."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address((address or "").strip())
+    except ValueError:
+        return (address or "unknown")[:128]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 @dataclass
 class ShareService:
     store: ShareStore
@@ -212,6 +233,10 @@ class ShareService:
     lockout_failures: int = 5
     #: processes de-identifying an export in parallel (0: in the request's thread)
     deidentify_workers: int = 0
+    #: the policy's roles that hold ``share``: an internal share lives only while its sharer still
+    #: holds one of them (a sharer who lost the role must not keep access through a share); None:
+    #: not checked (unit tests of other rules)
+    share_roles: frozenset[str] | None = None
     clock: Callable[[], float] = time.time
     _verifier: Verifier | None = field(default=None, repr=False)
 
@@ -273,6 +298,9 @@ class ShareService:
         if len(study_uid) > 64 or not UID.match(study_uid):
             raise ShareError(400, "invalid_request", "study_uid: not a DICOM UID")
         recipient = self._recipient(sharer, body.get("recipient"))
+        if isinstance(recipient, InternalUser) and recipient.id == sharer.subject:
+            # a share to oneself would outlive one's own role (a grant that no sync removes)
+            raise ShareError(400, "invalid_request", "recipient: you cannot share a study with yourself")
         request = ShareRequest(
             purpose=_text(body, "purpose") or "", legal_basis=_text(body, "legal_basis") or "",
             lifetime_seconds=_lifetime(body.get("lifetime")), max_uses=self._uses(body.get("max_uses")),
@@ -428,7 +456,13 @@ class ShareService:
         """The live internal shares of ``subject`` (a user, or a group the sync records them in), each
         a grant of kind ``share`` on its one study, ending with the share (the PACS enforces ``exp``)."""
         out = []
+        sharers: dict[str, bool] = {}
         for rec in self.store.live_internal(str(subject.id), self.now()):
+            if self.share_roles is not None:
+                if rec.created_by not in sharers:
+                    sharers[rec.created_by] = self.store.holds_any_role(rec.created_by, self.share_roles)
+                if not sharers[rec.created_by]:
+                    continue  # the sharer no longer holds `share` (role removed, leaver): the share is void
             perms = frozenset(p.value for p in expand([Permission(p) for p in rec.permissions]))
             out.append(grants_mod.Grant(perms, studies=frozenset({rec.study_uid}), kind="share",
                                         exp=int(rec.expires_at.timestamp())))
@@ -438,7 +472,7 @@ class ShareService:
 
     def open(self, link: str, passcode: str, address: str) -> tuple[ShareRecord, str, int]:
         """Link + passcode -> (share, share token, its lifetime); ShareError otherwise (audited)."""
-        source = (address or "unknown")[:128]
+        source = source_key(address)
         rec = self.store.by_link(link) if isinstance(link, str) and 20 <= len(link) <= 64 else None
         if rec is None:
             self._audit(AuditEventType.SHARE_PASSCODE_FAILED, None, actor=self._recipient_actor(None, address),
@@ -446,7 +480,11 @@ class ShareService:
             raise ShareError(404, "not_found", "this share link is not valid")
         actor = self._recipient_actor(rec, address)
         now = self.now()
-        if self.store.failures(rec.id, source) >= self.lockout_failures:
+        # the attempt is counted BEFORE the passcode is checked: guesses sent in parallel each take a
+        # slot (checked first, then counted, all of them would be tried); the right passcode gives
+        # its slot back.  Per source (an IPv6 /64 is one source) and per share over all sources.
+        n = self.store.fail(rec.id, source, now)
+        if n > self.lockout_failures or self.store.total_failures(rec.id) > self.lockout_failures * SHARE_WIDE_FACTOR:
             self._audit(AuditEventType.SHARE_PASSCODE_FAILED, rec, actor=actor, reason="locked out")
             raise ShareError(429, "locked", "too many wrong passcodes from this address; ask the sender for a "
                              "new passcode")
@@ -455,13 +493,13 @@ class ShareService:
             self._audit(AuditEventType.ACCESS_DENIED, rec, actor=actor, reason=f"share {state}")
             raise ShareError(410, "share_ended", f"this share is no longer available ({state})")
         if not check_passcode(passcode, rec.passcode_hash):
-            n = self.store.fail(rec.id, source, now)
             self._audit(AuditEventType.SHARE_PASSCODE_FAILED, rec, actor=actor, failures=n)
             if n >= self.lockout_failures:
                 self._audit(AuditEventType.SHARE_LOCKED_OUT, rec, actor=actor, failures=n)
                 raise ShareError(429, "locked", "too many wrong passcodes from this address; ask the sender for "
                                  "a new passcode")
             raise ShareError(401, "wrong_passcode", "wrong passcode")
+        self.store.forgive(rec.id, source)  # the right passcode: this attempt was no guess
         if not self.store.use(rec.id, now):
             fresh = self.store.get(rec.id) or rec
             self._audit(AuditEventType.ACCESS_DENIED, fresh, actor=actor, reason=f"share {fresh.state(now)}")
@@ -700,7 +738,10 @@ def from_settings(settings: Any, engine: Any, ring: KeyRing, append: Callable[[A
     from bridge.policy.loader import load_policy
 
     policy_file = settings.sync.policy_file
-    policy = load_policy(policy_file).sharing if policy_file else None
+    full = load_policy(policy_file) if policy_file else None
+    policy = full.sharing if full is not None else None
+    share_roles = frozenset(name for name, role in full.roles.items()
+                            if Permission.SHARE in expand(list(role.permissions))) if full is not None else None
     url = settings.pacs.orthanc_url or settings.gateway.orthanc_url
     # the CA that goes with the URL used (pacs.ca_file for pacs.orthanc_url)
     ca = settings.pacs.ca_file if settings.pacs.orthanc_url else settings.gateway.orthanc_ca_file
@@ -712,4 +753,4 @@ def from_settings(settings: Any, engine: Any, ring: KeyRing, append: Callable[[A
         issuer=settings.tokens.issuer or settings.bridge.public_url, pacs_audience=settings.pacs.audience,
         share_audience=audience, link_base=audience, append=append,
         session_seconds=settings.sharing.session_minutes * 60, lockout_failures=settings.sharing.lockout_failures,
-        deidentify_workers=settings.sharing.deidentify_workers)
+        deidentify_workers=settings.sharing.deidentify_workers, share_roles=share_roles)

@@ -194,6 +194,22 @@ class ShareStore:
                 SharePasscodeFailure.share_id == share_id, SharePasscodeFailure.source == source)).scalar()
             return int(n or 0)
 
+    def total_failures(self, share_id: str) -> int:
+        """Wrong passcodes (and attempts being checked) of a share over every source."""
+        from sqlalchemy import func
+
+        with self.engine.connect() as conn:
+            n = conn.execute(select(func.coalesce(func.sum(SharePasscodeFailure.failures), 0)).where(
+                SharePasscodeFailure.share_id == share_id)).scalar()
+            return int(n or 0)
+
+    def forgive(self, share_id: str, source: str) -> None:
+        """Give back the slot an attempt took (it had the right passcode)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(SharePasscodeFailure).where(
+                SharePasscodeFailure.share_id == share_id, SharePasscodeFailure.source == source,
+                SharePasscodeFailure.failures > 0).values(failures=SharePasscodeFailure.failures - 1))
+
     def fail(self, share_id: str, source: str, now: dt.datetime) -> int:
         """Count one wrong passcode from ``source``; the new count."""
         with self.engine.begin() as conn:
@@ -243,6 +259,15 @@ class ShareStore:
                 if dn and normalize_dn(dn) == group_dn:
                     return True
         return False
+
+    def holds_any_role(self, subject_id: str, roles: frozenset[str]) -> bool:
+        """Does ``subject_id`` hold one of ``roles`` now (an assignment row, managed or by hand)?"""
+        if not roles:
+            return False
+        with connection(self.engine) as conn:
+            return conn.execute(select(RoleAssignment.id).where(
+                RoleAssignment.subject_id == subject_id, RoleAssignment.role.in_(sorted(roles))).limit(1)).first() \
+                is not None
 
     def user(self, key: str) -> tuple[str, str, set[str]] | None:
         """(directory id, username, group DNs) of a user the sync knows, by directory id or username."""

@@ -22,6 +22,7 @@ from bridge.core import audit_events as ev
 from bridge.core.audit_codes import AuditEventType, Outcome
 from bridge.directory.model import DirectorySnapshot, DirectoryUnavailable
 from bridge.directory.reader import DirectoryReader
+from bridge.errors import UnavailableError
 from bridge.policy.model import Policy
 from bridge.store import lease
 from bridge.store.db import session, write_session
@@ -113,16 +114,23 @@ class SyncRunner:
 
     def _review_exceptions(self) -> dict[tuple[str, str], Any]:
         """Assignments revoked in an access review (bridge/review/exceptions.py), applied on every run."""
+        from sqlalchemy import inspect
         from sqlalchemy.exc import DBAPIError
 
         from bridge.review import exceptions
 
         try:
+            if not inspect(self.engine).has_table("review_exceptions"):
+                # a store migrated before the review tables: no review ran, no exception exists
+                log.warning("sync: the store has no review tables (run `pacs-bridge db upgrade`); "
+                            "no review exception applied")
+                return {}
             return dict(exceptions.by_key(self.engine))
-        except DBAPIError:  # a store migrated before the review tables: no review, no exception
-            log.warning("sync: the store has no review tables (run `pacs-bridge db upgrade`); "
-                        "no review exception applied")
-            return {}
+        except DBAPIError as exc:
+            # never plan without them: a locked or dropped database would give back every role a
+            # reviewer revoked; the run fails and the next one retries
+            raise UnavailableError(f"sync: cannot read the access review's exceptions ({type(exc).__name__}); "
+                                   "nothing applied") from None
 
     def _previous_users(self) -> int | None:
         with session(self.engine) as s:
@@ -171,6 +179,9 @@ class SyncRunner:
                 snap, desired, _actuals, plan, errors = self.compute(full=full, progress=progress)
             except DirectoryUnavailable as exc:
                 report.status, report.errors = "failed", [{"error": f"directory unavailable: {exc}"}]
+                return report
+            except UnavailableError as exc:  # the review's exceptions unreadable: never plan without them
+                report.status, report.errors = "failed", [{"error": str(exc)}]
                 return report
             report.plan, report.errors = plan, errors
             if snap is previous and not full:

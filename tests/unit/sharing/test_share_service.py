@@ -458,3 +458,70 @@ def test_worker_processes_give_the_same_files_as_inline(env):
     pooled = env["client"].get("/share/s/study.zip").data
     read = lambda data: {n: z.read(n) for z in [zipfile.ZipFile(io.BytesIO(data))] for n in z.namelist()}  # noqa: E731
     assert read(inline) == read(pooled) and len(read(pooled)) == 3
+
+
+# ---- found by the attack review (each failed before its fix)
+
+
+def test_a_share_to_oneself_is_refused(env: Any) -> None:
+    """A share to oneself would be a grant no sync removes: it outlived the sharer's own role."""
+    liam = mint(env, sub="sub-liam", roles=("radiologist",))
+    r = create(env, internal(recipient={"type": "user", "username": "card.liam"}, lifetime="14d"), token=liam)
+    assert r.status_code == 400 and "yourself" in r.json["error_description"]
+
+
+def test_a_share_ends_when_its_sharer_loses_the_role_that_holds_share(env: Any) -> None:
+    """rad.alice (radiologist: holds share) shares with card.liam; the sync then removes alice's
+    role: the share must stop granting anything at liam's next token."""
+    from sqlalchemy import delete
+
+    from bridge.store.models import RoleAssignment
+
+    env["shares"].share_roles = frozenset({"radiologist"})  # what from_settings derives from the policy
+    r = create(env, internal())
+    assert r.status_code == 201, r.json
+    assert share_grants(env, "sub-liam")  # live while the sharer holds `share`
+    with env["shares"].store.engine.begin() as c:
+        c.execute(delete(RoleAssignment).where(RoleAssignment.subject_id == "sub-alice"))
+    assert share_grants(env, "sub-liam") == []
+
+
+def test_parallel_wrong_passcodes_from_one_address_are_each_counted_first(env: Any, monkeypatch: Any) -> None:
+    """Checked first and counted after, ten parallel guesses were all tried; counted first, at most
+    the limit are."""
+    import contextlib
+    import threading
+
+    import bridge.sharing.service as service_mod
+
+    r = create(env, external())
+    assert r.status_code == 201, r.json
+    link = r.json["link"].rsplit("/", 1)[1]
+    svc = env["shares"]
+    tried: list[str] = []
+    real_check = service_mod.check_passcode
+
+    def counting(p: str, h: str) -> bool:
+        tried.append(p)
+        return real_check(p, h)
+
+    monkeypatch.setattr(service_mod, "check_passcode", counting)
+
+    def one(i: int) -> None:
+        with contextlib.suppress(service_mod.ShareError):
+            svc.open(link, f"WRONG-{i:04d}-XXXX", "203.0.113.7")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(tried) <= svc.lockout_failures
+
+
+def test_an_ipv6_client_cannot_hop_addresses_within_its_64() -> None:
+    from bridge.sharing.service import source_key
+
+    assert source_key("2001:db8:1:2::1") == source_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert source_key("::ffff:203.0.113.7") == source_key("203.0.113.7") == "203.0.113.7"
+    assert source_key("2001:db8:1:3::1") != source_key("2001:db8:1:2::1")
