@@ -138,7 +138,9 @@ def _reviewer() -> tuple[Subject, frozenset[str]]:
     claims = verified.claims
     name = claims.get("preferred_username")
     return (Subject(str(claims["sub"]), name if isinstance(name, str) else None),
-            grants_mod.permissions_of(verified.grants))
+            # only grants that hold everywhere count: closing any emergency item is not a right a
+            # department-scoped audit-logs role (or a share, a break-glass grant) may lend
+            grants_mod.permissions_of(g for g in verified.grants if g.unrestricted))
 
 
 @bp.post("/break-glass")

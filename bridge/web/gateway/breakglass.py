@@ -119,8 +119,10 @@ def register(bp: Blueprint) -> None:
 
 
 def _permissions(login: GatewayLogin) -> frozenset[str]:
-    """What the session's current PACS token allows (renewed at once after a role change)."""
-    return grants_mod.permissions_of(grants_mod.from_claims(gw_views._token_claims(login.tokens.pacs_token)))
+    """What the session's current PACS token allows everywhere (renewed at once after a role change):
+    the review queue spans every department, so a scoped grant's permissions do not count."""
+    grants = grants_mod.from_claims(gw_views._token_claims(login.tokens.pacs_token))
+    return grants_mod.permissions_of(g for g in grants if g.unrestricted)
 
 
 def landing_sections(login: GatewayLogin, csrf: str) -> str:
@@ -204,10 +206,6 @@ def start() -> Response:
             bg._denied(subject, target, "none of the requester's roles allows emergency access", gw_views.CLIENT_ID,
                        client_address())
             raise BreakGlassRefused("None of your roles allows emergency access.")
-        if not hit_for("break_glass", subject.id):
-            bg._denied(subject, target, "too many break-glass requests (rate limit per user)", gw_views.CLIENT_ID,
-                       client_address())
-            raise BreakGlassRefused("Too many emergency access requests; wait, or call the PACS team.", 429)
     except BreakGlassRefused as exc:
         return _page("Emergency access refused", exc.message, exc.status)
     session[sess.PENDING] = {"gateway": True, "next": gw.prefix + "/", "stepped_up": True, PENDING_KEY: {
@@ -234,6 +232,13 @@ def complete(pending: Mapping[str, Any], kc_claims: Mapping[str, Any], subject: 
             bg._denied(subject, target, "the new login is another person's than the requester's",
                        gw_views.CLIENT_ID, client_address())
             raise BreakGlassRefused("The new login was not the requester's; ask again.")
+        # the per-user limit counts grants, here where one is given: the pending request lives in the
+        # browser's (signed) session cookie, so a kept copy could be replayed past a limit counted
+        # only when the form was sent
+        if not hit_for("break_glass", subject.id):
+            bg._denied(subject, target, "too many break-glass requests (rate limit per user)", gw_views.CLIENT_ID,
+                       client_address())
+            raise BreakGlassRefused("Too many emergency access requests; wait, or call the PACS team.", 429)
         item = bg.request(subject, kc_claims, target, str(ask.get("reason", "")),
                           purpose_of_use=ask.get("purpose_of_use"), client_id=gw_views.CLIENT_ID,
                           network_address=client_address(), asked_at=float(ask.get("asked_at", 0)))

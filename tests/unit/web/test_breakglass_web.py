@@ -164,11 +164,21 @@ def test_a_role_without_the_capability_is_refused_and_audited(g: Gateway) -> Non
     assert r.status_code == 403 and "Location" not in r.headers
 
 
-def test_the_per_user_limit(g: Gateway) -> None:
+def test_the_per_user_limit_counts_grants_even_a_replayed_request(g: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The limit is counted where a grant is given (the login callback): the pending request lives
+    in the browser's signed session cookie, and a kept copy replayed at the callback must not get
+    round a limit counted only when the form was sent (found by the attack review)."""
     g.app.config["PACS_BRIDGE_RATE_BREAK_GLASS"] = "2/minute"
     g.log_in()
-    codes = [g.post(PREFIX + "/break-glass", data=_form(g), headers=SAME).status_code for _ in range(3)]
-    assert codes == [302, 302, 429]
+    assert g.post(PREFIX + "/break-glass", data=_form(g), headers=SAME).status_code == 302
+    name = g.app.config["SESSION_COOKIE_NAME"]
+    kept = g.client.get_cookie(name, domain="bridge.test")  # the Flask session holding the pending request
+    assert kept is not None
+    statuses = []
+    for _ in range(3):  # the same pending request, replayed
+        g.client.set_cookie(kept.key, kept.value, domain=kept.domain, path=kept.path)
+        statuses.append(_callback(g, monkeypatch, auth_time=int(time.time())).status_code)
+    assert statuses[2] == 429 and len(g.bg.items()) <= 2  # type: ignore[attr-defined]
 
 
 def _log_in_nils(g: Gateway) -> None:
@@ -252,3 +262,20 @@ def test_the_api_review_queue_needs_audit_logs_and_refuses_the_requester(g: Gate
     r = g.post(f"/break-glass/reviews/{item['id']}", json={"verdict": "justified", "comment": "ok"},
                headers={"Authorization": f"Bearer {nils}"})
     assert r.status_code == 200 and r.json["review"]["state"] == "justified"
+
+
+def test_a_department_scoped_audit_logs_role_cannot_open_the_queue(
+        g: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The queue spans every department: audit-logs held only inside one department's scope does not
+    open it (the permissions of a scoped grant were unioned with the rest; attack review)."""
+    item_id = _grant(g, monkeypatch)
+    with session(engine(g.db_url)) as s:
+        s.query(RoleAssignment).filter_by(subject_id="guid-nils").delete()
+        s.add(RoleAssignment(subject_id="guid-nils", username="comp.nils", role="auditor",
+                             scopes={"departments": ["Cardiology"]}))
+    _log_in_nils(g)
+    assert g.get(PREFIX + "/break-glass/reviews").status_code == 403
+    csrf = _form(g)["csrf_token"]
+    r = g.post(f"{PREFIX}/break-glass/reviews/{item_id}", headers=SAME,
+               data={"csrf_token": csrf, "verdict": "justified", "comment": "fine"})
+    assert r.status_code == 403 and g.bg.open_count() == 1  # type: ignore[attr-defined]
