@@ -605,6 +605,10 @@ class ShareService:
                 pending: deque[tuple[int, Future[bytes]]] = deque()
                 for n, item in enumerate(items, start=1):
                     if n % 50 == 1:  # a fresh token now and then: a long download outlives one
+                        if n > 1:  # ...but only while the share lives: a revocation stops it mid-way
+                            fresh = self.store.get(rec.id)
+                            if fresh is None or fresh.state(self.now()) not in ("active", "used-up"):
+                                raise ShareError(410, "share_ended", "the share ended during the download")
                         token = self.pacs_token(rec, claims)
                     pending.append((n, pool.submit(self.source.file, token, str(item["ID"]))))
                     if len(pending) >= PREFETCH:
