@@ -73,14 +73,16 @@ def orthanc(stack: dict[str, Any]) -> dict[str, Any]:
     return dict(stack["orthanc"])
 
 
-@pytest.fixture(scope="session")
+# package scope, not session: the plugin is pointed at the double for this package's tests only;
+# the packages after it (sharing, storage, transport, ...) need it to trust the real bridge again
+@pytest.fixture(scope="package")
 def bridge_double() -> Iterator[BridgeDouble]:
     double = BridgeDouble().start()
     yield double
     double.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def pacs(orthanc: dict[str, Any], stack: dict[str, Any], bridge_double: BridgeDouble,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
     config_file = Path(orthanc["plugin_config"])
@@ -100,9 +102,10 @@ def pacs(orthanc: dict[str, Any], stack: dict[str, Any], bridge_double: BridgeDo
     wait_allowed(p)
     yield p
     config_file.write_text(original)
+    time.sleep(2.5)  # > reload_check_seconds: the next package finds the real bridge trusted again
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def studies(pacs: Pacs) -> dict[str, dict[str, str]]:
     """Upload the demo studies with a technologist-like (upload) token; patient id -> Orthanc ids."""
     token = pacs.bridge.token([P.UPLOAD, P.VIEW], roles=["technologist"])

@@ -57,7 +57,10 @@ def test_events_are_spooled_while_the_bridge_is_down(
         while not spooled and time.monotonic() < deadline:
             time.sleep(0.3)
             for f in pacs.spool_dir.glob("*.jsonl"):
-                spooled += [json.loads(x) for x in f.read_text().splitlines() if "spool.user" in x]
+                raw = f.read_bytes()
+                assert b"spool.user" not in raw and b"P-003" not in raw, "the spool holds a user or patient in clear"
+                spooled += [e for e in (json.loads(_unseal(pacs, x)) for x in raw.splitlines() if x.strip())
+                            if "spool.user" in json.dumps(e)]
         assert spooled, "nothing spooled while the bridge was down"
         assert oct(next(pacs.spool_dir.glob("*.jsonl")).stat().st_mode & 0o777) == "0o600"
     finally:
@@ -66,3 +69,12 @@ def test_events_are_spooled_while_the_bridge_is_down(
                        timeout=15)
     assert got, "spooled events were not replayed once the bridge answered again"
     assert not [f for f in pacs.spool_dir.glob("*.jsonl") if "spool.user" in f.read_text()]
+
+
+def _unseal(pacs: Any, line: bytes) -> bytes:
+    """A spool line, sealed under the Orthanc host's storage KEK (the encrypted store is on)."""
+    from bridge.core import envelope, sealed
+    from bridge.pacs.audit_shipper import SPOOL_LINE_NAME
+
+    keys = envelope.FileKeyProvider(pacs.settings["storage"]["kek_file"])
+    return sealed.open_line(keys, SPOOL_LINE_NAME, sealed.PLUGIN_AUDIT_SPOOL, line)

@@ -19,11 +19,13 @@ import requests
 from bridge.core import envelope
 from bridge.core.permissions import Permission as P
 from bridge.deploy import plugin_bundle
+from bridge.http import pinned_session
 from bridge.pacs import storage_area
 from pacs_devstack import process
 from pacs_devstack.orthanc import OrthancService, storage_area_script
 from pacs_devstack.pacs_double import dicom_instance
 from pacs_devstack.service import StackContext
+from pacs_devstack.tls import ensure_ca
 from tests.integration.ha.ha_helpers import restored, start, stop
 from tests.integration.pacs.conftest import STUDIES, UID_ROOT
 
@@ -155,11 +157,17 @@ def test_rotate_storage_while_orthanc_runs_then_restart(pacs: Any, orthanc: dict
     assert all(envelope.parse_header(p.read_bytes()).key_id == ring.current for p in _files(root).values())
 
 
+def _http() -> requests.Session:
+    """Orthanc serves HTTPS only, with a certificate of the stack's CA (pinned: REQUESTS_CA_BUNDLE
+    cannot override it)."""
+    return pinned_session(str(ensure_ca()))
+
+
 def _wait_http(url: str) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if requests.get(url + "/system", timeout=2).status_code == 200:
+            if _http().get(url + "/system", timeout=2).status_code == 200:
                 return
         except requests.RequestException:
             pass
@@ -183,7 +191,7 @@ def test_plaintext_storage_is_migrated_online(stack: dict[str, Any]) -> None:
             uid = f"{UID_ROOT}.88{n}"
             data = dicom_instance(patient_id=f"MIG-{n}", patient_name=f"Plain^Patient{n}", study_uid=uid,
                                   series_uid=uid + ".1", sop_uid=uid + ".1.1")
-            resp = requests.post(url + "/instances", data=data, timeout=10)
+            resp = _http().post(url + "/instances", data=data, timeout=10)
             assert resp.status_code == 200
             ids.append(resp.json()["ID"])
         process.stop(name)
@@ -205,7 +213,7 @@ def test_plaintext_storage_is_migrated_online(stack: dict[str, Any]) -> None:
         url = enc.wait_ready(ctx)["url"]
         _wait_http(url)
         for i in ids:  # plaintext, read as is during the migration window
-            assert requests.get(f"{url}/instances/{i}/file", timeout=10).content[128:132] == b"DICM"
+            assert _http().get(f"{url}/instances/{i}/file", timeout=10).content[128:132] == b"DICM"
         run = _cli("storage", "encrypt-plaintext", "--plugin-config", str(enc.plugin_config_file))
         assert run.returncode == 0, run.stderr + run.stdout
         assert json.loads(run.stdout)["changed"] == len(plain_files)
@@ -213,7 +221,7 @@ def test_plaintext_storage_is_migrated_online(stack: dict[str, Any]) -> None:
             raw = path.read_bytes()
             assert envelope.is_envelope(raw) and b"DICM" not in raw and b"Plain^Patient" not in raw, uuid
         for i in ids:  # Orthanc kept running: the migrated files open
-            resp = requests.get(f"{url}/instances/{i}/file", timeout=10)
+            resp = _http().get(f"{url}/instances/{i}/file", timeout=10)
             assert resp.status_code == 200 and resp.content[128:132] == b"DICM"
         process.stop(name)
         cfg["storage"]["plaintext_reads"] = False
@@ -221,7 +229,7 @@ def test_plaintext_storage_is_migrated_online(stack: dict[str, Any]) -> None:
         enc.start(ctx)
         _wait_http(url)
         for n, i in enumerate(ids):
-            resp = requests.get(f"{url}/instances/{i}/file", timeout=10)
+            resp = _http().get(f"{url}/instances/{i}/file", timeout=10)
             assert resp.status_code == 200 and f"Plain^Patient{n}".encode() in resp.content
         assert storage_area.TMP_PREFIX not in " ".join(p.name for p in root.rglob("*"))
     finally:
