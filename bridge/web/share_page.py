@@ -74,12 +74,9 @@ def init_app(app: Flask, settings: Settings, service: ShareService | None = None
 
 
 def _service() -> ShareService:
-    found = current_app.extensions.get(EXTENSION)
-    if found is None:
-        from bridge.services import of_app
+    from bridge.web.shares import share_service
 
-        found = current_app.extensions[EXTENSION] = of_app(current_app).shares
-    return found  # type: ignore[no-any-return]
+    return share_service(EXTENSION)
 
 
 def _prefix() -> str:

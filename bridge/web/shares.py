@@ -37,13 +37,19 @@ def init_app(app: Flask, settings: Settings, service: ShareService | None = None
     app.register_blueprint(bp)
 
 
-def _service() -> ShareService:
-    found = current_app.extensions.get(EXTENSION)
+def share_service(extension: str = EXTENSION) -> ShareService:
+    """The app's share service: the one given to ``init_app`` (tests), else the composition
+    root's, built on first use (the sharers' API and the recipients' endpoint each keep theirs
+    under their own extension key)."""
+    found = current_app.extensions.get(extension)
     if found is None:
         from bridge.services import of_app
 
-        found = current_app.extensions[EXTENSION] = of_app(current_app).shares
+        found = current_app.extensions[extension] = of_app(current_app).shares
     return found  # type: ignore[no-any-return]
+
+
+_service = share_service
 
 
 @bp.errorhandler(ShareError)

@@ -96,30 +96,11 @@ def test_untrusted_collector_certificate_is_refused(collector, tmp_path):
 
 
 def _foreign_client(tmp_path: Path, dns_name: str) -> tuple[Path, Path]:
-    """A client certificate naming the permitted peer, signed by a CA the collector does not know."""
-    import datetime as dt
+    """A client certificate from a CA that carries the dev CA's name but another key."""
+    from pacs_devstack.tls import issue_foreign_client
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = dt.datetime.now(dt.UTC)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "PACS SSO Bridge Dev CA")])  # same name, other key
-    cert = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_name)]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns_name)]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "foreign-cert.pem", tmp_path / "foreign-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
+    pair = issue_foreign_client(tmp_path, dns_name)
+    return pair.cert, pair.key
 
 
 def _refused(collector, tmp_path: Path, cert: Path | None, key: Path | None) -> None:
