@@ -39,3 +39,12 @@ def directory_ids(directory_sections: dict[str, DirectorySection]) -> dict[str, 
         snap = reader_for(section).read()
         out[realm] = {u.username: uid for uid, u in snap.users.items()}
     return out
+
+
+@pytest.fixture(autouse=True)
+def _the_plugin_trusts_the_bridge_this_test_needs(request: pytest.FixtureRequest) -> None:
+    """The PACS tests point Orthanc's plugin at a bridge double; the others need the real bridge
+    (tests/integration/pacs/conftest.py, ``PluginSwap``).  Switched only when the need changes."""
+    swap = getattr(request.config, "pacs_bridge_plugin_swap", None)
+    if swap is not None:
+        swap.ensure(double="pacs" in request.fixturenames)

@@ -73,18 +73,40 @@ def orthanc(stack: dict[str, Any]) -> dict[str, Any]:
     return dict(stack["orthanc"])
 
 
-# package scope, not session: the plugin is pointed at the double for this package's tests only;
-# the packages after it (sharing, storage, transport, ...) need it to trust the real bridge again
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="session")
 def bridge_double() -> Iterator[BridgeDouble]:
     double = BridgeDouble().start()
     yield double
     double.stop()
 
 
-@pytest.fixture(scope="package")
+class PluginSwap:
+    """Which bridge the stack's Orthanc plugin trusts: the PACS tests (those using :func:`pacs`) point
+    it at their double, every other test needs the real bridge.  Session state is kept on pytest's
+    config object and an autouse fixture (tests/integration/conftest.py) calls :meth:`ensure` before
+    each test, so the order of the test packages does not matter (pytest's "package" scope is the
+    session for directories without ``__init__.py``)."""
+
+    ATTR = "pacs_bridge_plugin_swap"
+
+    def __init__(self, pacs: Pacs, original: str):
+        self.pacs, self.original, self.on_double = pacs, original, True
+
+    def ensure(self, *, double: bool) -> None:
+        if double == self.on_double:
+            return
+        if double:
+            self.pacs.config_file.write_text(json.dumps(self.pacs.settings, indent=2))
+            wait_allowed(self.pacs)
+        else:
+            self.pacs.config_file.write_text(self.original)
+            time.sleep(2.5)  # > reload_check_seconds: the plugin trusts the real bridge again
+        self.on_double = double
+
+
+@pytest.fixture(scope="session")
 def pacs(orthanc: dict[str, Any], stack: dict[str, Any], bridge_double: BridgeDouble,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
+         tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Pacs]:
     config_file = Path(orthanc["plugin_config"])
     original = config_file.read_text()
     work = tmp_path_factory.mktemp("pacs")
@@ -100,12 +122,13 @@ def pacs(orthanc: dict[str, Any], stack: dict[str, Any], bridge_double: BridgeDo
     config_file.write_text(json.dumps(settings, indent=2))
     p = Pacs(orthanc["url"], stack["ca"]["file"], bridge_double, config_file, spool, settings)
     wait_allowed(p)
+    setattr(request.config, PluginSwap.ATTR, PluginSwap(p, original))
     yield p
+    delattr(request.config, PluginSwap.ATTR)
     config_file.write_text(original)
-    time.sleep(2.5)  # > reload_check_seconds: the next package finds the real bridge trusted again
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="session")
 def studies(pacs: Pacs) -> dict[str, dict[str, str]]:
     """Upload the demo studies with a technologist-like (upload) token; patient id -> Orthanc ids."""
     token = pacs.bridge.token([P.UPLOAD, P.VIEW], roles=["technologist"])
