@@ -10,10 +10,10 @@ stack's sockets only; the owning process comes from /proc/<pid>/fd.
 from __future__ import annotations
 
 import os
-import time
 import re
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
