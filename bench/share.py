@@ -160,8 +160,9 @@ def start_orthanc(study: list[bytes]) -> tuple[Any, str]:
     svc.prepare(ctx)
     svc.start(ctx)
     url = svc.wait_ready(ctx)["url"]
-    http = requests.Session()
-    http.verify = str(ensure_ca())  # Orthanc serves HTTPS only, with the stack CA's certificate
+    from bridge.http import pinned_session
+
+    http = pinned_session(ensure_ca())  # Orthanc serves HTTPS only, with the stack CA's certificate
 
     def put(data: bytes) -> None:
         r = http.post(url + "/instances", data=data, headers={"Content-Type": "application/dicom"}, timeout=60)

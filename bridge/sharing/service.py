@@ -90,11 +90,11 @@ class OrthancSource:
     """Orthanc's REST API with a bearer token per call (the plugin decides each one)."""
 
     def __init__(self, url: str, ca_file: str | None = None, timeout: float = 60.0):
-        import requests
+        from bridge.http import pinned_session
 
         self.url = url.rstrip("/")
-        self.http = requests.Session()
-        self.http.verify = ca_file or True
+        # pinned: requests lets REQUESTS_CA_BUNDLE override a session's own CA file
+        self.http = pinned_session(ca_file)
         self.timeout = timeout
 
     def _get(self, token: str, path: str, **kw: Any) -> Any:

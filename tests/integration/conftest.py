@@ -41,10 +41,10 @@ def directory_ids(directory_sections: dict[str, DirectorySection]) -> dict[str, 
     return out
 
 
-@pytest.fixture(autouse=True)
-def _the_plugin_trusts_the_bridge_this_test_needs(request: pytest.FixtureRequest) -> None:
+def pytest_runtest_setup(item: pytest.Item) -> None:
     """The PACS tests point Orthanc's plugin at a bridge double; the others need the real bridge
-    (tests/integration/pacs/conftest.py, ``PluginSwap``).  Switched only when the need changes."""
-    swap = getattr(request.config, "pacs_bridge_plugin_swap", None)
+    (tests/integration/pacs/conftest.py, ``PluginSwap``).  Switched before any fixture of the test
+    is set up (a module fixture may already upload through the plugin), only when the need changes."""
+    swap = getattr(item.config, "pacs_bridge_plugin_swap", None)
     if swap is not None:
-        swap.ensure(double="pacs" in request.fixturenames)
+        swap.ensure(double="pacs" in getattr(item, "fixturenames", ()))

@@ -122,9 +122,11 @@ def pacs(orthanc: dict[str, Any], stack: dict[str, Any], bridge_double: BridgeDo
     config_file.write_text(json.dumps(settings, indent=2))
     p = Pacs(orthanc["url"], stack["ca"]["file"], bridge_double, config_file, spool, settings)
     wait_allowed(p)
-    setattr(request.config, PluginSwap.ATTR, PluginSwap(p, original))
+    swap = PluginSwap(p, original)
+    setattr(request.config, PluginSwap.ATTR, swap)  # the storage tests' copy of this fixture replaces it
     yield p
-    delattr(request.config, PluginSwap.ATTR)
+    if getattr(request.config, PluginSwap.ATTR, None) is swap:
+        delattr(request.config, PluginSwap.ATTR)
     config_file.write_text(original)
 
 
