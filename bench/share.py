@@ -148,8 +148,6 @@ def start_orthanc(study: list[bytes]) -> tuple[Any, str]:
     """``orthanc-plain`` (no plugin) under the dev stack's state dir, holding ``study``; (service, URL)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import requests
-
     from pacs_devstack.orthanc import OrthancService
     from pacs_devstack.service import StackContext
     from pacs_devstack.tls import ensure_ca
