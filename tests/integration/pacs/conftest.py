@@ -108,7 +108,10 @@ class PluginSwap:
 def pacs(orthanc: dict[str, Any], stack: dict[str, Any], bridge_double: BridgeDouble,
          tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Pacs]:
     config_file = Path(orthanc["plugin_config"])
-    original = config_file.read_text()
+    # the real bridge's settings: from a copy of this fixture set up earlier (the storage tests'),
+    # which has pointed the file at its own double by now, else from the file
+    earlier = getattr(request.config, PluginSwap.ATTR, None)
+    original = earlier.original if earlier is not None else config_file.read_text()
     work = tmp_path_factory.mktemp("pacs")
     secret_file = work / "audit-token"
     secret_file.write_text(AUDIT_SECRET)
