@@ -24,6 +24,7 @@ import http.client
 import json
 import os
 import shutil
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -95,7 +96,8 @@ class Client:
                 self.conn.request(method, path, body=body, headers=headers)
                 resp = self.conn.getresponse()
                 return resp.status, resp.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ssl.SSLEOFError):
+                # Orthanc closed the keep-alive connection (over TLS: an EOF on the next write)
                 self.conn.close()
                 self.conn = connection(self.port, timeout=120)
                 if attempt == 2:
