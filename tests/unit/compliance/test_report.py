@@ -3,6 +3,7 @@ could not be collected; TLS evidence comes from real handshakes (loopback server
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import os
@@ -10,7 +11,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,57 +45,57 @@ def _self_signed(tmp: Path, name: str) -> tuple[Path, Path]:
     return c, k
 
 
+@contextlib.contextmanager
+def _loopback_server(handle: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A loopback TCP server handing each connection to ``handle`` in a thread; yields its port."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            handle(conn)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        stop.set()
+        t.join()
+        srv.close()
+
+
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """A loopback TLS server that completes handshakes; yields its port and its certificate."""
     cert, key = _self_signed(tmp_path, "server")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
-    srv = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
 
-    def serve() -> None:
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            try:
-                with ctx.wrap_socket(conn, server_side=True):
-                    pass
-            except (ssl.SSLError, OSError):
-                conn.close()
+    def handshake(conn: socket.socket) -> None:
+        try:
+            with ctx.wrap_socket(conn, server_side=True):
+                pass
+        except (ssl.SSLError, OSError):
+            conn.close()
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    yield srv.getsockname()[1], cert
-    stop.set()
-    t.join()
-    srv.close()
+    with _loopback_server(handshake) as port:
+        yield port, cert
 
 
 @pytest.fixture
 def plain_server() -> Iterator[int]:
-    srv = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
+    def answer(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+        conn.close()
 
-    def serve() -> None:
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
-            conn.close()
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    yield srv.getsockname()[1]
-    stop.set()
-    t.join()
-    srv.close()
+    with _loopback_server(answer) as port:
+        yield port
 
 
 def test_a_verified_handshake_passes(tls_server: tuple[int, Path]) -> None:
