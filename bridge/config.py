@@ -580,6 +580,9 @@ class GatewaySection(_Section):
     keycloak_sso_max_seconds: int = Field(10 * 3600, ge=60)
     #: renew the PACS token when it has less than this left
     renew_margin_seconds: int = Field(60, ge=5)
+    #: PostgreSQL store: each worker keeps a session this long at most in a cache that LISTEN/NOTIFY
+    #: empties the moment the session ends or is renewed anywhere (0: read the row on every request)
+    session_cache_seconds: float = Field(5.0, ge=0, le=60)
     #: origins of external DICOMweb viewers allowed to call ``<prefix>/dicom-web/`` with a bearer token
     viewer_origins: list[str] = Field(default_factory=list)
     #: Orthanc paths (below the prefix, e.g. ``/changes``) a page polls in the background: a GET

@@ -13,6 +13,8 @@ WORKERS = 2
 THREADS = 2  # per worker (gthread): 2 beat 4 and 8 on two cores (docs/performance.md, tokens)
 #: prometheus-client's multiprocess directory (bridge/web/gunicorn_conf.py empties it at start)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: memory-backed directory for the workers' heartbeat files
+SHM = "/dev/shm"  # noqa: S108 - gunicorn makes an unlinked mkstemp file there, no fixed name
 #: no code, token or query string ever lands in the access log (%(U)s is the path only)
 ACCESS_LOG_FORMAT = '%(h)s %(p)s "%(m)s %(U)s" %(s)s %(M)sms xff=%({x-forwarded-for}i)s'
 
@@ -33,7 +35,14 @@ def gunicorn_argv(bind: str, cert: Path | None, key: Path | None, *, workers: in
     return [str(gunicorn_executable()), "--config", "python:bridge.web.gunicorn_conf", "--no-control-socket",
             "--workers", str(workers), "--threads", str(threads), "--bind", bind, "--certfile", str(cert),
             "--keyfile", str(key), "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
-            "bridge.web.wsgi:app"]
+            *_tmp_dir(), "bridge.web.wsgi:app"]
+
+
+def _tmp_dir() -> list[str]:
+    """Each worker's heartbeat file in memory where there is a ``/dev/shm`` (gunicorn changes the
+    file's mode at every turn of a worker's loop: on a disk or overlay filesystem that is a metadata
+    write per request, and it blocked the worker when the disk was busy)."""
+    return ["--worker-tmp-dir", SHM] if Path(SHM).is_dir() else []
 
 
 def gunicorn_env(config_file: Path, metrics_dir: Path) -> dict[str, str]:

@@ -10,15 +10,18 @@ Why this shape (docs/gateway.md):
   associated data: a ciphertext copied onto another row does not decrypt;
 * a row that does not decrypt (wrong key, tampering) is deleted and counts as no session.
 
-Every request reads its row fresh from the database: a logout handled by another worker or replica
-counts at once.  No session is cached across requests (a per-worker cache could not learn of a
-logout on another worker in time).  What is kept per worker is only the *opening* of a ciphertext:
-the decrypted tokens of the ciphertext the row held last time; a row whose ciphertext changed (a
-renewal anywhere) is opened again, a row that is gone is no session.
+Every request sees a logout handled by another worker or replica at once: on PostgreSQL each worker
+keeps its sessions in a cache that LISTEN/NOTIFY empties the moment a session is ended or renewed
+anywhere (:mod:`bridge.web.gateway.session_cache`: every change below notifies inside its own
+transaction); when the listener is down, and always on SQLite, the row is read on every request.
+What is kept per worker besides is the *opening* of a ciphertext: the decrypted tokens of the
+ciphertext the row held last time; a row whose ciphertext changed (a renewal anywhere) is opened
+again, a row that is gone is no session.
 
-The per-request read goes through an engine without the pool's pre-ping on PostgreSQL (the ping is
-a ``SELECT 1`` round trip before every checkout): a connection found dead is retried once instead,
-which is what the ping would have done, at the cost of a round trip only when a connection died.
+The read of a row goes through an engine in autocommit mode without the pool's pre-ping on
+PostgreSQL: one round trip (a ``SELECT``) instead of four (ping, ``BEGIN``, ``SELECT``,
+``ROLLBACK``); a connection found dead is retried once instead, which is what the ping would have
+done, at the cost of a round trip only when a connection died.
 """
 
 from __future__ import annotations
@@ -29,16 +32,19 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, create_engine, delete, or_, select, update
+from sqlalchemy import Engine, bindparam, create_engine, delete, func, or_, select, update
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from bridge.store.db import session as db_session
 from bridge.store.models import GatewaySession
 from bridge.tokens.keys import KeyEncryptor, SigningKeyError
+from bridge.web.gateway.session_cache import CHANNEL, SessionCache
 
 #: the HKDF purpose of the session key (a distinct key from the signing keys' KEK use)
 KEY_PURPOSE = "pacs-bridge gateway sessions v1"
@@ -90,27 +96,49 @@ _BY_ID = select(GatewaySession.__table__).where(GatewaySession.id_hash == bindpa
 
 
 def optimistic_reader(engine: Engine) -> Engine:
-    """The engine of the per-request read: on PostgreSQL the same database without pre-ping (see the
-    module docstring; :meth:`SessionStore._read` retries a dead connection once), else ``engine``."""
+    """The engine of the per-request read: on PostgreSQL the same database in autocommit mode without
+    pre-ping (see the module docstring; :meth:`SessionStore._read` retries a dead connection once),
+    else ``engine``."""
     if engine.dialect.name != "postgresql":
         return engine
-    return create_engine(engine.url, pool_pre_ping=False)
+    return create_engine(engine.url, pool_pre_ping=False, isolation_level="AUTOCOMMIT")
+
+
+def session_cache(engine: Engine, max_age: float) -> SessionCache[GatewayLogin] | None:
+    """The per-worker session cache on PostgreSQL (its listener on a connection of its own, outside
+    the pool); None on SQLite (no notifications) or when ``max_age`` is 0."""
+    if engine.dialect.name != "postgresql" or max_age <= 0:
+        return None
+    listener = create_engine(engine.url, poolclass=NullPool)
+    return SessionCache(listener.raw_connection, max_age=max_age)
 
 
 class SessionStore:
     """The ``gateway_sessions`` table."""
 
-    def __init__(self, engine: Engine, encryptor: KeyEncryptor, clock: Callable[[], float] = time.time):
+    def __init__(self, engine: Engine, encryptor: KeyEncryptor, clock: Callable[[], float] = time.time,
+                 cache_seconds: float = 5.0):
         self.engine = engine
         self.reader = optimistic_reader(engine)
+        self.cache = session_cache(engine, cache_seconds)
+        self._notifies = engine.dialect.name == "postgresql"
         self.encryptor = encryptor
         self.clock = clock
         #: id hash -> (ciphertext, its tokens): the last opening of each session's ciphertext
         self._opened: dict[str, tuple[bytes, Tokens]] = {}
 
     @classmethod
-    def under_kek(cls, engine: Engine, kek: KeyEncryptor, clock: Callable[[], float] = time.time) -> SessionStore:
-        return cls(engine, kek.derived(KEY_PURPOSE), clock)
+    def under_kek(cls, engine: Engine, kek: KeyEncryptor, clock: Callable[[], float] = time.time,
+                  cache_seconds: float = 5.0) -> SessionStore:
+        return cls(engine, kek.derived(KEY_PURPOSE), clock, cache_seconds)
+
+    def _changed(self, s: Session, *id_hashes: str) -> None:
+        """Tell every worker's cache (this one at once, the others when ``s`` commits)."""
+        for id_hash in id_hashes:
+            if self.cache is not None:
+                self.cache.invalidate(id_hash)
+            if self._notifies:
+                s.execute(select(func.pg_notify(CHANNEL, id_hash)))
 
     def _seal(self, id_hash: str, tokens: Tokens) -> bytes:
         return self.encryptor.encrypt(json.dumps(asdict(tokens)).encode(), id_hash)
@@ -153,11 +181,21 @@ class SessionStore:
             ))
         return raw
 
-    def get(self, raw: str | None) -> GatewayLogin | None:
-        """The session of cookie value ``raw``, or None (malformed, unknown, undecryptable)."""
+    def get(self, raw: str | None, fresh: bool = False) -> GatewayLogin | None:
+        """The session of cookie value ``raw``, or None (malformed, unknown, undecryptable).
+        ``fresh``: read the row even if this worker has it cached (before ending it as idle)."""
         if not raw or not ID_PATTERN.fullmatch(raw):
             return None
         id_hash = hash_id(raw)
+        cache = self.cache
+        generation = 0
+        if cache is not None:
+            cache.ensure_listening()
+            if not fresh:
+                hit = cache.lookup(id_hash)
+                if hit is not None:
+                    return hit
+            generation = cache.generation()
         row = self._read(id_hash)
         if row is None:
             self._opened.pop(id_hash, None)
@@ -165,6 +203,8 @@ class SessionStore:
         found = self._open(row)  # type: ignore[arg-type]
         if found is None:
             self.end(id_hash)  # tampered or under another key: unusable, and never again tried
+        elif cache is not None:
+            cache.put(id_hash, found, generation)
         return found
 
     def _read(self, id_hash: str) -> Any:
@@ -179,22 +219,30 @@ class SessionStore:
                     raise
         return None  # not reached
 
-    def touch(self, id_hash: str, when: float | None = None) -> None:
-        """Record user activity (the idle clock restarts)."""
+    def touch(self, login: GatewayLogin, when: float | None = None) -> GatewayLogin:
+        """Record user activity (the idle clock restarts); returns the session as it now is.  No
+        notification: another worker's older clock only makes it re-read the row before ending it."""
+        when = self.clock() if when is None else when
         with db_session(self.engine) as s:
-            s.execute(update(GatewaySession).where(GatewaySession.id_hash == id_hash)
-                      .values(last_activity=_ts(self.clock() if when is None else when)))
+            s.execute(update(GatewaySession).where(GatewaySession.id_hash == login.id_hash)
+                      .values(last_activity=_ts(when)))
+        touched = replace(login, last_activity=when)
+        if self.cache is not None:
+            self.cache.replace(login.id_hash, touched)
+        return touched
 
     def renew(self, id_hash: str, tokens: Tokens, token_exp: float) -> None:
         """Store renewed tokens (a row deleted meanwhile, e.g. by a logout, stays deleted)."""
         with db_session(self.engine) as s:
             s.execute(update(GatewaySession).where(GatewaySession.id_hash == id_hash)
                       .values(secrets=self._seal(id_hash, tokens), token_exp=_ts(token_exp)))
+            self._changed(s, id_hash)
 
     def end(self, id_hash: str) -> None:
         self._opened.pop(id_hash, None)
         with db_session(self.engine) as s:
             s.execute(delete(GatewaySession).where(GatewaySession.id_hash == id_hash))
+            self._changed(s, id_hash)
 
     def end_for(self, *, sid: str | None = None, subjects: tuple[str, ...] = ()) -> list[GatewayLogin]:
         """End every session of Keycloak session ``sid`` or of any of ``subjects`` (a directory id or
@@ -212,6 +260,7 @@ class SessionStore:
             for row in rows:
                 ended.append(self._open(row, tokens_required=False))  # type: ignore[arg-type]
                 s.delete(row)
+            self._changed(s, *(e.id_hash for e in ended))
         return ended
 
     def expired(self, idle_seconds: float, limit: int = 50) -> list[GatewayLogin]:
@@ -230,4 +279,5 @@ class SessionStore:
                     continue
                 out.append(self._open(row, tokens_required=False))  # type: ignore[arg-type]
                 s.delete(row)
+                self._changed(s, id_hash)
         return out

@@ -85,7 +85,7 @@ def init_app(app: Flask, settings: Settings, service: TokenService, oauth: Any, 
     public = str(settings.bridge.public_url).rstrip("/")
     gw = Gateway(
         settings=settings, section=g, service=service,
-        store=SessionStore.under_kek(engine, service.ring.encryptor),
+        store=SessionStore.under_kek(engine, service.ring.encryptor, cache_seconds=g.session_cache_seconds),
         upstream=proxy.Upstream(g.orthanc_url, str(g.orthanc_ca_file) if g.orthanc_ca_file else None,
                                 g.connect_timeout_seconds, g.read_timeout_seconds, transport=transport),
         oauth=oauth,
@@ -369,6 +369,11 @@ def _current(activity: bool) -> GatewayLogin | Response:
         return _login_needed(force=bool(raw))
     now = time.time()
     why = rules.ended(login.created_at, login.last_activity, login.expires_at, now, gw.limits)
+    if why is not None:  # the row itself decides (another worker may have seen activity this one has not)
+        login = gw.store.get(raw, fresh=True)
+        if login is None:
+            return _login_needed(force=True)
+        why = rules.ended(login.created_at, login.last_activity, login.expires_at, now, gw.limits)
     if why is not None:
         _end(login, why, end_keycloak=True)
         return _login_needed(force=True)
@@ -385,7 +390,7 @@ def _current(activity: bool) -> GatewayLogin | Response:
             return renewed
         login = renewed
     if activity and now - login.last_activity >= rules.activity_write_seconds(gw.limits.idle_seconds):
-        gw.store.touch(login.id_hash, now)
+        login = gw.store.touch(login, now)
     return login
 
 

@@ -1,0 +1,194 @@
+"""A per-worker cache of gateway sessions, invalidated by PostgreSQL notifications.
+
+Why: every proxied request needs its session, and reading the row from PostgreSQL (over TLS) was
+the largest part of what the gateway added to a request (docs/performance.md, issue 11's latency
+target).  A cache is only acceptable if a logout, a back-channel logout or an idle end on another
+worker or replica stops the session at once, so the cache is tied to PostgreSQL's LISTEN/NOTIFY:
+
+* every change that ends or renews a session sends ``pg_notify(CHANNEL, <id hash>)`` inside the
+  same transaction (:class:`bridge.web.gateway.sessions.SessionStore`), so the notification goes out
+  exactly when the change commits, to every worker of every replica;
+* each worker process has one listener thread on its own connection; a notification drops that
+  session from the worker's cache (the next request reads the row again);
+* the cache is used only while the listener is *live*: connected, listening, and emptied after
+  it started listening (nothing missed before is kept).  A broken connection makes it not live and
+  empties it; until the listener is back every request reads the row, as without a cache;
+* a lookup racing an invalidation is not stored (a generation counter: a row read before a
+  notification arrived is never cached after it);
+* an entry is also bounded in age (``max_age``, default 5 s): the safety net for a change made
+  outside the bridge (SQL by hand) or a connection that died silently between two pings.
+
+Left to the caller: an entry that looks idle-expired is re-read before the session is ended
+(another worker may have recorded activity the cache has not seen).
+
+SQLite has no notifications: the store reads its (local, fast) file on every request instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+#: the PostgreSQL notification channel of gateway session changes
+CHANNEL = "pacs_bridge_gateway_sessions"
+#: a payload that drops every cached session (a bulk change, e.g. a key rotation)
+FLUSH_ALL = "*"
+#: at most this many sessions per worker (all dropped when full: the next requests read again)
+MAX_ENTRIES = 4096
+
+T = TypeVar("T")
+
+
+class SessionCache(Generic[T]):
+    """id hash -> (stored at, value), usable only while the listener is live in this process."""
+
+    def __init__(self, connect: Callable[[], Any], *, max_age: float = 5.0, ping_every: float = 2.0,
+                 retry_after: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        self.connect = connect
+        self.max_age = max_age
+        self.ping_every = ping_every
+        self.retry_after = retry_after
+        self.clock = clock
+        self._entries: dict[str, tuple[float, T]] = {}
+        self._generation = 0
+        self._live = False
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._stop = threading.Event()
+        #: the database server process of the listener's connection (diagnostics and tests)
+        self.backend_pid: int | None = None
+
+    # ------------------------------------------------------------------ the request path
+
+    def live(self) -> bool:
+        return self._live and self._pid == os.getpid()
+
+    def lookup(self, id_hash: str) -> T | None:
+        """The cached session, if the cache is live and the entry young enough."""
+        if not self.live():
+            return None
+        hit = self._entries.get(id_hash)
+        if hit is None:
+            return None
+        if self.clock() - hit[0] > self.max_age:
+            self._entries.pop(id_hash, None)
+            return None
+        return hit[1]
+
+    def generation(self) -> int:
+        """Taken before a read: :meth:`put` stores the result only if nothing was invalidated since."""
+        return self._generation
+
+    def put(self, id_hash: str, value: T, generation: int) -> None:
+        with self._lock:
+            if not self.live() or generation != self._generation:
+                return
+            if len(self._entries) >= MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[id_hash] = (self.clock(), value)
+
+    def replace(self, id_hash: str, value: T) -> None:
+        """This worker changed the session itself (its activity clock): keep the entry's age."""
+        with self._lock:
+            hit = self._entries.get(id_hash)
+            if hit is not None:
+                self._entries[id_hash] = (hit[0], value)
+
+    def invalidate(self, id_hash: str) -> None:
+        with self._lock:
+            self._generation += 1
+            if id_hash == FLUSH_ALL:
+                self._entries.clear()
+            else:
+                self._entries.pop(id_hash, None)
+
+    def clear(self) -> None:
+        self.invalidate(FLUSH_ALL)
+
+    # ------------------------------------------------------------------ the listener
+
+    def ensure_listening(self) -> None:
+        """Start this process's listener thread if it has none (cheap when it runs: the request path
+        calls it)."""
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid() and thread.is_alive():
+            return
+        with self._lock:
+            thread = self._thread
+            if thread is not None and self._pid == os.getpid() and thread.is_alive():
+                return
+            self._live = False
+            self._entries.clear()
+            self._generation += 1
+            self._pid = os.getpid()
+            self._stop.clear()
+            self._thread = threading.Thread(target=_listen, args=(weakref.ref(self),),
+                                            name="pacs-bridge-session-cache", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._live = False
+
+    def _set_live(self, live: bool) -> None:
+        with self._lock:
+            self._live = live
+            self._generation += 1
+            self._entries.clear()
+
+
+def _listen(ref: weakref.ref[SessionCache[Any]]) -> None:
+    """The listener loop: (re)connect, LISTEN, then drain notifications; any failure makes the cache
+    not live (and empty) until it listens again."""
+    while True:
+        cache = ref()
+        if cache is None or cache._stop.is_set():
+            return
+        conn = None
+        try:
+            conn = cache.connect()
+            dbapi = conn.dbapi_connection
+            dbapi.autocommit = True
+            cur = dbapi.cursor()
+            cur.execute(f"LISTEN {CHANNEL}")
+            cache.backend_pid = getattr(dbapi, "get_backend_pid", lambda: None)()
+            cache._set_live(True)  # emptied after LISTEN took effect: nothing missed before is kept
+            ping_every, stop = cache.ping_every, cache._stop
+            del cache
+            while True:
+                readable, _, _ = select.select([dbapi], [], [], ping_every)
+                if stop.is_set():
+                    return
+                if not readable:
+                    cur.execute("SELECT 1")  # a dead connection shows here, not in a silent select
+                dbapi.poll()
+                cache = ref()
+                if cache is None:
+                    return
+                while dbapi.notifies:
+                    cache.invalidate(str(dbapi.notifies.pop(0).payload))
+                del cache
+        except Exception as exc:  # the database went away: no cache until the listener is back
+            cache = ref()
+            if cache is None:
+                return
+            cache._set_live(False)
+            log.warning("gateway: session cache listener lost its database connection (%s); every "
+                        "request reads its session until it is back", type(exc).__name__)
+            retry_after = cache.retry_after
+            del cache
+            time.sleep(retry_after)
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):  # closing a broken connection may fail too
+                    conn.invalidate()
