@@ -32,13 +32,28 @@ def install_proxy_fix(app: Flask, web: WebSection) -> None:
         )
 
 
+def wrap_inside_proxy_fix(app: Flask, wrap: Callable[[Any], Any]) -> None:
+    """Put the WSGI middleware ``wrap(inner)`` right around Flask, inside ProxyFix when there is one
+    (so the middleware sees the client address Flask would see)."""
+    outer = app.wsgi_app
+    if isinstance(outer, ProxyFix):
+        outer.app = wrap(outer.app)
+    else:
+        app.wsgi_app = wrap(outer)  # type: ignore[method-assign]
+
+
 def client_address() -> str:
     """The client's IP address as trusted hops allow (``request.remote_addr`` after ProxyFix).
 
     A value that is not an IP address (a forged or mangled header a proxy passed through) becomes
     ``"invalid"``, so that it can neither spread rate-limit keys nor write junk into the audit trail."""
+    return address_of(request.remote_addr)
+
+
+def address_of(remote_addr: str | None) -> str:
+    """:func:`client_address` of a ``REMOTE_ADDR`` as ProxyFix left it (also outside Flask)."""
     try:
-        ip = ipaddress.ip_address((request.remote_addr or "").strip("[]"))
+        ip = ipaddress.ip_address((remote_addr or "").strip("[]"))
     except ValueError:
         return "invalid"
     # a dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; one client, one spelling

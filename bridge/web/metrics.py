@@ -70,13 +70,17 @@ def _start_timer() -> None:
 
 
 def _observe(resp: Response) -> Response:
-    endpoint = request.endpoint or "unmatched"
-    method = request.method if request.method in _METHODS else "other"
-    REQUESTS.labels(endpoint, method, str(resp.status_code)).inc()
     t0 = g.get("pacs_bridge_t0")
-    if t0 is not None:
-        LATENCY.labels(endpoint).observe(time.perf_counter() - t0)
+    record(request.endpoint or "unmatched", request.method, resp.status_code,
+           None if t0 is None else time.perf_counter() - t0)
     return resp
+
+
+def record(endpoint: str, method: str, status: int, seconds: float | None) -> None:
+    """Count one answered request (also for requests served outside Flask: the gateway's fast path)."""
+    REQUESTS.labels(endpoint, method if method in _METHODS else "other", str(status)).inc()
+    if seconds is not None:
+        LATENCY.labels(endpoint).observe(seconds)
 
 
 def _refuse(reason: str) -> Response:

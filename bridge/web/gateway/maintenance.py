@@ -6,8 +6,8 @@ watermarks (a query every couple of seconds per worker) and sweeping sessions no
 (a query, then for each such session a revocation and a call to Keycloak's end-session endpoint).
 Here a thread does both ahead of time, so a request finds the watermarks fresh in memory.
 
-Nothing about a decision moves here: the request path still reads its session row from the
-database (a logout anywhere counts at once) and still checks the watermarks it finds; if this
+Nothing about a decision moves here: the request path still checks its session (a logout anywhere
+counts at once: bridge/web/gateway/session_cache.py) and the watermarks it finds; if this
 thread stalls or dies, the watermark cache expires and the request reloads it itself, as before
 (fail safe), and the next request starts a new thread.  The thread holds only a weak reference to
 the gateway, so an app that goes away (tests build many) lets its thread end.

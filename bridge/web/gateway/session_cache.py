@@ -165,8 +165,10 @@ def _listen(ref: weakref.ref[SessionCache[Any]]) -> None:
             cache._set_live(True)  # emptied after LISTEN took effect: nothing missed before is kept
             ping_every, stop = cache.ping_every, cache._stop
             del cache
+            poller = select.poll()  # not select.select: a worker may hold descriptors above 1023
+            poller.register(dbapi.fileno(), select.POLLIN)
             while True:
-                readable, _, _ = select.select([dbapi], [], [], ping_every)
+                readable = poller.poll(ping_every * 1000)
                 if stop.is_set():
                     return
                 if not readable:

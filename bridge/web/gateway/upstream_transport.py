@@ -115,9 +115,11 @@ class PooledTransport(httpx.BaseTransport):
             if sock is None:
                 continue
             try:
-                readable, _, _ = select.select([sock], [], [], 0)
+                poller = select.poll()  # not select.select: descriptors above 1023 are common in a worker
+                poller.register(sock, select.POLLIN)
+                readable = bool(poller.poll(0))
             except (OSError, ValueError):
-                readable = [sock]
+                readable = True
             if readable:  # closed by Orthanc (EOF) or unexpected bytes: never reuse
                 conn.close()
                 continue

@@ -25,7 +25,7 @@ from typing import Any
 
 import requests
 from authlib.integrations.base_client import OAuthError
-from flask import Blueprint, Flask, Response, current_app, redirect, request, session, stream_with_context, url_for
+from flask import Blueprint, Flask, Response, current_app, redirect, request, session, url_for
 
 from bridge.config import GatewaySection, Settings
 from bridge.core import mfa
@@ -35,7 +35,7 @@ from bridge.oidc import session as sess
 from bridge.oidc.rejections import SampledRejections
 from bridge.tokens import claims as claims_mod
 from bridge.tokens.service import IssuedToken, TokenService
-from bridge.web.client import client_address
+from bridge.web.client import client_address, wrap_inside_proxy_fix
 from bridge.web.gateway import pages, proxy, rules
 from bridge.web.gateway.keycloak import KeycloakEnded, KeycloakSessions
 from bridge.web.gateway.maintenance import Maintenance
@@ -116,6 +116,9 @@ def init_app(app: Flask, settings: Settings, service: TokenService, oauth: Any, 
     bp.add_url_rule("/<path:rest>", "proxy", _proxy,
                     methods=["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"])
     app.register_blueprint(bp)
+    from bridge.web.gateway.fast_path import FastPath
+
+    wrap_inside_proxy_fix(app, lambda inner: FastPath(app, inner, gw))  # proxied GETs that need no more
     return gw
 
 
@@ -377,21 +380,31 @@ def _current(activity: bool) -> GatewayLogin | Response:
     if why is not None:
         _end(login, why, end_keycloak=True)
         return _login_needed(force=True)
-    claims = _token_claims(login.tokens.pacs_token)
-    # the subject watermarks as the PACS sees them (the revocation list, cached a few seconds per
-    # worker and reloaded ahead of time by the housekeeping thread): a leaver or a role removal is
-    # noticed within that interval, without a query on this request's path
-    marks = gw.service.revocations.subjects()
-    mark = max((marks[s][0] for s in (login.subject_id, login.kc_sub) if s in marks), default=None)
-    changed = mark is not None and float(claims.get("iat", 0)) <= mark
-    if changed or login.token_exp - now < gw.section.renew_margin_seconds:
+    if renewal_due(gw, login, now):
         renewed = _renew(login, now)
         if isinstance(renewed, Response):
             return renewed
         login = renewed
-    if activity and now - login.last_activity >= rules.activity_write_seconds(gw.limits.idle_seconds):
+    if activity and touch_due(gw, login, now):
         login = gw.store.touch(login, now)
     return login
+
+
+def renewal_due(gw: Gateway, login: GatewayLogin, now: float) -> bool:
+    """The session's PACS token must be renewed before use: it nears its end, or the subject's
+    watermark (a leaver, a role removal) is at or after its ``iat``.  The watermarks are the PACS's
+    revocation list, cached a few seconds per worker and reloaded ahead of time by the housekeeping
+    thread: noticed within that interval, without a query on the request's path."""
+    if login.token_exp - now < gw.section.renew_margin_seconds:
+        return True
+    marks = gw.service.revocations.subjects()
+    mark = max((marks[s][0] for s in (login.subject_id, login.kc_sub) if s in marks), default=None)
+    return mark is not None and float(_token_claims(login.tokens.pacs_token).get("iat", 0)) <= mark
+
+
+def touch_due(gw: Gateway, login: GatewayLogin, now: float) -> bool:
+    """The idle clock is written at most every ``activity_write_seconds`` (docs/gateway.md)."""
+    return now - login.last_activity >= rules.activity_write_seconds(gw.limits.idle_seconds)
 
 
 def current_login() -> GatewayLogin | Response:
@@ -528,8 +541,9 @@ def _logged_out() -> Response:
 # --------------------------------------------------------------------------- the proxy
 
 
-def _url_has_token() -> bool:
-    return any(k.lower() in ("access_token", "token", "id_token") for k in request.args)
+def url_has_token(args: Any) -> bool:
+    """A token-looking query parameter (tokens are never accepted in a URL: logs, history, Referer)."""
+    return any(k.lower() in ("access_token", "token", "id_token") for k in args)
 
 
 def _bearer_request(path: str) -> bool:
@@ -566,7 +580,7 @@ def _proxy(rest: str) -> Response:
     raw_path = str(request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or "").split("?")[0]
     if path is None or not rules.plain_raw_path(raw_path):
         return _refuse(400, "path refused (dot segments, empty segments or control characters)")
-    if _url_has_token():
+    if url_has_token(request.args):
         return _refuse(400, "tokens are not accepted in the URL")
     if request.method == "OPTIONS":
         return _preflight(path)
@@ -586,27 +600,33 @@ def _proxy(rest: str) -> Response:
 
 
 def _forward(path: str, bearer: str, login: GatewayLogin | None) -> Response:
-    gw = _gw()
     request.max_content_length = sys.maxsize  # uploads stream through (None would mean the app-wide cap)
-    headers = proxy.request_headers(proxy.header_items(request.headers), bearer, client_address())
     has_body = request.method in ("POST", "PUT") or request.content_length
-    body = proxy.body_iter(request.stream) if has_body else None
+    return forward(_gw(), request.method, path, request.query_string, proxy.header_items(request.headers), bearer,
+                   client_address(), proxy.body_iter(request.stream) if has_body else None)
+
+
+def forward(gw: Gateway, method: str, path: str, query: bytes, incoming: list[tuple[str, str]], bearer: str,
+            workstation: str | None, body: Any = None) -> Response:
+    """One request to Orthanc and its answer for the browser (used by the Flask route and by the
+    fast path, bridge/web/gateway/fast_path.py: no request context needed)."""
+    headers = proxy.request_headers(incoming, bearer, workstation)
+    length = next((v for k, v in incoming if k.lower() == "content-length"), None)
     try:
-        upstream = gw.upstream.open(request.method, path, request.query_string, headers, body,
-                                    request.headers.get("Content-Length"))
+        upstream = gw.upstream.open(method, path, query, headers, body, length)
     except Exception as exc:  # any transport failure is a 502, never a traceback
         log.warning("gateway: Orthanc unreachable: %s", type(exc).__name__)
         return pages.secure(Response("the PACS is unreachable\n", status=502, mimetype="text/plain"))
     out_headers = proxy.response_headers(upstream.headers.multi_items(), gw.upstream.base, gw.public_base)
     content_type = upstream.headers.get("content-type")
-    if _is_explorer_page(path, upstream, content_type):
+    if _is_explorer_page(path, method, upstream, content_type):
         try:
             page = upstream.read()
         finally:
             upstream.close()
         resp = Response(proxy.inject_logout(page, gw.prefix + "/logout"), status=upstream.status_code,
                         headers=out_headers)
-    elif proxy.needs_rewrite(content_type) and request.method != "HEAD":
+    elif proxy.needs_rewrite(content_type) and method != "HEAD":
         try:
             data = upstream.read()
         finally:
@@ -614,7 +634,7 @@ def _forward(path: str, bearer: str, login: GatewayLogin | None) -> Response:
         resp = Response(proxy.rewrite_json(data, gw.upstream.base, gw.public_base), status=upstream.status_code,
                         headers=out_headers)
     else:
-        def stream() -> Any:
+        def stream() -> Any:  # needs no request context: only the answer
             try:
                 if upstream.is_stream_consumed:  # an answer already read (a transport that buffers)
                     yield upstream.content
@@ -623,17 +643,17 @@ def _forward(path: str, bearer: str, login: GatewayLogin | None) -> Response:
             finally:
                 upstream.close()
 
-        resp = Response(stream_with_context(stream()), status=upstream.status_code, headers=out_headers)
-        length = upstream.headers.get("content-length")
-        if length is not None and request.method != "HEAD":
-            resp.headers["Content-Length"] = length
+        resp = Response(stream(), status=upstream.status_code, headers=out_headers)
+        upstream_length = upstream.headers.get("content-length")
+        if upstream_length is not None and method != "HEAD":
+            resp.headers["Content-Length"] = upstream_length
     return _harden(resp, content_type)
 
 
-def _is_explorer_page(path: str, upstream: Any, content_type: str | None) -> bool:
+def _is_explorer_page(path: str, method: str, upstream: Any, content_type: str | None) -> bool:
     """Orthanc Explorer's page, answered in full (GET, 200, HTML, a small body): it gets the logout link."""
     length = upstream.headers.get("content-length")
-    return (path == proxy.EXPLORER_PAGE and request.method == "GET" and upstream.status_code == 200
+    return (path == proxy.EXPLORER_PAGE and method == "GET" and upstream.status_code == 200
             and bool(content_type) and content_type.lower().startswith("text/html")  # type: ignore[union-attr]
             and (length is None or (length.isdigit() and int(length) <= proxy.EXPLORER_MAX_BYTES)))
 

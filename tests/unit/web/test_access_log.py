@@ -26,3 +26,28 @@ def test_gunicorn_uses_the_redacting_logger() -> None:
     from bridge.web import gunicorn_conf
 
     assert gunicorn_conf.logger_class == "bridge.web.access_log.RedactingLogger"
+
+
+def test_the_access_line_gets_every_atom_it_uses_and_no_query_or_secret() -> None:
+    """The logger builds only the atoms of the bridge's line: each one the line uses must be there."""
+    import datetime as dt
+    import re
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+    from gunicorn.glogging import SafeAtoms
+
+    from bridge.deploy.gunicorn import ACCESS_LOG_FORMAT
+    from bridge.web.access_log import RedactingLogger
+
+    link = secrets.token_urlsafe(32)
+    environ = {"REMOTE_ADDR": "10.0.0.7", "REQUEST_METHOD": "GET", "PATH_INFO": f"/share/{link}",
+               "QUERY_STRING": "code=secret", "HTTP_X_FORWARDED_FOR": "10.9.9.9",
+               "RAW_URI": f"/share/{link}?code=secret"}
+    atoms = RedactingLogger(Config()).atoms(SimpleNamespace(status="200 OK", headers=[]), SimpleNamespace(headers=[]),
+                                            environ, dt.timedelta(milliseconds=12))
+    used = re.findall(r"%\((\{[^}]+\}[ioe]|[a-zA-Z])\)s", ACCESS_LOG_FORMAT)
+    assert used and all(name in atoms for name in used), (used, sorted(atoms))
+    line = ACCESS_LOG_FORMAT % SafeAtoms(atoms)
+    assert line == f'10.0.0.7 <{__import__("os").getpid()}> "GET /share/[redacted]" 200 12ms xff=10.9.9.9'
+    assert link not in line and "secret" not in line
