@@ -524,7 +524,8 @@ def run_gateway(selected: list[str], args: argparse.Namespace, results: dict[str
     if not all(stack.service(name).running() for name in GATEWAY_SERVICES):
         stack.up(GATEWAY_SERVICES, owner=owner, log=lambda line: print(line, file=sys.stderr))
     try:
-        rig = GatewayRig(args.archive_mb)
+        # the archive study only when it is measured (a 1 MB study serves the small GETs)
+        rig = GatewayRig(args.archive_mb if "archive_stream" in selected else 1)
         try:
             if "small_json_get" in selected:
                 results["small_json_get"] = small_json_get(rig, args.n)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bridge.config import DirectorySection
+from bridge.config import DirectorySection, Settings
 from bridge.directory.reader import reader_for
 from pacs_devstack import keycloak as kc
 from pacs_devstack.service import StackContext
@@ -48,3 +49,34 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     swap = getattr(item.config, "pacs_bridge_plugin_swap", None)
     if swap is not None:
         swap.ensure(double="pacs" in getattr(item, "fixturenames", ()))
+
+
+def _unsecret(node: Any) -> Any:
+    """model_dump keeps SecretStr objects; the settings model wants their values back."""
+    from pydantic import SecretStr
+
+    if isinstance(node, dict):
+        return {k: _unsecret(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_unsecret(v) for v in node]
+    if isinstance(node, SecretStr):
+        return node.get_secret_value()
+    return node
+
+
+@pytest.fixture(scope="session")
+def settings_at() -> Callable[..., Settings]:
+    """``settings_at(base, origin, edit=None)``: the stack bridge's settings for a second bridge at
+    ``origin`` over the same database and keys (its PACS tokens keep the stack's issuer, so the stack's
+    Orthanc accepts them; no trusted proxy), ``edit(data)`` changing the settings' dict first."""
+
+    def make(base: Settings, origin: str, edit: Callable[[dict[str, Any]], None] | None = None) -> Settings:
+        data = base.model_dump(mode="python")
+        data["bridge"]["public_url"] = origin
+        data["tokens"]["issuer"] = base.tokens.issuer or base.bridge.public_url
+        data["web"]["trusted_proxy_hops"] = 0
+        if edit is not None:
+            edit(data)
+        return Settings(**_unsecret(data))
+
+    return make

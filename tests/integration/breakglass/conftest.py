@@ -22,7 +22,8 @@ from pacs_devstack.state import free_port
 
 
 @pytest.fixture(scope="session")
-def bg_world(stack: dict[str, Any], directory_ids: dict[str, dict[str, str]]) -> Iterator[World]:
+def bg_world(stack: dict[str, Any], directory_ids: dict[str, dict[str, str]],
+             settings_at: Callable[..., Settings]) -> Iterator[World]:
     for name in ("keycloak", "samba", "bridge", "orthanc", "rsyslog", "postgres"):
         if name not in stack:
             pytest.skip(f"{name} is not part of this dev stack run")
@@ -38,13 +39,9 @@ def bg_world(stack: dict[str, Any], directory_ids: dict[str, dict[str, str]]) ->
 
     port = free_port()
     origin = f"https://127.0.0.1:{port}"
-    data = base.model_dump(mode="python")
-    data["bridge"]["public_url"] = origin
-    data["tokens"]["issuer"] = base.tokens.issuer or base.bridge.public_url
-    data["web"]["trusted_proxy_hops"] = 0
-    data["break_glass"].update({"webhook_url": f"https://127.0.0.1:{receiver.server_port}/hooks/break-glass",
-                                "webhook_ca_file": stack["ca"]["file"]})
-    settings = Settings(**_unsecret(data))
+    settings = settings_at(base, origin, lambda data: data["break_glass"].update({
+        "webhook_url": f"https://127.0.0.1:{receiver.server_port}/hooks/break-glass",
+        "webhook_ca_file": stack["ca"]["file"]}))
     from bridge.web.app import create_app
 
     app = create_app(settings, config={"PACS_BRIDGE_RATE_LOGIN": "1000/minute"})
@@ -56,18 +53,6 @@ def bg_world(stack: dict[str, Any], directory_ids: dict[str, dict[str, str]]) ->
     yield world
     server.shutdown()
     receiver.shutdown()
-
-
-def _unsecret(node: Any) -> Any:
-    from pydantic import SecretStr
-
-    if isinstance(node, dict):
-        return {k: _unsecret(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_unsecret(v) for v in node]
-    if isinstance(node, SecretStr):
-        return node.get_secret_value()
-    return node
 
 
 @pytest.fixture()

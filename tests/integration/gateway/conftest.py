@@ -36,7 +36,7 @@ def gw_stack(stack: dict[str, Any], directory_ids: dict[str, dict[str, str]]) ->
 
 
 @pytest.fixture(scope="session")
-def private_gateway(gw_stack: Stack) -> Iterator[Callable[..., str]]:
+def private_gateway(gw_stack: Stack, settings_at: Callable[..., Settings]) -> Iterator[Callable[..., str]]:
     """``start(**gateway_settings)``: a second bridge (werkzeug, TLS) over the stack's database and
     signing keys, its gateway configured with the given keys; returns the gateway's URL.  Its PACS
     tokens carry the stack bridge's issuer, so the stack's Orthanc accepts them; Keycloak's client
@@ -46,12 +46,7 @@ def private_gateway(gw_stack: Stack) -> Iterator[Callable[..., str]]:
     def start(**gateway: Any) -> str:
         port = free_port()
         url = f"https://127.0.0.1:{port}"
-        data = gw_stack.settings.model_dump(mode="python")
-        data["bridge"]["public_url"] = url
-        data["tokens"]["issuer"] = gw_stack.settings.tokens.issuer or gw_stack.settings.bridge.public_url
-        data["gateway"].update(gateway)
-        data["web"]["trusted_proxy_hops"] = 0
-        settings = Settings(**_unsecret(data))
+        settings = settings_at(gw_stack.settings, url, lambda data: data["gateway"].update(gateway))
         app = create_app(settings, config={"PACS_BRIDGE_RATE_LOGIN": "1000/minute"})
         pair = tls.issue("bridge-gateway-test")
         server = make_server("127.0.0.1", port, app, threaded=True, ssl_context=(str(pair.cert), str(pair.key)))
@@ -63,19 +58,6 @@ def private_gateway(gw_stack: Stack) -> Iterator[Callable[..., str]]:
     yield start
     for server in servers:
         server.shutdown()
-
-
-def _unsecret(node: Any) -> Any:
-    """model_dump keeps SecretStr objects; the settings model wants their values back."""
-    from pydantic import SecretStr
-
-    if isinstance(node, dict):
-        return {k: _unsecret(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_unsecret(v) for v in node]
-    if isinstance(node, SecretStr):
-        return node.get_secret_value()
-    return node
 
 
 @pytest.fixture(scope="session")
