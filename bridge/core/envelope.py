@@ -227,8 +227,8 @@ def parse_header(data: bytes | bytearray | memoryview) -> Header:
 #
 # Why not AESGCM.encrypt/decrypt for the bodies: in Debian's cryptography 38 they zero a new buffer
 # and copy the result out of it (and the caller's input, to split off the tag): 5 ms per 2 MB
-# where the cipher itself needs 0.6 ms.  The streaming context writes into a buffer we own; the
-# result is the same AES-256-GCM (ciphertext || 16-byte tag), so either API opens either's files.
+# where the cipher itself needs 0.6 ms.  Both ways below write into a buffer we own; the result is
+# the same AES-256-GCM (ciphertext || 16-byte tag), so any implementation opens the segments.
 
 
 def segment_size_for(size: int) -> int:
@@ -263,9 +263,8 @@ def _update_into(ctx: object, data: memoryview, out: memoryview) -> None:
     start of ``out``.
 
     cryptography wants 15 spare bytes after the output (a block cipher may emit a block more); GCM
-    emits exactly what it is given (checked: any other count is an error), so spare room may lie
-    over bytes that another segment owns.  Where ``out`` has no room to spare (the end of the
-    plaintext), the last 16 bytes go through ``update`` (a small copy)."""
+    emits exactly what it is given (checked: any other count is an error).  Where ``out`` has no
+    room to spare, the last 16 bytes go through ``update`` (a small copy)."""
     n = len(data)
     if len(out) >= n + 15:
         done = ctx.update_into(data, out)  # type: ignore[attr-defined]
@@ -277,6 +276,136 @@ def _update_into(ctx: object, data: memoryview, out: memoryview) -> None:
         done += len(tail)
     if done != n:
         raise EnvelopeError("damaged", f"the cipher returned {done} bytes for {n}")
+
+
+class _PublicGCM:
+    """AES-256-GCM through cryptography's public streaming API (any cryptography version)."""
+
+    name = "cryptography"
+
+    @staticmethod
+    def seal_into(key: bytes, nonce: bytes, aad: bytes, src: memoryview, dst: memoryview) -> None:
+        """``dst`` (``len(src) + 16`` bytes) = ciphertext || tag."""
+        n = len(src)
+        enc = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
+        enc.authenticate_additional_data(aad)
+        _update_into(enc, src, dst)  # the tag's 16 bytes are the spare room cryptography wants
+        enc.finalize()
+        dst[n:n + TAG_BYTES] = enc.tag
+
+    @staticmethod
+    def open_into(key: bytes, nonce: bytes, aad: bytes, src: memoryview, dst: memoryview) -> None:
+        """``dst`` (``len(src) - 16`` bytes) = the plaintext of ``src`` (ciphertext || tag); raises
+        InvalidTag (``dst`` then holds unverified bytes: the caller throws it away)."""
+        n = len(src) - TAG_BYTES
+        dec = Cipher(algorithms.AES(key), modes.GCM(nonce, bytes(src[n:]))).decryptor()
+        dec.authenticate_additional_data(aad)
+        _update_into(dec, src[:n], dst)
+        dec.finalize()
+
+
+class _OpenSSLGCM:
+    """AES-256-GCM straight through the OpenSSL bindings of Debian bookworm's python3-cryptography
+    38 (``cryptography.hazmat.bindings._openssl``), the package the plugin runs with.
+
+    Why: the public API costs ~25 µs of Python per cipher context (several objects, a dozen checks,
+    an implicit cipher fetch in OpenSSL 3 at every init), a tenth of what a 0.5 MB read may add over
+    Orthanc's own storage, and Orthanc's embedded ``libpython`` runs it slower still.  Here: the
+    cipher fetched once, one context per thread re-initialised with each segment's key and nonce,
+    six OpenSSL calls per segment.  Same OpenSSL, same AES-256-GCM: the unit cases check it against
+    the public API both ways.  Later cryptography releases have no such bindings (the bridge's own
+    virtualenv): :class:`_PublicGCM` is used there."""
+
+    name = "openssl-bindings"
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.bindings._openssl import ffi, lib  # type: ignore[import-not-found]
+
+        self.ffi, self.lib = ffi, lib
+        self.cipher = lib.EVP_CIPHER_fetch(ffi.NULL, b"AES-256-GCM", ffi.NULL)  # kept for the process
+        if self.cipher == ffi.NULL:
+            lib.ERR_clear_error()
+            raise RuntimeError("OpenSSL has no AES-256-GCM")
+        self._local = threading.local()
+
+    def _ctx(self) -> tuple[object, object, object]:
+        local = self._local
+        state = getattr(local, "state", None)
+        if state is None:
+            ffi, lib = self.ffi, self.lib
+            ctx = ffi.gc(lib.EVP_CIPHER_CTX_new(), lib.EVP_CIPHER_CTX_free)
+            if ctx == ffi.NULL:
+                raise MemoryError("EVP_CIPHER_CTX_new")
+            state = local.state = (ctx, ffi.new("int *"), ffi.new("unsigned char[]", 32))
+        return state
+
+    def _fail(self, what: str) -> EnvelopeError:
+        self.lib.ERR_clear_error()  # leave nothing on OpenSSL's error queue for cryptography's next check
+        return EnvelopeError("damaged", f"OpenSSL refused the cipher operation ({what})")
+
+    def _start(self, ctx: object, outlen: object, key: bytes, nonce: bytes, aad: bytes, enc: int) -> None:
+        ffi, lib = self.ffi, self.lib
+        if len(key) != KEY_BYTES or len(nonce) != NONCE_BYTES:
+            raise EnvelopeError("damaged", "wrong key or nonce size")
+        if not lib.EVP_CipherInit_ex(ctx, self.cipher, ffi.NULL, ffi.from_buffer(key), ffi.from_buffer(nonce), enc):
+            raise self._fail("init")
+        if aad and not lib.EVP_CipherUpdate(ctx, ffi.NULL, outlen, ffi.from_buffer(aad), len(aad)):
+            raise self._fail("associated data")
+
+    def _update(self, ctx: object, outlen: object, src: memoryview, dst: memoryview) -> None:
+        n = len(src)
+        if len(dst) < n:
+            raise EnvelopeError("damaged", "output buffer too small")
+        if n:
+            ffi = self.ffi
+            if not self.lib.EVP_CipherUpdate(ctx, ffi.from_buffer(dst, require_writable=True), outlen,
+                                             ffi.from_buffer(src), n):
+                raise self._fail("update")
+            if outlen[0] != n:  # type: ignore[index]
+                raise self._fail(f"{outlen[0]} bytes for {n}")  # type: ignore[index]
+
+    def seal_into(self, key: bytes, nonce: bytes, aad: bytes, src: memoryview, dst: memoryview) -> None:
+        ctx, outlen, scratch = self._ctx()
+        lib, n = self.lib, len(src)
+        self._start(ctx, outlen, key, nonce, aad, 1)
+        self._update(ctx, outlen, src, dst[:n])
+        if not lib.EVP_CipherFinal_ex(ctx, scratch, outlen):
+            raise self._fail("final")
+        if not lib.EVP_CIPHER_CTX_ctrl(ctx, lib.EVP_CTRL_AEAD_GET_TAG, TAG_BYTES, scratch):
+            raise self._fail("tag")
+        dst[n:n + TAG_BYTES] = self.ffi.buffer(scratch, TAG_BYTES)
+
+    def open_into(self, key: bytes, nonce: bytes, aad: bytes, src: memoryview, dst: memoryview) -> None:
+        ctx, outlen, scratch = self._ctx()
+        lib, n = self.lib, len(src) - TAG_BYTES
+        self._start(ctx, outlen, key, nonce, aad, 0)
+        self._update(ctx, outlen, src[:n], dst)
+        tag = bytes(src[n:])
+        if not lib.EVP_CIPHER_CTX_ctrl(ctx, lib.EVP_CTRL_AEAD_SET_TAG, TAG_BYTES, self.ffi.from_buffer(tag)):
+            raise self._fail("tag")
+        if not lib.EVP_CipherFinal_ex(ctx, scratch, outlen):
+            lib.ERR_clear_error()
+            raise InvalidTag()
+
+
+def _gcm_implementation() -> _OpenSSLGCM | _PublicGCM:
+    """The bindings where they exist and agree with the public API on a test vector, else the public API."""
+    try:
+        fast = _OpenSSLGCM()
+        key, nonce, aad, data = bytes(range(32)), bytes(12), b"ad", bytes(range(200))
+        a, b = bytearray(216), bytearray(216)
+        fast.seal_into(key, nonce, aad, memoryview(data), memoryview(a))
+        _PublicGCM.seal_into(key, nonce, aad, memoryview(data), memoryview(b))
+        back = bytearray(200)
+        fast.open_into(key, nonce, aad, memoryview(bytes(b)), memoryview(back))
+        if a != b or back != data:
+            return _PublicGCM()
+        return fast
+    except Exception:
+        return _PublicGCM()
+
+
+GCM: _OpenSSLGCM | _PublicGCM = _gcm_implementation()
 
 
 def seal(keys: KeyProvider, uuid: str, content_type: int, plaintext: bytes | memoryview,
@@ -299,34 +428,21 @@ def seal(keys: KeyProvider, uuid: str, content_type: int, plaintext: bytes | mem
         out = bytearray(total)
     body = memoryview(out)[:total]
     src = memoryview(plaintext)
-    algorithm = algorithms.AES(data_key)
-    contexts = []
-    for i in range(count):
-        enc = Cipher(algorithm, modes.GCM(_nonce(nonce, i))).encryptor()
-        enc.authenticate_additional_data(_segment_aad(aad, seg, i, i == count - 1))
-        contexts.append(enc)
+    gcm = GCM
 
     def segment(i: int) -> None:
         start = i * seg
         n = min(seg, size - start)
         at = start + i * TAG_BYTES
-        _update_into(contexts[i], src[start:start + n], body[at:at + n + TAG_BYTES])  # the tag's room is spare
+        gcm.seal_into(data_key, _nonce(nonce, i), _segment_aad(aad, seg, i, i == count - 1),
+                      src[start:start + n], body[at:at + n + TAG_BYTES])
 
     _run(count, size, segment, helpers)
-    for i, enc in enumerate(contexts):
-        enc.finalize()
-        at = min(seg * (i + 1), size) + i * TAG_BYTES
-        body[at:at + TAG_BYTES] = enc.tag
     return _header(content_type, key_id, wrapped, nonce, VERSION, seg).encode(), body
 
 
 def _run(count: int, size: int, segment: Callable[[int], None], helpers: crypto_workers.Helpers | None) -> None:
-    """``segment(i)`` for every segment, on the helper threads too when the body is large enough.
-
-    Only the bulk ``update_into`` calls run there: the cipher contexts are made and finalized by
-    the caller.  Why: each of cryptography's OpenSSL calls releases and takes back the GIL, so two
-    threads both making contexts hand the GIL to each other a dozen times per segment (measured:
-    twice the CPU for no gain at 0.5 MB); ``update_into`` is one long call that runs without it."""
+    """``segment(i)`` for every segment, on the helper threads too when the body is large enough."""
     if count == 1 or size < PARALLEL_MIN:
         for i in range(count):
             segment(i)
@@ -347,9 +463,9 @@ def _bytes_allocator() -> Callable[[int], tuple[bytes, memoryview]] | None:
     one reference, ours; it is written only here, before it is returned, hashed or seen by anyone
     else (bytes objects are never interned, and a new object of two or more bytes is never a shared
     singleton: sizes below 2 do not come here); after that nobody writes it.  The view points into
-    the object's storage (``ob_sval``, at ``bytes.__basicsize__ - 1``) and dies before the object
-    is returned.  A self-test at import falls back to ``bytes(bytearray)`` if any of this does not
-    hold (another interpreter, another layout)."""
+    the object's storage (``ob_sval``, at ``bytes.__basicsize__ - 1``) and is released before the
+    object is returned.  A self-test at import falls back to ``bytes(bytearray)`` if any of this
+    does not hold (another interpreter, another layout)."""
     try:
         import ctypes
 
@@ -392,13 +508,9 @@ def _finish(buf: bytes | bytearray, view: memoryview) -> bytes:
 
 def _open_v1(data_key: bytes, nonce: bytes, body: memoryview, aad: bytes) -> bytes:
     """The plaintext, returned only once the tag has verified (nothing of an unverified body escapes)."""
-    n = len(body) - TAG_BYTES
-    dec = Cipher(algorithms.AES(data_key), modes.GCM(nonce, bytes(body[n:]))).decryptor()
-    dec.authenticate_additional_data(aad)
-    buf, view = _new_plaintext(n)
+    buf, view = _new_plaintext(len(body) - TAG_BYTES)
     try:
-        _update_into(dec, body[:n], view)
-        dec.finalize()  # InvalidTag unless every byte is as written for this attachment
+        GCM.open_into(data_key, nonce, aad, body, view)  # InvalidTag unless every byte is as written
     except BaseException:
         view.release()
         raise
@@ -414,27 +526,19 @@ def _open_v2(data_key: bytes, header: Header, body: memoryview, aad: bytes,
     if last_len < TAG_BYTES:
         raise EnvelopeError("truncated", "the encrypted body ends inside a segment's tag")
     size = total - count * TAG_BYTES
-    algorithm = algorithms.AES(data_key)
-    nonce = header.body_nonce
-    contexts = []
-    for i in range(count):
-        at = i * (seg + TAG_BYTES)
-        n = seg if i < count - 1 else last_len - TAG_BYTES
-        dec = Cipher(algorithm, modes.GCM(_nonce(nonce, i), bytes(body[at + n:at + n + TAG_BYTES]))).decryptor()
-        dec.authenticate_additional_data(_segment_aad(aad, seg, i, i == count - 1))
-        contexts.append(dec)
+    nonce, gcm = header.body_nonce, GCM
     buf, view = _new_plaintext(size)
 
     def segment(i: int) -> None:
         at = i * (seg + TAG_BYTES)
         n = seg if i < count - 1 else last_len - TAG_BYTES
         start = i * seg
-        _update_into(contexts[i], body[at:at + n], view[start:start + n + 15])  # spare room: the next segment's
+        # InvalidTag unless this segment is as written, at this place, for this attachment
+        gcm.open_into(data_key, _nonce(nonce, i), _segment_aad(aad, seg, i, i == count - 1),
+                      body[at:at + n + TAG_BYTES], view[start:start + n])
 
     try:
         _run(count, size, segment, helpers)
-        for dec in contexts:
-            dec.finalize()  # InvalidTag unless this segment is as written, at this place, for this attachment
     except BaseException:
         view.release()
         raise

@@ -289,6 +289,46 @@ def case_a_cipher_that_returns_fewer_bytes_is_an_error() -> None:
             Short(), memoryview(bytes(size)), memoryview(bytearray(room))), EnvelopeError)
 
 
+def case_both_gcm_implementations_agree_both_ways() -> None:
+    """The OpenSSL-bindings path (Debian's cryptography 38, what the plugin runs) and the public API
+    (any version) write the same bytes and open each other's; a bad tag is InvalidTag and leaves
+    OpenSSL's error queue clean for cryptography's next call.  Under the venv's cryptography there
+    are no bindings: only the public path is checked there (and the module picked it)."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    impls: list[object] = [envelope._PublicGCM()]
+    try:
+        impls.append(envelope._OpenSSLGCM())
+    except ImportError:
+        assert envelope.GCM.name == "cryptography"
+    else:
+        assert envelope.GCM.name == "openssl-bindings"
+    key, nonce, aad = os.urandom(32), os.urandom(12), b"ad"
+    for size in (0, 1, 15, 16, 17, 1000, 70_000):
+        data = os.urandom(size)
+        sealed = []
+        for impl in impls:
+            out = bytearray(size + 16)
+            impl.seal_into(key, nonce, aad, memoryview(data), memoryview(out))  # type: ignore[attr-defined]
+            sealed.append(bytes(out))
+        assert len(set(sealed)) == 1 and sealed[0] == AESGCM(key).encrypt(nonce, data, aad)
+        for impl in impls:
+            back = bytearray(size)
+            impl.open_into(key, nonce, aad, memoryview(sealed[0]), memoryview(back))  # type: ignore[attr-defined]
+            assert back == data
+            bad = bytearray(sealed[0])
+            bad[-1] ^= 1
+            _raises(lambda impl=impl, bad=bad, size=size: impl.open_into(  # type: ignore[attr-defined]
+                key, nonce, aad, memoryview(bytes(bad)), memoryview(bytearray(size))), InvalidTag)
+            _raises(lambda impl=impl, good=sealed[0], size=size: impl.open_into(  # type: ignore[attr-defined]
+                key, nonce, b"other", memoryview(good), memoryview(bytearray(size))), InvalidTag)
+            assert AESGCM(key).decrypt(nonce, sealed[0], aad) == data  # cryptography still fine after
+    for impl in impls[1:]:
+        _raises(lambda impl=impl: impl.open_into(  # type: ignore[attr-defined]
+            key[:16], nonce, aad, memoryview(bytes(16)), memoryview(bytearray(0))), EnvelopeError)
+
+
 def case_data_key_cache_is_bounded_aged_and_follows_the_key_file() -> None:
     cache = envelope.DataKeyCache(size=2, max_age=600)
     for i in range(3):
