@@ -1,11 +1,17 @@
 """Helper threads that share the AES-GCM work of one large body with the thread that needs it.
 
 Why: a read of the encrypted image store waits for the decryption of the whole attachment
-(AES-256-GCM runs at ~3.5 GB/s on one core: 0.6 ms per 2 MB), and while it does, the machine's
-other cores are idle (the client asking for the file waits too).  A body sealed in segments
-(envelope format 2, :mod:`bridge.core.envelope`) lets them help: every segment is its own AES-GCM
-call, and cryptography's OpenSSL calls (CFFI) release the GIL, so segments on two threads run on
-two cores at once (measured under Debian's python3-cryptography 38).
+(AES-256-GCM runs at ~3.5 GB/s on one core: 0.6 ms per 2 MB), while the machine's other cores may
+be idle.  A body sealed in segments (envelope format 2, :mod:`bridge.core.envelope`) lets them
+help: every segment is its own AES-GCM call, and OpenSSL's calls (through cryptography's CFFI)
+release the GIL, so segments on two threads can run on two cores at once.
+
+**Off by default** (:data:`ENV_VAR` turns it on): on the 2-vCPU Firecracker VM this was measured
+on (issue 12, docs/performance.md), handing a segment to another thread did not pay: the guest
+kernel packs a woken thread onto the waker's vCPU (``sched_vcpu_pack``) and an idle vCPU takes
+50-350 µs to wake (no guest halt-polling), so the helper mostly ran *after* the caller, not beside
+it: 0.5 MB reads got slower, 2 MB reads no faster inside Orthanc (median of 200 reads each).  On
+hosts where a thread wakes in a few microseconds it should halve the decryption of large bodies.
 
 How: the caller hands a job (a list of tasks) to the helpers *and works on it itself*; every
 thread takes the next task nobody took yet.  So a helper that is busy with another caller's job,
@@ -29,21 +35,21 @@ from collections.abc import Callable, Sequence
 MAX_HELPERS = 3
 
 
-#: the environment variable that sets the number of helpers (0: none, every segment on the caller)
+#: the environment variable that sets the number of helper threads (unset or 0: none, every segment on the caller)
 ENV_VAR = "PACS_BRIDGE_CRYPTO_HELPERS"
 
 
 def default_helpers() -> int:
-    """:data:`ENV_VAR` if set, else one helper per core beyond the caller's own, at most
-    :data:`MAX_HELPERS` (0 on one core)."""
+    """:data:`ENV_VAR` if set to a number (at most :data:`MAX_HELPERS`; at most one per core beyond
+    the caller's own), else 0: see the module docstring for why it is off by default."""
     value = os.environ.get(ENV_VAR, "").strip()
-    if value.isdigit():
-        return min(MAX_HELPERS, int(value))
+    if not value.isdigit():
+        return 0
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    return max(0, min(MAX_HELPERS, cores - 1))
+    return max(0, min(MAX_HELPERS, int(value), cores - 1))
 
 
 class _Job:

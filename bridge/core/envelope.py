@@ -26,9 +26,10 @@ Body, version 2 (written since issue 12's read target): the plaintext cut into s
 own: ``AES-256-GCM(data key, nonce_i, segment_i, AD_i) = ciphertext_i || tag_i``, one after the
 other, where ``nonce_i`` = body nonce XOR i (as 96-bit integers: distinct for every segment under
 a key that is the file's alone) and ``AD_i`` = AD || ``\\x00seg\\x00`` || segment size (4 bytes) ||
-i (8 bytes) || 1 if it is the last segment else 0.  Why: segments decrypt on several cores at once
-(:mod:`bridge.core.crypto_workers`), which a read of a large attachment needs to keep up with
-Orthanc's own file storage.  The index and the last-segment flag in each segment's AD mean that
+i (8 bytes) || 1 if it is the last segment else 0.  Why segments: they can be decrypted on several
+cores at once (:mod:`bridge.core.crypto_workers`, opt-in: it did not pay on the machine measured)
+and, with a storage API that reads ranges (later orthanc-python releases), a part of a file can be
+opened without decrypting the rest.  The index and the last-segment flag in each segment's AD mean that
 segments cannot be reordered, duplicated, dropped or cut off at a segment boundary (the new last
 segment was sealed as not last), nor appended to: every such file fails a tag.
 
@@ -80,12 +81,16 @@ MAX_BODY = 2**36 - 32
 _FIXED = len(MAGIC) + 1 + 2 + 1  # magic, version, content type, key id length
 KEY_FILE_FORMAT = "pacs-bridge-storage-kek"
 #: version 2 segments: a body up to SINGLE_SEGMENT bytes is one segment; a larger one is cut into
-#: segments of about SEGMENT_TARGET (at least two, so a 0.5 MB image decrypts on two cores)
+#: segments of about SEGMENT_TARGET (at least two).  Why 1 MiB: every segment costs a cipher
+#: initialisation, its Python and a tag (~7 µs, 16 bytes), and splitting a 0.5 MB image in two only
+#: pays when another core decrypts half of it, which did not pay on the machine measured (see
+#: bridge/core/crypto_workers.py); 1 MiB segments keep that cost below 1 % of the decryption.
 SINGLE_SEGMENT = 1 << 20
 SEGMENT_TARGET = 1 << 20
 #: the largest segment size a reader accepts (the header's field is 4 bytes)
 MAX_SEGMENT = 64 << 20
-#: bodies from this size go to the helper threads (below it the hand-over costs more than it saves)
+#: bodies from this size go to the helper threads, when there are any (below it the hand-over
+#: costs more than it saves: measured at 0.5 MB)
 PARALLEL_MIN = 1 << 20
 
 
