@@ -467,20 +467,25 @@ def _bytes_allocator() -> Callable[[int], tuple[bytes, memoryview]] | None:
     exactly this use (its C API fills a bytes object created with NULL before publishing it), with
     one reference, ours; it is written only here, before it is returned, hashed or seen by anyone
     else (bytes objects are never interned, and a new object of two or more bytes is never a shared
-    singleton: sizes below 2 do not come here); after that nobody writes it.  The view points into
-    the object's storage (``ob_sval``, at ``bytes.__basicsize__ - 1``) and is released before the
-    object is returned.  A self-test at import falls back to ``bytes(bytearray)`` if any of this
-    does not hold (another interpreter, another layout)."""
+    singleton: sizes below :data:`_ALLOCATE_MIN` do not come here); after that nobody writes it.
+    The view (``PyMemoryView_FromMemory`` over ``ob_sval``, at ``bytes.__basicsize__ - 1``; not a
+    ctypes array, whose type would be created anew for every size) is released before the object
+    is returned.  A self-test at import falls back to ``bytes(bytearray)`` if any of this does not
+    hold (another interpreter, another layout)."""
     try:
         import ctypes
 
+        api = ctypes.pythonapi
         new = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_ssize_t)(
-            ("PyBytes_FromStringAndSize", ctypes.pythonapi))
+            ("PyBytes_FromStringAndSize", api))
+        view_of = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int)(
+            ("PyMemoryView_FromMemory", api))
+        writable = 0x200  # PyBUF_WRITE
         offset = bytes.__basicsize__ - 1
 
         def allocate(n: int) -> tuple[bytes, memoryview]:
             obj = new(None, n)
-            return obj, memoryview((ctypes.c_ubyte * n).from_address(id(obj) + offset)).cast("B")
+            return obj, view_of(id(obj) + offset, n, writable)
 
         probe, view = allocate(16)
         view[:] = b"pacs-bridge-test"

@@ -276,6 +276,30 @@ def case_plaintext_is_a_new_bytes_object_of_its_own() -> None:
     assert first == b"first" * 2000
 
 
+def case_plaintexts_of_many_sizes_make_no_new_types() -> None:
+    """A read of each size must not leave a type behind (a ctypes array type per size did: 8 µs
+    and a garbage-collected type per read of a new size)."""
+    import gc
+
+    ring = envelope.LocalKeyRing({"k1": b"\x05" * 32}, "k1")
+    header, body = envelope.seal(ring, U1, 1, b"x" * 5000)
+    parsed = envelope.parse_header(header)
+    envelope.open_body(ring, parsed, U1, 1, bytes(body))
+    gc.disable()
+    try:
+        before = sum(1 for o in gc.get_objects() if isinstance(o, type))
+        for n in range(5000, 5300):
+            if envelope._ALLOCATE is not None:
+                obj, view = envelope._ALLOCATE(n)
+                view[:1] = b"y"
+                view.release()
+                assert type(obj) is bytes and len(obj) == n and obj[:1] == b"y"
+        after = sum(1 for o in gc.get_objects() if isinstance(o, type))
+    finally:
+        gc.enable()
+    assert after - before < 5, after - before
+
+
 def case_a_cipher_that_returns_fewer_bytes_is_an_error() -> None:
     class Short:
         def update_into(self, data: object, out: object) -> int:
