@@ -36,8 +36,8 @@ LINE_PREFIX = b"E1:"
 
 def seal_blob(keys: KeyProvider, name: str, content_type: int, data: bytes) -> bytes:
     """``data`` sealed under a fresh data key, bound to ``name`` and ``content_type``."""
-    header, body, tag = seal(keys, name, content_type, data)
-    return b"".join((header, bytes(body), tag))
+    header, body = seal(keys, name, content_type, data)
+    return b"".join((header, body))
 
 
 def open_blob(keys: KeyProvider, name: str, content_type: int, blob: bytes, *, plaintext_ok: bool = False) -> bytes:

@@ -31,6 +31,7 @@ Stdlib + the core only (it runs inside Orthanc under Debian's Python).
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import re
 import threading
@@ -55,27 +56,34 @@ TMP_PREFIX = ".pbtmp-"
 
 
 class BufferPool:
-    """A few reusable scratch buffers for file bodies and their encryption.
+    """A few reusable, page-aligned scratch buffers for whole files and their encryption.
 
-    Why: a fresh 2 MB buffer per read or write costs more than the cipher.  Fresh memory is
+    Why kept: a fresh 2 MB buffer per read or write costs more than the cipher.  Fresh memory is
     page-faulted in (512 faults per 2 MB), and glibc hands large freed blocks back to the kernel
     (its trim threshold), so the next call faults again: ~1000 faults per 2 MB read, measured, 4x the
     CPU of the decryption itself.  Kept buffers are already mapped.  Bounded: at most ``keep``
-    buffers of at most ``max_bytes`` each are kept (larger attachments get a fresh buffer)."""
+    buffers of at most ``max_bytes`` each are kept (larger attachments get a fresh buffer).
+
+    Why page-aligned (anonymous ``mmap`` rather than ``bytearray``): the kernel copies a file from
+    the page cache with ``rep movsb``, which on this AMD EPYC (Zen 3, FSRM) runs ~10x slower when
+    the destination sits 8-16 bytes past the source's offset within a page, and a large
+    ``bytearray``'s bytes start 16 bytes into a page (glibc's chunk header): a whole 2 MB file read
+    from offset 0 took 750-1000 µs instead of 80 µs, measured.  A page-aligned buffer read from
+    file offset 0 puts both at the same offset."""
 
     def __init__(self, keep: int = 8, max_bytes: int = 32 << 20):
         self.keep, self.max_bytes = keep, max_bytes
-        self._free: list[bytearray] = []
+        self._free: list[mmap.mmap] = []
         self._lock = threading.Lock()
 
-    def get(self, size: int) -> bytearray:
+    def get(self, size: int) -> mmap.mmap:
         with self._lock:
             for i, buf in enumerate(self._free):
                 if len(buf) >= size:
                     return self._free.pop(i)
-        return bytearray(max(size, 1 << 20)) if size <= self.max_bytes else bytearray(size)
+        return mmap.mmap(-1, max(size, 1 << 20) if size <= self.max_bytes else size)
 
-    def put(self, buf: bytearray) -> None:
+    def put(self, buf: mmap.mmap) -> None:
         if len(buf) > self.max_bytes:
             return
         with self._lock:
@@ -165,6 +173,14 @@ def attachment_path(root: str | Path, uuid: str) -> Path:
     return Path(root) / uuid[0:2] / uuid[2:4] / uuid
 
 
+def _read_all(fd: int, view: memoryview) -> int:
+    """Read ``fd`` into ``view`` until end of file or ``view`` is full; the byte count."""
+    got = 0
+    while got < len(view) and (n := os.readv(fd, [view[got:]])):
+        got += n
+    return got
+
+
 def write_atomically(path: Path, pieces: tuple[bytes | memoryview, ...], *, sync: bool) -> None:
     """``pieces`` written one after the other into a temp file beside ``path``, then renamed over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -200,6 +216,7 @@ class EncryptedStorageArea:
         on_failure: Callable[[StorageFailure], None] | None = None,
     ):
         self.root = Path(root)
+        self._root = str(self.root)
         self.keys = keys
         self.plaintext_reads = plaintext_reads
         self.sync = sync
@@ -215,51 +232,54 @@ class EncryptedStorageArea:
 
     def create(self, uuid: str, content_type: int, data: bytes) -> None:
         path = attachment_path(self.root, uuid)
-        scratch = POOL.get(len(data) + 15)
+        scratch = POOL.get(envelope.sealed_size(len(data)))
         try:
             try:
-                pieces = envelope.seal(self.keys, uuid, int(content_type), data, out=scratch)
+                header, body = envelope.seal(self.keys, uuid, int(content_type), data, out=scratch)
             except EnvelopeError as exc:
                 raise self._fail("create", uuid, content_type, exc.reason, str(exc)) from None
-            write_atomically(path, pieces, sync=self.sync)
-            pieces[1].release()  # the view into the scratch buffer
+            try:
+                write_atomically(path, (header, body), sync=self.sync)
+            finally:
+                body.release()  # the view into the scratch buffer
         finally:
             POOL.put(scratch)
 
     def read(self, uuid: str, content_type: int) -> bytes:
-        path = attachment_path(self.root, uuid)
+        """The attachment's plaintext: the whole file read into a kept buffer (one ``read`` when the
+        file is as long as ``fstat`` says), its header parsed there, the body decrypted straight
+        into the ``bytes`` returned (:func:`bridge.core.envelope.open_body`)."""
+        if not isinstance(uuid, str) or not _UUID.match(uuid):
+            raise StorageReadError(f"not an attachment id: {uuid!r}")
         content_type = int(content_type)
-        body_buf = plain_buf = None
+        try:  # attachment_path's layout, as a string: pathlib costs 15 µs a read here
+            fd = os.open(f"{self._root}/{uuid[0:2]}/{uuid[2:4]}/{uuid}", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise StorageReadError(f"attachment {uuid}: no such file") from None
+        buf = None
         try:
-            # unbuffered: the header is a few small reads, then the body read into a kept buffer
-            with open(path, "rb", buffering=0) as fh:
-                header, prefix = envelope.read_header(fh)
-                if header is None:
+            try:
+                size = os.fstat(fd).st_size
+                buf = POOL.get(size + 1)
+                got = _read_all(fd, memoryview(buf)[:size + 1])
+            finally:
+                os.close(fd)
+            if got > size:
+                raise EnvelopeError("damaged", "the file changed while it was read")
+            with memoryview(buf)[:got] as data:
+                if not envelope.is_envelope(data):
                     if not self.plaintext_reads:
                         raise self._fail("read", uuid, content_type, "not-encrypted", "the file is not encrypted "
                                          "and plaintext reads are off (storage.plaintext_reads)")
-                    return prefix + fh.readall()
-                size = os.fstat(fh.fileno()).st_size - header.length
-                body_buf = POOL.get(size)
-                body = memoryview(body_buf)[:size]
-                got = 0
-                while got < size and (n := fh.readinto(body[got:])):
-                    got += n
-                if got != size or fh.read(1):
-                    raise EnvelopeError("damaged", "the file changed while it was read")
-            plain_buf = POOL.get(size + 15)
-            try:
-                return envelope.open_body(self.keys, header, uuid, content_type, body, out=plain_buf)
-            finally:
-                body.release()
-        except FileNotFoundError:
-            raise StorageReadError(f"attachment {uuid}: no such file") from None
+                    return bytes(data)
+                header = envelope.parse_header(data)
+                with data[header.length:] as body:
+                    return envelope.open_body(self.keys, header, uuid, content_type, body)
         except EnvelopeError as exc:
             raise self._fail("read", uuid, content_type, exc.reason, str(exc)) from None
         finally:
-            for buf in (body_buf, plain_buf):
-                if buf is not None:
-                    POOL.put(buf)
+            if buf is not None:
+                POOL.put(buf)
 
     def remove(self, uuid: str, content_type: int) -> None:
         path = attachment_path(self.root, uuid)

@@ -246,7 +246,7 @@ def encrypt_plaintext(settings: StorageSettings, *, sync: bool = True,
                 continue
             sealed = envelope.seal(keys, uuid, content_type, data)
 
-            def pieces(fd: int, sealed: tuple[bytes | memoryview, ...] = sealed) -> None:
+            def pieces(fd: int, sealed: tuple[bytes, memoryview] = sealed) -> None:
                 for piece in sealed:
                     _write_all(fd, piece)
 

@@ -89,6 +89,21 @@ def test_buffer_pool_is_bounded_and_reuses() -> None:
     assert len(pool._free) == 2
 
 
+def test_buffer_pool_buffers_start_on_a_page() -> None:
+    # a whole file read from offset 0 into a buffer 8-16 bytes into a page hits the kernel's slow
+    # rep-movsb path on Zen 3 (10x, docs/performance.md): the pool's buffers start on a page
+    import ctypes
+    import mmap
+
+    pool = storage_area.BufferPool(keep=2, max_bytes=4 << 20)
+    for size in (100, 600_000, 2_100_000, 8 << 20):
+        buf = pool.get(size)
+        anchor = ctypes.c_char.from_buffer(buf)
+        assert ctypes.addressof(anchor) % mmap.PAGESIZE == 0, size
+        del anchor
+        pool.put(buf)
+
+
 def test_a_storage_failure_is_shipped_as_an_audit_event(tmp_path: Path) -> None:
     from bridge.pacs.audit_shipper import AuditShipper
 
