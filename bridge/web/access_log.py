@@ -17,12 +17,16 @@ from typing import Any
 from gunicorn.glogging import Logger
 
 #: a path segment that looks like a random url-safe secret (secrets.token_urlsafe(24) and longer)
-SECRET_SEGMENT = re.compile(r"(?<=/)[A-Za-z0-9_-]{32,}(?=/|$)")
+SECRET_SEGMENT = re.compile(r"(?<=/)[A-Za-z0-9_-]{32,}(?![A-Za-z0-9_-])")  # also before '.', ';' (a link in a sentence)
+#: what a log line may not carry raw: a path with a line break would forge a line of its own
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 ORTHANC_ID = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")
 
 
 def redact(path: str) -> str:
-    """``path`` with every secret-looking segment replaced (Orthanc's ids are kept)."""
+    """``path`` with every secret-looking segment replaced (Orthanc's ids are kept) and control
+    characters escaped (``\\xNN``)."""
+    path = _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", path)
     return SECRET_SEGMENT.sub(lambda m: m.group(0) if ORTHANC_ID.match(m.group(0)) else "[redacted]", path)
 
 

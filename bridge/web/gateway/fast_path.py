@@ -86,7 +86,8 @@ class FastPath:
         if path is None or not rules.plain_raw_path(raw_path):
             return None
         req = Request(environ)
-        if views.url_has_token(req.args) or not rules.same_origin(req.method, req.headers, gw.public_origin)[0]:
+        if (views.url_has_token(req.args) or rules.overrides_method(req.args)
+                or not rules.same_origin(req.method, req.headers, gw.public_origin)[0]):
             return None
         gw.maintenance.ensure_running(gw)
         login = gw.store.get(req.cookies.get(views.COOKIE))

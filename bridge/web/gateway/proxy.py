@@ -37,7 +37,11 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-a
 #: request headers that never go to Orthanc (credentials of the browser, claims about the client)
 DROP_REQUEST = frozenset({"cookie", "authorization", "host", "forwarded", "x-forwarded-for", "x-forwarded-host",
                           "x-forwarded-proto", "x-forwarded-port", "x-forwarded-prefix", "x-real-ip",
-                          WORKSTATION_HEADER.lower(), "content-length", "accept-encoding", "origin", "referer"})
+                          WORKSTATION_HEADER.lower(), "content-length", "accept-encoding", "origin", "referer",
+                          # Orthanc applies a method override before its filter: a GET made a DELETE
+                          # must not pass the gateway's same-origin rule as a GET (``?_method=`` is
+                          # refused by rules.overrides_method); ``Expect``: the relay speaks no 100-continue
+                          "x-http-method-override", "x-http-method", "x-method-override", "expect"})
 #: answer headers Orthanc may not set on the bridge's origin
 DROP_RESPONSE = frozenset({"set-cookie", "set-cookie2", "content-length", "server", "strict-transport-security",
                            "access-control-allow-origin", "access-control-allow-credentials",

@@ -110,8 +110,16 @@ def upstream_path(rest: str) -> str | None:
 
 
 def plain_raw_path(raw: str) -> bool:
-    """Whether the path as the client sent it is free of encoded ``/``, ``\\``, ``.`` and NUL:
+    """Whether the path as the client sent it is free of encoded ``/``, ``\\``, ``.``, ``?``, ``#`` and NUL
+    (``%3F`` would start a query at Orthanc, ``%23`` a fragment):
     ``%2F`` decodes to a separator the gateway would split on while Orthanc might not (and ``%2e``
     spells a dot segment), so such a request means one thing here and another there."""
     low = raw.lower()
-    return not any(code in low for code in ("%2f", "%5c", "%2e", "%00"))
+    return not any(code in low for code in ("%2f", "%5c", "%2e", "%00", "%3f", "%23"))
+
+
+def overrides_method(args: Iterable[str]) -> bool:
+    """A ``_method`` query parameter (any case, any encoding werkzeug decodes): Orthanc turns
+    ``GET ...?_method=DELETE`` into a DELETE before its filter judges it, so through the gateway it
+    would be a state change sent as a GET -- past the same-origin rule, on a cross-site link."""
+    return any("_method" in k.lower() for k in args)

@@ -12,10 +12,14 @@ What it guarantees:
 * one request per connection at a time; a connection goes back to the pool only after its answer
   was read to the end and neither side asked to close it (an answer abandoned half-way, e.g. a
   browser that left during an archive, closes its connection);
+* a connection that carried a request body is never reused (Orthanc answers some requests -- a
+  refusal by its filter, a GET -- without reading their body, and the unread rest would be parsed
+  as the next request on the connection: request smuggling with another user's token);
 * a pooled connection that Orthanc closed meanwhile (its keep-alive timeout) is found before use
-  (readable while idle = closed or garbage) and dropped; if one still fails before any of the
-  request body was consumed, the request is sent again once on a new connection;
-* a request body (an upload) is streamed: ``Content-Length`` as given, else chunked;
+  (readable while idle, or bytes waiting in TLS = closed or garbage) and dropped; if a GET or HEAD
+  still fails on one, it is sent again once on a new connection; a failed connection is never reused;
+* a request body (an upload) is streamed: ``Content-Length`` as given and enforced (a body shorter
+  or longer than declared is an error, never a half-sent request), else chunked;
 * connect and read timeouts are separate (the read timeout is per read: a long archive is not cut).
 """
 
@@ -36,16 +40,23 @@ import httpx
 MAX_IDLE = 20
 #: an answer is read in pieces of this size (the proxy re-chunks them for the browser)
 READ_CHUNK = 256 * 1024
+#: methods a retry cannot make run twice with another effect
+_IDEMPOTENT = frozenset({"GET", "HEAD"})
 #: errors of a kept-alive connection the server closed while it was idle
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError,
           http.client.BadStatusLine)
 
 
 class _Answer(httpx.SyncByteStream):
-    """The answer's body as it arrives; gives the connection back when read to the end."""
+    """The answer's body as it arrives; gives the connection back when read to the end, if
+    ``reusable`` (the request carried no body: Orthanc answers some requests without reading their
+    body -- a refusal by its filter, any GET -- and what it left unread would be parsed as the next
+    request on that connection)."""
 
-    def __init__(self, pool: PooledTransport, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse):
+    def __init__(self, pool: PooledTransport, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
+                 reusable: bool):
         self.pool, self.conn, self.resp = pool, conn, resp
+        self.reusable = reusable
         self.done = False
 
     def __iter__(self) -> Iterator[bytes]:
@@ -60,7 +71,7 @@ class _Answer(httpx.SyncByteStream):
         if self.done:
             return
         self.done = True
-        if self.resp.isclosed() and not self.resp.will_close:
+        if self.reusable and self.resp.isclosed() and not self.resp.will_close:
             self.pool.give_back(self.conn)
         else:
             self.conn.close()
@@ -117,7 +128,7 @@ class PooledTransport(httpx.BaseTransport):
             try:
                 poller = select.poll()  # not select.select: descriptors above 1023 are common in a worker
                 poller.register(sock, select.POLLIN)
-                readable = bool(poller.poll(0))
+                readable = bool(poller.poll(0)) or bool(getattr(sock, "pending", lambda: 0)())  # TLS-buffered
             except (OSError, ValueError):
                 readable = True
             if readable:  # closed by Orthanc (EOF) or unexpected bytes: never reuse
@@ -142,25 +153,32 @@ class PooledTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         body = _Body(request.stream)  # type: ignore[arg-type]
+        reusable = not _has_body(request)
         conn = self._take()
         if conn is not None:
             try:
                 resp = _exchange(conn, request, body)
-            except _STALE:
-                conn.close()
-                if body.started:  # part of an upload is gone: it cannot be sent again
+            except BaseException as exc:
+                conn.close()  # whatever failed, this connection's state is unknown: never reused
+                # sent again only if it cannot have run twice: a safe method, nothing of a body gone
+                if not (isinstance(exc, _STALE) and request.method in _IDEMPOTENT and not body.started):
                     raise
             else:
-                return httpx.Response(resp.status, headers=resp.getheaders(), stream=_Answer(self, conn, resp),
-                                      request=request)
+                return httpx.Response(resp.status, headers=resp.getheaders(),
+                                      stream=_Answer(self, conn, resp, reusable), request=request)
         conn = self._new()
         try:
             resp = _exchange(conn, request, body)
         except BaseException:
             conn.close()
             raise
-        return httpx.Response(resp.status, headers=resp.getheaders(), stream=_Answer(self, conn, resp),
+        return httpx.Response(resp.status, headers=resp.getheaders(), stream=_Answer(self, conn, resp, reusable),
                               request=request)
+
+
+def _has_body(request: httpx.Request) -> bool:
+    length = request.headers.get("content-length")
+    return request.headers.get("transfer-encoding") is not None or (length is not None and length != "0")
 
 
 class _Body:
@@ -196,6 +214,13 @@ def _exchange(conn: http.client.HTTPConnection, request: httpx.Request, body: _B
             conn.send(b"%x\r\n%b\r\n" % (len(chunk), chunk))
         conn.send(b"0\r\n\r\n")
     elif has_length:
+        declared = int(request.headers["content-length"])
+        sent = 0
         for chunk in body.chunks():
+            sent += len(chunk)
+            if sent > declared:
+                raise ValueError("request body longer than its Content-Length")
             conn.send(chunk)
+        if sent != declared:  # a client that stopped early: Orthanc would wait for the rest
+            raise ValueError("request body shorter than its Content-Length")
     return conn.getresponse()

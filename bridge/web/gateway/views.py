@@ -45,6 +45,11 @@ from bridge.web.limits import exempt, limit
 EXTENSION = "pacs_bridge_gateway"
 #: the session cookie: ``__Host-`` (Secure, Path=/, no Domain: only this exact origin may set it)
 COOKIE = "__Host-pacs-gateway"
+#: methods whose body Orthanc never reads: one sent anyway is refused (it could only desync the
+#: connection to Orthanc)
+NO_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+#: answers that have no body (werkzeug never iterates one): the connection is released at once
+_EMPTY_STATUSES = frozenset({204, 304})
 #: the ``client_id`` of PACS tokens the gateway issues (audit trail, Orthanc's events)
 CLIENT_ID = "pacs-gateway"
 log = logging.getLogger(__name__)
@@ -582,6 +587,8 @@ def _proxy(rest: str) -> Response:
         return _refuse(400, "path refused (dot segments, empty segments or control characters)")
     if url_has_token(request.args):
         return _refuse(400, "tokens are not accepted in the URL")
+    if rules.overrides_method(request.args):
+        return _refuse(400, "method overrides are not accepted: use the method itself")
     if request.method == "OPTIONS":
         return _preflight(path)
     if _bearer_request(path):
@@ -600,6 +607,8 @@ def _proxy(rest: str) -> Response:
 
 
 def _forward(path: str, bearer: str, login: GatewayLogin | None) -> Response:
+    if request.method in NO_BODY and (request.content_length or "Transfer-Encoding" in request.headers):
+        return _refuse(400, f"a {request.method} request carries no body")
     request.max_content_length = sys.maxsize  # uploads stream through (None would mean the app-wide cap)
     has_body = request.method in ("POST", "PUT") or request.content_length
     return forward(_gw(), request.method, path, request.query_string, proxy.header_items(request.headers), bearer,
@@ -626,7 +635,17 @@ def forward(gw: Gateway, method: str, path: str, query: bytes, incoming: list[tu
             upstream.close()
         resp = Response(proxy.inject_logout(page, gw.prefix + "/logout"), status=upstream.status_code,
                         headers=out_headers)
-    elif proxy.needs_rewrite(content_type) and method != "HEAD":
+    elif method == "HEAD" or upstream.status_code in _EMPTY_STATUSES:
+        try:
+            upstream.read()  # nothing: gives the connection back (werkzeug would not iterate this body)
+        finally:
+            upstream.close()
+        resp = Response(b"", status=upstream.status_code, headers=out_headers)
+        upstream_length = upstream.headers.get("content-length")
+        del resp.headers["Content-Length"]  # not the 0 of this empty body
+        if upstream_length is not None and method == "HEAD" and upstream.status_code not in _EMPTY_STATUSES:
+            resp.headers["Content-Length"] = upstream_length  # what the GET would carry (RFC 9110 9.3.2)
+    elif proxy.needs_rewrite(content_type):
         try:
             data = upstream.read()
         finally:

@@ -51,3 +51,11 @@ def test_the_access_line_gets_every_atom_it_uses_and_no_query_or_secret() -> Non
     line = ACCESS_LOG_FORMAT % SafeAtoms(atoms)
     assert line == f'10.0.0.7 <{__import__("os").getpid()}> "GET /share/[redacted]" 200 12ms xff=10.9.9.9'
     assert link not in line and "secret" not in line
+
+
+def test_a_link_followed_by_punctuation_is_still_redacted_and_no_line_is_forged() -> None:
+    link = secrets.token_urlsafe(32)
+    for tail in (".", ";", ".zip", ",x", "%20"):
+        assert link not in redact(f"/share/{link}{tail}"), tail
+    line = redact("/pacs/x\n10.0.0.1 <1> \"GET /forged\" 200 1ms")
+    assert "\n" not in line and "\\x0a" in line

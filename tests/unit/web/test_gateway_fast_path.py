@@ -136,3 +136,58 @@ def test_a_cross_site_get_is_decided_by_the_same_rule(g: Gateway, flask_route: C
     ok, _ = views.rules.same_origin("GET", {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.test"},
                                     g.gw.public_origin)
     assert (via_fast.status_code == 200) == ok
+
+
+@pytest.mark.parametrize("query", ["_method=DELETE", "_METHOD=delete", "%5Fmethod=DELETE", "_%6Dethod=PUT",
+                                   "x=1&_method=DELETE", "_method"])
+def test_a_method_override_in_the_query_is_refused(g: Gateway, query: str) -> None:
+    """Orthanc turns ``GET ?_method=DELETE`` into a DELETE: a cross-site link would delete a study
+    with the victim's token, past the same-origin rule that only state-changing methods meet."""
+    g.log_in()
+    r = g.get(f"{PREFIX}/studies/x?{query}", headers={"Sec-Fetch-Site": "cross-site"})
+    assert r.status_code == 400 and not g.orthanc.requests
+
+
+@pytest.mark.parametrize("header", ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "Expect"])
+def test_method_override_headers_never_reach_orthanc(g: Gateway, header: str) -> None:
+    g.log_in()
+    assert g.get(f"{PREFIX}/studies/x", headers={header: "DELETE"}).status_code == 200
+    assert header.lower() not in {k.lower() for k in g.orthanc.last.headers}
+
+
+@pytest.mark.parametrize("path", [f"{PREFIX}/studies%3Fexpand", f"{PREFIX}/studies%3fexpand",
+                                  f"{PREFIX}/studies%23frag"])
+def test_an_encoded_query_or_fragment_mark_in_the_path_is_refused(g: Gateway, path: str) -> None:
+    g.log_in()
+    assert g.get(path).status_code == 400 and not g.orthanc.requests
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_a_body_on_a_method_without_one_is_refused(g: Gateway, method: str) -> None:
+    """Orthanc never reads it: forwarded, it could only desync the connection to Orthanc."""
+    g.log_in()
+    r = g.open(f"{PREFIX}/studies/x", method=method, data=b"GET /smuggled HTTP/1.1\r\n\r\n",
+               headers={"Origin": "https://bridge.test"})
+    assert r.status_code == 400 and not g.orthanc.requests
+    bearer = g.open(f"{PREFIX}/dicom-web/studies", method="GET", data=b"x" * 10,
+                    headers={"Authorization": "Bearer abc"})
+    assert bearer.status_code == 400 and not g.orthanc.requests
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_an_answer_without_a_body_releases_its_upstream_at_once(g: Gateway, status: int) -> None:
+    import httpx
+
+    closed: list[bool] = []
+
+    class Body(httpx.SyncByteStream):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            yield b""
+
+        def close(self) -> None:
+            closed.append(True)
+
+    g.orthanc.handler = lambda req: httpx.Response(status, headers=[("ETag", '"1"')], stream=Body())
+    g.log_in()
+    r = g.get(f"{PREFIX}/instances/x/preview", headers={"If-None-Match": '"1"'})
+    assert r.status_code == status and closed == [True]

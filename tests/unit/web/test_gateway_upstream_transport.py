@@ -62,6 +62,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(b"ok", head=True)
 
     def do_POST(self) -> None:
+        if self.path.startswith("/refuse"):  # as Orthanc's filter: answered without reading the body
+            self.server.seen.append(("POST", self.path, self.headers))
+            self._answer(b"refused")
+            return
         body = self._body()
         self.server.seen.append(("POST", self.path, self.headers))
         self.server.bodies.append(body)
@@ -171,8 +175,8 @@ def test_an_upload_without_a_length_is_sent_chunked(server: _Server) -> None:
     resp.read()
     assert server.seen[-1][2].get("Transfer-Encoding") == "chunked"
     assert server.bodies[-1] == b"u" * 5000
-    assert _get(t, server, "/after-upload").content == b"ok"  # the connection stays usable
-    assert server.connections == 1
+    assert _get(t, server, "/after-upload").content == b"ok"
+    assert server.connections == 2  # a connection that carried a body is never reused
 
 
 def test_headers_go_as_given_repeated_ones_included(server: _Server) -> None:
@@ -200,3 +204,68 @@ def test_an_unreachable_orthanc_raises() -> None:
     t = PooledTransport(f"http://127.0.0.1:{port}", None, 1.0, 1.0)
     with pytest.raises(OSError):
         t.handle_request(httpx.Request("GET", f"http://127.0.0.1:{port}/"))
+
+
+SMUGGLED = (b"GET /smuggled HTTP/1.1\r\nHost: x\r\nX-Pacs-Bridge-Workstation: 6.6.6.6\r\n"
+            b"Content-Length: 0\r\nX-Swallow: ")
+
+
+def test_a_body_orthanc_left_unread_never_becomes_the_next_request(server: _Server) -> None:
+    """Orthanc's filter refuses a POST without reading its body; a body that is itself a request
+    must not run as the next request on that connection (with whoever's token comes next)."""
+    t = _transport(server)
+    req = httpx.Request("POST", f"http://127.0.0.1:{server.server_address[1]}/refuse",
+                        headers=[("Content-Length", str(len(SMUGGLED)))], content=iter([SMUGGLED]))
+    resp = t.handle_request(req)
+    resp.read()
+    resp.close()
+    assert _get(t, server, "/victim").content == b"ok"  # its own answer...
+    assert server.connections == 2  # ...on a connection of its own: nothing was appended to the body
+
+
+def test_a_body_shorter_than_its_length_is_never_half_sent(server: _Server) -> None:
+    """A client that declares 40 bytes and stops after 10 (gunicorn hands the app a short read):
+    Orthanc would wait for 30 more and take the next request on the connection as them."""
+    t = _transport(server)
+    req = httpx.Request("POST", f"http://127.0.0.1:{server.server_address[1]}/refuse",
+                        headers=[("Content-Length", "40")], content=iter([b"x" * 10]))
+    with pytest.raises(ValueError, match="shorter"):
+        t.handle_request(req)
+    assert _get(t, server, "/victim").content == b"ok"
+    assert server.seen[-1][1] == "/victim"
+    too_long = httpx.Request("POST", f"http://127.0.0.1:{server.server_address[1]}/instances",
+                             headers=[("Content-Length", "4")], content=iter([b"x" * 10]))
+    with pytest.raises(ValueError, match="longer"):
+        t.handle_request(too_long)
+
+
+def test_only_a_safe_method_is_sent_again_after_a_stale_connection(server: _Server,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kept-alive connection that fails once the request went out: a GET is sent again on a new
+    connection, a DELETE is not (it may have run)."""
+    import http.client
+
+    from bridge.web.gateway import upstream_transport as ut
+
+    real = ut._exchange
+    failures = [0]
+
+    def once_disconnected(conn: Any, request: httpx.Request, body: Any) -> Any:
+        if conn.sock is not None and t._fail_next:
+            t._fail_next = False
+            failures[0] += 1
+            raise http.client.RemoteDisconnected("closed while idle")
+        return real(conn, request, body)
+
+    t = _transport(server)
+    monkeypatch.setattr(ut, "_exchange", once_disconnected)
+    for method, retried in (("GET", True), ("DELETE", False)):
+        t._fail_next = False
+        assert _get(t, server, "/warm").status_code == 200  # a pooled connection to fail on
+        t._fail_next = True
+        if retried:
+            assert _get(t, server, "/again", method=method).content == b"ok"
+        else:
+            with pytest.raises(http.client.RemoteDisconnected):
+                t.handle_request(httpx.Request(method, f"http://127.0.0.1:{server.server_address[1]}/studies/1"))
+    assert failures[0] == 2
