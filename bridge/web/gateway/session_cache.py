@@ -10,13 +10,16 @@ worker or replica stops the session at once, so the cache is tied to PostgreSQL'
   exactly when the change commits, to every worker of every replica;
 * each worker process has one listener thread on its own connection; a notification drops that
   session from the worker's cache (the next request reads the row again);
-* the cache is used only while the listener is *live*: connected, listening, and emptied after
-  it started listening (nothing missed before is kept).  A broken connection makes it not live and
-  empties it; until the listener is back every request reads the row, as without a cache;
+* the cache is used only while the listener is *live*: connected, listening, its own
+  notification come back (so notifications do arrive: a pooler in transaction mode, for one, would
+  swallow them), and emptied at that moment (nothing missed before is kept).  The listener pings
+  itself that way every ``ping_every`` seconds; a ping not back in time or a broken connection
+  makes it not live and empties it; until the listener is back every request reads the row, as
+  without a cache;
 * a lookup racing an invalidation is not stored (a generation counter: a row read before a
   notification arrived is never cached after it);
 * an entry is also bounded in age (``max_age``, default 5 s): the safety net for a change made
-  outside the bridge (SQL by hand) or a connection that died silently between two pings.
+  outside the bridge (SQL by hand) or a notification lost between two pings.
 
 Left to the caller: an entry that looks idle-expired is re-read before the session is ended
 (another worker may have recorded activity the cache has not seen).
@@ -29,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import select
 import threading
 import time
@@ -42,6 +46,8 @@ log = logging.getLogger(__name__)
 CHANNEL = "pacs_bridge_gateway_sessions"
 #: a payload that drops every cached session (a bulk change, e.g. a key rotation)
 FLUSH_ALL = "*"
+#: a listener's notification to itself (proof that notifications arrive); never a session's id hash
+PING_PREFIX = "ping:"
 #: at most this many sessions per worker (all dropped when full: the next requests read again)
 MAX_ENTRIES = 4096
 
@@ -147,9 +153,18 @@ class SessionCache(Generic[T]):
             self._entries.clear()
 
 
+def _ping(cur: Any) -> str:
+    """Send this listener a notification of its own; returns the payload to wait for."""
+    payload = PING_PREFIX + secrets.token_hex(8)
+    cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+    return payload
+
+
 def _listen(ref: weakref.ref[SessionCache[Any]]) -> None:
-    """The listener loop: (re)connect, LISTEN, then drain notifications; any failure makes the cache
-    not live (and empty) until it listens again."""
+    """The listener loop: (re)connect, LISTEN, prove that notifications arrive (its own ping comes
+    back), then drain them, pinging itself every ``ping_every`` seconds; a ping that does not come
+    back in time (a dead connection, or a path that drops notifications such as a pooler in
+    transaction mode), like any failure, makes the cache not live (and empty) until it listens again."""
     while True:
         cache = ref()
         if cache is None or cache._stop.is_set():
@@ -162,24 +177,38 @@ def _listen(ref: weakref.ref[SessionCache[Any]]) -> None:
             cur = dbapi.cursor()
             cur.execute(f"LISTEN {CHANNEL}")
             cache.backend_pid = getattr(dbapi, "get_backend_pid", lambda: None)()
-            cache._set_live(True)  # emptied after LISTEN took effect: nothing missed before is kept
             ping_every, stop = cache.ping_every, cache._stop
             del cache
             poller = select.poll()  # not select.select: a worker may hold descriptors above 1023
             poller.register(dbapi.fileno(), select.POLLIN)
+            awaited: str | None = _ping(cur)
+            deadline = time.monotonic() + ping_every
+            live = False
             while True:
-                readable = poller.poll(ping_every * 1000)
-                if stop.is_set():
-                    return
-                if not readable:
-                    cur.execute("SELECT 1")  # a dead connection shows here, not in a silent select
-                dbapi.poll()
                 cache = ref()
                 if cache is None:
                     return
                 while dbapi.notifies:
-                    cache.invalidate(str(dbapi.notifies.pop(0).payload))
+                    payload = str(dbapi.notifies.pop(0).payload)
+                    if payload == awaited:
+                        awaited = None
+                        if not live:  # emptied now: nothing missed before this point is kept
+                            cache._set_live(live := True)
+                    elif not payload.startswith(PING_PREFIX):  # other workers' pings change nothing
+                        cache.invalidate(payload)
                 del cache
+                now = time.monotonic()
+                if now >= deadline:
+                    if awaited is not None:
+                        raise TimeoutError("the listener's own notification did not come back")
+                    awaited = _ping(cur)
+                    deadline = now + ping_every
+                    continue
+                readable = poller.poll(max(1, int((deadline - now) * 1000)))
+                if stop.is_set():
+                    return
+                if readable:
+                    dbapi.poll()
         except Exception as exc:  # the database went away: no cache until the listener is back
             cache = ref()
             if cache is None:

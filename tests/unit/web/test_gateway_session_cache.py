@@ -126,13 +126,15 @@ class _FakeNotify:
 
 
 class _FakeDbapi:
-    """A psycopg2-like connection: LISTEN recorded, notifications handed in by the test."""
+    """A psycopg2-like connection: statements recorded, its own ``pg_notify`` delivered back (unless
+    ``swallow``: a pooler in transaction mode), other notifications handed in by the test."""
 
-    def __init__(self) -> None:
+    def __init__(self, swallow: bool = False) -> None:
         self.r, self.w = os.pipe()
         self.notifies: list[_FakeNotify] = []
         self.autocommit = False
         self.executed: list[str] = []
+        self.swallow = swallow
         self.lock = threading.Lock()
 
     def fileno(self) -> int:
@@ -141,8 +143,10 @@ class _FakeDbapi:
     def cursor(self) -> _FakeDbapi:
         return self
 
-    def execute(self, sql: str) -> None:
+    def execute(self, sql: str, params: tuple[str, ...] = ()) -> None:
         self.executed.append(sql)
+        if sql.startswith("SELECT pg_notify") and not self.swallow:
+            self.send(params[1])
 
     def poll(self) -> None:
         os.read(self.r, 1024)
@@ -176,5 +180,22 @@ def test_the_listener_listens_then_empties_the_cache_and_applies_notifications()
         time.sleep(0.005)
     assert cache.lookup("h") is None
     time.sleep(0.12)
-    assert "SELECT 1" in dbapi.executed  # pinged while quiet
+    pings = sum(1 for q in dbapi.executed if q.startswith("SELECT pg_notify"))
+    assert pings >= 2 and cache.live()  # it pinged itself while quiet, and the pings came back
+    dbapi.send(f"{sc.PING_PREFIX}another-worker")  # another worker's ping invalidates nothing
+    cache.put("k", "kept", cache.generation())
+    time.sleep(0.05)
+    assert cache.lookup("k") == "kept"
+    cache.stop()
+
+
+def test_a_listener_whose_notifications_never_arrive_is_never_live() -> None:
+    """LISTEN and queries succeed but notifications are dropped (a pooler in transaction mode): the
+    cache must not be used, or a logout elsewhere would wait for the entries to age out."""
+    dbapi = _FakeDbapi(swallow=True)
+    cache: SessionCache[str] = SessionCache(lambda: _FakeConn(dbapi), ping_every=0.05, retry_after=0.05)
+    cache.ensure_listening()
+    time.sleep(0.4)
+    cache.put("h", "session", cache.generation())
+    assert not cache.live() and cache.lookup("h") is None
     cache.stop()
