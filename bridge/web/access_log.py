@@ -52,5 +52,15 @@ class RedactingLogger(Logger):
             "U": redact(str(environ.get("PATH_INFO") or "")),
             "s": status,
             "M": request_time.seconds * 1000 + request_time.microseconds // 1000,
-            "{x-forwarded-for}i": environ.get("HTTP_X_FORWARDED_FOR", "-"),
+            "{x-forwarded-for}i": _last_header(req, "x-forwarded-for"),
         }
+
+
+def _last_header(req: Any, name: str) -> str:
+    """The last ``name`` header as gunicorn's own atoms give it: a proxy such as HAProxy adds its own
+    line after the client's (untrusted) one, and the line of the nearest hop is the one logged."""
+    value = "-"
+    for key, v in getattr(req, "headers", None) or ():
+        if key.lower() == name:
+            value = v
+    return value

@@ -44,8 +44,9 @@ def test_the_access_line_gets_every_atom_it_uses_and_no_query_or_secret() -> Non
     environ = {"REMOTE_ADDR": "10.0.0.7", "REQUEST_METHOD": "GET", "PATH_INFO": f"/share/{link}",
                "QUERY_STRING": "code=secret", "HTTP_X_FORWARDED_FOR": "10.9.9.9",
                "RAW_URI": f"/share/{link}?code=secret"}
-    atoms = RedactingLogger(Config()).atoms(SimpleNamespace(status="200 OK", headers=[]), SimpleNamespace(headers=[]),
-                                            environ, dt.timedelta(milliseconds=12))
+    req = SimpleNamespace(headers=[("X-FORWARDED-FOR", "6.6.6.6"), ("X-FORWARDED-FOR", "10.9.9.9")])  # proxy's last
+    atoms = RedactingLogger(Config()).atoms(SimpleNamespace(status="200 OK", headers=[]), req, environ,
+                                            dt.timedelta(milliseconds=12))
     used = re.findall(r"%\((\{[^}]+\}[ioe]|[a-zA-Z])\)s", ACCESS_LOG_FORMAT)
     assert used and all(name in atoms for name in used), (used, sorted(atoms))
     line = ACCESS_LOG_FORMAT % SafeAtoms(atoms)
