@@ -118,9 +118,6 @@ class SessionCache(Generic[T]):
             else:
                 self._entries.pop(id_hash, None)
 
-    def clear(self) -> None:
-        self.invalidate(FLUSH_ALL)
-
     # ------------------------------------------------------------------ the listener
 
     def ensure_listening(self) -> None:
