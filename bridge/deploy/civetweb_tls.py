@@ -24,11 +24,9 @@ compiler and ``libssl3`` (``cc``; ``gcc`` in Debian), once per host or image.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
+
+from bridge.deploy.c_build import BuildError, compile_shared, find_compiler
 
 #: what Orthanc's environment needs: ``LD_LIBRARY_PATH=<the directory build() wrote>``
 ENV_VAR = "LD_LIBRARY_PATH"
@@ -43,32 +41,16 @@ X509 *SSL_get_peer_certificate(const SSL *s) { return SSL_get1_peer_certificate(
 CRYPTO_SHIM_SOURCE = "/* libcrypto.so for civetweb's dlopen: every symbol comes from libcrypto.so.3 */\n"
 
 
-class ShimBuildError(RuntimeError):
-    pass
-
-
-def _compile(cc: str, source: str, out: Path, needed: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "shim.c"
-        src.write_text(source)
-        argv = [cc, "-shared", "-fPIC", "-O2", "-o", str(out), str(src), "-Wl,--no-as-needed", f"-l:{needed}"]
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise ShimBuildError(f"{' '.join(argv)} failed: {done.stderr.strip()[-500:]}")
+#: the error of a failed build (the name callers know)
+ShimBuildError = BuildError
 
 
 def build(out_dir: Path, cc: str | None = None) -> Path:
     """Write ``libssl.so`` and ``libcrypto.so`` into ``out_dir`` (atomically replaced); return it."""
-    compiler = cc or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not compiler:
-        raise ShimBuildError("no C compiler (install gcc): Orthanc's HTTPS needs the civetweb OpenSSL 3 shim")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    compiler = find_compiler(cc, "Orthanc's HTTPS needs the civetweb OpenSSL 3 shim")
     for name, source, needed in (("libssl.so", SSL_SHIM_SOURCE, "libssl.so.3"),
                                  ("libcrypto.so", CRYPTO_SHIM_SOURCE, "libcrypto.so.3")):
-        tmp = out_dir / f".{name}.tmp"
-        _compile(compiler, source, tmp, needed)
-        tmp.chmod(0o644)
-        tmp.replace(out_dir / name)
+        compile_shared(compiler, source, out_dir / name, needed=(needed,))
     return out_dir
 
 

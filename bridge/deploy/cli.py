@@ -44,15 +44,19 @@ def bundle_cmd(out_dir: str) -> None:
 @plugin_cli.command("civetweb-tls-shim")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 def civetweb_tls_shim_cmd(out_dir: str) -> None:
-    """Build the two libraries Debian bookworm's Orthanc needs to serve HTTPS into OUT_DIR (needs a
-    C compiler); run Orthanc with LD_LIBRARY_PATH=OUT_DIR (bridge/deploy/civetweb_tls.py says why)."""
-    from bridge.deploy import civetweb_tls
+    """Build the native libraries Debian bookworm's Orthanc needs into OUT_DIR (needs gcc, libc6-dev
+    and orthanc-dev): the two that let it serve HTTPS (run Orthanc with LD_LIBRARY_PATH=OUT_DIR;
+    bridge/deploy/civetweb_tls.py says why) and the plugin's REST helper (orthanc-config
+    --rest-plugin; bridge/deploy/orthanc_rest_plugin.py says why)."""
+    from bridge.deploy import c_build, civetweb_tls, orthanc_rest_plugin
 
     try:
         civetweb_tls.build(Path(out_dir))
-    except civetweb_tls.ShimBuildError as exc:
+        rest = orthanc_rest_plugin.build(Path(out_dir))
+    except c_build.BuildError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{out_dir}: libssl.so, libcrypto.so; start Orthanc with {civetweb_tls.ENV_VAR}={out_dir}")
+    click.echo(f"{rest}: pass it to `pacs-bridge plugin orthanc-config --rest-plugin`")
 
 
 class WebConfigError(InputError):
@@ -106,6 +110,9 @@ def web_cli(config_path: str | None, workers: int | None, threads: int | None, m
               help="Orthanc's log file, if it writes one (the plugin audits its own start from it)")
 @click.option("--remote-access/--no-remote-access", default=False, show_default=True,
               help="answer HTTP from other hosts (needed in a container; every request still needs a token)")
+@click.option("--rest-plugin", type=click.Path(dir_okay=False), default=None,
+              help="the plugin's REST helper library as Orthanc sees it (built by `pacs-bridge plugin "
+                   "civetweb-tls-shim`); without it the plugin's REST calls can deadlock Orthanc during a delete")
 @click.option("--storage-kek-file", type=click.Path(dir_okay=False), default=None,
               help="the Orthanc host's storage KEK file, as Orthanc sees it: every stored file encrypted; the "
                    "plugin creates it at its first start on a store without encrypted files (docs/encryption.md)")
@@ -124,7 +131,7 @@ def orthanc_config_cli(config_path: str | None, out_dir: str, bundle_dir: str, d
                        http_port: int, dicom_port: int, ca_file: str | None, audit_token_file: str | None,
                        log_file: str | None, remote_access: bool, https_certificate: str,
                        dicom_tls_certificate: str, dicom_tls_key: str, modality_ca: str,
-                       storage_kek_file: str | None,
+                       storage_kek_file: str | None, rest_plugin: str | None = None,
                        gateway_addresses: tuple[str, ...] = ()) -> None:
     """Write Orthanc's hardened configuration and the plugin's settings from the bridge YAML."""
     from bridge.deploy import plugin_bundle as bundle
@@ -163,6 +170,7 @@ def orthanc_config_cli(config_path: str | None, out_dir: str, bundle_dir: str, d
         dicom_tls=DicomTls(Path(dicom_tls_certificate), Path(dicom_tls_key), Path(modality_ca)),
         plugin_config_file=out / PLUGIN_JSON, python_script=Path(bundle_dir) / bundle.ENTRY,
         web_viewer_cache_dir=data / "webviewer-cache", lua_scripts=(out / FIND_AUDIT_LUA,),
+        rest_plugin=Path(rest_plugin) if rest_plugin else None,
         extra={"RemoteAccessAllowed": True} if remote_access else None,
     )
     out.mkdir(parents=True, exist_ok=True)

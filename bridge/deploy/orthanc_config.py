@@ -104,6 +104,7 @@ def orthanc_config(
     web_viewer_cache_dir: Path | None = None,
     temporary_dir: Path | None = None,
     lua_scripts: tuple[Path, ...] = (),
+    rest_plugin: Path | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The Orthanc JSON config.
@@ -120,6 +121,9 @@ def orthanc_config(
     (default: ``<storage_dir>/WebViewerCache``).  `temporary_dir` is Orthanc's ``TemporaryDirectory``
     (uploads, archives being built: patient data; it must exist), default the system's.
     `lua_scripts`: Orthanc's ``LuaScripts`` (the C-FIND audit script, :func:`write_find_audit_script`).
+    `rest_plugin`: the bridge plugin's REST helper library (``bridge.deploy.orthanc_rest_plugin``),
+    loaded first so the Python plugin finds it initialised; without it the plugin's REST calls hold
+    Python's lock (a deadlock hazard, logged at start).
     `extra` is merged last (top-level keys replace).
     """
     plugins = [str(DICOMWEB_PLUGIN)]
@@ -177,6 +181,8 @@ def orthanc_config(
         if python_script is None:
             raise ValueError("python_script: the plugin bundle's entry is required with the filter")
         plugins.insert(0, str(PYTHON_PLUGIN))
+        if rest_plugin is not None:
+            plugins.insert(0, str(rest_plugin))
         config["PythonScript"] = str(python_script)
         config["PythonVerbose"] = False
         if plugin_config_file is not None:

@@ -44,7 +44,7 @@ except ImportError:  # unit tests, tooling
 
 import bridge
 from bridge.core import envelope, token_format
-from bridge.pacs import dicomweb, listing, plugin_config, storage_area
+from bridge.pacs import dicomweb, listing, orthanc_rest, plugin_config, storage_area
 from bridge.pacs.gate import Gate, clear_request_context, current_request
 
 
@@ -70,6 +70,8 @@ class _Holder:
         self.lock = threading.Lock()
         #: Orthanc's own HTTP port, whether it is HTTPS, and its certificate, for the loopback calls
         self.http: tuple[int, bool, str | None] = (8042, False, None)
+        #: Orthanc's built-in REST API (GET, POST), chosen once: see :func:`_rest_api`
+        self.rest: tuple[Any, Any] | None = None
 
     def current(self) -> Gate | None:
         if time.monotonic() >= self.next_check:
@@ -89,6 +91,7 @@ class _Holder:
             # the loopback DICOMweb pass pins Orthanc's own HTTPS certificate (dicomweb.loopback_sender)
             self.http = (int(whole.get("HttpPort", 8042)), bool(whole.get("SslEnabled", False)),
                          whole.get("SslCertificate") or None)
+            self.rest = _rest_api()
         section = self.section
         path = plugin_config.locate(section)
         try:
@@ -105,8 +108,8 @@ class _Holder:
             self._replace(None)
             _log(f"configuration unusable, denying every request: {exc}")
             return
-        gate = Gate(config, orthanc.RestApiGet, orthanc.RestApiPost,
-                    send=dicomweb.loopback_sender(*self.http))
+        rest_get, rest_post = self.rest or _rest_api()
+        gate = Gate(config, rest_get, rest_post, send=dicomweb.loopback_sender(*self.http))
         gate.audit.spool_keys = SPOOL_KEYS  # the audit spool sealed under the storage KEK too
         gate.start()
         self._replace(gate)
@@ -117,6 +120,22 @@ class _Holder:
         old, self.gate = self.gate, gate
         if old is not None:  # flush its audit queue without blocking a request
             threading.Thread(target=old.stop, name="pacs-bridge-old-gate", daemon=True).start()
+
+
+def _rest_api() -> tuple[Any, Any]:
+    """GET and POST on Orthanc's built-in REST API: through the GIL-free library when Orthanc loaded
+    it (:mod:`bridge.pacs.orthanc_rest`, why: a deadlock), else orthanc-python's own calls."""
+    try:
+        rest = orthanc_rest.load(orthanc.OrthancException)
+    except (OSError, AttributeError) as exc:
+        rest = None
+        _log(f"{orthanc_rest.LIBRARY} unusable ({type(exc).__name__}: {exc})")
+    if rest is None:
+        _log(f"{orthanc_rest.LIBRARY} is not loaded: the plugin's REST calls hold Python's lock, which can "
+             "deadlock Orthanc while a study is deleted (list it first in Orthanc's Plugins; docs/deploy.md)")
+        return orthanc.RestApiGet, orthanc.RestApiPost
+    _log(f"REST calls through {orthanc_rest.LIBRARY}, without Python's lock")
+    return rest.get, rest.post
 
 
 HOLDER = _Holder()
@@ -405,7 +424,7 @@ def listing_callback(output: Any, uri: str, **request: Any) -> None:
         if method == "GET":
             return gate.lister.list_resources(level, request.get("get") or {}, context.grants)
         if method == "POST" and level == "instances":
-            return listing.Answer(200, gate.lister._raw(orthanc.RestApiPost("/instances", request.get("body", b""))))
+            return listing.Answer(200, gate.lister._raw(gate.lister.rest_post("/instances", request.get("body", b""))))
         return listing.Answer(405)
 
     _serve(output, uri, request, handle)

@@ -36,7 +36,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bridge.deploy import civetweb_tls
+from bridge.deploy import c_build, civetweb_tls, orthanc_rest_plugin
 from bridge.deploy.orthanc_config import (
     DICOMWEB_PLUGIN,
     PYTHON_PLUGIN,
@@ -72,13 +72,16 @@ def _http_status(url: str, ca_file: Path, timeout: float = 2.0) -> int:
 
 
 def shim_dir() -> Path:
-    """The civetweb OpenSSL 3 shim (bridge/deploy/civetweb_tls.py), built once per state directory."""
+    """The civetweb OpenSSL 3 shim (bridge/deploy/civetweb_tls.py) and the plugin's REST helper
+    (bridge/deploy/orthanc_rest_plugin.py), built once per state directory."""
     d = service_dir("civetweb-tls")
-    if not civetweb_tls.built(d):
-        try:
+    try:
+        if not civetweb_tls.built(d):
             civetweb_tls.build(d)
-        except civetweb_tls.ShimBuildError as exc:
-            raise DevstackError(f"orthanc: {exc}") from None
+        if not orthanc_rest_plugin.built(d):
+            orthanc_rest_plugin.build(d)
+    except c_build.BuildError as exc:
+        raise DevstackError(f"orthanc: {exc}") from None
     return d
 
 
@@ -103,7 +106,8 @@ class OrthancService(Service):
     runtime_packages = ("orthanc", "orthanc-python", "orthanc-dicomweb", "orthanc-webviewer", "python3-jwt",
                         "python3-cryptography")
     #: what builds the civetweb OpenSSL 3 shim (HTTPS; bridge/deploy/civetweb_tls.py), once
-    shim_build_packages = ("gcc", "libc6-dev")
+    #: ... and the plugin's REST helper (bridge/deploy/orthanc_rest_plugin.py: Orthanc's SDK header)
+    shim_build_packages = ("gcc", "libc6-dev", "orthanc-dev")
     apt_packages = runtime_packages + shim_build_packages
 
     def __init__(self, name: str = "orthanc", *, with_filter: bool = True, aet: str = "PACSTEST",
@@ -182,7 +186,7 @@ class OrthancService(Service):
         (self.dir / "storage").mkdir(exist_ok=True)
         (self.dir / "index").mkdir(exist_ok=True)
         (self.dir / "tmp").mkdir(exist_ok=True)
-        shim_dir()
+        native = shim_dir()
         server = tls.issue("orthanc")
         https_pem = tls.pem_bundle(server, self.dir / "https.pem")
         dicom_tls = DicomTls(certificate=server.cert, private_key=server.key,
@@ -208,6 +212,7 @@ class OrthancService(Service):
             plugin_config_file=self.plugin_config_file if self.with_filter else None,
             python_script=script, web_viewer_cache_dir=self.dir / "webviewer-cache",
             temporary_dir=self.dir / "tmp",  # beside the index and the viewer cache: one volume covers all
+            rest_plugin=native / orthanc_rest_plugin.LIBRARY if self.with_filter else None,
             # no read cache: every read goes through the storage area (a tampered file is seen at once)
             extra={"MaximumStorageCacheSize": 0},
         )

@@ -274,6 +274,8 @@ def test_compose_services_run_as_processes(deployment) -> None:  # type: ignore[
     log = procs["orthanc"]
     wait_for(lambda: "Orthanc has started" in log.text() and port_open(4242), "orthanc", procs.values())
     assert "pacs-bridge: plugin bundle" in log.text(), log.text()[-3000:]
+    # the image's REST helper is loaded first and used (bridge/deploy/orthanc_rest_plugin.py: a deadlock)
+    assert "REST calls through libPacsBridgeRest.so, without Python's lock" in log.text(), log.text()[-3000:]
     # the image store is encrypted, its KEK created at the first start in its own volume
     assert "pacs-bridge: encrypted storage in" in log.text(), log.text()[-3000:]
     assert root.local("/var/lib/orthanc/pacs-bridge-keys/storage-kek.json").exists()

@@ -206,6 +206,8 @@ def test_units_run_as_processes(tmp_path: Path) -> None:
         wait_for(lambda: "Orthanc has started" in log.read_text(errors="replace") and port_open(4242), "orthanc",
                  procs)
         assert "pacs-bridge: plugin bundle" in log.read_text(errors="replace")
+        # the REST helper the config unit built is loaded first and used (bridge/deploy/orthanc_rest_plugin.py)
+        assert "REST calls through libPacsBridgeRest.so, without Python's lock" in log.read_text(errors="replace")
         assert "pacs-bridge: encrypted storage in" in log.read_text(errors="replace")  # the image store encrypted
         assert https_status(8042, "/system", ca) == 403
         assert not plain_http_answered(8042), "Orthanc answered plain HTTP"
