@@ -11,6 +11,8 @@ from pathlib import Path
 
 WORKERS = 2
 THREADS = 2  # per worker (gthread): 2 beat 4 and 8 on two cores (docs/performance.md, tokens)
+#: gthread, serving a connection's next request in the same thread when it follows at once (why: its module)
+WORKER_CLASS = "bridge.web.gunicorn_worker.LingeringThreadWorker"
 #: prometheus-client's multiprocess directory (bridge/web/gunicorn_conf.py empties it at start)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: memory-backed directory for the workers' heartbeat files
@@ -28,12 +30,13 @@ def gunicorn_argv(bind: str, cert: Path | None, key: Path | None, *, workers: in
                   threads: int = THREADS) -> list[str]:
     """How the bridge runs under gunicorn: TLS, the hooks of bridge/web/gunicorn_conf.py (metrics
     across workers), gthread workers (one serves another request while a thread waits on the
-    database or Keycloak), an access log with the worker pid, the X-Forwarded-For chain a proxy
-    passes on, and without the query string."""
+    database or Keycloak; bridge/web/gunicorn_worker.py), an access log with the worker pid, the
+    X-Forwarded-For chain a proxy passes on, and without the query string."""
     if cert is None or key is None:
         raise ValueError("bridge.tls_cert_file and bridge.tls_key_file: the web app serves TLS only")
     return [str(gunicorn_executable()), "--config", "python:bridge.web.gunicorn_conf", "--no-control-socket",
-            "--workers", str(workers), "--threads", str(threads), "--bind", bind, "--certfile", str(cert),
+            "--workers", str(workers), "--threads", str(threads), "--worker-class", WORKER_CLASS,
+            "--bind", bind, "--certfile", str(cert),
             "--keyfile", str(key), "--access-logfile", "-", "--access-logformat", ACCESS_LOG_FORMAT,
             *_tmp_dir(), "bridge.web.wsgi:app"]
 

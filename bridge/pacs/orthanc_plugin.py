@@ -91,7 +91,6 @@ class _Holder:
             # the loopback DICOMweb pass pins Orthanc's own HTTPS certificate (dicomweb.loopback_sender)
             self.http = (int(whole.get("HttpPort", 8042)), bool(whole.get("SslEnabled", False)),
                          whole.get("SslCertificate") or None)
-            self.rest = _rest_api()
         section = self.section
         path = plugin_config.locate(section)
         try:
@@ -108,7 +107,9 @@ class _Holder:
             self._replace(None)
             _log(f"configuration unusable, denying every request: {exc}")
             return
-        rest_get, rest_post = self.rest or _rest_api()
+        if self.rest is None:  # once: the library is loaded before this script or not at all
+            self.rest = _rest_api()
+        rest_get, rest_post = self.rest
         gate = Gate(config, rest_get, rest_post, send=dicomweb.loopback_sender(*self.http))
         gate.audit.spool_keys = SPOOL_KEYS  # the audit spool sealed under the storage KEK too
         gate.start()

@@ -109,4 +109,8 @@ def test_orthanc_is_debian_with_the_bundle_and_the_generated_config() -> None:
     bundle_dir = gen[gen.index("--bundle") + 1]
     assert f"COPY --from=bundle /out/plugin-bundle {bundle_dir}" in dockerfile
     assert "pacs-bridge plugin bundle /out/plugin-bundle" in dockerfile
+    # the plugin's REST helper is built with the HTTPS shim and named to orthanc-config where the image has it
+    rest = gen[gen.index("--rest-plugin") + 1]
+    assert rest.endswith("/libPacsBridgeRest.so")
+    assert f"COPY --from=bundle /out/civetweb-tls {rest.rsplit('/', 1)[0]}" in dockerfile
     assert bundle.ENTRY == "pacs_bridge_plugin.py"

@@ -113,5 +113,6 @@ def test_the_gunicorn_command_line_keeps_tokens_out_of_the_log(tmp_path: Path) -
     assert "%(U)s" in fmt and "%(q)s" not in fmt and "%(r)s" not in fmt
     assert argv[argv.index("--certfile") + 1] == str(tmp_path / "c.pem")
     assert argv[-1] == "bridge.web.wsgi:app"
+    assert argv[argv.index("--worker-class") + 1] == "bridge.web.gunicorn_worker.LingeringThreadWorker"
     with pytest.raises(ValueError, match="TLS only"):
         gunicorn_argv("0.0.0.0:9443", None, None)
