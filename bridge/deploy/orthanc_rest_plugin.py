@@ -48,18 +48,24 @@ ORTHANC_PLUGINS_API int32_t OrthancPluginInitialize(OrthancPluginContext* contex
   }
   OrthancPluginSetDescription(context, "PACS SSO Bridge: REST calls of the bridge's Python plugin "
                               "without Python's global lock");
-  context_ = context;
+  __atomic_store_n(&context_, context, __ATOMIC_RELEASE);
   return 0;
 }
 
 ORTHANC_PLUGINS_API void OrthancPluginFinalize(void)
 {
-  context_ = 0;
+  __atomic_store_n(&context_, (OrthancPluginContext*) 0, __ATOMIC_RELEASE);
+}
+
+static OrthancPluginContext* context(void)
+{
+  return __atomic_load_n(&context_, __ATOMIC_ACQUIRE);
 }
 
 ORTHANC_PLUGINS_API const char* OrthancPluginGetName(void)
 {
-  return "pacs-bridge-rest";
+  /* Orthanc finalises plugins in the order of their names: after "python", whose threads call us */
+  return "python-pacs-bridge-rest";
 }
 
 ORTHANC_PLUGINS_API const char* OrthancPluginGetVersion(void)
@@ -70,7 +76,7 @@ ORTHANC_PLUGINS_API const char* OrthancPluginGetVersion(void)
 /* 1 once Orthanc has initialised this plugin, 0 before and after */
 int32_t pacs_bridge_rest_ready(void)
 {
-  return context_ != 0;
+  return context() != 0;
 }
 
 /* GET (body ignored) or POST ``uri`` on the built-in REST API; the answer in *answer, which the
@@ -78,22 +84,24 @@ int32_t pacs_bridge_rest_ready(void)
 int32_t pacs_bridge_rest_call(int32_t post, const char* uri, const void* body, uint32_t size,
                               OrthancPluginMemoryBuffer* answer)
 {
-  if (context_ == 0)
+  OrthancPluginContext* c = context();
+  if (c == 0)
   {
     return OrthancPluginErrorCode_BadSequenceOfCalls;
   }
   if (post)
   {
-    return OrthancPluginRestApiPost(context_, answer, uri, body, size);
+    return OrthancPluginRestApiPost(c, answer, uri, body, size);
   }
-  return OrthancPluginRestApiGet(context_, answer, uri);
+  return OrthancPluginRestApiGet(c, answer, uri);
 }
 
 void pacs_bridge_rest_free(OrthancPluginMemoryBuffer* answer)
 {
-  if (context_ != 0 && answer->data != 0)
+  OrthancPluginContext* c = context();
+  if (c != 0 && answer->data != 0)
   {
-    OrthancPluginFreeMemoryBuffer(context_, answer);
+    OrthancPluginFreeMemoryBuffer(c, answer);
   }
   answer->data = 0;
   answer->size = 0;
@@ -101,8 +109,8 @@ void pacs_bridge_rest_free(OrthancPluginMemoryBuffer* answer)
 
 const char* pacs_bridge_rest_error(int32_t code)
 {
-  return context_ == 0 ? "Orthanc is not running" :
-    OrthancPluginGetErrorDescription(context_, (OrthancPluginErrorCode) code);
+  OrthancPluginContext* c = context();
+  return c == 0 ? "Orthanc is not running" : OrthancPluginGetErrorDescription(c, (OrthancPluginErrorCode) code);
 }
 """
 

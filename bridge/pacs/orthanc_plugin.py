@@ -107,9 +107,13 @@ class _Holder:
             self._replace(None)
             _log(f"configuration unusable, denying every request: {exc}")
             return
-        if self.rest is None:  # once: the library is loaded before this script or not at all
-            self.rest = _rest_api()
-        rest_get, rest_post = self.rest
+        if self.rest is None:
+            found = _rest_api()
+            if found[0] is not orthanc.RestApiGet:  # kept once found; looked for again at the next reload
+                self.rest = found
+            rest_get, rest_post = found
+        else:
+            rest_get, rest_post = self.rest
         gate = Gate(config, rest_get, rest_post, send=dicomweb.loopback_sender(*self.http))
         gate.audit.spool_keys = SPOOL_KEYS  # the audit spool sealed under the storage KEK too
         gate.start()

@@ -53,7 +53,11 @@ class RestWithoutGil:
         return self._request(0, uri, b"")
 
     def post(self, uri: str, body: bytes | str) -> bytes:
-        return self._request(1, uri, body.encode("utf-8") if isinstance(body, str) else bytes(body))
+        if isinstance(body, str):
+            return self._request(1, uri, body.encode("utf-8"))
+        if not isinstance(body, bytes | bytearray | memoryview):
+            raise TypeError(f"a REST body must be bytes or str, not {type(body).__name__}")
+        return self._request(1, uri, bytes(body))
 
     def _request(self, post: int, uri: str, body: bytes) -> bytes:
         raw = uri.encode("utf-8")

@@ -51,7 +51,9 @@ class LingeringThreadWorker(ThreadWorker):
             self._busy += 1
         try:
             result = super().handle(conn)
-            while result is True and self.alive and self._may_linger() and _next_request_within(conn, LINGER_SECONDS):
+            while (result is True and self.alive and self._may_linger()
+                   and _next_request_within(conn, LINGER_SECONDS)
+                   and self.alive and self._may_linger()):  # again: a connection may be queued by now
                 result = super().handle(conn)
             return result
         finally:

@@ -31,7 +31,7 @@ def test_the_library_has_orthancs_entry_points_and_the_bridges_calls(tmp_path: P
                  "pacs_bridge_rest_free", "pacs_bridge_rest_error"):
         assert getattr(lib, name) is not None, name
     lib.OrthancPluginGetName.restype = ctypes.c_char_p
-    assert lib.OrthancPluginGetName() == b"pacs-bridge-rest"
+    assert lib.OrthancPluginGetName() == b"python-pacs-bridge-rest"
 
 
 @needs_sdk
@@ -62,3 +62,21 @@ def test_the_generated_config_loads_it_before_the_python_plugin(tmp_path: Path) 
     assert plugins[:2] == [str(lib), str(PYTHON_PLUGIN)]
     assert str(lib) not in orthanc_config(**common, python_script=tmp_path / "p.py")["Plugins"]
     assert str(lib) not in orthanc_config(**common, with_filter=False, rest_plugin=lib)["Plugins"]
+
+
+def test_a_host_without_orthanc_dev_still_gets_its_https_shim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The helper is wanted, not required: its build failing warns (naming the package) and the
+    command still succeeds, so Orthanc starts (the plugin then logs the hazard)."""
+    from click.testing import CliRunner
+
+    from bridge.cli import main
+    from bridge.deploy import c_build, civetweb_tls
+
+    def no_header(out_dir: Path, cc: str | None = None) -> Path:
+        raise c_build.BuildError("orthanc/OrthancCPlugin.h: No such file or directory")
+
+    monkeypatch.setattr(civetweb_tls, "build", lambda out_dir, cc=None: out_dir)
+    monkeypatch.setattr(orthanc_rest_plugin, "build", no_header)
+    res = CliRunner().invoke(main, ["plugin", "civetweb-tls-shim", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "warning: the plugin's REST helper was not built" in res.output and "orthanc-dev" in res.output

@@ -122,3 +122,12 @@ def test_the_library_is_found_among_the_mapped_files_only(tmp_path: Path) -> Non
     assert orthanc_rest.loaded_library(maps) is None
     assert orthanc_rest.load(OrthancError, maps) is None
     assert orthanc_rest.loaded_library(tmp_path / "absent") is None
+
+
+@needs_cc
+def test_a_body_of_another_type_is_refused(stand_in: ctypes.CDLL) -> None:
+    rest = orthanc_rest.RestWithoutGil(stand_in, OrthancError)
+    for body in (5, None, [b"x"]):
+        with pytest.raises(TypeError, match="bytes or str"):
+            rest.post("/tools/find", body)  # type: ignore[arg-type]
+    assert rest.post("/x", bytearray(b"ab")) == b"/x=ab"
