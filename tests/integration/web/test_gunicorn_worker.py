@@ -1,8 +1,7 @@
 """bridge/web/gunicorn_worker.py under a real gunicorn (its own, on loopback, TLS as the bridge runs it):
 a kept-alive connection's requests, one after another, pipelined or with a pause longer than the
-linger, are each answered once and in order; a small answer arrives in one TLS record (headers and
-body in one write); a thread lingering on one connection never holds up another connection's
-request; with one thread per worker nothing lingers."""
+linger, are each answered once and in order; a thread lingering on one connection never holds up
+another connection's request; with one thread per worker nothing lingers."""
 
 from __future__ import annotations
 
@@ -120,11 +119,3 @@ def test_a_lingering_thread_never_holds_up_another_connection(server: tuple[int,
         idle.sendall(_get("/again"))  # and the first connection still works
         assert _responses(idle, 1) == [b"/again"]
 
-
-def test_a_small_answer_comes_in_one_record(server: tuple[int, ssl.SSLContext]) -> None:
-    """One read returns the header block and the body (two writes would be two TLS records)."""
-    port, context = server
-    with _connect(port, context) as sock:
-        sock.sendall(_get("/one-record"))
-        first = sock.recv(65536)
-        assert first.startswith(b"HTTP/1.1 200") and first.endswith(b"\r\n\r\n/one-record"), first
