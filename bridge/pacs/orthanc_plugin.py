@@ -70,7 +70,7 @@ class _Holder:
         self.lock = threading.Lock()
         #: Orthanc's own HTTP port, whether it is HTTPS, and its certificate, for the loopback calls
         self.http: tuple[int, bool, str | None] = (8042, False, None)
-        #: Orthanc's built-in REST API (GET, POST), chosen once: see :func:`_rest_api`
+        #: Orthanc's built-in REST API (GET, POST) through the GIL-free library, once found: :func:`_rest_api`
         self.rest: tuple[Any, Any] | None = None
 
     def current(self) -> Gate | None:
