@@ -27,9 +27,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from bridge.deploy.c_build import compile_shared, find_compiler
+from bridge.pacs.orthanc_rest import LIBRARY  # the file name the plugin finds the loaded library by
 
-#: the file name (the Python side finds the loaded library by it: bridge.pacs.orthanc_rest.LIBRARY)
-LIBRARY = "libPacsBridgeRest.so"
+__all__ = ["LIBRARY", "SOURCE", "build", "built"]
 
 SOURCE = r"""
 /* PACS SSO Bridge: Orthanc's built-in REST API for the bridge's Python plugin, called through

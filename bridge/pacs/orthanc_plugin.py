@@ -107,13 +107,9 @@ class _Holder:
             self._replace(None)
             _log(f"configuration unusable, denying every request: {exc}")
             return
-        if self.rest is None:
-            found = _rest_api()
-            if found[0] is not orthanc.RestApiGet:  # kept once found; looked for again at the next reload
-                self.rest = found
-            rest_get, rest_post = found
-        else:
-            rest_get, rest_post = self.rest
+        if self.rest is None:  # kept once found; looked for again at the next reload
+            self.rest = _rest_api()
+        rest_get, rest_post = self.rest or (orthanc.RestApiGet, orthanc.RestApiPost)
         gate = Gate(config, rest_get, rest_post, send=dicomweb.loopback_sender(*self.http))
         gate.audit.spool_keys = SPOOL_KEYS  # the audit spool sealed under the storage KEK too
         gate.start()
@@ -127,9 +123,10 @@ class _Holder:
             threading.Thread(target=old.stop, name="pacs-bridge-old-gate", daemon=True).start()
 
 
-def _rest_api() -> tuple[Any, Any]:
-    """GET and POST on Orthanc's built-in REST API: through the GIL-free library when Orthanc loaded
-    it (:mod:`bridge.pacs.orthanc_rest`, why: a deadlock), else orthanc-python's own calls."""
+def _rest_api() -> tuple[Any, Any] | None:
+    """GET and POST on Orthanc's built-in REST API through the GIL-free library when Orthanc loaded
+    it (:mod:`bridge.pacs.orthanc_rest`, why: a deadlock); None, logged, when it did not (the caller
+    then uses orthanc-python's own calls)."""
     try:
         rest = orthanc_rest.load(orthanc.OrthancException)
     except (OSError, AttributeError) as exc:
@@ -138,7 +135,7 @@ def _rest_api() -> tuple[Any, Any]:
     if rest is None:
         _log(f"{orthanc_rest.LIBRARY} is not loaded: the plugin's REST calls hold Python's lock, which can "
              "deadlock Orthanc while a study is deleted (list it first in Orthanc's Plugins; docs/deploy.md)")
-        return orthanc.RestApiGet, orthanc.RestApiPost
+        return None
     _log(f"REST calls through {orthanc_rest.LIBRARY}, without Python's lock")
     return rest.get, rest.post
 

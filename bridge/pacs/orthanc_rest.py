@@ -23,7 +23,7 @@ import ctypes
 from collections.abc import Callable
 from pathlib import Path
 
-#: the library's file name (bridge.deploy.orthanc_rest_plugin.LIBRARY; the plugin bundle holds only core and pacs)
+#: the library's file name (bridge.deploy.orthanc_rest_plugin builds it under this name)
 LIBRARY = "libPacsBridgeRest.so"
 
 
