@@ -11,5 +11,5 @@ RUN pip install --no-cache-dir '.[postgres,server]'
 USER pacs-bridge
 WORKDIR /var/lib/pacs-bridge
 EXPOSE 9443
-# the web app under gunicorn (docker-compose.yml runs `pacs-bridge serve` from the same image too)
+# the web app under granian (docker-compose.yml runs `pacs-bridge serve` from the same image too)
 CMD ["pacs-bridge", "web"]

@@ -31,7 +31,7 @@ by the stack's own token service (grant read from the store) and a gateway sessi
 created as a login would create it, so no Keycloak round trip is measured:
 
 * :func:`small_json_get`: ``GET /studies/{id}`` direct, through the gateway, and the bridge's own
-  floor ``GET /readyz`` (a database ping through the same gunicorn/TLS hop): median and p99 of each,
+  floor ``GET /readyz`` (a database ping through the same web server/TLS hop): median and p99 of each,
   of the gateway's added latency, and of the gateway over the floor.  Target: added median < 1.5 ms,
   p99 < 5 ms.
 * :func:`archive_stream`: a study archive of ``--archive-mb`` MB (random pixel data, so the ZIP does
@@ -291,7 +291,7 @@ def _big_study(total_mb: int) -> list[bytes]:
 
 
 def _worker_pids(master: int) -> list[int]:
-    """The bridge's gunicorn workers (children of ``master``)."""
+    """The bridge's web server workers (children of ``master``)."""
     out = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -379,7 +379,7 @@ class GatewayRig:
         self.gateway = self.bridge_url + settings.gateway.prefix
         record = process.load("bridge")
         if record is None:
-            raise SystemExit("bench/gateway.py: cannot find the bridge's gunicorn master")
+            raise SystemExit("bench/gateway.py: cannot find the bridge's web server process")
         self.master = record.pid
         self.direct = pinned_session(self.ca)
         _, upload = token_for(None, role="technologist")  # the archive study, uploaded as a technologist would

@@ -5,7 +5,7 @@
    sign / verify rate of the same key over a message of the same size (``ratio`` = ours / raw).
    Also the verifier's cache-hit cost.
 2. With the dev stack running (``PACS_BRIDGE_DEVSTACK_DIR``, Keycloak up): ``/token`` exchange under
-   load on loopback (gunicorn, 2 gthread workers x 2 threads, keep-alive, plain HTTP on 127.0.0.1)
+   load on loopback (granian, 2 workers x 2 app threads, keep-alive, plain HTTP on 127.0.0.1)
    with req/s, p50, p99, and Keycloak's client-credentials grant (HTTPS) under the same load as
    the reference.
 
@@ -249,7 +249,7 @@ def _loader(use_wrk: bool) -> Any:
 
 
 def _tail(path: Path, lines: int = 20) -> list[str]:
-    """The last lines of gunicorn's error log: worker timeouts, restarts and tracebacks show up here."""
+    """The last lines of the server's log: worker restarts and tracebacks show up here."""
     if not path.exists():
         return []
     return path.read_text(errors="replace").splitlines()[-lines:]
@@ -294,15 +294,17 @@ def http_part(seconds: float, concurrency: int, use_wrk: bool = True, threads: i
                    "clients": [{"client_id": "pacs-viewer"}]},
     }))
     port = free_port()
-    errlog = tmp / "gunicorn-error.log"
+    errlog = tmp / "server.log"
     env = {**os.environ, "PACS_BRIDGE_CONFIG": str(cfg), "PACS_BRIDGE_FLASK_PACS_BRIDGE_RATE_TOKEN": "1000000/second"}
-    # gthread keeps wrk's connections alive (sync workers close each one); threads=0: sync workers
-    worker = ["-k", "gthread", "--threads", str(threads)] if threads else ["-k", "sync"]
-    server = f"gunicorn 2 workers ({f'gthread x{threads}' if threads else 'sync'}), plain HTTP on 127.0.0.1"
-    gunicorn = [str(Path(sys.executable).with_name("gunicorn")), "--no-control-socket", "-w", "2", *worker,
-                "-b", f"127.0.0.1:{port}", "--log-level", "warning", "--error-logfile", str(errlog),
-                "--capture-output", "bridge.web.wsgi:app"]  # workers' stderr (tracebacks) into the same log
-    proc = subprocess.Popen(gunicorn, env=env, cwd=tmp)
+    # the web server of every deployment (bridge/deploy/web_server.py), here without TLS: this part
+    # measures the exchange itself
+    threads = max(threads, 1)
+    server = f"granian 2 workers x {threads} app threads, plain HTTP on 127.0.0.1"
+    granian = [str(Path(sys.executable).with_name("granian")), "--interface", "wsgi", "--http", "1", "--no-ws",
+               "--workers", "2", "--blocking-threads", str(threads), "--host", "127.0.0.1", "--port", str(port),
+               "--log-level", "warning", "bridge.web.wsgi:app"]
+    with errlog.open("wb") as log:  # the workers' tracebacks too
+        proc = subprocess.Popen(granian, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
     try:
         for _ in range(100):
             try:
@@ -332,7 +334,7 @@ def http_part(seconds: float, concurrency: int, use_wrk: bool = True, threads: i
     run_load(kc_token_url, dict(kc_form), 1.0, 2, ca)  # warm-up
     reference = run_load(kc_token_url, kc_form, seconds, concurrency, ca)
     return {
-        "exchange": {**exchange, "server": server, "gunicorn_log_tail": _tail(errlog)},
+        "exchange": {**exchange, "server": server, "server_log_tail": _tail(errlog)},
         "keycloak_client_credentials": {**reference, "server": "Keycloak 26.5 start-dev, HTTPS keep-alive"},
         "exchange_vs_keycloak": round(exchange["requests_per_s"] / max(reference["requests_per_s"], 0.1), 2),
     }
@@ -345,7 +347,7 @@ def main() -> None:
     ap.add_argument("--no-http", action="store_true")
     ap.add_argument("--python-load", action="store_true", help="the Python load generator instead of wrk")
     ap.add_argument("--threads", type=int, default=2,
-                    help="gunicorn gthread threads per worker (0: sync workers; 2 measured best on 2 cores)")
+                    help="app threads per server worker (2 measured best on 2 cores)")
     args = ap.parse_args()
     result: dict[str, Any] = {"load_average_before": [round(x, 2) for x in os.getloadavg()]}
     result["in_process"] = in_process(args.seconds / 2)

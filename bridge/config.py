@@ -458,7 +458,7 @@ RATE_LIMIT_NAMES = ("token", "introspect", "revoke", "revocations", "login", "ba
 
 
 class MetricsSection(_Section):
-    """``GET /metrics`` of the web app (Prometheus text, summed across gunicorn workers).
+    """``GET /metrics`` of the web app (Prometheus text, summed across the web server's workers).
 
     Refused (403, audited) unless the client address (after ``web.trusted_proxy_hops``) is in
     ``allow`` or the request carries ``Authorization: Bearer <bearer_token>``."""
@@ -493,7 +493,7 @@ class MetricsSection(_Section):
 
 
 class WebSection(_Section):
-    """The web app behind gunicorn: client addresses behind a reverse proxy, shared rate limits,
+    """The web app behind its web server (granian): client addresses behind a reverse proxy, shared rate limits,
     ``/metrics``.  Why each default: docs/configuration.md, section ``web``."""
 
     #: reverse proxies in front of the bridge that append to X-Forwarded-For (0: the header is

@@ -1,9 +1,9 @@
-"""`pacs-bridge web` (the web app under gunicorn), `pacs-bridge plugin bundle` (the Orthanc plugin as
+"""`pacs-bridge web` (the web app under granian), `pacs-bridge plugin bundle` (the Orthanc plugin as
 one artifact) and `pacs-bridge plugin orthanc-config` (Orthanc's hardened configuration and the
 plugin's settings, generated from the bridge YAML).
 
 Both exist so docker-compose.yml and the systemd units run one short command each instead of
-repeating a gunicorn command line or a hand-written orthanc.json that drifts from the code.
+repeating a web server command line or a hand-written orthanc.json that drifts from the code.
 """
 
 from __future__ import annotations
@@ -72,28 +72,28 @@ class WebConfigError(InputError):
 
 @click.command("web")
 @config_option
-@click.option("--workers", type=int, default=None, help="gunicorn worker processes (default 2)")
-@click.option("--threads", type=int, default=None, help="threads per worker (default 2)")
+@click.option("--workers", type=int, default=None, help="web server worker processes (default 2)")
+@click.option("--threads", type=int, default=None, help="app threads per worker (default 2)")
 @click.option("--metrics-dir", envvar="PROMETHEUS_MULTIPROC_DIR", type=click.Path(file_okay=False),
               default="var/prometheus", show_default=True,
               help="prometheus-client's multiprocess directory (or $PROMETHEUS_MULTIPROC_DIR)")
 def web_cli(config_path: str | None, workers: int | None, threads: int | None, metrics_dir: str) -> None:
-    """Run the web app under gunicorn (TLS on bridge.listen_host:listen_port); replaces this process."""
-    from bridge.deploy.gunicorn import THREADS, WORKERS, gunicorn_argv, gunicorn_env
+    """Run the web app under granian (TLS on bridge.listen_host:listen_port); replaces this process."""
+    from bridge.deploy.web_server import THREADS, WORKERS, web_argv, web_env
 
     settings = load_settings(config_path)  # a broken config is reported here, not by every worker
     b = settings.bridge
     try:
-        argv = gunicorn_argv(f"{b.listen_host}:{b.listen_port}", b.tls_cert_file, b.tls_key_file,
+        argv = web_argv(f"{b.listen_host}:{b.listen_port}", b.tls_cert_file, b.tls_key_file,
                              workers=workers or WORKERS, threads=threads or THREADS)
     except ValueError as exc:
         raise WebConfigError(str(exc)) from None
     env = dict(os.environ)
-    env.update(gunicorn_env(Path(config_path).resolve() if config_path else Path(), Path(metrics_dir)))
+    env.update(web_env(Path(config_path).resolve() if config_path else Path(), Path(metrics_dir)))
     if not config_path:  # configuration from the environment alone
         env.pop("PACS_BRIDGE_CONFIG", None)
     sys.stdout.flush()
-    os.execve(argv[0], argv, env)  # noqa: S606 - fixed argv, no shell: gunicorn becomes the service's process
+    os.execve(argv[0], argv, env)  # noqa: S606 - fixed argv, no shell: the web server becomes the service's process
 
 
 @click.command("orthanc-config")

@@ -1,7 +1,7 @@
 """Logout state every worker must share: ended Keycloak sessions (``sid``) and the ``jti`` values of
 accepted back-channel logout tokens (replay protection).
 
-Why in the database: gunicorn runs several worker processes (and a site may run several
+Why in the database: the web server runs several worker processes (and a site may run several
 replicas).  Keycloak's logout token reaches one of them; the browser's next ``/login``, the
 viewer's next exchange or a replayed logout token may reach another.  State kept in one process's
 memory would let those through.  Both tables are small (one row per logout) and expire: rows are

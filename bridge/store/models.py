@@ -214,7 +214,7 @@ class SubjectRevocation(Base):
 class EndedSession(Base):
     """A Keycloak login session (``sid``) ended by logout: no bridge session or token exchange
     may ride on it any more.  In the database, not in one worker's memory, because the logout
-    reaches one gunicorn worker (or one replica) and the next request may reach another; kept
+    reaches one web server worker (or one replica) and the next request may reach another; kept
     until ``exp`` (longer than any session could have lived), then deleted."""
 
     __tablename__ = "ended_sessions"

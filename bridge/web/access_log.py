@@ -1,20 +1,19 @@
-"""gunicorn's access log without capabilities: a path segment that is a bearer secret (an external
+"""The web server's access log without capabilities: a path segment that is a bearer secret (an external
 share's link, ``<sharing.prefix>/<43 url-safe characters>``) is written as ``[redacted]``.
 
-Why here and not in the app: the access line is written by gunicorn after the response, from the
-raw request path; the share link is one of the two factors of an external share (the passcode is
-the other), and a log reader must not get half of it.  Any segment of 32 or more url-safe
+Why here and not in the app: the access line is written by the server (granian, through
+bridge/deploy/web_server.py) after the response, from the request path; the share link is one of
+the two factors of an external share (the passcode is the other), and a log reader must not get
+half of it.  Any segment of 32 or more url-safe
 characters counts, so a future capability URL is covered too; ordinary ids (Orthanc's 44-char
 hyphenated ids contain '-' every 8 characters and are not matched) stay readable.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from typing import Any
-
-from gunicorn.glogging import Logger
 
 #: a path segment that looks like a random url-safe secret (secrets.token_urlsafe(24) and longer)
 SECRET_SEGMENT = re.compile(r"(?<=/)[A-Za-z0-9_-]{32,}(?![A-Za-z0-9_-])")  # also before '.', ';' (a link in a sentence)
@@ -30,37 +29,34 @@ def redact(path: str) -> str:
     return SECRET_SEGMENT.sub(lambda m: m.group(0) if ORTHANC_ID.match(m.group(0)) else "[redacted]", path)
 
 
-class RedactingLogger(Logger):
-    """gunicorn's logger whose ``%(U)s`` (the path) has secret segments redacted, and which builds
-    only the atoms the bridge's access line uses.
+class RedactingFilter(logging.Filter):
+    """The filter on granian's access logger: the line's ``path`` redacted (:func:`redact`), and the
+    the worker's ``pid`` (an atom granian has not got), and ``X-Forwarded-For`` as the nearest
+    hop sent it.
 
-    gunicorn's own ``atoms()`` makes, for every request, one entry per request header, response
-    header and WSGI environ key (about 60), a formatted date and a parse of ``Authorization`` for
-    ``%(u)s``; the bridge's line (``bridge.deploy.gunicorn.ACCESS_LOG_FORMAT``) reads seven.  On the
-    gateway's image route that was a measurable share of the bridge's own time per request (issue 11).
-    An atom not built here prints as ``-`` (gunicorn's safe atoms); a unit test holds that every
-    atom of the line is built."""
+    granian logs ``logger.info(fmt, atoms)`` and formats only when the line is written, so the atoms
+    can be changed here.  granian's atom for ``X-Forwarded-For`` (the line's only header atom, so
+    granian names it ``_h0``) holds every line of that header joined by commas; the last entry is
+    the one the nearest proxy (HAProxy) added, the one to log."""
 
-    def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
-        status = resp.status
-        if isinstance(status, str):
-            status = status.split(None, 1)[0]
-        return {
-            "h": environ.get("REMOTE_ADDR", "-"),
-            "p": f"<{os.getpid()}>",
-            "m": environ.get("REQUEST_METHOD"),
-            "U": redact(str(environ.get("PATH_INFO") or "")),
-            "s": status,
-            "M": request_time.seconds * 1000 + request_time.microseconds // 1000,
-            "{x-forwarded-for}i": _last_header(req, "x-forwarded-for"),
-        }
+    def filter(self, record: logging.LogRecord) -> bool:
+        atoms = record.args
+        if isinstance(atoms, dict):
+            atoms = dict(atoms)
+            atoms["path"] = redact(str(atoms.get("path") or ""))
+            atoms["pid"] = os.getpid()
+            atoms[XFF_ATOM] = nearest_hop(atoms.get(XFF_ATOM))
+            record.args = atoms
+        return True
 
 
-def _last_header(req: Any, name: str) -> str:
-    """The last ``name`` header as gunicorn's own atoms give it: a proxy such as HAProxy adds its own
-    line after the client's (untrusted) one, and the line of the nearest hop is the one logged."""
-    value = "-"
-    for key, v in getattr(req, "headers", None) or ():
-        if key.lower() == name:
-            value = v
-    return value
+#: granian's name for the first ``%(header{...})s`` atom of a line (the line has one: X-Forwarded-For)
+XFF_ATOM = "_h0"
+
+
+def nearest_hop(value: object) -> str:
+    """The last entry of a comma-joined ``X-Forwarded-For``, escaped like a path; ``-`` if none."""
+    if not value or value == "-":
+        return "-"
+    last = str(value).rsplit(",", 1)[-1].strip()
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", last) or "-"

@@ -13,7 +13,7 @@ workstation of a ward shares one budget: the defaults are sized for that (docs/c
 Accounts are protected by Keycloak's brute-force detection, not here: a per-address lockout would
 lock a whole ward out because of one mistyped password.
 
-With ``redis://`` / ``rediss://`` the counters are shared by every gunicorn worker and bridge
+With ``redis://`` / ``rediss://`` the counters are shared by every web server worker and bridge
 instance.  If Redis is unreachable, each worker falls back to its own in-memory counters (still a
 limit, per worker) and goes back to Redis when it answers again: an outage of the limiter's store
 must not stop a hospital's logins.

@@ -1,11 +1,11 @@
-"""``GET /metrics`` of the web app: Prometheus text, one answer for all gunicorn workers.
+"""``GET /metrics`` of the web app: Prometheus text, one answer for all the web server's workers.
 
-Each gunicorn worker is its own process with its own counters, and a scrape reaches one worker at
+Each worker is its own process with its own counters, and a scrape reaches one worker at
 random; prometheus-client's multiprocess mode has every worker write its values to files in
 ``PROMETHEUS_MULTIPROC_DIR`` and the scraped worker sums them all (``MultiProcessCollector``).
-The directory must be emptied when gunicorn starts and dead workers marked, both done by
-:mod:`bridge.web.gunicorn_conf`.  Without the variable (the Flask test client, one process) the
-process's own registry is served.
+The directory is emptied when the server starts (:mod:`bridge.deploy.web_server`); the bridge
+has no live gauges, so a worker that dies leaves nothing reported as current.  Without the
+variable (the Flask test client, one process) the process's own registry is served.
 
 Who may scrape (``web.metrics``): a client address (:func:`bridge.web.client.client_address`, so
 after the trusted proxy hops) inside ``allow`` -- loopback by default -- or a request with
@@ -26,8 +26,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from bridge.config import MetricsSection
 from bridge.core.audit_codes import AuditEventType
+from bridge.deploy.web_server import MULTIPROC_ENV
 from bridge.web.client import client_address
-from bridge.web.gunicorn_conf import MULTIPROC_ENV
 from bridge.web.limits import limit
 
 bp = Blueprint("metrics", __name__)

@@ -1,4 +1,5 @@
-"""WSGI entry point for gunicorn: ``gunicorn 'bridge.web.wsgi:app'`` with ``PACS_BRIDGE_CONFIG`` set."""
+"""WSGI entry point, loaded by each worker of the web server (bridge/deploy/web_server.py) with
+``PACS_BRIDGE_CONFIG`` set."""
 
 from __future__ import annotations
 
@@ -12,6 +13,6 @@ app = create_app(load_config(os.environ.get("PACS_BRIDGE_CONFIG")))
 
 # Everything loaded so far (modules, the app, its settings and services) lives as long as the worker:
 # moved out of the cyclic collector's sight, so its collections only walk what requests create
-# (shorter pauses on the request path; gunicorn loads this module in each worker after the fork).
+# (shorter pauses on the request path; the server loads this module in each worker after the fork).
 gc.collect()
 gc.freeze()

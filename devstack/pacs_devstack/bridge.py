@@ -1,4 +1,4 @@
-"""The bridge itself in the dev stack: gunicorn over TLS on loopback, configured like a site would.
+"""The bridge itself in the dev stack: granian over TLS on loopback, configured like a site would.
 
 Two instances, ``bridge`` and ``bridge2`` (same configuration but the listen port, one PostgreSQL
 database), behind HAProxy (devstack/pacs_devstack/haproxy.py), as a site runs them for availability.
@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 # the canonical command line lives with the runtime (re-exported: tests import it from here)
-from bridge.deploy.gunicorn import THREADS, WORKERS, gunicorn_argv, gunicorn_env  # noqa: F401
+from bridge.deploy.web_server import THREADS, WORKERS, web_argv, web_env  # noqa: F401
 from bridge.http import pinned_session
 from pacs_devstack import front, process, state
 from pacs_devstack.service import Service, StackContext
@@ -217,8 +217,8 @@ class BridgeService(Service):
         from bridge.config import load_config
 
         b = load_config(self.config_file).bridge
-        argv = gunicorn_argv(f"{b.listen_host}:{b.listen_port}", b.tls_cert_file, b.tls_key_file)
-        env = {**gunicorn_env(self.config_file, self.metrics_dir),
+        argv = web_argv(f"{b.listen_host}:{b.listen_port}", b.tls_cert_file, b.tls_key_file)
+        env = {**web_env(self.config_file, self.metrics_dir),
                **{f"PACS_BRIDGE_FLASK_PACS_BRIDGE_RATE_{k}": v for k, v in DEV_RATE_LIMITS.items()}}
         process.start(self.name, argv, env=env, cwd=self.dir)
 
@@ -242,7 +242,7 @@ class BridgeService(Service):
             return session.get(f"{own}/readyz", timeout=3).status_code == 200 and session.get(
                 f"{own}/.well-known/oauth-authorization-server", timeout=3).status_code == 200
 
-        process.wait_until(ready, what=f"{self.name} (gunicorn)", timeout=60, rec=process.load(self.name))
+        process.wait_until(ready, what=f"{self.name} (web server)", timeout=60, rec=process.load(self.name))
         gateway = settings.bridge.public_url + settings.gateway.prefix + "/" if settings.gateway.enabled else None
         return {"url": settings.bridge.public_url, "instance_url": own, "config": str(self.config_file),
                 "gateway_url": gateway,

@@ -1,6 +1,6 @@
 """Redis (Debian ``redis-server``) for the bridge's shared rate-limit counters.
 
-Every gunicorn worker (and every bridge instance of a site) counts against the same limits only
+Every web server worker (and every bridge instance of a site) counts against the same limits only
 if the counters live outside the workers; the bridge's ``web.rate_limit_storage_url`` points here.
 
 - Transport: TLS only (Debian's redis-server 7 is built with TLS): ``port 0`` disables plain

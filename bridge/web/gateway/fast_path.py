@@ -82,8 +82,7 @@ class FastPath:
             return None
         gw = self.gw
         path = rules.upstream_path(str(args.get("rest", "")))
-        raw_path = str(environ.get("RAW_URI") or environ.get("REQUEST_URI") or "").split("?")[0]
-        if path is None or not rules.plain_raw_path(raw_path):
+        if path is None:
             return None
         req = Request(environ)
         if (views.url_has_token(req.args) or rules.overrides_method(req.args)

@@ -12,7 +12,7 @@ thread stalls or dies, the watermark cache expires and the request reloads it it
 (fail safe), and the next request starts a new thread.  The thread holds only a weak reference to
 the gateway, so an app that goes away (tests build many) lets its thread end.
 
-The thread starts lazily, on a worker's first gateway request, and again after a fork (gunicorn
+The thread starts lazily, on a worker's first gateway request, and again after a fork (the web server's
 workers; the process id is checked), never at import.
 """
 

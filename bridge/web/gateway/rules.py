@@ -97,8 +97,14 @@ def upstream_path(rest: str) -> str | None:
 
     Refused: a ``.`` or ``..`` segment (after decoding, so ``%2e%2e`` too), a backslash, control
     characters, an empty segment: nothing may climb out of Orthanc's tree or mean one thing to
-    the gateway and another to Orthanc."""
-    if any(ord(c) < 0x20 or c in "\\\x7f" for c in rest):
+    the gateway and another to Orthanc.  Also ``?``, ``#`` and ``%`` (sent as ``%3F``, ``%23``,
+    ``%25``): in the URL the gateway sends they would start a query or a fragment or be read as an
+    escape, naming another resource than the one judged here.
+
+    The server gives the decoded path only (granian has no raw request path), so ``%2F`` is a
+    ``/`` here as it is for Orthanc, which decodes the path before splitting it: the segments
+    judged here are the ones Orthanc sees."""
+    if any(ord(c) < 0x20 or c in "\\\x7f?#%" for c in rest):
         return None
     segments = rest.split("/")
     for i, seg in enumerate(segments):
@@ -110,10 +116,9 @@ def upstream_path(rest: str) -> str | None:
 
 
 def plain_raw_path(raw: str) -> bool:
-    """Whether the path as the client sent it is free of encoded ``/``, ``\\``, ``.``, ``?``, ``#`` and NUL
-    (``%3F`` would start a query at Orthanc, ``%23`` a fragment):
-    ``%2F`` decodes to a separator the gateway would split on while Orthanc might not (and ``%2e``
-    spells a dot segment), so such a request means one thing here and another there."""
+    """Whether a path as a browser will send it (a ``next`` target after login, still
+    percent-encoded) is free of encoded ``/``, ``\\``, ``.``, ``?``, ``#`` and NUL: the redirect must lead
+    to the path that was judged, not to one that decodes into another."""
     low = raw.lower()
     return not any(code in low for code in ("%2f", "%5c", "%2e", "%00", "%3f", "%23"))
 

@@ -582,9 +582,8 @@ def _preflight(path: str) -> Response:
 def _proxy(rest: str) -> Response:
     gw = _gw()
     path = rules.upstream_path(rest)
-    raw_path = str(request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or "").split("?")[0]
-    if path is None or not rules.plain_raw_path(raw_path):
-        return _refuse(400, "path refused (dot segments, empty segments or control characters)")
+    if path is None:
+        return _refuse(400, "path refused (dot or empty segments, control characters, or ?, # or % in a segment)")
     if url_has_token(request.args):
         return _refuse(400, "tokens are not accepted in the URL")
     if rules.overrides_method(request.args):

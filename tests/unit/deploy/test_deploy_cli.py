@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from bridge.cli import main
-from bridge.deploy.gunicorn import gunicorn_argv
+from bridge.deploy.web_server import web_argv
 
 MODALITIES = {"ct": {"aet": "CT01", "host": "10.0.0.5", "port": 104, "allow": ["echo", "store"]}}
 
@@ -107,12 +107,12 @@ def test_web_refuses_a_configuration_without_tls(config: Path) -> None:
     assert res.exit_code == 2 and "tls_cert_file" in res.output
 
 
-def test_the_gunicorn_command_line_keeps_tokens_out_of_the_log(tmp_path: Path) -> None:
-    argv = gunicorn_argv("0.0.0.0:9443", tmp_path / "c.pem", tmp_path / "k.pem")
-    fmt = argv[argv.index("--access-logformat") + 1]
-    assert "%(U)s" in fmt and "%(q)s" not in fmt and "%(r)s" not in fmt
-    assert argv[argv.index("--certfile") + 1] == str(tmp_path / "c.pem")
-    assert argv[-1] == "bridge.web.wsgi:app"
-    assert argv[argv.index("--worker-class") + 1] == "bridge.web.gunicorn_worker.LingeringThreadWorker"
+def test_the_web_server_command_line(tmp_path: Path) -> None:
+    import sys
+
+    argv = web_argv("0.0.0.0:9443", tmp_path / "c.pem", tmp_path / "k.pem")
+    assert argv[:3] == [sys.executable, "-m", "bridge.deploy.web_server"]  # this interpreter, never PATH's
+    assert argv[argv.index("--cert") + 1] == str(tmp_path / "c.pem")
+    assert argv[argv.index("--key") + 1] == str(tmp_path / "k.pem")
     with pytest.raises(ValueError, match="TLS only"):
-        gunicorn_argv("0.0.0.0:9443", None, None)
+        web_argv("0.0.0.0:9443", None, None)

@@ -1,5 +1,5 @@
 """The dev stack's bridge configuration: rate limits in the stack's Redis when it runs (TLS,
-password from a file), in memory otherwise; gunicorn with the metrics hooks and directory."""
+password from a file), in memory otherwise; the web server with the metrics directory."""
 
 from __future__ import annotations
 
@@ -43,13 +43,12 @@ def test_without_redis_memory(ctx: StackContext, tmp_path) -> None:
     assert settings.web.rate_limit_storage_url == "memory://"  # type: ignore[attr-defined]
 
 
-def test_gunicorn_command_and_environment(tmp_path) -> None:
-    argv = bridge_service.gunicorn_argv("127.0.0.1:1", tmp_path / "c.pem", tmp_path / "k.pem")
-    assert argv[argv.index("--config") + 1] == "python:bridge.web.gunicorn_conf"
+def test_web_server_command_and_environment(tmp_path) -> None:
+    argv = bridge_service.web_argv("127.0.0.1:1", tmp_path / "c.pem", tmp_path / "k.pem")
+    assert argv[argv.index("-m") + 1] == "bridge.deploy.web_server"
     assert argv[argv.index("--workers") + 1] == str(bridge_service.WORKERS)
-    fmt = argv[argv.index("--access-logformat") + 1]
-    assert "%(p)s" in fmt and "%(U)s" in fmt and "%(q)s" not in fmt and "%(r)s" not in fmt  # no query strings
-    env = bridge_service.gunicorn_env(tmp_path / "bridge.yaml", tmp_path / "prom")
+    assert argv[argv.index("--threads") + 1] == str(bridge_service.THREADS)
+    env = bridge_service.web_env(tmp_path / "bridge.yaml", tmp_path / "prom")
     assert env == {"PACS_BRIDGE_CONFIG": str(tmp_path / "bridge.yaml"),
                    "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
 

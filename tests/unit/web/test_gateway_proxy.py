@@ -269,12 +269,31 @@ def test_no_path_climbs_out_of_orthancs_tree(g: Gateway, path: str) -> None:
     assert g.orthanc.requests == []
 
 
-@pytest.mark.parametrize("path", ["/PACS/system", "/Pacs/system", "/pacs%2Fsystem", "/pacsx/system", "//pacs/system"])
+@pytest.mark.parametrize("path", ["/PACS/system", "/Pacs/system", "/pacsx/system", "//pacs/system"])
 def test_the_prefix_spelled_differently_is_not_the_gateway(g: Gateway, path: str) -> None:
     g.log_in()
     r = g.get(path)
     assert r.status_code in (400, 404), (path, r.status_code)
     assert g.orthanc.requests == []
+
+
+def test_an_encoded_slash_is_a_separator_for_the_gateway_as_for_orthanc(g: Gateway) -> None:
+    """The server hands the app the decoded path only: ``%2F`` splits segments here, and Orthanc
+    (which decodes before splitting) gets the same segments, never an encoding it could read otherwise."""
+    g.log_in()
+    assert g.get("/pacs%2Fsystem").status_code == 200 and g.orthanc.last.url.raw_path == b"/system"
+    assert g.get(f"{PREFIX}/studies%2Fx").status_code == 200 and g.orthanc.last.url.raw_path == b"/studies/x"
+    n = len(g.orthanc.requests)
+    assert g.get(f"{PREFIX}/studies%2F..%2Fsystem").status_code == 400 and len(g.orthanc.requests) == n
+
+
+@pytest.mark.parametrize("path", [f"{PREFIX}/studies%3Fexpand", f"{PREFIX}/studies%23x", f"{PREFIX}/studies%2541",
+                                  f"{PREFIX}/studies%252e%252e/x"])
+def test_what_would_name_another_resource_once_forwarded_is_refused(g: Gateway, path: str) -> None:
+    """``?``, ``#`` and ``%`` in a decoded segment: in the URL sent to Orthanc they would start a query,
+    a fragment or an escape (``%2541`` is ``%41`` here and ``A`` at Orthanc)."""
+    g.log_in()
+    assert g.get(path).status_code == 400 and g.orthanc.requests == []
 
 
 def test_bare_prefix_redirects_to_the_landing_page(g: Gateway) -> None:
@@ -287,6 +306,8 @@ def test_rule_upstream_path() -> None:
     assert rules.upstream_path("studies/") == "/studies/"
     assert rules.upstream_path("a/../b") is None
     assert rules.upstream_path("a//b") is None
+    for odd in ("a?b", "a#b", "a%41", "a\\b", "a\x00b"):
+        assert rules.upstream_path(odd) is None, odd
 
 
 # --------------------------------------------------------------------------- without a session
