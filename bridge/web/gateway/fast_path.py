@@ -67,6 +67,10 @@ class FastPath:
         resp = views.forward(self.gw, req.method, path, req.query_string, proxy.header_items(req.headers),
                              login.tokens.pacs_token, address_of(req.remote_addr))
         metrics.record(ENDPOINT, req.method, resp.status_code, time.perf_counter() - started)
+        if resp.is_sequence:  # a body already read (JSON with its URLs rewritten, an empty answer):
+            # handed over as one list, which the server writes at once instead of draining an iterator
+            start_response(resp.status, resp.get_wsgi_headers(environ).to_wsgi_list())
+            return [] if req.method == "HEAD" else [resp.get_data()]
         return resp(environ, start_response)
 
     def _plan(self, environ: dict[str, Any]) -> tuple[Request, str, Any] | None:

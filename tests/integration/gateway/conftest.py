@@ -1,4 +1,4 @@
-"""Fixtures of the gateway's browser tests: the stack's bridge (gunicorn) with its gateway, a
+"""Fixtures of the gateway's browser tests: the stack's bridge (granian) with its gateway, a
 second in-process bridge over the same database and keys with a short idle timeout, studies in
 the stack's Orthanc, and PACS tokens minted by the stack's own token service."""
 

@@ -1,5 +1,5 @@
 """The gateway's per-worker session cache on the dev stack's real PostgreSQL: two session stores over
-one database stand for two gunicorn workers (or two replicas).  Whatever one of them does to a
+one database stand for two web server workers (or two replicas).  Whatever one of them does to a
 session -- logout, back-channel logout, idle sweep, renewal -- reaches the other's cache through
 LISTEN/NOTIFY before its next request can use the old state; a cache whose listener lost the
 database is not used; a change made behind the bridge's back (SQL by hand, no notification) lives

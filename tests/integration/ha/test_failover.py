@@ -98,6 +98,6 @@ def test_haproxy_forwards_the_client_address(ha: dict[str, Any]) -> None:
         log = process.load(name).log  # type: ignore[union-attr]
         lines = [x for x in Path(log).read_text(encoding="utf-8", errors="replace").splitlines()
                  if '"GET /jwks.json"' in x]
-        # HAProxy adds its own X-Forwarded-For line with the address it saw (gunicorn joins it
+        # HAProxy adds its own X-Forwarded-For line with the address it saw (the server joins it
         # after the client's own, untrusted one: the last hop is HAProxy's, see web.trusted_proxy_hops)
         assert lines and lines[-1].endswith("xff=127.0.0.1"), (name, lines[-3:])

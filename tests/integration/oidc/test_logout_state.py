@@ -1,5 +1,5 @@
 """Logout against the real Keycloak: a Keycloak access token issued before the logout can no longer be
-exchanged, and a logout token replayed to the *other* gunicorn worker of the dev stack's bridge is
+exchanged, and a logout token replayed to the *other* web server worker of the dev stack's bridge is
 refused (the replay state is in the database, not in one worker's memory)."""
 
 from __future__ import annotations

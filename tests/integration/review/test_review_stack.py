@@ -1,5 +1,5 @@
 """Access review of the demo hospital on the real stack (Samba AD, Keycloak, the bridge under
-gunicorn with its gateway, PostgreSQL, rsyslog), in the order a review cycle runs:
+the web server with its gateway, PostgreSQL, rsyslog), in the order a review cycle runs:
 
 1. A Keycloak administrator of their own (not the bridge's `admin` account) gives `ref.dina` the
    privileged `pacs-admin` role by hand in the console; the admin and login events are pulled; a

@@ -1,4 +1,4 @@
-"""Fixtures of the sharing tests: the stack's bridge (gunicorn, the example policy with its ``sharing:``
+"""Fixtures of the sharing tests: the stack's bridge (granian, the example policy with its ``sharing:``
 section), its Orthanc with the bridge plugin, Keycloak logins with password + TOTP of the demo
 directory (Samba AD realm), the token exchange at the stack's bridge, and the gateway."""
 

@@ -1,4 +1,4 @@
-"""The stack handle of the sharing tests (conftest.py builds it): the stack's bridge (gunicorn, the
+"""The stack handle of the sharing tests (conftest.py builds it): the stack's bridge (granian, the
 example policy with its ``sharing:`` section), its Orthanc with the bridge plugin, Keycloak logins
 with password + TOTP of the demo directory (Samba AD realm), the token exchange at the stack's
 bridge, and the gateway."""

@@ -2,7 +2,7 @@
 
 Through HAProxy (TLS, ``option forwardfor``, one trusted hop): plain HTTP, forged forwarding
 headers, odd spellings of a path; on both instances at once: a replayed audit-intake batch; on a
-2-worker gunicorn with Redis-shared limits: secret guessing on /orthanc-auth and the intake, and an
+2-worker web server with Redis-shared limits: secret guessing on /orthanc-auth and the intake, and an
 IPv6 client walking its /64.  Each names the hole it guards in its docstring.
 """
 
@@ -168,11 +168,11 @@ def test_readyz_tells_nothing_but_readiness(front: dict[str, Any]) -> None:
     assert r.headers.get("Strict-Transport-Security", "").startswith("max-age="), r.headers
 
 
-# -------------------------------------------------------------- a 2-worker gunicorn with Redis limits
-def test_orthanc_auth_secret_guessing_is_limited_across_workers(start_gunicorn: Any) -> None:
+# -------------------------------------------------------------- a 2-worker web server with Redis limits
+def test_orthanc_auth_secret_guessing_is_limited_across_workers(start_web_server: Any) -> None:
     """/orthanc-auth checks the introspection client's secret: it draws on the introspect budget
     (no limit at all before)."""
-    g = start_gunicorn({"PACS_BRIDGE_FLASK_PACS_BRIDGE_RATE_INTROSPECT": "5/hour"})
+    g = start_web_server({"PACS_BRIDGE_FLASK_PACS_BRIDGE_RATE_INTROSPECT": "5/hour"})
     basic = {"Authorization": "Basic " + base64.b64encode(b"pacs-tools:guess").decode()}
 
     def one(_: int) -> int:
@@ -184,17 +184,17 @@ def test_orthanc_auth_secret_guessing_is_limited_across_workers(start_gunicorn: 
     assert codes.count(401) == 5 and codes.count(429) == 7, codes
 
 
-def test_audit_intake_secret_guessing_is_limited(start_gunicorn: Any) -> None:
-    g = start_gunicorn({"PACS_BRIDGE_FLASK_PACS_BRIDGE_RATE_AUDIT": "3/hour"})
+def test_audit_intake_secret_guessing_is_limited(start_web_server: Any) -> None:
+    g = start_web_server({"PACS_BRIDGE_FLASK_PACS_BRIDGE_RATE_AUDIT": "3/hour"})
     with g.session() as s:
         codes = [s.post(g.url + "/audit/events", json={"events": []}, timeout=30,
                         headers={"Authorization": f"Bearer guess-{i}"}).status_code for i in range(5)]
     assert codes == [401, 401, 401, 429, 429], codes
 
 
-def test_an_ipv6_client_walking_its_64_keeps_one_budget(start_gunicorn: Any) -> None:
+def test_an_ipv6_client_walking_its_64_keeps_one_budget(start_web_server: Any) -> None:
     """Behind a trusted proxy, an IPv6 client may use any address of its /64: one budget."""
-    g = start_gunicorn({"PACS_BRIDGE_FLASK_PACS_BRIDGE_RATE_REVOCATIONS": "3/hour",
+    g = start_web_server({"PACS_BRIDGE_FLASK_PACS_BRIDGE_RATE_REVOCATIONS": "3/hour",
                         "PACS_BRIDGE_WEB__TRUSTED_PROXY_HOPS": "1"})
     with g.session() as s:
         codes = [s.get(g.url + "/revocations", timeout=30,

@@ -1,7 +1,7 @@
-"""Under gunicorn, forwarded headers are trusted only through the bridge's own setting
-(``web.trusted_proxy_hops``, X-Forwarded-For only).  gunicorn by itself trusts X-Forwarded-Proto
-from loopback peers (``forwarded_allow_ips``); bridge/web/gunicorn_conf.py turns that off, so a
-local client cannot make the bridge build ``http://`` URLs (the login's callback URL)."""
+"""Under the web server, forwarded headers are trusted only through the bridge's own setting
+(``web.trusted_proxy_hops``, X-Forwarded-For only): the server itself must not turn
+X-Forwarded-Proto and the like into the URL scheme, so a local client cannot make the bridge build
+``http://`` URLs (the login's callback URL)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def g(start_gunicorn: Any) -> Any:
-    return start_gunicorn({})
+def g(start_web_server: Any) -> Any:
+    return start_web_server({})
 
 
 @pytest.mark.parametrize("headers", [

@@ -1,4 +1,4 @@
-"""/metrics of the running dev-stack bridge: one scrape reports the requests of both gunicorn
+"""/metrics of the running dev-stack bridge: one scrape reports the requests of both web server
 workers; a scraper outside the allow-list is refused, and the refusal is in the audit trail."""
 
 from __future__ import annotations
@@ -65,9 +65,9 @@ def test_scrape_sums_both_workers(stack: dict[str, Any]) -> None:
     assert seen == {float(sent)}
 
 
-def test_outside_the_allow_list_is_refused_and_audited(stack: dict[str, Any], start_gunicorn: Any) -> None:
+def test_outside_the_allow_list_is_refused_and_audited(stack: dict[str, Any], start_web_server: Any) -> None:
     info = bridge_info(stack)
-    g = start_gunicorn({"PACS_BRIDGE_WEB__METRICS__ALLOW": '["10.99.0.0/16"]'})
+    g = start_web_server({"PACS_BRIDGE_WEB__METRICS__ALLOW": '["10.99.0.0/16"]'})
     t0 = time.time()
     codes = g.get_many("/metrics", 3)  # (below the 5/second limit of /metrics)
     assert codes == [403] * 3

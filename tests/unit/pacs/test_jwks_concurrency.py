@@ -1,6 +1,6 @@
 """JwksCache under concurrent first use (regression: the token bench's sporadic 400s).
 
-A fresh gunicorn worker receives several exchanges at once; the first thread starts the JWKS
+A fresh web server worker receives several exchanges at once; the first thread starts the JWKS
 fetch and the others, seeing the fetch's start time inside the rate-limit window, answered
 "unknown signing key (kid)" instead of waiting for that fetch to finish.
 """

@@ -134,7 +134,7 @@ def test_retired_key_leaves_jwks_on_time_even_with_a_long_cache() -> None:
 
 
 def test_jwks_lists_a_key_another_worker_just_created() -> None:
-    """Two gunicorn workers share the database: one's JWKS must publish the other's new key at once."""
+    """Two web server workers share the database: one's JWKS must publish the other's new key at once."""
     repo, secret, clock = MemoryKeyRepository(), KeyEncryptor.generate_secret(), Clock()
     a = KeyRing(repo, KeyEncryptor.from_secret(secret), refresh_seconds=3600, clock=clock)
     b = KeyRing(repo, KeyEncryptor.from_secret(secret), refresh_seconds=3600, clock=clock)

@@ -1,5 +1,5 @@
 """The token service as the app builds it (SQLite store), two instances over one database standing
-for two gunicorn workers: what one worker learns (a removed role, a logout) counts in the other at
+for two web server workers: what one worker learns (a removed role, a logout) counts in the other at
 once -- no cache, no per-process memory in between."""
 
 from __future__ import annotations

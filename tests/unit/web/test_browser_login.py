@@ -3,7 +3,7 @@ the retired fragment delivery of /login, logout only by a CSRF-checked POST, and
 logout's state (ended sessions, seen logout tokens) shared by every worker.  The gateway's own
 login and session rules: test_gateway_sessions.py.
 
-Two apps over one SQLite database stand for two gunicorn workers.  The real Keycloak round trip is
+Two apps over one SQLite database stand for two web server workers.  The real Keycloak round trip is
 in tests/integration/oidc.
 """
 
@@ -61,7 +61,7 @@ def logout_token(**over: Any) -> str:
 
 
 class Worker:
-    """One app (one 'gunicorn worker') over the shared database, with its audit events recorded."""
+    """One app (one 'web server worker') over the shared database, with its audit events recorded."""
 
     def __init__(self, settings: Any, **config: Any):
         self.events: list[tuple[AuditEventType, dict[str, Any]]] = []

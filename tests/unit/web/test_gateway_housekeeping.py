@@ -35,7 +35,7 @@ def _age_all(g: Gateway, seconds: float) -> None:
 
 
 class Worker:
-    """A second app on the same database and key (another gunicorn worker or bridge replica)."""
+    """A second app on the same database and key (another web server worker or bridge replica)."""
 
     def __init__(self, g: Gateway):
         service = build_service(g.settings)

@@ -84,7 +84,7 @@ def test_replace_keeps_the_entry_age_and_adds_nothing() -> None:
 def test_a_forked_worker_does_not_use_its_parents_cache() -> None:
     cache = _live()
     cache.put("h", "session", cache.generation())
-    cache._pid = os.getpid() + 1  # as seen from a child gunicorn forked after the cache filled
+    cache._pid = os.getpid() + 1  # as seen from a child worker forked after the cache filled
     assert cache.lookup("h") is None
 
 

@@ -224,7 +224,7 @@ def test_a_body_orthanc_left_unread_never_becomes_the_next_request(server: _Serv
 
 
 def test_a_body_shorter_than_its_length_is_never_half_sent(server: _Server) -> None:
-    """A client that declares 40 bytes and stops after 10 (gunicorn hands the app a short read):
+    """A client that declares 40 bytes and stops after 10 (the server hands the app a short read):
     Orthanc would wait for 30 more and take the next request on the connection as them."""
     t = _transport(server)
     req = httpx.Request("POST", f"http://127.0.0.1:{server.server_address[1]}/refuse",

@@ -115,7 +115,7 @@ def test_unmatched_paths_do_not_create_series(tmp_path) -> None:
 
 
 def test_multiprocess_registry_sums_the_files_of_every_worker(tmp_path, monkeypatch) -> None:
-    """The aggregation itself, with files two worker processes wrote (the real 2-worker gunicorn is
+    """The aggregation itself, with files two worker processes wrote (the real 2-worker web server is
     in tests/integration/web/test_metrics.py)."""
     import subprocess
     import sys
