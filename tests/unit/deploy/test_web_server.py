@@ -97,3 +97,14 @@ def test_the_server_is_configured_as_documented(tmp_path: Path) -> None:
     assert "query_string" not in s.log_access_format  # codes and tokens travel in query strings
     ssl = s.ssl_ctx
     assert ssl[0] and str(ssl[1]) == str(tmp_path / "c.pem")
+
+
+def test_the_process_is_named_for_operators() -> None:
+    """``top`` and ``ss -p`` show pacs-bridge-web, not python (run in a child: the name is the process's)."""
+    import subprocess
+    import sys
+
+    code = ("from pathlib import Path; from bridge.deploy import web_server; web_server.name_process(); "
+            "print(Path('/proc/self/comm').read_text().strip())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == web_server.PROCESS_NAME.decode()
