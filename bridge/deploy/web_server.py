@@ -29,7 +29,7 @@ import argparse
 import os
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 
 WORKERS = 2
@@ -158,9 +158,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pacs-bridge web: {exc}", file=sys.stderr)
         return 2
     prepare_metrics_dir()
+    for name in scrub_environment(os.environ):
+        print(f"pacs-bridge web: environment variable {name} removed (it would read as a request field)",
+              file=sys.stderr)
     name_process()
     server.serve()
     return 0
+
+
+#: WSGI environ keys a server sets from the request (PEP 3333, CGI): never taken from the process
+CGI_KEYS = frozenset({"REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "CONTENT_TYPE", "CONTENT_LENGTH",
+                      "SERVER_NAME", "SERVER_PORT", "SERVER_PROTOCOL", "REMOTE_ADDR", "REMOTE_HOST", "REMOTE_USER",
+                      "AUTH_TYPE", "HTTPS", "RAW_URI", "REQUEST_URI"})
+
+
+def scrub_environment(env: MutableMapping[str, str]) -> list[str]:
+    """Remove from ``env`` what would pose as part of a request; returns the names removed.
+
+    Why: granian starts every request's WSGI environ as a copy of the process environment (as CGI
+    did).  A variable named like a request header (``HTTP_X_FORWARDED_FOR``, ``HTTP_AUTHORIZATION``,
+    ``HTTP_PROXY``) would then be a header of every request that lacks it: a forged client address
+    for ProxyFix, a credential, a header forwarded to Orthanc.  The bridge's own outgoing requests
+    are HTTPS, so ``HTTPS_PROXY`` (kept) is the proxy setting that matters to them."""
+    removed = sorted(k for k in env if k.startswith("HTTP_") or k in CGI_KEYS)
+    for k in removed:
+        del env[k]
+    return removed
 
 
 def name_process(name: bytes = PROCESS_NAME) -> None:

@@ -37,3 +37,15 @@ def test_scheme_headers_do_not_change_the_callback_url(stack: dict[str, Any], g:
     assert resp.status_code == 302, resp.text[:200]
     callback = parse_qs(urlsplit(resp.headers["Location"]).query)["redirect_uri"][0]
     assert callback.startswith("https://"), callback
+
+
+def test_an_environment_variable_named_like_a_header_is_no_header(start_web_server: Any) -> None:
+    """granian starts each request's environ from the process environment: a variable
+    ``HTTP_X_FORWARDED_FOR`` would be a forwarded address on every request without the header (here
+    it would put a loopback client inside the metrics allow-list).  The server removes it at start."""
+    g = start_web_server({"PACS_BRIDGE_WEB__TRUSTED_PROXY_HOPS": "1", "HTTP_X_FORWARDED_FOR": "10.99.1.1",
+                          "PACS_BRIDGE_WEB__METRICS__ALLOW": '["10.99.0.0/16"]'})
+    assert g.get_many("/metrics", 2) == [403, 403]
+    assert "environment variable HTTP_X_FORWARDED_FOR removed" in g.log.read_text(errors="replace")
+    with g.session() as s:  # the header itself, sent by the (trusted) proxy, still counts
+        assert s.get(g.url + "/metrics", headers={"X-Forwarded-For": "10.99.1.1"}, timeout=10).status_code == 200

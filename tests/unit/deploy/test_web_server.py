@@ -108,3 +108,22 @@ def test_the_process_is_named_for_operators() -> None:
             "print(Path('/proc/self/comm').read_text().strip())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == web_server.PROCESS_NAME.decode()
+
+
+def test_environment_variables_that_would_pose_as_request_fields_are_removed() -> None:
+    env = {"HTTP_X_FORWARDED_FOR": "10.0.0.1", "HTTP_AUTHORIZATION": "Bearer x", "HTTP_PROXY": "http://p:3128",
+           "REMOTE_ADDR": "10.0.0.2", "PATH_INFO": "/token", "HTTPS_PROXY": "http://p:3128",
+           "PACS_BRIDGE_CONFIG": "/etc/pacs-bridge/bridge.yaml", "PATH": "/usr/bin", "http_proxy": "http://p:3128"}
+    removed = web_server.scrub_environment(env)
+    assert removed == ["HTTP_AUTHORIZATION", "HTTP_PROXY", "HTTP_X_FORWARDED_FOR", "PATH_INFO", "REMOTE_ADDR"]
+    assert env == {"HTTPS_PROXY": "http://p:3128", "PACS_BRIDGE_CONFIG": "/etc/pacs-bridge/bridge.yaml",
+                   "PATH": "/usr/bin", "http_proxy": "http://p:3128"}
+
+
+def test_granian_builds_each_environ_from_the_process_environment() -> None:
+    """Why the scrub exists: if granian stops copying os.environ into requests, it can go."""
+    import inspect
+
+    from granian import wsgi
+
+    assert "dict(os.environ)" in inspect.getsource(wsgi._callback_wrapper)
