@@ -14,18 +14,23 @@ from __future__ import annotations
 import logging
 import os
 import re
+from urllib.parse import quote
 
 #: a path segment that looks like a random url-safe secret (secrets.token_urlsafe(24) and longer)
 SECRET_SEGMENT = re.compile(r"(?<=/)[A-Za-z0-9_-]{32,}(?![A-Za-z0-9_-])")  # also before '.', ';' (a link in a sentence)
-#: what a log line may not carry raw: a path with a line break would forge a line of its own
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: what a path keeps unescaped in the log: RFC 3986's path characters but the quote; a space, a
+#: quote, a line break or any byte above 0x7e is written %XX, so no path can forge a field or a line
+_PATH_SAFE = "/;:@!$&'()*+,=-._~"
+#: the characters an X-Forwarded-For entry may show as they are (an address: IPv4, IPv6, port)
+_ADDRESS = re.compile(r"[^0-9A-Za-z.:\[\]_-]")
 ORTHANC_ID = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")
 
 
 def redact(path: str) -> str:
-    """``path`` with every secret-looking segment replaced (Orthanc's ids are kept) and control
-    characters escaped (``\\xNN``)."""
-    path = _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", path)
+    """``path`` (as WSGI decoded it: latin-1 text of the request's bytes) percent-encoded again and
+    with every secret-looking segment replaced (Orthanc's ids are kept).  Encoding leaves url-safe
+    characters and ``/`` as they are, so a link sent percent-encoded is redacted like a plain one."""
+    path = quote(path.encode("latin-1", "replace"), safe=_PATH_SAFE)
     return SECRET_SEGMENT.sub(lambda m: m.group(0) if ORTHANC_ID.match(m.group(0)) else "[redacted]", path)
 
 
@@ -55,8 +60,9 @@ XFF_ATOM = "_h0"
 
 
 def nearest_hop(value: object) -> str:
-    """The last entry of a comma-joined ``X-Forwarded-For``, escaped like a path; ``-`` if none."""
+    """The last entry of a comma-joined ``X-Forwarded-For``, any character an address has not got
+    written ``%XX`` (no field or line can be forged); ``-`` if none."""
     if not value or value == "-":
         return "-"
     last = str(value).rsplit(",", 1)[-1].strip()
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", last) or "-"
+    return _ADDRESS.sub(lambda m: "".join(f"%{b:02X}" for b in m.group(0).encode()), last) or "-"

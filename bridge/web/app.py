@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response, request
 
 from bridge.config import Settings
 from bridge.web import client, limits, metrics
@@ -29,6 +29,7 @@ def create_app(settings: Settings, *, config: dict[str, Any] | None = None, **se
     app.config.update(config or {})
     app.config["BRIDGE_SETTINGS"] = settings
     client.install_proxy_fix(app, settings.web)  # before anything reads request.remote_addr
+    app.before_request(_length_required)
     metrics.init_app(app, settings.web.metrics)
 
     from bridge.services import APP_EXTENSION, Services
@@ -74,3 +75,18 @@ def create_app(settings: Settings, *, config: dict[str, Any] | None = None, **se
     orthanc_auth.init_app(app, settings)  # Orthanc's official authorization plugin contract
     limits.init_app(app)
     return app
+
+
+def _length_required() -> Response | None:
+    """A request body without ``Content-Length`` (sent chunked) is refused with 411.
+
+    Why: the web server (granian) ends a chunked body cleanly when the client stops half-way (a
+    closed connection, a malformed chunk), so the app would take a cut-off body for a whole one:
+    the gateway would send Orthanc a truncated upload as a complete request, a form would lose
+    its last fields.  With ``Content-Length`` a short body is noticed (the gateway's transport,
+    werkzeug's reader).  No client of the bridge needs chunked uploads: browsers, the Orthanc
+    plugin, Keycloak and DICOMweb clients send a length."""
+    if "Transfer-Encoding" in request.headers:
+        return Response("Content-Length required: request bodies are not accepted chunked\n", status=411,
+                        mimetype="text/plain")
+    return None

@@ -27,9 +27,28 @@ def install_proxy_fix(app: Flask, web: WebSection) -> None:
     """Trust ``X-Forwarded-For`` for exactly ``trusted_proxy_hops`` hops, and no other forwarded
     header (the bridge's public URL comes from configuration, never from Host/X-Forwarded-Host)."""
     if web.trusted_proxy_hops:
-        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+        app.wsgi_app = ShortHeaderProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=web.trusted_proxy_hops, x_proto=0, x_host=0, x_port=0, x_prefix=0
         )
+
+
+#: what REMOTE_ADDR becomes when the trusted proxies' entries are missing from a header that is there
+INVALID = "invalid"
+
+
+class ShortHeaderProxyFix(ProxyFix):
+    """ProxyFix, except that an ``X-Forwarded-For`` which is present but holds fewer entries than
+    the trusted hops (or none: the web server passes a header with a byte above 0x7f as an empty
+    value) makes the client ``invalid`` instead of leaving the TCP peer, the proxy itself: a client
+    must not become the proxy's address (inside the /metrics allow-list, sharing its rate-limit
+    budget) by sending a header the server blanks.  A request with no such header at all (a health
+    check by the proxy) keeps its peer, as before."""
+
+    def _get_real_value(self, trusted: int, value: str | None) -> str | None:
+        real = super()._get_real_value(trusted, value)
+        if real is None and trusted and value is not None:
+            return INVALID
+        return real
 
 
 def wrap_inside_proxy_fix(app: Flask, wrap: Callable[[Any], Any]) -> None:

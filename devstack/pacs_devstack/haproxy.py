@@ -26,6 +26,10 @@ HAProxy closes its connection to the instance after each answer (``option http-s
 the client side stays kept alive): reusing an idle connection to an instance that was just
 killed fails the request sent on it, and for a token exchange that failure cannot be retried.
 
+Header names with an underscore are refused (400): the bridge's web server, granian, maps
+``X_Forwarded_For`` and ``X-Forwarded-For`` to one WSGI key, and a later spelling replaces the
+line HAProxy adds, so a client could choose the address the bridge trusts.
+
 The log leaves out query strings (``%HPO``): no login code or token ever lands in it.
 """
 
@@ -76,6 +80,10 @@ defaults
 
 frontend bridge_tls
     bind 127.0.0.1:{port} ssl crt {cert_pem} alpn http/1.1
+    # a header name with '_' is refused: the bridge's web server (granian) reads X_Forwarded_For as
+    # X-Forwarded-For, and a later spelling replaces the line HAProxy adds (the client would choose
+    # its address); no client of the bridge sends such names
+    http-request deny deny_status 400 if {{ req.hdr_names -m sub _ }}
     option forwardfor
     http-request set-header X-Forwarded-Proto https
     # no plain-HTTP listener at all; HSTS keeps a browser from trying one on the way (two years)

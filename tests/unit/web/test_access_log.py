@@ -61,7 +61,8 @@ def test_the_access_line_has_no_query_or_secret_and_the_nearest_hop() -> None:
 def test_an_access_line_cannot_be_forged_through_a_header_or_the_path() -> None:
     line = _granian_line(_environ("/pacs/x\n10.0.0.1 <1> \"GET /forged\" 200 1ms",
                                   HTTP_X_FORWARDED_FOR="1.1.1.1,2.2.2.2\n10.0.0.1 forged"))
-    assert line.count("\n") == 1 and "\\x0a" in line, line
+    assert line.count("\n") == 1 and line.count('"') == 2 and "%0A" in line, line
+    assert line.rstrip().endswith("xff=2.2.2.2%0A10.0.0.1%20forged"), line
     assert _granian_line(_environ("/x")).rstrip().endswith("xff=-")
 
 
@@ -70,4 +71,13 @@ def test_a_link_followed_by_punctuation_is_still_redacted_and_no_line_is_forged(
     for tail in (".", ";", ".zip", ",x", "%20"):
         assert link not in redact(f"/share/{link}{tail}"), tail
     line = redact("/pacs/x\n10.0.0.1 <1> \"GET /forged\" 200 1ms")
-    assert "\n" not in line and "\\x0a" in line
+    assert "\n" not in line and '"' not in line and " " not in line and "%0A" in line
+    assert redact("/pacs/\x85\x9b[31m") == "/pacs/%85%9B%5B31m"  # C1 controls (NEL, CSI) too
+
+
+def test_a_percent_encoded_link_is_redacted_too() -> None:
+    """The server decodes the path before the log sees it; the link is matched after re-encoding."""
+    link = secrets.token_urlsafe(32)
+    assert redact(f"/share/{link}") == "/share/[redacted]"
+    assert redact(f"/share/{link}\u00e9") == "/share/[redacted]%E9"
+    assert redact("/pacs/a b\"c") == "/pacs/a%20b%22c"

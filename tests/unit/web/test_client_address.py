@@ -73,8 +73,17 @@ def test_repeated_x_forwarded_for_headers_do_not_let_the_client_choose(tmp_path)
 def test_two_hops_and_header_shorter_than_the_hops(tmp_path) -> None:
     env = make(tmp_path, hops=2)
     assert whoami(env, **{XFF: "127.0.0.1, 10.1.1.1, 10.9.9.9"}) == "10.1.1.1"
-    # fewer entries than trusted hops: ProxyFix trusts nothing, the peer stays
-    assert whoami(env, **{XFF: "10.1.1.1"}) == "192.0.2.10"
+    # fewer entries than trusted hops: the proxies' own entries are missing, so nobody known
+    assert whoami(env, **{XFF: "10.1.1.1"}) == "invalid"
+    assert whoami(env) == "192.0.2.10"  # no header at all: the peer (the proxy's health check)
+
+
+def test_a_header_the_server_blanks_does_not_make_the_client_the_proxy(tmp_path) -> None:
+    """granian passes a header value with a byte above 0x7f as an empty string: behind a proxy that
+    appends to the client's own line (``\\xff, <client>``) the header arrives empty."""
+    env = make(tmp_path, hops=1)
+    assert whoami(env, **{XFF: ""}) == "invalid"
+    assert whoami(env, **{XFF: " , "}) == "invalid"
 
 
 def test_only_x_forwarded_for_is_trusted_not_host_or_proto(tmp_path) -> None:

@@ -162,6 +162,21 @@ def test_an_encoded_query_or_fragment_mark_in_the_path_is_refused(g: Gateway, pa
     assert g.get(path).status_code == 400 and not g.orthanc.requests
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT", "GET"])
+def test_a_chunked_request_body_is_refused_before_orthanc(g: Gateway, method: str) -> None:
+    """The server ends a chunked body cleanly when the client stops half-way: forwarded, a cut-off
+    upload would reach Orthanc as a complete one.  Only bodies with a length are taken."""
+    g.log_in()
+    for path in (f"{PREFIX}/instances", f"{PREFIX}/dicom-web/studies"):
+        r = g.open(path, method=method, data=b"DICM", headers={"Origin": "https://bridge.test",
+                                                                 "Transfer-Encoding": "chunked"})
+        assert r.status_code == 411 and not g.orthanc.requests, (path, r.status_code)
+    for spelling in ("transfer-encoding", "TRANSFER-ENCODING"):
+        r = g.open(f"{PREFIX}/instances", method="POST", data=b"x", headers={"Origin": "https://bridge.test",
+                                                                             spelling: "gzip, chunked"})
+        assert r.status_code == 411 and not g.orthanc.requests
+
+
 @pytest.mark.parametrize("method", ["GET", "DELETE"])
 def test_a_body_on_a_method_without_one_is_refused(g: Gateway, method: str) -> None:
     """Orthanc never reads it: forwarded, it could only desync the connection to Orthanc."""
