@@ -85,7 +85,7 @@ def web_cli(config_path: str | None, workers: int | None, threads: int | None, m
     b = settings.bridge
     try:
         argv = web_argv(f"{b.listen_host}:{b.listen_port}", b.tls_cert_file, b.tls_key_file,
-                             workers=workers or WORKERS, threads=threads or THREADS)
+                        workers=workers or WORKERS, threads=threads or THREADS)
     except ValueError as exc:
         raise WebConfigError(str(exc)) from None
     env = dict(os.environ)

@@ -121,27 +121,23 @@ def build_server(bind: str, cert: Path, key: Path, *, workers: int = WORKERS, th
     for name, path in (("--cert", cert), ("--key", key)):
         if not Path(path).is_file():
             raise ValueError(f"{name} {path}: no such file")
-    try:
-        return _server(host, port, Path(cert), Path(key), workers, threads)
-    except ssl.SSLError as exc:  # granian loads the pair once in this process before any worker starts
-        raise ValueError(f"--cert {cert} / --key {key}: not a matching PEM certificate and key "
-                         f"({exc.reason})") from None
-
-
-def _server(host: str, port: int, cert: Path, key: Path, workers: int, threads: int):
     from granian.constants import HTTPModes, Interfaces, SSLProtocols
     from granian.http import HTTP1Settings
     from granian.server import Server
 
-    return Server(
-        APP, address=host, port=port, interface=Interfaces.WSGI, workers=workers, blocking_threads=threads,
-        http=HTTPModes.http1, websockets=False,
-        http1_settings=HTTP1Settings(header_read_timeout=HEAD_TIMEOUT_MS, keep_alive=True,
-                                     max_buffer_size=MAX_HEAD_BYTES, pipeline_flush=False),
-        ssl_cert=cert, ssl_key=key, ssl_protocol_min=SSLProtocols.tls12,
-        log_dictconfig=log_config(), log_access=True, log_access_format=ACCESS_LOG_FORMAT,
-        respawn_failed_workers=True, workers_kill_timeout=GRACEFUL_SECONDS,
-    )
+    try:
+        return Server(
+            APP, address=host, port=port, interface=Interfaces.WSGI, workers=workers, blocking_threads=threads,
+            http=HTTPModes.http1, websockets=False,
+            http1_settings=HTTP1Settings(header_read_timeout=HEAD_TIMEOUT_MS, keep_alive=True,
+                                         max_buffer_size=MAX_HEAD_BYTES, pipeline_flush=False),
+            ssl_cert=Path(cert), ssl_key=Path(key), ssl_protocol_min=SSLProtocols.tls12,
+            log_dictconfig=log_config(), log_access=True, log_access_format=ACCESS_LOG_FORMAT,
+            respawn_failed_workers=True, workers_kill_timeout=GRACEFUL_SECONDS,
+        )
+    except ssl.SSLError as exc:  # granian loads the pair once in this process before any worker starts
+        raise ValueError(f"--cert {cert} / --key {key}: not a matching PEM certificate and key "
+                         f"({exc.reason})") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

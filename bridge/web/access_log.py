@@ -4,8 +4,8 @@ share's link, ``<sharing.prefix>/<43 url-safe characters>``) is written as ``[re
 Why here and not in the app: the access line is written by the server (granian, through
 bridge/deploy/web_server.py) after the response, from the request path; the share link is one of
 the two factors of an external share (the passcode is the other), and a log reader must not get
-half of it.  Any segment of 32 or more url-safe
-characters counts, so a future capability URL is covered too; ordinary ids (Orthanc's 44-char
+half of it.  Any segment of 32 or more url-safe characters counts, so a future capability URL is
+covered too; ordinary ids (Orthanc's 44-char
 hyphenated ids contain '-' every 8 characters and are not matched) stay readable.
 """
 
@@ -35,8 +35,8 @@ def redact(path: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """The filter on granian's access logger: the line's ``path`` redacted (:func:`redact`), and the
-    the worker's ``pid`` (an atom granian has not got), and ``X-Forwarded-For`` as the nearest
+    """The filter on granian's access logger: the line's ``path`` redacted (:func:`redact`), the
+    worker's ``pid`` (an atom granian has not got), and ``X-Forwarded-For`` as the nearest
     hop sent it.
 
     granian logs ``logger.info(fmt, atoms)`` and formats only when the line is written, so the atoms

@@ -54,6 +54,19 @@ def _records(front: dict[str, Any], needle: str, timeout: float = 10.0) -> list[
         time.sleep(0.3)
 
 
+def _send_raw(front: dict[str, Any], raw: bytes) -> bytes:
+    """``raw`` as bytes on one TLS connection to HAProxy (no client library tidies the request up);
+    the start of the answer."""
+    import ssl
+
+    port = int(front["url"].rsplit(":", 1)[1])
+    ctx = ssl.create_default_context(cafile=front["ca"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as tcp, \
+            ctx.wrap_socket(tcp, server_hostname="127.0.0.1") as s:
+        s.sendall(raw)
+        return s.recv(4096)
+
+
 def test_haproxy_answers_no_plain_http(front: dict[str, Any]) -> None:
     """The front is TLS only: a plain request gets no HTTP answer (no redirect, no page)."""
     port = int(front["url"].rsplit(":", 1)[1])
@@ -94,17 +107,10 @@ def test_a_repeated_x_forwarded_for_header_through_haproxy(front: dict[str, Any]
     """Two X-Forwarded-For header lines: the rightmost entry is still HAProxy's."""
     probe = f"probe-{secrets.token_hex(6)}"
     basic = "Basic " + base64.b64encode(f"{probe}:guess".encode()).decode()
-    port = int(front["url"].rsplit(":", 1)[1])
-    import ssl
-
-    ctx = ssl.create_default_context(cafile=front["ca"])
     raw = (f"POST /orthanc-auth/tokens/decode HTTP/1.1\r\nHost: localhost\r\nAuthorization: {basic}\r\n"
            "X-Forwarded-For: 10.1.1.1\r\nX-Forwarded-For: 10.2.2.2\r\nContent-Type: application/json\r\n"
            "Content-Length: 2\r\nConnection: close\r\n\r\n{}").encode()
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as tcp, \
-            ctx.wrap_socket(tcp, server_hostname="127.0.0.1") as s:
-        s.sendall(raw)
-        head = s.recv(4096)
+    head = _send_raw(front, raw)
     assert head.startswith(b"HTTP/1.1 401"), head[:200]
     rows = _records(front, probe)
     assert rows and {row["network_address"] for row in rows} == {"127.0.0.1"}, rows
@@ -114,16 +120,9 @@ def test_a_repeated_x_forwarded_for_header_through_haproxy(front: dict[str, Any]
 def test_a_chunked_body_is_refused_with_411(front: dict[str, Any], path: str) -> None:
     """A chunked body that stops half-way ends cleanly for the app under granian, so a cut-off form
     or batch would read as whole: every body needs a Content-Length (a short one is noticed)."""
-    port = int(front["url"].rsplit(":", 1)[1])
-    import ssl
-
-    ctx = ssl.create_default_context(cafile=front["ca"])
     raw = (f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\n"
            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\ntoken\r\n0\r\n\r\n").encode()
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as tcp, \
-            ctx.wrap_socket(tcp, server_hostname="127.0.0.1") as s:
-        s.sendall(raw)
-        head = s.recv(4096)
+    head = _send_raw(front, raw)
     assert head.startswith(b"HTTP/1.1 411"), head[:200]
 
 
@@ -133,17 +132,10 @@ def test_an_underscore_spelling_of_x_forwarded_for_is_refused_at_haproxy(front: 
     spelling replaces HAProxy's line: sent after the real header, it would choose the client's address."""
     probe = f"probe-{secrets.token_hex(6)}"
     basic = "Basic " + base64.b64encode(f"{probe}:guess".encode()).decode()
-    port = int(front["url"].rsplit(":", 1)[1])
-    import ssl
-
-    ctx = ssl.create_default_context(cafile=front["ca"])
     raw = (f"POST /orthanc-auth/tokens/decode HTTP/1.1\r\nHost: localhost\r\nAuthorization: {basic}\r\n"
            f"X-Forwarded-For: 10.1.1.1\r\n{spelling}: 10.99.1.1\r\nContent-Type: application/json\r\n"
            "Content-Length: 2\r\nConnection: close\r\n\r\n{}").encode()
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as tcp, \
-            ctx.wrap_socket(tcp, server_hostname="127.0.0.1") as s:
-        s.sendall(raw)
-        head = s.recv(4096)
+    head = _send_raw(front, raw)
     assert head.startswith(b"HTTP/1.1 400"), head[:200]
     assert not _records(front, probe, timeout=1.0)
 
